@@ -1,0 +1,5 @@
+import sys
+
+from ctrguard.cli import main
+
+sys.exit(main())

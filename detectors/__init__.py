@@ -1,0 +1,1 @@
+"""Online detectors for windowed click/impression counts. No I/O; state pickles."""

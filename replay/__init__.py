@@ -1,0 +1,1 @@
+"""Replay historical streams through the same detection logic; scenario generation; evaluation."""

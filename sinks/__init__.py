@@ -1,0 +1,1 @@
+"""Edges where ctrguard writes: Redis quarantine flags, Kafka topics, Slack."""
