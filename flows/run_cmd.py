@@ -1,0 +1,91 @@
+"""``ctrguard run``: validate the configuration, check the services, run the live flow."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from ctrguard.config import Settings, load_config
+from ctrguard.errors import KafkaUnavailable, RedisUnavailable
+
+log = logging.getLogger("ctrguard.run")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="run the live dataflow (Kafka in; Redis flags, figures, alerts, Slack out)",
+        description="Run the live ctrguard dataflow. The configuration is validated first; "
+        "Kafka and Redis must be reachable (exit code 3 otherwise).",
+    )
+    p.add_argument("--config", type=Path, default=None,
+                   help="YAML configuration (default: the embedded config/default.yaml)")
+    p.add_argument("--workers", type=int, default=1, help="worker threads in this process")
+    p.add_argument("--process-id", type=int, default=None,
+                   help="index of this process in a multi-process cluster (with --addresses)")
+    p.add_argument("--addresses", default=None,
+                   help="semicolon-separated host:port of every process in the cluster")
+    p.add_argument("--recovery-dir", type=Path, default=None,
+                   help="Bytewax recovery directory (initialise once with "
+                   "'python -m bytewax.recovery DIR N')")
+    p.add_argument("--snapshot-interval", type=float, default=10.0,
+                   help="seconds between state snapshots (epoch length)")
+    p.add_argument("--backup-interval", type=float, default=30.0,
+                   help="seconds snapshots are kept before being garbage-collected")
+    p.add_argument("--drain", action="store_true",
+                   help="stop at the end of the input topics instead of tailing them")
+    p.add_argument("--no-slack", action="store_true", help="do not send escalations to Slack")
+    p.set_defaults(func=cmd_run)
+
+
+def preflight(settings: Settings) -> list[tuple[str, int]]:
+    """Fail fast (exit 3) when Kafka or Redis cannot be reached; create topics if allowed."""
+    from flows.source import list_partitions
+
+    if settings.kafka.create_topics:
+        from ctrguard.kafka_admin import ensure_topics
+
+        topics = settings.kafka.topics
+        ensure_topics(settings.kafka, [topics.impressions, topics.clicks, topics.figures,
+                                       topics.alerts, topics.deadletter])
+    partitions = list_partitions(settings.kafka)
+    from sinks.redis_client import make_redis
+
+    client = make_redis(settings.redis)
+    try:
+        client.ping()
+    except Exception as exc:
+        raise RedisUnavailable(f"cannot reach Redis: {type(exc).__name__}") from None
+    finally:
+        client.close()
+    return partitions
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    settings = load_config(args.config)
+    if args.drain:
+        settings = settings.model_copy(
+            update={"kafka": settings.kafka.model_copy(update={"tail": False})})
+    partitions = preflight(settings)
+    if not partitions:
+        raise KafkaUnavailable("no input partitions", retryable=False)
+    from flows.ctr_flow import get_flow
+
+    flow = get_flow(settings, slack=not args.no_slack, partitions=partitions)
+    recovery = None
+    if args.recovery_dir is not None:
+        recovery = RecoveryConfig(str(args.recovery_dir),
+                                  backup_interval=timedelta(seconds=args.backup_interval))
+    addresses = args.addresses.split(";") if args.addresses else None
+    log.info("running ctrguard on %d input partitions (%s), %d worker(s)%s",
+             len(partitions), settings.source, args.workers,
+             f", recovery in {args.recovery_dir}" if recovery else "")
+    cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
+             addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
+             recovery_config=recovery)
+    return 0

@@ -1,0 +1,114 @@
+"""The ordered release: quarantine flags reach Redis before figures reach Kafka.
+
+For every batch of window decisions the sink first writes, in one Redis transaction, the
+flags of the quarantined series and the "checked through" watermark of each campaign; only
+after Redis confirmed does it publish the figures (with their status) to the figures topic
+and the alerts to the alerts topic. If Redis cannot be written the sink retries with back-off
+and publishes nothing meanwhile (fail closed): the dataflow waits, the backlog is logged, and
+``ctrguard_release_backlog`` says how many decisions wait.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from ctrguard.config import Settings
+from ctrguard.errors import RedisUnavailable
+from ctrguard.records import WindowDecision
+from sinks.kafka_out import DeliveryTracker, flush_or_raise, make_producer, produce_json
+
+log = logging.getLogger(__name__)
+
+
+class ReleaseGate:
+    """Writes flags, then figures. Pure orchestration over two injected writers.
+
+    ``record(decisions)`` must be durable when it returns (raises RedisUnavailable if not);
+    ``publish(decisions)`` sends figures and alerts.
+    """
+
+    def __init__(self, record: Callable[[list[WindowDecision]], None],
+                 publish: Callable[[list[WindowDecision]], None], *,
+                 backoff_s: float = 0.5, backoff_max_s: float = 10.0,
+                 sleep: Callable[[float], None] = time.sleep,
+                 max_wait_s: float | None = None):
+        self._record = record
+        self._publish = publish
+        self._backoff_s = backoff_s
+        self._backoff_max_s = backoff_max_s
+        self._sleep = sleep
+        self._max_wait_s = max_wait_s
+        self.backlog = 0
+        self.redis_failures = 0
+
+    def release(self, decisions: list[WindowDecision]) -> None:
+        if not decisions:
+            return
+        self.backlog = len(decisions)
+        delay = self._backoff_s
+        waited = 0.0
+        while True:
+            try:
+                self._record(decisions)
+                break
+            except RedisUnavailable as exc:
+                self.redis_failures += 1
+                if self._max_wait_s is not None and waited >= self._max_wait_s:
+                    raise
+                log.warning("redis unavailable, %d window decisions held back (not published): %s;"
+                            " retrying in %.1fs", len(decisions), exc, delay)
+                self._sleep(delay)
+                waited += delay
+                delay = min(delay * 2, self._backoff_max_s)
+        if self.redis_failures:
+            log.info("redis is back; releasing %d held window decisions", len(decisions))
+            self.redis_failures = 0
+        self._publish(decisions)
+        self.backlog = 0
+
+
+class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
+    def __init__(self, settings: Settings):
+        from sinks.quarantine import QuarantineStore
+        from sinks.redis_client import make_redis
+
+        self._store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
+                                      settings.redis.key_prefix,
+                                      window_length_s=settings.windows.length)
+        self._producer = make_producer(settings.kafka)
+        self._tracker = DeliveryTracker()
+        self._figures = settings.kafka.topics.figures
+        self._alerts = settings.kafka.topics.alerts
+        self._gate = ReleaseGate(self._store.record, self._publish,
+                                 backoff_s=settings.redis.retry_backoff_s,
+                                 backoff_max_s=settings.redis.retry_backoff_max_s)
+
+    def _publish(self, decisions: list[WindowDecision]) -> None:
+        for d in decisions:
+            for fig in d.figures:
+                produce_json(self._producer, self._figures, fig.campaign_id, fig.to_dict(),
+                             self._tracker)
+            for alert in d.alerts:
+                produce_json(self._producer, self._alerts, alert.campaign_id, alert.to_dict(),
+                             self._tracker)
+        flush_or_raise(self._producer, self._tracker)
+
+    def write_batch(self, items: list[WindowDecision]) -> None:
+        self._gate.release(items)
+
+    def close(self) -> None:
+        self._producer.flush(30)
+
+
+class ReleaseSink(DynamicSink[WindowDecision]):
+    """Bytewax sink: Redis flags and watermarks first, then figures and alerts to Kafka."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReleasePartition:
+        return _ReleasePartition(self.settings)
