@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 
 class _Strict(BaseModel):
@@ -22,14 +24,106 @@ class RedisSettings(_Strict):
     retry_backoff_max_s: float = Field(10.0, gt=0, le=600)
 
 
+#: Severities in increasing order (the detectors' ``SEVERITIES``).
+SlackSeverity = Literal["info", "warning", "critical"]
+
+#: A Slack user (U..., W...) or user-group (S...) id, mentioned as such; or a plain name
+#: (``alice``, ``@ads-oncall``) shown as text, because Slack cannot mention by name reliably.
+_OWNER = r"^(?:[UWS][A-Z0-9]{2,30}|@?[A-Za-z0-9._-]{1,80})$"
+#: A channel name (``#ctr-alerts``) or id (``C0123ABCD``).
+_CHANNEL = r"^(?:#[a-z0-9_-][a-z0-9._-]{0,79}|[CG][A-Z0-9]{2,30})$"
+
+
+class SlackRoute(_Strict):
+    """Where a campaign's incidents go and who owns them. The first matching route wins."""
+
+    #: Glob patterns (``fnmatch``, case-sensitive) on ``campaign_id``.
+    campaigns: list[str] = Field(default_factory=list)
+    #: Labels from ``slack.campaign_labels``.
+    labels: list[str] = Field(default_factory=list)
+    channel: str | None = Field(None, pattern=_CHANNEL)
+    owner: str | None = Field(None, pattern=_OWNER)
+    #: Incidents below this severity are not posted (default: ``slack.min_severity``).
+    min_severity: SlackSeverity | None = None
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> SlackRoute:
+        if not self.campaigns and not self.labels:
+            raise ValueError("a route needs 'campaigns' patterns or 'labels'")
+        return self
+
+
+class SlackMute(_Strict):
+    """Silence matching campaigns until ``until`` (compared with the alerts' event time)."""
+
+    campaigns: list[str] = Field(default_factory=list)
+    labels: list[str] = Field(default_factory=list)
+    until: AwareDatetime
+    reason: str = Field("", max_length=200)
+
+    @model_validator(mode="after")
+    def _matches_something(self) -> SlackMute:
+        if not self.campaigns and not self.labels:
+            raise ValueError("a mute needs 'campaigns' patterns or 'labels'")
+        return self
+
+
 class SlackSettings(_Strict):
     bot_token: SecretStr | None = None
     webhook_url: SecretStr | None = None
-    default_channel: str = "#ctr-alerts"
+    default_channel: str = Field("#ctr-alerts", pattern=_CHANNEL)
     #: Override of the Web API base URL (tests point it at the local emulator).
     base_url: str | None = None
     timeout_s: float = Field(10.0, gt=0, le=120)
+    #: Attempts per outbox entry for 5xx and timeouts before it is dead-lettered
+    #: (waits Slack asks for with 429 Retry-After do not count).
     max_attempts: int = Field(8, ge=1, le=100)
+    #: ``auto``: Web API with ``bot_token``, else webhook with ``webhook_url``, else console.
+    mode: Literal["auto", "web", "webhook", "console"] = "auto"
+    #: Incidents below this severity are not posted unless a route says otherwise.
+    min_severity: SlackSeverity = "warning"
+    default_owner: str | None = Field(None, pattern=_OWNER)
+    routes: list[SlackRoute] = Field(default_factory=list)
+    #: Label -> glob patterns on ``campaign_id``, for routes and mutes by label.
+    campaign_labels: dict[str, list[str]] = Field(default_factory=dict)
+    mutes: list[SlackMute] = Field(default_factory=list)
+    #: Alerts of a campaign at most this many windows apart form one incident; after this
+    #: many windows without an alert (event time) the incident is resolved.
+    incident_gap_windows: int = Field(3, ge=1, le=10_000)
+    #: Revenue per click, to state the business impact in money (none: clicks only).
+    value_per_click: float | None = Field(None, gt=0)
+    currency: str = Field("USD", pattern=r"^[A-Z]{3}$")
+    #: Back-off of the delivery thread for 5xx and timeouts (doubling up to the maximum).
+    retry_backoff_s: float = Field(1.0, gt=0, le=600)
+    retry_backoff_max_s: float = Field(60.0, gt=0, le=3600)
+    #: How long "already delivered" marks and incident state are kept in Redis.
+    idempotency_ttl_s: int = Field(14 * 86400, ge=3600, le=365 * 86400)
+    state_ttl_s: int = Field(14 * 86400, ge=3600, le=365 * 86400)
+
+    @model_validator(mode="after")
+    def _labels_defined(self) -> SlackSettings:
+        known = set(self.campaign_labels)
+        for kind, rules in (("routes", self.routes), ("mutes", self.mutes)):
+            for i, rule in enumerate(rules):
+                missing = sorted(set(rule.labels) - known)
+                if missing:
+                    raise ValueError(f"{kind}[{i}]: unknown label(s) {missing}; "
+                                     "define them in slack.campaign_labels")
+        if self.mode == "web" and self.bot_token is None:
+            raise ValueError("mode 'web' needs bot_token (SLACK_BOT_TOKEN)")
+        if self.mode == "webhook" and self.webhook_url is None:
+            raise ValueError("mode 'webhook' needs webhook_url (SLACK_WEBHOOK_URL)")
+        return self
+
+    @property
+    def effective_mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if self.bot_token is not None:
+            return "web"
+        if self.webhook_url is not None:
+            return "webhook"
+        return "console"
 
 
 class QuarantineSettings(_Strict):

@@ -1,0 +1,506 @@
+"""Incidents, not alerts: group a campaign's alerts into one incident and track its life.
+
+Pure (no I/O, no wall clock): :class:`IncidentTracker` takes :class:`~ctrguard.records.Alert`
+records and event-time ticks and returns :class:`IncidentUpdate` records (``open``,
+``update``, ``resolve``), each carrying a full :class:`Incident` snapshot and an idempotency
+key, so a sink can deliver them at least once without posting twice.
+
+Rules
+-----
+* Alerts of one campaign whose windows are at most ``gap_windows`` windows apart belong to
+  one incident. Once ``gap_windows`` windows have closed after the last alerted window
+  without a new alert, the incident is resolved.
+* Re-delivered alerts (same ``alert_id``) change nothing. Alerts older than what the
+  tracker still remembers (an already resolved stretch, or beyond ``keep_windows`` of an
+  open incident) are *stale*: ignored and counted.
+* Impact of a window = observed - expected clicks of segment ``all`` when it alerted,
+  otherwise of the alerting segment with the largest deviation (segments of different
+  dimensions overlap, so they are never summed). The incident's impact is the sum over its
+  windows; negative means clicks lost.
+* The driving segment is the non-``all`` segment with the largest summed
+  ``|observed - expected|`` clicks (``all`` when no other segment alerted).
+* The suspected cause is the cause with the largest summed ``|observed - expected|`` weight.
+
+>>> from ctrguard.records import Alert
+>>> def alert(ws, segment="all", clicks=5, expected=20.0, severity="warning"):
+...     return Alert(alert_id=f"{segment}{ws}", campaign_id="c1", segment=segment,
+...         window_start=iso(ws), window_end=iso(ws + 300), window_start_s=ws,
+...         impressions=1000, clicks=clicks, ctr=clicks / 1000, kind="ctr_drop",
+...         severity=severity, detector="d", baseline_ctr=0.02, score=5.0, confidence=0.99,
+...         ctr_low=0.015, ctr_high=0.025, expected_clicks=expected,
+...         expected_impressions=1000.0, suspected_cause="click_tracking", quarantine=True)
+>>> t = IncidentTracker(window_s=300, gap_windows=3)
+>>> [u.kind for u in t.observe([alert(0), alert(0, "device=mobile", 2, 15.0)])]
+['open']
+>>> [u.kind for u in t.observe([alert(0)])]           # re-delivered: nothing changes
+[]
+>>> u, = t.observe([alert(300, severity="critical")])
+>>> u.kind, u.revision, u.changes, u.incident.clicks_delta
+('update', 2, (('severity', 'critical'),), -30.0)
+>>> t.advance(600 + 2 * 300)                           # two quiet windows: still open
+[]
+>>> u, = t.advance(600 + 3 * 300)
+>>> u.kind, u.incident.status, u.incident.duration_s, u.incident.driving_segment
+('resolve', 'resolved', 600, 'device=mobile')
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from ctrguard.records import Alert
+
+__all__ = [
+    "Incident",
+    "IncidentTracker",
+    "IncidentUpdate",
+    "SeriesFigure",
+    "SEVERITY_RANK",
+    "iso",
+    "make_incident_id",
+]
+
+ALL = "all"
+SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
+STATE_VERSION = 1
+
+
+def iso(epoch_s: int) -> str:
+    """ISO-8601 UTC of epoch seconds, as the records write it.
+
+    >>> iso(0)
+    '1970-01-01T00:00:00Z'
+    """
+    return datetime.fromtimestamp(epoch_s, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def make_incident_id(campaign_id: str, opened_window_start_s: int) -> str:
+    """Deterministic: the same first alert window gives the same incident on a replay."""
+    return hashlib.blake2b(f"incident\x1f{campaign_id}\x1f{opened_window_start_s}".encode(),
+                           digest_size=10).hexdigest()
+
+
+def _rank(severity: str) -> int:
+    return SEVERITY_RANK.get(severity, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesFigure:
+    """The latest alerted figure of one series (campaign segment) in an incident."""
+
+    segment: str
+    window_start: str
+    window_end: str
+    impressions: int
+    clicks: int
+    ctr: float
+    baseline_ctr: float
+    ctr_low: float
+    ctr_high: float
+    expected_clicks: float
+    confidence: float
+    kind: str
+    severity: str
+
+    @classmethod
+    def of(cls, a: Alert) -> SeriesFigure:
+        return cls(segment=a.segment, window_start=a.window_start, window_end=a.window_end,
+                   impressions=a.impressions, clicks=a.clicks, ctr=a.ctr,
+                   baseline_ctr=a.baseline_ctr, ctr_low=a.ctr_low, ctr_high=a.ctr_high,
+                   expected_clicks=a.expected_clicks, confidence=a.confidence, kind=a.kind,
+                   severity=a.severity)
+
+
+@dataclass(frozen=True, slots=True)
+class Incident:
+    """A snapshot of one incident, everything a message needs."""
+
+    incident_id: str
+    campaign_id: str
+    status: str                      # "open" | "resolved"
+    revision: int
+    severity: str                    # the maximum seen
+    suspected_cause: str
+    driving_segment: str
+    segments: tuple[str, ...]        # every segment that alerted, sorted
+    kinds: tuple[str, ...]
+    detectors: tuple[str, ...]
+    alert_count: int
+    first_window_start: str
+    last_window_end: str
+    first_window_start_s: int
+    last_window_end_s: int
+    #: Observed - expected clicks over the incident (negative: clicks lost).
+    clicks_delta: float
+    #: ``clicks_delta * value_per_click`` when configured.
+    revenue_delta: float | None
+    #: Latest figure of segment ``all`` if it alerted, else of the driving segment.
+    headline: SeriesFigure
+    resolved_at: str | None = None
+    #: Alerting span, first window start to last window end.
+    duration_s: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentUpdate:
+    """One change to deliver: ``open``, ``update`` or ``resolve``.
+
+    ``changes`` lists notable changes as ``(what, value)`` pairs (``severity``, ``cause``,
+    ``driving_segment``, ``segments_added``); values may be untrusted text.
+    """
+
+    kind: str
+    incident: Incident
+    changes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def revision(self) -> int:
+        return self.incident.revision
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.incident.incident_id}:{self.incident.revision}"
+
+    @property
+    def event_time_s(self) -> int:
+        """Event time of the update (for mutes): the end of the last window it covers."""
+        if self.kind == "resolve" and self.incident.resolved_at is not None:
+            return int(datetime.fromisoformat(self.incident.resolved_at).timestamp())
+        return self.incident.last_window_end_s
+
+
+@dataclass
+class _Open:
+    """Running state of an open incident (JSON-serialisable through ``to_json``)."""
+
+    incident_id: str
+    revision: int
+    first_s: int
+    last_s: int                      # window start of the last alerted window
+    last_end_s: int
+    first_window_start: str
+    last_window_end: str
+    severity: str
+    alert_count: int = 0
+    #: window start -> {segment: observed - expected clicks}; recent windows only.
+    windows: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: window start -> alert ids seen; recent windows only.
+    seen: dict[int, list[str]] = field(default_factory=dict)
+    #: Sums over windows no longer kept in ``windows``.
+    closed_delta: float = 0.0
+    closed_seg_abs: dict[str, float] = field(default_factory=dict)
+    cause_weight: dict[str, float] = field(default_factory=dict)
+    latest: dict[str, dict[str, Any]] = field(default_factory=dict)   # segment -> figure
+    kinds: list[str] = field(default_factory=list)
+    detectors: list[str] = field(default_factory=list)
+    #: The last values announced, to tell notable changes.
+    announced: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        d["windows"] = {str(k): v for k, v in self.windows.items()}
+        d["seen"] = {str(k): v for k, v in self.seen.items()}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Open:
+        d = dict(d)
+        d["windows"] = {int(k): v for k, v in d["windows"].items()}
+        d["seen"] = {int(k): v for k, v in d["seen"].items()}
+        return cls(**d)
+
+
+@dataclass
+class _Campaign:
+    campaign_id: str
+    #: Alerts of windows starting before this, with no open incident, are stale.
+    floor_s: int = -(2**62)
+    open: _Open | None = None
+    #: Last resolved incident id, for the record (and tests).
+    last_resolved: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"v": STATE_VERSION, "campaign_id": self.campaign_id, "floor_s": self.floor_s,
+                "open": None if self.open is None else self.open.to_json(),
+                "last_resolved": self.last_resolved}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> _Campaign:
+        if d.get("v") != STATE_VERSION:
+            raise ValueError(f"unsupported incident state version {d.get('v')!r}")
+        return cls(campaign_id=d["campaign_id"], floor_s=d["floor_s"],
+                   open=None if d["open"] is None else _Open.from_json(d["open"]),
+                   last_resolved=d.get("last_resolved"))
+
+
+class IncidentTracker:
+    """Groups alerts into incidents per campaign. Pure; the state pickles and serialises.
+
+    Parameters
+    ----------
+    window_s
+        Window length in seconds (``windows.length``).
+    gap_windows
+        Alerts at most this many windows apart join one incident; this many quiet windows
+        after the last alert resolve it.
+    value_per_click
+        Revenue per click, for ``Incident.revenue_delta`` (None: not computed).
+    keep_windows
+        How many recent windows of an open incident keep their alert ids (for de-duplication
+        of re-delivered alerts) and per-segment figures; older windows are folded into sums.
+    """
+
+    def __init__(self, window_s: int = 300, gap_windows: int = 3,
+                 value_per_click: float | None = None, keep_windows: int = 12):
+        if window_s <= 0 or gap_windows < 1 or keep_windows < 1:
+            raise ValueError("window_s, gap_windows and keep_windows must be positive")
+        self.window_s = window_s
+        self.gap_windows = gap_windows
+        self.value_per_click = value_per_click
+        self.keep_windows = max(keep_windows, gap_windows + 1)
+        self._campaigns: dict[str, _Campaign] = {}
+        self._stale = 0
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def stale_alerts(self) -> int:
+        """Alerts ignored because they were older than what the tracker remembers."""
+        return self._stale
+
+    def campaigns(self) -> list[str]:
+        return sorted(self._campaigns)
+
+    def export_state(self, campaign_id: str) -> dict[str, Any] | None:
+        """JSON-ready state of one campaign (None if the tracker knows nothing of it)."""
+        c = self._campaigns.get(campaign_id)
+        return None if c is None else c.to_json()
+
+    def import_state(self, campaign_id: str, state: dict[str, Any] | None) -> None:
+        """Replace one campaign's state by what :meth:`export_state` returned."""
+        if state is None:
+            self._campaigns.pop(campaign_id, None)
+        else:
+            c = _Campaign.from_json(state)
+            if c.campaign_id != campaign_id:
+                raise ValueError("incident state belongs to another campaign")
+            self._campaigns[campaign_id] = c
+
+    def forget(self, campaign_id: str) -> None:
+        self._campaigns.pop(campaign_id, None)
+
+    def open_incidents(self) -> list[Incident]:
+        return [self._snapshot(c, "open") for _, c in sorted(self._campaigns.items())
+                if c.open is not None]
+
+    def open_campaigns(self) -> dict[str, int]:
+        """Campaign id -> end of its open incident's last alerted window."""
+        return {cid: c.open.last_end_s for cid, c in self._campaigns.items()
+                if c.open is not None}
+
+    def resolve_due_s(self, last_end_s: int) -> int:
+        """The event time at which an incident whose last alert window ended then resolves."""
+        return last_end_s + self.gap_windows * self.window_s
+
+    # ------------------------------------------------------------------ updates
+
+    def observe(self, alerts: Iterable[Alert]) -> list[IncidentUpdate]:
+        """Feed alerts (any order, any campaigns); return at most one update per incident.
+
+        An alert too far after its campaign's open incident first resolves that incident
+        (``resolve`` update) and then opens a new one.
+        """
+        by_campaign: dict[str, list[Alert]] = {}
+        for a in alerts:
+            by_campaign.setdefault(a.campaign_id, []).append(a)
+        updates: list[IncidentUpdate] = []
+        for cid in sorted(by_campaign):
+            batch = sorted(by_campaign[cid], key=lambda a: (a.window_start_s, a.alert_id))
+            updates.extend(self._observe_campaign(cid, batch))
+        return updates
+
+    def advance(self, clock_end_s: int,
+                campaign_ids: Iterable[str] | None = None) -> list[IncidentUpdate]:
+        """Event time reached ``clock_end_s`` (end of the latest closed window): resolve
+        the open incidents (of ``campaign_ids``, or all) that have been quiet long enough."""
+        ids = sorted(self._campaigns) if campaign_ids is None else sorted(set(campaign_ids))
+        updates = []
+        for cid in ids:
+            c = self._campaigns.get(cid)
+            if c is not None and c.open is not None \
+                    and clock_end_s >= self.resolve_due_s(c.open.last_end_s):
+                updates.append(self._resolve(c))
+        return updates
+
+    def _observe_campaign(self, cid: str, batch: list[Alert]) -> list[IncidentUpdate]:
+        c = self._campaigns.setdefault(cid, _Campaign(campaign_id=cid))
+        updates: list[IncidentUpdate] = []
+        opened = False
+        changed = False
+        before: dict[str, Any] = {}
+        for a in batch:
+            o = c.open
+            if o is not None and a.window_start_s >= self.resolve_due_s(o.last_end_s):
+                # A new alert after the quiet gap: the old incident is over.
+                if changed or opened:
+                    updates.append(self._emit(c, opened, before))
+                    opened = changed = False
+                updates.append(self._resolve(c))
+                o = None
+            if o is None:
+                if a.window_start_s < c.floor_s:
+                    self._stale += 1
+                    continue
+                o = c.open = _Open(
+                    incident_id=make_incident_id(cid, a.window_start_s), revision=0,
+                    first_s=a.window_start_s, last_s=a.window_start_s,
+                    last_end_s=_end_s(a), first_window_start=a.window_start,
+                    last_window_end=a.window_end, severity=a.severity)
+                opened = True
+                before = {}
+            elif not changed and not opened:
+                before = dict(o.announced)
+            if self._add(o, a):
+                changed = True
+        if c.open is not None and (opened or changed):
+            updates.append(self._emit(c, opened, before))
+        return updates
+
+    def _add(self, o: _Open, a: Alert) -> bool:
+        """Fold one alert into an open incident; False if it was already there or stale."""
+        ws = a.window_start_s
+        if ws < self._keep_floor(o):
+            self._stale += 1
+            return False
+        ids = o.seen.setdefault(ws, [])
+        if a.alert_id in ids:
+            return False
+        ids.append(a.alert_id)
+        ids.sort()
+        o.alert_count += 1
+        delta = float(a.clicks) - float(a.expected_clicks)
+        segs = o.windows.setdefault(ws, {})
+        # Several detectors on one series and window see the same counts; keep the largest.
+        if a.segment not in segs or abs(delta) > abs(segs[a.segment]):
+            segs[a.segment] = delta
+        o.cause_weight[a.suspected_cause] = o.cause_weight.get(a.suspected_cause, 0.0) \
+            + max(abs(delta), 1e-9)
+        if _rank(a.severity) > _rank(o.severity):
+            o.severity = a.severity
+        prev = o.latest.get(a.segment)
+        if prev is None or (ws, a.alert_id) >= (prev["_ws"], prev["_id"]):
+            fig = _figure_json(SeriesFigure.of(a))
+            fig["_ws"], fig["_id"] = ws, a.alert_id
+            o.latest[a.segment] = fig
+        if a.kind not in o.kinds:
+            o.kinds.append(a.kind)
+            o.kinds.sort()
+        if a.detector not in o.detectors:
+            o.detectors.append(a.detector)
+            o.detectors.sort()
+        if ws < o.first_s:
+            o.first_s, o.first_window_start = ws, a.window_start
+        if ws > o.last_s:
+            o.last_s = ws
+        if _end_s(a) > o.last_end_s:
+            o.last_end_s, o.last_window_end = _end_s(a), a.window_end
+        self._prune(o)
+        return True
+
+    def _keep_floor(self, o: _Open) -> int:
+        return o.last_s - (self.keep_windows - 1) * self.window_s
+
+    def _prune(self, o: _Open) -> None:
+        floor = self._keep_floor(o)
+        for ws in [w for w in o.windows if w < floor]:
+            segs = o.windows.pop(ws)
+            o.closed_delta += _window_impact(segs)
+            for seg, d in segs.items():
+                o.closed_seg_abs[seg] = o.closed_seg_abs.get(seg, 0.0) + abs(d)
+        for ws in [w for w in o.seen if w < floor]:
+            del o.seen[ws]
+
+    def _resolve(self, c: _Campaign) -> IncidentUpdate:
+        o = c.open
+        assert o is not None
+        o.revision += 1
+        due = self.resolve_due_s(o.last_end_s)
+        snap = self._snapshot(c, "resolved", resolved_at=iso(due))
+        c.open = None
+        c.floor_s = due
+        c.last_resolved = o.incident_id
+        return IncidentUpdate("resolve", snap)
+
+    def _emit(self, c: _Campaign, opened: bool, before: dict[str, Any]) -> IncidentUpdate:
+        o = c.open
+        assert o is not None
+        o.revision += 1
+        snap = self._snapshot(c, "open")
+        now = {"severity": snap.severity, "cause": snap.suspected_cause,
+               "driving_segment": snap.driving_segment, "segments": list(snap.segments)}
+        changes: list[tuple[str, str]] = []
+        if not opened:
+            if _rank(now["severity"]) > _rank(before.get("severity", "info")):
+                changes.append(("severity", now["severity"]))
+            if now["cause"] != before.get("cause"):
+                changes.append(("cause", now["cause"]))
+            if now["driving_segment"] != before.get("driving_segment"):
+                changes.append(("driving_segment", now["driving_segment"]))
+            added = sorted(set(now["segments"]) - set(before.get("segments", [])))
+            if added:
+                changes.append(("segments_added", ", ".join(added)))
+        o.announced = now
+        return IncidentUpdate("open" if opened else "update", snap, tuple(changes))
+
+    def _snapshot(self, c: _Campaign, status: str, resolved_at: str | None = None) -> Incident:
+        o = c.open
+        assert o is not None
+        seg_abs = dict(o.closed_seg_abs)
+        delta = o.closed_delta
+        for segs in o.windows.values():
+            delta += _window_impact(segs)
+            for seg, d in segs.items():
+                seg_abs[seg] = seg_abs.get(seg, 0.0) + abs(d)
+        segments = tuple(sorted(set(seg_abs) | set(o.latest)))
+        candidates = {s: v for s, v in seg_abs.items() if s != ALL} or seg_abs
+        driving = min(candidates, key=lambda s: (-candidates[s], s)) if candidates else ALL
+        cause = min(o.cause_weight, key=lambda k: (-o.cause_weight[k], k)) \
+            if o.cause_weight else "unknown"
+        head_seg = ALL if ALL in o.latest else driving
+        head = o.latest.get(head_seg) or next(iter(o.latest.values()))
+        headline = SeriesFigure(**{k: v for k, v in head.items() if not k.startswith("_")})
+        delta = round(delta, 6)
+        revenue = None if self.value_per_click is None \
+            else round(delta * self.value_per_click, 2)
+        return Incident(
+            incident_id=o.incident_id, campaign_id=c.campaign_id, status=status,
+            revision=o.revision, severity=o.severity, suspected_cause=cause,
+            driving_segment=driving, segments=segments, kinds=tuple(o.kinds),
+            detectors=tuple(o.detectors), alert_count=o.alert_count,
+            first_window_start=o.first_window_start, last_window_end=o.last_window_end,
+            first_window_start_s=o.first_s, last_window_end_s=o.last_end_s,
+            clicks_delta=delta, revenue_delta=revenue, headline=headline,
+            resolved_at=resolved_at, duration_s=o.last_end_s - o.first_s)
+
+
+def _end_s(a: Alert) -> int:
+    # The length from the two ISO stamps, so a stamp without offset cannot shift the result.
+    try:
+        length = datetime.fromisoformat(a.window_end) - datetime.fromisoformat(a.window_start)
+    except (TypeError, ValueError):
+        return a.window_start_s
+    return a.window_start_s + int(length.total_seconds())
+
+
+def _window_impact(segs: dict[str, float]) -> float:
+    if ALL in segs:
+        return segs[ALL]
+    return max(segs.values(), key=lambda d: (abs(d), d)) if segs else 0.0
+
+
+def _figure_json(f: SeriesFigure) -> dict[str, Any]:
+    return {k: getattr(f, k) for k in f.__slots__}
