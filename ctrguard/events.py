@@ -18,11 +18,10 @@ ctrguard.errors.EventError: missing required field 'campaign_id'
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
-import orjson
+import msgspec
 
 from ctrguard.errors import EventError
 
@@ -53,26 +52,77 @@ class Event(NamedTuple):
     is_internal: bool
 
 
-def _has_control_chars(text: str) -> bool:
-    # Fast path: printable ASCII has no control characters.
-    if text.isascii() and text.isprintable():
-        return False
-    return any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in text)
+# Control and format characters (C0, DEL, C1, zero-width and bidi controls, BOM): refused in
+# ids and segment values, checked in C by msgspec together with the types.
+_NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*$"
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=_NO_CONTROL)]
+_Attr = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS, pattern=_NO_CONTROL)]
+_Text = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS)]
+_EpochMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
 
 
-def _require_id(obj: dict[str, Any], name: str) -> str:
-    value = obj.get(name)
-    if value is None:
-        raise EventError(f"missing required field {name!r}", field=name)
-    if not isinstance(value, str):
-        raise EventError(f"field {name!r} must be a string, got {type(value).__name__}", field=name)
-    if not value:
-        raise EventError(f"field {name!r} is empty", field=name)
-    if len(value) > MAX_ID_CHARS:
-        raise EventError(f"field {name!r} is longer than {MAX_ID_CHARS} characters", field=name)
-    if _has_control_chars(value):
-        raise EventError(f"field {name!r} contains control characters", field=name)
-    return value
+class EventWire(msgspec.Struct, gc=False):
+    """The JSON shape of an event; decoding type-checks it. Unknown fields are ignored."""
+
+    event_id: _Id
+    ts: _EpochMs | str
+    campaign_id: _Id
+    creative_id: _Attr | None = None
+    channel: _Attr | None = None
+    device: _Attr | None = None
+    geo: _Attr | None = None
+    user_id: _Attr | None = None
+    user_agent: _Text | None = None
+    impression_id: _Attr | None = None
+    is_internal: bool | None = None
+
+
+_DECODER = msgspec.json.Decoder(EventWire)
+
+
+def _wire_error(exc: msgspec.ValidationError) -> EventError:
+    text = str(exc)
+    if text.startswith("Object missing required field `"):
+        name = text.split("`")[1]
+        return EventError(f"missing required field {name!r}", field=name)
+    field = None
+    if " - at `$." in text:
+        field = text.rsplit("`$.", 1)[1].rstrip("`").split("[")[0].split(".")[0]
+    if field is not None and "matching regex" in text:
+        return EventError(f"field {field!r} contains control characters", field=field)
+    if field is not None and "length" in text:
+        return EventError(f"field {field!r} is empty or too long ({text.split(' - ')[0]})",
+                          field=field)
+    if field == "ts" and ("<" in text or ">" in text):
+        return EventError("field 'ts' is out of range (2000..2100)", field="ts")
+    return EventError(f"wrong type: {text}", field=field)
+
+
+def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> EventWire:
+    r"""Decode and validate one message; ``ts`` is returned as epoch milliseconds.
+
+    The fast path used by the dataflow; :func:`parse_event` wraps it.
+
+    >>> decode_event(b'{"event_id":"a\\u0007","ts":1767225600000,"campaign_id":"c"}')
+    Traceback (most recent call last):
+    ...
+    ctrguard.errors.EventError: field 'event_id' contains control characters
+    """
+    if raw is None:
+        raise EventError("empty message (no value)")
+    if len(raw) > max_bytes:
+        raise EventError(f"message is larger than {max_bytes} bytes ({len(raw)})")
+    try:
+        ev = _DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _wire_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise EventError(f"not valid JSON: {str(exc)[:120]}") from None
+    except UnicodeDecodeError:
+        raise EventError("not valid UTF-8") from None
+    if ev.ts.__class__ is str:
+        ev.ts = parse_ts(ev.ts)
+    return ev
 
 
 def parse_ts(value: Any) -> int:
@@ -119,45 +169,9 @@ def parse_event(raw: bytes, kind: int, *, max_bytes: int = DEFAULT_MAX_EVENT_BYT
     Raises :class:`~ctrguard.errors.EventError` with a reason for anything that breaks the
     contract.
     """
-    if raw is None:
-        raise EventError("empty message (no value)")
-    if len(raw) > max_bytes:
-        raise EventError(f"message is larger than {max_bytes} bytes ({len(raw)})")
-    try:
-        obj = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise EventError(f"not valid JSON (or not UTF-8): {str(exc)[:120]}") from None
-    if not isinstance(obj, dict):
-        raise EventError(f"not a JSON object but {type(obj).__name__}")
-    event_id = _require_id(obj, "event_id")
-    campaign_id = _require_id(obj, "campaign_id")
-    if "ts" not in obj:
-        raise EventError("missing required field 'ts'", field="ts")
-    ts_ms = parse_ts(obj["ts"])
-    attrs: dict[str, str] = {}
-    for name in OPTIONAL_STR_FIELDS:
-        value = obj.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise EventError(
-                f"field {name!r} must be a string, got {type(value).__name__}", field=name
-            )
-        if len(value) > MAX_ATTR_CHARS:
-            raise EventError(f"field {name!r} is longer than {MAX_ATTR_CHARS} characters",
-                             field=name)
-        if name != "user_agent" and _has_control_chars(value):
-            raise EventError(f"field {name!r} contains control characters", field=name)
-        attrs[name] = value
-    internal = obj.get("is_internal", False)
-    if internal is None:
-        internal = False
-    if not isinstance(internal, bool):
-        raise EventError(
-            f"field 'is_internal' must be a boolean, got {type(internal).__name__}",
-            field="is_internal",
-        )
-    return Event(ts_ms, kind, event_id, campaign_id, attrs, internal)
+    ev = decode_event(raw, max_bytes=max_bytes)
+    attrs = {name: getattr(ev, name) for name in OPTIONAL_STR_FIELDS if getattr(ev, name) is not None}
+    return Event(ev.ts, kind, ev.event_id, ev.campaign_id, attrs, bool(ev.is_internal))
 
 
 def ms_to_iso(ts_ms: int) -> str:

@@ -28,6 +28,7 @@ tracking outage, when the click topic is silent.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import zlib
 from collections import Counter
@@ -37,7 +38,7 @@ from typing import Any, NamedTuple
 
 from ctrguard.config import Settings
 from ctrguard.errors import EventError
-from ctrguard.events import CLICK, IMPRESSION, KIND_NAMES, ms_to_iso, parse_event
+from ctrguard.events import CLICK, IMPRESSION, KIND_NAMES, decode_event, ms_to_iso
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -142,31 +143,42 @@ class EventPreparer:
         self._bot_re = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
         self._exclude_internal = settings.exclusions.internal
         self._shard_cache: dict[str, int] = {}
+        self._ua_cache: dict[str, bool] = {}
+        getter = operator.attrgetter(*self._dims) if self._dims else (lambda ev: ())
+        self._dim_getter = (lambda ev: (getter(ev),)) if len(self._dims) == 1 else getter
 
     def prepare(self, batch: RawBatch) -> PreparedBatch:
         dead: list[DeadLetter] = []
         excluded: Counter = Counter()
         valid: list[Prepared] = []
-        dims = self._dims
+        dim_getter = self._dim_getter
         bot_re = self._bot_re
+        kind = batch.kind
+        max_bytes = self._max_bytes
+        exclude_internal = self._exclude_internal
+        ua_cache = self._ua_cache
         for raw, offset in zip(batch.values, batch.offsets, strict=True):
             try:
-                ev = parse_event(raw, batch.kind, max_bytes=self._max_bytes)
+                ev = decode_event(raw, max_bytes=max_bytes)
             except EventError as exc:
                 dead.append(DeadLetter("parse", exc.reason, batch.topic, batch.partition,
                                        offset, raw if raw is not None else b""))
                 continue
-            if ev.is_internal and self._exclude_internal:
+            if ev.is_internal and exclude_internal:
                 excluded["internal"] += 1
                 continue
-            attrs = ev.attrs
-            if bot_re is not None:
-                ua = attrs.get("user_agent")
-                if ua is not None and bot_re.search(ua):
+            ua = ev.user_agent
+            if ua is not None and bot_re is not None:
+                is_bot = ua_cache.get(ua)
+                if is_bot is None:
+                    if len(ua_cache) > 100_000:
+                        ua_cache.clear()
+                    is_bot = ua_cache[ua] = bot_re.search(ua) is not None
+                if is_bot:
                     excluded["bot_user_agent"] += 1
                     continue
-            valid.append(Prepared(ev.ts_ms, ev.kind, ev.event_id, ev.campaign_id,
-                                  tuple(attrs.get(d) for d in dims), raw, offset))
+            valid.append(Prepared(ev.ts, kind, ev.event_id, ev.campaign_id,
+                                  dim_getter(ev), raw, offset))
         frontier = None
         if valid:
             # A robust frontier: one absurd timestamp must not close every window.
