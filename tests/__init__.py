@@ -1,0 +1,1 @@
+"""ctrguard's test suite (a package so shared fixture modules import as ``tests.*``)."""

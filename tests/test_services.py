@@ -1,0 +1,197 @@
+"""The real services the other tests rely on: they start, hold data exactly, and go away."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+from confluent_kafka.admin import AdminClient
+
+from ctrguard.errors import ServiceError
+from ctrguard.services import (
+    ServiceStartError,
+    consume_to_eof,
+    ensure_topics,
+    free_port,
+    produce_all,
+    start_broker,
+    start_redis,
+    wait_until,
+)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def _topic_partitions(bootstrap: str) -> dict[str, int]:
+    metadata = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
+
+
+# --------------------------------------------------------------------------- broker
+
+
+def test_broker_answers_metadata(broker):
+    assert broker.bootstrap == f"127.0.0.1:{broker.port}"
+    assert broker.is_running()
+    AdminClient(broker.client_config()).list_topics(timeout=5)
+
+
+def test_topics_are_created_with_the_requested_partitions(broker, topic_factory):
+    topics = topic_factory(partitions=2)
+    assert set(topics) == {"impressions", "clicks", "figures", "alerts", "deadletter"}
+    assert len(set(topics.values())) == 5
+    listed = _topic_partitions(broker.bootstrap)
+    assert {listed[name] for name in topics.values()} == {2}
+
+
+def test_unique_topics_differ_between_calls(topic_factory):
+    assert set(topic_factory().values()).isdisjoint(topic_factory().values())
+
+
+def test_ensure_topics_is_idempotent(broker, unique_topics):
+    names = list(unique_topics.values())
+    assert ensure_topics(broker.bootstrap, names) == dict.fromkeys(names, 1)
+    assert ensure_topics(broker.bootstrap, names) == dict.fromkeys(names, 1)
+
+
+def test_ensure_topics_refuses_a_partition_count_mismatch(broker, unique_topics):
+    with pytest.raises(ServiceError, match="another partition count") as info:
+        ensure_topics(broker.bootstrap, [unique_topics["clicks"]], partitions=3)
+    assert not info.value.retryable
+
+
+def test_produce_then_consume_exactly_n_messages(broker, topic_factory):
+    topic = topic_factory(partitions=2, keys=("events",))["events"]
+    n = 5_000
+    records = [(f"campaign-{i % 13}".encode(), str(i).encode()) for i in range(n)]
+
+    assert produce_all(broker.bootstrap, topic, records) == n
+    messages = consume_to_eof(broker.bootstrap, topic)
+
+    values = [int(m.value()) for m in messages]
+    assert len(values) == n
+    assert sorted(values) == list(range(n))
+    assert {m.partition() for m in messages} == {0, 1}
+    # Order holds within a partition, so per key.
+    for partition in (0, 1):
+        offsets = [m.offset() for m in messages if m.partition() == partition]
+        assert offsets == list(range(len(offsets)))
+
+
+def test_consume_to_eof_of_an_empty_topic_is_empty(broker, unique_topics):
+    assert consume_to_eof(broker.bootstrap, unique_topics["alerts"], timeout=15) == []
+
+
+def test_consume_to_eof_waits_for_min_messages(broker, unique_topics):
+    topic = unique_topics["figures"]
+    produce_all(broker.bootstrap, topic, [b"only-one"])
+    with pytest.raises(ServiceError, match="wanted at least 2"):
+        consume_to_eof(broker.bootstrap, topic, min_messages=2, timeout=2)
+
+
+def test_producing_to_an_unknown_topic_fails_instead_of_auto_creating(broker):
+    topic = f"never-created-{free_port()}"
+    with pytest.raises(ServiceError, match="not delivered"):
+        produce_all(broker.bootstrap, topic, [b"x"], timeout=2)
+    assert topic not in _topic_partitions(broker.bootstrap)
+
+
+def test_broker_stop_leaves_no_process(tmp_path):
+    with start_broker(log_dir=tmp_path) as own:
+        pid = own.pid
+        assert pid is not None and not _pid_gone(pid)
+        assert "ready in" in own.log_tail()
+    assert not own.is_running()
+    assert _pid_gone(pid)
+    own.stop()  # idempotent
+
+
+def test_broker_on_a_taken_port_fails_with_its_log(broker, tmp_path):
+    with pytest.raises(ServiceStartError, match="AddrInUse"):
+        start_broker(port=broker.port, log_dir=tmp_path, timeout=10)
+    assert broker.is_running()
+
+
+# --------------------------------------------------------------------------- redis
+
+
+def test_redis_url_gives_a_clean_database(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    assert client.dbsize() == 0
+    client.set("left-behind", "1")
+    client.close()
+
+
+def test_redis_url_is_flushed_between_tests(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    assert client.get("left-behind") is None
+    client.close()
+
+
+def test_password_protected_redis(redis_factory):
+    server = redis_factory(password="s3cret with space", acl_user="ctrguard",
+                           acl_password="acl:pw")
+    assert "s3cret" not in server.url_without_password
+    assert "s3cret" not in repr(server)
+
+    anonymous = redis.Redis.from_url(server.url_without_password, socket_timeout=2)
+    with pytest.raises(redis.AuthenticationError):
+        anonymous.set("k", "v")
+
+    with_password = redis.Redis.from_url(server.url, socket_timeout=2)
+    assert with_password.set("k", "v")
+    acl_client = redis.Redis.from_url(
+        server.url_for(username="ctrguard", password="acl:pw"), socket_timeout=2)
+    assert acl_client.get("k") == b"v"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(server.url_for(username="ctrguard", password="wrong"),
+                             socket_timeout=2).ping()
+    for client in (anonymous, with_password, acl_client):
+        client.close()
+
+
+def test_redis_kill_then_restart_on_the_same_port(redis_factory):
+    server = redis_factory()
+    port, old_pid = server.port, server.pid
+    server.client().set("k", "v")
+
+    server.kill()
+    assert _pid_gone(old_pid)
+    with pytest.raises(redis.ConnectionError):
+        server.client(socket_connect_timeout=1).ping()
+
+    server.restart()
+    assert server.port == port and server.pid != old_pid
+    assert server.client().ping()
+    assert server.client().get("k") is None  # nothing persisted
+
+
+def test_redis_stop_leaves_no_process():
+    with start_redis() as server:
+        pid = server.pid
+        assert not _pid_gone(pid)
+    assert _pid_gone(pid)
+    assert not server.is_running()
+
+
+def test_redis_on_a_taken_port_fails_with_its_log(redis_server):
+    with pytest.raises(ServiceStartError, match="Address already in use"):
+        start_redis(port=redis_server.port)
+    assert redis_server.client().ping()
+
+
+def test_redis_rejects_half_an_acl_user():
+    with pytest.raises(ValueError, match="together"):
+        start_redis(acl_user="only-a-name")
+
+
+def test_wait_until_returns_the_first_truthy_value():
+    values = iter([0, None, "", "done"])
+    assert wait_until(lambda: next(values), timeout=5, interval=0) == "done"
