@@ -718,11 +718,17 @@ class RedisServer(_ServiceProcess):
         return redis_url(self.port, username=username, password=password, db=db)
 
     def client(self, db: int = 0, **kwargs: Any):
-        """A ``redis.Redis`` for this server with short, explicit timeouts."""
+        """A ``redis.Redis`` for this server: short timeouts, no retries (overridable).
+
+        redis-py's own defaults (timeouts, a retrying backoff) changed between releases;
+        tests want failures at once.
+        """
         import redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
         options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0,
-                   "password": self.password, **kwargs}
+                   "retry": Retry(NoBackoff(), 0), "password": self.password, **kwargs}
         return redis.Redis(host=LOOPBACK, port=self.port, db=db, **options)
 
     def restart(self, timeout: float = 10.0) -> None:

@@ -93,13 +93,13 @@ def test_consume_to_eof_waits_for_min_messages(broker, unique_topics):
     topic = unique_topics["figures"]
     produce_all(broker.bootstrap, topic, [b"only-one"])
     with pytest.raises(ServiceError, match="wanted at least 2"):
-        consume_to_eof(broker.bootstrap, topic, min_messages=2, timeout=2)
+        consume_to_eof(broker.bootstrap, topic, min_messages=2, timeout=1)
 
 
 def test_producing_to_an_unknown_topic_fails_instead_of_auto_creating(broker):
     topic = f"never-created-{free_port()}"
     with pytest.raises(ServiceError, match="not delivered"):
-        produce_all(broker.bootstrap, topic, [b"x"], timeout=2)
+        produce_all(broker.bootstrap, topic, [b"x"], timeout=1)
     assert topic not in _topic_partitions(broker.bootstrap)
 
 
