@@ -19,7 +19,8 @@ Rules
   windows; negative means clicks lost.
 * The driving segment is the non-``all`` segment with the largest summed
   ``|observed - expected|`` clicks (``all`` when no other segment alerted).
-* The suspected cause is the cause with the largest summed ``|observed - expected|`` weight.
+* The suspected cause is the cause with the largest summed ``|observed - expected|`` over
+  the series that gave each window its impact.
 
 >>> from ctrguard.records import Alert
 >>> def alert(ws, segment="all", clicks=5, expected=20.0, severity="warning"):
@@ -62,6 +63,8 @@ __all__ = [
     "SEVERITY_RANK",
     "iso",
     "make_incident_id",
+    "update_from_json",
+    "update_to_json",
 ]
 
 ALL = "all"
@@ -186,8 +189,8 @@ class _Open:
     last_window_end: str
     severity: str
     alert_count: int = 0
-    #: window start -> {segment: observed - expected clicks}; recent windows only.
-    windows: dict[int, dict[str, float]] = field(default_factory=dict)
+    #: window start -> {segment: [observed - expected clicks, cause]}; recent windows only.
+    windows: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
     #: window start -> alert ids seen; recent windows only.
     seen: dict[int, list[str]] = field(default_factory=dict)
     #: Sums over windows no longer kept in ``windows``.
@@ -385,10 +388,8 @@ class IncidentTracker:
         delta = float(a.clicks) - float(a.expected_clicks)
         segs = o.windows.setdefault(ws, {})
         # Several detectors on one series and window see the same counts; keep the largest.
-        if a.segment not in segs or abs(delta) > abs(segs[a.segment]):
-            segs[a.segment] = delta
-        o.cause_weight[a.suspected_cause] = o.cause_weight.get(a.suspected_cause, 0.0) \
-            + max(abs(delta), 1e-9)
+        if a.segment not in segs or abs(delta) > abs(segs[a.segment][0]):
+            segs[a.segment] = [delta, a.suspected_cause]
         if _rank(a.severity) > _rank(o.severity):
             o.severity = a.severity
         prev = o.latest.get(a.segment)
@@ -418,8 +419,10 @@ class IncidentTracker:
         floor = self._keep_floor(o)
         for ws in [w for w in o.windows if w < floor]:
             segs = o.windows.pop(ws)
-            o.closed_delta += _window_impact(segs)
-            for seg, d in segs.items():
+            seg, (d, cause) = _impact_series(segs)
+            o.closed_delta += d
+            o.cause_weight[cause] = o.cause_weight.get(cause, 0.0) + abs(d)
+            for seg, (d, _) in segs.items():
                 o.closed_seg_abs[seg] = o.closed_seg_abs.get(seg, 0.0) + abs(d)
         for ws in [w for w in o.seen if w < floor]:
             del o.seen[ws]
@@ -461,15 +464,18 @@ class IncidentTracker:
         assert o is not None
         seg_abs = dict(o.closed_seg_abs)
         delta = o.closed_delta
+        cause_weight = dict(o.cause_weight)
         for segs in o.windows.values():
-            delta += _window_impact(segs)
-            for seg, d in segs.items():
+            _, (d, cause) = _impact_series(segs)
+            delta += d
+            cause_weight[cause] = cause_weight.get(cause, 0.0) + abs(d)
+            for seg, (d, _) in segs.items():
                 seg_abs[seg] = seg_abs.get(seg, 0.0) + abs(d)
         segments = tuple(sorted(set(seg_abs) | set(o.latest)))
         candidates = {s: v for s, v in seg_abs.items() if s != ALL} or seg_abs
         driving = min(candidates, key=lambda s: (-candidates[s], s)) if candidates else ALL
-        cause = min(o.cause_weight, key=lambda k: (-o.cause_weight[k], k)) \
-            if o.cause_weight else "unknown"
+        cause = min(cause_weight, key=lambda k: (-cause_weight[k], k)) \
+            if cause_weight else "unknown"
         head_seg = ALL if ALL in o.latest else driving
         head = o.latest.get(head_seg) or next(iter(o.latest.values()))
         headline = SeriesFigure(**{k: v for k, v in head.items() if not k.startswith("_")})
@@ -496,11 +502,44 @@ def _end_s(a: Alert) -> int:
     return a.window_start_s + int(length.total_seconds())
 
 
-def _window_impact(segs: dict[str, float]) -> float:
+def _impact_series(segs: dict[str, list[Any]]) -> tuple[str, list[Any]]:
+    """The series that gives a window its impact: ``all``, else the largest deviation."""
     if ALL in segs:
-        return segs[ALL]
-    return max(segs.values(), key=lambda d: (abs(d), d)) if segs else 0.0
+        return ALL, segs[ALL]
+    if not segs:
+        return ALL, [0.0, "unknown"]
+    seg = min(segs, key=lambda s: (-abs(segs[s][0]), s))
+    return seg, segs[seg]
 
 
 def _figure_json(f: SeriesFigure) -> dict[str, Any]:
     return {k: getattr(f, k) for k in f.__slots__}
+
+
+def update_to_json(update: IncidentUpdate) -> dict[str, Any]:
+    """JSON-ready form of an update (for the outbox)."""
+    inc = update.incident
+    d = {k: getattr(inc, k) for k in inc.__slots__}
+    d["headline"] = _figure_json(inc.headline)
+    d["segments"], d["kinds"], d["detectors"] = list(inc.segments), list(inc.kinds), \
+        list(inc.detectors)
+    return {"kind": update.kind, "incident": d, "changes": [list(c) for c in update.changes]}
+
+
+def update_from_json(data: dict[str, Any]) -> IncidentUpdate:
+    """Inverse of :func:`update_to_json`.
+
+    >>> t = IncidentTracker()
+    >>> from ctrguard.records import Alert
+    >>> a = Alert("a1", "c", "all", iso(0), iso(300), 0, 100, 1, 0.01, "ctr_drop", "warning",
+    ...           "d", 0.02, 3.0, 0.9, 0.015, 0.025, 2.0, 100.0, "click_tracking", False)
+    >>> u, = t.observe([a])
+    >>> update_from_json(update_to_json(u)) == u
+    True
+    """
+    d = dict(data["incident"])
+    d["headline"] = SeriesFigure(**d["headline"])
+    d["segments"], d["kinds"], d["detectors"] = tuple(d["segments"]), tuple(d["kinds"]), \
+        tuple(d["detectors"])
+    return IncidentUpdate(kind=data["kind"], incident=Incident(**d),
+                          changes=tuple((str(k), str(v)) for k, v in data["changes"]))

@@ -1,0 +1,297 @@
+"""Slack messages for incidents: Block Kit, a plain-text fallback, thread follow-ups.
+
+Campaign ids, segment values and anything else that comes from the event stream is
+untrusted. Everything untrusted goes through :func:`inert` (mrkdwn) or :func:`plain`
+(``plain_text``): control characters and newlines collapse to spaces, backticks are replaced
+so code spans and fences cannot be closed or opened, the text is truncated, and in mrkdwn
+``&``, ``<``, ``>`` are escaped as Slack requires, so ``<!channel>``, ``<@U123>`` and
+``<https://evil|click>`` show as text and never notify or link. Text objects that carry
+untrusted data are also sent with ``verbatim: true`` (no auto-linking of URLs and
+``#channel``/``@name``).
+
+>>> inert("<!channel> & <@U123>")
+'&lt;!channel&gt; &amp; &lt;@U123&gt;'
+>>> code("```rm -rf```\\nnext line")
+'`ˋˋˋrm -rfˋˋˋ next line`'
+>>> sanitize("x" * 100, 10)
+'xxxxxxxxx…'
+>>> mention("U024BE7LH"), mention("S0614TZR7"), mention("<!here>")
+('<@U024BE7LH>', '<!subteam^S0614TZR7>', '@‹!here›')
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sinks.incidents import Incident, IncidentUpdate
+
+__all__ = [
+    "RenderedMessage",
+    "code",
+    "inert",
+    "mention",
+    "plain",
+    "render_console",
+    "render_incident",
+    "render_thread_reply",
+    "sanitize",
+]
+
+#: Default length of one untrusted value in a message.
+MAX_VALUE = 80
+MAX_HEADER = 150
+MAX_SECTION = 3000
+MAX_FALLBACK = 3000
+MAX_SEGMENTS_SHOWN = 5
+BACKTICK_STANDIN = "\u02cb"   # MODIFIER LETTER GRAVE ACCENT: looks like ` but is not markup
+ELLIPSIS = "…"
+
+SEVERITY_ICON = {"critical": "🔴", "warning": "🟠", "info": "🔵"}
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,30}$")
+_GROUP_ID = re.compile(r"^S[A-Z0-9]{2,30}$")
+_WS = re.compile(r"\s+")
+
+
+def sanitize(value: Any, limit: int = MAX_VALUE) -> str:
+    """Untrusted value -> one line of harmless plain text of at most ``limit`` characters."""
+    text = "" if value is None else str(value)
+    if len(text) > 4 * limit + 64:
+        text = text[: 4 * limit + 64]   # bound the work on huge inputs before normalising
+    chars = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        # Cc: control (ANSI escapes, NUL, newlines); Cf: format (bidi overrides, zero width).
+        chars.append(" " if cat in ("Cc", "Cf", "Zl", "Zp") else ch)
+    text = _WS.sub(" ", "".join(chars)).strip().replace("`", BACKTICK_STANDIN)
+    if len(text) > limit:
+        text = text[: max(limit - 1, 0)].rstrip() + ELLIPSIS
+    return text
+
+
+def escape(text: str) -> str:
+    """Slack's escaping for mrkdwn and message text: ``&``, ``<``, ``>`` only."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def inert(value: Any, limit: int = MAX_VALUE) -> str:
+    """Untrusted value for mrkdwn text."""
+    return escape(sanitize(value, limit))
+
+
+def code(value: Any, limit: int = MAX_VALUE) -> str:
+    """Untrusted value as inline code (no bold/italic/strike from ``*``, ``_``, ``~``)."""
+    text = inert(value, limit)
+    return f"`{text}`" if text else "`(empty)`"
+
+
+def plain(value: Any, limit: int = MAX_VALUE) -> str:
+    """Untrusted value for a ``plain_text`` object: angle brackets replaced by look-alikes."""
+    return sanitize(value, limit).replace("<", "‹").replace(">", "›")
+
+
+def mention(owner: str | None) -> str:
+    """A configured owner as mrkdwn: ids become mentions, anything else inert text."""
+    if not owner:
+        return "—"
+    if _USER_ID.match(owner):
+        return f"<@{owner}>"
+    if _GROUP_ID.match(owner):
+        return f"<!subteam^{owner}>"
+    name = sanitize(owner, 60).lstrip("@").replace("<", "‹").replace(">", "›")
+    return "@" + escape(name)
+
+
+def _pct(x: float) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    return f"{100 * x:.2f}%"
+
+
+def _num(x: float, signed: bool = False) -> str:
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    s = f"{x:+,.0f}" if signed else f"{x:,.0f}"
+    return s.replace("-", "−")
+
+
+def _money(x: float | None, currency: str) -> str:
+    if x is None or not math.isfinite(x):
+        return ""
+    return f"{x:+,.2f} {currency}".replace("-", "−")
+
+
+def _hm(iso_ts: str) -> str:
+    try:
+        return datetime.fromisoformat(iso_ts).strftime("%Y-%m-%d %H:%M UTC")
+    except (TypeError, ValueError):
+        return inert(iso_ts, 40)
+
+
+def _duration(seconds: int) -> str:
+    minutes = max(int(seconds) // 60, 0)
+    if minutes < 120:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _cause(cause: str) -> str:
+    return inert(cause.replace("_", " "), 40)
+
+
+def _segments(segments: tuple[str, ...]) -> str:
+    shown = [code(s, 60) for s in segments[:MAX_SEGMENTS_SHOWN]]
+    more = len(segments) - len(shown)
+    return ", ".join(shown) + (f" (+{more} more)" if more > 0 else "")
+
+
+@dataclass(frozen=True)
+class RenderedMessage:
+    """A message ready for ``chat.postMessage`` / ``chat.update`` / a webhook."""
+
+    text: str
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _mrkdwn(text: str) -> dict[str, Any]:
+    return {"type": "mrkdwn", "text": _cap(text, MAX_SECTION), "verbatim": True}
+
+
+def _cap(text: str, limit: int) -> str:
+    """Keep text within a Slack limit, cutting at a line end when possible."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind("\n", 0, limit - 1)
+    if cut < limit // 2:
+        cut = limit - 1
+        # Never cut inside an escape such as "&amp;".
+        amp = text.rfind("&", cut - 5, cut)
+        if amp != -1 and ";" not in text[amp:cut]:
+            cut = amp
+    return text[:cut] + ELLIPSIS
+
+
+def render_incident(update: IncidentUpdate, *, owner: str | None = None,
+                    currency: str = "USD") -> RenderedMessage:
+    """The incident's main message (posted on open, edited on update and resolve)."""
+    inc = update.incident
+    resolved = inc.status == "resolved"
+    sev = inc.severity.upper() if inc.severity in SEVERITY_ICON else "ALERT"
+    icon = "✅" if resolved else SEVERITY_ICON.get(inc.severity, "⚪")
+    state = "RESOLVED" if resolved else sev
+    header = f"{icon} {state}: CTR incident on {plain(inc.campaign_id, 60)}"
+    h = inc.headline
+    interval = f"{_pct(h.ctr_low)}–{_pct(h.ctr_high)}"
+    impact = f"{_num(inc.clicks_delta, signed=True)} clicks"
+    money = _money(inc.revenue_delta, currency)
+    if money:
+        impact += f" ({money})"
+    if resolved:
+        status = (f"*Resolved* at {_hm(inc.resolved_at or '')} after "
+                  f"{_duration(inc.duration_s)} ({inc.alert_count} alerts)")
+    else:
+        status = f"*Open* since {_hm(inc.first_window_start)}, {inc.alert_count} alerts"
+    summary = "\n".join([
+        f"*Campaign* {code(inc.campaign_id)}",
+        f"*Suspected cause* {_cause(inc.suspected_cause)}"
+        f" · *Driving segment* {code(inc.driving_segment, 60)}",
+        status,
+    ])
+    fields = [
+        f"*Observed CTR* ({code(h.segment, 40)})\n{_pct(h.ctr)}"
+        f" ({_num(h.clicks)} / {_num(h.impressions)})",
+        f"*Expected CTR*\n{_pct(h.baseline_ctr)} (interval {interval})",
+        f"*Clicks vs expected*\n{impact}",
+        f"*Confidence*\n{_pct(h.confidence)}",
+        f"*Segments* ({len(inc.segments)})\n{_segments(inc.segments)}",
+        f"*Owner*\n{mention(owner)}",
+        f"*Windows*\n{_hm(inc.first_window_start)} → {_hm(inc.last_window_end)}",
+        f"*Severity*\n{sev.lower()}",
+    ]
+    context = (f"incident {inc.incident_id} · revision {inc.revision} · "
+               f"detectors: {inert(', '.join(inc.detectors), 200)} · ctrguard")
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cap(header, MAX_HEADER),
+                                    "emoji": False}},
+        {"type": "section", "text": _mrkdwn(summary)},
+        {"type": "section", "fields": [_mrkdwn(_cap(f, 2000)) for f in fields]},
+        {"type": "context", "elements": [_mrkdwn(context)]},
+    ]
+    lead = "Resolved" if resolved else f"[{sev}]"
+    text = (f"{lead} CTR incident on campaign {code(inc.campaign_id)}: "
+            f"{_cause(inc.suspected_cause)} suspected; CTR {_pct(h.ctr)} vs expected "
+            f"{_pct(h.baseline_ctr)} ({interval}); {impact}. Owner {mention(owner)}")
+    return RenderedMessage(text=_cap(text, MAX_FALLBACK), blocks=blocks)
+
+
+_CHANGE_TEXT = {
+    "severity": lambda v: f"Severity raised to *{inert(v, 20)}*",
+    "cause": lambda v: f"Suspected cause now *{_cause(v)}*",
+    "driving_segment": lambda v: f"Driving segment now {code(v, 60)}",
+    "segments_added": lambda v: "New segments: " + ", ".join(
+        code(s, 60) for s in v.split(", ")[:MAX_SEGMENTS_SHOWN])
+        + (f" (+{len(v.split(', ')) - MAX_SEGMENTS_SHOWN} more)"
+           if len(v.split(", ")) > MAX_SEGMENTS_SHOWN else ""),
+}
+
+
+def render_thread_reply(update: IncidentUpdate, *, owner: str | None = None,
+                        currency: str = "USD") -> str | None:
+    """A threaded follow-up for notable changes and for resolution (None: nothing notable)."""
+    inc = update.incident
+    if update.kind == "resolve":
+        impact = f"{_num(inc.clicks_delta, signed=True)} clicks"
+        money = _money(inc.revenue_delta, currency)
+        if money:
+            impact += f" ({money})"
+        return _cap(f"✅ Resolved at {_hm(inc.resolved_at or '')}: lasted "
+                    f"{_duration(inc.duration_s)}, {inc.alert_count} alerts, impact {impact}.",
+                    MAX_FALLBACK)
+    if update.kind != "update" or not update.changes:
+        return None
+    lines = [_CHANGE_TEXT[k](v) for k, v in update.changes if k in _CHANGE_TEXT]
+    if not lines:
+        return None
+    if any(k == "severity" for k, _ in update.changes) and owner:
+        lines.append(f"cc {mention(owner)}")
+    return _cap("\n".join(lines), MAX_FALLBACK)
+
+
+_MENTION = re.compile(r"<@([UW][A-Z0-9]+)>|<!subteam\^(S[A-Z0-9]+)>")
+
+
+def _console_text(text: str) -> str:
+    text = _MENTION.sub(lambda m: "@" + (m.group(1) or m.group(2)), text)
+    return html.unescape(text) if "&" in text else text
+
+
+def render_console(message: RenderedMessage | str) -> str:
+    """The message as a person would read it in Slack, for a terminal."""
+    if isinstance(message, str):
+        return _console_text(message)
+    lines: list[str] = []
+    for block in message.blocks:
+        kind = block.get("type")
+        if kind == "header":
+            title = block["text"]["text"]
+            lines += [title, "=" * min(len(title), 72)]
+        elif kind == "section":
+            if "text" in block:
+                lines.append(_console_text(block["text"]["text"]))
+            for f in block.get("fields", []):
+                name, _, value = f["text"].partition("\n")
+                lines.append(f"  {_console_text(name)}: {_console_text(value)}")
+        elif kind == "context":
+            lines.append(" ".join(_console_text(e.get("text", "")) for e in block["elements"]))
+    if not lines:
+        lines.append(_console_text(message.text))
+    return "\n".join(lines)
+
+
+def incident_title(inc: Incident) -> str:
+    return f"{inc.severity} incident on {sanitize(inc.campaign_id, 60)}"
