@@ -221,10 +221,8 @@ class _ServiceProcess:
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._proc is not None
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, sig)
-        except ProcessLookupError:
-            pass
 
     def stop(self, grace: float = STOP_GRACE) -> None:
         """Stop the server: SIGTERM, then SIGKILL after ``grace`` seconds. Idempotent."""
