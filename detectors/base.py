@@ -69,6 +69,9 @@ class Verdict:
     expected_clicks: float
     expected_impressions: float
     suspected_cause: str       # one of CAUSES
+    #: Groups the verdicts of one incident of a campaign (across series and windows), so a
+    #: sink can keep one escalation per incident; "" when the detector does not group.
+    incident: str = ""
 
 
 class CampaignMonitor(Protocol):

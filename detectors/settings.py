@@ -1,22 +1,94 @@
-"""Detector configuration (the ``detectors:`` section of the YAML file)."""
+"""Detector configuration (the ``detectors:`` section of the YAML file).
+
+Every field has a default; the defaults are the tuned values. Thresholds are in
+log-likelihood-ratio units (nats) unless said otherwise.
+
+>>> s = DetectorSettings()
+>>> s.warmup_windows, s.ctr_ratios
+(6, (0.2, 0.5, 0.7, 1.4, 2.0, 4.0))
+>>> try:
+...     DetectorSettings(ctr_ratios=(1.0,))
+... except ValueError as err:
+...     print(err.errors()[0]["msg"])
+Value error, ratios must be positive and differ from 1 (e.g. 0.5, 2.0)
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class DetectorSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    #: Windows a series must have seen before it may alarm.
+    # ---------------------------------------------------------------- noise control
+    #: Windows with traffic a series must have seen before it may alarm.
     warmup_windows: int = Field(6, ge=1, le=10_000)
-    #: Windows after an alarm during which the same series does not alarm again.
+    #: Windows after an incident ends during which the same series does not open another.
     cooldown_windows: int = Field(6, ge=0, le=10_000)
-    #: Binomial CUSUM decision threshold (log-likelihood ratio units).
-    cusum_threshold: float = Field(12.0, gt=0)
-    #: Relative CTR change the CUSUM is tuned to detect (0.5 = a halving or a +50%).
-    cusum_shift: float = Field(0.5, gt=0, lt=10)
-    #: EWMA smoothing of the baseline (per window).
+    #: False-alarm budget: target alarms per campaign-day on a stream without incidents.
+    #: The sequential tests' threshold is derived from it and from the number of tests
+    #: running in the campaign (Wald's bound ``P(false alarm) <= exp(-h)``).
+    false_alarms_per_campaign_day: float = Field(0.02, gt=0, le=1000)
+    #: Fixed decision threshold (nats) for every sequential test; overrides the budget.
+    cusum_threshold: float | None = Field(None, gt=0, le=1000)
+    #: Windows an incident may stay open before its level is accepted as the new normal.
+    max_incident_windows: int = Field(72, ge=1, le=100_000)
+    #: Windows within which alarms of a campaign with the same cause share one incident id.
+    group_windows: int = Field(12, ge=0, le=10_000)
+
+    # ---------------------------------------------------------------- sequential tests
+    #: CTR ratios (alternative / baseline) the binomial CUSUMs look for. The largest
+    #: of them at any time is a GLR over this grid.
+    ctr_ratios: tuple[float, ...] = (0.2, 0.5, 0.7, 1.4, 2.0, 4.0)
+    #: Impression-volume ratios the Poisson CUSUMs look for.
+    volume_ratios: tuple[float, ...] = (0.4, 2.0)
+    #: Evidence older than about this many windows fades (the CUSUMs leak ``1/n`` per
+    #: window), so a small persistent misfit of the baseline cannot add up over days.
+    evidence_windows: int = Field(48, ge=2, le=100_000)
+
+    # ---------------------------------------------------------------- baselines
+    #: Largest EWMA weight per window of the CTR level (count-weighted ratio of
+    #: discounted sums). Sparse series forget by information, not time: the weight is
+    #: ``expected clicks / baseline_memory_clicks``, between ``baseline_alpha_min`` and this.
     baseline_alpha: float = Field(0.05, gt=0, le=1)
+    baseline_alpha_min: float = Field(0.002, gt=0, le=1)
+    baseline_memory_clicks: float = Field(400.0, gt=0)
+    #: Holt level and trend weights of the impression volume (per window).
+    volume_alpha: float = Field(0.15, gt=0, le=1)
+    volume_beta: float = Field(0.05, ge=0, le=1)
+    #: EWMA weight of a segment's CTR relative to its campaign (long memory: stable).
+    segment_alpha: float = Field(0.02, gt=0, le=1)
+    #: Learning rate of the hour-of-day profile (per window of that hour).
+    season_alpha: float = Field(0.05, ge=0, le=1)
+    #: EWMA weight of the overdispersion estimates (Pearson chi-square per window).
+    dispersion_alpha: float = Field(0.02, gt=0, le=1)
+    #: Bounds of the empirical-Bayes prior strength (pseudo-clicks) that shrinks a
+    #: segment's CTR toward its campaign; estimated per campaign between these.
+    shrinkage_min: float = Field(5.0, gt=0)
+    shrinkage_max: float = Field(100.0, gt=0)
+
+    # ---------------------------------------------------------------- drift
     #: River drift detector fed standardised residuals ("adwin" | "page_hinkley" | "none").
     drift_detector: str = Field("page_hinkley", pattern="^(adwin|page_hinkley|none)$")
+    #: PageHinkley threshold (in standard deviations summed) or ADWIN delta.
+    drift_threshold: float = Field(30.0, gt=0)
+    #: PageHinkley tolerated drift per window, in standard deviations.
+    drift_delta: float = Field(0.1, ge=0)
+    #: Expected clicks pooled into one standardised residual before it is fed.
+    drift_min_expected_clicks: float = Field(5.0, gt=0)
+
+    @field_validator("ctr_ratios", "volume_ratios")
+    @classmethod
+    def _check_ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if not v or any(not (0 < r < 100) or abs(r - 1.0) < 1e-6 for r in v):
+            raise ValueError("ratios must be positive and differ from 1 (e.g. 0.5, 2.0)")
+        return tuple(sorted(v))
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> DetectorSettings:
+        if self.baseline_alpha_min > min(self.baseline_alpha, self.segment_alpha):
+            raise ValueError("baseline_alpha_min must not exceed baseline_alpha, segment_alpha")
+        if self.shrinkage_min > self.shrinkage_max:
+            raise ValueError("shrinkage_min must not exceed shrinkage_max")
+        return self

@@ -1,0 +1,556 @@
+"""Count-aware anomaly detection for one campaign: every series, every closed window.
+
+Model, per series (segment ``all`` and each segment value):
+
+* **Impressions** ``n ~ quasi-Poisson(mu, phi_n)`` with ``mu = (level + trend) * s_v[hour]``:
+  a Holt level and trend, updated with innovations clipped at 3 sd (robust), times an
+  hour-of-day factor learned online from the campaign's ``all`` series (HW-style).
+* **Clicks given impressions** ``k ~ quasi-binomial(n, p, phi_c)``. For ``all``,
+  ``p = (S_k / S_n) * s_c[hour]`` (discounted sums: a count-weighted EWMA ratio). A segment's
+  CTR is its campaign's times a relative factor with an empirical-Bayes Gamma prior:
+  ``rho = (A_k + m) / (A_e + m)`` (observed vs campaign-expected clicks); ``m`` is
+  estimated per campaign from the spread of its segments (method of moments), so sparse
+  segments sit at the campaign's CTR and dense ones at their own.
+* Overdispersion ``phi`` is the EWMA of one-step-ahead Pearson chi-square (>= 1), with the
+  baseline's own uncertainty added per window: significance scales with volume and never
+  exceeds what the count model can support.
+
+Tests, per series: two-sided binomial CUSUMs on clicks given impressions over a grid of
+CTR ratios (the max over the grid is a GLR), Poisson CUSUMs on impressions, and a
+silence test (the evidence of consecutive zero windows is the expected impressions
+missed). Evidence accumulates, so a series with 0.5 expected clicks per window detects a
+click outage over a few windows and one with 200 in one. The threshold follows from a
+false-alarm budget per campaign-day. An alarm opens an *incident*: the baseline stops
+learning, every window that still matches the fault is reported (and quarantined), and the
+incident closes when the evidence says the series is back (or after
+``max_incident_windows``, when the new level is accepted). Which tests fired says what
+broke: clicks vanish at normal impressions (``click_tracking``), impressions jump at normal
+clicks (``impression_logging``), clicks surge (``bot_clicks``), CTR moves at normal
+volume (``behaviour_change``), volume moves at normal CTR (``volume_change``).
+
+Gradual drift (creative fatigue) is left to a River detector fed the standardised CTR
+residuals (:class:`detectors.drift.ResidualDrift`), reported with kind ``drift``.
+
+>>> from detectors.base import Counts, Window
+>>> from detectors.settings import DetectorSettings
+>>> import numpy as np
+>>> rng = np.random.default_rng(1)
+>>> m = build_monitor(DetectorSettings())
+>>> for t in range(60):
+...     n = 2000
+...     k = int(rng.binomial(n, 0.03 if t < 40 else 0.0))   # clicks stop at window 40
+...     out = m.update(Window(t * 300, t * 300 + 300), {"all": Counts(n, k)})
+...     if out and t < 42:
+...         v = out[0]
+...         print(t, v.kind, v.suspected_cause, v.quarantine, round(v.expected_clicks))
+40 click_outage click_tracking True 60
+41 click_outage click_tracking True 60
+"""
+
+from __future__ import annotations
+
+import math
+
+from detectors.base import ALL, Counts, Verdict, Window
+from detectors.drift import ResidualDrift
+from detectors.settings import DetectorSettings
+from detectors.stats import binomial_llr, clip, ctr_interval, poisson_llr
+
+__all__ = ["CampaignMonitor", "build_monitor"]
+
+_HOURS = 24
+_DAY = 86_400
+#: Longest gap (windows) replayed as zero windows; longer gaps only move the clock.
+_MAX_GAP_REPLAY = 288
+
+# Incident families.
+_CTR, _VOL, _SIL = 0, 1, 2
+
+_SEVERITY = {
+    "click_tracking": ("critical", True),
+    "impression_logging": ("critical", True),
+    "bot_clicks": ("critical", True),
+    "silence": ("critical", True),
+    "behaviour_change": ("warning", True),
+    "volume_change": ("warning", False),
+}
+
+
+class _Incident:
+    """An open alarm on one series: what fired and how much evidence still holds it."""
+
+    __slots__ = ("family", "ratio", "evidence", "windows", "kind", "cause", "key", "detector")
+
+    def __init__(self, family: int, ratio: float, evidence: float, kind: str, cause: str,
+                 key: str, detector: str):
+        self.family = family
+        self.ratio = ratio
+        self.evidence = evidence
+        self.windows = 0
+        self.kind = kind
+        self.cause = cause
+        self.key = key
+        self.detector = detector
+
+    def __getstate__(self):
+        return (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
+                self.key, self.detector)
+
+    def __setstate__(self, state):
+        (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
+         self.key, self.detector) = state
+
+
+class _Series:
+    """Running state of one series. Plain numbers, pickled as one tuple."""
+
+    __slots__ = (
+        "seen",        # windows with traffic
+        "vol_level", "vol_trend", "vol_disp",
+        "ctr_k", "ctr_e",  # all: discounted clicks (deseasonalised), impressions;
+                           # segment: discounted clicks, campaign-expected clicks
+        "ctr_disp",
+        "cusum",       # list: one per CTR ratio, then one per volume ratio
+        "silent",      # evidence of silence (nats)
+        "run",         # [clicks, expected clicks, impressions, expected impressions]
+        "incident",    # _Incident | None
+        "cooldown",
+        "drift",       # ResidualDrift | None
+    )
+
+    def __init__(self, n_tests: int, drift: ResidualDrift | None):
+        self.seen = 0
+        self.vol_level = 0.0
+        self.vol_trend = 0.0
+        self.vol_disp = 1.0
+        self.ctr_k = 0.0
+        self.ctr_e = 0.0
+        self.ctr_disp = 1.0
+        self.cusum = [0.0] * n_tests
+        self.silent = 0.0
+        self.run = [0.0, 0.0, 0.0, 0.0]
+        self.incident: _Incident | None = None
+        self.cooldown = 0
+        self.drift = drift
+
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+class CampaignMonitor:
+    """All detector state of one campaign.
+
+    Parameters
+    ----------
+    settings
+        The ``detectors:`` section of the configuration.
+
+    Notes
+    -----
+    ``update`` must be called once per closed window in window order; a window not after
+    the last one seen (a window re-emitted by the flow) is ignored and returns ``[]``.
+    Skipped windows (no traffic in the whole campaign) are replayed as zero windows, and a
+    campaign-wide silence that was improbable is reported on the window that ends it.
+    """
+
+    def __init__(self, settings: DetectorSettings):
+        if not isinstance(settings, DetectorSettings):
+            raise TypeError(f"settings must be DetectorSettings, got {type(settings).__name__}")
+        self.settings = settings
+        self._reset()
+
+    def _reset(self) -> None:
+        self._series: dict[str, _Series] = {}
+        self._season_vol = [0.0] * _HOURS  # log factors
+        self._season_ctr = [0.0] * _HOURS
+        self._last_start: int | None = None
+        self._group: tuple[str, int] | None = None  # (incident key, last alarm start)
+        self._prior = self.settings.shrinkage_max    # empirical-Bayes prior strength
+
+    # ------------------------------------------------------------------ public
+
+    def update(self, window: Window, counts: dict[str, Counts]) -> list[Verdict]:
+        """Feed one closed window with the counts of every series; return the alarms."""
+        length = window.end - window.start
+        if length <= 0:
+            raise ValueError(f"empty window {window}")
+        verdicts: list[Verdict] = []
+        if self._last_start is not None:
+            if window.start <= self._last_start:
+                return verdicts
+            gap = (window.start - self._last_start) // length - 1
+            if gap > 0:
+                verdicts.extend(self._replay_gap(window, gap, length))
+        verdicts.extend(self._step(window, counts, length))
+        self._last_start = window.start
+        return verdicts
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Names of the series this monitor keeps state for."""
+        return tuple(self._series)
+
+    def forget(self, segment: str) -> bool:
+        """Drop the state of one series (eviction by the flow); True if it existed."""
+        return self._series.pop(segment, None) is not None
+
+    # ------------------------------------------------------------------ internals
+
+    def _threshold(self, n_series: int, length: int) -> float:
+        s = self.settings
+        if s.cusum_threshold is not None:
+            return s.cusum_threshold
+        tests = n_series * (len(s.ctr_ratios) + len(s.volume_ratios) + 1)
+        return math.log(max(_DAY / length, 1.0) * tests / s.false_alarms_per_campaign_day)
+
+    def _new_series(self) -> _Series:
+        s = self.settings
+        drift = None
+        if s.drift_detector != "none":
+            drift = ResidualDrift(method=s.drift_detector, threshold=s.drift_threshold,
+                                  delta=s.drift_delta,
+                                  min_expected=s.drift_min_expected_clicks)
+        return _Series(len(s.ctr_ratios) + len(s.volume_ratios), drift)
+
+    def _replay_gap(self, window: Window, gap: int, length: int) -> list[Verdict]:
+        """Replay skipped windows as zero windows; report one campaign-wide silence."""
+        missing = min(gap, _MAX_GAP_REPLAY)
+        zeros = {name: Counts(0, 0) for name in self._series}
+        silence: Verdict | None = None
+        for i in range(missing, 0, -1):
+            start = window.start - i * length
+            for v in self._step(Window(start, start + length), zeros, length):
+                if v.segment == ALL and v.kind == "silence" and silence is None:
+                    silence = v
+            self._last_start = start
+        if silence is None:
+            return []
+        # The skipped windows have no figures to hold back; the current one is fine.
+        return [_replace(silence, quarantine=False)]
+
+    def _step(self, window: Window, counts: dict[str, Counts], length: int) -> list[Verdict]:
+        s = self.settings
+        for name in counts:
+            if name not in self._series:
+                self._series[name] = self._new_series()
+        hour = (window.start // 3600) % _HOURS
+        h = self._threshold(len(self._series), length)
+        n_tests = len(self._series) * (len(s.ctr_ratios) + len(s.volume_ratios) + 1)
+
+        all_state = self._series.get(ALL)
+        p_all = 0.0
+        relvar_all = math.inf
+        if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
+            p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
+            relvar_all = 1.0 / all_state.ctr_k
+        verdicts: list[Verdict] = []
+        order = [ALL] if ALL in counts else []
+        order += sorted(name for name in counts if name != ALL)
+        for name in order:
+            v = self._series_step(name, self._series[name], counts[name], window, hour,
+                                  p_all, relvar_all, h, n_tests)
+            if v is not None:
+                verdicts.append(v)
+        self._update_prior()
+        return verdicts
+
+    def _update_prior(self) -> None:
+        """Empirical Bayes: prior strength from the spread of segments' relative CTRs."""
+        s = self.settings
+        total = 0.0
+        spread = 0.0
+        noise = 0.0
+        for name, st in self._series.items():
+            if name == ALL or st.ctr_e < 1.0:
+                continue
+            rho = st.ctr_k / st.ctr_e
+            w = st.ctr_e
+            total += w
+            spread += w * (rho - 1.0) ** 2
+            noise += 1.0  # w * Var(rho) with Var(rho) ~ 1 / ctr_e (Poisson)
+        if total <= 0:
+            return
+        tau2 = max(spread - noise, 0.0) / total
+        self._prior = clip(1.0 / tau2 if tau2 > 0 else math.inf, s.shrinkage_min,
+                           s.shrinkage_max)
+
+    def _series_step(self, name: str, st: _Series, c: Counts, window: Window, hour: int,
+                     p_all: float, relvar_all: float, h: float,
+                     n_tests: int) -> Verdict | None:
+        s = self.settings
+        is_all = name == ALL
+        n, k = c.impressions, c.clicks
+
+        # ---- expectations from the state before this window
+        season_v = math.exp(self._season_vol[hour])
+        mu = max(st.vol_level + st.vol_trend, 0.0) * season_v
+        if is_all:
+            p = p_all
+            relvar = relvar_all
+        elif p_all > 0:
+            rho = (st.ctr_k + self._prior) / (st.ctr_e + self._prior)
+            p = p_all * rho
+            relvar = relvar_all + 1.0 / (st.ctr_k + self._prior)
+        else:
+            p, relvar = 0.0, math.inf
+        p = min(p, 0.999)
+        ek = n * p
+        ctr_ok = p > 0 and n > 0 and math.isfinite(relvar)
+        inflation = 1.0 + ek * relvar if ctr_ok else 1.0
+        phi_c = max(st.ctr_disp, 1.0) * inflation
+        phi_n = max(st.vol_disp, 1.0)
+        ready = st.seen >= s.warmup_windows
+
+        # ---- sequential tests
+        llrs: list[float] = []
+        for r in s.ctr_ratios:
+            llrs.append(binomial_llr(k, n, p, r) / phi_c if ctr_ok else 0.0)
+        vol_ok = mu > 0 and st.seen > 0
+        for r in s.volume_ratios:
+            llrs.append(poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0)
+        verdict: Verdict | None = None
+        learn_ctr = learn_vol = True
+        quiet_before = max(st.cusum, default=0.0) < 1.0 and st.silent < 1.0
+        if n == 0 and vol_ok:
+            st.silent += mu / phi_n
+        else:
+            st.silent = 0.0
+        inc = st.incident
+        if inc is not None:
+            verdict, learn_ctr, learn_vol = self._continue_incident(
+                name, st, inc, llrs, n, k, mu, p, phi_c, window, h)
+        else:
+            if st.cooldown > 0 or not ready:
+                st.cooldown = max(st.cooldown - 1, 0)
+                for i in range(len(st.cusum)):
+                    st.cusum[i] = 0.0
+                st.silent = 0.0 if not ready else st.silent
+                llrs = [0.0] * len(llrs)
+            else:
+                keep = 1.0 - 1.0 / s.evidence_windows
+                for i, x in enumerate(llrs):
+                    st.cusum[i] = max(0.0, keep * st.cusum[i] + x)
+            run = st.run
+            if quiet_before:
+                run[0] = run[1] = run[2] = run[3] = 0.0
+            run[0] += k
+            run[1] += ek
+            run[2] += n
+            run[3] += mu
+            if ready:
+                verdict = self._maybe_open(name, st, n, k, mu, p, phi_c, window, h, n_tests)
+            if st.incident is not None:
+                learn_ctr = st.incident.family == _VOL and st.incident.cause != \
+                    "impression_logging"
+                learn_vol = st.incident.family == _CTR and st.incident.cause != \
+                    "impression_logging"
+
+        # ---- drift on standardised CTR residuals (never fed anomalous windows)
+        if (verdict is None and st.incident is None and st.drift is not None and ready
+                and ctr_ok and st.cooldown == 0):
+            if st.drift.update(k - ek, phi_c * ek * (1.0 - p), ek):
+                verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
+
+        # ---- learning: a series building evidence of a change learns slowly and does not
+        # learn its noise level or the campaign's profile from the suspect windows.
+        suspect = max(st.cusum, default=0.0) >= h / 4.0 or st.silent >= h / 4.0
+        rate = 0.25 if suspect else 1.0
+        if learn_vol:
+            self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
+        if learn_ctr and n > 0:
+            self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
+        if n > 0:
+            st.seen += 1
+        return verdict
+
+    def _maybe_open(self, name: str, st: _Series, n: int, k: int, mu: float, p: float,
+                    phi_c: float, window: Window, h: float, n_tests: int) -> Verdict | None:
+        s = self.settings
+        n_ctr = len(s.ctr_ratios)
+        if st.silent >= h:
+            family, ratio, score, idx = _SIL, 0.0, st.silent, -1
+        else:
+            idx = max(range(len(st.cusum)), key=st.cusum.__getitem__)
+            score = st.cusum[idx]
+            if score < h:
+                return None
+            if idx < n_ctr:
+                family, ratio = _CTR, s.ctr_ratios[idx]
+            else:
+                family, ratio = _VOL, s.volume_ratios[idx - n_ctr]
+        kind, cause = self._attribute(st, family, ratio)
+        key = self._group_key(cause, window)
+        detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence"}[family]
+        st.incident = _Incident(family, ratio, h / 4.0, kind, cause, key, detector)
+        for i in range(len(st.cusum)):
+            st.cusum[i] = 0.0
+        confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
+        return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
+
+    def _attribute(self, st: _Series, family: int, ratio: float) -> tuple[str, str]:
+        """Name what broke from which test fired and the evidence run's ratios."""
+        k_obs, k_exp, n_obs, n_exp = st.run
+        r_ctr = k_obs / k_exp if k_exp > 0 else 1.0
+        r_imp = n_obs / n_exp if n_exp > 0 else 1.0
+        r_clk = r_ctr * r_imp
+        clicks_normal = 0.6 <= r_clk <= 1.6
+        if family == _SIL:
+            return "silence", "silence"
+        if family == _CTR:
+            # The fired ratio is the GLR estimate of the new level; the run's ratios can be
+            # diluted by windows from before the change.
+            if ratio < 1.0:
+                if r_imp >= 1.5 and clicks_normal:
+                    return "ctr_drop", "impression_logging"
+                if min(r_ctr, ratio) <= 0.3:
+                    return "click_outage", "click_tracking"
+                return "ctr_drop", "behaviour_change"
+            if r_imp <= 0.67 and clicks_normal:
+                return "ctr_spike", "impression_logging"
+            if max(r_ctr, ratio) >= 1.8:
+                return "click_surge", "bot_clicks"
+            return "ctr_spike", "behaviour_change"
+        if ratio > 1.0:
+            if r_ctr <= 0.67:
+                return "impression_surge", "impression_logging"
+            return "impression_surge", "volume_change"
+        if r_ctr >= 1.5:
+            return "impression_drop", "impression_logging"
+        return "impression_drop", "volume_change"
+
+    def _group_key(self, cause: str, window: Window) -> str:
+        """One incident id per campaign while its alarms keep coming (any series, cause)."""
+        length = window.end - window.start
+        group = self._group
+        if group is not None and window.start - group[1] <= self.settings.group_windows * length:
+            key = group[0]
+        else:
+            key = f"{window.start}:{cause}"
+        self._group = (key, window.start)
+        return key
+
+    def _continue_incident(self, name: str, st: _Series, inc: _Incident, llrs: list[float],
+                           n: int, k: int, mu: float, p: float, phi_c: float, window: Window,
+                           h: float) -> tuple[Verdict | None, bool, bool]:
+        s = self.settings
+        n_ctr = len(s.ctr_ratios)
+        if inc.family == _SIL:
+            inc.evidence = min(h / 4.0, st.silent) if n == 0 else -math.inf
+        else:
+            ratios = s.ctr_ratios if inc.family == _CTR else s.volume_ratios
+            idx = ratios.index(inc.ratio) + (0 if inc.family == _CTR else n_ctr)
+            inc.evidence = min(h / 4.0, inc.evidence + llrs[idx])
+        inc.windows += 1
+        logging_fault = inc.cause == "impression_logging"
+        learn_ctr = inc.family == _VOL and not logging_fault
+        learn_vol = inc.family == _CTR and not logging_fault
+        if inc.evidence > 0 and inc.windows < s.max_incident_windows:
+            if self._group is not None and self._group[0] == inc.key:
+                self._group = (inc.key, window.start)
+            confidence = clip(1.0 - math.exp(-inc.evidence), 0.0, 1.0)
+            return (self._verdict(name, st, inc, inc.evidence, confidence, n, mu, p, phi_c),
+                    learn_ctr, learn_vol)
+        if inc.evidence > 0:
+            # The fault outlived max_incident_windows: accept its level as the new normal.
+            if inc.family == _CTR:
+                st.ctr_k *= inc.ratio
+            elif inc.family == _VOL:
+                st.vol_level *= inc.ratio
+                st.vol_trend = 0.0
+        st.incident = None
+        st.cooldown = s.cooldown_windows
+        for i in range(len(st.cusum)):
+            st.cusum[i] = 0.0
+        st.silent = 0.0
+        return None, True, True
+
+    def _verdict(self, name: str, st: _Series, inc: _Incident, score: float,
+                 confidence: float, n: int, mu: float, p: float, phi_c: float) -> Verdict:
+        severity, quarantine = _SEVERITY[inc.cause]
+        basis = n if n > 0 else mu
+        lo, hi = ctr_interval(p, basis, phi_c)
+        return Verdict(
+            segment=name, detector=inc.detector, kind=inc.kind, severity=severity,
+            quarantine=quarantine, score=round(score, 4), confidence=round(confidence, 6),
+            baseline_ctr=p, ctr_low=lo, ctr_high=hi, expected_clicks=basis * p,
+            expected_impressions=mu, suspected_cause=inc.cause, incident=inc.key,
+        )
+
+    def _drift_verdict(self, name: str, st: _Series, n: int, mu: float, p: float,
+                       phi_c: float) -> Verdict:
+        assert st.drift is not None
+        z = st.drift.last_z
+        basis = n if n > 0 else mu
+        lo, hi = ctr_interval(p, basis, phi_c)
+        return Verdict(
+            segment=name, detector=self.settings.drift_detector, kind="drift",
+            severity="warning" if name == ALL else "info", quarantine=False,
+            score=round(z, 4), confidence=0.5, baseline_ctr=p, ctr_low=lo, ctr_high=hi,
+            expected_clicks=basis * p, expected_impressions=mu, suspected_cause="drift",
+        )
+
+    def _learn_volume(self, st: _Series, n: int, mu: float, season_v: float, is_all: bool,
+                      hour: int, phi_n: float, rate: float) -> None:
+        s = self.settings
+        x = n / season_v
+        if st.seen == 0 and st.vol_level == 0.0:
+            if n > 0:
+                st.vol_level = x
+            return
+        pred = max(st.vol_level + st.vol_trend, 0.0)
+        # Huber-clipped innovation: a fault building evidence moves the level little.
+        sd = math.sqrt(phi_n * max(pred, 1.0))
+        e = clip(x - pred, -3.0 * sd, 3.0 * sd)
+        alpha = s.volume_alpha * rate
+        level = max(pred + alpha * e, 0.0)
+        st.vol_trend = st.vol_trend + alpha * s.volume_beta * e
+        # The trend never extrapolates past the level it corrects.
+        st.vol_trend = clip(st.vol_trend, -0.1 * level, 0.1 * level)
+        st.vol_level = level
+        if mu > 0 and rate == 1.0:
+            pearson = (n - mu) ** 2 / max(mu, 1.0)
+            st.vol_disp += s.dispersion_alpha * (min(pearson, 25.0) - st.vol_disp)
+            if is_all and mu >= 10 and s.season_alpha > 0:
+                r = clip(math.log((n + 0.5) / (mu + 0.5)), -0.5, 0.5)
+                self._season_vol[hour] += s.season_alpha * r
+
+    def _learn_ctr(self, st: _Series, n: int, k: int, p: float, p_all: float, phi_c: float,
+                   is_all: bool, hour: int, rate: float) -> None:
+        s = self.settings
+        ek = n * p
+        k_used = float(k)
+        if ek > 0:
+            # Huber: a window far from the baseline moves it as if it were 3 sd away.
+            sd = math.sqrt(phi_c * ek * (1.0 - p))
+            k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd)
+            if rate == 1.0:
+                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / max(st.ctr_disp, 1.0)))
+                st.ctr_disp += s.dispersion_alpha * (min(pearson, 9.0) - st.ctr_disp)
+        # Discounted sums forget by information: ``ek / memory`` per window, bounded.
+        if is_all:
+            season_c = math.exp(self._season_ctr[hour])
+            a = rate * clip(ek / s.baseline_memory_clicks, s.baseline_alpha_min, s.baseline_alpha)
+            st.ctr_k = (1.0 - a) * st.ctr_k + rate * k_used / season_c
+            st.ctr_e = (1.0 - a) * st.ctr_e + rate * n
+            if ek >= 10 and s.season_alpha > 0 and rate == 1.0:
+                r = clip(math.log((k + 0.5) / (ek + 0.5)), -0.3, 0.3)
+                self._season_ctr[hour] += s.season_alpha * r
+        elif p_all > 0:
+            a = rate * clip(ek / s.baseline_memory_clicks, s.baseline_alpha_min, s.segment_alpha)
+            st.ctr_k = (1.0 - a) * st.ctr_k + rate * k_used
+            st.ctr_e = (1.0 - a) * st.ctr_e + rate * n * p_all
+
+
+def _replace(v: Verdict, **changes) -> Verdict:
+    from dataclasses import replace
+
+    return replace(v, **changes)
+
+
+def build_monitor(settings: DetectorSettings) -> CampaignMonitor:
+    """The factory the flow calls once per campaign."""
+    return CampaignMonitor(settings)

@@ -1,0 +1,196 @@
+"""Golden and behaviour tests for the campaign monitor (detectors/monitor.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from detectors.base import ALL, CAUSES, SEVERITIES, Counts, Window
+from detectors.monitor import CampaignMonitor, build_monitor
+from detectors.settings import DetectorSettings
+
+W = 300  # window length, seconds
+T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a window boundary
+
+
+def window(t: int) -> Window:
+    return Window(T0 + t * W, T0 + (t + 1) * W)
+
+
+SEGMENTS = (("device=mobile", 0.6, 0.02), ("device=desktop", 0.4, 0.035))
+
+
+def campaign_stream(volume: float, n_windows: int, seed: int, fault: str | None = None,
+                    start: int = 100, duration: int = 12):
+    """A campaign with two segments; optionally one fault in [start, start + duration)."""
+    rng = np.random.default_rng(seed)
+    for t in range(n_windows):
+        on = fault is not None and start <= t < start + duration
+        counts = {}
+        for seg, share, ctr in SEGMENTS:
+            lam = volume * share * (2.0 if on and fault == "impression_logging" else 1.0)
+            n = int(rng.poisson(lam))
+            logged_twice = on and fault == "impression_logging"
+            p = 0.0 if on and fault == "click_tracking" else ctr
+            p = p * 0.6 if on and fault == "behaviour_change" else p
+            k = int(rng.binomial(n // 2 if logged_twice else n, p))
+            if on and fault == "bot_clicks" and seg == "device=desktop":
+                k += int(rng.poisson(3 * lam * ctr))
+            if on and fault == "silence" and seg == "device=desktop":
+                n = k = 0
+            counts[seg] = Counts(n, k)
+        counts[ALL] = Counts(sum(c.impressions for c in counts.values()),
+                             sum(c.clicks for c in counts.values()))
+        yield t, counts
+
+
+def run(monitor, stream):
+    return [(t, v) for t, counts in stream for v in monitor.update(window(t), counts)]
+
+
+# ---------------------------------------------------------------- golden
+
+
+def test_golden_click_outage_windows():
+    """A seeded stream: the exact windows and series where the monitor fires."""
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(400, 140, seed=3, fault="click_tracking"))
+    assert [(t, v.segment) for t, v in out] == GOLDEN_CLICK_OUTAGE
+    assert {(v.kind, v.suspected_cause, v.quarantine) for _, v in out} == {
+        ("click_outage", "click_tracking", True)}
+
+
+# ~10 expected clicks per window in "all", ~4-6 in each segment: "all" needs two windows
+# of evidence, the segments three; every faulty window after that is reported.
+GOLDEN_CLICK_OUTAGE = [(101, "all"), (102, "all")] + [
+    (t, seg) for t in range(103, 112) for seg in ("all", "device=desktop", "device=mobile")
+]
+
+
+@pytest.mark.parametrize("volume", [5, 20, 100, 1000, 5000])
+def test_stationary_stream_never_fires(volume):
+    """2000 windows (~7 days) of Binomial clicks at a constant rate: no alarm at all."""
+    m = build_monitor(DetectorSettings())
+    assert run(m, campaign_stream(volume, 2000, seed=volume)) == []
+
+
+@pytest.mark.parametrize("volume", [50, 5000])
+def test_constant_counts_never_fire(volume):
+    m = build_monitor(DetectorSettings())
+    k = volume // 50
+    out = [v for t in range(500)
+           for v in m.update(window(t), {ALL: Counts(volume, k), "channel=email": Counts(0, 0)})]
+    assert out == []
+
+
+# ---------------------------------------------------------------- causes
+
+
+@pytest.mark.parametrize("fault, kinds", [
+    ("click_tracking", {"click_outage"}),
+    ("impression_logging", {"impression_surge", "ctr_drop"}),
+    ("bot_clicks", {"click_surge"}),
+    ("behaviour_change", {"ctr_drop"}),
+])
+def test_fault_is_detected_at_once_with_its_cause(fault, kinds):
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(4000, 140, seed=11, fault=fault))
+    # ~100 clicks per window: faults decide in their first window; a 40% CTR drop may
+    # take a second.
+    t_first = out[0][0] if out else None
+    assert t_first == 100 or (fault == "behaviour_change" and t_first == 101)
+    first = [v for t, v in out if t == t_first]
+    assert {v.suspected_cause for v in first} == {fault}
+    assert {v.kind for v in first} <= kinds
+    assert all(100 <= t < 112 for t, _ in out), "alarms outside the fault"
+    v = first[0]
+    assert v.quarantine and v.severity in SEVERITIES and v.suspected_cause in CAUSES
+    assert v.ctr_low <= v.baseline_ctr <= v.ctr_high
+    assert v.expected_impressions == pytest.approx(4000, rel=0.1)
+
+
+def test_bot_clicks_in_one_segment_name_the_segment():
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(4000, 140, seed=5, fault="bot_clicks"))
+    assert {v.segment for _, v in out} <= {ALL, "device=desktop"}
+    assert any(v.segment == "device=desktop" for _, v in out)
+    assert len({v.incident for _, v in out}) == 1, "one incident for the campaign"
+
+
+def test_low_volume_fault_accumulates_over_windows():
+    """~1 expected click per window: no single window decides, a few windows do."""
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(40, 200, seed=2, fault="click_tracking", duration=40))
+    alarms = [t for t, v in out if v.segment == ALL]
+    assert alarms and 104 <= alarms[0] <= 135
+    assert out[0][1].suspected_cause == "click_tracking"
+
+
+def test_silent_segment():
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(400, 140, seed=4, fault="silence"))
+    silent = [t for t, v in out if v.kind == "silence"]
+    assert silent[0] == 100 and all(100 <= t < 112 for t in silent)
+    assert {v.segment for _, v in out if v.kind == "silence"} == {"device=desktop"}
+
+
+def test_campaign_gap_is_reported_as_silence_when_improbable():
+    m = build_monitor(DetectorSettings())
+    rng = np.random.default_rng(0)
+    out = []
+    for t in list(range(50)) + list(range(70, 80)):  # 20 windows skipped
+        n = int(rng.poisson(500))
+        out += [(t, v) for v in m.update(window(t), {ALL: Counts(n, int(rng.binomial(n, .02)))})]
+    assert [(t, v.kind, v.quarantine) for t, v in out] == [(70, "silence", False)]
+
+
+def test_sparse_campaign_gaps_are_not_silence():
+    """A campaign with a handful of impressions per hour has natural gaps."""
+    m = build_monitor(DetectorSettings())
+    rng = np.random.default_rng(0)
+    out = []
+    for t in range(3000):
+        n = int(rng.poisson(0.3))
+        if n:
+            out += m.update(window(t), {ALL: Counts(n, int(rng.binomial(n, 0.05)))})
+    assert out == []
+
+
+# ---------------------------------------------------------------- after an alarm
+
+
+def test_incident_lasts_while_fault_lasts_then_cooldown():
+    s = DetectorSettings(cooldown_windows=6)
+    m = build_monitor(s)
+    out = run(m, campaign_stream(2000, 200, seed=8, fault="click_tracking", duration=20))
+    all_alarms = [t for t, v in out if v.segment == ALL]
+    assert all_alarms == list(range(100, 120)), "every faulty window quarantined, no more"
+    assert len({v.incident for _, v in out}) == 1
+
+
+def test_baseline_does_not_learn_from_alarmed_windows():
+    """After a long outage the baseline CTR is still the pre-outage one."""
+    m = build_monitor(DetectorSettings())
+    out = run(m, campaign_stream(2000, 160, seed=9, fault="click_tracking", duration=40))
+    last = [v for t, v in out if v.segment == ALL][-1]
+    assert last.baseline_ctr == pytest.approx(0.026, rel=0.1)
+
+
+def test_persistent_change_becomes_the_new_normal():
+    s = DetectorSettings(max_incident_windows=24)
+    m = build_monitor(s)
+    out = run(m, campaign_stream(2000, 300, seed=9, fault="behaviour_change", duration=200))
+    alarmed = sorted({t for t, v in out if v.segment == ALL})
+    assert alarmed[0] <= 102 and alarmed[-1] < 140
+
+
+def test_repeated_window_is_ignored():
+    m = build_monitor(DetectorSettings())
+    m.update(window(0), {ALL: Counts(100, 2)})
+    assert m.update(window(0), {ALL: Counts(0, 0)}) == []
+    assert m.update(window(-3), {ALL: Counts(0, 0)}) == []
+
+
+def test_monitor_rejects_wrong_settings():
+    with pytest.raises(TypeError):
+        CampaignMonitor({"warmup_windows": 3})
