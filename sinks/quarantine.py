@@ -56,7 +56,15 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote, unquote
 
 import redis
-from redis.exceptions import BusyLoadingError, ReadOnlyError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoPermissionError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -335,11 +343,21 @@ def _text(value: Any) -> Any:
 
 @contextmanager
 def _redis_errors(client: redis.Redis, operation: str) -> Iterator[None]:
-    """Turn redis-py errors into ctrguard's, without ever showing a password."""
+    """Turn redis-py errors into ctrguard's, without ever showing a password.
+
+    Outages, timeouts, a loading or read-only server and a flushed script cache are
+    :class:`RedisUnavailable` (retrying helps); refused credentials and any other error
+    are a non-retryable :class:`ServiceError` (retrying the same call cannot help).
+    """
     try:
         yield
+    except (AuthenticationError, AuthorizationError, NoPermissionError) as exc:
+        raise ServiceError(
+            "redis", _scrub(client, f"{operation}: {type(exc).__name__}: {exc} (check "
+                            "redis.username and the password, CTRGUARD_REDIS_PASSWORD)"),
+            retryable=False) from exc
     except (RedisConnectionError, RedisTimeoutError, BusyLoadingError, ReadOnlyError,
-            OSError) as exc:
+            NoScriptError, OSError) as exc:
         raise RedisUnavailable(_scrub(client, f"{operation}: {type(exc).__name__}: {exc}")) \
             from exc
     except RedisError as exc:

@@ -11,7 +11,7 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from ctrguard.errors import QuarantineError, RedisUnavailable
+from ctrguard.errors import QuarantineError, RedisUnavailable, ServiceError
 from ctrguard.records import Alert, WindowDecision, make_alert_id
 from sinks.quarantine import (
     CLEAN,
@@ -217,6 +217,21 @@ def test_auto_release_only_when_configured_and_only_covered_flags(redis_url):
     assert on.audit(limit=1)[0].action == "auto_released"
 
 
+def test_a_flag_that_cannot_be_written_leaves_the_watermark_behind(redis_url):
+    store = make_store(redis_url)
+    store.record([decision("c1", T0)])
+    # Something else wrote a string where the flag hash of the next window goes.
+    store.client.set(store.flag_key("c1", "all", T0 + LENGTH), "not a hash")
+    with pytest.raises(ServiceError) as info:
+        store.record([decision("c1", T0 + LENGTH, make_alert("c1", "all", T0 + LENGTH)),
+                      decision("c2", T0)])
+    assert "WRONGTYPE" in str(info.value)
+    # Fail closed: no watermark moved, so nothing of that batch reads as clean.
+    assert store.checked_through("c1") == T0 + LENGTH
+    assert store.checked_through("c2") is None
+    assert store.status("c1", "device=tv", T0 + LENGTH).state == PENDING
+
+
 # --------------------------------------------------------------------------- retention
 
 
@@ -333,9 +348,11 @@ def test_password_protected_redis(redis_factory, caplog):
     # A password in the URL works as well.
     assert QuarantineReader(server.url, PREFIX).status("c1", "all", T0).state == QUARANTINED
 
+    # Refused credentials: retrying cannot help, and the message says what to check.
     wrong = make_store(server.url_without_password, password=SecretStr("wrong " + PASSWORD))
-    with pytest.raises(RedisUnavailable) as info:
+    with pytest.raises(ServiceError) as info:
         wrong.record([decision("c1", T0)])
+    assert not info.value.retryable and "CTRGUARD_REDIS_PASSWORD" in str(info.value)
     for text in (str(info.value), repr(info.value), str(info.value.__cause__)):
         _assert_secret_free(text)
 
@@ -352,8 +369,9 @@ def test_password_protected_redis(redis_factory, caplog):
 def test_no_password_is_refused_by_protected_redis(redis_factory):
     server = redis_factory(password=PASSWORD)
     store = make_store(server.url_without_password)
-    with pytest.raises(RedisUnavailable, match="Authentication"):
+    with pytest.raises(ServiceError, match="Authentication") as info:
         store.status("c1", "all", T0)
+    assert not info.value.retryable
 
 
 # --------------------------------------------------------------------------- hostile ids
