@@ -87,6 +87,8 @@ class KafkaSettings(StrictModel):
     producer_linger_ms: int = Field(20, ge=0, le=10_000)
     producer_acks: Literal["all", "1", "0"] = "all"
     create_topics: bool = True
+    #: How long start-up waits for the cluster before giving up (exit code 3).
+    connect_timeout_s: float = Field(15.0, gt=0, le=600)
     partitions: int = Field(1, ge=1, le=1024)
 
     def client_config(self) -> dict[str, Any]:

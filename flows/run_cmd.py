@@ -49,8 +49,9 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
 
         topics = settings.kafka.topics
         ensure_topics(settings.kafka, [topics.impressions, topics.clicks, topics.figures,
-                                       topics.alerts, topics.deadletter])
-    partitions = list_partitions(settings.kafka)
+                                       topics.alerts, topics.deadletter],
+                      timeout=settings.kafka.connect_timeout_s)
+    partitions = list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
     from sinks.redis_client import make_redis
 
     client = make_redis(settings.redis)
