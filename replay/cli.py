@@ -397,13 +397,6 @@ def cmd_score_series(args: argparse.Namespace) -> int:
     if bad is not None:
         return bad
     try:
-        update = _scorer()
-    except ModuleNotFoundError as exc:
-        if exc.name != "detectors.scalar":
-            raise
-        _err("score-series: the scalar scorer (detectors/scalar.py) is not available")
-        return EXIT_FAILURE
-    try:
         with open(args.csv, newline="", encoding="utf-8") as fh:
             header, rows, points = parse_series_rows(fh, str(args.csv))
     except UnicodeDecodeError as exc:
@@ -412,6 +405,13 @@ def cmd_score_series(args: argparse.Namespace) -> int:
     except ReplayInputError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    try:
+        update = _scorer()
+    except ModuleNotFoundError as exc:
+        if exc.name != "detectors.scalar":
+            raise
+        _err("score-series: the scalar scorer (detectors/scalar.py) is not available")
+        return EXIT_FAILURE
     tmp = args.out.with_name(args.out.name + ".tmp")
     n_alerts = 0
     last_report = time.perf_counter()

@@ -418,6 +418,7 @@ def simulate(
     hours: float = 24,
     start: datetime | str | int | None = None,
     volume_scale: float = 1.0,
+    min_volume: float = 2.0,
     incident_rate: float = 0.5,
     trap_rate: float = 0.15,
     incident_kinds: Sequence[str] = INCIDENT_KINDS,
@@ -440,6 +441,8 @@ def simulate(
         Defaults to :data:`DEFAULT_START` (a Monday, 00:00 UTC).
     volume_scale
         Multiplies every campaign's impression volume (median 20 a minute at 1.0).
+    min_volume
+        Floor of a campaign's mean impressions a minute before ``volume_scale`` (default 2).
     incident_rate
         Fraction of campaigns that get a labelled incident (every kind appears at least once
         when there are enough campaigns). 0 disables incidents.
@@ -458,8 +461,8 @@ def simulate(
     unknown = set(incident_kinds) - set(INCIDENT_KINDS) | set(trap_kinds) - set(TRAP_KINDS)
     if unknown:
         raise ValueError(f"unknown incident or trap kinds: {sorted(unknown)}")
-    if campaigns < 1 or hours <= 0 or volume_scale <= 0:
-        raise ValueError("campaigns, hours and volume_scale must be positive")
+    if campaigns < 1 or hours <= 0 or volume_scale <= 0 or min_volume <= 0:
+        raise ValueError("campaigns, hours, volume_scale and min_volume must be positive")
     rng = np.random.default_rng(seed)
     start_s = _to_epoch_s(start)
     minutes = max(1, int(round(hours * 60)))
@@ -470,7 +473,8 @@ def simulate(
 
     # -- campaign parameters
     base_ctr = np.clip(rng.beta(2, 98, n_camp), 0.002, 0.2)
-    volume = np.clip(rng.lognormal(math.log(20), 1.3, n_camp), 2, 5000) * volume_scale
+    volume = np.clip(rng.lognormal(math.log(20), 1.3, n_camp), min_volume,
+                     max(5000.0, min_volume)) * volume_scale
     vol_amp = rng.uniform(0.35, 0.7, n_camp)
     vol_peak = rng.normal(20, 2, n_camp)
     ctr_amp = rng.uniform(0.05, 0.15, n_camp)
