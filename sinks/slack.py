@@ -723,9 +723,10 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         batch_clock = max([*ends, *ticks.values()], default=0)
         gap_s = self._tracker_args["gap_windows"] * self.window_s
         with self.redis.pipeline(transaction=True) as pipe:
-            # Not watched: every worker moves the clock; ZADD GT keeps the maximum.
-            clock = max(int(pipe.zscore(self.clock_key, "clock") or 0), batch_clock)
-            due = pipe.zrangebyscore(self.open_key, "-inf", clock - gap_s)
+            # Not watched: every worker moves the clock (ZADD GT keeps the maximum), and the
+            # due list is only a hint; the tracker decides from the watched states.
+            clock = max(int(self.redis.zscore(self.clock_key, "clock") or 0), batch_clock)
+            due = self.redis.zrangebyscore(self.open_key, "-inf", clock - gap_s)
             campaigns = sorted({a.campaign_id for a in alerts} | set(ticks) | set(due))
             keys = [self._state_key(c) for c in campaigns]
             if keys:

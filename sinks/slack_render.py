@@ -265,8 +265,12 @@ def render_thread_reply(update: IncidentUpdate, *, owner: str | None = None,
 _MENTION = re.compile(r"<@([UW][A-Z0-9]+)>|<!subteam\^(S[A-Z0-9]+)>")
 
 
+_BOLD = re.compile(r"\*([^*\n`]+)\*")
+
+
 def _console_text(text: str) -> str:
     text = _MENTION.sub(lambda m: "@" + (m.group(1) or m.group(2)), text)
+    text = _BOLD.sub(r"\1", text)
     return html.unescape(text) if "&" in text else text
 
 
