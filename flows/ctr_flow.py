@@ -47,7 +47,7 @@ class PrepareStep:
         self.excluded: dict[str, int] = {}
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
-        prepared = self._preparer.prepare(batch)
+        prepared = self._preparer.prepare(batch, now_ms=int(time.time() * 1000))
         for reason, n in prepared.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + n
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]

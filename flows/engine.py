@@ -137,7 +137,6 @@ class EventPreparer:
         self._dims = tuple(settings.segments.dimensions)
         self._shards = settings.windows.shards
         self._future_ms = settings.windows.future_tolerance * 1000
-        self._past_ms = settings.windows.series_ttl * 1000
         self._max_bytes = settings.max_event_bytes
         patterns = settings.exclusions.bot_user_agents
         self._bot_re = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
@@ -147,7 +146,8 @@ class EventPreparer:
         getter = operator.attrgetter(*self._dims) if self._dims else (lambda ev: ())
         self._dim_getter = (lambda ev: (getter(ev),)) if len(self._dims) == 1 else getter
 
-    def prepare(self, batch: RawBatch) -> PreparedBatch:
+    def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
+        """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
         dead: list[DeadLetter] = []
         excluded: Counter = Counter()
         valid: list[Prepared] = []
@@ -181,24 +181,23 @@ class EventPreparer:
                                   dim_getter(ev), raw, offset))
         frontier = None
         if valid:
-            # A robust frontier: one absurd timestamp must not close every window.
-            times = sorted(p.ts_ms for p in valid)
-            median = times[len(times) // 2]
-            hi, lo = median + self._future_ms, median - self._past_ms
-            kept = []
-            for p in valid:
-                if p.ts_ms > hi:
-                    dead.append(DeadLetter("future", f"event time {ms_to_iso(p.ts_ms)} is more than "
-                                           f"{self._future_ms // 1000}s ahead of its batch",
-                                           batch.topic, batch.partition, p.offset, p.raw))
-                elif p.ts_ms < lo:
-                    dead.append(DeadLetter("past", f"event time {ms_to_iso(p.ts_ms)} is more than "
-                                           f"{self._past_ms // 1000}s behind its batch",
-                                           batch.topic, batch.partition, p.offset, p.raw))
-                else:
-                    kept.append(p)
-            valid = kept
-            frontier = max(p.ts_ms for p in valid)
+            if now_ms is not None:
+                # An event time beyond the present is impossible; letting it through would
+                # push the watermark ahead and close every window early.
+                limit = now_ms + self._future_ms
+                if any(p.ts_ms > limit for p in valid):
+                    kept = []
+                    for p in valid:
+                        if p.ts_ms > limit:
+                            dead.append(DeadLetter(
+                                "future", f"event time {ms_to_iso(p.ts_ms)} is more than "
+                                f"{self._future_ms // 1000}s in the future",
+                                batch.topic, batch.partition, p.offset, p.raw))
+                        else:
+                            kept.append(p)
+                    valid = kept
+            if valid:
+                frontier = max(p.ts_ms for p in valid)
         by_shard: dict[int, list[Prepared]] = {}
         cache = self._shard_cache
         for p in valid:

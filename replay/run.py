@@ -164,6 +164,8 @@ def run_replay(
     excluded: Counter = Counter()
     dead_by_stage: Counter = Counter()
     prog = _Progress(progress)
+    # Recorded history never lies in the future: the same plausibility bound as live.
+    now_ms = int(time.time() * 1000)
     main = states["ctrguard"]
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
@@ -194,7 +196,7 @@ def run_replay(
             src = min(pending, key=lambda s: (s.frontier is not None, s.frontier or 0))
             batch = src.read_chunk()
             read += len(batch.values)
-            prepared = preparer.prepare(batch)
+            prepared = preparer.prepare(batch, now_ms=now_ms)
             if prepared.frontier_ms is not None:
                 src.frontier = prepared.frontier_ms
             excluded.update(prepared.excluded)

@@ -14,6 +14,7 @@ from ctrguard.records import WindowDecision
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 MIN = 60_000
+NOW = T0 + 30 * 24 * 3600 * 1000  # the tests' wall clock: 30 days after T0
 
 
 class ZeroClickMonitor:
@@ -48,7 +49,7 @@ def run(batches, s=None, flush=True):
     state = ShardState(s, sources, ZeroClickMonitor)
     out, dead = [], []
     for b in batches:
-        pb = prep.prepare(b)
+        pb = prep.prepare(b, now_ms=NOW)
         dead += pb.dead_letters
         for _, chunk in prep.chunks(pb):
             out += state.ingest(chunk)
@@ -160,7 +161,7 @@ def test_silent_campaign_windows_reach_the_monitor_with_zero_counts():
 
 def test_future_timestamp_goes_to_dead_letter_and_does_not_close_windows():
     batch = imp([ev("i1", T0), ev("i2", T0 + 1000), ev("i3", T0 + 2000),
-                 ev("far", T0 + 400 * 24 * 3600 * 1000)])
+                 ev("far", NOW + 2 * 3600 * 1000)])
     state, decisions, dead = run([batch, clk([], idle=True)], flush=False)
     assert [d.stage for d in dead] == ["future"]
     assert decisions == []

@@ -19,6 +19,7 @@ from ctrguard.services import consume_to_eof, produce_all
 from flows.ctr_flow import get_flow
 from flows.source import list_partitions
 from replay.run import run_replay
+from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from sinks.quarantine import QuarantineStore
 from sinks.redis_client import make_redis
 
@@ -53,7 +54,7 @@ slack:
     env = {}
     if slack_base_url:
         text += f"  base_url: \"{slack_base_url}\"\n"
-        env["SLACK_BOT_TOKEN"] = "xoxb-test-token"
+        env["SLACK_BOT_TOKEN"] = SLACK_TOKEN
     return load_config_text(text, source="test.yaml", env=env)
 
 
