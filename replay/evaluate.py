@@ -55,14 +55,14 @@ import statistics
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 from scipy.stats import poisson
 
-from ctrguard.errors import CtrGuardError, EventError
-from ctrguard.events import parse_ts
+from ctrguard.errors import CtrGuardError
 from replay.generator import ABRUPT_FAULT_KINDS, LABEL_HEADER, Label
 
 __all__ = [
@@ -131,13 +131,19 @@ def load_labels(path: str | Path) -> list[Label]:
     return labels
 
 
-def _label_time(text: str) -> int:
-    if text.isdigit():
-        return int(text)
+def _iso_to_s(text: str) -> int:
+    """Epoch seconds from ISO-8601 with an offset (``Z`` allowed); ValueError otherwise."""
     try:
-        return parse_ts(text) // 1000
-    except EventError as exc:
-        raise ValueError(f"bad time {text!r}: {exc.reason}") from None
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"bad time {text!r}: not ISO-8601") from None
+    if parsed.tzinfo is None:
+        raise ValueError(f"bad time {text!r}: no timezone offset (use Z or +HH:MM)")
+    return int(parsed.timestamp())
+
+
+def _label_time(text: str) -> int:
+    return int(text) if text.isdigit() else _iso_to_s(text)
 
 
 def _window_start(obj: Mapping[str, Any]) -> int:
@@ -146,7 +152,7 @@ def _window_start(obj: Mapping[str, Any]) -> int:
         return ws
     text = obj.get("window_start")
     if isinstance(text, str):
-        return parse_ts(text) // 1000
+        return _iso_to_s(text)
     raise ValueError("needs window_start_s (epoch seconds) or window_start (ISO-8601)")
 
 
@@ -156,11 +162,7 @@ def _alert_record(obj: Any) -> tuple[str, str, int, str]:
     cid, seg = obj.get("campaign_id"), obj.get("segment", ALL)
     if not isinstance(cid, str) or not isinstance(seg, str):
         raise ValueError("campaign_id and segment must be strings")
-    try:
-        ws = _window_start(obj)
-    except EventError as exc:
-        raise ValueError(exc.reason) from None
-    return cid, seg, ws, str(obj.get("severity") or "")
+    return cid, seg, _window_start(obj), str(obj.get("severity") or "")
 
 
 def load_alerts(path: str | Path) -> list[dict[str, Any]]:
@@ -221,7 +223,7 @@ def load_figures(path: str | Path) -> FigureIndex:
             fig = orjson.loads(line)
             index.add(fig["campaign_id"], fig.get("segment", ALL), _window_start(fig),
                       int(fig["impressions"]), int(fig["clicks"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, EventError) as exc:
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise ReplayInputError(path, n, f"bad figure: {exc!r}") from None
     return index
 
@@ -325,7 +327,7 @@ def _coerce_alerts(alerts: Iterable[Mapping[str, Any]], min_severity: str | None
     for n, obj in enumerate(alerts, 1):
         try:
             cid, seg, ws, sev = _alert_record(obj)
-        except (ValueError, EventError) as exc:
+        except ValueError as exc:
             raise ReplayInputError("<alerts>", n, f"bad alert: {exc}") from None
         if floor >= 0 and sev and SEVERITY_RANK.get(sev, 99) < floor:
             continue
