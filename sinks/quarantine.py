@@ -15,8 +15,11 @@ in a window and get one of:
 ``pending``
     no flag and the window is not checked yet: wait;
 ``expired``
-    no flag, and the window ended longer ago than the retention period, so a flag may
-    have existed and expired: the answer is no longer known (treat as not released).
+    no flag, and the window was decided longer ago than the retention period, so a flag
+    may have existed and expired: the answer is no longer known (treat as not released).
+    "Decided" is estimated from the window's end plus the smallest lag ever seen between
+    the writer's clock and event time (``min_lag_s`` in ``P:meta``), so replays of old
+    data stay readable for the retention period after they were written.
 
 Only ``released`` and ``clean`` mean "publish". The key layout is documented in
 ``docs/redis-keys.md`` so that any Redis client can read it; this module keeps its imports
@@ -32,7 +35,10 @@ see :func:`encode_key_part`):
   every window of the campaign ending at or before it is decided. Only ever increases
   (``ZADD GT``);
 - ``P:audit`` stream of every change (``XADD ... MINID``), trimmed to the retention period;
-- ``P:meta`` hash with ``retention_s`` and ``window_length_s`` for readers.
+- ``P:meta`` hash with ``retention_s``, ``window_length_s`` and ``min_lag_s`` for readers.
+
+``P:flags``, ``P:checked``, ``P:audit`` and ``P:meta`` expire after the retention period
+with no write, so a deployment that stops leaves nothing behind.
 
 >>> encode_key_part("acme:spring 25%")
 'acme%3Aspring%2025%25'
@@ -285,11 +291,24 @@ end
 for _, w in ipairs(p.checked) do
   redis.call('ZADD', checked, 'GT', w[2], w[1])
 end
-redis.call('ZREMRANGEBYSCORE', checked, '-inf', '(' .. p.checked_cutoff)
-redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. p.index_cutoff)
-redis.call('HSET', meta, 'retention_s', p.retention_s, 'updated_at', p.now)
-if p.window_length_s ~= '' then
+-- How far event time trails the writer's clock, at least: the smallest lag ever seen.
+-- Every flag of a window W was written at or after W's end plus this lag, so a window is
+-- past its retention (its flag may have expired) once end + lag + retention < now.
+local lag = p.now_s - p.max_end
+local seen = redis.call('HGET', meta, 'min_lag_s')
+if seen and tonumber(seen) < lag then lag = tonumber(seen) end
+local cutoff = p.now_s - p.retention_s - lag
+redis.call('ZREMRANGEBYSCORE', checked, '-inf', '(' .. string.format('%.0f', cutoff))
+redis.call('ZREMRANGEBYSCORE', index, '-inf',
+           '(' .. string.format('%.0f', cutoff - p.window_length_s))
+redis.call('HSET', meta, 'retention_s', p.retention_s, 'min_lag_s', string.format('%.0f', lag),
+           'updated_at', p.now)
+if p.window_length_s > 0 then
   redis.call('HSET', meta, 'window_length_s', p.window_length_s)
+end
+-- A deployment that stops writing leaves nothing behind after the retention period.
+for _, k in ipairs({index, audit, checked, meta}) do
+  if redis.call('EXISTS', k) == 1 then redis.call('EXPIRE', k, p.retention_s) end
 end
 return changed
 """
@@ -320,6 +339,7 @@ redis.call('XADD', audit, 'MINID', '=', minid, '*', 'action', ARGV[5], 'key', ke
            'campaign_id', cur[4], 'segment', cur[5], 'window_start_s', cur[6],
            'who', ARGV[1], 'why', ARGV[2], 'alert_ids', cur[2] or '', 'incident_id', incident,
            'at', ARGV[3])
+redis.call('EXPIRE', audit, ARGV[4])
 return {'ok'}
 """
 
@@ -396,7 +416,7 @@ class QuarantineReader:
         Retention of flags, for the ``expired`` state. When ``None``, the writer's value
         stored in ``P:meta`` is used (30 days if nothing was ever recorded).
     clock
-        Wall-clock time in epoch seconds, for retention only (replays may pass their own).
+        Wall-clock time in epoch seconds, for the ``expired`` state (tests pass their own).
     """
 
     def __init__(
@@ -467,7 +487,8 @@ class QuarantineReader:
             retention_s = self.retention_days * 86400
         else:
             retention_s = _int_or_none(meta.get("retention_s")) or DEFAULT_RETENTION_S
-        if window_end_s + retention_s < self.clock():
+        lag_s = _int_or_none(meta.get("min_lag_s")) or 0
+        if window_end_s + lag_s + retention_s < self.clock():
             state: State = EXPIRED
         elif checked_s is not None and checked_s >= window_end_s:
             state = CLEAN
@@ -692,17 +713,16 @@ class QuarantineStore(QuarantineReader):
                     "severity": a.severity, "reason": _alert_reason(a),
                 })
         now = self.clock()
-        cutoff = math.floor(now - self.retention_s)
         payload = {
             "flags": list(slots.values()),
             "checked": [[c, str(e)] for c, e in checked.items()],
+            "max_end": max(checked.values()),
             "now": iso_utc(now),
+            "now_s": math.floor(now),
             "ttl": str(self.retention_s),
             "actor": self.actor,
-            "checked_cutoff": str(cutoff),
-            "index_cutoff": str(cutoff - (self.window_length_s or 0)),
             "retention_s": self.retention_s,
-            "window_length_s": str(self.window_length_s or ""),
+            "window_length_s": self.window_length_s or 0,
         }
         with _redis_errors(self.client, f"recording {len(decisions)} window decision(s)"):
             pipe = self.client.pipeline(transaction=True)

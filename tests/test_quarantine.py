@@ -265,6 +265,24 @@ def test_retention_ttls_and_trimming(redis_url):
     assert store.client.zrange(store.index_key, 0, -1) == [store.flag_key("c2", "all", later)]
 
 
+def test_replayed_history_is_judged_by_when_it_was_written(redis_url):
+    # A replay writes windows from a year ago now: their flags live for the retention
+    # period from now, so their statuses are known (not "expired") for as long.
+    old = T0 - 365 * 86400
+    now = [time.time()]
+    store = make_store(redis_url, clock=lambda: now[0])
+    store.record([decision("c1", old, make_alert("c1", "all", old)),
+                  decision("c1", old + LENGTH)])
+    assert store.status("c1", "all", old).state == QUARANTINED
+    assert store.status("c1", "geo=fr", old).state == CLEAN
+    assert store.status("c1", "geo=fr", old + LENGTH).state == CLEAN
+    for key in (store.checked_key, store.meta_key, store.index_key, store.audit_key):
+        assert 0 < store.client.ttl(key) <= 30 * 86400
+    # Thirty-one days later, with no write since, the flag may have expired: not clean.
+    now[0] += 31 * 86400
+    assert store.status("c1", "geo=fr", old).state == EXPIRED
+
+
 def test_list_flags_drops_expired_keys_from_index(redis_url):
     store = make_store(redis_url)
     store.record([decision("c1", T0, make_alert("c1", "all", T0), make_alert("c1", "x", T0))])
