@@ -31,6 +31,7 @@ Redis keys (``P`` = ``redis.key_prefix``)
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import hashlib
 import json
@@ -426,10 +427,8 @@ class SlackNotifier:
         if self._thread is not None:
             self._thread.join(timeout)
         self._thread = None
-        try:
+        with contextlib.suppress(redis.RedisError):
             self._release_lease()
-        except redis.RedisError:
-            pass
 
     def close(self, timeout: float = 30.0) -> bool:
         """Deliver what is pending (up to ``timeout`` seconds), then stop. True if drained."""
@@ -440,8 +439,20 @@ class SlackNotifier:
     # ------------------------------------------------------------------ delivery thread
 
     def _sleep(self, seconds: float) -> bool:
-        """Wait without blocking anyone but this thread; False if asked to stop."""
-        return not self._stop.wait(max(seconds, 0.0))
+        """Wait without blocking anyone but this thread; False if asked to stop.
+
+        Long waits (a long Retry-After) renew the delivery lease, so no other worker's
+        thread takes over the entry this one is still responsible for.
+        """
+        deadline = time.monotonic() + max(seconds, 0.0)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return not self._stop.is_set()
+            if self._stop.wait(min(remaining, LEASE_MS / 3000)):
+                return False
+            with contextlib.suppress(redis.RedisError):
+                self._hold_lease()
 
     def _backoff(self, attempt: int) -> float:
         return min(self.slack.retry_backoff_s * 2 ** (attempt - 1), self.slack.retry_backoff_max_s)

@@ -1,5 +1,7 @@
 """Slack delivery end to end: real slack_sdk against the emulator, real redis-server."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests.slack_fixtures
+
 from __future__ import annotations
 
 import io

@@ -1,5 +1,7 @@
 """The Slack emulator speaks the protocol slack_sdk expects (status codes, Retry-After)."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests.slack_fixtures
+
 from __future__ import annotations
 
 import pytest
