@@ -9,7 +9,14 @@ import pytest
 from ctrguard.cli import EXIT_FAILURE, EXIT_OK, EXIT_SERVICE, EXIT_USAGE, main
 from ctrguard.config import load_config
 from ctrguard.services import free_port
-from sinks.quarantine import CLEAN, QUARANTINED, RELEASED, QuarantineReader, QuarantineStore, iso_utc
+from sinks.quarantine import (
+    CLEAN,
+    QUARANTINED,
+    RELEASED,
+    QuarantineReader,
+    QuarantineStore,
+    iso_utc,
+)
 from sinks.redis_client import make_redis
 from tests.test_quarantine import LENGTH, T0, decision, make_alert
 
