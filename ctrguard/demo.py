@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -90,6 +90,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sinks.redis_client import make_redis
 
     started = time.monotonic()
+    # The demo shows what users see; routine operational logging would drown it.
+    logging.getLogger().setLevel(logging.WARNING)
     with contextlib.ExitStack() as stack:
         env = dict(os.environ)
         if not env.get("CTRGUARD_KAFKA_BROKERS"):
@@ -145,9 +147,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         store = QuarantineStore(client, settings.quarantine, settings.redis.key_prefix,
                                 window_length_s=settings.windows.length)
         flags = store.list_flags(limit=10_000)
-        rows = [[f.campaign_id, f.segment, f.window_start, f.state, f.detector, f.reason[:60]]
+        flags.sort(key=lambda f: (f.campaign_id, f.window_start_s, f.segment))
+        rows = [[f.campaign_id, f.segment,
+                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(f.window_start_s)), f.state,
+                 f.kind or "", (f.reason or "")[:60]]
                 for f in flags[:25]]
-        print(_table(rows, ["campaign", "segment", "window_start", "state", "detector", "reason"]))
+        print(_table(rows, ["campaign", "segment", "window (UTC)", "state", "kind", "reason"]))
         if len(flags) > 25:
             print(f"... and {len(flags) - 25} more (ctrguard quarantine list)")
 

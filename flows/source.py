@@ -128,6 +128,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "enable.partition.eof": True,
             "fetch.wait.max.ms": 50,
             "queued.max.messages.kbytes": 65536,
+            "log.connection.close": False,
         }
         conf.update(self.kafka.client_config())
         return _BatchPartition(conf, topic, int(part), kind,

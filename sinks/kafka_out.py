@@ -31,6 +31,8 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
         "compression.type": "none",
         "message.timeout.ms": 120_000,
         "queue.buffering.max.messages": 1_000_000,
+        # Brokers close idle connections; librdkafka reconnects by itself, so don't log it.
+        "log.connection.close": False,
     }
     conf.update(kafka.client_config())
     conf.update(overrides)
