@@ -89,11 +89,14 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
         for d in decisions:
+            # Keys identify the record, so a replayed batch after a restart overwrites
+            # (compacted topics) or is recognisable as a repeat, never a new figure.
             for fig in d.figures:
-                produce_json(self._producer, self._figures, fig.campaign_id, fig.to_dict(),
-                             self._tracker)
+                produce_json(self._producer, self._figures,
+                             f"{fig.campaign_id}|{fig.segment}|{fig.window_start_s}",
+                             fig.to_dict(), self._tracker)
             for alert in d.alerts:
-                produce_json(self._producer, self._alerts, alert.campaign_id, alert.to_dict(),
+                produce_json(self._producer, self._alerts, alert.alert_id, alert.to_dict(),
                              self._tracker)
         flush_or_raise(self._producer, self._tracker)
 
