@@ -140,6 +140,10 @@ def _duration(seconds: int) -> str:
     return f"{minutes // 60} h {minutes % 60:02d} min"
 
 
+def _alerts(n: int) -> str:
+    return f"{n} alert" if n == 1 else f"{n} alerts"
+
+
 def _cause(cause: str) -> str:
     return inert(cause.replace("_", " "), 40)
 
@@ -193,9 +197,9 @@ def render_incident(update: IncidentUpdate, *, owner: str | None = None,
         impact += f" ({money})"
     if resolved:
         status = (f"*Resolved* at {_hm(inc.resolved_at or '')} after "
-                  f"{_duration(inc.duration_s)} ({inc.alert_count} alerts)")
+                  f"{_duration(inc.duration_s)} ({_alerts(inc.alert_count)})")
     else:
-        status = f"*Open* since {_hm(inc.first_window_start)}, {inc.alert_count} alerts"
+        status = f"*Open* since {_hm(inc.first_window_start)}, {_alerts(inc.alert_count)}"
     summary = "\n".join([
         f"*Campaign* {code(inc.campaign_id)}",
         f"*Suspected cause* {_cause(inc.suspected_cause)}"
@@ -250,7 +254,7 @@ def render_thread_reply(update: IncidentUpdate, *, owner: str | None = None,
         if money:
             impact += f" ({money})"
         return _cap(f"✅ Resolved at {_hm(inc.resolved_at or '')}: lasted "
-                    f"{_duration(inc.duration_s)}, {inc.alert_count} alerts, impact {impact}.",
+                    f"{_duration(inc.duration_s)}, {_alerts(inc.alert_count)}, impact {impact}.",
                     MAX_FALLBACK)
     if update.kind != "update" or not update.changes:
         return None
