@@ -211,6 +211,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if not args.quiet:
         _say(f"generate: done in {time.perf_counter() - started:.1f}s")
+    if scenario.end_s * 1000 > time.time() * 1000:
+        # Replay rejects event times beyond the wall clock plus windows.future_tolerance.
+        _say("generate: warning: the scenario ends in the future; replay will dead-letter "
+             "events beyond now + windows.future_tolerance (use an earlier --start)")
     print(f"{scenario.n_impressions:,} impressions, {scenario.n_clicks:,} clicks, "
           f"{len(scenario.incidents)} incidents, {len(scenario.traps)} traps in {scenario.out_dir}")
     return EXIT_OK
