@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import redis
@@ -195,3 +198,39 @@ def test_redis_rejects_half_an_acl_user():
 def test_wait_until_returns_the_first_truthy_value():
     values = iter([0, None, "", "done"])
     assert wait_until(lambda: next(values), timeout=5, interval=0) == "done"
+
+
+# --------------------------------------------------------------------------- container
+
+
+def test_docker_entrypoint_initialises_recovery_once(tmp_path):
+    """The entrypoint creates the Bytewax partitions on first start only (a second
+    initialisation would crash Bytewax), tolerates lost+found, and execs `ctrguard run`."""
+    entrypoint = Path(__file__).resolve().parent.parent / "docker" / "entrypoint.sh"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "ctrguard").write_text('#!/bin/sh\necho "ctrguard $*"\n')
+    for stub in bin_dir.iterdir():
+        stub.chmod(0o755)
+    recovery = tmp_path / "recovery"
+    (recovery / "lost+found").mkdir(parents=True)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}",
+           "RECOVERY_DIR": str(recovery), "RECOVERY_PARTITIONS": "3",
+           "CTRGUARD_CONFIG": "/etc/ctrguard/config.yaml"}
+
+    def start(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(entrypoint), *args], env=env, capture_output=True,
+                              text=True, timeout=60, check=True)
+
+    first = start("--workers", "3")
+    assert first.stdout.strip() == (f"ctrguard run --config /etc/ctrguard/config.yaml "
+                                    f"--recovery-dir {recovery} --workers 3")
+    parts = sorted(p.name for p in recovery.glob("part-*.sqlite3"))
+    assert parts == ["part-0.sqlite3", "part-1.sqlite3", "part-2.sqlite3"]
+    mtimes = {p: (recovery / p).stat().st_mtime_ns for p in parts}
+
+    second = start()
+    assert "initialising" not in second.stderr
+    assert {p: (recovery / p).stat().st_mtime_ns for p in parts} == mtimes
+    assert sorted(p.name for p in recovery.iterdir()) == ["lost+found", *parts]
