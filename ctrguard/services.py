@@ -248,6 +248,18 @@ class _ServiceProcess:
         with _live_lock:
             _live.discard(self)
 
+    def restart(self, timeout: float = 30.0) -> None:
+        """Start the server again on the same port, after :meth:`kill` or not.
+
+        In-memory storage comes back empty, as after a real crash of a non-durable node.
+        """
+        self.stop()
+        self._spawn()
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        raise NotImplementedError
+
     def _fail(self, message: str, *, retryable: bool = False) -> ServiceStartError:
         tail = self.log_tail()
         self.stop(grace=1.0)
@@ -741,12 +753,6 @@ class RedisServer(_ServiceProcess):
         options = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0,
                    "retry": Retry(NoBackoff(), 0), "password": self.password, **kwargs}
         return redis.Redis(host=LOOPBACK, port=self.port, db=db, **options)
-
-    def restart(self, timeout: float = 10.0) -> None:
-        """Start the server again on the same port, empty (after :meth:`kill` or not)."""
-        self.stop()
-        self._spawn()
-        self._wait_ready(timeout)
 
     def __repr__(self) -> str:
         state = f"pid={self.pid}" if self.is_running() else "stopped"

@@ -122,6 +122,19 @@ def test_broker_on_a_taken_port_fails_with_its_log(broker, tmp_path):
     assert broker.is_running()
 
 
+def test_broker_kill_then_restart_on_the_same_port(tmp_path):
+    with start_broker(log_dir=tmp_path) as own:
+        port, old_pid = own.port, own.pid
+        own.kill()
+        assert _pid_gone(old_pid) and not own.is_running()
+        own.restart()
+        assert own.port == port and own.pid != old_pid
+        topic = "after-restart"
+        ensure_topics(own.bootstrap, [topic])
+        produce_all(own.bootstrap, topic, [b"a", b"b"])
+        assert [m.value() for m in consume_to_eof(own.bootstrap, topic)] == [b"a", b"b"]
+
+
 # --------------------------------------------------------------------------- redis
 
 
@@ -234,3 +247,4 @@ def test_docker_entrypoint_initialises_recovery_once(tmp_path):
     assert "initialising" not in second.stderr
     assert {p: (recovery / p).stat().st_mtime_ns for p in parts} == mtimes
     assert sorted(p.name for p in recovery.iterdir()) == ["lost+found", *parts]
+
