@@ -138,17 +138,19 @@ def test_broker_kill_then_restart_on_the_same_port(tmp_path):
 # --------------------------------------------------------------------------- redis
 
 
-def test_redis_url_gives_a_clean_database(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    assert client.dbsize() == 0
-    client.set("left-behind", "1")
-    client.close()
+def test_redis_url_gives_each_test_a_clean_server(redis_server, request):
+    for db in (0, 5):
+        redis_server.client(db=db).set("left-behind", "1")
+    url = request.getfixturevalue("redis_url")  # set up now, after the writes
+    assert url == redis_server.url
+    assert redis.Redis.from_url(url).dbsize() == 0
+    assert redis_server.client(db=5).dbsize() == 0
 
 
-def test_redis_url_is_flushed_between_tests(redis_url):
-    client = redis.Redis.from_url(redis_url)
-    assert client.get("left-behind") is None
-    client.close()
+def test_redis_url_brings_a_killed_session_server_back(redis_server, request):
+    redis_server.kill()
+    url = request.getfixturevalue("redis_url")
+    assert redis.Redis.from_url(url, socket_timeout=2).ping()
 
 
 def test_password_protected_redis(redis_factory):
