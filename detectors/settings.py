@@ -5,7 +5,7 @@ log-likelihood-ratio units (nats) unless said otherwise.
 
 >>> s = DetectorSettings()
 >>> s.warmup_windows, s.ctr_ratios
-(6, (0.2, 0.5, 0.7, 1.4, 2.0, 4.0))
+(6, (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0))
 >>> try:
 ...     DetectorSettings(ctr_ratios=(1.0,))
 ... except ValueError as err:
@@ -40,11 +40,16 @@ class DetectorSettings(BaseModel):
     # ---------------------------------------------------------------- sequential tests
     #: CTR ratios (alternative / baseline) the binomial CUSUMs look for. The largest
     #: of them at any time is a GLR over this grid.
-    ctr_ratios: tuple[float, ...] = (0.2, 0.5, 0.7, 1.4, 2.0, 4.0)
+    ctr_ratios: tuple[float, ...] = (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0)
+    #: A CTR ratio is tested only when ``|log ratio|`` is at least this many relative
+    #: standard deviations of the baseline (young and sparse series test large changes only).
+    baseline_resolution: float = Field(3.0, ge=0)
     #: Impression-volume ratios the Poisson CUSUMs look for.
     volume_ratios: tuple[float, ...] = (0.4, 2.0)
-    #: Evidence older than about this many windows fades (the CUSUMs leak ``1/n`` per
-    #: window), so a small persistent misfit of the baseline cannot add up over days.
+    #: Evidence of the CTR tests fades by ``expected clicks / evidence_clicks`` per window,
+    #: that of the volume tests by ``1 / evidence_windows``: a small persistent misfit of a
+    #: baseline cannot add up over days, whatever the volume.
+    evidence_clicks: float = Field(400.0, gt=0)
     evidence_windows: int = Field(48, ge=2, le=100_000)
 
     # ---------------------------------------------------------------- baselines
@@ -66,7 +71,7 @@ class DetectorSettings(BaseModel):
     #: Bounds of the empirical-Bayes prior strength (pseudo-clicks) that shrinks a
     #: segment's CTR toward its campaign; estimated per campaign between these.
     shrinkage_min: float = Field(5.0, gt=0)
-    shrinkage_max: float = Field(100.0, gt=0)
+    shrinkage_max: float = Field(30.0, gt=0)
 
     # ---------------------------------------------------------------- drift
     #: River drift detector fed standardised residuals ("adwin" | "page_hinkley" | "none").
