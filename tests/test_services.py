@@ -106,6 +106,7 @@ def test_producing_to_an_unknown_topic_fails_instead_of_auto_creating(broker):
     assert topic not in _topic_partitions(broker.bootstrap)
 
 
+@pytest.mark.integration
 def test_broker_stop_leaves_no_process(tmp_path):
     with start_broker(log_dir=tmp_path) as own:
         pid = own.pid
@@ -122,6 +123,7 @@ def test_broker_on_a_taken_port_fails_with_its_log(broker, tmp_path):
     assert broker.is_running()
 
 
+@pytest.mark.integration
 def test_broker_kill_then_restart_on_the_same_port(tmp_path):
     with start_broker(log_dir=tmp_path) as own:
         port, old_pid = own.port, own.pid
@@ -191,6 +193,7 @@ def test_redis_kill_then_restart_on_the_same_port(redis_factory):
     assert server.client().get("k") is None  # nothing persisted
 
 
+@pytest.mark.integration
 def test_redis_stop_leaves_no_process():
     with start_redis() as server:
         pid = server.pid
