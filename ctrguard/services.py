@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 from urllib.parse import quote, urlsplit
 
 from ctrguard.errors import ServiceError
@@ -157,8 +157,9 @@ def _stop_all_at_exit() -> None:
     with _live_lock:
         leftovers = list(_live)
     for service in leftovers:
-        with contextlib.suppress(Exception):
-            service.stop(grace=1.0)
+        if service._owner_pid == os.getpid():  # not in a forked child: its parent owns them
+            with contextlib.suppress(Exception):
+                service.stop(grace=1.0)
     for path in _temp_dirs:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -198,6 +199,7 @@ class _ServiceProcess:
         self.log_path = log_path
         self._env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._owner_pid = os.getpid()
 
     @property
     def pid(self) -> int | None:
@@ -265,7 +267,7 @@ class _ServiceProcess:
         self.stop(grace=1.0)
         return ServiceStartError(self.name, message, log_tail=tail, retryable=retryable)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -290,7 +292,13 @@ def _tansu_binary() -> str:
 
 
 def _redact(url: str) -> str:
-    """Hide the password of a storage URL such as ``postgres://user:pw@host/db``."""
+    """Hide the password of a storage URL.
+
+    >>> _redact("postgres://tansu:s3cret@db:5432/tansu")
+    'postgres://tansu:***@db:5432/tansu'
+    >>> _redact("memory://tansu/")
+    'memory://tansu/'
+    """
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.rpartition("@")
     if not (sep and at and ":" in userinfo):
