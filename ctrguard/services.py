@@ -200,6 +200,7 @@ class _ServiceProcess:
         self._env = dict(env) if env is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
         self._owner_pid = os.getpid()
+        self._log_start = 0
 
     @property
     def pid(self) -> int | None:
@@ -214,9 +215,19 @@ class _ServiceProcess:
         """The last ``max_bytes`` of the server's log."""
         return _tail(self.log_path, max_bytes)
 
+    def _log_since_start(self) -> str:
+        """What the current run logged (a restart appends to the same file)."""
+        try:
+            with open(self.log_path, "rb") as fh:
+                fh.seek(self._log_start)
+                return fh.read(1_000_000).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
     def _spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()
             self._proc = subprocess.Popen(
                 self._argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 env=self._env, start_new_session=True,  # own process group: stop kills it all
@@ -359,7 +370,7 @@ class Broker(_ServiceProcess):
         # tansu prints "ready in" only once it is bound. On a taken port it panics yet exits
         # with status 0, and the port answers (for someone else): so never trust the port.
         while True:
-            log = self.log_tail(20_000)
+            log = self._log_since_start()
             if "AddrInUse" in log or not self.is_running():
                 raise self._fail(f"could not start on port {self.port} (exit status "
                                  f"{self._proc.poll()})", retryable="AddrInUse" in log)
@@ -775,7 +786,7 @@ class RedisServer(_ServiceProcess):
         try:
             while time.monotonic() < deadline:
                 if not self.is_running():
-                    in_use = "Address already in use" in self.log_tail()
+                    in_use = "Address already in use" in self._log_since_start()
                     raise self._fail(f"exited with status {self._proc.returncode} while "
                                      "starting", retryable=in_use)
                 if _port_accepts(self.port):

@@ -137,6 +137,18 @@ def test_broker_kill_then_restart_on_the_same_port(tmp_path):
         assert [m.value() for m in consume_to_eof(own.bootstrap, topic)] == [b"a", b"b"]
 
 
+
+@pytest.mark.integration
+def test_broker_restart_on_a_port_taken_meanwhile_fails(tmp_path):
+    # The earlier run's "ready" line in the same log must not count for the new run.
+    with start_broker(log_dir=tmp_path / "a") as own:
+        own.kill()
+        with start_broker(port=own.port, log_dir=tmp_path / "b"):
+            with pytest.raises(ServiceStartError, match="AddrInUse"):
+                own.restart(timeout=10)
+            assert not own.is_running()
+
+
 # --------------------------------------------------------------------------- redis
 
 
