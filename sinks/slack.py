@@ -49,6 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from ctrguard import faults
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
 from ctrguard.records import Alert, WindowDecision
 from sinks.incidents import (
@@ -582,6 +583,7 @@ class SlackNotifier:
         result = fn()
         self.stats.slack_calls += 1
         self.redis.set(step_key, json.dumps(result), ex=self.slack.idempotency_ttl_s)
+        faults.point("slack.after_call")
         return result
 
     def _apply(self, u: IncidentUpdate, fields: dict[str, str],

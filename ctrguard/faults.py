@@ -1,0 +1,72 @@
+"""Fault injection for the reliability tests: crash the process at a named point.
+
+``CTRGUARD_CRASH_AT=release.after_redis:3`` makes the process exit at once with status 137
+(what ``kill -9`` leaves) the 3rd time :func:`point` is called with that name. Several
+points may be given, comma-separated: ``release.after_redis:3,slack.after_call:1``. No
+cleanup runs (``os._exit``): no ``finally``, no atexit, no flush of Kafka producers, no
+Bytewax snapshot; exactly a crash.
+
+When the variable is unset (production), :func:`point` is a function that does nothing,
+chosen once at import, so a call costs one empty function call.
+
+Points placed in the code (see ``docs/reliability.md``):
+
+``release.after_redis``      flags and watermark are in Redis, the figures not yet in Kafka
+``release.after_publish``    figures and alerts published, before Bytewax moves on
+``deadletter.after_produce`` a batch of dead letters is in Kafka, before the next batch
+``slack.after_call``         a Slack call succeeded and was recorded, the outbox entry not
+                             yet marked done (mid delivery)
+
+>>> parse_spec("release.after_redis:3, slack.after_call")
+{'release.after_redis': 3, 'slack.after_call': 1}
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+
+ENV = "CTRGUARD_CRASH_AT"
+EXIT_STATUS = 137
+
+
+def parse_spec(spec: str) -> dict[str, int]:
+    """``"name:N,other"`` -> ``{"name": N, "other": 1}``."""
+    targets: dict[str, int] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        name, _, count = part.partition(":")
+        targets[name.strip()] = int(count) if count.strip() else 1
+    return targets
+
+
+class _Crasher:
+    def __init__(self, targets: dict[str, int]):
+        self._targets = targets
+        self._hits: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, name: str) -> None:
+        target = self._targets.get(name)
+        if target is None:
+            return
+        with self._lock:
+            hits = self._hits[name] = self._hits.get(name, 0) + 1
+        if hits == target:
+            sys.stderr.write(f"ctrguard.faults: crashing at {name} (hit {hits})\n")
+            sys.stderr.flush()
+            os._exit(EXIT_STATUS)
+
+
+def _noop(name: str) -> None:
+    return None
+
+
+_spec = os.environ.get(ENV, "")
+#: ``point(name)``: crash here if ``$CTRGUARD_CRASH_AT`` names this point and count.
+point = _Crasher(parse_spec(_spec)) if _spec else _noop
+
+__all__ = ["point", "parse_spec", "ENV", "EXIT_STATUS"]
