@@ -213,7 +213,7 @@ class CampaignMonitor:
         drift = None
         if s.drift_detector != "none":
             drift = ResidualDrift(method=s.drift_detector, threshold=s.drift_threshold,
-                                  delta=s.drift_delta,
+                                  delta=s.drift_delta, min_instances=30,
                                   min_expected=s.drift_min_expected_clicks)
         return _Series(len(s.ctr_ratios) + len(s.volume_ratios), drift)
 

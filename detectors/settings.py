@@ -77,7 +77,7 @@ class DetectorSettings(BaseModel):
     #: River drift detector fed standardised residuals ("adwin" | "page_hinkley" | "none").
     drift_detector: str = Field("page_hinkley", pattern="^(adwin|page_hinkley|none)$")
     #: PageHinkley threshold (in standard deviations summed) or ADWIN delta.
-    drift_threshold: float = Field(30.0, gt=0)
+    drift_threshold: float = Field(50.0, gt=0)
     #: PageHinkley tolerated drift per window, in standard deviations.
     drift_delta: float = Field(0.1, ge=0)
     #: Expected clicks pooled into one standardised residual before it is fed.
