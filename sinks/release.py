@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from ctrguard import faults
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
 from ctrguard.records import WindowDecision
@@ -88,6 +89,7 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                                  backoff_max_s=settings.redis.retry_backoff_max_s)
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
+        faults.point("release.after_redis")
         for d in decisions:
             # Keys identify the record, so a replayed batch after a restart overwrites
             # (compacted topics) or is recognisable as a repeat, never a new figure.
@@ -99,6 +101,7 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                 produce_json(self._producer, self._alerts, alert.alert_id, alert.to_dict(),
                              self._tracker)
         flush_or_raise(self._producer, self._tracker)
+        faults.point("release.after_publish")
 
     def write_batch(self, items: list[WindowDecision]) -> None:
         self._gate.release(items)
