@@ -3,17 +3,26 @@
 Dead letters keep the original message bytes as the record value, untouched, so nothing is
 lost; the reason and origin travel in headers (``ctrguard-reason``, ``ctrguard-stage``,
 ``ctrguard-source-topic``, ``ctrguard-source-partition``, ``ctrguard-source-offset``).
+
+A restart re-reads input that an earlier run already dead-lettered (from the last Bytewax
+snapshot, or from the beginning without recovery). So that the dead-letter topic holds each
+rejected message once, a new sink partition first reads the newest
+``DEDUP_SCAN_RECORDS`` records of every dead-letter partition and then skips any dead
+letter whose (source topic, partition, offset, stage, CRC of the bytes) is among them.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import zlib
 from typing import Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
+from ctrguard import faults
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
 from flows.engine import DeadLetter
@@ -21,6 +30,9 @@ from flows.engine import DeadLetter
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT_S = 30.0
+#: Newest records per dead-letter partition read at start to recognise earlier runs' dead
+#: letters (about 100 bytes of memory each). Replays reaching further back may repeat some.
+DEDUP_SCAN_RECORDS = 100_000
 
 
 def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
@@ -79,13 +91,99 @@ def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
+DeadLetterKey = tuple[str, int, int, str, int]
+
+
+def dead_letter_key(d: DeadLetter) -> DeadLetterKey:
+    """What identifies a dead letter across runs: its origin, stage and content."""
+    return (d.topic, d.partition, d.offset, d.stage, zlib.crc32(d.raw))
+
+
+def _key_of_record(headers: list[tuple[str, bytes]] | None, value: bytes | None
+                   ) -> DeadLetterKey | None:
+    h = {k: v for k, v in headers or ()}
+    try:
+        return (h["ctrguard-source-topic"].decode("utf-8", "replace"),
+                int(h["ctrguard-source-partition"]), int(h["ctrguard-source-offset"]),
+                h["ctrguard-stage"].decode(), zlib.crc32(value or b""))
+    except (KeyError, ValueError, AttributeError):
+        return None  # not written by ctrguard
+
+
+def written_dead_letters(kafka: KafkaSettings, *, max_records: int = DEDUP_SCAN_RECORDS,
+                         timeout: float | None = None) -> set[DeadLetterKey]:
+    """Keys of the newest ``max_records`` dead letters of every dead-letter partition.
+
+    Reads to the end of each partition (exact on tansu, whose high watermarks can lag).
+    Raises :class:`KafkaUnavailable` when the topic cannot be read in ``timeout`` seconds.
+    """
+    topic = kafka.topics.deadletter
+    timeout = kafka.connect_timeout_s if timeout is None else timeout
+    conf: dict[str, Any] = {"group.id": "ctrguard-deadletter-scan", "enable.auto.commit": False,
+                            "enable.partition.eof": True, "fetch.wait.max.ms": 50,
+                            "log.connection.close": False}
+    conf.update(kafka.client_config())
+    consumer = Consumer(conf)
+    seen: set[DeadLetterKey] = set()
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
+            return seen  # nothing written yet (the topic is created on first write)
+        assignment = []
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p),
+                                                       timeout=timeout)
+            # A high watermark that lags only makes us read a little more than asked.
+            assignment.append(TopicPartition(topic, p, max(low, high - max_records)))
+        consumer.assign(assignment)
+        pending = {tp.partition for tp in assignment}
+        deadline = time.monotonic() + timeout
+        while pending:
+            if time.monotonic() > deadline:
+                raise KafkaUnavailable(f"reading dead-letter topic {topic!r} took more than "
+                                       f"{timeout}s")
+            for msg in consumer.consume(1000, 0.1):
+                err = msg.error()
+                if err is None:
+                    key = _key_of_record(msg.headers(), msg.value())
+                    if key is not None:
+                        seen.add(key)
+                elif err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(msg.partition())
+                elif err.fatal() or not err.retriable():
+                    raise KafkaUnavailable(f"reading dead-letter topic {topic!r}: {err}")
+    except KafkaUnavailable:
+        raise
+    except Exception as exc:  # KafkaException from metadata or watermark requests
+        raise KafkaUnavailable(f"reading dead-letter topic {topic!r}: {exc}") from None
+    finally:
+        consumer.close()
+    return seen
+
+
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, kafka: KafkaSettings):
         self._producer = make_producer(kafka)
         self._topic = kafka.topics.deadletter
         self._tracker = DeliveryTracker()
+        try:
+            self._written = written_dead_letters(kafka)
+        except KafkaUnavailable as exc:
+            # Better a repeated dead letter than a flow that cannot start.
+            log.warning("cannot read earlier dead letters, repeats possible: %s", exc)
+            self._written = set()
+        self.skipped = 0
 
     def write_batch(self, items: list[DeadLetter]) -> None:
+        if self._written:
+            fresh = [d for d in items if dead_letter_key(d) not in self._written]
+            self.skipped += len(items) - len(fresh)
+            if len(fresh) < len(items):
+                log.info("skipped %d dead letters an earlier run already wrote",
+                         len(items) - len(fresh))
+            items = fresh
+            if not items:
+                return
         for d in items:
             while True:
                 try:
@@ -96,6 +194,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
                 except BufferError:
                     self._producer.poll(0.1)
         flush_or_raise(self._producer, self._tracker)
+        faults.point("deadletter.after_produce")
         log.info("dead-lettered %d messages (%s)", len(items),
                  ", ".join(sorted({d.stage for d in items})))
 
