@@ -1,0 +1,1 @@
+"""Benchmarks of ctrguard: ``python -m bench.run`` (``make bench``). See ``BENCHMARKS.md``."""

@@ -1,0 +1,273 @@
+"""Shared pieces of the benchmarks: the scenario, producing it, configurations, child processes.
+
+Nothing here measures; :mod:`bench.run` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: Scenario defaults (the brief: >= 2 M impressions, 2,000 campaigns, 3 devices).
+SEED = 20261123
+CAMPAIGNS = 2000
+EVENTS = 2_000_000
+#: Median ~1 impression a minute per campaign: 2 M impressions span ~6 h of event time
+#: (~70 five-minute windows), long enough for the detectors to leave their warm-up.
+VOLUME_SCALE = 0.05
+#: A few incidents and traps, not one per second campaign (the generator's default).
+INCIDENT_RATE = 0.005
+TRAP_RATE = 0.002
+#: The naive flow windows per campaign and device; ctrguard is configured to segment by the
+#: same dimension so both do the same windowing work (ctrguard adds the campaign total).
+DIMENSIONS = ("device",)
+BATCH_SIZE = 5000
+SLACK_TOKEN = "xoxb-bench-0000-benchtoken"
+
+REPO = Path(__file__).resolve().parent.parent
+_T0 = time.monotonic()
+
+
+def log(msg: str) -> None:
+    """Progress on stderr, with the time since the benchmark started."""
+    print(f"[bench {time.monotonic() - _T0:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+@dataclass
+class Scenario:
+    seed: int
+    campaigns: int
+    hours: float
+    impressions: list[bytes]
+    clicks: list[bytes]
+    incidents: int
+    traps: int
+
+    @property
+    def events(self) -> int:
+        return len(self.impressions) + len(self.clicks)
+
+
+def build_scenario(target_impressions: int, campaigns: int, seed: int) -> Scenario:
+    """Simulate at least ``target_impressions`` impressions (and their clicks), rendered."""
+    from replay.generator import render_lines, simulate
+
+    def sim_for(hours: float):
+        return simulate(seed=seed, campaigns=campaigns, hours=hours, volume_scale=VOLUME_SCALE,
+                        incident_rate=INCIDENT_RATE, trap_rate=TRAP_RATE)
+
+    # The volume per hour follows the daily cycle: size by a pilot, then top up if short.
+    hours = 0.25
+    sim = sim_for(hours)
+    for _ in range(6):
+        n = sim.impressions.size
+        if n >= target_impressions:
+            break
+        hours = round(hours * target_impressions / max(n, 1) * 1.03 + 0.02, 2)
+        sim = sim_for(hours)
+    return Scenario(seed, campaigns, hours, render_lines(sim, "impressions"),
+                    render_lines(sim, "clicks"), len(sim.incidents), len(sim.traps))
+
+
+# --------------------------------------------------------------------------- Kafka
+
+
+def producer_config(bootstrap: str) -> dict[str, Any]:
+    # Explicit, not librdkafka's defaults: big batches for bulk loading.
+    return {
+        "bootstrap.servers": bootstrap,
+        "linger.ms": 20,
+        "batch.num.messages": 10000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        "message.timeout.ms": 300_000,
+        "allow.auto.create.topics": False,
+        "acks": "all",
+        "log.connection.close": False,
+    }
+
+
+def produce_lines(bootstrap: str, topic: str, lines: list[bytes], partitions: int = 1) -> int:
+    """Produce every line; round-robin over ``partitions`` so each stays in file order."""
+    from confluent_kafka import Producer
+
+    producer = Producer(producer_config(bootstrap))
+    failures: list[str] = []
+
+    def on_delivery(err: Any, _msg: Any) -> None:
+        if err is not None:
+            failures.append(str(err))
+
+    produce = producer.produce
+    for i, value in enumerate(lines):
+        part = i % partitions
+        while True:
+            try:
+                produce(topic, value, partition=part, on_delivery=on_delivery)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if i % 10000 == 0:
+            producer.poll(0)
+    left = producer.flush(300)
+    if left or failures:
+        raise RuntimeError(f"{topic}: {left} undelivered, {len(failures)} failed: {failures[:3]}")
+    return len(lines)
+
+
+def new_topics(bootstrap: str, label: str, partitions: int) -> dict[str, str]:
+    """Fresh input topics with ``partitions`` partitions, plus fresh output topics."""
+    from ctrguard.services import ensure_topics
+
+    prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}"
+    names = {k: f"{prefix}.{k}" for k in ("impressions", "clicks")}
+    ensure_topics(bootstrap, list(names.values()), partitions=partitions)
+    return {**names, **output_topics(bootstrap, label)}
+
+
+def output_topics(bootstrap: str, label: str) -> dict[str, str]:
+    """Fresh single-partition output topics, so runs never read each other's output."""
+    from ctrguard.services import ensure_topics
+
+    prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}"
+    names = {k: f"{prefix}.{k}" for k in ("figures", "alerts", "deadletter")}
+    ensure_topics(bootstrap, list(names.values()))
+    return names
+
+
+# --------------------------------------------------------------------------- config
+
+
+def write_config(path: Path, *, bootstrap: str, topics: dict[str, str], redis_url: str,
+                 key_prefix: str, tail: bool, slack_base_url: str | None,
+                 batch_size: int = BATCH_SIZE) -> Path:
+    """A ctrguard YAML configuration for one benchmark run (own topics and Redis prefix)."""
+    dims = ", ".join(DIMENSIONS)
+    text = f"""\
+kafka:
+  brokers: ["{bootstrap}"]
+  topics:
+    impressions: {topics['impressions']}
+    clicks: {topics['clicks']}
+    figures: {topics['figures']}
+    alerts: {topics['alerts']}
+    deadletter: {topics['deadletter']}
+  tail: {'true' if tail else 'false'}
+  starting_offset: beginning
+  batch_size: {batch_size}
+redis:
+  url: "{redis_url}"
+  key_prefix: {key_prefix}
+windows:
+  length: 5m
+  allowed_lateness: 2m
+segments:
+  dimensions: [{dims}]
+"""
+    if slack_base_url:
+        text += f'slack:\n  base_url: "{slack_base_url}"\n  mode: web\n'
+    path.write_text(text)
+    return path
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["SLACK_BOT_TOKEN"] = SLACK_TOKEN
+    # A bench run must not pick up a developer's services from the environment.
+    for name in ("CTRGUARD_KAFKA_BROKERS", "CTRGUARD_REDIS_URL", "SLACK_WEBHOOK_URL"):
+        env.pop(name, None)
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- children
+
+
+def start_child(args: list[str], log_path: Path, *, env: dict[str, str] | None = None,
+                wrap: list[str] | None = None) -> subprocess.Popen:
+    """Start ``python -m bench.child ARGS`` in its own session, stderr to ``log_path``."""
+    cmd = [*(wrap or []), sys.executable, "-m", "bench.child", *args]
+    with open(log_path, "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=env or child_env(), stdout=subprocess.PIPE,
+                                stderr=err, text=True, start_new_session=True)
+
+
+def finish_child(proc: subprocess.Popen, log_path: Path, *, timeout: float,
+                 label: str) -> dict[str, Any]:
+    """Wait for a child (with a progress line every 15 s); return the JSON it printed last."""
+    started = time.monotonic()
+    while True:
+        try:
+            proc.wait(15)
+            break
+        except subprocess.TimeoutExpired:
+            waited = time.monotonic() - started
+            if waited > timeout:
+                stop_process(proc)
+                raise RuntimeError(f"{label}: timed out after {timeout:.0f}s; "
+                                   f"log {log_path}") from None
+            log(f"{label}: running for {waited:.0f}s")
+    out = proc.stdout.read() if proc.stdout is not None else ""
+    if proc.stdout is not None:
+        proc.stdout.close()
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{label}: exited {proc.returncode}; log {log_path}:\n{tail}")
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    if not lines:
+        raise RuntimeError(f"{label}: printed no result; log {log_path}")
+    return json.loads(lines[-1])
+
+
+def run_child(args: list[str], log_path: Path, *, timeout: float, label: str,
+              wrap: list[str] | None = None) -> dict[str, Any]:
+    proc = start_child(args, log_path, wrap=wrap)
+    try:
+        return finish_child(proc, log_path, timeout=timeout, label=label)
+    finally:
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
+    """Stop a child started with ``start_new_session=True``: SIGINT, then SIGKILL."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGINT, grace), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def peak_rss_mb() -> float:
+    """Peak RSS of this process in MiB.
+
+    ``VmHWM``, not ``ru_maxrss``: Linux carries ru_maxrss over ``exec``, so a child would
+    report its parent's peak when that is larger.
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

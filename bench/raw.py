@@ -1,0 +1,51 @@
+"""The ceiling: consume the input topics with confluent-kafka and do nothing with the messages."""
+
+from __future__ import annotations
+
+import time
+
+from bench.common import BATCH_SIZE
+
+
+def raw_consume(bootstrap: str, topics: list[str], partitions: int,
+                batch_size: int = BATCH_SIZE, timeout: float = 600.0) -> tuple[int, float]:
+    """Read every partition of ``topics`` from the beginning to EOF: (messages, seconds).
+
+    The consumer settings are the ones ctrguard's source uses; the loop touches each
+    message's value (as any consumer must) and nothing else.
+    """
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap,
+        "group.id": "bench-raw-unused",
+        "enable.auto.commit": False,
+        "enable.partition.eof": True,
+        "fetch.wait.max.ms": 50,
+        "queued.max.messages.kbytes": 65536,
+        "log.connection.close": False,
+    })
+    parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(partitions)]
+    eof_code = KafkaError._PARTITION_EOF
+    at_eof: set[tuple[str, int]] = set()
+    n = 0
+    try:
+        t0 = time.perf_counter()
+        consumer.assign(parts)
+        deadline = time.monotonic() + timeout
+        while len(at_eof) < len(parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"raw consume: {n} messages, {len(at_eof)} partitions at EOF")
+            for msg in consumer.consume(num_messages=batch_size, timeout=0.5):
+                err = msg.error()
+                if err is None:
+                    msg.value()
+                    n += 1
+                elif err.code() == eof_code:
+                    at_eof.add((msg.topic(), msg.partition()))
+                else:
+                    raise RuntimeError(f"raw consume: {err}")
+        elapsed = time.perf_counter() - t0
+    finally:
+        consumer.close()
+    return n, elapsed

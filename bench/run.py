@@ -1,0 +1,605 @@
+"""``python -m bench.run [--events N]`` (``make bench``): ctrguard's benchmarks in one run.
+
+On one generated scenario (default: >= 2 M impressions plus their clicks, 2,000 campaigns,
+3 devices, a few incidents), against a local tansu broker, a private ``redis-server`` and the
+Slack emulator, all started here and stopped at the end:
+
+1. raw consume of the input topics (the ceiling);
+2. a naive Bytewax flow (``KafkaSource -> map(json.loads) -> count_window``; the floor);
+3. ctrguard's live flow in drain mode (one worker);
+4. window-close-to-Redis/figure latency in tail mode at a paced rate;
+5. state memory per active series (10k and 100k series);
+6. replay from gzip JSONL;
+7. the live flow with two processes versus one on two-partition topics.
+
+Prints a table, writes ``bench/results.json`` and ``BENCHMARKS.md``. Progress goes to stderr.
+See ``BENCHMARKS.md`` for the method of each measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+from bench.common import (
+    BATCH_SIZE,
+    CAMPAIGNS,
+    EVENTS,
+    REPO,
+    SEED,
+    SLACK_TOKEN,
+    build_scenario,
+    finish_child,
+    log,
+    new_topics,
+    output_topics,
+    produce_lines,
+    run_child,
+    start_child,
+    stop_process,
+    write_config,
+)
+
+#: Targets set by the performance issue (reported against, never enforced).
+TARGETS = {
+    "ratio_to_raw": (">=", 0.75),
+    "ratio_to_naive": (">=", 4.0),
+    "latency_p99_ms": ("<", 1000.0),
+    "bytes_per_series": ("<=", 2048),
+    "replay_eps": (">=", 300_000),
+    "speedup_two_processes": (">=", 1.8),
+}
+REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
+                 "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
+                 "replay_eps", "speedup_two_processes")
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+def environment() -> dict[str, Any]:
+    import confluent_kafka
+
+    from ctrguard.services import _redis_binary, _tansu_binary
+
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout
+            return out.strip().splitlines()[0] if out.strip() else "?"
+        except (OSError, subprocess.SubprocessError):
+            return "?"
+
+    cpu = "?"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gib = 0.0
+    with contextlib.suppress(OSError), open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith("MemTotal:"):
+                mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
+    import os
+
+    return {
+        "python": platform.python_version(),
+        "bytewax": _version("bytewax"),
+        "river": _version("river"),
+        "confluent_kafka": f"{confluent_kafka.version()[0]} (librdkafka "
+                           f"{confluent_kafka.libversion()[0]})",
+        "msgspec": _version("msgspec"),
+        "redis_py": _version("redis"),
+        "tansu": first_line([_tansu_binary(), "--version"]),
+        "redis_server": first_line([_redis_binary(), "--version"]),
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "ram_gib": mem_gib,
+        "kernel": platform.release(),
+    }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def ctrguard_config(workdir: Path, name: str, broker, redis_url: str, slack_url: str,
+                    topics: dict[str, str], *, tail: bool = False) -> Path:
+    return write_config(workdir / f"{name}.yaml", bootstrap=broker.bootstrap, topics=topics,
+                        redis_url=redis_url, key_prefix=f"bench-{name}", tail=tail,
+                        slack_base_url=slack_url)
+
+
+def checked_summary(redis_server, prefix: str) -> dict[str, Any]:
+    """What the run left in Redis: campaigns with a watermark, the latest one, flags."""
+    client = redis_server.client()
+    try:
+        rows = client.zrange(f"{prefix}:checked", -1, -1, withscores=True)
+        return {"campaigns_checked": client.zcard(f"{prefix}:checked"),
+                "latest_checked_s": int(rows[0][1]) if rows else None,
+                "flags": client.zcard(f"{prefix}:flags")}
+    finally:
+        client.close()
+
+
+def two_process_run(workdir: Path, name: str, config: Path, processes: int,
+                    timeout: float) -> dict[str, Any]:
+    """The live flow in ``processes`` processes (``cluster_main``, as ``bytewax.run -i/-a``)."""
+    from ctrguard.services import free_port
+
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    procs = []
+    try:
+        for i in range(processes):
+            args = ["ctrguard", "--config", str(config)]
+            if processes > 1:
+                args += ["--addresses", addresses, "--proc-id", str(i)]
+            procs.append((start_child(args, workdir / f"{name}-{i}.log"),
+                          workdir / f"{name}-{i}.log"))
+        results = [finish_child(p, path, timeout=timeout, label=f"{name} process {i}")
+                   for i, (p, path) in enumerate(procs)]
+    finally:
+        for p, _ in procs:
+            stop_process(p)
+    start = min(r["start"] for r in results)
+    end = max(r["end"] for r in results)
+    return {"elapsed_s": end - start, "maxrss_mb": [r["maxrss_mb"] for r in results]}
+
+
+def write_gzip(path: Path, lines: list[bytes]) -> None:
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                 compresslevel=3) as gz:
+        for i in range(0, len(lines), 100_000):
+            gz.write(b"\n".join(lines[i:i + 100_000]) + b"\n")
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float) and digits:
+        return f"{value:,.{digits}f}"
+    if isinstance(value, int | float):
+        return f"{value:,.0f}"
+    return str(value)
+
+
+def target_status(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    status = {}
+    for key, (op, goal) in TARGETS.items():
+        value = results.get(key)
+        if value is None:
+            met = None
+        elif op == ">=":
+            met = value >= goal
+        elif op == "<":
+            met = value < goal
+        else:
+            met = value <= goal
+        status[key] = {"target": f"{op} {goal:g}", "value": value, "met": met}
+    return status
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
+    d = r["details"]
+    t = r["targets"]
+
+    def mark(key: str) -> str:
+        met = t[key]["met"]
+        return f"{t[key]['target']}: " + ("met" if met else "NOT met" if met is not None else "n/a")
+
+    lat = d["latency"]
+    mem = d["memory"]
+    rows = [
+        ("1. raw consume (confluent-kafka, no processing)", f"{_fmt(r['raw_eps'])} events/s",
+         f"median of {len(d['raw_runs_eps'])}: " + ", ".join(_fmt(x) for x in d['raw_runs_eps'])),
+        ("2. naive Bytewax flow (json.loads + count_window)", f"{_fmt(r['naive_eps'])} events/s",
+         f"{d['naive']['windows']:,} window counts, {d['naive']['late']:,} late"),
+        ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
+         f"peak RSS {r['peak_rss_mb']:.0f} MiB"),
+        ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}", mark("ratio_to_raw")),
+        ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
+        ("4. window close -> figure on topic, p50 / p99",
+         f"{_fmt(r['latency_p50_ms'])} / {_fmt(r['latency_p99_ms'])} ms", mark("latency_p99_ms")),
+        ("   window close -> P:checked in Redis, p50 / p99",
+         f"{_fmt(lat['redis_checked']['p50_ms'])} / {_fmt(lat['redis_checked']['p99_ms'])} ms",
+         f"{lat['windows_measured']} windows x {lat['campaigns']} campaigns, "
+         f"{_fmt(lat['impressions_per_s'])} imp/s"),
+        ("5. state per active series (10k series)",
+         f"{_fmt(mem['10k']['bytes_per_series'])} B",
+         f"detectors {mem['10k']['monitor_bytes_per_series']} B, snapshot "
+         f"{mem['10k']['snapshot_bytes_per_series']} B, RSS "
+         f"{mem['10k']['rss_bytes_per_series']} B"),
+        ("   state per active series (100k series)", f"{_fmt(r['bytes_per_series'])} B",
+         f"{mark('bytes_per_series')}; detectors "
+         f"{mem['100k']['monitor_bytes_per_series']} B, snapshot "
+         f"{mem['100k']['snapshot_bytes_per_series']} B, RSS "
+         f"{mem['100k']['rss_bytes_per_series']} B, peak RSS {mem['100k']['peak_rss_mb']:.0f} MiB"),
+        ("6. replay from gzip JSONL (1 core)", f"{_fmt(r['replay_eps'])} events/s",
+         mark("replay_eps")),
+        ("7. live flow, 2 partitions: 1 process", f"{_fmt(d['two']['p1_eps'])} events/s", ""),
+        ("   live flow, 2 partitions: 2 processes", f"{_fmt(d['two']['p2_eps'])} events/s",
+         f"speed-up x{r['speedup_two_processes']:.2f}; {mark('speedup_two_processes')}"),
+    ]
+    return rows
+
+
+def render_text(r: dict[str, Any]) -> str:
+    rows = table_rows(r)
+    w0 = max(len(a) for a, _, _ in rows)
+    w1 = max(len(b) for _, b, _ in rows)
+    return "\n".join(f"{a.ljust(w0)}  {b.rjust(w1)}  {c}" for a, b, c in rows)
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    d = r["details"]
+    env = r["environment"]
+    sc = d["scenario"]
+    lat = d["latency"]
+    rows = "\n".join(f"| {a.strip()} | {b} | {c} |" for a, b, c in table_rows(r))
+    profile = ""
+    if d.get("profile"):
+        prof = d["profile"]
+        top_self = "\n".join(f"| {name} | {pct} |" for name, pct in prof["self_pct"][:15])
+        top_incl = "\n".join(f"| {name} | {pct} |" for name, pct in prof["inclusive_pct"][:20])
+        profile = f"""
+## Profile of the live flow (py-spy, {prof['samples']:,} samples)
+
+Sampled with `py-spy record --format raw --nonblocking` on a separate drain run of the same
+topics (so the measured run is not slowed by sampling); the full collapsed stacks are in
+`bench/profile.txt` (summary: `python -m bench.profile FILE`).
+
+Inclusive share (the function or anything it calls):
+
+| function | % of samples |
+| --- | ---: |
+{top_incl}
+
+Self share (time in the function's own code):
+
+| function | % of samples |
+| --- | ---: |
+{top_self}
+"""
+    return f"""# Benchmarks
+
+Numbers of the latest run of `{r['command']}`, written by that run (`bench/run.py`); they are
+measured, not edited. The machine is shared and has 2 cores, so runs vary by 10-20 %; the
+broker, Redis and the benchmark itself share those cores with the flow under test.
+
+Run: {r['finished_at']}, {r['duration_s']:.0f} s in total.
+
+## Results
+
+| measurement | result | notes |
+| --- | ---: | --- |
+{rows}
+
+Events are impressions plus clicks. Targets come from the performance issue; "NOT met" is
+reported as measured.
+
+## Scenario and machine
+
+- Scenario: `replay.generator.simulate(seed={sc['seed']}, campaigns={sc['campaigns']},
+  hours={sc['hours']}, volume_scale={common.VOLUME_SCALE}, incident_rate={common.INCIDENT_RATE},
+  trap_rate={common.TRAP_RATE})`: {sc['impressions']:,} impressions + {sc['clicks']:,} clicks
+  = {sc['events']:,} events ({sc['avg_bytes']:.0f} bytes per JSON event on average),
+  {sc['incidents']} incidents and {sc['traps']} traps injected, 3 devices x 4 channels.
+- ctrguard configuration: defaults, except `segments.dimensions: [device]` (the naive flow
+  counts per campaign and device, so both do the same windowing; ctrguard adds the campaign
+  total), `kafka.batch_size: {BATCH_SIZE}`, `tail: false` (drain) except for the latency run,
+  Slack in `web` mode against the local emulator (`ctrguard.slack_emulator`), a private
+  `redis-server`, the embedded tansu broker with in-memory storage.
+- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram_gib']} GiB RAM, Linux {env['kernel']}.
+- Versions: Python {env['python']}, Bytewax {env['bytewax']}, River {env['river']},
+  confluent-kafka {env['confluent_kafka']}, msgspec {env['msgspec']}, redis-py
+  {env['redis_py']}, {env['tansu']}, {env['redis_server']}.
+
+## Method
+
+1. **Raw consume** (ceiling): one confluent-kafka consumer assigned every input partition
+   from the beginning, `consume(num_messages={BATCH_SIZE})` until every partition reports EOF,
+   touching each message's value and nothing else; the consumer settings are those of
+   ctrguard's source. Repeated {len(d['raw_runs_eps'])} times; the median is reported.
+2. **Naive flow** (floor, `bench/naive.py`): `KafkaSource(tail=False,
+   batch_size={BATCH_SIZE})` on both topics -> `op.map(json.loads)` ->
+   `win.count_window` keyed by campaign, device and stream (the stream is unkeyed; the
+   windowing operator keys it) with an `EventClock` (2 min wait) and 5-minute
+   `TumblingWindower` -> a sink that counts windows; `.late` is counted too.
+3. **ctrguard live flow**: `run_main(get_flow(settings))` in drain mode: parse, validate,
+   exclude, dedup, window, detect, Redis flags and watermarks, figures and alerts to Kafka,
+   Slack to the emulator. Rates are events / time spent in `run_main` (each flow runs in a
+   fresh child process, `bench/child.py`; imports and River's import are not timed, the
+   Slack outbox drain at the end is). Peak RSS is that child's `VmHWM`.
+4. **Latency** (`bench/latency.py`): the live flow runs in tail mode in a child process.
+   This process produces a synthetic stream at {_fmt(lat['impressions_per_s'])}
+   impressions/s (+ {_fmt(lat['clicks_per_s'])} clicks/s) over {lat['campaigns']} campaigns
+   in event-time order, event time running x{lat['speed']:g} the wall clock (a 5-minute
+   window closes every {300 / lat['speed']:g} s), for {lat['duration_s']:g} s. A window's
+   close is the later of the wall times at which the producer produced the first event at or
+   after window end + allowed lateness (2 min) to each input topic (the watermark is the
+   minimum over partitions). A consumer thread stamps each figure of series `all` arriving
+   on the figures topic; a thread polling `P:checked` every {lat['redis_poll_ms']:g} ms
+   stamps when each campaign's score reaches the window end. Latency = stamp - close, per
+   campaign and window ({lat['figures']['samples']:,} samples), leaving out the first
+   windows (start-up). Redis is written before the figures are published, so the figure
+   latency is the end-to-end one reported as `latency_p50_ms`/`latency_p99_ms`.
+5. **Memory** (`bench/memory.py`): a `ShardState` with the default `CampaignMonitor`,
+   segmented by device (4 series per campaign), fed 8 windows of synthetic chunks (every
+   series of every campaign has events: 9 impressions and 1 click per campaign and window).
+   `bytes_per_series` is the size of every object reachable from the state
+   (`sys.getsizeof` over the object graph) over the number of series, at 100k series; it
+   includes the open window's counts and dedup ids and the dedup ids of closed windows still
+   within the allowed lateness. Also given: the detectors alone, RSS growth, and
+   `len(pickle.dumps(state))` per series (what a Bytewax snapshot stores).
+6. **Replay**: `replay.run.run_replay` on the scenario written as gzip JSONL
+   (compresslevel 3), in this process: events read / wall time, including writing
+   figures, alerts and dead letters.
+7. **Two processes**: the same scenario produced to 2-partition topics (round-robin, so
+   each partition keeps file order); the live flow in drain mode once in one process
+   (`run_main`) and once in two processes of one worker each (`cluster_main` with two
+   addresses, what `python -m bytewax.run -i N -a 'h:p;h:p'` and `python -m
+   bytewax.testing -p2` do); elapsed = last end - first start. Speed-up = 2-process rate /
+   1-process rate.
+
+## Command
+
+```
+{r['command']}
+```
+
+`make bench` runs `.venv/bin/python -m bench.run`; `EVENTS=N make bench` sets the number of
+impressions (`--events N`); `--profile` adds a py-spy profile of the live flow.
+Results as JSON: `bench/results.json`.
+{profile}"""
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--events", type=int, default=EVENTS,
+                   help="impressions to generate, at least (clicks come on top)")
+    p.add_argument("--campaigns", type=int, default=CAMPAIGNS)
+    p.add_argument("--seed", type=int, default=SEED)
+    p.add_argument("--raw-repeats", type=int, default=3)
+    p.add_argument("--latency-seconds", type=float, default=60.0)
+    p.add_argument("--latency-rate", type=float, default=20_000,
+                   help="impressions/s produced during the latency run")
+    p.add_argument("--memory-series", default="10000,100000",
+                   help="comma-separated series counts; the last is reported")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile the live flow with py-spy (bench/profile.txt)")
+    p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
+    p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
+    p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
+    args = p.parse_args(argv)
+    command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+
+    from ctrguard import services
+    from ctrguard.config import load_config_text
+    from ctrguard.slack_emulator import SlackEmulator
+
+    t_begin = time.monotonic()
+    env = environment()
+    log(f"python {env['python']}, bytewax {env['bytewax']}, river {env['river']}, "
+        f"confluent-kafka {env['confluent_kafka']}, {env['tansu']}; {env['nproc']} CPUs "
+        f"({env['cpu']}), {env['ram_gib']} GiB")
+    log(f"command: {command}")
+    log(f"simulating >= {args.events:,} impressions, {args.campaigns} campaigns, seed {args.seed}")
+    sc = build_scenario(args.events, args.campaigns, args.seed)
+    n_events = sc.events
+    avg_bytes = sum(map(len, sc.impressions[:100_000])) / max(1, min(100_000, len(sc.impressions)))
+    log(f"scenario: {len(sc.impressions):,} impressions + {len(sc.clicks):,} clicks over "
+        f"{sc.hours} h, {sc.incidents} incidents, {sc.traps} traps")
+    details: dict[str, Any] = {"scenario": {
+        "seed": sc.seed, "campaigns": sc.campaigns, "hours": sc.hours,
+        "impressions": len(sc.impressions), "clicks": len(sc.clicks), "events": n_events,
+        "incidents": sc.incidents, "traps": sc.traps, "avg_bytes": avg_bytes}}
+    timeout = args.timeout
+
+    with contextlib.ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="ctrguard-bench-")))
+        log("starting tansu, redis-server and the Slack emulator")
+        broker = stack.enter_context(services.start_broker(log_dir=workdir))
+        redis_server = stack.enter_context(services.start_redis())
+        slack = stack.enter_context(SlackEmulator(token=SLACK_TOKEN))
+        bootstrap = broker.bootstrap
+
+        # -- 1. raw consume ------------------------------------------------------------
+        topics = new_topics(bootstrap, "one", 1)
+        t0 = time.perf_counter()
+        produce_lines(bootstrap, topics["impressions"], sc.impressions)
+        produce_lines(bootstrap, topics["clicks"], sc.clicks)
+        produce_s = time.perf_counter() - t0
+        log(f"produced {n_events:,} events in {produce_s:.1f}s ({n_events / produce_s:,.0f}/s)")
+        details["produce_eps"] = round(n_events / produce_s)
+        from bench.raw import raw_consume
+
+        raw_runs = []
+        for i in range(args.raw_repeats):
+            n, elapsed = raw_consume(bootstrap, [topics["impressions"], topics["clicks"]], 1)
+            if n != n_events:
+                raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
+            raw_runs.append(n / elapsed)
+            log(f"1. raw consume run {i + 1}: {n:,} in {elapsed:.2f}s = {n / elapsed:,.0f}/s")
+        raw_eps = statistics.median(raw_runs)
+        details["raw_runs_eps"] = [round(x) for x in raw_runs]
+
+        # -- 2. naive flow -------------------------------------------------------------
+        log("2. naive flow (KafkaSource -> json.loads -> count_window) ...")
+        naive = run_child(["naive", "--brokers", bootstrap, "--topics",
+                           f"{topics['impressions']},{topics['clicks']}",
+                           "--batch-size", str(BATCH_SIZE)],
+                          workdir / "naive.log", timeout=timeout, label="naive flow")
+        if naive["counted"] + naive["late"] != n_events:
+            raise RuntimeError(f"naive flow counted {naive['counted']} + {naive['late']} late "
+                               f"of {n_events} events")
+        naive_eps = n_events / naive["elapsed_s"]
+        details["naive"] = {k: naive[k] for k in ("elapsed_s", "windows", "counted", "late",
+                                                  "maxrss_mb")}
+        log(f"2. naive flow: {naive['elapsed_s']:.1f}s = {naive_eps:,.0f}/s")
+
+        # -- 3. ctrguard live flow -----------------------------------------------------
+        log("3. ctrguard live flow, drain mode, one worker ...")
+        cfg = ctrguard_config(workdir, "live", broker, redis_server.url, slack.base_url, topics)
+        live = run_child(["ctrguard", "--config", str(cfg)], workdir / "live.log",
+                         timeout=timeout, label="ctrguard flow")
+        ctrguard_eps = n_events / live["elapsed_s"]
+        details["ctrguard"] = {"elapsed_s": live["elapsed_s"], "maxrss_mb": live["maxrss_mb"],
+                               **checked_summary(redis_server, "bench-live"),
+                               "slack_calls": len(slack.calls)}
+        log(f"3. ctrguard flow: {live['elapsed_s']:.1f}s = {ctrguard_eps:,.0f}/s; "
+            f"{details['ctrguard']}")
+        if details["ctrguard"]["campaigns_checked"] < 0.9 * args.campaigns:
+            raise RuntimeError(f"the live flow left watermarks for only "
+                               f"{details['ctrguard']['campaigns_checked']} campaigns")
+
+        if args.profile:
+            log("profiling the live flow with py-spy (a separate run) ...")
+            pyspy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) \
+                or shutil.which("py-spy")
+            if pyspy is None:
+                log("py-spy is not installed (pip install py-spy); no profile")
+            else:
+                from bench.profile import summarize
+
+                out = REPO / "bench" / "profile.txt"
+                pcfg = ctrguard_config(workdir, "profile", broker, redis_server.url,
+                                       slack.base_url,
+                                       {**topics, **output_topics(bootstrap, "profile")})
+                prof = run_child(["ctrguard", "--config", str(pcfg)], workdir / "profile.log",
+                                 timeout=timeout, label="profiled flow",
+                                 wrap=[pyspy, "record", "--format", "raw", "--nonblocking",
+                                       "--rate", "200", "--output", str(out), "--"])
+                details["profile"] = summarize(out, 25)
+                details["profile"]["elapsed_s"] = prof["elapsed_s"]
+
+        # -- 7. two processes ----------------------------------------------------------
+        log("7. two-partition topics: producing the same scenario ...")
+        topics2 = new_topics(bootstrap, "two", 2)
+        produce_lines(bootstrap, topics2["impressions"], sc.impressions, partitions=2)
+        produce_lines(bootstrap, topics2["clicks"], sc.clicks, partitions=2)
+        two: dict[str, Any] = {}
+        for procs in (1, 2):
+            name = f"p{procs}"
+            cfg = ctrguard_config(workdir, name, broker, redis_server.url, slack.base_url,
+                                  {**topics2, **output_topics(bootstrap, name)})
+            log(f"7. live flow on 2 partitions, {procs} process(es) ...")
+            res = two_process_run(workdir, name, cfg, procs, timeout)
+            two[f"{name}_eps"] = n_events / res["elapsed_s"]
+            two[f"{name}_elapsed_s"] = res["elapsed_s"]
+            two[f"{name}_maxrss_mb"] = res["maxrss_mb"]
+            two[f"{name}_checked"] = checked_summary(redis_server, f"bench-{name}")
+            log(f"7. {procs} process(es): {res['elapsed_s']:.1f}s = "
+                f"{two[f'{name}_eps']:,.0f}/s")
+        speedup = two["p2_eps"] / two["p1_eps"]
+        details["two"] = two
+
+        # -- 4. latency ----------------------------------------------------------------
+        from bench.latency import measure_latency
+
+        log("4. latency, tail mode ...")
+        lat = measure_latency(bootstrap, redis_server.url, slack.base_url, workdir,
+                              campaigns=args.campaigns, rate=args.latency_rate,
+                              duration_s=args.latency_seconds, seed=args.seed)
+        details["latency"] = lat
+        log(f"4. latency: figures {lat['figures']}, redis {lat['redis_checked']}")
+
+        # -- 6. replay -----------------------------------------------------------------
+        from replay.run import run_replay
+
+        log("6. replay: writing gzip JSONL ...")
+        imp_path, clk_path = workdir / "impressions.jsonl.gz", workdir / "clicks.jsonl.gz"
+        write_gzip(imp_path, sc.impressions)
+        write_gzip(clk_path, sc.clicks)
+        settings = load_config_text(cfg.read_text(), source=str(cfg),
+                                    env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
+        t0 = time.perf_counter()
+        replay = run_replay(imp_path, clk_path, settings, workdir / "replay-out")
+        replay_s = time.perf_counter() - t0
+        read = replay.summary["events_read"]
+        replay_eps = read / replay_s
+        details["replay"] = {"elapsed_s": replay_s, "events_read": read,
+                             "windows": replay.summary["windows"],
+                             "alerts": replay.summary["alerts"],
+                             "gzip_mb": round((imp_path.stat().st_size
+                                               + clk_path.stat().st_size) / 2**20, 1)}
+        log(f"6. replay: {read:,} events in {replay_s:.1f}s = {replay_eps:,.0f}/s")
+        del sc
+
+    # -- 5. memory (after the services are gone and the scenario freed) ----------------
+    memory: dict[str, Any] = {}
+    for count in [int(x) for x in args.memory_series.split(",") if x]:
+        log(f"5. memory: {count:,} series ...")
+        label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
+        proc = subprocess.run([sys.executable, "-m", "bench.memory", "--series", str(count)],
+                              cwd=REPO, env=common.child_env(), capture_output=True,
+                              text=True, timeout=timeout)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bench.memory exited {proc.returncode}: {proc.stderr[-2000:]}")
+        memory[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+        log(f"5. memory {label}: {memory[label]}")
+    details["memory"] = memory
+    last = memory[list(memory)[-1]]
+    if "10k" not in memory:
+        memory["10k"] = last
+    if "100k" not in memory:
+        memory["100k"] = last
+
+    results: dict[str, Any] = {
+        "raw_eps": round(raw_eps),
+        "naive_eps": round(naive_eps),
+        "ctrguard_eps": round(ctrguard_eps),
+        "ratio_to_raw": round(ctrguard_eps / raw_eps, 3),
+        "ratio_to_naive": round(ctrguard_eps / naive_eps, 2),
+        "latency_p50_ms": lat["figures"]["p50_ms"],
+        "latency_p99_ms": lat["figures"]["p99_ms"],
+        "bytes_per_series": last["bytes_per_series"],
+        "peak_rss_mb": round(live["maxrss_mb"], 1),
+        "replay_eps": round(replay_eps),
+        "speedup_two_processes": round(speedup, 2),
+    }
+    results["targets"] = target_status(results)
+    results["details"] = details
+    results["environment"] = env
+    results["command"] = command
+    results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    results["duration_s"] = round(time.monotonic() - t_begin, 1)
+    assert all(k in results for k in REQUIRED_KEYS)
+
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    args.markdown.write_text(render_markdown(results))
+    print(render_text(results))
+    print(f"\nresults: {args.results}  report: {args.markdown}  "
+          f"({results['duration_s']:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
