@@ -4,7 +4,8 @@
 ``python -m bench.child ctrguard --config PATH [--addresses 'h:p;h:p' --proc-id I]``
 
 Prints one JSON line: wall-clock start and end of the run (``run_main`` / ``cluster_main``
-only, not imports or start-up), its duration and the process's peak RSS.
+only, not imports or start-up), its duration, the CPU time of the process (all threads)
+during it, and the process's peak RSS.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from bench.common import peak_rss_mb
 def _timed(run) -> dict[str, float]:
     start = time.time()
     t0 = time.perf_counter()
+    cpu0 = time.process_time()
     run()
+    cpu = time.process_time() - cpu0
     elapsed = time.perf_counter() - t0
-    return {"start": start, "end": start + elapsed, "elapsed_s": elapsed}
+    return {"start": start, "end": start + elapsed, "elapsed_s": elapsed, "cpu_s": cpu}
 
 
 def main(argv: list[str] | None = None) -> int:

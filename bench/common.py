@@ -257,6 +257,34 @@ def stop_process(proc: subprocess.Popen, grace: float = 10.0) -> None:
             continue
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of a process so far (``/proc/PID/stat``), 0 if unknown."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # Fields 14 and 15 of stat(5); fields[0] here is field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds the broker, Redis and this process spend between start() and stop()."""
+
+    def __init__(self, **pids: int | None):
+        self._pids = {**pids, "bench": os.getpid()}
+        self._start: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+
+    def stop(self) -> dict[str, float]:
+        return {f"{name}_cpu_s": round(cpu_seconds(pid) - self._start[name], 2)
+                for name, pid in self._pids.items()}
+
+
 def peak_rss_mb() -> float:
     """Peak RSS of this process in MiB.
 

@@ -41,6 +41,7 @@ from bench.common import (
     REPO,
     SEED,
     SLACK_TOKEN,
+    CpuMeter,
     build_scenario,
     finish_child,
     log,
@@ -108,12 +109,12 @@ def environment() -> dict[str, Any]:
         "python": platform.python_version(),
         "bytewax": _version("bytewax"),
         "river": _version("river"),
-        "confluent_kafka": f"{confluent_kafka.version()[0]} (librdkafka "
+        "confluent_kafka": f"{_version('confluent-kafka')} (librdkafka "
                            f"{confluent_kafka.libversion()[0]})",
         "msgspec": _version("msgspec"),
         "redis_py": _version("redis"),
         "tansu": first_line([_tansu_binary(), "--version"]),
-        "redis_server": first_line([_redis_binary(), "--version"]),
+        "redis_server": " ".join(first_line([_redis_binary(), "--version"]).split()[:3]),
         "nproc": os.cpu_count(),
         "cpu": cpu,
         "ram_gib": mem_gib,
@@ -164,7 +165,8 @@ def two_process_run(workdir: Path, name: str, config: Path, processes: int,
             stop_process(p)
     start = min(r["start"] for r in results)
     end = max(r["end"] for r in results)
-    return {"elapsed_s": end - start, "maxrss_mb": [r["maxrss_mb"] for r in results]}
+    return {"elapsed_s": end - start, "maxrss_mb": [r["maxrss_mb"] for r in results],
+            "flow_cpu_s": round(sum(r["cpu_s"] for r in results), 2)}
 
 
 def write_gzip(path: Path, lines: list[bytes]) -> None:
@@ -203,6 +205,18 @@ def target_status(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- report
 
 
+def cpu_note(run: dict[str, Any]) -> str:
+    """Where the CPU went during a run: the flow, the broker, Redis, this process."""
+    if "flow_cpu_s" not in run:
+        return ""
+    parts = [f"{name} {run[f'{name}_cpu_s']:.1f}" for name in ("flow", "broker", "redis", "bench")
+             if f"{name}_cpu_s" in run]
+    total = sum(run[f"{name}_cpu_s"] for name in ("flow", "broker", "redis", "bench")
+                if f"{name}_cpu_s" in run)
+    return (f"CPU s: {', '.join(parts)} = {total / run['elapsed_s']:.2f} cores "
+            f"over {run['elapsed_s']:.0f} s")
+
+
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     d = r["details"]
     t = r["targets"]
@@ -212,14 +226,24 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         return f"{t[key]['target']}: " + ("met" if met else "NOT met" if met is not None else "n/a")
 
     lat = d["latency"]
-    mem = d["memory"]
+    memory_rows = []
+    for i, m in enumerate(d["memory"].values()):
+        last = i == len(d["memory"]) - 1
+        memory_rows.append((
+            f"{'5.' if i == 0 else '  '} state per active series ({m['series']:,} series)",
+            f"{_fmt(m['bytes_per_series'])} B",
+            (f"{mark('bytes_per_series')}; " if last else "")
+            + f"detectors {m['monitor_bytes_per_series']} B, snapshot "
+            f"{m['snapshot_bytes_per_series']} B, RSS growth {m['rss_bytes_per_series']} B, "
+            f"peak RSS {m['peak_rss_mb']:.0f} MiB"))
     rows = [
         ("1. raw consume (confluent-kafka, no processing)", f"{_fmt(r['raw_eps'])} events/s",
          f"median of {len(d['raw_runs_eps'])}: " + ", ".join(_fmt(x) for x in d['raw_runs_eps'])),
         ("2. naive Bytewax flow (json.loads + count_window)", f"{_fmt(r['naive_eps'])} events/s",
-         f"{d['naive']['windows']:,} window counts, {d['naive']['late']:,} late"),
+         f"{d['naive']['windows']:,} window counts, {d['naive']['late']:,} late; "
+         f"{cpu_note(d['naive'])}"),
         ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
-         f"peak RSS {r['peak_rss_mb']:.0f} MiB"),
+         f"peak RSS {r['peak_rss_mb']:.0f} MiB; {cpu_note(d['ctrguard'])}"),
         ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}", mark("ratio_to_raw")),
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
@@ -228,21 +252,14 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{_fmt(lat['redis_checked']['p50_ms'])} / {_fmt(lat['redis_checked']['p99_ms'])} ms",
          f"{lat['windows_measured']} windows x {lat['campaigns']} campaigns, "
          f"{_fmt(lat['impressions_per_s'])} imp/s"),
-        ("5. state per active series (10k series)",
-         f"{_fmt(mem['10k']['bytes_per_series'])} B",
-         f"detectors {mem['10k']['monitor_bytes_per_series']} B, snapshot "
-         f"{mem['10k']['snapshot_bytes_per_series']} B, RSS "
-         f"{mem['10k']['rss_bytes_per_series']} B"),
-        ("   state per active series (100k series)", f"{_fmt(r['bytes_per_series'])} B",
-         f"{mark('bytes_per_series')}; detectors "
-         f"{mem['100k']['monitor_bytes_per_series']} B, snapshot "
-         f"{mem['100k']['snapshot_bytes_per_series']} B, RSS "
-         f"{mem['100k']['rss_bytes_per_series']} B, peak RSS {mem['100k']['peak_rss_mb']:.0f} MiB"),
+        *memory_rows,
         ("6. replay from gzip JSONL (1 core)", f"{_fmt(r['replay_eps'])} events/s",
          mark("replay_eps")),
-        ("7. live flow, 2 partitions: 1 process", f"{_fmt(d['two']['p1_eps'])} events/s", ""),
+        ("7. live flow, 2 partitions: 1 process", f"{_fmt(d['two']['p1_eps'])} events/s",
+         cpu_note({**d['two']['p1_cpu'], "elapsed_s": d['two']['p1_elapsed_s']})),
         ("   live flow, 2 partitions: 2 processes", f"{_fmt(d['two']['p2_eps'])} events/s",
-         f"speed-up x{r['speedup_two_processes']:.2f}; {mark('speedup_two_processes')}"),
+         f"speed-up x{r['speedup_two_processes']:.2f}; {mark('speedup_two_processes')}; "
+         + cpu_note({**d['two']['p2_cpu'], "elapsed_s": d['two']['p2_elapsed_s']})),
     ]
     return rows
 
@@ -263,8 +280,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     profile = ""
     if d.get("profile"):
         prof = d["profile"]
-        top_self = "\n".join(f"| {name} | {pct} |" for name, pct in prof["self_pct"][:15])
-        top_incl = "\n".join(f"| {name} | {pct} |" for name, pct in prof["inclusive_pct"][:20])
+        top_self = "\n".join(f"| `{name}` | {pct} |" for name, pct in prof["self_pct"][:15])
+        top_incl = "\n".join(f"| `{name}` | {pct} |" for name, pct in prof["inclusive_pct"][:20])
         profile = f"""
 ## Profile of the live flow (py-spy, {prof['samples']:,} samples)
 
@@ -429,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         redis_server = stack.enter_context(services.start_redis())
         slack = stack.enter_context(SlackEmulator(token=SLACK_TOKEN))
         bootstrap = broker.bootstrap
+        meter = CpuMeter(broker=broker.pid, redis=redis_server.pid)
 
         # -- 1. raw consume ------------------------------------------------------------
         topics = new_topics(bootstrap, "one", 1)
@@ -452,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- 2. naive flow -------------------------------------------------------------
         log("2. naive flow (KafkaSource -> json.loads -> count_window) ...")
+        meter.start()
         naive = run_child(["naive", "--brokers", bootstrap, "--topics",
                            f"{topics['impressions']},{topics['clicks']}",
                            "--batch-size", str(BATCH_SIZE)],
@@ -460,17 +479,20 @@ def main(argv: list[str] | None = None) -> int:
             raise RuntimeError(f"naive flow counted {naive['counted']} + {naive['late']} late "
                                f"of {n_events} events")
         naive_eps = n_events / naive["elapsed_s"]
-        details["naive"] = {k: naive[k] for k in ("elapsed_s", "windows", "counted", "late",
-                                                  "maxrss_mb")}
+        details["naive"] = {**{k: naive[k] for k in ("elapsed_s", "windows", "counted", "late",
+                                                     "maxrss_mb")},
+                            "flow_cpu_s": round(naive["cpu_s"], 2), **meter.stop()}
         log(f"2. naive flow: {naive['elapsed_s']:.1f}s = {naive_eps:,.0f}/s")
 
         # -- 3. ctrguard live flow -----------------------------------------------------
         log("3. ctrguard live flow, drain mode, one worker ...")
         cfg = ctrguard_config(workdir, "live", broker, redis_server.url, slack.base_url, topics)
+        meter.start()
         live = run_child(["ctrguard", "--config", str(cfg)], workdir / "live.log",
                          timeout=timeout, label="ctrguard flow")
         ctrguard_eps = n_events / live["elapsed_s"]
         details["ctrguard"] = {"elapsed_s": live["elapsed_s"], "maxrss_mb": live["maxrss_mb"],
+                               "flow_cpu_s": round(live["cpu_s"], 2), **meter.stop(),
                                **checked_summary(redis_server, "bench-live"),
                                "slack_calls": len(slack.calls)}
         log(f"3. ctrguard flow: {live['elapsed_s']:.1f}s = {ctrguard_eps:,.0f}/s; "
@@ -510,7 +532,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = ctrguard_config(workdir, name, broker, redis_server.url, slack.base_url,
                                   {**topics2, **output_topics(bootstrap, name)})
             log(f"7. live flow on 2 partitions, {procs} process(es) ...")
+            meter.start()
             res = two_process_run(workdir, name, cfg, procs, timeout)
+            two[f"{name}_cpu"] = {"flow_cpu_s": res["flow_cpu_s"], **meter.stop()}
             two[f"{name}_eps"] = n_events / res["elapsed_s"]
             two[f"{name}_elapsed_s"] = res["elapsed_s"]
             two[f"{name}_maxrss_mb"] = res["maxrss_mb"]
@@ -566,10 +590,6 @@ def main(argv: list[str] | None = None) -> int:
         log(f"5. memory {label}: {memory[label]}")
     details["memory"] = memory
     last = memory[list(memory)[-1]]
-    if "10k" not in memory:
-        memory["10k"] = last
-    if "100k" not in memory:
-        memory["100k"] = last
 
     results: dict[str, Any] = {
         "raw_eps": round(raw_eps),

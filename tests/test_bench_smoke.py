@@ -1,0 +1,59 @@
+"""A tiny run of the benchmark harness: every measurement produces a plausible figure.
+
+No timing assertions (timings belong in the benchmark's report, not in pass/fail tests):
+the checks are that each step ran on the data it was given and reported consistent numbers.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.run import REQUIRED_KEYS, main
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
+    results_path = tmp_path / "results.json"
+    markdown_path = tmp_path / "BENCHMARKS.md"
+    code = main(["--events", "20000", "--campaigns", "50", "--raw-repeats", "1",
+                 "--latency-seconds", "25", "--latency-rate", "2000",
+                 "--memory-series", "400", "--results", str(results_path),
+                 "--markdown", str(markdown_path), "--timeout", "300"])
+    assert code == 0
+    r = json.loads(results_path.read_text())
+    assert set(REQUIRED_KEYS) <= r.keys()
+
+    for key in ("raw_eps", "naive_eps", "ctrguard_eps", "replay_eps"):
+        assert r[key] > 0, key
+    assert r["ratio_to_raw"] == pytest.approx(r["ctrguard_eps"] / r["raw_eps"], rel=0.01)
+    assert r["ratio_to_naive"] == pytest.approx(r["ctrguard_eps"] / r["naive_eps"], rel=0.01)
+    assert r["speedup_two_processes"] > 0
+
+    d = r["details"]
+    events = d["scenario"]["events"]
+    assert d["scenario"]["impressions"] >= 20000
+    # The naive flow counted every event, in a window or as late.
+    assert d["naive"]["counted"] + d["naive"]["late"] == events
+    # The live flow decided windows for (nearly) every campaign and left watermarks in Redis.
+    assert d["ctrguard"]["campaigns_checked"] >= 45
+    assert d["replay"]["events_read"] == events
+
+    # Latency: windows were measured, and percentiles are ordered.
+    lat = d["latency"]
+    assert lat["windows_measured"] >= 1
+    assert lat["figures"]["samples"] > 0
+    assert 0 < r["latency_p50_ms"] <= r["latency_p99_ms"]
+    # Redis is written before the figure is published.
+    assert lat["redis_checked"]["p50_ms"] <= r["latency_p50_ms"] + 50
+
+    # Memory: a series costs between a hundred bytes and a hundred kilobytes.
+    assert 100 < r["bytes_per_series"] < 100_000
+    assert d["memory"]["400"]["series"] >= 400
+    assert 10 < r["peak_rss_mb"] < 10_000
+
+    text = markdown_path.read_text()
+    assert "## Results" in text and f"{events:,} events" in text
+    assert "speed-up" in capsys.readouterr().out
