@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import gzip
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -103,8 +104,6 @@ def environment() -> dict[str, Any]:
         for line in fh:
             if line.startswith("MemTotal:"):
                 mem_gib = round(int(line.split()[1]) / 1024 / 1024, 1)
-    import os
-
     return {
         "python": platform.python_version(),
         "bytewax": _version("bytewax"),
@@ -119,6 +118,8 @@ def environment() -> dict[str, Any]:
         "cpu": cpu,
         "ram_gib": mem_gib,
         "kernel": platform.release(),
+        # Other work on the machine at the start (the benchmark's own load comes on top).
+        "loadavg_1m_at_start": round(os.getloadavg()[0], 2),
     }
 
 
@@ -166,7 +167,9 @@ def two_process_run(workdir: Path, name: str, config: Path, processes: int,
     start = min(r["start"] for r in results)
     end = max(r["end"] for r in results)
     return {"elapsed_s": end - start, "maxrss_mb": [r["maxrss_mb"] for r in results],
-            "flow_cpu_s": round(sum(r["cpu_s"] for r in results), 2)}
+            "flow_cpu_s": round(sum(r["cpu_s"] for r in results), 2),
+            "per_process": [{"elapsed_s": round(r["elapsed_s"], 2), "cpu_s": round(r["cpu_s"], 2)}
+                            for r in results]}
 
 
 def write_gzip(path: Path, lines: list[bytes]) -> None:
@@ -233,6 +236,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{'5.' if i == 0 else '  '} state per active series ({m['series']:,} series)",
             f"{_fmt(m['bytes_per_series'])} B",
             (f"{mark('bytes_per_series')}; " if last else "")
+            + (f"{m['bytes_per_series_before_snapshot']} B before the first snapshot, "
+               if "bytes_per_series_before_snapshot" in m else "")
             + f"detectors {m['monitor_bytes_per_series']} B, snapshot "
             f"{m['snapshot_bytes_per_series']} B, RSS growth {m['rss_bytes_per_series']} B, "
             f"peak RSS {m['peak_rss_mb']:.0f} MiB"))
@@ -259,7 +264,10 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          cpu_note({**d['two']['p1_cpu'], "elapsed_s": d['two']['p1_elapsed_s']})),
         ("   live flow, 2 partitions: 2 processes", f"{_fmt(d['two']['p2_eps'])} events/s",
          f"speed-up x{r['speedup_two_processes']:.2f}; {mark('speedup_two_processes')}; "
-         + cpu_note({**d['two']['p2_cpu'], "elapsed_s": d['two']['p2_elapsed_s']})),
+         + cpu_note({**d['two']['p2_cpu'], "elapsed_s": d['two']['p2_elapsed_s']})
+         + ("; per process: " + ", ".join(f"{p['elapsed_s']:.0f} s / {p['cpu_s']:.0f} CPU s"
+                                          for p in d["two"]["p2_per_process"])
+            if "p2_per_process" in d["two"] else "")),
     ]
     return rows
 
@@ -330,7 +338,10 @@ reported as measured.
   total), `kafka.batch_size: {BATCH_SIZE}`, `tail: false` (drain) except for the latency run,
   Slack in `web` mode against the local emulator (`ctrguard.slack_emulator`), a private
   `redis-server`, the embedded tansu broker with in-memory storage.
-- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram_gib']} GiB RAM, Linux {env['kernel']}.
+- Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram_gib']} GiB RAM, Linux {env['kernel']};
+  1-minute load average {env.get('loadavg_1m_at_start', 'n/a')} at the start of the run
+  and {env.get('loadavg_1m_at_end', 'n/a')} at its end (the machine is shared: other
+  sessions' test suites may run at the same time).
 - Versions: Python {env['python']}, Bytewax {env['bytewax']}, River {env['river']},
   confluent-kafka {env['confluent_kafka']}, msgspec {env['msgspec']}, redis-py
   {env['redis_py']}, {env['tansu']}, {env['redis_server']}.
@@ -368,10 +379,14 @@ reported as measured.
    segmented by device (4 series per campaign), fed 8 windows of synthetic chunks (every
    series of every campaign has events: 9 impressions and 1 click per campaign and window).
    `bytes_per_series` is the size of every object reachable from the state
-   (`sys.getsizeof` over the object graph) over the number of series, at 100k series; it
-   includes the open window's counts and dedup ids and the dedup ids of closed windows still
-   within the allowed lateness. Also given: the detectors alone, RSS growth, and
-   `len(pickle.dumps(state))` per series (what a Bytewax snapshot stores).
+   (`sys.getsizeof` over the object graph, each object once) over the number of series, at
+   the largest series count, measured after one `pickle.dumps(state)`: Bytewax snapshots the
+   state at every epoch, and on CPython >= 3.11 pickling materialises the lazily created
+   `__dict__` of every object without `__slots__`, which then stays (the size before the
+   first snapshot is given too). It includes the open window's counts and dedup ids and the
+   dedup ids of closed windows still within the allowed lateness. Also given: the detectors
+   alone, RSS growth (includes allocator slack from the freed input), and
+   `len(pickle.dumps(state))` per series (what a snapshot stores).
 6. **Replay**: `replay.run.run_replay` on the scenario written as gzip JSONL
    (compresslevel 3), in this process: events read / wall time, including writing
    figures, alerts and dead letters.
@@ -414,7 +429,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
+    p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
+                   help="measure nothing: rewrite the report from a results file")
     args = p.parse_args(argv)
+    if args.render is not None:
+        saved = json.loads(args.render.read_text())
+        args.markdown.write_text(render_markdown(saved))
+        print(render_text(saved))
+        return 0
     command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
 
     from ctrguard import services
@@ -535,6 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             meter.start()
             res = two_process_run(workdir, name, cfg, procs, timeout)
             two[f"{name}_cpu"] = {"flow_cpu_s": res["flow_cpu_s"], **meter.stop()}
+            two[f"{name}_per_process"] = res["per_process"]
             two[f"{name}_eps"] = n_events / res["elapsed_s"]
             two[f"{name}_elapsed_s"] = res["elapsed_s"]
             two[f"{name}_maxrss_mb"] = res["maxrss_mb"]
@@ -606,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["targets"] = target_status(results)
     results["details"] = details
+    env["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     results["environment"] = env
     results["command"] = command
     results["finished_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
