@@ -67,10 +67,6 @@ def is_decision(item: Any) -> bool:
     return isinstance(item, WindowDecision)
 
 
-def alerts_of(decision: WindowDecision) -> list:
-    return list(decision.alerts)
-
-
 class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes]):
     """Bytewax adapter around :class:`ShardState`: snapshots are the pickled state."""
 
@@ -136,8 +132,8 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     if slack:
         from sinks.slack import SlackSink
 
-        alerts = op.flat_map("alerts", decisions, alerts_of)
-        op.output("slack", alerts, SlackSink(settings))
+        # Whole decisions, not just alerts: quiet windows are what resolve incidents.
+        op.output("slack", decisions, SlackSink(settings))
     dead = op.merge("dead_letters", invalid, late)
     op.output("deadletter", dead, DeadLetterSink(settings.kafka))
     return flow

@@ -713,23 +713,24 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self._write_with_retries(alerts, ticks)
 
     def _write_with_retries(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
+        # Like the release sink, wait for Redis rather than crash or drop: the incident state
+        # and outbox live there, and the alerts of this batch must not be lost.
         r = self.settings.redis
         delay = r.retry_backoff_s
-        for attempt in range(1, 6):
+        conflicts = 0
+        while True:
             try:
                 self._write(alerts, ticks)
                 return
             except redis.WatchError:
-                continue  # another worker changed one of these campaigns; recompute
+                conflicts += 1  # another worker changed one of these campaigns; recompute
+                if conflicts >= 50:
+                    raise RedisUnavailable("slack incident state: too many concurrent changes")
             except redis.RedisError as exc:
-                if attempt == 5:
-                    raise RedisUnavailable(f"slack incident state: {type(exc).__name__}: "
-                                           f"{exc}") from None
-                log.warning("slack sink: redis unavailable (%s); retrying in %.1f s",
-                            type(exc).__name__, delay)
+                log.warning("slack sink: redis unavailable (%s); %d alerts wait; retrying in "
+                            "%.1f s", type(exc).__name__, len(alerts), delay)
                 time.sleep(delay)
                 delay = min(delay * 2, r.retry_backoff_max_s)
-        raise RedisUnavailable("slack incident state: too many concurrent changes")
 
     def _write(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
         ends = [a.window_start_s + _length_s(a, self.window_s) for a in alerts]
