@@ -1,11 +1,13 @@
 """Summarise a py-spy ``--format raw`` (collapsed stacks) profile into the top functions.
 
-``python -m bench.profile FILE [--top N]`` prints inclusive and self shares per function.
+``python -m bench.profile FILE [--top N]`` prints inclusive and self shares per function
+(``FILE`` may be gzip-compressed, as ``bench/profile.collapsed.gz`` is).
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import re
 import sys
 from collections import Counter
@@ -40,7 +42,8 @@ def summarize(path: Path, top: int = 20, root: str | None = ROOT) -> dict[str, o
     inclusive: Counter[str] = Counter()
     own: Counter[str] = Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in data.decode("utf-8", "replace").splitlines():
         m = _LINE.match(line)
         if not m:
             continue

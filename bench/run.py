@@ -64,6 +64,8 @@ TARGETS = {
     "replay_eps": (">=", 300_000),
     "speedup_two_processes": (">=", 1.8),
 }
+#: The collapsed stacks of the last ``--profile`` run.
+PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
@@ -256,7 +258,9 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("   window close -> P:checked in Redis, p50 / p99",
          f"{_fmt(lat['redis_checked']['p50_ms'])} / {_fmt(lat['redis_checked']['p99_ms'])} ms",
          f"{lat['windows_measured']} windows x {lat['campaigns']} campaigns, "
-         f"{_fmt(lat['impressions_per_s'])} imp/s"),
+         f"{_fmt(lat['impressions_per_s'])} imp/s"
+         + ("; max per window: " + ", ".join(_fmt(w["max_ms"]) for w in lat["per_window"])
+            + " ms" if lat.get("per_window") else "")),
         *memory_rows,
         ("6. replay from gzip JSONL (1 core)", f"{_fmt(r['replay_eps'])} events/s",
          mark("replay_eps")),
@@ -294,8 +298,10 @@ def render_markdown(r: dict[str, Any]) -> str:
 ## Profile of the live flow (py-spy, {prof['samples']:,} samples)
 
 Sampled with `py-spy record --format raw --nonblocking` on a separate drain run of the same
-topics (so the measured run is not slowed by sampling); the full collapsed stacks are in
-`bench/profile.txt` (summary: `python -m bench.profile FILE`).
+topics (so the measured run is not slowed by sampling), counting only the samples inside
+`run_main`; the collapsed stacks are in `bench/profile.collapsed.gz` (summary:
+`python -m bench.profile bench/profile.collapsed.gz`). py-spy attributes time in C
+extensions (msgspec, librdkafka, pickle) to the Python function that called them.
 
 Inclusive share (the function or anything it calls):
 
@@ -425,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory-series", default="10000,100000",
                    help="comma-separated series counts; the last is reported")
     p.add_argument("--profile", action="store_true",
-                   help="also profile the live flow with py-spy (bench/profile.txt)")
+                   help="also profile the live flow with py-spy (bench/profile.collapsed.gz)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
@@ -532,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 from bench.profile import summarize
 
-                out = REPO / "bench" / "profile.txt"
+                out = workdir / "profile.txt"
                 pcfg = ctrguard_config(workdir, "profile", broker, redis_server.url,
                                        slack.base_url,
                                        {**topics, **output_topics(bootstrap, "profile")})
@@ -541,6 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                                  wrap=[pyspy, "record", "--format", "raw", "--nonblocking",
                                        "--rate", "200", "--output", str(out), "--"])
                 details["profile"] = summarize(out, 25)
+                with open(out, "rb") as src, gzip.open(PROFILE_PATH, "wb", 9) as dst:
+                    shutil.copyfileobj(src, dst)
                 details["profile"]["elapsed_s"] = prof["elapsed_s"]
 
         # -- 7. two processes ----------------------------------------------------------
