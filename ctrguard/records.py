@@ -56,6 +56,8 @@ class Alert:
     expected_impressions: float
     suspected_cause: str
     quarantine: bool
+    #: Id grouping the alerts of one incident of the campaign ("" if the detector has none).
+    incident: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -455,7 +455,7 @@ class ShardState:
                 baseline_ctr=v.baseline_ctr, score=v.score, confidence=v.confidence,
                 ctr_low=v.ctr_low, ctr_high=v.ctr_high, expected_clicks=v.expected_clicks,
                 expected_impressions=v.expected_impressions, suspected_cause=v.suspected_cause,
-                quarantine=v.quarantine,
+                quarantine=v.quarantine, incident=v.incident,
             )
             alerts.append(alert)
             alerts_by_seg.setdefault(v.segment, []).append(alert)

@@ -41,17 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def preflight(settings: Settings) -> list[tuple[str, int]]:
-    """Fail fast (exit 3) when Kafka or Redis cannot be reached; create topics if allowed."""
+    """Fail fast (exit 3) when Redis or Kafka cannot be reached; create topics if allowed.
+
+    Redis is checked first, so an unreachable Redis leaves no topics behind.
+    """
     from flows.source import list_partitions
-
-    if settings.kafka.create_topics:
-        from ctrguard.kafka_admin import ensure_topics
-
-        topics = settings.kafka.topics
-        ensure_topics(settings.kafka, [topics.impressions, topics.clicks, topics.figures,
-                                       topics.alerts, topics.deadletter],
-                      timeout=settings.kafka.connect_timeout_s)
-    partitions = list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
     from sinks.redis_client import make_redis
 
     client = make_redis(settings.redis)
@@ -61,7 +55,14 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
         raise RedisUnavailable(f"cannot reach Redis: {type(exc).__name__}") from None
     finally:
         client.close()
-    return partitions
+    if settings.kafka.create_topics:
+        from ctrguard.kafka_admin import ensure_topics
+
+        topics = settings.kafka.topics
+        ensure_topics(settings.kafka, [topics.impressions, topics.clicks, topics.figures,
+                                       topics.alerts, topics.deadletter],
+                      timeout=settings.kafka.connect_timeout_s)
+    return list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

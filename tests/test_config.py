@@ -101,3 +101,10 @@ def test_every_command_has_help(argv):
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
+
+
+def test_shipped_default_yaml_equals_the_embedded_defaults():
+    # A wheel install has no config/ directory and falls back to the model's defaults.
+    from_file = load_config(None, env={}).model_dump(exclude={"source"})
+    embedded = load_config_text("", env={}).model_dump(exclude={"source"})
+    assert from_file == embedded

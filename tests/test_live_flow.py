@@ -135,9 +135,11 @@ def test_event_beyond_allowed_lateness_is_dead_lettered(broker, redis_url, uniqu
     # which event is late is exact. (With several workers, lateness is decided per batch.)
     late = ev("late", T0 + 60, device="mobile")
     produce_all(broker.bootstrap, unique_topics["clicks"], [ev("k9", T0 + 3 * W + 210)])
+    # Hundreds of one-message polls before the late event: the click partition has long
+    # reported (its one message, then its end) by the time the late event is read.
+    filler = [ev(f"f{i}", T0 + 3 * W + 200 + i / 1000) for i in range(400)]
     produce_all(broker.bootstrap, unique_topics["impressions"],
-                [ev("i1", T0 + 10), ev("i2", T0 + 3 * W + 200), ev("i3", T0 + 3 * W + 201),
-                 ev("i4", T0 + 3 * W + 202), late])
+                [ev("i1", T0 + 10), *filler, late])
     settings = flow_settings(broker, redis_url, unique_topics,
                              extra="").model_copy()
     settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
