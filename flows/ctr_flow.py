@@ -70,9 +70,8 @@ def is_decision(item: Any) -> bool:
 class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes]):
     """Bytewax adapter around :class:`ShardState`: snapshots are the pickled state."""
 
-    def __init__(self, state: ShardState, shard: str):
+    def __init__(self, state: ShardState):
         self.state = state
-        self._shard = shard
         self._last_log = time.monotonic()
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
@@ -82,13 +81,13 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes]):
         now = time.monotonic()
         if now - self._last_log > STATS_LOG_INTERVAL_S:
             self._last_log = now
-            log.info("shard %s: %s, %d campaigns", self._shard, self.state.stats.as_dict(),
+            log.info("shard: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
         return out, StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out = self.state.flush()
-        log.info("shard %s drained: %s", self._shard, self.state.stats.as_dict())
+        log.info("shard drained: %s", self.state.stats.as_dict())
         return out, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes:
@@ -106,7 +105,7 @@ def build_shard(settings: Settings, sources: list[str], resume: bytes | None) ->
         state = pickle.loads(resume)
     else:
         state = ShardState(settings, sources, partial(build_monitor_for, settings))
-    return ShardLogic(state, "?")
+    return ShardLogic(state)
 
 
 def get_flow(settings: Settings | None = None, *, slack: bool = True,

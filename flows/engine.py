@@ -129,6 +129,20 @@ def shard_of(campaign_id: str, shards: int) -> int:
     return zlib.crc32(campaign_id.encode("utf-8", "surrogatepass")) % shards
 
 
+def _no_dims(ev: object) -> tuple[()]:
+    return ()
+
+
+def _dims_getter(dims: tuple[str, ...]) -> Callable[[Any], tuple]:
+    """A fast getter of the segment dimension values of a decoded event, as a tuple."""
+    if not dims:
+        return _no_dims
+    getter = operator.attrgetter(*dims)
+    if len(dims) > 1:
+        return getter
+    return lambda ev: (getter(ev),)
+
+
 class EventPreparer:
     """Parse, validate, exclude and route one raw batch. Pure; one per worker."""
 
@@ -143,8 +157,7 @@ class EventPreparer:
         self._exclude_internal = settings.exclusions.internal
         self._shard_cache: dict[str, int] = {}
         self._ua_cache: dict[str, bool] = {}
-        getter = operator.attrgetter(*self._dims) if self._dims else (lambda ev: ())
-        self._dim_getter = (lambda ev: (getter(ev),)) if len(self._dims) == 1 else getter
+        self._dim_getter = _dims_getter(self._dims)
 
     def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
         """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
