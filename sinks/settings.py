@@ -22,6 +22,9 @@ class RedisSettings(_Strict):
     #: Back-off between attempts while Redis is down (fail closed: figures wait).
     retry_backoff_s: float = Field(0.5, gt=0, le=60)
     retry_backoff_max_s: float = Field(10.0, gt=0, le=600)
+    #: How long the Slack sink waits for Redis (its outbox) before failing the flow, which
+    #: then restarts from its last snapshot. Figures never wait-and-fail: they wait.
+    slack_outage_wait_s: float = Field(600.0, gt=0, le=86400)
 
 
 #: Severities in increasing order (the detectors' ``SEVERITIES``).

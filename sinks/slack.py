@@ -718,6 +718,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         r = self.settings.redis
         delay = r.retry_backoff_s
         conflicts = 0
+        deadline = time.monotonic() + r.slack_outage_wait_s
         while True:
             try:
                 self._write(alerts, ticks)
@@ -727,6 +728,9 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 if conflicts >= 50:
                     raise RedisUnavailable("slack incident state: too many concurrent changes")
             except redis.RedisError as exc:
+                if isinstance(exc, redis.AuthenticationError) or time.monotonic() > deadline:
+                    raise RedisUnavailable(f"slack incident state: {type(exc).__name__}: "
+                                           f"{exc}") from None
                 log.warning("slack sink: redis unavailable (%s); %d alerts wait; retrying in "
                             "%.1f s", type(exc).__name__, len(alerts), delay)
                 time.sleep(delay)

@@ -297,7 +297,8 @@ def test_tokens_never_reach_logs_or_exceptions(slack_emulator, slack_redis_url, 
         bad = make_settings("redis://:hunter2secret@127.0.0.1:1/0", slack_emulator)
         sink2 = partitions(bad, autostart=False)
         sink2.settings = bad.model_copy(update={"redis": bad.redis.model_copy(update={
-            "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.01})})
+            "retry_backoff_s": 0.01, "retry_backoff_max_s": 0.01,
+            "slack_outage_wait_s": 0.5})})
         from ctrguard.errors import RedisUnavailable
         with pytest.raises(RedisUnavailable) as info:
             sink2.write_batch([make_alert(window=0)])
