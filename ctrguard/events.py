@@ -77,7 +77,28 @@ class EventWire(msgspec.Struct, gc=False):
     is_internal: bool | None = None
 
 
+class _DatetimeEventWire(EventWire, gc=False):
+    """``ts`` parsed in C when it is RFC 3339 (the common ISO-8601 profile)."""
+
+    ts: _EpochMs | datetime
+
+
+class _PlainEventWire(_DatetimeEventWire, gc=False):
+    """Same fields without the control-character patterns, for bytes that cannot hold any."""
+
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+    campaign_id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+    creative_id: _Text | None = None
+    channel: _Text | None = None
+    device: _Text | None = None
+    geo: _Text | None = None
+    user_id: _Text | None = None
+    impression_id: _Text | None = None
+
+
 _DECODER = msgspec.json.Decoder(EventWire)
+_DATETIME_DECODER = msgspec.json.Decoder(_DatetimeEventWire)
+_PLAIN_DECODER = msgspec.json.Decoder(_PlainEventWire)
 
 
 def _wire_error(exc: msgspec.ValidationError) -> EventError:
@@ -112,16 +133,32 @@ def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Eve
         raise EventError("empty message (no value)")
     if len(raw) > max_bytes:
         raise EventError(f"message is larger than {max_bytes} bytes ({len(raw)})")
+    # JSON cannot carry a raw character below 0x20; every other refused character is either
+    # non-ASCII, DEL, or written as an escape. Bytes with none of those skip the patterns.
+    plain = raw.isascii() and b"\\" not in raw and b"\x7f" not in raw
     try:
-        ev = _DECODER.decode(raw)
+        try:
+            ev = (_PLAIN_DECODER if plain else _DATETIME_DECODER).decode(raw)
+        except msgspec.ValidationError as exc:
+            if "RFC3339" not in str(exc):
+                raise
+            ev = _DECODER.decode(raw)  # other ISO-8601 forms: parsed below, in Python
     except msgspec.ValidationError as exc:
         raise _wire_error(exc) from None
     except msgspec.DecodeError as exc:
         raise EventError(f"not valid JSON: {str(exc)[:120]}") from None
     except UnicodeDecodeError:
         raise EventError("not valid UTF-8") from None
-    if ev.ts.__class__ is str:
-        ev.ts = parse_ts(ev.ts)
+    ts = ev.ts
+    if ts.__class__ is datetime:
+        if ts.tzinfo is None:
+            raise EventError("field 'ts' has no timezone offset (use Z or +HH:MM)", field="ts")
+        ts_ms = int(ts.timestamp() * 1000)
+        if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+            raise EventError(f"field 'ts' is out of range (2000..2100): {ts_ms}", field="ts")
+        ev.ts = ts_ms
+    elif ts.__class__ is str:
+        ev.ts = parse_ts(ts)
     return ev
 
 

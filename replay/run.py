@@ -85,7 +85,7 @@ class _FileSource:
         return RawBatch(self.topic, 0, self.kind, values, offsets, idle=self.done)
 
 
-def _write_jsonl(fh: IO[bytes], obj: dict) -> None:
+def _write_jsonl(fh: IO[bytes], obj: Any) -> None:
     fh.write(orjson.dumps(obj))
     fh.write(b"\n")
 
@@ -173,9 +173,9 @@ def run_replay(
             for item in items:
                 if isinstance(item, WindowDecision):
                     for fig in item.figures:
-                        _write_jsonl(files["figures"], fig.to_dict())
+                        _write_jsonl(files["figures"], fig)
                     for alert in item.alerts:
-                        _write_jsonl(files["alerts"], alert.to_dict())
+                        _write_jsonl(files["alerts"], alert)
                 else:
                     dead_by_stage[item.stage] += 1
                     _write_jsonl(files["deadletter"], dead_letter_record(item))
@@ -184,7 +184,7 @@ def run_replay(
             for item in items:
                 if isinstance(item, WindowDecision):
                     for alert in item.alerts:
-                        _write_jsonl(fh, alert.to_dict())
+                        _write_jsonl(fh, alert)
 
     try:
         while True:

@@ -71,7 +71,9 @@ def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
         raise KafkaUnavailable(f"{len(failures)} messages failed: {failures[0]}")
 
 
-def produce_json(producer: Producer, topic: str, key: str, obj: dict, tracker: DeliveryTracker) -> None:
+def produce_json(producer: Producer, topic: str, key: str, obj: Any,
+                 tracker: DeliveryTracker) -> None:
+    """Produce ``obj`` (a dict or a record dataclass, which orjson serialises natively)."""
     while True:
         try:
             producer.produce(topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"),

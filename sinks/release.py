@@ -96,9 +96,9 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
             for fig in d.figures:
                 produce_json(self._producer, self._figures,
                              f"{fig.campaign_id}|{fig.segment}|{fig.window_start_s}",
-                             fig.to_dict(), self._tracker)
+                             fig, self._tracker)
             for alert in d.alerts:
-                produce_json(self._producer, self._alerts, alert.alert_id, alert.to_dict(),
+                produce_json(self._producer, self._alerts, alert.alert_id, alert,
                              self._tracker)
         flush_or_raise(self._producer, self._tracker)
         faults.point("release.after_publish")
