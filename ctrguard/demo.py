@@ -37,10 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "Slack escalations, the quarantine flags and incidents injected vs detected.",
     )
     p.add_argument("--config", type=Path, default=None, help="YAML configuration")
-    p.add_argument("--campaigns", type=int, default=12, help="campaigns to simulate")
+    p.add_argument("--campaigns", type=int, default=8, help="campaigns to simulate")
     p.add_argument("--hours", type=float, default=30.0, help="hours of event time to simulate")
-    p.add_argument("--seed", type=int, default=11, help="random seed of the scenario")
-    p.add_argument("--volume-scale", type=float, default=0.5,
+    p.add_argument("--seed", type=int, default=3, help="random seed of the scenario")
+    p.add_argument("--volume-scale", type=float, default=2.0,
                    help="multiplier of impression volumes")
     p.set_defaults(func=cmd_demo)
 
