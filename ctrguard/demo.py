@@ -147,14 +147,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
         store = QuarantineStore(client, settings.quarantine, settings.redis.key_prefix,
                                 window_length_s=settings.windows.length)
         flags = store.list_flags(limit=10_000)
-        flags.sort(key=lambda f: (f.campaign_id, f.window_start_s, f.segment))
-        rows = [[f.campaign_id, f.segment,
-                 time.strftime("%Y-%m-%d %H:%M", time.gmtime(f.window_start_s)), f.state,
-                 f.kind or "", (f.reason or "")[:60]]
-                for f in flags[:25]]
-        print(_table(rows, ["campaign", "segment", "window (UTC)", "state", "kind", "reason"]))
-        if len(flags) > 25:
-            print(f"... and {len(flags) - 25} more (ctrguard quarantine list)")
+        # One row per quarantined series: its windows run from first to last.
+        series: dict[tuple[str, str], list] = {}
+        for f in flags:
+            series.setdefault((f.campaign_id, f.segment), []).append(f)
+        rows = []
+        for (cid, seg), fs in sorted(series.items()):
+            starts = sorted(f.window_start_s for f in fs)
+            kinds = sorted({k for f in fs for k in (f.kind or "").split(",") if k})
+            rows.append([cid, seg, time.strftime("%m-%d %H:%M", time.gmtime(starts[0])),
+                         time.strftime("%m-%d %H:%M", time.gmtime(starts[-1] + 300)),
+                         str(len(fs)), ",".join(sorted({f.state for f in fs})),
+                         ",".join(kinds)[:40]])
+        print(_table(rows[:30], ["campaign", "segment", "from (UTC)", "to", "windows", "state",
+                                 "kinds"]))
+        if len(rows) > 30:
+            print(f"... and {len(rows) - 30} more series (ctrguard quarantine list)")
+        print(f"{len(flags)} series-windows quarantined; a reporting pipeline holds these "
+              "figures back until someone runs 'ctrguard quarantine release'")
 
         say("incidents injected vs detected")
         window_s = settings.windows.length
@@ -165,7 +175,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             delay = "" if first is None else f"{max(0, (first - lab.start_s)) // window_s} windows"
             causes = sorted({h["suspected_cause"] for h in hits})
             rows.append([lab.kind, lab.campaign_id, lab.segment,
-                         time.strftime("%H:%M", time.gmtime(lab.start_s)),
+                         time.strftime("%m-%d %H:%M", time.gmtime(lab.start_s)),
                          "yes" if hits else "NO", delay, ",".join(causes)[:40]])
         print(_table(rows, ["incident", "campaign", "segment", "start", "detected", "delay",
                             "suspected cause"]))
