@@ -234,7 +234,6 @@ class CampaignMonitor:
         return [_replace(silence, quarantine=False)]
 
     def _step(self, window: Window, counts: dict[str, Counts], length: int) -> list[Verdict]:
-        s = self.settings
         for name in counts:
             if name not in self._series:
                 self._series[name] = self._new_series()
@@ -364,7 +363,7 @@ class CampaignMonitor:
                     "impression_logging"
 
         # ---- drift on standardised CTR residuals (never fed anomalous windows)
-        if (verdict is None and st.incident is None and st.drift is not None and ready
+        if (verdict is None and st.incident is None and st.drift is not None and ready  # noqa: SIM102 - update() only when eligible
                 and ctr_ok and st.cooldown == 0):
             if st.drift.update(k - ek, phi_c * ek * (1.0 - p), ek):
                 verdict = self._drift_verdict(name, st, n, mu, p, phi_c)

@@ -726,7 +726,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             except redis.WatchError:
                 conflicts += 1  # another worker changed one of these campaigns; recompute
                 if conflicts >= 50:
-                    raise RedisUnavailable("slack incident state: too many concurrent changes")
+                    raise RedisUnavailable(
+                        "slack incident state: too many concurrent changes") from None
             except redis.RedisError as exc:
                 if isinstance(exc, redis.AuthenticationError) or time.monotonic() > deadline:
                     raise RedisUnavailable(f"slack incident state: {type(exc).__name__}: "

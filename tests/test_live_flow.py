@@ -19,9 +19,9 @@ from ctrguard.services import consume_to_eof, produce_all
 from flows.ctr_flow import get_flow
 from flows.source import list_partitions
 from replay.run import run_replay
-from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from sinks.quarantine import QuarantineStore
 from sinks.redis_client import make_redis
+from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, seconds
 W = 300
