@@ -85,6 +85,8 @@ class Fault:
     delay: float = 0.0
     method: str | None = None
     times: int = 1
+    #: Act on the request first, then wait ``delay`` before answering: a lost response.
+    act_first: bool = False
 
 
 class SlackEmulator:
@@ -196,6 +198,15 @@ class SlackEmulator:
     def delay_next(self, seconds: float, *, times: int = 1, method: str | None = None) -> None:
         """Answer the next matching request normally, but only after ``seconds``."""
         self.fail_next(200, delay=seconds, times=times, method=method)
+
+    def lose_response_next(self, seconds: float, *, method: str | None = None) -> None:
+        """Carry out the next matching request, then answer only after ``seconds``.
+
+        With ``seconds`` above the client's timeout this is the case where Slack acted but
+        the client never learnt it (and may retry).
+        """
+        with self._lock:
+            self._faults.append(Fault(status=200, delay=seconds, method=method, act_first=True))
 
     def _take_fault(self, method: str) -> Fault | None:
         with self._lock:
@@ -557,6 +568,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(200, json.dumps(body), "application/json")
                 return
             fault = emulator._take_fault(method)
+            if fault is not None and fault.act_first:
+                body = emulator.handle_api(method, payload)
+                emulator._record(method, payload, 200, body)
+                emulator._stopping.wait(fault.delay)
+                self._send(200, json.dumps(body), "application/json")
+                return
             if fault is not None and self._fault_response(method, fault, False):
                 emulator._record(method, payload, fault.status,
                                  {"ok": False, "error": fault.error or str(fault.status)})

@@ -259,6 +259,32 @@ class _WebApi:
             raise _slack_error(exc, "chat.postMessage") from None
         return str(resp["channel"]), str(resp["ts"])
 
+    def find_post(self, channel: str, key: str,
+                  thread_ts: str | None = None) -> list[str] | None:
+        """Our message carrying idempotency ``key`` if Slack already has it, else None.
+
+        Used before re-posting after a call whose outcome is unknown (a timeout): Slack may
+        have posted it and only the answer was lost.
+        """
+        try:
+            if thread_ts is None:
+                resp = self._client.conversations_history(channel=channel, limit=200,
+                                                          include_all_metadata=True)
+            else:
+                resp = self._client.conversations_replies(channel=channel, ts=thread_ts,
+                                                          limit=200, include_all_metadata=True)
+            found = next((m for m in resp.get("messages") or []
+                          if ((m.get("metadata") or {}).get("event_payload") or {}).get("key")
+                          == key), None)
+            if found is None:
+                return None
+            info = self._client.conversations_info(channel=channel)
+            return [str(info["channel"]["id"]), str(found["ts"])]
+        except Exception as exc:  # noqa: BLE001 - cannot verify: the caller posts again
+            log.warning("slack: could not check whether %s was already posted (%s); "
+                        "posting it again", key, type(_slack_error(exc, "lookup")).__name__)
+            return None
+
     def edit(self, channel: str, ts: str, msg: Any) -> None:
         try:
             self._client.chat_update(channel=channel, ts=ts, text=msg.text,
@@ -574,13 +600,34 @@ class SlackNotifier:
                 self._transport = _Webhook(self.slack)
         return self._transport
 
-    def _step(self, key: str, step: str, fn: Any) -> Any:
-        """Run one Slack call at most once per idempotency key, recording it when done."""
+    def _step(self, key: str, step: str, fn: Any, recover: Any = None) -> Any:
+        """Run one Slack call at most once per idempotency key, recording it when done.
+
+        ``recover`` finds the result of an earlier attempt whose answer was lost (Slack
+        acted, we timed out or crashed); it is asked only when such an attempt exists.
+        """
         step_key = f"{self.prefix}:step:{key}:{step}"
         done = self.redis.get(step_key)
         if done is not None:
             return json.loads(done)
-        result = fn()
+        attempt_key = f"{step_key}:attempted"
+        result = None
+        if recover is not None and self.redis.get(attempt_key) is not None:
+            result = recover()
+            if result is not None:
+                self.stats.skipped_duplicate += 1
+        if result is None:
+            if recover is not None:
+                self.redis.set(attempt_key, "1", ex=self.slack.idempotency_ttl_s)
+            try:
+                result = fn()
+            except SlackDeliveryError as exc:
+                # An answer that says Slack did nothing (429, an API error) is definite;
+                # only timeouts, dropped connections and 5xx leave the outcome unknown.
+                if recover is not None and exc.status is not None and (
+                        exc.status == 429 or exc.status < 500):
+                    self.redis.delete(attempt_key)
+                raise
         self.stats.slack_calls += 1
         self.redis.set(step_key, json.dumps(result), ex=self.slack.idempotency_ttl_s)
         faults.point("slack.after_call")
@@ -610,8 +657,10 @@ class SlackNotifier:
                 if notify and u.kind != "resolve":
                     meta = {"event_type": "ctrguard_incident",
                             "event_payload": {"incident_id": inc.incident_id, "key": key}}
-                    channel, ts = self._step(key, "post", lambda: list(api.post(
-                        fields["channel"], message, metadata=meta)))
+                    channel, ts = self._step(
+                        key, "post",
+                        lambda: list(api.post(fields["channel"], message, metadata=meta)),
+                        recover=lambda: api.find_post(fields["channel"], key))
                     remember(channel, ts)
                     actions.append("post")
                 return {"actions": actions}
@@ -625,7 +674,12 @@ class SlackNotifier:
                     self.redis.delete(msg_key)
                     return {"actions": ["gone"]}
             if notify and reply is not None:
-                self._step(key, "reply", lambda: list(api.post(channel, reply, thread_ts=ts)))
+                reply_meta = {"event_type": "ctrguard_incident_reply",
+                              "event_payload": {"incident_id": inc.incident_id, "key": key}}
+                self._step(key, "reply",
+                           lambda: list(api.post(channel, reply, thread_ts=ts,
+                                                 metadata=reply_meta)),
+                           recover=lambda: api.find_post(channel, key, thread_ts=ts))
                 actions.append("reply")
             return {"actions": actions}
 
