@@ -163,11 +163,12 @@ def test_crash_at_point_then_resume_with_recovery(scenario, crash_at, tmp_path):
 
 
 def test_kill9_from_outside_twice_then_resume(scenario, tmp_path):
-    """SIGKILL from outside at arbitrary moments: once after the first 100 figures, then
-    again 100 figure records into the resumed run."""
+    """SIGKILL from outside at arbitrary moments: once after the first 60 figures, then
+    again 60 figure records into the resumed run (small batches keep each run long enough
+    to be killed; the whole stream has 360 windows)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    topics, emulator, settings, path = scenario.new_run("kill9", batch_size=100)
+    topics, emulator, settings, path = scenario.new_run("kill9", batch_size=25)
     recovery = tmp_path / "recovery"
     init_recovery(recovery)
     watcher = Consumer({"bootstrap.servers": scenario.broker.bootstrap, "group.id": "w",
@@ -176,7 +177,7 @@ def test_kill9_from_outside_twice_then_resume(scenario, tmp_path):
     seen = 0
     try:
         for i in range(2):
-            target = seen + 100
+            target = seen + 60
             proc = start_run(path, tmp_path / f"run{i}.log", recovery_dir=recovery)
             deadline = time.monotonic() + 120
             while proc.popen.poll() is None and seen < target and time.monotonic() < deadline:
