@@ -28,7 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
-from flows.engine import Chunk, DeadLetter, EventPreparer, RawBatch, ShardState
+from flows.engine import Chunk, EventPreparer, RawBatch, ShardState
 from flows.source import KafkaBatchSource, list_partitions, source_id
 from sinks.kafka_out import DeadLetterSink
 from sinks.release import ReleaseSink
@@ -138,4 +138,4 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     return flow
 
 
-__all__ = ["get_flow", "DeadLetter"]
+__all__ = ["get_flow"]

@@ -38,7 +38,7 @@ from typing import Any, NamedTuple
 
 from ctrguard.config import Settings
 from ctrguard.errors import EventError
-from ctrguard.events import CLICK, IMPRESSION, KIND_NAMES, decode_event, ms_to_iso
+from ctrguard.events import CLICK, IMPRESSION, decode_event, ms_to_iso
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -501,5 +501,3 @@ class ShardState:
     def series(self) -> int:
         return sum(len(c.segments) for c in self._campaigns.values())
 
-
-KIND_BY_NAME = {name: i for i, name in enumerate(KIND_NAMES)}

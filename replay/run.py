@@ -205,9 +205,10 @@ def run_replay(
                     parse_errors += 1
                 dead_by_stage[d.stage] += 1
                 _write_jsonl(files["deadletter"], dead_letter_record(d))
-            chunk = preparer.chunks(prepared)
-            # Replay runs all campaigns in one state; shards only matter for parallelism.
-            events = [p for _, c in chunk for p in c.events]
+            # Replay runs all campaigns in one state (shards only matter for parallelism):
+            # one chunk with the shards' events in shard order, as the live flow sees them.
+            by_shard = prepared.by_shard
+            events = [p for s in sorted(by_shard) for p in by_shard[s]]
             merged = Chunk(prepared.source, prepared.frontier_ms, prepared.idle, events)
             for name, state in states.items():
                 emit(name, state.ingest(merged))

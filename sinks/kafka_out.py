@@ -71,16 +71,21 @@ def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
         raise KafkaUnavailable(f"{len(failures)} messages failed: {failures[0]}")
 
 
-def produce_json(producer: Producer, topic: str, key: str, obj: Any,
-                 tracker: DeliveryTracker) -> None:
-    """Produce ``obj`` (a dict or a record dataclass, which orjson serialises natively)."""
+def produce(producer: Producer, topic: str, value: bytes, key: bytes | None,
+            tracker: DeliveryTracker, headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Produce one record, waiting while librdkafka's local queue is full."""
     while True:
         try:
-            producer.produce(topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"),
-                             on_delivery=tracker)
+            producer.produce(topic, value, key, headers=headers, on_delivery=tracker)
             return
         except BufferError:
             producer.poll(0.1)  # local queue full: let deliveries drain
+
+
+def produce_json(producer: Producer, topic: str, key: str, obj: Any,
+                 tracker: DeliveryTracker) -> None:
+    """Produce ``obj`` (a dict or a record dataclass, which orjson serialises natively)."""
+    produce(producer, topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"), tracker)
 
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
@@ -187,14 +192,8 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             if not items:
                 return
         for d in items:
-            while True:
-                try:
-                    self._producer.produce(self._topic, d.raw, None,
-                                           headers=dead_letter_headers(d),
-                                           on_delivery=self._tracker)
-                    break
-                except BufferError:
-                    self._producer.poll(0.1)
+            produce(self._producer, self._topic, d.raw, None, self._tracker,
+                    headers=dead_letter_headers(d))
         flush_or_raise(self._producer, self._tracker)
         faults.point("deadletter.after_produce")
         log.info("dead-lettered %d messages (%s)", len(items),
