@@ -109,7 +109,7 @@ def measure(series: int, windows: int = 8, chunk: int = 5000,
         for src, events in (("imp:0", imps), ("clk:0", clicks)):
             for k in range(0, len(events), chunk):
                 part = events[k:k + chunk]
-                state.ingest(Chunk(src, part[-1].ts_ms, False, part))
+                state.ingest(Chunk.of(src, part[-1].ts_ms, False, part))
         del imps, clicks, part
     feed_s = time.perf_counter() - t0
     gc.collect()

@@ -66,6 +66,7 @@ TARGETS = {
 }
 #: The collapsed stacks of the last ``--profile`` run.
 PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
+STEPS = ("raw", "naive", "live", "two", "latency", "replay", "memory")
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
@@ -435,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
+    p.add_argument("--only", default="",
+                   help="comma-separated subset of raw,naive,live,two,latency,replay,memory "
+                   "(quick iterations: prints what ran, writes no report)")
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: rewrite the report from a results file")
     args = p.parse_args(argv)
@@ -444,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         print(render_text(saved))
         return 0
     command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
+    steps = {x.strip() for x in args.only.split(",") if x.strip()}
+    unknown = steps - set(STEPS)
+    if unknown:
+        p.error(f"--only: unknown steps {sorted(unknown)}; choose from {','.join(STEPS)}")
+    def want(step: str) -> bool:
+        return not steps or step in steps
 
     from ctrguard import services
     from ctrguard.config import load_config_text
@@ -461,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     avg_bytes = sum(map(len, sc.impressions[:100_000])) / max(1, min(100_000, len(sc.impressions)))
     log(f"scenario: {len(sc.impressions):,} impressions + {len(sc.clicks):,} clicks over "
         f"{sc.hours} h, {sc.incidents} incidents, {sc.traps} traps")
+    results: dict[str, Any] = {}
     details: dict[str, Any] = {"scenario": {
         "seed": sc.seed, "campaigns": sc.campaigns, "hours": sc.hours,
         "impressions": len(sc.impressions), "clicks": len(sc.clicks), "events": n_events,
@@ -478,56 +489,65 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- 1. raw consume ------------------------------------------------------------
         topics = new_topics(bootstrap, "one", 1)
-        t0 = time.perf_counter()
-        produce_lines(bootstrap, topics["impressions"], sc.impressions)
-        produce_lines(bootstrap, topics["clicks"], sc.clicks)
-        produce_s = time.perf_counter() - t0
-        log(f"produced {n_events:,} events in {produce_s:.1f}s ({n_events / produce_s:,.0f}/s)")
-        details["produce_eps"] = round(n_events / produce_s)
-        from bench.raw import raw_consume
+        if want("raw") or want("naive") or want("live") or args.profile:
+            t0 = time.perf_counter()
+            produce_lines(bootstrap, topics["impressions"], sc.impressions)
+            produce_lines(bootstrap, topics["clicks"], sc.clicks)
+            produce_s = time.perf_counter() - t0
+            log(f"produced {n_events:,} events in {produce_s:.1f}s "
+                f"({n_events / produce_s:,.0f}/s)")
+            details["produce_eps"] = round(n_events / produce_s)
+        if want("raw"):
+            from bench.raw import raw_consume
 
-        raw_runs = []
-        for i in range(args.raw_repeats):
-            n, elapsed = raw_consume(bootstrap, [topics["impressions"], topics["clicks"]], 1)
-            if n != n_events:
-                raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
-            raw_runs.append(n / elapsed)
-            log(f"1. raw consume run {i + 1}: {n:,} in {elapsed:.2f}s = {n / elapsed:,.0f}/s")
-        raw_eps = statistics.median(raw_runs)
-        details["raw_runs_eps"] = [round(x) for x in raw_runs]
+            raw_runs = []
+            for i in range(args.raw_repeats):
+                n, elapsed = raw_consume(bootstrap, [topics["impressions"], topics["clicks"]], 1)
+                if n != n_events:
+                    raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
+                raw_runs.append(n / elapsed)
+                log(f"1. raw consume run {i + 1}: {n:,} in {elapsed:.2f}s = "
+                    f"{n / elapsed:,.0f}/s")
+            details["raw_runs_eps"] = [round(x) for x in raw_runs]
+            results["raw_eps"] = round(statistics.median(raw_runs))
 
         # -- 2. naive flow -------------------------------------------------------------
-        log("2. naive flow (KafkaSource -> json.loads -> count_window) ...")
-        meter.start()
-        naive = run_child(["naive", "--brokers", bootstrap, "--topics",
-                           f"{topics['impressions']},{topics['clicks']}",
-                           "--batch-size", str(BATCH_SIZE)],
-                          workdir / "naive.log", timeout=timeout, label="naive flow")
-        if naive["counted"] + naive["late"] != n_events:
-            raise RuntimeError(f"naive flow counted {naive['counted']} + {naive['late']} late "
-                               f"of {n_events} events")
-        naive_eps = n_events / naive["elapsed_s"]
-        details["naive"] = {**{k: naive[k] for k in ("elapsed_s", "windows", "counted", "late",
-                                                     "maxrss_mb")},
-                            "flow_cpu_s": round(naive["cpu_s"], 2), **meter.stop()}
-        log(f"2. naive flow: {naive['elapsed_s']:.1f}s = {naive_eps:,.0f}/s")
+        if want("naive"):
+            log("2. naive flow (KafkaSource -> json.loads -> count_window) ...")
+            meter.start()
+            naive = run_child(["naive", "--brokers", bootstrap, "--topics",
+                               f"{topics['impressions']},{topics['clicks']}",
+                               "--batch-size", str(BATCH_SIZE)],
+                              workdir / "naive.log", timeout=timeout, label="naive flow")
+            if naive["counted"] + naive["late"] != n_events:
+                raise RuntimeError(f"naive flow counted {naive['counted']} + {naive['late']} "
+                                   f"late of {n_events} events")
+            results["naive_eps"] = round(n_events / naive["elapsed_s"])
+            details["naive"] = {**{k: naive[k] for k in ("elapsed_s", "windows", "counted",
+                                                         "late", "maxrss_mb")},
+                                "flow_cpu_s": round(naive["cpu_s"], 2), **meter.stop()}
+            log(f"2. naive flow: {naive['elapsed_s']:.1f}s = {results['naive_eps']:,.0f}/s")
 
         # -- 3. ctrguard live flow -----------------------------------------------------
-        log("3. ctrguard live flow, drain mode, one worker ...")
-        cfg = ctrguard_config(workdir, "live", broker, redis_server.url, slack.base_url, topics)
-        meter.start()
-        live = run_child(["ctrguard", "--config", str(cfg)], workdir / "live.log",
-                         timeout=timeout, label="ctrguard flow")
-        ctrguard_eps = n_events / live["elapsed_s"]
-        details["ctrguard"] = {"elapsed_s": live["elapsed_s"], "maxrss_mb": live["maxrss_mb"],
-                               "flow_cpu_s": round(live["cpu_s"], 2), **meter.stop(),
-                               **checked_summary(redis_server, "bench-live"),
-                               "slack_calls": len(slack.calls)}
-        log(f"3. ctrguard flow: {live['elapsed_s']:.1f}s = {ctrguard_eps:,.0f}/s; "
-            f"{details['ctrguard']}")
-        if details["ctrguard"]["campaigns_checked"] < 0.9 * args.campaigns:
-            raise RuntimeError(f"the live flow left watermarks for only "
-                               f"{details['ctrguard']['campaigns_checked']} campaigns")
+        if want("live"):
+            log("3. ctrguard live flow, drain mode, one worker ...")
+            cfg = ctrguard_config(workdir, "live", broker, redis_server.url, slack.base_url,
+                                  topics)
+            meter.start()
+            live = run_child(["ctrguard", "--config", str(cfg)], workdir / "live.log",
+                             timeout=timeout, label="ctrguard flow")
+            results["ctrguard_eps"] = round(n_events / live["elapsed_s"])
+            results["peak_rss_mb"] = round(live["maxrss_mb"], 1)
+            details["ctrguard"] = {"elapsed_s": live["elapsed_s"],
+                                   "maxrss_mb": live["maxrss_mb"],
+                                   "flow_cpu_s": round(live["cpu_s"], 2), **meter.stop(),
+                                   **checked_summary(redis_server, "bench-live"),
+                                   "slack_calls": len(slack.calls)}
+            log(f"3. ctrguard flow: {live['elapsed_s']:.1f}s = "
+                f"{results['ctrguard_eps']:,.0f}/s; {details['ctrguard']}")
+            if details["ctrguard"]["campaigns_checked"] < 0.9 * args.campaigns:
+                raise RuntimeError(f"the live flow left watermarks for only "
+                                   f"{details['ctrguard']['campaigns_checked']} campaigns")
 
         if args.profile:
             log("profiling the live flow with py-spy (a separate run) ...")
@@ -552,89 +572,99 @@ def main(argv: list[str] | None = None) -> int:
                 details["profile"]["elapsed_s"] = prof["elapsed_s"]
 
         # -- 7. two processes ----------------------------------------------------------
-        log("7. two-partition topics: producing the same scenario ...")
-        topics2 = new_topics(bootstrap, "two", 2)
-        produce_lines(bootstrap, topics2["impressions"], sc.impressions, partitions=2)
-        produce_lines(bootstrap, topics2["clicks"], sc.clicks, partitions=2)
-        two: dict[str, Any] = {}
-        for procs in (1, 2):
-            name = f"p{procs}"
-            cfg = ctrguard_config(workdir, name, broker, redis_server.url, slack.base_url,
-                                  {**topics2, **output_topics(bootstrap, name)})
-            log(f"7. live flow on 2 partitions, {procs} process(es) ...")
-            meter.start()
-            res = two_process_run(workdir, name, cfg, procs, timeout)
-            two[f"{name}_cpu"] = {"flow_cpu_s": res["flow_cpu_s"], **meter.stop()}
-            two[f"{name}_per_process"] = res["per_process"]
-            two[f"{name}_eps"] = n_events / res["elapsed_s"]
-            two[f"{name}_elapsed_s"] = res["elapsed_s"]
-            two[f"{name}_maxrss_mb"] = res["maxrss_mb"]
-            two[f"{name}_checked"] = checked_summary(redis_server, f"bench-{name}")
-            log(f"7. {procs} process(es): {res['elapsed_s']:.1f}s = "
-                f"{two[f'{name}_eps']:,.0f}/s")
-        speedup = two["p2_eps"] / two["p1_eps"]
-        details["two"] = two
+        if want("two"):
+            log("7. two-partition topics: producing the same scenario ...")
+            topics2 = new_topics(bootstrap, "two", 2)
+            produce_lines(bootstrap, topics2["impressions"], sc.impressions, partitions=2)
+            produce_lines(bootstrap, topics2["clicks"], sc.clicks, partitions=2)
+            two: dict[str, Any] = {}
+            for procs in (1, 2):
+                name = f"p{procs}"
+                cfg = ctrguard_config(workdir, name, broker, redis_server.url, slack.base_url,
+                                      {**topics2, **output_topics(bootstrap, name)})
+                log(f"7. live flow on 2 partitions, {procs} process(es) ...")
+                meter.start()
+                res = two_process_run(workdir, name, cfg, procs, timeout)
+                two[f"{name}_cpu"] = {"flow_cpu_s": res["flow_cpu_s"], **meter.stop()}
+                two[f"{name}_per_process"] = res["per_process"]
+                two[f"{name}_eps"] = n_events / res["elapsed_s"]
+                two[f"{name}_elapsed_s"] = res["elapsed_s"]
+                two[f"{name}_maxrss_mb"] = res["maxrss_mb"]
+                two[f"{name}_checked"] = checked_summary(redis_server, f"bench-{name}")
+                log(f"7. {procs} process(es): {res['elapsed_s']:.1f}s = "
+                    f"{two[f'{name}_eps']:,.0f}/s")
+            results["speedup_two_processes"] = round(two["p2_eps"] / two["p1_eps"], 2)
+            details["two"] = two
 
         # -- 4. latency ----------------------------------------------------------------
-        from bench.latency import measure_latency
+        if want("latency"):
+            from bench.latency import measure_latency
 
-        log("4. latency, tail mode ...")
-        lat = measure_latency(bootstrap, redis_server.url, slack.base_url, workdir,
-                              campaigns=args.campaigns, rate=args.latency_rate,
-                              duration_s=args.latency_seconds, seed=args.seed)
-        details["latency"] = lat
-        log(f"4. latency: figures {lat['figures']}, redis {lat['redis_checked']}")
+            log("4. latency, tail mode ...")
+            lat = measure_latency(bootstrap, redis_server.url, slack.base_url, workdir,
+                                  campaigns=args.campaigns, rate=args.latency_rate,
+                                  duration_s=args.latency_seconds, seed=args.seed)
+            details["latency"] = lat
+            results["latency_p50_ms"] = lat["figures"]["p50_ms"]
+            results["latency_p99_ms"] = lat["figures"]["p99_ms"]
+            log(f"4. latency: figures {lat['figures']}, redis {lat['redis_checked']}")
 
         # -- 6. replay -----------------------------------------------------------------
-        from replay.run import run_replay
+        if want("replay"):
+            from replay.run import run_replay
 
-        log("6. replay: writing gzip JSONL ...")
-        imp_path, clk_path = workdir / "impressions.jsonl.gz", workdir / "clicks.jsonl.gz"
-        write_gzip(imp_path, sc.impressions)
-        write_gzip(clk_path, sc.clicks)
-        settings = load_config_text(cfg.read_text(), source=str(cfg),
-                                    env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
-        t0 = time.perf_counter()
-        replay = run_replay(imp_path, clk_path, settings, workdir / "replay-out")
-        replay_s = time.perf_counter() - t0
-        read = replay.summary["events_read"]
-        replay_eps = read / replay_s
-        details["replay"] = {"elapsed_s": replay_s, "events_read": read,
-                             "windows": replay.summary["windows"],
-                             "alerts": replay.summary["alerts"],
-                             "gzip_mb": round((imp_path.stat().st_size
-                                               + clk_path.stat().st_size) / 2**20, 1)}
-        log(f"6. replay: {read:,} events in {replay_s:.1f}s = {replay_eps:,.0f}/s")
+            log("6. replay: writing gzip JSONL ...")
+            imp_path, clk_path = workdir / "impressions.jsonl.gz", workdir / "clicks.jsonl.gz"
+            write_gzip(imp_path, sc.impressions)
+            write_gzip(clk_path, sc.clicks)
+            cfg = ctrguard_config(workdir, "replay", broker, redis_server.url, slack.base_url,
+                                  topics)
+            settings = load_config_text(cfg.read_text(), source=str(cfg),
+                                        env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
+            # Imported by the first campaign otherwise (River, SciPy: seconds), as in the
+            # live flow's measurement: start-up, not replay.
+            import detectors.monitor  # noqa: F401
+
+            t0 = time.perf_counter()
+            replay = run_replay(imp_path, clk_path, settings, workdir / "replay-out")
+            replay_s = time.perf_counter() - t0
+            read = replay.summary["events_read"]
+            results["replay_eps"] = round(read / replay_s)
+            details["replay"] = {"elapsed_s": replay_s, "events_read": read,
+                                 "windows": replay.summary["windows"],
+                                 "alerts": replay.summary["alerts"],
+                                 "gzip_mb": round((imp_path.stat().st_size
+                                                   + clk_path.stat().st_size) / 2**20, 1)}
+            log(f"6. replay: {read:,} events in {replay_s:.1f}s = "
+                f"{results['replay_eps']:,.0f}/s")
         del sc
 
     # -- 5. memory (after the services are gone and the scenario freed) ----------------
-    memory: dict[str, Any] = {}
-    for count in [int(x) for x in args.memory_series.split(",") if x]:
-        log(f"5. memory: {count:,} series ...")
-        label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
-        proc = subprocess.run([sys.executable, "-m", "bench.memory", "--series", str(count)],
-                              cwd=REPO, env=common.child_env(), capture_output=True,
-                              text=True, timeout=timeout)
-        if proc.returncode != 0:
-            raise RuntimeError(f"bench.memory exited {proc.returncode}: {proc.stderr[-2000:]}")
-        memory[label] = json.loads(proc.stdout.strip().splitlines()[-1])
-        log(f"5. memory {label}: {memory[label]}")
-    details["memory"] = memory
-    last = memory[list(memory)[-1]]
+    if want("memory"):
+        memory: dict[str, Any] = {}
+        for count in [int(x) for x in args.memory_series.split(",") if x]:
+            log(f"5. memory: {count:,} series ...")
+            label = f"{count // 1000}k" if count % 1000 == 0 else str(count)
+            proc = subprocess.run([sys.executable, "-m", "bench.memory", "--series", str(count)],
+                                  cwd=REPO, env=common.child_env(), capture_output=True,
+                                  text=True, timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"bench.memory exited {proc.returncode}: "
+                                   f"{proc.stderr[-2000:]}")
+            memory[label] = json.loads(proc.stdout.strip().splitlines()[-1])
+            log(f"5. memory {label}: {memory[label]}")
+        details["memory"] = memory
+        results["bytes_per_series"] = memory[list(memory)[-1]]["bytes_per_series"]
 
-    results: dict[str, Any] = {
-        "raw_eps": round(raw_eps),
-        "naive_eps": round(naive_eps),
-        "ctrguard_eps": round(ctrguard_eps),
-        "ratio_to_raw": round(ctrguard_eps / raw_eps, 3),
-        "ratio_to_naive": round(ctrguard_eps / naive_eps, 2),
-        "latency_p50_ms": lat["figures"]["p50_ms"],
-        "latency_p99_ms": lat["figures"]["p99_ms"],
-        "bytes_per_series": last["bytes_per_series"],
-        "peak_rss_mb": round(live["maxrss_mb"], 1),
-        "replay_eps": round(replay_eps),
-        "speedup_two_processes": round(speedup, 2),
-    }
+    if "raw_eps" in results and "ctrguard_eps" in results:
+        results["ratio_to_raw"] = round(results["ctrguard_eps"] / results["raw_eps"], 3)
+    if "naive_eps" in results and "ctrguard_eps" in results:
+        results["ratio_to_naive"] = round(results["ctrguard_eps"] / results["naive_eps"], 2)
+    if steps:
+        # A partial run: print what was measured; the report needs every measurement.
+        print(json.dumps({**results, "details": details}, indent=2))
+        return 0
+    results = {key: results[key] for key in REQUIRED_KEYS}
     results["targets"] = target_status(results)
     results["details"] = details
     env["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)

@@ -23,22 +23,33 @@ tracking outage, when the click topic is silent.
 >>> batch = prep.prepare(RawBatch("imp", 0, IMPRESSION, raw, list(range(3))))
 >>> len(batch.dead_letters), batch.dead_letters[0].reason[:14], batch.frontier_ms
 (1, 'not valid JSON', 1767225601000)
+
+Cost
+----
+Everything per event is done in bulk: a batch is decoded with one C call per message and its
+times parsed with numpy (:func:`ctrguard.events.decode_batch`); chunks carry columns (numpy
+times, tuples of ids), not one object per event; a shard's inner loop is a dict lookup, a set
+membership test and a counter increment per event, counting per combination of dimension
+values (segments are expanded when the window closes). Anything unusual (a malformed or late
+event, a new window or campaign) leaves that loop for a slower, careful path.
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import re
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from itertools import chain
+from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ctrguard.config import Settings
-from ctrguard.errors import EventError
-from ctrguard.events import CLICK, IMPRESSION, decode_event, ms_to_iso
+from ctrguard.events import CLICK, IMPRESSION, decode_batch, ms_to_iso
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -74,7 +85,10 @@ class RawBatch(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    """A valid, included event, reduced to what windowing and detection need."""
+    """A valid, included event, reduced to what windowing and detection need.
+
+    The flow moves events in columns (:class:`Chunk`); this row form is for tests and tools.
+    """
 
     ts_ms: int
     kind: int
@@ -97,14 +111,66 @@ class DeadLetter:
     raw: bytes
 
 
+_NO_TIMES = np.empty(0, dtype=np.int64)
+_NO_TIMES.flags.writeable = False
+
+
+def _no_times() -> np.ndarray:
+    return _NO_TIMES
+
+
+def dims_key(dims: Sequence[str | None]) -> Any:
+    """How a chunk stores one event's dimension values: the value itself for one dimension
+    (no tuple per event), ``None`` for none, the tuple for several."""
+    if len(dims) == 1:
+        return dims[0]
+    return None if not dims else tuple(dims)
+
+
+def _dims_tuple(key: Any, n: int) -> tuple[str | None, ...]:
+    if n == 1:
+        return (key,)
+    return () if n == 0 else key
+
+
 @dataclass(slots=True)
 class Chunk:
-    """What one shard receives from one raw batch: its events plus the source's progress."""
+    """What one shard receives from one raw batch: its events (one kind, in columns, in
+    arrival order) plus the source's progress. Pickles compactly (times as one buffer)."""
 
     source: str
     frontier_ms: int | None
     idle: bool
-    events: list[Prepared] = field(default_factory=list)
+    kind: int = IMPRESSION
+    ts_ms: np.ndarray = field(default_factory=_no_times)
+    campaign_ids: Sequence[str] = ()
+    event_ids: Sequence[str] = ()
+    dims: Sequence[Any] = ()          # per event: :func:`dims_key` of its dimension values
+    offsets: Sequence[int] = ()
+    raws: Sequence[bytes] = ()
+
+    def __len__(self) -> int:
+        return len(self.campaign_ids)
+
+    @classmethod
+    def of(cls, source: str, frontier_ms: int | None, idle: bool,
+           events: Sequence[Prepared]) -> Chunk:
+        """A chunk from rows (all of one kind)."""
+        kinds = {p.kind for p in events}
+        if len(kinds) > 1:
+            raise ValueError("a chunk holds events of one kind")
+        return cls(source, frontier_ms, idle, kinds.pop() if kinds else IMPRESSION,
+                   np.array([p.ts_ms for p in events], dtype=np.int64),
+                   [p.campaign_id for p in events], [p.event_id for p in events],
+                   [dims_key(p.dims) for p in events], [p.offset for p in events],
+                   [p.raw for p in events])
+
+    def rows(self, n_dims: int) -> list[Prepared]:
+        """The events as :class:`Prepared` rows (``n_dims``: dimensions configured)."""
+        return [Prepared(ts, self.kind, eid, cid, _dims_tuple(dk, n_dims), raw, off)
+                for ts, eid, cid, dk, raw, off in zip(
+                    self.ts_ms.tolist(), self.event_ids, self.campaign_ids, self.dims,
+                    self.raws, self.offsets, strict=True)]
 
 
 @dataclass(slots=True)
@@ -114,10 +180,16 @@ class PreparedBatch:
     source: str
     frontier_ms: int | None
     idle: bool
-    by_shard: dict[int, list[Prepared]]
+    chunks: dict[int, Chunk]     # shards with events only
     dead_letters: list[DeadLetter]
     excluded: Counter
     read: int
+    n_dims: int = 0
+
+    @property
+    def by_shard(self) -> dict[int, list[Prepared]]:
+        """The kept events per shard as rows (tests and tools; the flow uses ``chunks``)."""
+        return {s: c.rows(self.n_dims) for s, c in self.chunks.items()}
 
 
 def shard_of(campaign_id: str, shards: int) -> int:
@@ -129,18 +201,19 @@ def shard_of(campaign_id: str, shards: int) -> int:
     return zlib.crc32(campaign_id.encode("utf-8", "surrogatepass")) % shards
 
 
-def _no_dims(ev: object) -> tuple[()]:
-    return ()
+_CAMPAIGN = attrgetter("campaign_id")
+_EVENT_ID = attrgetter("event_id")
+_INTERNAL = attrgetter("is_internal")
+_USER_AGENT = attrgetter("user_agent")
 
 
-def _dims_getter(dims: tuple[str, ...]) -> Callable[[Any], tuple]:
-    """A fast getter of the segment dimension values of a decoded event, as a tuple."""
-    if not dims:
-        return _no_dims
-    getter = operator.attrgetter(*dims)
-    if len(dims) > 1:
-        return getter
-    return lambda ev: (getter(ev),)
+def _take(columns: Sequence[Sequence[Any]], idx: list[int]) -> list[tuple[Any, ...]]:
+    """The rows ``idx`` of each column (C-speed gather)."""
+    if len(idx) == 1:
+        i = idx[0]
+        return [(col[i],) for col in columns]
+    get = itemgetter(*idx)
+    return [get(col) for col in columns]
 
 
 class EventPreparer:
@@ -157,85 +230,145 @@ class EventPreparer:
         self._exclude_internal = settings.exclusions.internal
         self._shard_cache: dict[str, int] = {}
         self._ua_cache: dict[str, bool] = {}
-        self._dim_getter = _dims_getter(self._dims)
+        self._dim_getters = [attrgetter(d) for d in self._dims]
+
+    def _is_bot(self, ua: str) -> bool:
+        is_bot = self._ua_cache.get(ua)
+        if is_bot is None:
+            if len(self._ua_cache) > 100_000:
+                self._ua_cache.clear()
+            is_bot = self._ua_cache[ua] = self._bot_re.search(ua) is not None  # type: ignore[union-attr]
+        return is_bot
+
+    def _excluded(self, events: list[Any], excluded: Counter) -> set[int]:
+        """Positions of internal and bot traffic (counted in ``excluded`` by reason)."""
+        drop: set[int] = set()
+        if self._exclude_internal:
+            internal = list(map(_INTERNAL, events))
+            if any(internal):
+                drop = {j for j, flag in enumerate(internal) if flag}
+                excluded["internal"] += len(drop)
+        if self._bot_re is not None:
+            agents = list(map(_USER_AGENT, events))
+            seen = set(agents)
+            seen.discard(None)
+            bots = {ua for ua in seen if self._is_bot(ua)}
+            if bots:
+                hits = {j for j, ua in enumerate(agents) if ua in bots} - drop
+                if hits:
+                    excluded["bot_user_agent"] += len(hits)
+                    drop |= hits
+        return drop
 
     def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
         """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
-        dead: list[DeadLetter] = []
+        values, offsets = batch.values, batch.offsets
+        topic, partition = batch.topic, batch.partition
+        decoded = decode_batch(values, max_bytes=self._max_bytes)
+        dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
+                           values[i] if values[i] is not None else b"")
+                for i, exc in decoded.errors]
+        events, ts, pos = decoded.events, decoded.ts_ms, decoded.positions
         excluded: Counter = Counter()
-        valid: list[Prepared] = []
-        dim_getter = self._dim_getter
-        bot_re = self._bot_re
-        kind = batch.kind
-        max_bytes = self._max_bytes
-        exclude_internal = self._exclude_internal
-        ua_cache = self._ua_cache
-        new_tuple = tuple.__new__
-        for raw, offset in zip(batch.values, batch.offsets, strict=True):
-            try:
-                ev = decode_event(raw, max_bytes=max_bytes)
-            except EventError as exc:
-                dead.append(DeadLetter("parse", exc.reason, batch.topic, batch.partition,
-                                       offset, raw if raw is not None else b""))
-                continue
-            if ev.is_internal and exclude_internal:
-                excluded["internal"] += 1
-                continue
-            ua = ev.user_agent
-            if ua is not None and bot_re is not None:
-                is_bot = ua_cache.get(ua)
-                if is_bot is None:
-                    if len(ua_cache) > 100_000:
-                        ua_cache.clear()
-                    is_bot = ua_cache[ua] = bot_re.search(ua) is not None
-                if is_bot:
-                    excluded["bot_user_agent"] += 1
-                    continue
-            # tuple.__new__ skips NamedTuple's Python-level constructor (hot path).
-            valid.append(new_tuple(Prepared, (ev.ts, kind, ev.event_id, ev.campaign_id,
-                                              dim_getter(ev), raw, offset)))
-        frontier = None
-        if valid:
-            if now_ms is not None:
-                # An event time beyond the present is impossible; letting it through would
-                # push the watermark ahead and close every window early.
-                limit = now_ms + self._future_ms
-                if any(p.ts_ms > limit for p in valid):
-                    kept = []
-                    for p in valid:
-                        if p.ts_ms > limit:
-                            dead.append(DeadLetter(
-                                "future", f"event time {ms_to_iso(p.ts_ms)} is more than "
-                                f"{self._future_ms // 1000}s in the future",
-                                batch.topic, batch.partition, p.offset, p.raw))
-                        else:
-                            kept.append(p)
-                    valid = kept
-            if valid:
-                frontier = max(p.ts_ms for p in valid)
-        by_shard: dict[int, list[Prepared]] = {}
+        keep: list[int] | None = None
+        if events:
+            drop = self._excluded(events, excluded)
+            if drop:
+                keep = [j for j in range(len(events)) if j not in drop]
+        if now_ms is not None and ts.size:
+            # An event time beyond the present is impossible; letting it through would
+            # push the watermark ahead and close every window early.
+            limit = now_ms + self._future_ms
+            if ts.max() > limit:
+                kept = keep if keep is not None else range(len(events))
+                future = [j for j in kept if ts[j] > limit]
+                for j in future:
+                    i = pos[j] if pos is not None else j
+                    dead.append(DeadLetter(
+                        "future", f"event time {ms_to_iso(int(ts[j]))} is more than "
+                        f"{self._future_ms // 1000}s in the future",
+                        topic, partition, offsets[i], values[i]))  # type: ignore[arg-type]
+                gone = set(future)
+                keep = [j for j in kept if j not in gone]
+        if keep is not None:
+            events = [events[j] for j in keep]
+            ts = ts[keep] if keep else _NO_TIMES
+            pos = [pos[j] for j in keep] if pos is not None else keep
+        frontier = int(ts.max()) if ts.size else None
+        cids = list(map(_CAMPAIGN, events))
+        eids = list(map(_EVENT_ID, events))
+        if not self._dims:
+            dks: list[Any] = [None] * len(events)
+        elif len(self._dims) == 1:
+            dks = list(map(self._dim_getters[0], events))
+        else:
+            dks = list(zip(*[list(map(g, events)) for g in self._dim_getters], strict=True))
+        if pos is None:
+            raws, offs = values, offsets
+        else:
+            raws = [values[i] for i in pos]
+            offs = [offsets[i] for i in pos]
+        chunks: dict[int, Chunk] = {}
+        if events:
+            for s, (t, cols) in self._route(cids, ts, (cids, eids, dks, offs, raws)).items():
+                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, t, *cols)
+        return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
+                             len(values), len(self._dims))
+
+    def _route(self, cids: list[str], ts: np.ndarray, columns: tuple
+               ) -> dict[int, tuple[np.ndarray, Sequence[Sequence[Any]]]]:
+        """Split columns by shard, keeping arrival order within each shard."""
+        if self._shards == 1:
+            return {0: (ts, columns)}
         cache = self._shard_cache
-        for p in valid:
-            s = cache.get(p.campaign_id)
-            if s is None:
-                if len(cache) > 1_000_000:
-                    cache.clear()
-                s = cache[p.campaign_id] = shard_of(p.campaign_id, self._shards)
-            lst = by_shard.get(s)
-            if lst is None:
-                by_shard[s] = [p]
-            else:
-                lst.append(p)
-        return PreparedBatch(batch.source, frontier, batch.idle, by_shard, dead, excluded,
-                             len(batch.values))
+        try:
+            shards = [cache[c] for c in cids]
+        except KeyError:
+            if len(cache) > 1_000_000:
+                cache.clear()
+            for c in set(cids).difference(cache):
+                cache[c] = shard_of(c, self._shards)
+            shards = [cache[c] for c in cids]
+        first = shards[0]
+        if shards.count(first) == len(shards):
+            return {first: (ts, columns)}
+        arr = np.array(shards, dtype=np.intp)
+        order = np.argsort(arr, kind="stable")
+        counts = np.bincount(arr, minlength=self._shards).tolist()
+        out = {}
+        start = 0
+        for s, n in enumerate(counts):
+            if n:
+                idx = order[start:start + n]
+                out[s] = (ts[idx], _take(columns, idx.tolist()))
+                start += n
+        return out
 
     def chunks(self, prepared: PreparedBatch) -> list[tuple[int, Chunk]]:
         """One chunk for *every* shard, so every shard learns the source's progress."""
-        return [
-            (s, Chunk(prepared.source, prepared.frontier_ms, prepared.idle,
-                      prepared.by_shard.get(s, [])))
-            for s in range(self._shards)
-        ]
+        empty = None
+        out = []
+        for s in range(self._shards):
+            chunk = prepared.chunks.get(s)
+            if chunk is None:
+                if empty is None:
+                    empty = Chunk(prepared.source, prepared.frontier_ms, prepared.idle)
+                chunk = empty
+            out.append((s, chunk))
+        return out
+
+    def merged(self, prepared: PreparedBatch, kind: int) -> Chunk:
+        """All shards' events in one chunk, in shard order (as the shards of the flow see
+        them), for a single state holding every campaign (replay)."""
+        parts = [prepared.chunks[s] for s in sorted(prepared.chunks)]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind)
+        return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind,
+                     np.concatenate([p.ts_ms for p in parts]),
+                     *[list(chain.from_iterable(getattr(p, name) for p in parts))
+                       for name in ("campaign_ids", "event_ids", "dims", "offsets", "raws")])
 
 
 # --------------------------------------------------------------------------- shard state
@@ -256,11 +389,20 @@ class ShardStats:
 
 
 class _WindowAcc:
+    """One open window of a campaign: per kind, the ids seen and the counts per
+    combination of dimension values (:func:`dims_key`)."""
+
     __slots__ = ("ids", "counts")
 
     def __init__(self) -> None:
         self.ids: tuple[set[str], set[str]] = (set(), set())
-        self.counts: dict[str, list[int]] = {}
+        self.counts: tuple[dict[Any, int], dict[Any, int]] = ({}, {})
+
+    def __getstate__(self):
+        return self.ids, self.counts
+
+    def __setstate__(self, state):
+        self.ids, self.counts = state
 
 
 class _Campaign:
@@ -271,11 +413,51 @@ class _Campaign:
         self.windows: dict[int, _WindowAcc] = {}
         self.monitor = monitor
         self.segments: dict[str, None] = {ALL: None}      # ordered set of series seen
-        self.seg_cache: dict[tuple, tuple[str, ...]] = {}
+        self.seg_cache: dict[Any, tuple[str, ...]] = {}   # dims key -> its series
         self.dim_values: dict[str, set[str]] = {}
         self.first_wid = first_wid
         self.last_event_wid = first_wid
         self.closed_ids: dict[int, tuple[set[str], set[str]]] = {}
+
+    def __getstate__(self):
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state):
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+
+def _slot_constructor(cls: type) -> Callable[..., Any]:
+    """A positional constructor for a frozen, slotted dataclass that sets the slots through
+    their descriptors: a third of the cost of the generated ``__init__`` (which goes through
+    ``object.__setattr__`` by name), for classes built thousands of times per second.
+
+    Only for dataclasses without defaults logic or ``__post_init__``; every field is given.
+
+    >>> make = _slot_constructor(Counts)
+    >>> make(10, 1) == Counts(10, 1), make(10, 1).ctr
+    (True, 0.1)
+    """
+    names = [f.name for f in fields(cls)]
+    if getattr(cls, "__slots__", None) is None or hasattr(cls, "__post_init__") \
+            or tuple(names) != tuple(cls.__slots__):
+        return cls
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    body = "".join(f"    s{i}(o, v{i})\n" for i in range(len(names)))
+    env: dict[str, Any] = {"new": object.__new__, "cls": cls}
+    env.update({f"s{i}": cls.__dict__[name].__set__ for i, name in enumerate(names)})
+    exec(f"def make({args}):\n    o = new(cls)\n{body}    return o\n", env)  # noqa: S102
+    make = env["make"]
+    make.__qualname__ = make.__name__ = f"make_{cls.__name__}"
+    return make
+
+
+_counts = _slot_constructor(Counts)
+_figure = _slot_constructor(Figure)
+_decision = _slot_constructor(WindowDecision)
+_window = _slot_constructor(Window)
+_ZERO = Counts(0, 0)
+_STATE_VERSION = 2
 
 
 class ShardState:
@@ -302,6 +484,30 @@ class ShardState:
         self._campaigns: dict[str, _Campaign] = {}
         self._next_close: int | None = None     # first window id not closed yet
         self.stats = ShardStats()
+        self._index_windows()
+
+    def _index_windows(self) -> None:
+        # Per kind, window id -> campaign -> (ids, counts) of the open window: the inner
+        # loop's lookup. Derived state, rebuilt after unpickling.
+        self._open: tuple[dict[int, dict], dict[int, dict]] = ({}, {})
+        for cid, camp in self._campaigns.items():
+            for wid, win in camp.windows.items():
+                for kind in (IMPRESSION, CLICK):
+                    self._open[kind].setdefault(wid, {})[cid] = (win.ids[kind],
+                                                                 win.counts[kind])
+        self._iso: dict[int, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_open", "_iso")}
+        state["_version"] = _STATE_VERSION
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if state.pop("_version", None) != _STATE_VERSION:
+            raise ValueError("snapshot from an incompatible ctrguard version: start the flow "
+                             "with a fresh recovery directory")
+        self.__dict__.update(state)
+        self._index_windows()
 
     # -- watermark ---------------------------------------------------------------------
 
@@ -330,12 +536,13 @@ class ShardState:
                 self._frontiers[source] = chunk.frontier_ms
         elif source not in self._frontiers:
             self._frontiers[source] = None
+        has_events = len(chunk.campaign_ids) > 0
         if chunk.idle:
             self._idle.add(source)
-        elif chunk.events or chunk.frontier_ms is not None:
+        elif has_events or chunk.frontier_ms is not None:
             self._idle.discard(source)
-        if chunk.events:
-            self._add_events(chunk.events, source, out)
+        if has_events:
+            self._add_events(chunk, out)
         wm = self.watermark_ms()
         if wm is not None:
             self._close_through(wm // self._length_ms, out)
@@ -349,56 +556,95 @@ class ShardState:
             self._close_through(last + 1, out)
         return out
 
-    def _add_events(self, events: list[Prepared], source: str, out: list) -> None:
-        topic, _, part = source.rpartition(":")
+    def _add_events(self, chunk: Chunk, out: list) -> None:
+        kind = chunk.kind
+        wids = (chunk.ts_ms // self._length_ms).tolist()
+        cids, eids, dks = chunk.campaign_ids, chunk.event_ids, chunk.dims
+        next_close = self._next_close
+        stats = self.stats
+        if next_close is not None and min(wids) < next_close:
+            self._closed_window_events(chunk, wids, next_close, out)
+            keep = [i for i, w in enumerate(wids) if w >= next_close]
+            if not keep:
+                return
+            wids = [wids[i] for i in keep]
+            cids, eids, dks = _take((cids, eids, dks), keep)
+        opened = self._open[kind]
+        current = None
+        lookup = None
+        duplicates = 0
+        for cid, wid, eid, dk in zip(cids, wids, eids, dks, strict=True):
+            if wid != current:  # events of a chunk mostly share one or two windows
+                by_campaign = opened.get(wid)
+                if by_campaign is None:
+                    by_campaign = opened[wid] = {}
+                lookup = by_campaign.get
+                current = wid
+            acc = lookup(cid)  # type: ignore[misc]
+            if acc is None:
+                acc = self._open_window(cid, wid)[kind]
+            ids, counts = acc
+            if eid in ids:
+                duplicates += 1
+                continue
+            ids.add(eid)
+            n = counts.get(dk)
+            if n is None:
+                counts[dk] = 1
+                camp = self._campaigns[cid]
+                if dk not in camp.seg_cache:
+                    self._segments_for(camp, dk)
+            else:
+                counts[dk] = n + 1
+        stats.duplicates += duplicates
+        stats.events += len(wids) - duplicates
+
+    def _closed_window_events(self, chunk: Chunk, wids: list[int], next_close: int,
+                              out: list) -> None:
+        """Events of windows already closed: repeats of counted events, or late."""
+        topic, _, part = chunk.source.rpartition(":")
         partition = int(part) if part.lstrip("-").isdigit() else -1
         length = self._length_ms
-        next_close = self._next_close
-        campaigns = self._campaigns
+        kind = chunk.kind
         stats = self.stats
-        for p in events:
-            wid = p.ts_ms // length
-            camp = campaigns.get(p.campaign_id)
-            if next_close is not None and wid < next_close:
-                closed = camp.closed_ids.get(wid) if camp is not None else None
-                if closed is not None and p.event_id in closed[p.kind]:
-                    stats.duplicates += 1
-                else:
-                    stats.late += 1
-                    out.append(DeadLetter(
-                        "late", f"window {ms_to_iso(wid * length)} already closed "
-                        f"(allowed lateness {self._lateness_ms // 1000}s)",
-                        topic, partition, p.offset, p.raw))
+        for i, wid in enumerate(wids):
+            if wid >= next_close:
                 continue
-            if camp is None:
-                camp = campaigns[p.campaign_id] = _Campaign(self._monitor_factory(), wid)
-            win = camp.windows.get(wid)
-            if win is None:
-                win = camp.windows[wid] = _WindowAcc()
-                if wid < camp.first_wid:
-                    camp.first_wid = wid
-            ids = win.ids[p.kind]
-            if p.event_id in ids:
+            camp = self._campaigns.get(chunk.campaign_ids[i])
+            closed = camp.closed_ids.get(wid) if camp is not None else None
+            if closed is not None and chunk.event_ids[i] in closed[kind]:
                 stats.duplicates += 1
                 continue
-            ids.add(p.event_id)
-            stats.events += 1
+            stats.late += 1
+            out.append(DeadLetter(
+                "late", f"window {ms_to_iso(wid * length)} already closed "
+                f"(allowed lateness {self._lateness_ms // 1000}s)",
+                topic, partition, chunk.offsets[i], chunk.raws[i]))
+
+    def _open_window(self, cid: str, wid: int) -> tuple[tuple, tuple]:
+        camp = self._campaigns.get(cid)
+        if camp is None:
+            camp = self._campaigns[cid] = _Campaign(self._monitor_factory(), wid)
+        win = camp.windows.get(wid)
+        if win is None:
+            win = camp.windows[wid] = _WindowAcc()
+            if wid < camp.first_wid:
+                camp.first_wid = wid
+            # The first event of a window is always counted (its id set is empty).
             if wid > camp.last_event_wid:
                 camp.last_event_wid = wid
-            segs = camp.seg_cache.get(p.dims)
-            if segs is None:
-                segs = self._segments_for(camp, p.dims)
-            counts = win.counts
-            kind = p.kind
-            for seg in segs:
-                c = counts.get(seg)
-                if c is None:
-                    c = counts[seg] = [0, 0]
-                c[kind] += 1
+        pairs = ((win.ids[IMPRESSION], win.counts[IMPRESSION]),
+                 (win.ids[CLICK], win.counts[CLICK]))
+        for kind in (IMPRESSION, CLICK):
+            by_campaign = self._open[kind].get(wid)
+            if by_campaign is None:
+                by_campaign = self._open[kind][wid] = {}
+            by_campaign[cid] = pairs[kind]
+        return pairs
 
-    def _segments_for(self, camp: _Campaign, dims: tuple[str | None, ...]) -> tuple[str, ...]:
+    def _segments_for(self, camp: _Campaign, dk: Any) -> tuple[str, ...]:
         segs = [ALL]
-        for name, value in zip(self._dims, dims, strict=True):
+        for name, value in zip(self._dims, _dims_tuple(dk, len(self._dims)), strict=True):
             if value is None:
                 continue
             seen = camp.dim_values.setdefault(name, set())
@@ -412,7 +658,7 @@ class ShardState:
             camp.segments.setdefault(seg, None)
         result = tuple(segs)
         if len(camp.seg_cache) < 4096:
-            camp.seg_cache[dims] = result
+            camp.seg_cache[dk] = result
         return result
 
     # -- closing -----------------------------------------------------------------------
@@ -421,13 +667,17 @@ class ShardState:
         """Close every window with id < end_wid."""
         if self._next_close is None:
             starts = [min(c.windows) for c in self._campaigns.values() if c.windows]
-            if not starts:
+            # Nothing to close yet while the watermark is below the first open window (one
+            # source may be far ahead of the others): windows up to there are not late.
+            if not starts or min(starts) >= end_wid:
                 return
             self._next_close = max(min(starts), end_wid - self._ttl_windows)
         length_s = self.settings.windows.length
         while self._next_close < end_wid:
             wid = self._next_close
             self._next_close = wid + 1
+            for opened in self._open:
+                opened.pop(wid, None)
             evict = []
             for cid, camp in self._campaigns.items():
                 if wid < camp.first_wid:
@@ -440,28 +690,52 @@ class ShardState:
                 out.append(self._decide(cid, camp, wid, win, length_s))
                 if win is not None:
                     camp.closed_ids[wid] = win.ids
-                stale = wid - self._grace_windows
-                for old in [w for w in camp.closed_ids if w <= stale]:
-                    del camp.closed_ids[old]
+                closed = camp.closed_ids
+                if len(closed) > 1 or (closed and wid not in closed):
+                    stale = wid - self._grace_windows
+                    for old in [w for w in closed if w <= stale]:
+                        del closed[old]
             for cid in evict:
                 del self._campaigns[cid]
                 self.stats.evicted_campaigns += 1
+
+    def _window_iso(self, start_s: int) -> str:
+        text = self._iso.get(start_s)
+        if text is None:
+            if len(self._iso) > 4096:
+                self._iso.clear()
+            text = self._iso[start_s] = ms_to_iso(start_s * 1000)
+        return text
+
+    def _series_counts(self, camp: _Campaign, win: _WindowAcc | None) -> dict[str, Counts]:
+        """Counts of every series of the campaign in one window (zeros included)."""
+        if win is None:
+            return dict.fromkeys(camp.segments, _ZERO)
+        sums: dict[str, list[int]] = {}
+        for kind in (IMPRESSION, CLICK):
+            for dk, n in win.counts[kind].items():
+                segs = camp.seg_cache.get(dk)
+                if segs is None:
+                    segs = self._segments_for(camp, dk)
+                for seg in segs:
+                    c = sums.get(seg)
+                    if c is None:
+                        c = sums[seg] = [0, 0]
+                    c[kind] += n
+        return {seg: _counts(c[0], c[1]) if (c := sums.get(seg)) is not None else _ZERO
+                for seg in camp.segments}
 
     def _decide(self, cid: str, camp: _Campaign, wid: int, win: _WindowAcc | None,
                 length_s: int) -> WindowDecision:
         start_s = wid * length_s
         end_s = start_s + length_s
-        counts_map = win.counts if win is not None else {}
-        counts = {}
-        for seg in camp.segments:
-            c = counts_map.get(seg)
-            counts[seg] = Counts(c[0], c[1]) if c is not None else Counts(0, 0)
-        verdicts: list[Verdict] = camp.monitor.update(Window(start_s, end_s), counts)
-        start_iso, end_iso = ms_to_iso(start_s * 1000), ms_to_iso(end_s * 1000)
+        counts = self._series_counts(camp, win)
+        verdicts: list[Verdict] = camp.monitor.update(_window(start_s, end_s), counts)
+        start_iso, end_iso = self._window_iso(start_s), self._window_iso(end_s)
         alerts_by_seg: dict[str, list[Alert]] = {}
         alerts: list[Alert] = []
         for v in verdicts:
-            c = counts.get(v.segment, Counts(0, 0))
+            c = counts.get(v.segment, _ZERO)
             alert = Alert(
                 alert_id=make_alert_id(cid, v.segment, start_s, v.detector, v.kind),
                 campaign_id=cid, segment=v.segment, window_start=start_iso, window_end=end_iso,
@@ -475,9 +749,14 @@ class ShardState:
             alerts.append(alert)
             alerts_by_seg.setdefault(v.segment, []).append(alert)
         figures = []
+        stats = self.stats
         for seg, c in counts.items():
-            seg_alerts = alerts_by_seg.get(seg, ())
-            if c.impressions == 0 and c.clicks == 0 and not seg_alerts:
+            seg_alerts = alerts_by_seg.get(seg)
+            if seg_alerts is None:
+                if c is _ZERO or (c.impressions == 0 and c.clicks == 0):
+                    continue
+                figures.append(_figure(cid, seg, start_iso, end_iso, start_s, c.impressions,
+                                       c.clicks, c.ctr, STATUS_OK, ()))
                 continue
             quarantined = any(a.quarantine for a in seg_alerts)
             figures.append(Figure(
@@ -486,11 +765,11 @@ class ShardState:
                 status=STATUS_QUARANTINED if quarantined else STATUS_OK,
                 alert_ids=tuple(a.alert_id for a in seg_alerts),
             ))
-            self.stats.windows += 1
             if quarantined:
-                self.stats.quarantined += 1
-        self.stats.alerts += len(alerts)
-        return WindowDecision(cid, start_s, end_s, tuple(figures), tuple(alerts))
+                stats.quarantined += 1
+        stats.windows += len(figures)
+        stats.alerts += len(alerts)
+        return _decision(cid, start_s, end_s, tuple(figures), tuple(alerts))
 
     # -- introspection -----------------------------------------------------------------
 
@@ -500,4 +779,3 @@ class ShardState:
 
     def series(self) -> int:
         return sum(len(c.segments) for c in self._campaigns.values())
-

@@ -43,6 +43,9 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
         "compression.type": "none",
         "message.timeout.ms": 120_000,
         "queue.buffering.max.messages": 1_000_000,
+        # Only failures are reported (DeliveryTracker records nothing else): no Python
+        # callback per delivered figure.
+        "delivery.report.only.error": True,
         # Brokers close idle connections; librdkafka reconnects by itself, so don't log it.
         "log.connection.close": False,
     }

@@ -10,7 +10,7 @@ import pytest
 from ctrguard.config import Settings, load_config_text
 from ctrguard.records import WindowDecision
 from detectors.base import ALL, Counts, Verdict, Window
-from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState
+from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState, shard_of
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 MIN = 60_000
@@ -198,3 +198,30 @@ def test_segment_values_beyond_cap_fold_into_other(cap):
     _, decisions, _ = run([batch, clk([], idle=True)], s=s)
     segs = {f.segment: f.impressions for d in decisions for f in d.figures}
     assert segs == {ALL: 5, "device=d0": 1, "device=d1": 1, "device=other": 3}
+
+
+def test_source_far_ahead_does_not_make_the_other_sources_events_late():
+    # The click topic is drained (idle) 40 minutes ahead before the first impression arrives.
+    # A shard that so far holds only that late window learns the watermark from an
+    # impression batch without events of its own: its campaigns' first windows must still
+    # count their impressions, not dead-letter them.
+    s = load_config_text("windows:\n  length: 5m\n  allowed_lateness: 2m\n  shards: 16\n",
+                         env={})
+    prep = EventPreparer(s)
+    a, b = "c1", next(f"c{i}" for i in range(2, 99) if shard_of(f"c{i}", 16) != shard_of("c1", 16))
+    states = {k: ShardState(s, ["imp:0", "clk:0"], ZeroClickMonitor) for k in range(16)}
+    out = []
+    for batch in [clk([ev("k1", T0 + 40 * MIN, campaign=a)], idle=True),
+                  imp([ev("i1", T0 + 1000, campaign=b)]),
+                  imp([ev("i2", T0 + 2000, campaign=a), ev("i3", T0 + 6 * MIN, campaign=a)]),
+                  imp([ev("i4", T0 + 50 * MIN, campaign=a)], idle=True)]:
+        for k, chunk in prep.chunks(prep.prepare(batch, now_ms=NOW)):
+            out += states[k].ingest(chunk)
+    for state in states.values():
+        out += state.flush()
+    assert [o for o in out if not isinstance(o, WindowDecision)] == []
+    figs = figures([o for o in out if isinstance(o, WindowDecision)])
+    assert figs[(a, ALL, T0 // 1000)][:2] == (1, 0)
+    assert figs[(a, ALL, T0 // 1000 + 300)][:2] == (1, 0)
+    assert figs[(a, ALL, T0 // 1000 + 2400)][:2] == (0, 1)
+    assert figs[(b, ALL, T0 // 1000)][:2] == (1, 0)
