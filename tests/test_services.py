@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import redis
+from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from ctrguard.errors import ServiceError
 from ctrguard.services import (
     ServiceStartError,
+    _s3_request,
     consume_to_eof,
     ensure_topics,
     free_port,
     produce_all,
     start_broker,
+    start_object_store,
     start_redis,
     wait_until,
 )
@@ -297,3 +301,81 @@ def test_docker_entrypoint_initialises_recovery_once(tmp_path):
     assert {p: (recovery / p).stat().st_mtime_ns for p in parts} == mtimes
     assert sorted(p.name for p in recovery.iterdir()) == ["lost+found", *parts]
 
+
+
+# --------------------------------------------------------------------------- object store
+
+
+@pytest.mark.integration
+def test_broker_on_object_store_keeps_topics_records_and_offsets_across_restart(tmp_path):
+    """tansu's s3:// storage on the SeaweedFS store: after SIGTERM and a start on the same
+    port, the topics (with their partition counts), every record, a consumer group's
+    committed offsets and the producer's idempotence state are all there."""
+    with start_object_store(log_dir=tmp_path) as store, \
+            start_broker(storage=store, log_dir=tmp_path) as own:
+        assert own.durable and own.storage == f"s3://{store.bucket}/"
+        assert "storage: s3://tansu/" in own.log_tail()
+        ensure_topics(own.bootstrap, ["kept"], partitions=3)
+        ensure_topics(own.bootstrap, ["kept-too"], partitions=1)
+        records = [(f"k{i % 7}".encode(), f"v{i}".encode()) for i in range(2_000)]
+        produce_all(own.bootstrap, "kept", records)
+        committed = [TopicPartition("kept", p, 100 + p) for p in range(3)]
+        group = Consumer({"bootstrap.servers": own.bootstrap, "group.id": "keeper"})
+        group.commit(offsets=committed, asynchronous=False)
+        group.close()
+        batches = [k for k in store.keys("clusters/") if k.endswith(".batch")]
+        assert batches, store.keys()
+
+        port, old_pid = own.port, own.pid
+        own.restart()
+        assert own.port == port and own.pid != old_pid
+
+        partitions = _topic_partitions(own.bootstrap)
+        assert partitions["kept"] == 3 and partitions["kept-too"] == 1
+        values = sorted(m.value() for m in consume_to_eof(own.bootstrap, "kept"))
+        assert values == sorted(v for _k, v in records)
+        group = Consumer({"bootstrap.servers": own.bootstrap, "group.id": "keeper"})
+        try:
+            got = group.committed([TopicPartition("kept", p) for p in range(3)], timeout=10)
+        finally:
+            group.close()
+        assert [(tp.partition, tp.offset) for tp in got] == [(p, 100 + p) for p in range(3)]
+        # Writing after the restart continues the offsets; nothing is overwritten.
+        produce_all(own.bootstrap, "kept", [(b"k0", b"after")])
+        after = consume_to_eof(own.bootstrap, "kept")
+        assert len(after) == len(records) + 1
+        for p in range(3):
+            offsets = [m.offset() for m in after if m.partition() == p]
+            assert offsets == list(range(len(offsets)))
+
+
+@pytest.mark.integration
+def test_object_store_keeps_objects_across_its_own_restart_and_cleans_up(tmp_path):
+    with pytest.raises(ValueError, match="bucket name"):
+        start_object_store(bucket="b1")
+    store = start_object_store(data_dir=tmp_path / "data", bucket="bucket-1")
+    try:
+        status, _ = _s3_request("PUT", f"{store.endpoint}/bucket-1/a/b.txt")
+        assert status == 200
+        assert store.keys() == ["a/b.txt"] and store.keys("x") == []
+        pid, port = store.pid, store.port
+        store.restart()
+        assert store.pid != pid and store.port == port
+        assert store.keys() == ["a/b.txt"]
+        assert store.get("a/b.txt") == b""
+    finally:
+        store.stop()
+    assert not store.is_running() and _pid_gone(pid)
+    sockets = [f"/tmp/seaweedfs-{c.removesuffix('_grpc')}-grpc-{p}.sock"
+               for c, p in store.ports.items() if c.endswith("_grpc")]
+    assert not [s for s in sockets if os.path.exists(s)]
+    store.stop()  # idempotent
+
+
+@pytest.mark.integration
+def test_object_store_on_a_taken_port_fails_with_its_log(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ServiceStartError, match="not available|address already in use"):
+            start_object_store(port=taken.getsockname()[1], log_dir=tmp_path, timeout=20)
