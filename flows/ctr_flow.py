@@ -15,7 +15,6 @@ Run with ``ctrguard run --config PATH`` or
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import pickle
@@ -29,7 +28,7 @@ from bytewax.operators import StatefulBatchLogic
 
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
-from flows.engine import Chunk, EventPreparer, RawBatch, ShardState
+from flows.engine import Chunk, EventPreparer, RawBatch, ShardState, tune_gc
 from flows.source import KafkaBatchSource, list_partitions, source_id
 from sinks.kafka_out import DeadLetterSink
 from sinks.release import ReleaseSink
@@ -38,19 +37,6 @@ log = logging.getLogger(__name__)
 
 DEAD = "__dead__"
 STATS_LOG_INTERVAL_S = 30.0
-
-
-#: CPython collects its youngest generation every 700 net allocations of container objects.
-#: A flow allocates and frees tens of thousands per batch (window accumulators, figures,
-#: decisions), so with the default it spends a large share of its time walking a heap that
-#: is mostly long-lived detector state. Collections stay on, only rarer.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def tune_gc() -> None:
-    """Make this process's cyclic garbage collection rarer (see :data:`GC_THRESHOLDS`)."""
-    if gc.get_threshold()[0] < GC_THRESHOLDS[0]:
-        gc.set_threshold(*GC_THRESHOLDS)
 
 
 class PrepareStep:
@@ -155,4 +141,4 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     return flow
 
 
-__all__ = ["get_flow", "tune_gc"]
+__all__ = ["get_flow"]

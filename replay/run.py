@@ -12,9 +12,9 @@ the reason), ``summary.json`` (counts), and with baselines ``alerts_<name>.jsonl
 from __future__ import annotations
 
 import base64
+import gc
 import gzip
 import io
-import re
 import sys
 import time
 from collections import Counter
@@ -28,7 +28,7 @@ import orjson
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION
 from ctrguard.records import WindowDecision
-from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState
+from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 
 IMPRESSIONS_SOURCE = "impressions"
 CLICKS_SOURCE = "clicks"
@@ -56,8 +56,6 @@ def open_lines(path: str | Path) -> IO[bytes]:
 
 #: Bytes read from a file at a time; lines are cut out of these blocks in C.
 READ_BLOCK = 1 << 22
-#: A line that ``bytes.strip()`` empties, anywhere in a block (skipped, as readline would).
-_BLANK_LINE = re.compile(rb"(?:^|\n)[ \t\r\x0b\x0c]*(?:\n|$)")
 
 
 class _FileSource:
@@ -79,6 +77,7 @@ class _FileSource:
         self._next = 0
         self._tail = b""                # an incomplete last line of the blocks read so far
         self._eof = False
+        self._carriage_return = False
         self.done = False
         self.frontier: int | None = None
 
@@ -92,6 +91,8 @@ class _FileSource:
                     self._lines.append(self._tail)  # a last line without newline
                     self._tail = b""
                 break
+            if b"\r" in block:
+                self._carriage_return = True
             parts = (self._tail + block).split(b"\n")
             self._tail = parts.pop()
             if self._next:
@@ -110,8 +111,10 @@ class _FileSource:
         # Like readline: the chunk that tries to read past the last line finds the end.
         if len(lines) < want:
             self.done = True
-        joined = b"\n".join(lines)
-        if b"\r" not in joined and _BLANK_LINE.search(joined) is None:
+        # No carriage return in the file so far and no line empty or starting with white
+        # space (the smallest line would; b" " is the largest white-space byte): every line
+        # is kept as is. Otherwise each line is trimmed and blank ones skipped, as readline.
+        if not lines or (not self._carriage_return and min(lines)[:1] > b" "):
             values = lines
             offsets: Sequence[int] = range(first, first + len(lines))
         else:
@@ -209,15 +212,18 @@ def run_replay(
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
+            figures: list[bytes] = []
             for item in items:
                 if isinstance(item, WindowDecision):
-                    for fig in item.figures:
-                        _write_jsonl(files["figures"], fig)
+                    figures.extend(map(orjson.dumps, item.figures))
                     for alert in item.alerts:
                         _write_jsonl(files["alerts"], alert)
                 else:
                     dead_by_stage[item.stage] += 1
                     _write_jsonl(files["deadletter"], dead_letter_record(item))
+            if figures:
+                figures.append(b"")
+                files["figures"].write(b"\n".join(figures))
         else:
             fh = baseline_files[name]
             for item in items:
@@ -225,6 +231,8 @@ def run_replay(
                     for alert in item.alerts:
                         _write_jsonl(fh, alert)
 
+    gc_thresholds = gc.get_threshold()
+    tune_gc()
     try:
         while True:
             pending = [s for s in sources if not s.done]
@@ -253,6 +261,7 @@ def run_replay(
         for name, state in states.items():
             emit(name, state.flush())
     finally:
+        gc.set_threshold(*gc_thresholds)
         for fh in [*files.values(), *baseline_files.values()]:
             fh.close()
     prog.update(read, main.stats.windows, main.stats.alerts, final=True)
