@@ -28,8 +28,20 @@ broke: clicks vanish at normal impressions (``click_tracking``), impressions jum
 clicks (``impression_logging``), clicks surge (``bot_clicks``), CTR moves at normal
 volume (``behaviour_change``), volume moves at normal CTR (``volume_change``).
 
-Gradual drift (creative fatigue) is left to a River detector fed the standardised CTR
-residuals (:class:`detectors.drift.ResidualDrift`), reported with kind ``drift``.
+Segments are tested against their baseline *and* against the rest of their campaign in
+the same window (the smaller evidence counts): the daily cycle that the campaign baseline
+lags behind and campaign-wide faults cancel in the second comparison, a fault in a sibling
+segment in the first. A campaign-wide fault is reported by ``all``; segments whose window
+leans the same way inherit its verdict, so their figures are quarantined too.
+
+Gradual drift (creative fatigue) is measured on ``all`` against a slow reference level that
+forgets by information, learns ten times slower while the fast baseline sits below it and
+not at all while a change is suspected: binomial CUSUMs of the CTR relative to it
+(``drift_ratios``) and a River detector fed the residuals standardised against it
+(:class:`detectors.drift.ResidualDrift`, counted only when the baseline has moved by more
+than ``recovery_tolerance``), reported with kind ``drift`` and severity ``warning``. A jump
+back to the reference after the fast baseline followed a decline is a recovery, not a
+spike. Abrupt tests keep running during a drift incident and replace it when they fire.
 
 >>> from detectors.base import Counts, Window
 >>> from detectors.settings import DetectorSettings
@@ -64,7 +76,14 @@ _DAY = 86_400
 _MAX_GAP_REPLAY = 288
 
 # Incident families.
-_CTR, _VOL, _SIL = 0, 1, 2
+_CTR, _VOL, _SIL, _DRIFT = 0, 1, 2, 3
+#: Deseasonalised clicks the slow reference must hold before drift is tested against it.
+_REF_MIN_CLICKS = 100.0
+#: Pseudo-clicks that shrink the rest-of-campaign CTR of one window toward the baseline.
+_COMPLEMENT_CLICKS = 3.0
+#: Most evidence (in thresholds) an open incident banks: how long a fault must look
+#: over before it closes, at any volume.
+_INCIDENT_CAP = 0.5
 
 _SEVERITY = {
     "click_tracking": ("critical", True),
@@ -73,16 +92,18 @@ _SEVERITY = {
     "silence": ("critical", True),
     "behaviour_change": ("warning", True),
     "volume_change": ("warning", False),
+    "drift": ("warning", False),
 }
 
 
 class _Incident:
     """An open alarm on one series: what fired and how much evidence still holds it."""
 
-    __slots__ = ("family", "ratio", "evidence", "windows", "kind", "cause", "key", "detector")
+    __slots__ = ("family", "ratio", "evidence", "windows", "kind", "cause", "key", "detector",
+                 "ev")
 
     def __init__(self, family: int, ratio: float, evidence: float, kind: str, cause: str,
-                 key: str, detector: str):
+                 key: str, detector: str, ratios: tuple[float, ...] = ()):
         self.family = family
         self.ratio = ratio
         self.evidence = evidence
@@ -91,14 +112,40 @@ class _Incident:
         self.cause = cause
         self.key = key
         self.detector = detector
+        # Evidence per ratio on the fired ratio's side of 1 (None on the other side): the
+        # incident holds while any of them does, so a fault whose size the first windows
+        # over- or under-estimated is not closed by one window that fits it badly.
+        self.ev = [evidence if r == ratio or r in _neighbour(ratios, ratio) else None
+                   for r in ratios]
 
     def __getstate__(self):
         return (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-                self.key, self.detector)
+                self.key, self.detector, self.ev)
 
     def __setstate__(self, state):
         (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-         self.key, self.detector) = state
+         self.key, self.detector, self.ev) = state
+
+    def add(self, llrs: list[float], offset: int, cap: float) -> None:
+        """Add one window's log-likelihood ratios (``llrs[offset + i]`` for ratio i)."""
+        best = -math.inf
+        for i, e in enumerate(self.ev):
+            if e is not None:
+                e = min(cap, e + llrs[offset + i]) if llrs else e
+                self.ev[i] = e
+                best = max(best, e)
+        self.evidence = best
+
+
+def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
+    """The grid ratio next to ``ratio`` on the way to 1 (none if ``ratio`` is closest).
+
+    >>> _neighbour((0.05, 0.3, 0.5, 0.7, 1.5, 2.5), 0.3), _neighbour((0.5, 2.0), 2.0)
+    ((0.5,), ())
+    """
+    side = [r for r in ratios if (r < 1.0) == (ratio < 1.0) and abs(math.log(r)) < abs(
+        math.log(ratio))]
+    return (max(side, key=lambda r: abs(math.log(r))),) if side else ()
 
 
 class _Series:
@@ -116,9 +163,11 @@ class _Series:
         "incident",    # _Incident | None
         "cooldown",
         "drift",       # ResidualDrift | None
+        "ref_k", "ref_e",  # all only: slow reference (discounted clicks, impressions)
+        "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
     )
 
-    def __init__(self, n_tests: int, drift: ResidualDrift | None):
+    def __init__(self, n_tests: int, drift: ResidualDrift | None, n_drift: int = 0):
         self.seen = 0
         self.vol_level = 0.0
         self.vol_trend = 0.0
@@ -132,6 +181,9 @@ class _Series:
         self.incident: _Incident | None = None
         self.cooldown = 0
         self.drift = drift
+        self.ref_k = 0.0
+        self.ref_e = 0.0
+        self.dcusum = [0.0] * n_drift
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -208,14 +260,18 @@ class CampaignMonitor:
         # max over a ratio grid costs about a log factor), so the budget is split over series.
         return math.log(max(_DAY / length, 1.0) * n_series / s.false_alarms_per_campaign_day)
 
-    def _new_series(self) -> _Series:
+    def _new_series(self, name: str) -> _Series:
         s = self.settings
         drift = None
+        if name != ALL:
+            # Gradual drift is a campaign-wide matter (a creative wears out): segments keep
+            # no reference and no River detector, which also keeps their state small.
+            return _Series(len(s.ctr_ratios) + len(s.volume_ratios), None)
         if s.drift_detector != "none":
             drift = ResidualDrift(method=s.drift_detector, threshold=s.drift_threshold,
                                   delta=s.drift_delta, min_instances=30,
                                   min_expected=s.drift_min_expected_clicks)
-        return _Series(len(s.ctr_ratios) + len(s.volume_ratios), drift)
+        return _Series(len(s.ctr_ratios) + len(s.volume_ratios), drift, len(s.drift_ratios))
 
     def _replay_gap(self, window: Window, gap: int, length: int) -> list[Verdict]:
         """Replay skipped windows as zero windows; report one campaign-wide silence."""
@@ -236,7 +292,7 @@ class CampaignMonitor:
     def _step(self, window: Window, counts: dict[str, Counts], length: int) -> list[Verdict]:
         for name in counts:
             if name not in self._series:
-                self._series[name] = self._new_series()
+                self._series[name] = self._new_series(name)
         hour = (window.start // 3600) % _HOURS
         h = self._threshold(len(self._series), length)
         n_tests = len(self._series)
@@ -250,13 +306,44 @@ class CampaignMonitor:
         verdicts: list[Verdict] = []
         order = [ALL] if ALL in counts else []
         order += sorted(name for name in counts if name != ALL)
+        total = counts.get(ALL)
+        campaign_wide: Verdict | None = None
+        quiet: list[str] = []
         for name in order:
             v = self._series_step(name, self._series[name], counts[name], window, hour,
-                                  p_all, relvar_all, h, n_tests)
-            if v is not None:
-                verdicts.append(v)
+                                  p_all, relvar_all, h, n_tests, total)
+            if v is None:
+                quiet.append(name)
+                continue
+            verdicts.append(v)
+            if name == ALL and v.quarantine:
+                campaign_wide = v
+        if campaign_wide is not None:
+            inc = self._series[ALL].incident
+            for name in quiet:
+                c = counts[name]
+                if c.impressions == 0:
+                    continue
+                if inc is not None and inc.family == _CTR and p_all > 0:
+                    # Only segments whose window leans toward the campaign's fault share it:
+                    # with bot clicks on desktop, mobile's clicks are normal.
+                    sn = self._series[name]
+                    rho = (sn.ctr_k + self._prior) / (sn.ctr_e + self._prior)
+                    p_seg = min(p_all * rho, 0.999)
+                    if binomial_llr(c.clicks, c.impressions, p_seg, inc.ratio) <= 0.0:
+                        continue
+                verdicts.append(self._inherit(campaign_wide, name, c))
         self._update_prior()
         return verdicts
+
+    @staticmethod
+    def _inherit(v: Verdict, name: str, c: Counts) -> Verdict:
+        """A segment's share of a campaign-wide fault: its figure is as corrupt as the
+        campaign's, though its CTR relative to the campaign did not move (so its own tests,
+        which compare it with the rest of the campaign, are silent)."""
+        scale = c.impressions / v.expected_impressions if v.expected_impressions > 0 else 0.0
+        return _replace(v, segment=name, expected_clicks=v.expected_clicks * scale,
+                        expected_impressions=float(c.impressions))
 
     def _update_prior(self) -> None:
         """Empirical Bayes: prior strength from the spread of segments' relative CTRs."""
@@ -281,7 +368,7 @@ class CampaignMonitor:
 
     def _series_step(self, name: str, st: _Series, c: Counts, window: Window, hour: int,
                      p_all: float, relvar_all: float, h: float,
-                     n_tests: int) -> Verdict | None:
+                     n_tests: int, total: Counts | None) -> Verdict | None:
         s = self.settings
         is_all = name == ALL
         n, k = c.impressions, c.clicks
@@ -289,6 +376,7 @@ class CampaignMonitor:
         # ---- expectations from the state before this window
         season_v = math.exp(self._season_vol[hour])
         mu = max(st.vol_level + st.vol_trend, 0.0) * season_v
+        p_rest = 0.0   # segments: the CTR the rest of the campaign had in this window
         if is_all:
             p = p_all
             relvar = relvar_all
@@ -298,6 +386,11 @@ class CampaignMonitor:
             # Certainty comes from the segment's own clicks: the prior moves the estimate
             # toward the campaign but is not trusted to make it precise.
             relvar = relvar_all + 1.0 / (st.ctr_k + 1.0)
+            if total is not None and total.impressions > n:
+                kc = max(total.clicks - k, 0)
+                nc = total.impressions - n
+                # Shrunk toward the campaign baseline by a few clicks.
+                p_rest = (kc + _COMPLEMENT_CLICKS) / (nc + _COMPLEMENT_CLICKS / p_all) * rho
         else:
             p, relvar = 0.0, math.inf
         p = min(p, 0.999)
@@ -315,10 +408,27 @@ class CampaignMonitor:
         resolution = s.baseline_resolution * math.sqrt(relvar) if ctr_ok else math.inf
         for r in s.ctr_ratios:
             testable = ctr_ok and abs(math.log(r)) >= resolution
-            llrs.append(binomial_llr(k, n, p, r) / phi_c if testable else 0.0)
+            if not testable:
+                llrs.append(0.0)
+            elif p_rest > 0.0:
+                # A segment's evidence must hold against its baseline *and* against the rest
+                # of its campaign in the same window: what moves the whole campaign (the
+                # daily cycle the baseline lags behind, a campaign-wide fault, which ``all``
+                # reports) cancels in the second, a fault in a sibling segment (bot clicks
+                # on desktop) in the first.
+                llrs.append(min(binomial_llr(k, n, p, r),
+                                binomial_llr(k, n, min(p_rest, 0.999), r)) / phi_c)
+            else:
+                llrs.append(binomial_llr(k, n, p, r) / phi_c)
         vol_ok = mu > 0 and st.seen > 0
         for r in s.volume_ratios:
             llrs.append(poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0)
+        # Drift tests (``all`` only): the same counts against the slow reference.
+        p_ref = self._reference(st, hour) if is_all else 0.0
+        dllrs: list[float] = []
+        if p_ref > 0.0:
+            phi_r = max(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
+            dllrs = [binomial_llr(k, n, p_ref, r) / phi_r for r in s.drift_ratios]
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
         quiet_before = max(st.cusum, default=0.0) < 1.0 and st.silent < 1.0
@@ -327,17 +437,27 @@ class CampaignMonitor:
         else:
             st.silent = 0.0
         inc = st.incident
-        if inc is not None:
+        # A drift incident does not stop the abrupt tests: a click outage during a slow
+        # decline is still an outage (and replaces the drift incident).
+        drifting = inc is not None and inc.family == _DRIFT
+        if inc is not None and not drifting:
             verdict, learn_ctr, learn_vol = self._continue_incident(
-                name, st, inc, llrs, n, k, mu, p, phi_c, window, h)
+                name, st, inc, llrs, dllrs, n, k, mu, p, phi_c, window, h)
         else:
             if st.cooldown > 0 or not ready:
                 st.cooldown = max(st.cooldown - 1, 0)
                 for i in range(len(st.cusum)):
                     st.cusum[i] = 0.0
+                for i in range(len(st.dcusum)):
+                    st.dcusum[i] = 0.0
                 st.silent = 0.0 if not ready else st.silent
                 llrs = [0.0] * len(llrs)
             else:
+                if dllrs and not drifting:
+                    keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
+                                          1.0 / s.evidence_windows, 0.5)
+                    for i, x in enumerate(dllrs):
+                        st.dcusum[i] = max(0.0, keep_ref * st.dcusum[i] + x)
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
@@ -355,18 +475,28 @@ class CampaignMonitor:
             run[2] += n
             run[3] += mu
             if ready:
-                verdict = self._maybe_open(name, st, n, k, mu, p, phi_c, window, h, n_tests)
-            if st.incident is not None:
-                learn_ctr = st.incident.family == _VOL and st.incident.cause != \
-                    "impression_logging"
-                learn_vol = st.incident.family == _CTR and st.incident.cause != \
-                    "impression_logging"
+                verdict = self._maybe_open(name, st, n, k, mu, p, p_ref, phi_c, window, h,
+                                           n_tests)
+            if verdict is None and drifting and st.incident is inc:
+                assert inc is not None
+                verdict, learn_ctr, learn_vol = self._continue_incident(
+                    name, st, inc, llrs, dllrs, n, k, mu, p, phi_c, window, h)
+            elif st.incident is not None:
+                fault = st.incident.cause == "impression_logging"
+                learn_ctr = st.incident.family in (_VOL, _DRIFT) and not fault
+                learn_vol = st.incident.family in (_CTR, _DRIFT) and not fault
 
         # ---- drift on standardised CTR residuals (never fed anomalous windows)
+        # The residuals are taken against the slow reference, which a decay does not drag
+        # along; a signal counts only when the fast baseline has moved materially from it
+        # (the daily cycle of a large campaign is many standard deviations, yet no incident).
         if (verdict is None and st.incident is None and st.drift is not None and ready  # noqa: SIM102 - update() only when eligible
-                and ctr_ok and st.cooldown == 0):
-            if st.drift.update(k - ek, phi_c * ek * (1.0 - p), ek):
-                verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
+                and p_ref > 0 and n > 0 and st.cooldown == 0):
+            ekr = n * p_ref
+            if st.drift.update(k - ekr, phi_c * ekr * (1.0 - p_ref), ekr):
+                tol = s.recovery_tolerance
+                if p > 0 and not (p_ref / tol < p < p_ref * tol):
+                    verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
 
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
@@ -376,22 +506,75 @@ class CampaignMonitor:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
         if learn_ctr and n > 0:
             self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
+        if is_all and n > 0 and rate == 1.0 and st.incident is None and \
+                max(st.dcusum, default=0.0) < h / 2.0:
+            self._learn_reference(st, n, k, p, p_ref, phi_c, hour)
         if n > 0:
             st.seen += 1
         return verdict
 
+    def _reference(self, st: _Series, hour: int) -> float:
+        """The slow reference CTR of an ``all`` series this hour; 0 while it is too young."""
+        if st.ref_k < _REF_MIN_CLICKS or st.ref_e <= 0.0:
+            return 0.0
+        return min(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
+
+    def _learn_reference(self, st: _Series, n: int, k: int, p: float, p_ref: float,
+                         phi_c: float, hour: int) -> None:
+        """Slow, robust reference level: forgets by information, frozen while suspect, and
+        ten times slower still while the fast baseline sits below it (a decline over
+        hours must not drag the level it is measured against down with it)."""
+        s = self.settings
+        season_c = math.exp(self._season_ctr[hour])
+        k_used = float(k)
+        ekr = n * p_ref
+        if ekr > 0:
+            sd = math.sqrt(max(phi_c, 1.0) * ekr * (1.0 - p_ref))
+            k_used = clip(k, ekr - 3.0 * sd, ekr + 3.0 * sd)
+        a = clip(max(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
+                 s.reference_alpha)
+        if 0.0 < p < p_ref:
+            a *= 0.1
+        st.ref_k = (1.0 - a) * st.ref_k + k_used / season_c
+        st.ref_e = (1.0 - a) * st.ref_e + n
+
+    def _is_recovery(self, st: _Series, p: float, p_ref: float, ratio: float) -> bool:
+        """A CTR change that returns a series to its slow reference after the fast
+        baseline followed a decline (or an accepted rise): not a new incident."""
+        if p_ref <= 0.0 or p <= 0.0:
+            return False
+        tol = self.settings.recovery_tolerance
+        k_obs, k_exp = st.run[0], st.run[1]
+        r_run = k_obs / k_exp if k_exp > 0 else ratio
+        level = p * r_run
+        moved_away = p < p_ref / tol if ratio > 1.0 else p > p_ref * tol
+        return moved_away and p_ref / tol <= level <= p_ref * tol
+
     def _maybe_open(self, name: str, st: _Series, n: int, k: int, mu: float, p: float,
-                    phi_c: float, window: Window, h: float, n_tests: int) -> Verdict | None:
+                    p_ref: float, phi_c: float, window: Window, h: float,
+                    n_tests: int) -> Verdict | None:
         s = self.settings
         n_ctr = len(s.ctr_ratios)
         ctr_idx = max(range(n_ctr), key=st.cusum.__getitem__)
         vol_idx = max(range(n_ctr, len(st.cusum)), key=st.cusum.__getitem__, default=-1)
+        drift_idx = max(range(len(st.dcusum)), key=st.dcusum.__getitem__, default=-1)
+        if st.cusum[ctr_idx] >= h and self._is_recovery(st, p, p_ref, s.ctr_ratios[ctr_idx]):
+            # Back to the long-run level (a worn-out creative replaced): re-anchor the fast
+            # baseline on the reference instead of alarming on the return to normal.
+            st.ctr_k = st.ctr_e * st.ref_k / st.ref_e
+            for i in range(n_ctr):
+                st.cusum[i] = 0.0
+            for i in range(len(st.dcusum)):
+                st.dcusum[i] = 0.0
+            return None
         if st.cusum[ctr_idx] >= h:
             # CTR first: when impressions double and CTR halves, both fire; the CTR alarm
             # is the incident and the volume evidence names its cause.
             family, ratio, score = _CTR, s.ctr_ratios[ctr_idx], st.cusum[ctr_idx]
         elif st.silent >= h:
             family, ratio, score = _SIL, 0.0, st.silent
+        elif drift_idx >= 0 and st.dcusum[drift_idx] >= h and st.incident is None:
+            family, ratio, score = _DRIFT, s.drift_ratios[drift_idx], st.dcusum[drift_idx]
         elif vol_idx >= 0 and st.cusum[vol_idx] >= h and st.cusum[ctr_idx] < h / 2.0:
             # Traffic moved and CTR did not: not an incident. Accept the new volume at once
             # so the attribution of later alarms compares with the right level.
@@ -405,10 +588,15 @@ class CampaignMonitor:
             return None
         kind, cause = self._attribute(st, family, ratio)
         key = self._group_key(cause, window)
-        detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence"}[family]
-        st.incident = _Incident(family, ratio, h / 4.0, kind, cause, key, detector)
+        detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",
+                    _DRIFT: "drift_cusum"}[family]
+        ratios = {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}
+        st.incident = _Incident(family, ratio, h / 4.0, kind, cause, key, detector,
+                                ratios.get(family, ()))
         for i in range(len(st.cusum)):
             st.cusum[i] = 0.0
+        for i in range(len(st.dcusum)):
+            st.dcusum[i] = 0.0
         confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
         return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
 
@@ -421,6 +609,8 @@ class CampaignMonitor:
         clicks_normal = 0.6 <= r_clk <= 1.6
         if family == _SIL:
             return "silence", "silence"
+        if family == _DRIFT:
+            return "drift", "drift"
         if family == _CTR:
             # The fired ratio is the GLR estimate of the new level; the run's ratios can be
             # diluted by windows from before the change.
@@ -449,20 +639,21 @@ class CampaignMonitor:
         return key
 
     def _continue_incident(self, name: str, st: _Series, inc: _Incident, llrs: list[float],
-                           n: int, k: int, mu: float, p: float, phi_c: float, window: Window,
+                           dllrs: list[float], n: int, k: int, mu: float, p: float,
+                           phi_c: float, window: Window,
                            h: float) -> tuple[Verdict | None, bool, bool]:
         s = self.settings
         n_ctr = len(s.ctr_ratios)
         if inc.family == _SIL:
             inc.evidence = min(h / 4.0, st.silent) if n == 0 else -math.inf
+        elif inc.family == _DRIFT:
+            inc.add(dllrs, 0, h * _INCIDENT_CAP)
         else:
-            ratios = s.ctr_ratios if inc.family == _CTR else s.volume_ratios
-            idx = ratios.index(inc.ratio) + (0 if inc.family == _CTR else n_ctr)
-            inc.evidence = min(h / 4.0, inc.evidence + llrs[idx])
+            inc.add(llrs, 0 if inc.family == _CTR else n_ctr, h * _INCIDENT_CAP)
         inc.windows += 1
         logging_fault = inc.cause == "impression_logging"
-        learn_ctr = inc.family == _VOL and not logging_fault
-        learn_vol = inc.family == _CTR and not logging_fault
+        learn_ctr = inc.family in (_VOL, _DRIFT) and not logging_fault
+        learn_vol = inc.family in (_CTR, _DRIFT) and not logging_fault
         if inc.evidence > 0 and inc.windows < s.max_incident_windows:
             if self._group is not None and self._group[0] == inc.key:
                 self._group = (inc.key, window.start)
@@ -470,9 +661,18 @@ class CampaignMonitor:
             return (self._verdict(name, st, inc, inc.evidence, confidence, n, mu, p, phi_c),
                     learn_ctr, learn_vol)
         if inc.evidence > 0:
-            # The fault outlived max_incident_windows: accept its level as the new normal.
+            # The fault outlived max_incident_windows: accept its level (the ratio that
+            # holds the most evidence) as the new normal.
+            ratios = {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}
+            held = [(e, r) for e, r in zip(inc.ev, ratios.get(inc.family, ()), strict=False)
+                    if e is not None]
+            if held:
+                inc.ratio = max(held)[1]
             if inc.family == _CTR:
                 st.ctr_k *= inc.ratio
+            if inc.family in (_CTR, _DRIFT) and st.ctr_e > 0 and st.ref_e > 0:
+                # The new normal is the long-run level too.
+                st.ref_k = st.ref_e * st.ctr_k / st.ctr_e
             elif inc.family == _VOL:
                 st.vol_level *= inc.ratio
                 st.vol_trend = 0.0
@@ -480,6 +680,8 @@ class CampaignMonitor:
         st.cooldown = s.cooldown_windows
         for i in range(len(st.cusum)):
             st.cusum[i] = 0.0
+        for i in range(len(st.dcusum)):
+            st.dcusum[i] = 0.0
         st.silent = 0.0
         return None, True, True
 

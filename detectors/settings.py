@@ -5,7 +5,7 @@ log-likelihood-ratio units (nats) unless said otherwise.
 
 >>> s = DetectorSettings()
 >>> s.warmup_windows, s.ctr_ratios
-(6, (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0))
+(6, (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0, 15.0))
 >>> try:
 ...     DetectorSettings(ctr_ratios=(1.0,))
 ... except ValueError as err:
@@ -40,7 +40,7 @@ class DetectorSettings(BaseModel):
     # ---------------------------------------------------------------- sequential tests
     #: CTR ratios (alternative / baseline) the binomial CUSUMs look for. The largest
     #: of them at any time is a GLR over this grid.
-    ctr_ratios: tuple[float, ...] = (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0)
+    ctr_ratios: tuple[float, ...] = (0.05, 0.3, 0.5, 0.7, 1.5, 2.5, 5.0, 15.0)
     #: A CTR ratio is tested only when ``|log ratio|`` is at least this many relative
     #: standard deviations of the baseline (young and sparse series test large changes only).
     baseline_resolution: float = Field(3.0, ge=0)
@@ -58,7 +58,7 @@ class DetectorSettings(BaseModel):
     #: ``expected clicks / baseline_memory_clicks``, between ``baseline_alpha_min`` and this.
     baseline_alpha: float = Field(0.05, gt=0, le=1)
     baseline_alpha_min: float = Field(0.002, gt=0, le=1)
-    baseline_memory_clicks: float = Field(400.0, gt=0)
+    baseline_memory_clicks: float = Field(200.0, gt=0)
     #: Holt level and trend weights of the impression volume (per window).
     volume_alpha: float = Field(0.15, gt=0, le=1)
     volume_beta: float = Field(0.05, ge=0, le=1)
@@ -74,6 +74,16 @@ class DetectorSettings(BaseModel):
     shrinkage_max: float = Field(30.0, gt=0)
 
     # ---------------------------------------------------------------- drift
+    #: CTR ratios (current / slow reference) the drift CUSUMs of a campaign's ``all`` series
+    #: look for. The reference forgets by ``reference_memory_clicks`` expected clicks (at
+    #: most ``reference_alpha`` per window) and stops learning while a change is suspected,
+    #: so a decay over hours (creative fatigue) is measured against the level before it.
+    drift_ratios: tuple[float, ...] = (0.5, 0.65)
+    reference_memory_clicks: float = Field(2000.0, gt=0)
+    reference_alpha: float = Field(0.01, gt=0, le=1)
+    #: A CTR jump that brings a series back within this factor of its slow reference,
+    #: after the fast baseline had followed a decline, is a recovery, not an incident.
+    recovery_tolerance: float = Field(1.25, gt=1, le=10)
     #: River drift detector fed standardised residuals ("adwin" | "page_hinkley" | "none").
     drift_detector: str = Field("page_hinkley", pattern="^(adwin|page_hinkley|none)$")
     #: PageHinkley threshold (in standard deviations summed) or ADWIN delta.
@@ -83,7 +93,7 @@ class DetectorSettings(BaseModel):
     #: Expected clicks pooled into one standardised residual before it is fed.
     drift_min_expected_clicks: float = Field(5.0, gt=0)
 
-    @field_validator("ctr_ratios", "volume_ratios")
+    @field_validator("ctr_ratios", "volume_ratios", "drift_ratios")
     @classmethod
     def _check_ratios(cls, v: tuple[float, ...]) -> tuple[float, ...]:
         if not v or any(not (0 < r < 100) or abs(r - 1.0) < 1e-6 for r in v):
