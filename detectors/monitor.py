@@ -84,6 +84,8 @@ _COMPLEMENT_CLICKS = 3.0
 #: Most evidence (in thresholds) an open incident banks: how long a fault must look
 #: over before it closes, at any volume.
 _INCIDENT_CAP = 0.5
+#: Least fading of CTR evidence per window, in units of ``1 / evidence_windows``.
+_FADE_FLOOR = 0.5
 
 _SEVERITY = {
     "click_tracking": ("critical", True),
@@ -461,7 +463,7 @@ class CampaignMonitor:
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
-                keep_ctr = 1.0 - clip(ek / s.evidence_clicks, 1.0 / s.evidence_windows / 10,
+                keep_ctr = 1.0 - clip(ek / s.evidence_clicks, _FADE_FLOOR / s.evidence_windows,
                                       0.5)
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
                 for i, x in enumerate(llrs):
@@ -506,7 +508,7 @@ class CampaignMonitor:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
         if learn_ctr and n > 0:
             self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
-        if is_all and n > 0 and rate == 1.0 and st.incident is None and \
+        if is_all and n > 0 and rate == 1.0 and st.incident is None and learn_ctr and \
                 max(st.dcusum, default=0.0) < h / 2.0:
             self._learn_reference(st, n, k, p, p_ref, phi_c, hour)
         if n > 0:

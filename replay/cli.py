@@ -116,8 +116,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     alert_sets: dict[str, Path] = {"ctrguard": Path(result.alerts_path)}
     alert_sets.update({name: Path(p) for name, p in result.baseline_alert_paths.items()})
     try:
-        results = evaluate_many(alert_sets, labels, result.figures_path,
-                                window_s=settings.windows.length, traps=traps)
+        results = evaluate_many(
+            alert_sets, labels, result.figures_path, window_s=settings.windows.length,
+            traps=traps, oracle_budget=settings.detectors.false_alarms_per_campaign_day)
     except ReplayInputError as exc:
         _err(str(exc))
         return EXIT_FAILURE  # our own replay wrote it: a failure, not a usage error
@@ -242,7 +243,8 @@ def _register_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=_positive_int, default=None, metavar="SECONDS",
                    help="window length (default: windows.length of --config, 300)")
     p.add_argument("--config", type=Path, default=None, metavar="PATH",
-                   help="YAML configuration, for the window length")
+                   help="YAML configuration, for the window length and the false-alarm "
+                   "budget of the clairvoyant comparison")
     p.add_argument("--tolerance-windows", type=int, default=3,
                    help="windows after an incident's end an alert still counts (default 3)")
     p.add_argument("--merge-gap-windows", type=int, default=2,
@@ -281,11 +283,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     "--labels": args.labels, "--traps": args.traps, "--config": args.config})
     if bad is not None:
         return bad
-    window_s = args.window
-    if window_s is None:
-        from ctrguard.config import load_config
+    from ctrguard.config import load_config
 
-        window_s = load_config(args.config).windows.length
+    config = load_config(args.config)
+    window_s = args.window if args.window is not None else config.windows.length
     try:
         labels = load_labels(args.labels)
         traps = load_labels(args.traps) if args.traps else []
@@ -294,7 +295,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         results = evaluate_many(
             sets, labels, figures, window_s=window_s, campaign_days=args.campaign_days,
             tolerance_windows=args.tolerance_windows, merge_gap_windows=args.merge_gap_windows,
-            strict_segments=args.strict_segments, min_severity=args.min_severity, traps=traps)
+            strict_segments=args.strict_segments, min_severity=args.min_severity, traps=traps,
+            oracle_budget=config.detectors.false_alarms_per_campaign_day)
     except ReplayInputError as exc:
         _err(str(exc))
         return EXIT_USAGE

@@ -207,6 +207,11 @@ class FigureIndex:
     def counts(self, campaign_id: str, segment: str, window_start_s: int) -> tuple[int, int]:
         return self._series.get((campaign_id, segment), {}).get(window_start_s, (0, 0))
 
+    def series_per_campaign(self) -> float:
+        """Median number of series (``all`` and segments) per campaign."""
+        per: Counter = Counter(cid for cid, _ in self._series)
+        return float(statistics.median(per.values())) if per else 0.0
+
     def campaign_days(self, window_s: int) -> float:
         """Observed campaign-days: per campaign, first window start to last window end."""
         return sum((hi + window_s - lo) for lo, hi in self._span.values()) / 86400
@@ -247,8 +252,15 @@ def decidability(
     window_s: int = 300,
     reference_windows: int = 36,
     decidable_p: float = 1e-5,
+    oracle_nats: float | None = None,
 ) -> list[dict[str, Any]]:
     """Per label (same order): observed and expected clicks, p-value and ``decidable``.
+
+    With ``oracle_nats``, also ``oracle_delay_windows``: the delay of a clairvoyant test
+    that knows the incident's start and its size in hindsight (the ratio observed/expected
+    over the incident) and alarms when its log-likelihood ratio reaches ``oracle_nats``
+    (the threshold a detector needs for its false-alarm budget). No online detector at that
+    budget can be expected to be faster on average; ``None`` if even it never decides.
 
     >>> from replay.generator import Label
     >>> figs = [{"campaign_id": "c1", "segment": "all", "window_start_s": w * 300,
@@ -298,6 +310,10 @@ def decidability(
             continue
         ctr = ref_c / ref_i
         expected = ctr * obs_i
+        if oracle_nats is not None:
+            record["oracle_delay_windows"] = _oracle_delay(
+                index, lab, segment, window_s, ctr, obs_c / expected if expected > 0 else 1.0,
+                oracle_nats)
         if obs_c < expected:
             p = float(poisson.cdf(obs_c, expected))
         else:
@@ -309,6 +325,29 @@ def decidability(
             record["note"] = note
         out.append(record)
     return out
+
+
+def _oracle_delay(index: FigureIndex, lab: Label, segment: str, window_s: int, ctr: float,
+                  ratio: float, nats: float) -> int | None:
+    """Windows from the one holding the start until a clairvoyant LLR reaches ``nats``.
+
+    >>> from replay.generator import Label
+    >>> idx = FigureIndex([{"campaign_id": "c", "segment": "all", "window_start_s": w * 300,
+    ...                     "impressions": 100, "clicks": 0} for w in range(10)])
+    >>> _oracle_delay(idx, Label("c", "*", "click_outage", 0, 3000), "all", 300, 0.02, 0.0, 5.0)
+    2
+    """
+    if ratio == 1.0 or ctr <= 0:
+        return None
+    log_r = math.log(ratio) if ratio > 0 else 0.0
+    total = 0.0
+    first = lab.start_s // window_s * window_s
+    for j, ws in enumerate(range(first, lab.end_s, window_s)):
+        i, c = index.counts(lab.campaign_id, segment, ws)
+        total += c * log_r - (ratio - 1.0) * i * ctr
+        if total >= nats:
+            return j
+    return None
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -439,6 +478,7 @@ def evaluate(
     incident_rows = []
     delays: list[float] = []
     delays_abrupt: list[float] = []
+    oracle_abrupt: list[float] = []
     n_detected = n_dec = n_dec_detected = 0
     kind_acc: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"incidents": 0, "detected": 0, "decidable": 0, "detected_decidable": 0,
@@ -456,6 +496,8 @@ def evaluate(
         acc["incidents"] += 1
         acc["detected"] += detected
         n_detected += detected
+        if lab.kind in ABRUPT_FAULT_KINDS and d.get("oracle_delay_windows") is not None:
+            oracle_abrupt.append(float(d["oracle_delay_windows"]))
         if d.get("decidable"):
             n_dec += 1
             acc["decidable"] += 1
@@ -471,6 +513,8 @@ def evaluate(
                 "p_value": d.get("p_value"), "observed_clicks": d.get("observed"),
                 "expected_clicks": d.get("expected"), "series": d.get("series"),
             })
+            if "oracle_delay_windows" in d:
+                incident_rows[-1]["oracle_delay_windows"] = d["oracle_delay_windows"]
     for kind in sorted(kind_acc):
         acc = kind_acc[kind]
         per_kind[kind] = {
@@ -499,6 +543,8 @@ def evaluate(
         "median_delay_windows_abrupt": _median(delays_abrupt),
         "per_kind": per_kind,
     }
+    if any("oracle_delay_windows" in d for d in decided):
+        result["median_oracle_delay_windows_abrupt"] = _median(oracle_abrupt)
     if traps:
         result["false_episodes_on_traps"] = dict(sorted(trap_hits.items()))
     if details:
@@ -534,14 +580,25 @@ def evaluate_many(
         index = figures
     else:
         index = FigureIndex(figures)
-    decided = decidability(labels, index, window_s=options.get("window_s", 300),
+    window_s = options.get("window_s", 300)
+    budget = options.pop("oracle_budget", None)
+    nats = None
+    if budget:
+        # The threshold of a test that spends the budget over every series of a campaign:
+        # P(false alarm per series-window) = budget / (windows per day * series).
+        nats = math.log(max(86400 / window_s, 1.0) * max(index.series_per_campaign(), 1.0)
+                        / budget)
+    decided = decidability(labels, index, window_s=window_s,
                            reference_windows=options.get("reference_windows", 36),
-                           decidable_p=options.get("decidable_p", 1e-5))
+                           decidable_p=options.get("decidable_p", 1e-5), oracle_nats=nats)
     out = {}
     for name, alerts in alert_sets.items():
         if isinstance(alerts, str | Path):
             alerts = load_alerts(alerts)
         out[name] = evaluate(alerts, labels, index, decided=decided, **options)
+        if nats is not None:
+            out[name]["oracle"] = {"threshold_nats": round(nats, 4), "false_alarm_budget": budget,
+                                   "series_per_campaign": index.series_per_campaign()}
     return out
 
 
@@ -574,4 +631,11 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
             f"{_fmt(r.get('median_delay_windows'), '6.1f'):>6} "
             f"{_fmt(r.get('median_delay_windows_abrupt'), '14.1f'):>14}"
         )
+    oracle = next((r for r in results.values() if "median_oracle_delay_windows_abrupt" in r),
+                  None)
+    if oracle is not None:
+        nats = oracle.get("oracle", {}).get("threshold_nats")
+        lines.append(f"clairvoyant test at the same false-alarm budget ({_fmt(nats, '.1f')} "
+                     f"nats): median abrupt delay "
+                     f"{_fmt(oracle['median_oracle_delay_windows_abrupt'], '.1f')} windows")
     return "\n".join(lines)

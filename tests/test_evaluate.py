@@ -268,3 +268,23 @@ def test_figure_index_keeps_the_last_report_of_a_window():
          "clicks": 2},
     ])
     assert idx.counts("c", "all", 0) == (7, 2) and idx.counts("c", "all", 300) == (0, 0)
+
+
+def test_clairvoyant_delay_grows_as_the_series_gets_quieter():
+    """The oracle delay is what any detector at the same false-alarm budget must wait."""
+    labels = [Label("busy", "*", "click_outage", 30 * W, 50 * W),
+              Label("quiet", "*", "click_outage", 30 * W, 50 * W)]
+    figs = (flat_figures("busy", 80, 2000, 40, override={w: (2000, 0) for w in range(30, 50)})
+            + flat_figures("quiet", 80, 200, 2, override={w: (200, 0) for w in range(30, 50)}))
+    out = evaluate_many({"x": [alert("busy", 30 * W)]}, labels, figs, oracle_budget=0.02)
+    rows = {r["campaign_id"]: r for r in out["x"]["incident_details"]}
+    # ln(288 windows * 1 series / 0.02) = 9.6 nats: 40 expected clicks missing decide in
+    # the first window, 2 per window need five windows (0..4).
+    assert out["x"]["oracle"]["threshold_nats"] == pytest.approx(9.575, abs=0.01)
+    assert rows["busy"]["oracle_delay_windows"] == 0
+    assert rows["quiet"]["oracle_delay_windows"] == 4
+    assert out["x"]["median_oracle_delay_windows_abrupt"] == 2.0
+    assert "clairvoyant" in format_table(out)
+    # Without a budget nothing is computed.
+    plain = evaluate_many({"x": []}, labels, figs)
+    assert "oracle_delay_windows" not in plain["x"]["incident_details"][0]
