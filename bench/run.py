@@ -433,6 +433,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated series counts; the last is reported")
     p.add_argument("--profile", action="store_true",
                    help="also profile the live flow with py-spy (bench/profile.collapsed.gz)")
+    p.add_argument("--profile-idle", action="store_true",
+                   help="with --profile: also sample the flow while it waits (I/O, sleeps)")
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
@@ -565,7 +567,8 @@ def main(argv: list[str] | None = None) -> int:
                 prof = run_child(["ctrguard", "--config", str(pcfg)], workdir / "profile.log",
                                  timeout=timeout, label="profiled flow",
                                  wrap=[pyspy, "record", "--format", "raw", "--nonblocking",
-                                       "--rate", "200", "--output", str(out), "--"])
+                                       "--rate", "200", "--output", str(out),
+                                       *(["--idle"] if args.profile_idle else []), "--"])
                 details["profile"] = summarize(out, 25)
                 with open(out, "rb") as src, gzip.open(PROFILE_PATH, "wb", 9) as dst:
                     shutil.copyfileobj(src, dst)

@@ -164,7 +164,7 @@ def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Eve
     if ts.__class__ is datetime:
         if ts.tzinfo is None:
             raise EventError("field 'ts' has no timezone offset (use Z or +HH:MM)", field="ts")
-        ts_ms = int(ts.timestamp() * 1000)
+        ts_ms = _epoch_ms(ts)
         if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
             raise EventError(f"field 'ts' is out of range (2000..2100): {ts_ms}", field="ts")
         ev.ts = ts_ms
@@ -330,6 +330,16 @@ def _rfc3339_z_to_ms(texts: list[str]) -> np.ndarray:
     return out
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ms(dt: datetime) -> int:
+    """Epoch milliseconds of an aware datetime, exactly (``timestamp() * 1000`` goes through
+    a float and can land one millisecond low)."""
+    delta = dt - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
+
+
 def parse_ts(value: Any) -> int:
     """Parse an event time into epoch milliseconds (UTC).
 
@@ -355,7 +365,7 @@ def parse_ts(value: Any) -> int:
             raise EventError(f"field 'ts' is not ISO-8601: {value[:40]!r}", field="ts") from None
         if parsed.tzinfo is None or parsed.utcoffset() is None:
             raise EventError("field 'ts' has no timezone offset (use Z or +HH:MM)", field="ts")
-        ts_ms = int(parsed.timestamp() * 1000)
+        ts_ms = _epoch_ms(parsed)
     elif value is None:
         raise EventError("missing required field 'ts'", field="ts")
     else:

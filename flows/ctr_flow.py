@@ -19,7 +19,7 @@ import logging
 import os
 import pickle
 import time
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import bytewax.operators as op
@@ -39,12 +39,89 @@ DEAD = "__dead__"
 STATS_LOG_INTERVAL_S = 30.0
 
 
+# ---------------------------------------------------------------------- shard keys
+#
+# Bytewax 0.21 sends a stateful step's key to worker ``h & (workers - 1)`` when the worker
+# count is a power of two (``h % workers`` otherwise), ``h`` being Rust's DefaultHasher
+# (SipHash-1-3, zero keys) of the key string. Keys "0".."15" happen to put 10 of 16 shards
+# on one of two workers; keys chosen so that ``h``'s low bits equal the shard number put
+# the same number of shards on every worker for any power-of-two worker count that divides
+# the shard count. Checked against Bytewax itself in tests/test_fast_path.py.
+
+_MASK64 = (1 << 64) - 1
+#: Low bits of the hash matched to the shard number (up to 64 workers balanced exactly).
+_ROUTE_BITS = 6
+
+
+def _sip_round(v0: int, v1: int, v2: int, v3: int) -> tuple[int, int, int, int]:
+    v0 = (v0 + v1) & _MASK64
+    v1 = ((v1 << 13) | (v1 >> 51)) & _MASK64 ^ v0
+    v0 = ((v0 << 32) | (v0 >> 32)) & _MASK64
+    v2 = (v2 + v3) & _MASK64
+    v3 = ((v3 << 16) | (v3 >> 48)) & _MASK64 ^ v2
+    v0 = (v0 + v3) & _MASK64
+    v3 = ((v3 << 21) | (v3 >> 43)) & _MASK64 ^ v0
+    v2 = (v2 + v1) & _MASK64
+    v1 = ((v1 << 17) | (v1 >> 47)) & _MASK64 ^ v2
+    v2 = ((v2 << 32) | (v2 >> 32)) & _MASK64
+    return v0, v1, v2, v3
+
+
+def bytewax_route_hash(key: str) -> int:
+    """The 64-bit hash Bytewax routes a stateful key by (SipHash-1-3 of the string as Rust
+    hashes a ``str``: its bytes, then 0xff).
+
+    >>> [bytewax_route_hash(str(i)) & 1 for i in range(8)]
+    [1, 1, 1, 1, 0, 0, 1, 1]
+    """
+    data = key.encode("utf-8") + b"\xff"
+    v0, v1 = 0x736F6D6570736575, 0x646F72616E646F6D
+    v2, v3 = 0x6C7967656E657261, 0x7465646279746573
+    end = len(data) - len(data) % 8
+    for i in range(0, end, 8):
+        m = int.from_bytes(data[i:i + 8], "little")
+        v3 ^= m
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+        v0 ^= m
+    b = ((len(data) & 0xFF) << 56) | int.from_bytes(data[end:], "little")
+    v3 ^= b
+    v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    v0 ^= b
+    v2 ^= 0xFF
+    for _ in range(3):
+        v0, v1, v2, v3 = _sip_round(v0, v1, v2, v3)
+    return v0 ^ v1 ^ v2 ^ v3
+
+
+@lru_cache(maxsize=8)
+def shard_keys(shards: int) -> tuple[str, ...]:
+    """The Bytewax key of each shard: ``"<n>"`` or ``"<n>~<salt>"``, the first whose route
+    hash has the shard number in its low bits, so shards spread evenly over workers.
+
+    >>> keys = shard_keys(16)
+    >>> [bytewax_route_hash(k) % 16 for k in keys] == list(range(16))
+    True
+    """
+    # Beyond a few hundred shards random hashing balances well enough, and the search
+    # would cost seconds at start-up.
+    bits = min(_ROUTE_BITS, shards.bit_length() - 1) if shards <= 256 else 0
+    mask = (1 << bits) - 1
+    keys = []
+    for n in range(shards):
+        key, salt = str(n), 0
+        while bytewax_route_hash(key) & mask != n & mask:
+            salt += 1
+            key = f"{n}~{salt}"
+        keys.append(key)
+    return tuple(keys)
+
+
 class PrepareStep:
     """Stateless: one RawBatch in, one chunk per shard plus dead letters out."""
 
     def __init__(self, settings: Settings):
         self._preparer = EventPreparer(settings)
-        self._keys = [str(s) for s in range(settings.windows.shards)]
+        self._keys = shard_keys(settings.windows.shards)
         self.excluded: dict[str, int] = {}
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:

@@ -31,7 +31,10 @@ from flows.engine import RawBatch
 
 log = logging.getLogger(__name__)
 
-_IDLE_POLL = timedelta(milliseconds=20)
+#: When to poll again after an empty poll: soon while the partition has more to read (a
+#: fetch is in flight), less often once it is read to its end (tailing).
+_FETCH_POLL = timedelta(milliseconds=2)
+_IDLE_POLL = timedelta(milliseconds=10)
 _ERROR = Message.error
 _VALUE = Message.value
 _OFFSET = Message.offset
@@ -102,7 +105,11 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
             self._offset = offsets[-1] + 1
         if reached_end and not self._tail:
             self._finished = True
-        self._awake = None if values else datetime.now(UTC) + _IDLE_POLL
+        if values:
+            self._awake = None
+        else:
+            at_end = reached_end or self._idle
+            self._awake = datetime.now(UTC) + (_IDLE_POLL if at_end else _FETCH_POLL)
         if values:
             self._idle = reached_end
             return [RawBatch(self._topic, self._partition, self._kind, values, offsets,

@@ -299,3 +299,43 @@ def test_replay_block_reader_equals_readline(tmp_path, monkeypatch):
                 b = src.read_chunk()
                 got.append((list(b.values), list(b.offsets), b.idle))
             assert got == _readline_chunks(path, n), (data, n)
+
+
+# --------------------------------------------------------------------------- shard routing
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_shard_keys_spread_evenly_over_bytewax_workers(workers):
+    """Bytewax itself routes the keys: every worker holds the same number of shards."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.outputs import DynamicSink, StatelessSinkPartition
+    from bytewax.testing import TestingSource, cluster_main
+
+    from flows.ctr_flow import shard_keys
+
+    where: dict[str, int] = {}
+
+    class Part(StatelessSinkPartition):
+        def __init__(self, index):
+            self.index = index
+
+        def write_batch(self, items):
+            for key, _ in items:
+                where[key] = self.index
+
+    class Sink(DynamicSink):
+        def build(self, step_id, index, count):
+            return Part(index)
+
+    keys = shard_keys(16)
+    flow = Dataflow("routing")
+    keyed = op.input("in", flow, TestingSource([(k, 1) for k in keys]))
+    op.output("out", op.stateful_map("state", keyed, _keep), Sink())
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    assert Counter(where.values()) == {w: 16 // workers for w in range(workers)}
+    assert [where[k] for k in keys] == [n % workers for n in range(16)]
+
+
+def _keep(state, value):
+    return state, value
