@@ -35,7 +35,21 @@ FLUSH_TIMEOUT_S = 30.0
 DEDUP_SCAN_RECORDS = 100_000
 
 
-def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
+class DeliveryTracker:
+    """Collects delivery failures reported by librdkafka callbacks."""
+
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failures.append(f"{msg.topic()}: {err}")
+
+
+def make_producer(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
+                  **overrides: Any) -> Producer:
+    """A producer with our settings; ``tracker`` collects every delivery failure (one
+    callback for the producer, not an argument and a reference per message)."""
     conf: dict[str, Any] = {
         "linger.ms": kafka.producer_linger_ms,
         "acks": kafka.producer_acks,
@@ -49,20 +63,11 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> Producer:
         # Brokers close idle connections; librdkafka reconnects by itself, so don't log it.
         "log.connection.close": False,
     }
+    if tracker is not None:
+        conf["on_delivery"] = tracker
     conf.update(kafka.client_config())
     conf.update(overrides)
     return Producer(conf)
-
-
-class DeliveryTracker:
-    """Collects delivery failures reported by librdkafka callbacks."""
-
-    def __init__(self) -> None:
-        self.failures: list[str] = []
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failures.append(f"{msg.topic()}: {err}")
 
 
 def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
@@ -75,20 +80,37 @@ def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
 
 
 def produce(producer: Producer, topic: str, value: bytes, key: bytes | None,
-            tracker: DeliveryTracker, headers: list[tuple[str, bytes]] | None = None) -> None:
-    """Produce one record, waiting while librdkafka's local queue is full."""
+            headers: list[tuple[str, bytes]] | None = None) -> None:
+    """Produce one record, waiting while librdkafka's local queue is full. Delivery
+    failures go to the producer's tracker (:func:`make_producer`)."""
     while True:
         try:
-            producer.produce(topic, value, key, headers=headers, on_delivery=tracker)
+            if headers is None:
+                producer.produce(topic, value, key)
+            else:
+                producer.produce(topic, value, key, headers=headers)
             return
         except BufferError:
             producer.poll(0.1)  # local queue full: let deliveries drain
 
 
-def produce_json(producer: Producer, topic: str, key: str, obj: Any,
-                 tracker: DeliveryTracker) -> None:
+def produce_json(producer: Producer, topic: str, key: str, obj: Any) -> None:
     """Produce ``obj`` (a dict or a record dataclass, which orjson serialises natively)."""
-    produce(producer, topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"), tracker)
+    produce(producer, topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"))
+
+
+def produce_many(producer: Producer, topic: str, values: list[bytes],
+                 keys: list[bytes]) -> None:
+    """Produce records in order (the common path: one call each, no retry wrapper until
+    librdkafka's local queue is full)."""
+    send = producer.produce
+    for i, (value, key) in enumerate(zip(values, keys, strict=True)):
+        try:
+            send(topic, value, key)
+        except BufferError:
+            for value, key in zip(values[i:], keys[i:], strict=True):
+                produce(producer, topic, value, key)
+            return
 
 
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
@@ -173,9 +195,9 @@ def written_dead_letters(kafka: KafkaSettings, *, max_records: int = DEDUP_SCAN_
 
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, kafka: KafkaSettings):
-        self._producer = make_producer(kafka)
-        self._topic = kafka.topics.deadletter
         self._tracker = DeliveryTracker()
+        self._producer = make_producer(kafka, self._tracker)
+        self._topic = kafka.topics.deadletter
         try:
             self._written = written_dead_letters(kafka)
         except KafkaUnavailable as exc:
@@ -195,8 +217,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             if not items:
                 return
         for d in items:
-            produce(self._producer, self._topic, d.raw, None, self._tracker,
-                    headers=dead_letter_headers(d))
+            produce(self._producer, self._topic, d.raw, None, headers=dead_letter_headers(d))
         flush_or_raise(self._producer, self._tracker)
         faults.point("deadletter.after_produce")
         log.info("dead-lettered %d messages (%s)", len(items),

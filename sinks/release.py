@@ -14,13 +14,20 @@ import logging
 import time
 from collections.abc import Callable
 
+import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ctrguard import faults
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
 from ctrguard.records import WindowDecision
-from sinks.kafka_out import DeliveryTracker, flush_or_raise, make_producer, produce_json
+from sinks.kafka_out import (
+    DeliveryTracker,
+    flush_or_raise,
+    make_producer,
+    produce_json,
+    produce_many,
+)
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +87,8 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         self._store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
                                       settings.redis.key_prefix,
                                       window_length_s=settings.windows.length)
-        self._producer = make_producer(settings.kafka)
         self._tracker = DeliveryTracker()
+        self._producer = make_producer(settings.kafka, self._tracker)
         self._figures = settings.kafka.topics.figures
         self._alerts = settings.kafka.topics.alerts
         self._gate = ReleaseGate(self._store.record, self._publish,
@@ -90,16 +97,15 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
         faults.point("release.after_redis")
+        figures = [fig for d in decisions for fig in d.figures]
+        # Keys identify the record, so a replayed batch after a restart overwrites
+        # (compacted topics) or is recognisable as a repeat, never a new figure.
+        produce_many(self._producer, self._figures, list(map(orjson.dumps, figures)),
+                     [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode(
+                         "utf-8", "surrogatepass") for f in figures])
         for d in decisions:
-            # Keys identify the record, so a replayed batch after a restart overwrites
-            # (compacted topics) or is recognisable as a repeat, never a new figure.
-            for fig in d.figures:
-                produce_json(self._producer, self._figures,
-                             f"{fig.campaign_id}|{fig.segment}|{fig.window_start_s}",
-                             fig, self._tracker)
             for alert in d.alerts:
-                produce_json(self._producer, self._alerts, alert.alert_id, alert,
-                             self._tracker)
+                produce_json(self._producer, self._alerts, alert.alert_id, alert)
         flush_or_raise(self._producer, self._tracker)
         faults.point("release.after_publish")
 
