@@ -102,14 +102,16 @@ class Prepared(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """A message that could not be used, with why. ``raw`` is the original bytes."""
+    """A message that could not be used, with why. ``raw`` is the original bytes; ``None``
+    for a late event whose chunk crossed processes without them (:class:`Chunk`): the
+    dead-letter sink reads them back from the source partition at ``offset``."""
 
     stage: str            # "parse" | "future" | "past" | "late"
     reason: str
     topic: str
     partition: int
     offset: int
-    raw: bytes
+    raw: bytes | None
 
 
 _NO_TIMES = np.empty(0, dtype=np.int64)
@@ -137,7 +139,11 @@ def _dims_tuple(key: Any, n: int) -> tuple[str | None, ...]:
 @dataclass(slots=True)
 class Chunk:
     """What one shard receives from one raw batch: its events (one kind, in columns, in
-    arrival order) plus the source's progress. Pickles compactly (times as one buffer)."""
+    arrival order) plus the source's progress.
+
+    Pickled (only when it crosses to another process) without the raw message bytes, which
+    are half its size and needed only for the rare late event: ``raws`` is then ``None``.
+    """
 
     source: str
     frontier_ms: int | None
@@ -148,10 +154,19 @@ class Chunk:
     event_ids: Sequence[str] = ()
     dims: Sequence[Any] = ()          # per event: :func:`dims_key` of its dimension values
     offsets: Sequence[int] = ()
-    raws: Sequence[bytes] = ()
+    raws: Sequence[bytes] | None = ()
 
     def __len__(self) -> int:
         return len(self.campaign_ids)
+
+    def __getstate__(self) -> tuple:
+        return (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms,
+                self.campaign_ids, self.event_ids, self.dims, self.offsets)
+
+    def __setstate__(self, state: tuple) -> None:
+        (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms, self.campaign_ids,
+         self.event_ids, self.dims, self.offsets) = state
+        self.raws = None  # type: ignore[assignment]
 
     @classmethod
     def of(cls, source: str, frontier_ms: int | None, idle: bool,
@@ -168,10 +183,11 @@ class Chunk:
 
     def rows(self, n_dims: int) -> list[Prepared]:
         """The events as :class:`Prepared` rows (``n_dims``: dimensions configured)."""
+        raws = self.raws if self.raws is not None else [None] * len(self)
         return [Prepared(ts, self.kind, eid, cid, _dims_tuple(dk, n_dims), raw, off)
                 for ts, eid, cid, dk, raw, off in zip(
                     self.ts_ms.tolist(), self.event_ids, self.campaign_ids, self.dims,
-                    self.raws, self.offsets, strict=True)]
+                    raws, self.offsets, strict=True)]
 
 
 @dataclass(slots=True)
@@ -633,7 +649,8 @@ class ShardState:
             out.append(DeadLetter(
                 "late", f"window {ms_to_iso(wid * length)} already closed "
                 f"(allowed lateness {self._lateness_ms // 1000}s)",
-                topic, partition, chunk.offsets[i], chunk.raws[i]))
+                topic, partition, chunk.offsets[i],
+                chunk.raws[i] if chunk.raws is not None else None))
 
     def _open_window(self, cid: str, wid: int) -> tuple[tuple, tuple]:
         camp = self._campaigns.get(cid)

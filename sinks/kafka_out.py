@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -193,8 +194,59 @@ def written_dead_letters(kafka: KafkaSettings, *, max_records: int = DEDUP_SCAN_
     return seen
 
 
+#: Offsets further apart than this are reached by seeking, not by reading through.
+SEEK_GAP = 2_000
+
+
+def read_messages(kafka: KafkaSettings, wanted: dict[tuple[str, int], set[int]], *,
+                  timeout: float) -> dict[tuple[str, int, int], bytes]:
+    """The values of the given offsets of the given topic partitions, as far as they can be
+    read in ``timeout`` seconds (an offset no longer in the log is left out)."""
+    conf: dict[str, Any] = {"group.id": "ctrguard-deadletter-fetch", "enable.auto.commit": False,
+                            "enable.partition.eof": True, "fetch.wait.max.ms": 50,
+                            "log.connection.close": False}
+    conf.update(kafka.client_config())
+    consumer = Consumer(conf)
+    found: dict[tuple[str, int, int], bytes] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for (topic, partition), offsets in wanted.items():
+            targets = sorted(offsets)
+            i = 0
+            position: int | None = None
+            while i < len(targets) and time.monotonic() < deadline:
+                target = targets[i]
+                if position is None or target < position or target - position > SEEK_GAP:
+                    consumer.assign([TopicPartition(topic, partition, target)])
+                    position = target
+                for msg in consumer.consume(min(1000, targets[-1] - position + 1), 0.2):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            i = len(targets)  # the rest is not in the log any more
+                            break
+                        if err.fatal() or not err.retriable():
+                            raise KafkaUnavailable(f"reading {topic}[{partition}]: {err}")
+                        continue
+                    offset = msg.offset()
+                    position = offset + 1
+                    while i < len(targets) and targets[i] < offset:
+                        i += 1  # compacted or deleted
+                    if i < len(targets) and targets[i] == offset:
+                        found[(topic, partition, offset)] = msg.value() or b""
+                        i += 1
+    except KafkaUnavailable:
+        raise
+    except Exception as exc:  # KafkaException
+        raise KafkaUnavailable(f"reading source messages for dead letters: {exc}") from None
+    finally:
+        consumer.close()
+    return found
+
+
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, kafka: KafkaSettings):
+        self._kafka = kafka
         self._tracker = DeliveryTracker()
         self._producer = make_producer(kafka, self._tracker)
         self._topic = kafka.topics.deadletter
@@ -206,7 +258,31 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
             self._written = set()
         self.skipped = 0
 
+    def _with_raw(self, items: list[DeadLetter]) -> list[DeadLetter]:
+        """Late events detected in another process than the one that read them arrive
+        without their bytes (they do not travel with every event): read them back."""
+        wanted: dict[tuple[str, int], set[int]] = {}
+        for d in items:
+            if d.raw is None:
+                wanted.setdefault((d.topic, d.partition), set()).add(d.offset)
+        found = read_messages(self._kafka, wanted, timeout=self._kafka.connect_timeout_s)
+        out = []
+        for d in items:
+            if d.raw is None:
+                raw = found.get((d.topic, d.partition, d.offset))
+                if raw is None:
+                    log.warning("dead letter %s[%d]@%d: the original message is no longer "
+                                "in its partition", d.topic, d.partition, d.offset)
+                    d = replace(d, raw=b"",
+                                reason=f"{d.reason}; original message no longer available")
+                else:
+                    d = replace(d, raw=raw)
+            out.append(d)
+        return out
+
     def write_batch(self, items: list[DeadLetter]) -> None:
+        if any(d.raw is None for d in items):
+            items = self._with_raw(items)
         if self._written:
             fresh = [d for d in items if dead_letter_key(d) not in self._written]
             self.skipped += len(items) - len(fresh)

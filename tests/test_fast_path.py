@@ -228,19 +228,65 @@ def test_engine_figures_equal_hand_count_under_any_batching_and_sharding(seed):
             v for (_, seg, _, _), v in expect.items() if seg == ALL)
 
 
-def test_chunk_pickles_only_its_own_rows():
+def test_chunk_crosses_processes_with_its_own_rows_and_without_raw_bytes():
     s = _settings(16, "device")
     prep = EventPreparer(s)
     lines = [orjson.dumps({"event_id": f"e{i}", "ts": T0 + i, "campaign_id": f"c{i}",
                            "device": "mobile", "pad": "x" * 200}) for i in range(400)]
     pb = prep.prepare(RawBatch("imp", 0, IMPRESSION, lines, list(range(400))), now_ms=NOW)
-    sizes = {s_: len(pickle.dumps(c)) for s_, c in pb.chunks.items()}
-    for s_, c in pb.chunks.items():
-        back = pickle.loads(pickle.dumps(c))
-        assert back.rows(1) == c.rows(1)
-        # Roughly its share of the batch, not the batch.
-        assert sizes[s_] < 2 * len(c) * 300 + 2000
+    for c in pb.chunks.values():
+        data = pickle.dumps(c)
+        back = pickle.loads(data)
+        assert back.raws is None
+        assert [r._replace(raw=None) for r in back.rows(1)] == \
+            [r._replace(raw=None) for r in c.rows(1)]
+        # Its own rows only, and none of the 250-byte messages.
+        assert len(data) < len(c) * 60 + 1000
     assert sum(len(c) for c in pb.chunks.values()) == 400
+
+
+def test_late_event_of_a_chunk_from_another_process_names_its_message():
+    s = _settings(1, "device")
+    prep = EventPreparer(s)
+    state = ShardState(s, ["imp:3", "clk:0"], Recorder)
+    late = orjson.dumps({"event_id": "late", "ts": T0 + 1000, "campaign_id": "c1"})
+    batches = [RawBatch("imp", 3, IMPRESSION, [
+                   orjson.dumps({"event_id": "a", "ts": T0, "campaign_id": "c1"}),
+                   orjson.dumps({"event_id": "b", "ts": T0 + 20 * 60_000, "campaign_id": "c1"})],
+                   [9, 10]),
+               RawBatch("clk", 0, CLICK, [], [], True),
+               RawBatch("imp", 3, IMPRESSION, [late], [11])]
+    out = []
+    for b in batches:
+        for _, chunk in prep.chunks(prep.prepare(b, now_ms=NOW)):
+            out += state.ingest(pickle.loads(pickle.dumps(chunk)))
+    dead = [o for o in out if not isinstance(o, WindowDecision)]
+    assert [(d.stage, d.topic, d.partition, d.offset, d.raw) for d in dead] == \
+        [("late", "imp", 3, 11, None)]
+
+
+@pytest.mark.integration
+def test_dead_letter_sink_reads_back_the_bytes_of_late_events(broker, unique_topics):
+    from ctrguard.services import consume_to_eof, produce_all
+    from flows.engine import DeadLetter
+    from sinks.kafka_out import DeadLetterSink
+
+    values = [b'{"n":%d}' % i for i in range(5000)]
+    produce_all(broker.bootstrap, unique_topics["impressions"], values)
+    s = load_config_text(
+        f'kafka:\n  brokers: ["{broker.bootstrap}"]\n  topics:\n'
+        f'    impressions: {unique_topics["impressions"]}\n'
+        f'    deadletter: {unique_topics["deadletter"]}\n', env={})
+    part = DeadLetterSink(s.kafka).build("deadletter", 0, 1)
+    wanted = [4999, 3, 4, 2500, 17]  # any order, near and far apart
+    part.write_batch([DeadLetter("late", "window closed", unique_topics["impressions"], 0, o,
+                                 None) for o in wanted]
+                     + [DeadLetter("parse", "bad", unique_topics["impressions"], 0, 9999,
+                                   b"kept")])
+    part.close()
+    got = [(dict(m.headers())["ctrguard-source-offset"], m.value())
+           for m in consume_to_eof(broker.bootstrap, unique_topics["deadletter"])]
+    assert got == [(str(o).encode(), values[o]) for o in wanted] + [(b"9999", b"kept")]
 
 
 def test_chunk_of_rows_round_trips():
