@@ -34,6 +34,12 @@ lags behind and campaign-wide faults cancel in the second comparison, a fault in
 segment in the first. A campaign-wide fault is reported by ``all``; segments whose window
 leans the same way inherit its verdict, so their figures are quarantined too.
 
+A jump in a campaign's impressions at unchanged CTR is accepted as new traffic, but then
+watched: if the extra (or missing) impressions carry no clicks, the CTR moved by the
+inverse of the jump and impression logging broke (duplicated or lost events). The jump was
+already improbable, so this two-way question is settled at half the threshold
+(detector ``volume_ctr_test``), much sooner than a halved CTR stands out on its own.
+
 Gradual drift (creative fatigue) is measured on ``all`` against a slow reference level that
 forgets by information, learns ten times slower while the fast baseline sits below it and
 not at all while a change is suspected: binomial CUSUMs of the CTR relative to it
@@ -86,6 +92,10 @@ _COMPLEMENT_CLICKS = 3.0
 _INCIDENT_CAP = 0.5
 #: Least fading of CTR evidence per window, in units of ``1 / evidence_windows``.
 _FADE_FLOOR = 0.5
+#: A volume jump is judged (logging fault vs real traffic) at this fraction of the
+#: threshold, within this many windows.
+_WATCH_THRESHOLD = 0.5
+_WATCH_WINDOWS = 36
 
 _SEVERITY = {
     "click_tracking": ("critical", True),
@@ -167,6 +177,7 @@ class _Series:
         "drift",       # ResidualDrift | None
         "ref_k", "ref_e",  # all only: slow reference (discounted clicks, impressions)
         "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
+        "watch",       # after a volume jump: [CTR ratio if logging broke, evidence, windows]
     )
 
     def __init__(self, n_tests: int, drift: ResidualDrift | None, n_drift: int = 0):
@@ -186,6 +197,7 @@ class _Series:
         self.ref_k = 0.0
         self.ref_e = 0.0
         self.dcusum = [0.0] * n_drift
+        self.watch: list[float] | None = None
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in self.__slots__)
@@ -469,6 +481,9 @@ class CampaignMonitor:
                 for i, x in enumerate(llrs):
                     keep = keep_ctr if i < n_ctr else keep_vol
                     st.cusum[i] = max(0.0, keep * st.cusum[i] + x)
+            if st.watch is not None and ready and ctr_ok:
+                st.watch[1] += binomial_llr(k, n, p, st.watch[0]) / phi_c
+                st.watch[2] += 1
             run = st.run
             if quiet_before:
                 run[0] = run[1] = run[2] = run[3] = 0.0
@@ -575,20 +590,36 @@ class CampaignMonitor:
             family, ratio, score = _CTR, s.ctr_ratios[ctr_idx], st.cusum[ctr_idx]
         elif st.silent >= h:
             family, ratio, score = _SIL, 0.0, st.silent
-        elif drift_idx >= 0 and st.dcusum[drift_idx] >= h and st.incident is None:
+        elif (drift_idx >= 0 and st.dcusum[drift_idx] >= h and st.incident is None
+              and st.watch is None and (vol_idx < 0 or st.cusum[vol_idx] < h)):
+            # (A CTR that moved with a volume jump is judged by the watch below.)
             family, ratio, score = _DRIFT, s.drift_ratios[drift_idx], st.dcusum[drift_idx]
         elif vol_idx >= 0 and st.cusum[vol_idx] >= h and st.cusum[ctr_idx] < h / 2.0:
-            # Traffic moved and CTR did not: not an incident. Accept the new volume at once
-            # so the attribution of later alarms compares with the right level.
+            # Traffic moved and CTR did not (yet): not an incident. Accept the new volume at
+            # once so the attribution of later alarms compares with the right level, and
+            # watch the clicks: if the extra (or missing) impressions carry no clicks,
+            # impression logging broke (duplicated or lost), and the CTR moved by the
+            # inverse of the volume jump. The jump was already improbable, so telling these
+            # two apart needs far less evidence than finding a change among all series.
+            st.watch = None
+            # Campaign-wide only: a segment's volume moves with its campaign's, and a
+            # logging fault is a property of the pipeline, not of one audience. The jump
+            # is measured on the window that completed the evidence.
+            if name == ALL and n > 0 and mu > 0 and p > 0:
+                r_d = clip(mu / n, 0.05, 20.0)
+                if abs(math.log(r_d)) >= math.log(1.5):
+                    st.watch = [r_d, binomial_llr(k, n, p, r_d) / phi_c, 0.0]
             st.vol_level = n / math.exp(self._season_vol[(window.start // 3600) % _HOURS])
             st.vol_trend = 0.0
             for i in range(n_ctr, len(st.cusum)):
                 st.cusum[i] = 0.0
             st.run[2] = st.run[3] = 0.0
-            return None
+            return self._check_watch(name, st, n, mu, p, phi_c, window, h)
+        elif st.watch is not None:
+            return self._check_watch(name, st, n, mu, p, phi_c, window, h)
         else:
             return None
-        kind, cause = self._attribute(st, family, ratio)
+        kind, cause = self._attribute(st, family, ratio, n / mu if mu > 0 else 1.0)
         key = self._group_key(cause, window)
         detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",
                     _DRIFT: "drift_cusum"}[family]
@@ -602,11 +633,38 @@ class CampaignMonitor:
         confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
         return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
 
-    def _attribute(self, st: _Series, family: int, ratio: float) -> tuple[str, str]:
-        """Name what broke from which test fired and the evidence run's ratios."""
+    def _check_watch(self, name: str, st: _Series, n: int, mu: float, p: float, phi_c: float,
+                     window: Window, h: float) -> Verdict | None:
+        """Decide a volume jump: impression logging broke, or real traffic moved."""
+        watch = st.watch
+        if watch is None:
+            return None
+        r_d, ev, _ = watch
+        if ev >= h * _WATCH_THRESHOLD:
+            st.watch = None
+            grid = self.settings.ctr_ratios
+            ratio = min(grid, key=lambda r: abs(math.log(r / r_d)))
+            kind = "ctr_drop" if r_d < 1.0 else "ctr_spike"
+            key = self._group_key("impression_logging", window)
+            st.incident = _Incident(_CTR, ratio, h / 4.0, kind, "impression_logging", key,
+                                    "volume_ctr_test", grid)
+            for i in range(len(st.cusum)):
+                st.cusum[i] = 0.0
+            confidence = clip(1.0 - math.exp(-ev), 0.0, 1.0)
+            return self._verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
+        if ev <= -h * _WATCH_THRESHOLD or watch[2] > _WATCH_WINDOWS:
+            st.watch = None
+        return None
+
+    def _attribute(self, st: _Series, family: int, ratio: float,
+                   r_imp_now: float = 1.0) -> tuple[str, str]:
+        """Name what broke from which test fired and the evidence run's ratios (the run
+        can hold windows from before a jump; the window that fired is taken too)."""
         k_obs, k_exp, n_obs, n_exp = st.run
         r_ctr = k_obs / k_exp if k_exp > 0 else 1.0
         r_imp = n_obs / n_exp if n_exp > 0 else 1.0
+        if abs(math.log(max(r_imp_now, 1e-9))) > abs(math.log(max(r_imp, 1e-9))):
+            r_imp = r_imp_now
         r_clk = r_ctr * r_imp
         clicks_normal = 0.6 <= r_clk <= 1.6
         if family == _SIL:
@@ -617,7 +675,8 @@ class CampaignMonitor:
             # The fired ratio is the GLR estimate of the new level; the run's ratios can be
             # diluted by windows from before the change.
             if ratio < 1.0:
-                if r_imp >= 1.5 and clicks_normal:
+                # Impressions jumped and clicks did not vanish: the logging, not the clicks.
+                if r_imp >= 1.5 and r_clk > 0.3:
                     return "ctr_drop", "impression_logging"
                 if min(r_ctr, ratio) <= 0.3:
                     return "click_outage", "click_tracking"

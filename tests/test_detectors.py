@@ -198,3 +198,28 @@ def test_repeated_window_is_ignored():
 def test_monitor_rejects_wrong_settings():
     with pytest.raises(TypeError):
         CampaignMonitor({"warmup_windows": 3})
+
+
+def _volume_jump(volume: float, clicks_follow: bool, seed: int):
+    """Impressions double from window 100 on; clicks double too (real traffic) or not
+    (impressions logged twice)."""
+    rng = np.random.default_rng(seed)
+    for t in range(160):
+        jump = t >= 100
+        n_true = int(rng.poisson(volume))
+        k = int(rng.binomial(n_true * (2 if jump and clicks_follow else 1), 0.03))
+        n = n_true * 2 if jump else n_true
+        yield t, {ALL: Counts(n, k)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_doubled_impressions_are_told_from_a_real_surge(seed):
+    """~15 clicks per window: a halved CTR takes a while to stand out among all series, but
+    once the volume jump is seen, telling "logged twice" from "more traffic" is fast."""
+    logged_twice = run(build_monitor(DetectorSettings()), _volume_jump(500, False, seed))
+    assert logged_twice, "doubled impression logging was missed"
+    first_t, first = logged_twice[0]
+    assert 100 <= first_t <= 102
+    assert first.suspected_cause == "impression_logging" and first.quarantine
+    surge = run(build_monitor(DetectorSettings()), _volume_jump(500, True, seed))
+    assert surge == [], "a real traffic surge at the same CTR must not alarm"
