@@ -66,7 +66,7 @@ TARGETS = {
 }
 #: The collapsed stacks of the last ``--profile`` run.
 PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
-STEPS = ("raw", "naive", "live", "two", "latency", "replay", "memory")
+STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "memory")
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
@@ -265,6 +265,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         *memory_rows,
         ("6. replay from gzip JSONL (1 core)", f"{_fmt(r['replay_eps'])} events/s",
          mark("replay_eps")),
+        *engine_rows(d.get("engine")),
         ("7. live flow, 2 partitions: 1 process", f"{_fmt(d['two']['p1_eps'])} events/s",
          cpu_note({**d['two']['p1_cpu'], "elapsed_s": d['two']['p1_elapsed_s']})),
         ("   live flow, 2 partitions: 2 processes", f"{_fmt(d['two']['p2_eps'])} events/s",
@@ -275,6 +276,26 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             if "p2_per_process" in d["two"] else "")),
     ]
     return rows
+
+
+def engine_rows(e: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    if not e:
+        return []
+    nd, dd = e["no_detector"], e["default_detector"]
+    return [
+        ("8. engine alone, no detector (CPU)",
+         f"{_fmt(nd['prepare_us_per_event'] + nd['shards_us_per_event'], 2)} us/event",
+         f"{_fmt(nd['events_per_cpu_s'])} events/CPU-s: prepare (decode, validate, exclude, "
+         f"route) {nd['prepare_us_per_event']} us, shards (dedup, windows, figures) "
+         f"{nd['shards_us_per_event']} us per event"),
+        ("   engine alone, default detectors (CPU)",
+         f"{_fmt(dd['prepare_us_per_event'] + dd['shards_us_per_event'], 2)} us/event",
+         f"{_fmt(dd['events_per_cpu_s'])} events/CPU-s; detection "
+         f"{dd['detection_us_per_event']} us/event = {dd['detection_share']:.0%} of the "
+         f"engine: {dd['detection_us_per_campaign_window']} us per campaign-window "
+         f"({_fmt(dd['campaign_windows'])}), {dd['detection_us_per_series_window']} us per "
+         f"series-window"),
+    ]
 
 
 def render_text(r: dict[str, Any]) -> str:
@@ -396,13 +417,23 @@ reported as measured.
    `len(pickle.dumps(state))` per series (what a snapshot stores).
 6. **Replay**: `replay.run.run_replay` on the scenario written as gzip JSONL
    (compresslevel 3), in this process: events read / wall time, including writing
-   figures, alerts and dead letters.
+   figures, alerts and dead letters (River's import is done before, as for the live flow).
 7. **Two processes**: the same scenario produced to 2-partition topics (round-robin, so
    each partition keeps file order); the live flow in drain mode once in one process
    (`run_main`) and once in two processes of one worker each (`cluster_main` with two
    addresses, what `python -m bytewax.run -i N -a 'h:p;h:p'` and `python -m
    bytewax.testing -p2` do); elapsed = last end - first start. Speed-up = 2-process rate /
    1-process rate.
+8. **Engine alone** (`bench/engine.py`): the scenario's messages through `EventPreparer`
+   and 16 `ShardState`s in this process, in batches of {BATCH_SIZE} lines read in event-time
+   step as replay reads them, no Kafka, Redis or Slack; CPU time (`time.process_time`),
+   once with a detector that decides nothing and once with the default `CampaignMonitor`,
+   whose `update` calls are timed one by one: what detection costs per campaign-window
+   and what everything else costs per event.
+
+The flow processes (and replay, and step 8) raise CPython's garbage-collector thresholds
+(`flows.engine.tune_gc`, called by `get_flow`): with the default (700) a flow spent a
+large share of its time in collections over long-lived detector state.
 
 ## Command
 
@@ -640,6 +671,13 @@ def main(argv: list[str] | None = None) -> int:
                                                    + clk_path.stat().st_size) / 2**20, 1)}
             log(f"6. replay: {read:,} events in {replay_s:.1f}s = "
                 f"{results['replay_eps']:,.0f}/s")
+        # -- 8. engine only ------------------------------------------------------------
+        if want("engine"):
+            from bench.engine import measure_engine
+
+            log("8. engine alone (CPU): preparation, windows, detection ...")
+            details["engine"] = measure_engine(sc.impressions, sc.clicks)
+            log(f"8. engine: {details['engine']}")
         del sc
 
     # -- 5. memory (after the services are gone and the scenario freed) ----------------
