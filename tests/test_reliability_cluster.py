@@ -67,6 +67,13 @@ def _run_config(bootstrap, inputs, redis_url, tmp_path, name, emulator, partitio
     return topics, path, load_config_text(text, env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
 
 
+def _assert_same_alerts(one, two) -> None:
+    """Alerts compared first, with both versions in full when they differ."""
+    differ = {k: (sorted(one.alerts.get(k, ())), sorted(two.alerts.get(k, ())))
+              for k in set(one.alerts) | set(two.alerts) if one.alerts.get(k) != two.alerts.get(k)}
+    assert not differ, f"{len(differ)} alerts differ (one process, two): {differ}"
+
+
 def test_two_processes_over_three_partitions_equal_one_process(
         broker, topic_factory, redis_url, tmp_path):
     inputs = topic_factory(partitions=3)
@@ -91,6 +98,7 @@ def test_two_processes_over_three_partitions_equal_one_process(
             assert p.wait() == 0, p.log()[-3000:]
         two = collect(broker.bootstrap, topics2, settings2, two_slack)
     assert len(one.figures) >= 300 and one.alerts and one.slack_posts
+    _assert_same_alerts(one, two)
     assert_same_as_clean(one, two, exact_posts=False)
     # Both processes did work (each read some of the six input partitions).
     for p in procs:
@@ -206,6 +214,7 @@ def _restart_mid_stream_equals_one_process(start: Callable[[int | None], Broker]
         assert RESTART_AFTER <= before < len(one.figures), "the restart was not mid-stream"
         assert after > 0, "no figure was produced after the restart"
         assert len(one.figures) >= 300 and one.alerts and one.slack_posts
+        _assert_same_alerts(one, two)
         assert_same_as_clean(one, two, exact_posts=False)
     finally:
         broker.stop()
