@@ -111,6 +111,18 @@ log.addFilter(_redact)
 _sdk_log.addFilter(_redact)
 
 
+_REVISION = re.compile(r"revision \d+")
+
+
+def _message_digest(message: Any) -> str:
+    """What a Slack message shows, but for its revision number: equal digests need no
+    ``chat.update`` (a revision that changes nothing else is not worth an edit)."""
+    text = getattr(message, "text", message)
+    blocks = getattr(message, "blocks", None)
+    raw = _REVISION.sub("revision", json.dumps([text, blocks], sort_keys=True, default=str))
+    return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
 def _campaign_hash(campaign_id: str) -> str:
     return hashlib.blake2b(campaign_id.encode("utf-8", "surrogatepass"),
                            digest_size=12).hexdigest()
@@ -662,12 +674,19 @@ class SlackNotifier:
                         lambda: list(api.post(fields["channel"], message, metadata=meta)),
                         recover=lambda: api.find_post(fields["channel"], key))
                     remember(channel, ts)
+                    self.redis.hset(msg_key, "digest", _message_digest(message))
                     actions.append("post")
                 return {"actions": actions}
             channel, ts = ref["channel"], ref["ts"]
-            if not (superseded and u.kind == "update"):
+            digest = _message_digest(message)
+            if ref.get("digest") == digest:
+                # A new revision that renders exactly as the message already shows (the
+                # incident grew by a window that changes no figure shown): no edit.
+                actions.append("unchanged")
+            elif not (superseded and u.kind == "update"):
                 try:
                     self._step(key, "edit", lambda: self._edit(api, channel, ts, message))
+                    self.redis.hset(msg_key, "digest", digest)
                     actions.append("edit")
                 except _Gone:
                     # Someone deleted the message: forget it; the next notable update posts.

@@ -7,6 +7,8 @@ alerts, dead letters, quarantine flags, Slack calls) so two runs can be compared
 
 from __future__ import annotations
 
+import json
+
 import os
 import signal
 import subprocess
@@ -163,7 +165,7 @@ class Outcome:
     dead: Counter                              # (value, headers tuple) -> count
     flags: dict[tuple, str]                    # (campaign, segment, window) -> state
     slack_posts: Counter = field(default_factory=Counter)   # (thread?, text) -> count
-    slack_updates: Counter = field(default_factory=Counter)  # (ts, text) -> count
+    slack_updates: Counter = field(default_factory=Counter)  # (ts, text, blocks) -> n
     slack_final: list[str] = field(default_factory=list)     # final text per message
     outbox_left: int = 0
 
@@ -204,7 +206,11 @@ def collect(bootstrap: str, topics: dict[str, str], settings: Settings,
             if c.method == "chat.postMessage":
                 out.slack_posts[(bool(c.payload.get("thread_ts")), c.payload.get("text"))] += 1
             elif c.method == "chat.update":
-                out.slack_updates[(c.payload.get("ts"), c.payload.get("text"))] += 1
+                # Two revisions may share the summary line and differ in the blocks (a
+                # figure, a segment): an update is the same only if both are.
+                out.slack_updates[(c.payload.get("ts"), c.payload.get("text"),
+                                   json.dumps(c.payload.get("blocks"), sort_keys=True,
+                                              default=str))] += 1
         out.slack_final = sorted(m.text for m in emulator.messages("#ctr-alerts",
                                                                      top_level=True))
     return out

@@ -333,3 +333,24 @@ def test_redis_keys_are_namespaced(slack_emulator, slack_redis_url, partitions):
     keys = sorted(r.keys("*"))
     assert keys and all(k.startswith("ctrguard:slack:") for k in keys)
     assert max(len(k) for k in keys) < 100
+
+
+def test_revision_that_renders_the_same_is_not_edited(
+        slack_emulator, slack_redis_url, partitions):
+    """A new revision whose message shows nothing new costs no chat.update."""
+    from dataclasses import replace
+
+    from sinks.incidents import IncidentTracker
+
+    sink = partitions(make_settings(slack_redis_url, slack_emulator))
+    tracker = IncidentTracker()
+    (opened,) = tracker.observe([make_alert(window=0)])
+    (grown,) = tracker.observe([make_alert(window=1)])
+    same = replace(grown, incident=replace(grown.incident, revision=grown.revision + 1))
+    sink.notifier.submit([opened])
+    assert sink.drain(10)
+    sink.notifier.submit([grown])
+    assert sink.drain(10)
+    sink.notifier.submit([same])
+    assert sink.drain(10)
+    assert slack_emulator.methods() == ["chat.postMessage", "chat.update"]
