@@ -8,7 +8,6 @@ alerts, dead letters, quarantine flags, Slack calls) so two runs can be compared
 from __future__ import annotations
 
 import json
-
 import os
 import signal
 import subprocess
