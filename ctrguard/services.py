@@ -86,6 +86,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+S = TypeVar("S", bound="_ServiceProcess")
 
 LOOPBACK = "127.0.0.1"
 #: Seconds a service gets to exit after SIGTERM before it is killed.
@@ -212,6 +213,25 @@ def _temp_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     _temp_dirs.append(path)
     return path
+
+
+def _start_retrying(make: Callable[[], S], attempts: int, timeout: float) -> S:
+    """Build a service with ``make()``, start it and wait until it is ready.
+
+    A start that fails *retryably* (it exited early on a port picked by :func:`free_port`
+    that someone else took meanwhile) is tried again with a fresh ``make()``, up to
+    ``attempts`` times; any other failure, or the last one, is raised.
+    """
+    for attempt in range(attempts):
+        service = make()
+        service._spawn()
+        try:
+            service._wait_ready(timeout)
+            return service
+        except ServiceStartError as exc:
+            if not exc.retryable or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _tail(path: Path, max_bytes: int = 4000) -> str:
@@ -562,8 +582,8 @@ def start_object_store(port: int | None = None, bucket: str = "tansu",
     if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket):
         raise ValueError(f"invalid S3 bucket name {bucket!r}: 3-63 of a-z 0-9 . -")
     binary = _weed_binary()
-    attempts = _PORT_ATTEMPTS  # any of its ten ports may have been taken meanwhile
-    for attempt in range(attempts):
+
+    def make() -> ObjectStore:
         ports = {f"{c}": free_port() for c in _WEED_COMPONENTS}
         ports.update({f"{c}_grpc": free_port() for c in _WEED_COMPONENTS})
         if port is not None:
@@ -573,16 +593,11 @@ def start_object_store(port: int | None = None, bucket: str = "tansu",
         root = Path(data_dir) if data_dir is not None else _temp_dir("seaweedfs-")
         root.mkdir(parents=True, exist_ok=True)
         log_root = Path(log_dir) if log_dir is not None else root
-        store = ObjectStore(binary, bucket, root, log_root / f"seaweedfs-{ports['s3']}.log",
-                            ports)
-        store._spawn()
-        try:
-            store._wait_ready(timeout)
-            return store
-        except ServiceStartError as exc:
-            if not exc.retryable or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        return ObjectStore(binary, bucket, root, log_root / f"seaweedfs-{ports['s3']}.log",
+                           ports)
+
+    # Any of its ten ports may have been taken meanwhile.
+    return _start_retrying(make, _PORT_ATTEMPTS, timeout)
 
 
 # --------------------------------------------------------------------------- Kafka broker
@@ -761,19 +776,13 @@ def start_broker(port: int | None = None, storage: str | ObjectStore = "memory:/
     store = storage if isinstance(storage, ObjectStore) else None
     url = store.storage_url if store is not None else storage
     log_root = Path(log_dir) if log_dir is not None else _temp_dir("tansu-")
-    attempts = _PORT_ATTEMPTS if port is None else 1
-    for attempt in range(attempts):
+
+    def make() -> Broker:
         chosen = port if port is not None else free_port()
-        broker = Broker(binary, chosen, url, log_root / f"tansu-{chosen}.log", store)
-        broker._spawn()
-        try:
-            broker._wait_ready(timeout)
-            return broker
-        except ServiceStartError as exc:
-            # Retry only an early exit on a port we picked: someone else took it meanwhile.
-            if not exc.retryable or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        return Broker(binary, chosen, url, log_root / f"tansu-{chosen}.log", store)
+
+    # Retry only an early exit on a port we picked: someone else took it meanwhile.
+    return _start_retrying(make, _PORT_ATTEMPTS if port is None else 1, timeout)
 
 
 # --------------------------------------------------------------------------- Kafka helpers
@@ -1172,17 +1181,10 @@ def start_redis(port: int | None = None, password: str | None = None,
     if (acl_user is None) != (acl_password is None):
         raise ValueError("acl_user and acl_password go together")
     binary = _redis_binary()
-    attempts = _PORT_ATTEMPTS if port is None else 1
-    for attempt in range(attempts):
+
+    def make() -> RedisServer:
         chosen = port if port is not None else free_port()
-        workdir = _temp_dir(f"redis-{chosen}-")
-        server = RedisServer(binary, chosen, workdir, password=password,
-                             acl_user=acl_user, acl_password=acl_password)
-        server._spawn()
-        try:
-            server._wait_ready(timeout)
-            return server
-        except ServiceStartError as exc:
-            if not exc.retryable or attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")
+        return RedisServer(binary, chosen, _temp_dir(f"redis-{chosen}-"), password=password,
+                           acl_user=acl_user, acl_password=acl_password)
+
+    return _start_retrying(make, _PORT_ATTEMPTS if port is None else 1, timeout)
