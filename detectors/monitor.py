@@ -199,6 +199,13 @@ class _Series:
         self.dcusum = [0.0] * n_drift
         self.watch: list[float] | None = None
 
+    def clear_evidence(self) -> None:
+        """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close."""
+        for i in range(len(self.cusum)):
+            self.cusum[i] = 0.0
+        for i in range(len(self.dcusum)):
+            self.dcusum[i] = 0.0
+
     def __getstate__(self):
         return tuple(getattr(self, name) for name in self.__slots__)
 
@@ -341,9 +348,7 @@ class CampaignMonitor:
                 if inc is not None and inc.family == _CTR and p_all > 0:
                     # Only segments whose window leans toward the campaign's fault share it:
                     # with bot clicks on desktop, mobile's clicks are normal.
-                    sn = self._series[name]
-                    rho = (sn.ctr_k + self._prior) / (sn.ctr_e + self._prior)
-                    p_seg = min(p_all * rho, 0.999)
+                    p_seg = min(p_all * self._rho(self._series[name]), 0.999)
                     if binomial_llr(c.clicks, c.impressions, p_seg, inc.ratio) <= 0.0:
                         continue
                 verdicts.append(self._inherit(campaign_wide, name, c))
@@ -395,7 +400,7 @@ class CampaignMonitor:
             p = p_all
             relvar = relvar_all
         elif p_all > 0:
-            rho = (st.ctr_k + self._prior) / (st.ctr_e + self._prior)
+            rho = self._rho(st)
             p = p_all * rho
             # Certainty comes from the segment's own clicks: the prior moves the estimate
             # toward the campaign but is not trusted to make it precise.
@@ -460,10 +465,7 @@ class CampaignMonitor:
         else:
             if st.cooldown > 0 or not ready:
                 st.cooldown = max(st.cooldown - 1, 0)
-                for i in range(len(st.cusum)):
-                    st.cusum[i] = 0.0
-                for i in range(len(st.dcusum)):
-                    st.dcusum[i] = 0.0
+                st.clear_evidence()
                 st.silent = 0.0 if not ready else st.silent
                 llrs = [0.0] * len(llrs)
             else:
@@ -529,6 +531,16 @@ class CampaignMonitor:
         if n > 0:
             st.seen += 1
         return verdict
+
+    def _rho(self, st: _Series) -> float:
+        """A segment's CTR relative to its campaign, shrunk toward 1 (empirical Bayes)."""
+        return (st.ctr_k + self._prior) / (st.ctr_e + self._prior)
+
+    def _ratios(self, family: int) -> tuple[float, ...]:
+        """The ratio grid a family's tests run over (none for silence)."""
+        s = self.settings
+        return {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}.get(
+            family, ())
 
     def _reference(self, st: _Series, hour: int) -> float:
         """The slow reference CTR of an ``all`` series this hour; 0 while it is too young."""
@@ -623,13 +635,9 @@ class CampaignMonitor:
         key = self._group_key(cause, window)
         detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",
                     _DRIFT: "drift_cusum"}[family]
-        ratios = {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}
         st.incident = _Incident(family, ratio, h / 4.0, kind, cause, key, detector,
-                                ratios.get(family, ()))
-        for i in range(len(st.cusum)):
-            st.cusum[i] = 0.0
-        for i in range(len(st.dcusum)):
-            st.dcusum[i] = 0.0
+                                self._ratios(family))
+        st.clear_evidence()
         confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
         return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
 
@@ -724,8 +732,7 @@ class CampaignMonitor:
         if inc.evidence > 0:
             # The fault outlived max_incident_windows: accept its level (the ratio that
             # holds the most evidence) as the new normal.
-            ratios = {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}
-            held = [(e, r) for e, r in zip(inc.ev, ratios.get(inc.family, ()), strict=False)
+            held = [(e, r) for e, r in zip(inc.ev, self._ratios(inc.family), strict=False)
                     if e is not None]
             if held:
                 inc.ratio = max(held)[1]
@@ -739,10 +746,7 @@ class CampaignMonitor:
                 st.vol_trend = 0.0
         st.incident = None
         st.cooldown = s.cooldown_windows
-        for i in range(len(st.cusum)):
-            st.cusum[i] = 0.0
-        for i in range(len(st.dcusum)):
-            st.dcusum[i] = 0.0
+        st.clear_evidence()
         st.silent = 0.0
         return None, True, True
 
