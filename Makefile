@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 DEMO_ARGS ?=
 EVENTS ?=
 
-.PHONY: help venv test demo bench lint clean distclean
+.PHONY: help venv native test demo bench lint clean distclean
 
 help: ## list the targets
 	@echo "ctrguard: make <target>"
@@ -35,6 +35,9 @@ $(STAMP): pyproject.toml
 	@missing=""; \
 	  $(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	  command -v gcc >/dev/null || missing="$$missing gcc"; \
+	  $(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
+	    || missing="$$missing python3-dev"; \
 	  if [ -n "$$missing" ]; then \
 	    echo "installing system packages:$$missing"; \
 	    $(SUDO) apt-get update && $(APT_INSTALL) $$missing; \
@@ -48,20 +51,32 @@ $(STAMP): pyproject.toml
 	@echo "redis-server: $$(command -v redis-server)"
 	touch $@
 
-test: $(STAMP) ## run the test suite (PYTEST_ARGS=...)
+# The mypyc-compiled detector core (detectors/native.py): rebuilt when its source changes.
+NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini
+NATIVE := detectors/_native.json
+
+native: $(NATIVE) ## compile the detector core with mypyc (pure Python still works without)
+
+$(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
+	$(VPY) -m detectors build --quiet
+
+test: $(STAMP) $(NATIVE) ## run the test suite (PYTEST_ARGS=...)
+	@state=$$($(VPY) -m detectors status) || \
+	  { echo "detector core: $$state, not compiled (make native)" >&2; exit 1; }; \
+	  echo "detector core: $$state"
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
-demo: $(STAMP) ## run the end-to-end demo on local services
+demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
 	$(VENV)/bin/ctrguard demo $(DEMO_ARGS)
 
-bench: $(STAMP) ## run the benchmarks (EVENTS=n)
+bench: $(STAMP) $(NATIVE) ## run the benchmarks (EVENTS=n)
 	$(VPY) -m bench.run $(if $(EVENTS),--events $(EVENTS))
 
 lint: $(STAMP) ## ruff
 	$(VPY) -m ruff check .
 
 clean: ## remove caches and build output (keeps .venv)
-	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info *.so detectors/*.so $(NATIVE)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## also remove .venv

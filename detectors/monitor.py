@@ -138,6 +138,11 @@ class _Incident:
         (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
          self.key, self.detector, self.ev) = state
 
+    def __reduce__(self):
+        # Rebuilt through a function, not ``cls.__new__``: a mypyc-compiled class has no
+        # argument-free constructor, and a snapshot must load in either core.
+        return _restore_incident, (self.__getstate__(),)
+
     def add(self, llrs: list[float], offset: int, cap: float) -> None:
         """Add one window's log-likelihood ratios (``llrs[offset + i]`` for ratio i)."""
         best = -math.inf
@@ -160,25 +165,29 @@ def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
     return (max(side, key=lambda r: abs(math.log(r))),) if side else ()
 
 
+#: Fields of ``_Series``, in snapshot order (compiled classes keep no ``__slots__``).
+_SERIES_FIELDS: tuple[str, ...] = (
+    "seen",        # windows with traffic
+    "vol_level", "vol_trend", "vol_disp",
+    "ctr_k", "ctr_e",  # all: discounted clicks (deseasonalised), impressions;
+                       # segment: discounted clicks, campaign-expected clicks
+    "ctr_disp",
+    "cusum",       # list: one per CTR ratio, then one per volume ratio
+    "silent",      # evidence of silence (nats)
+    "run",         # [clicks, expected clicks, impressions, expected impressions]
+    "incident",    # _Incident | None
+    "cooldown",
+    "drift",       # ResidualDrift | None
+    "ref_k", "ref_e",  # all only: slow reference (discounted clicks, impressions)
+    "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
+    "watch",       # after a volume jump: [CTR ratio if logging broke, evidence, windows]
+)
+
+
 class _Series:
     """Running state of one series. Plain numbers, pickled as one tuple."""
 
-    __slots__ = (
-        "seen",        # windows with traffic
-        "vol_level", "vol_trend", "vol_disp",
-        "ctr_k", "ctr_e",  # all: discounted clicks (deseasonalised), impressions;
-                           # segment: discounted clicks, campaign-expected clicks
-        "ctr_disp",
-        "cusum",       # list: one per CTR ratio, then one per volume ratio
-        "silent",      # evidence of silence (nats)
-        "run",         # [clicks, expected clicks, impressions, expected impressions]
-        "incident",    # _Incident | None
-        "cooldown",
-        "drift",       # ResidualDrift | None
-        "ref_k", "ref_e",  # all only: slow reference (discounted clicks, impressions)
-        "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
-        "watch",       # after a volume jump: [CTR ratio if logging broke, evidence, windows]
-    )
+    __slots__ = _SERIES_FIELDS
 
     def __init__(self, n_tests: int, drift: ResidualDrift | None, n_drift: int = 0):
         self.seen = 0
@@ -207,11 +216,32 @@ class _Series:
             self.dcusum[i] = 0.0
 
     def __getstate__(self):
-        return tuple(getattr(self, name) for name in self.__slots__)
+        return tuple(getattr(self, name) for name in _SERIES_FIELDS)
 
     def __setstate__(self, state):
-        for name, value in zip(self.__slots__, state, strict=True):
+        for name, value in zip(_SERIES_FIELDS, state, strict=True):
             setattr(self, name, value)
+
+    def __reduce__(self):
+        return _restore_series, (self.__getstate__(),)
+
+
+def _restore_incident(state: tuple) -> _Incident:
+    inc = _Incident(0, 1.0, 0.0, "", "", "", "")
+    inc.__setstate__(state)
+    return inc
+
+
+def _restore_series(state: tuple) -> _Series:
+    st = _Series(0, None)
+    st.__setstate__(state)
+    return st
+
+
+def _restore_monitor(state: tuple) -> CampaignMonitor:
+    m = CampaignMonitor(state[0])
+    (_, m._series, m._season_vol, m._season_ctr, m._last_start, m._group, m._prior) = state
+    return m
 
 
 class CampaignMonitor:
@@ -235,6 +265,11 @@ class CampaignMonitor:
             raise TypeError(f"settings must be DetectorSettings, got {type(settings).__name__}")
         self.settings = settings
         self._reset()
+
+    def __reduce__(self):
+        return _restore_monitor, ((self.settings, self._series, self._season_vol,
+                                   self._season_ctr, self._last_start, self._group,
+                                   self._prior),)
 
     def _reset(self) -> None:
         self._series: dict[str, _Series] = {}

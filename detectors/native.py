@@ -1,0 +1,171 @@
+"""The compiled detector core: which modules mypyc compiles, and whether they are in use.
+
+The detectors are plain Python, and that source is the reference: mypyc compiles the hot
+modules (:data:`MODULES`) into C extensions that compute the same floats in the same order,
+about four times faster. ``make venv`` builds them in place and ``pip install .`` (the
+Docker image) builds them into the wheel; without a C compiler everything still runs as
+Python.
+
+An extension that no longer matches its source (``detectors/monitor.py`` edited after the
+build) would silently run the old code, because Python prefers an extension to a ``.py``
+file. So the build records a digest of each source beside it (``_native.json``), and
+``import detectors`` loads the Python source instead, with a warning, when they differ.
+``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
+
+``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
+
+>>> MODULES
+('detectors.stats', 'detectors.monitor')
+>>> status() in {"compiled", "pure", "stale", "disabled"}
+True
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+__all__ = ["MODULES", "build", "status"]
+
+#: Compiled modules, in import order (``monitor`` imports ``stats``).
+MODULES = ("detectors.stats", "detectors.monitor")
+#: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
+GROUP = "detectors.core"
+#: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
+_DEPENDS = (*MODULES, "detectors.base", "detectors.settings")
+#: Environment variable that forces the Python source.
+PURE_ENV = "CTRGUARD_PURE_PYTHON"
+_STAMP = "_native.json"
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent
+
+
+def _source(module: str) -> Path:
+    return _ROOT / (module.replace(".", "/") + ".py")
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _extension(module: str) -> Path | None:
+    """The built extension file of ``module`` next to its source, if any."""
+    src = _source(module)
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        candidate = src.with_suffix(suffix)
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _stamp() -> dict[str, str]:
+    try:
+        return json.loads((_HERE / _STAMP).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def status() -> str:
+    """``compiled`` (extensions built and matching their source), ``pure`` (none built),
+    ``stale`` (built from another version of the source: the source is used) or
+    ``disabled`` (``CTRGUARD_PURE_PYTHON`` set)."""
+    if os.environ.get(PURE_ENV, "") not in ("", "0"):
+        return "disabled"
+    built = [m for m in (*MODULES, GROUP + "__mypyc") if _extension(m) is not None]
+    if not built:
+        return "pure"
+    stamp = _stamp()
+    if len(built) <= len(MODULES) or any(
+            stamp.get(m) != _digest(_source(m)) for m in _DEPENDS):
+        return "stale"
+    return "compiled"
+
+
+def in_use() -> str:
+    """What the running process actually imported for the detector core."""
+    mod = sys.modules.get("detectors.monitor")
+    if mod is None:
+        return "not imported"
+    return "compiled" if not str(getattr(mod, "__file__", "")).endswith(".py") else "python"
+
+
+def select() -> None:
+    """Called by ``import detectors``: load the Python source where the extension must
+    not be used (stale or disabled). Leaves the import system alone otherwise."""
+    state = status()
+    if state not in ("stale", "disabled"):
+        return
+    if state == "stale":
+        warnings.warn("ctrguard: the compiled detector core does not match its source; "
+                      "running the Python source (rebuild: make native)", RuntimeWarning,
+                      stacklevel=3)
+    package = sys.modules["detectors"]
+    for name in MODULES:
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, _source(name))
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        setattr(package, name.rsplit(".", 1)[1], module)
+
+
+def build(quiet: bool = False) -> None:
+    """Compile :data:`MODULES` in place with mypyc and record their digests.
+
+    Raises ``subprocess.CalledProcessError`` when the compiler fails (the extensions of
+    an earlier build are removed first, so a failed build leaves the Python source in use).
+    """
+    for m in (*MODULES, GROUP + "__mypyc"):
+        ext = _extension(m)
+        if ext is not None:
+            ext.unlink()
+    (_HERE / _STAMP).unlink(missing_ok=True)
+    cmd = [sys.executable, "setup.py", "--quiet", "build_ext", "--inplace"]
+    out = subprocess.DEVNULL if quiet else None
+    subprocess.run(cmd, cwd=_ROOT, check=True, stdout=out,
+                   env={**os.environ, PURE_ENV: "1", "CTRGUARD_BUILD_NATIVE": "1"})
+
+
+def module_paths() -> list[str]:
+    """Source files of :data:`MODULES`, relative to the project root (for mypyc)."""
+    return [str(_source(m).relative_to(_ROOT)) for m in MODULES]
+
+
+def write_stamp() -> None:
+    """Record the digests of the sources the extensions are built from."""
+    digests = {m: _digest(_source(m)) for m in _DEPENDS}
+    (_HERE / _STAMP).write_text(json.dumps(digests, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m detectors",
+        description="Build or inspect the mypyc-compiled detector core.")
+    parser.add_argument("action", choices=("status", "build"),
+                        help="status: print compiled | pure | stale | disabled (exit 0 only "
+                             "for compiled); build: compile in place (exit 1 on failure)")
+    parser.add_argument("--quiet", action="store_true", help="build: hide compiler output")
+    args = parser.parse_args(argv)
+    if args.action == "build":
+        try:
+            build(quiet=args.quiet)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            print(f"detectors.native: build failed: {exc}", file=sys.stderr)
+            return 1
+    state = status()
+    print(state)
+    return 0 if state == "compiled" else 3
