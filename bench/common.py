@@ -233,8 +233,9 @@ def finish_child(proc: subprocess.Popen, log_path: Path, *, timeout: float,
 
 
 def run_child(args: list[str], log_path: Path, *, timeout: float, label: str,
-              wrap: list[str] | None = None) -> dict[str, Any]:
-    proc = start_child(args, log_path, wrap=wrap)
+              wrap: list[str] | None = None,
+              env: dict[str, str] | None = None) -> dict[str, Any]:
+    proc = start_child(args, log_path, wrap=wrap, env=env)
     try:
         return finish_child(proc, log_path, timeout=timeout, label=label)
     finally:

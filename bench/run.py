@@ -75,6 +75,12 @@ REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_
 # --------------------------------------------------------------------------- environment
 
 
+def _detector_core() -> str:
+    from detectors import native
+
+    return "compiled" if native.status() == "compiled" else f"python ({native.status()})"
+
+
 def _version(dist: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -114,6 +120,8 @@ def environment() -> dict[str, Any]:
         "confluent_kafka": f"{_version('confluent-kafka')} (librdkafka "
                            f"{confluent_kafka.libversion()[0]})",
         "msgspec": _version("msgspec"),
+        # compiled (mypyc) or Python: see detectors/native.py
+        "detector_core": _detector_core(),
         "redis_py": _version("redis"),
         "tansu": first_line([_tansu_binary(), "--version"]),
         "redis_server": " ".join(first_line([_redis_binary(), "--version"]).split()[:3]),
@@ -252,6 +260,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{cpu_note(d['naive'])}"),
         ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
          f"peak RSS {r['peak_rss_mb']:.0f} MiB; {cpu_note(d['ctrguard'])}"),
+        *([("   same flow, detectors as plain Python",
+            f"{_fmt(d['ctrguard_python_core']['eps'])} events/s",
+            f"the compiled detector core is x{d['ctrguard']['speedup_vs_python_core']:.2f} "
+            f"(same run); {cpu_note(d['ctrguard_python_core'])}")]
+          if "ctrguard_python_core" in d else []),
         ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}", mark("ratio_to_raw")),
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
@@ -372,7 +385,8 @@ reported as measured.
   sessions' test suites may run at the same time).
 - Versions: Python {env['python']}, Bytewax {env['bytewax']}, River {env['river']},
   confluent-kafka {env['confluent_kafka']}, msgspec {env['msgspec']}, redis-py
-  {env['redis_py']}, {env['tansu']}, {env['redis_server']}.
+  {env['redis_py']}, {env['tansu']}, {env['redis_server']}; detector core:
+  {env.get('detector_core', 'python')}.
 
 ## Method
 
@@ -469,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", type=Path, default=REPO / "bench" / "results.json")
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
+    p.add_argument("--no-python-core", action="store_true",
+                   help="skip the live flow's second run with the Python detector core")
     p.add_argument("--only", default="",
                    help="comma-separated subset of raw,naive,live,two,latency,replay,memory "
                    "(quick iterations: prints what ran, writes no report)")
@@ -581,6 +597,27 @@ def main(argv: list[str] | None = None) -> int:
             if details["ctrguard"]["campaigns_checked"] < 0.9 * args.campaigns:
                 raise RuntimeError(f"the live flow left watermarks for only "
                                    f"{details['ctrguard']['campaigns_checked']} campaigns")
+            if env["detector_core"] == "compiled" and not args.no_python_core:
+                # The same flow with the detectors as plain Python (the source the compiled
+                # core is built from): what the compilation buys, in the same run.
+                log("3b. ctrguard live flow, Python detector core ...")
+                cfg = ctrguard_config(workdir, "live-py", broker, redis_server.url,
+                                      slack.base_url,
+                                      {**topics, **output_topics(bootstrap, "live-py")})
+                meter.start()
+                live_py = run_child(["ctrguard", "--config", str(cfg)],
+                                    workdir / "live-py.log", timeout=timeout,
+                                    label="ctrguard flow (Python core)",
+                                    env=common.child_env(CTRGUARD_PURE_PYTHON="1"))
+                details["ctrguard_python_core"] = {
+                    "eps": round(n_events / live_py["elapsed_s"]),
+                    "elapsed_s": live_py["elapsed_s"], "maxrss_mb": live_py["maxrss_mb"],
+                    "flow_cpu_s": round(live_py["cpu_s"], 2), **meter.stop(),
+                    **checked_summary(redis_server, "bench-live-py")}
+                details["ctrguard"]["speedup_vs_python_core"] = round(
+                    results["ctrguard_eps"] / details["ctrguard_python_core"]["eps"], 2)
+                log(f"3b. Python core: {details['ctrguard_python_core']['eps']:,}/s; "
+                    f"compiled core x{details['ctrguard']['speedup_vs_python_core']}")
 
         if args.profile:
             log("profiling the live flow with py-spy (a separate run) ...")
