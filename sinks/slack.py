@@ -11,10 +11,12 @@ Pieces
   Modes: Web API (``chat.postMessage`` then ``chat.update`` + thread replies), incoming
   webhook (posts opens and resolves only) and console (prints what Slack would show).
 * :class:`SlackSink`: a Bytewax ``DynamicSink``. Each ``write_batch`` loads the incident
-  state of the campaigns involved from Redis, runs the pure
+  state of the campaigns that can change (alerts in the batch, an open incident that is
+  due or ticks, a ticking campaign that has state) from Redis, runs the pure
   :class:`~sinks.incidents.IncidentTracker`, and writes the new state and the outbox
-  entries in one ``MULTI``/``EXEC`` transaction (``WATCH`` on the states), so re-delivered
-  alerts after a restart change nothing and no update is lost between the two.
+  entries in one ``MULTI``/``EXEC`` transaction (``WATCH`` on the states and on the open
+  and known sets), so re-delivered alerts after a restart change nothing and no update is
+  lost between the two. The thousands of campaigns that merely tick cost a set lookup.
 
 Redis keys (``P`` = ``redis.key_prefix``)
 -----------------------------------------
@@ -26,6 +28,9 @@ Redis keys (``P`` = ``redis.key_prefix``)
 ``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message
 ``P:slack:state:<campaign hash>``  JSON incident state of one campaign (with a TTL)
 ``P:slack:open``                   sorted set: campaigns with an open incident, by last end
+``P:slack:known``                  set: every campaign with a state key (and a few whose
+                                   state expired, removed when they next tick)
+``P:slack:known:ready``            "the known set holds the states written before it existed"
 ``P:slack:clock``                  sorted set, member ``clock``: the latest window end seen
 """
 
@@ -760,6 +765,10 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self.prefix = self.notifier.prefix
         self.open_key = f"{self.prefix}:open"
         self.clock_key = f"{self.prefix}:clock"
+        self.known_key = f"{self.prefix}:known"
+        self.known_ready_key = f"{self.prefix}:known:ready"
+        self._index_ready = False
+        self._known_size_hint: int | None = None
         self._tracker_args = {"window_s": self.window_s, "gap_windows": slack.incident_gap_windows,
                               "value_per_click": slack.value_per_click}
         self.stale_alerts = 0
@@ -772,10 +781,18 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         queue the resulting updates: one Redis transaction, no Slack call here."""
         alerts: list[Alert] = []
         ticks: dict[str, int] = {}
+        tick_of = ticks.get
         for item in items:
+            # Thousands of records a batch, almost none with alerts: keep this loop lean.
             if isinstance(item, WindowDecision):
-                alerts.extend(item.alerts)
-                ticks[item.campaign_id] = max(ticks.get(item.campaign_id, 0), item.window_end_s)
+                if item.alerts:
+                    alerts.extend(item.alerts)
+                cid, end = item.campaign_id, item.window_end_s
+                prev = tick_of(cid)
+                if prev is None:
+                    ticks[cid] = end if end > 0 else 0
+                elif end > prev:
+                    ticks[cid] = end
             elif isinstance(item, Alert):
                 alerts.append(item)
             else:
@@ -811,15 +828,65 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 delay = min(delay * 2, r.retry_backoff_max_s)
 
     def _write(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
-        ends = [a.window_start_s + _length_s(a, self.window_s) for a in alerts]
-        batch_clock = max([*ends, *ticks.values()], default=0)
+        """One transaction for the batch, touching only the campaigns that can change.
+
+        A campaign is *relevant* when it has alerts in the batch, is a member of the open
+        set (an open incident, possibly written by another worker or an earlier process),
+        or ticks and may have incident state in Redis (a member of the known set). For any
+        other ticking campaign there is no state: the tracker knows nothing of it, so
+        ``advance`` cannot change anything and there is nothing to store or to remove from
+        the open set -- the unfiltered computation did exactly nothing for it. The open
+        and known sets are WATCHed before they are read, and the states of the relevant
+        campaigns before those are read, so the transaction commits only if what it was
+        computed from is still current at ``EXEC`` (otherwise it is recomputed).
+        """
+        if not self._index_ready:
+            self._build_known_index()
+        batch_clock = max(ticks.values(), default=0)
+        lengths: dict[tuple[str, str], int] = {}
+        alert_cids: set[str] = set()
+        for a in alerts:
+            alert_cids.add(a.campaign_id)
+            span = (a.window_start, a.window_end)
+            length = lengths.get(span)
+            if length is None:
+                length = lengths[span] = _length_s(a, self.window_s)
+            batch_clock = max(batch_clock, a.window_start_s + length)
         gap_s = self._tracker_args["gap_windows"] * self.window_s
         with self.redis.pipeline(transaction=True) as pipe:
-            # Not watched: every worker moves the clock (ZADD GT keeps the maximum), and the
-            # due list is only a hint; the tracker decides from the watched states.
-            clock = max(int(self.redis.zscore(self.clock_key, "clock") or 0), batch_clock)
-            due = self.redis.zrangebyscore(self.open_key, "-inf", clock - gap_s)
-            campaigns = sorted({a.campaign_id for a in alerts} | set(ticks) | set(due))
+            pipe.watch(self.open_key, self.known_key)
+            # Read after the WATCH (on another pooled connection, in one round trip): a
+            # change to either set from now on makes EXEC fail and the batch recompute.
+            reads = self.redis.pipeline(transaction=False)
+            reads.zscore(self.clock_key, "clock")
+            reads.zrange(self.open_key, 0, -1, withscores=True)
+            reads.scard(self.known_key)
+            candidates = [c for c in ticks if c not in alert_cids]
+            by_members = self._known_size_hint is not None \
+                and self._known_size_hint <= len(candidates)
+            if candidates:
+                if by_members:
+                    reads.smembers(self.known_key)
+                else:
+                    reads.smismember(self.known_key, candidates)
+            raw_clock, open_set, known_size, *known = reads.execute()
+            self._known_size_hint = int(known_size)
+            # The clock is not watched: every worker moves it (ZADD GT keeps the maximum).
+            clock = max(int(raw_clock or 0), batch_clock)
+            relevant = set(alert_cids)
+            for cid, last_end in open_set:
+                # Due (resolves at this clock) or open and ticking: the open set holds
+                # every campaign whose state has an open incident (written together).
+                if last_end <= clock - gap_s or cid in ticks:
+                    relevant.add(cid)
+            if candidates:
+                if by_members:
+                    members = known[0]
+                    relevant.update(c for c in candidates if c in members)
+                else:
+                    relevant.update(c for c, m in zip(candidates, known[0], strict=True)
+                                    if m)
+            campaigns = sorted(relevant)
             keys = [self._state_key(c) for c in campaigns]
             if keys:
                 pipe.watch(*keys)
@@ -830,18 +897,23 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                     tracker.import_state(cid, json.loads(raw))
             before_stale = tracker.stale_alerts
             updates = tracker.observe(alerts)
-            for cid, end in sorted(ticks.items()):
-                updates += tracker.advance(end, [cid])
+            for cid in campaigns:
+                end = ticks.get(cid)
+                if end is not None:
+                    updates += tracker.advance(end, [cid])
             updates += tracker.advance(clock, campaigns)
             self.stale_alerts += tracker.stale_alerts - before_stale
             pipe.multi()
-            for cid in campaigns:
+            open_now = tracker.open_campaigns()
+            for cid, key in zip(campaigns, keys, strict=True):
                 state = tracker.export_state(cid)
                 if state is None:
+                    # No state in Redis (none was read, none made): not known any more.
+                    pipe.srem(self.known_key, cid)
                     continue
-                pipe.set(self._state_key(cid), json.dumps(state, separators=(",", ":")),
+                pipe.set(key, json.dumps(state, separators=(",", ":")),
                          ex=self.settings.slack.state_ttl_s)
-            open_now = tracker.open_campaigns()
+                pipe.sadd(self.known_key, cid)
             for cid in campaigns:
                 if cid in open_now:
                     pipe.zadd(self.open_key, {cid: open_now[cid]})
@@ -853,6 +925,26 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             pipe.execute()
         if updates:
             self.notifier.wake()
+
+    def _build_known_index(self) -> None:
+        """Once per Redis: add the campaigns of states written before the known set existed.
+
+        Only adds members (an extra member costs one read and is removed when its campaign
+        next ticks without state); every state written since is added with it.
+        """
+        if not self.redis.exists(self.known_ready_key):
+            for chunk in _chunks(self.redis.scan_iter(match=f"{self.prefix}:state:*",
+                                                      count=1000), 500):
+                cids = []
+                for raw in self.redis.mget(chunk):
+                    if raw is None:
+                        continue
+                    with contextlib.suppress(ValueError, TypeError, KeyError):
+                        cids.append(str(json.loads(raw)["campaign_id"]))
+                if cids:
+                    self.redis.sadd(self.known_key, *cids)
+            self.redis.set(self.known_ready_key, "1")
+        self._index_ready = True
 
     def drain(self, timeout: float = 30.0) -> bool:
         return self.notifier.drain(timeout)
@@ -869,6 +961,17 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             return self.notifier.pending()
         except redis.RedisError:
             return -1
+
+
+def _chunks(items: Iterable[str], n: int) -> Iterable[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _length_s(a: Alert, default: int) -> int:
