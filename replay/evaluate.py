@@ -60,7 +60,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from scipy.stats import poisson
 
 from ctrguard.errors import CtrGuardError
 from replay.generator import ABRUPT_FAULT_KINDS, LABEL_HEADER, Label
@@ -315,8 +314,14 @@ def decidability(
                 index, lab, segment, window_s, ctr, obs_c / expected if expected > 0 else 1.0,
                 oracle_nats)
         if obs_c < expected:
+            # SciPy costs seconds to import: only when a label is scored, not on every
+            # ``ctrguard`` command that builds its parser.
+            from scipy.stats import poisson
+
             p = float(poisson.cdf(obs_c, expected))
         else:
+            from scipy.stats import poisson
+
             p = float(poisson.sf(obs_c - 1, expected)) if expected > 0 else (
                 1.0 if obs_c == 0 else 0.0)
         record.update(reference_ctr=ctr, expected=round(expected, 6), p_value=p,

@@ -87,8 +87,10 @@ def _id(case: Case) -> str:
 
 
 def _public_params(obj) -> dict[str, Any]:
-    sig = inspect.signature(type(obj).__init__)
-    return {name: getattr(obj, name) for name in sig.parameters if name != "self"}
+    # The class's signature, not its __init__'s: a mypyc-compiled __init__ reports only
+    # (*args, **kwargs).
+    sig = inspect.signature(type(obj))
+    return {name: getattr(obj, name) for name in sig.parameters}
 
 
 def _outputs(detector, feed, rng, windows):
