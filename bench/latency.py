@@ -13,6 +13,7 @@ The first ``warmup_windows`` windows are left out (the flow is still importing a
 
 from __future__ import annotations
 
+import bisect
 import subprocess
 import sys
 import threading
@@ -47,7 +48,7 @@ class _FigureWatcher(threading.Thread):
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                msgs = self._consumer.consume(num_messages=10000, timeout=0.02)
+                msgs = self._consumer.consume(num_messages=10000, timeout=0.005)
                 now = time.time()
                 for msg in msgs:
                     if msg.error() is not None:
@@ -80,21 +81,47 @@ class _CheckedPoller(threading.Thread):
         self.seen: dict[tuple[str, int], float] = {}
         self._halt = threading.Event()
 
+    def _unchanged(self) -> bool:
+        """Whether no score moved since the last full read, asked cheaply: the member count,
+        and for each end a campaign was last seen at, how many scores passed it. Scores only
+        grow, so a campaign that moved on from ``e`` raises the count at ``e + window``.
+        (Reading all 2,000 members with their scores costs ~20 ms of CPU in redis-py: every
+        10 ms, that took most of a core from the flow on a 2-core machine.)"""
+        if not self._last:
+            return False
+        ends = sorted(set(self._last.values()))
+        pipe = self._client.pipeline(transaction=False)
+        pipe.zcard(self._key)
+        for e in ends:
+            pipe.zcount(self._key, e + self._window_s, "+inf")
+        replies = pipe.execute()
+        card, counts = int(replies[0]), [int(n) for n in replies[1:]]
+        if card != len(self._last):
+            return False
+        held = sorted(self._last.values())
+        return all(count == len(held) - bisect.bisect_left(held, e + self._window_s)
+                   for e, count in zip(ends, counts, strict=True))
+
+    def poll_once(self) -> None:
+        if self._unchanged():
+            return
+        rows = self._client.zrange(self._key, 0, -1, withscores=True)
+        now = time.time()
+        for member, score in rows:
+            cid = member.decode()
+            end = int(score)
+            prev = self._last.get(cid)
+            if prev is None:
+                prev = end - self._window_s
+            if end > prev:
+                for e in range(prev + self._window_s, end + 1, self._window_s):
+                    self.seen.setdefault((cid, e), now)
+                self._last[cid] = end
+
     def run(self) -> None:
         try:
             while not self._halt.is_set():
-                rows = self._client.zrange(self._key, 0, -1, withscores=True)
-                now = time.time()
-                for member, score in rows:
-                    cid = member.decode()
-                    end = int(score)
-                    prev = self._last.get(cid)
-                    if prev is None:
-                        prev = end - self._window_s
-                    if end > prev:
-                        for e in range(prev + self._window_s, end + 1, self._window_s):
-                            self.seen.setdefault((cid, e), now)
-                        self._last[cid] = end
+                self.poll_once()
                 self._halt.wait(self._poll_s)
         finally:
             self._client.close()
@@ -102,6 +129,14 @@ class _CheckedPoller(threading.Thread):
     def stop(self) -> None:
         self._halt.set()
         self.join(10)
+
+
+def _tail(path: str, lines: int = 30) -> str:
+    """The end of the flow's log (the bench's work directory is deleted on the way out)."""
+    try:
+        return "\n" + "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError as exc:
+        return f"(no log: {exc})"
 
 
 def _percentiles(values: list[float]) -> dict[str, float | int | None]:
@@ -117,7 +152,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
                     *, campaigns: int = 2000, rate: float = 20_000, speed: float = 60.0,
                     duration_s: float = 60.0, warmup_windows: int = 3, click_rate: float = 0.03,
                     seed: int = 0, poll_s: float = 0.01, window_s: int = 300,
-                    lateness_s: int = 120) -> dict[str, Any]:
+                    lateness_s: int = 120, producer_linger_ms: int = 10) -> dict[str, Any]:
     """Run the live flow in tail mode against a paced stream; return latency statistics."""
     from confluent_kafka import Producer
 
@@ -132,7 +167,13 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
                             stderr=stderr, start_new_session=True)
     figures = _FigureWatcher(bootstrap, topics["figures"])
     checked = _CheckedPoller(redis_url, f"{prefix}:checked", window_s, poll_s)
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1, "acks": "all",
+    # linger.ms as an upstream producer would batch (librdkafka's default is 5 ms), not 1 ms:
+    # tansu's fetch slows down with the number of record batches in a partition, and 1-ms
+    # batches (~400/s) made the flow's input lag grow from ~30 ms to 0.1-1 s within a minute
+    # (a broker artefact; Kafka finds fetch offsets through an index). The close is stamped
+    # when an event is handed to produce(), so the linger counts against ctrguard.
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": producer_linger_ms,
+                         "acks": "all",
                          "allow.auto.create.topics": False, "log.connection.close": False})
     rng = np.random.default_rng(seed)
     window_ms, lateness_ms = window_s * 1000, lateness_s * 1000
@@ -143,7 +184,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
         checked.start()
         time.sleep(3.0)  # let the child import and connect before the clock starts
         if flow.poll() is not None:
-            raise RuntimeError(f"latency flow exited {flow.returncode}; see {stderr.name}")
+            raise RuntimeError(f"latency flow exited {flow.returncode}: {_tail(stderr.name)}")
         # Event time starts a few hours in the past (aligned to a window), so that even at
         # `speed` it never runs into the future-time bound of the flow.
         ev0 = (int(time.time() * 1000) - 3 * 3600_000) // window_ms * window_ms
@@ -203,7 +244,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
         while time.time() < deadline and not want <= figures.seen.keys():
             time.sleep(0.1)
         if flow.poll() is not None:
-            raise RuntimeError(f"latency flow exited {flow.returncode}; see {stderr.name}")
+            raise RuntimeError(f"latency flow exited {flow.returncode}: {_tail(stderr.name)}")
     finally:
         stop_process(flow)
         figures.stop()
@@ -225,7 +266,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
         fig_lat.extend(window_lat)
         # One window's figures arrive together: the spread across windows is what p99 sees.
         stats = _percentiles(window_lat)
-        per_window.append({"closed_after_s": round(close - wall0, 1),
+        per_window.append({"closed_after_s": round(close - wall0, 1), "closed_at": round(close, 3),
                            "p50_ms": stats["p50_ms"], "max_ms": stats["max_ms"]})
     elapsed = stopped - wall0
     result = {

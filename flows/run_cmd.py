@@ -78,7 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KafkaUnavailable("no input partitions", retryable=False)
     from flows.ctr_flow import get_flow
 
-    flow = get_flow(settings, slack=not args.no_slack, partitions=partitions)
+    # Without a recovery directory Bytewax drops every snapshot: don't pickle the state.
+    flow = get_flow(settings, slack=not args.no_slack, partitions=partitions,
+                    snapshots=args.recovery_dir is not None)
     recovery = None
     if args.recovery_dir is not None:
         recovery = RecoveryConfig(str(args.recovery_dir),

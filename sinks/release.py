@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -109,8 +110,17 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         flush_or_raise(self._producer, self._tracker)
         faults.point("release.after_publish")
 
-    def write_batch(self, items: list[WindowDecision]) -> None:
-        self._gate.release(items)
+    def write_batch(self, items: list[Any]) -> None:
+        """Items are window decisions or batches of them (the live flow sends one batch per
+        shard and activation): all of them are released together, one Redis transaction
+        and one Kafka flush for the call."""
+        decisions: list[WindowDecision] = []
+        for item in items:
+            if type(item) is WindowDecision:
+                decisions.append(item)
+            else:
+                decisions.extend(item)
+        self._gate.release(decisions)
 
     def close(self) -> None:
         self._producer.flush(30)
