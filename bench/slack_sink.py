@@ -17,6 +17,7 @@ Reported: CPU time of this process in ``write_batch`` (``time.process_time``) an
 redis-server (``INFO cpu``) per ``WindowDecision``, median over the rounds.
 
     .venv/bin/python -m bench.slack_sink [--rounds 5] [--campaigns 2000] [--windows 100]
+        [--batch-size 0]
 """
 
 from __future__ import annotations
@@ -73,8 +74,10 @@ def alert(cid: str, window: int, segment: str, *, severity: str = "warning",
                  quarantine=True)
 
 
-def scenario(campaigns: int, windows: int, seed: int) -> list[list[WindowDecision]]:
-    """One batch per window, one record per campaign; ~0.5 % of campaigns get incidents."""
+def scenario(campaigns: int, windows: int, seed: int,
+             batch_size: int = 0) -> list[list[WindowDecision]]:
+    """One record per campaign and window, in batches of ``batch_size`` records (0: one
+    batch per window); ~0.5 % of campaigns get incidents."""
     rng = random.Random(seed)
     ids = [f"camp-{i:05d}" for i in range(campaigns)]
     alerts: dict[tuple[str, int], list[Alert]] = {}
@@ -91,7 +94,8 @@ def scenario(campaigns: int, windows: int, seed: int) -> list[list[WindowDecisio
         batch = [WindowDecision(cid, ws, ws + WINDOW_S, (), tuple(alerts.get((cid, w), ())))
                  for cid in ids]
         rng.shuffle(batch)
-        batches.append(batch)
+        step = batch_size or len(batch)
+        batches.extend(batch[i:i + step] for i in range(0, len(batch), step))
     return batches
 
 
@@ -132,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--campaigns", type=int, default=2000)
     p.add_argument("--windows", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="records per write_batch (0: all campaigns of a window)")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--baseline", default=BASELINE, help="git revision of the baseline")
@@ -141,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from ctrguard.services import start_redis
 
     baseline = load_baseline(args.baseline)
-    batches = scenario(args.campaigns, args.windows, args.seed)
+    batches = scenario(args.campaigns, args.windows, args.seed, args.batch_size)
     decisions = sum(len(b) for b in batches)
     n_alerts = sum(len(d.alerts) for b in batches for d in b)
     impls = {"baseline": baseline, "current": current}
@@ -168,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         client.close()
     assert reference is not None
     out = {"campaigns": args.campaigns, "windows": args.windows, "decisions": decisions,
+           "batches": len(batches),
            "alerts": n_alerts, "updates_queued": len(reference["outbox"]),
            "rounds": args.rounds, "baseline": args.baseline}
     for k in impls:
