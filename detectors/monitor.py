@@ -108,6 +108,42 @@ _SEVERITY = {
 }
 
 
+def _fmax(a: float, b: float) -> float:
+    """``max(a, b)`` (``a`` unless ``b`` is larger): compiled, a comparison, not a call."""
+    return b if b > a else a
+
+
+def _fmin(a: float, b: float) -> float:
+    """``min(a, b)`` (``a`` unless ``b`` is smaller)."""
+    return b if b < a else a
+
+
+def _top(xs: list[float]) -> float:
+    """``max(xs, default=0.0)``."""
+    if not xs:
+        return 0.0
+    top = xs[0]
+    for x in xs:
+        if x > top:
+            top = x
+    return top
+
+
+def _argmax(xs: list[float], lo: int, hi: int) -> int:
+    """``max(range(lo, hi), key=xs.__getitem__, default=-1)``: the first index of the largest.
+
+    >>> _argmax([0.0, 2.0, 1.0, 2.0], 0, 4), _argmax([1.0, 3.0], 1, 2), _argmax([1.0], 1, 1)
+    (1, 1, -1)
+    """
+    best = -1
+    top = 0.0
+    for i in range(lo, hi):
+        if best < 0 or xs[i] > top:
+            best = i
+            top = xs[i]
+    return best
+
+
 class _Incident:
     """An open alarm on one series: what fired and how much evidence still holds it."""
 
@@ -148,9 +184,9 @@ class _Incident:
         best = -math.inf
         for i, e in enumerate(self.ev):
             if e is not None:
-                e = min(cap, e + llrs[offset + i]) if llrs else e
+                e = _fmin(cap, e + llrs[offset + i]) if llrs else e
                 self.ev[i] = e
-                best = max(best, e)
+                best = _fmax(best, e)
         self.evidence = best
 
 
@@ -163,6 +199,59 @@ def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
     side = [r for r in ratios if (r < 1.0) == (ratio < 1.0) and abs(math.log(r)) < abs(
         math.log(ratio))]
     return (max(side, key=lambda r: abs(math.log(r))),) if side else ()
+
+
+
+class _Params:
+    """The settings the detectors read on every window, as plain typed attributes.
+
+    Same names and values as :class:`DetectorSettings`; reading a pydantic model's field is
+    a dictionary lookup, reading this (compiled) class's is a field load. One per distinct
+    settings object, shared by every campaign's monitor.
+    """
+
+    def __init__(self, s: DetectorSettings):
+        self.warmup_windows: int = s.warmup_windows
+        self.cooldown_windows: int = s.cooldown_windows
+        self.false_alarms_per_campaign_day: float = s.false_alarms_per_campaign_day
+        self.cusum_threshold: float | None = s.cusum_threshold
+        self.max_incident_windows: int = s.max_incident_windows
+        self.group_windows: int = s.group_windows
+        self.ctr_ratios: tuple[float, ...] = tuple(s.ctr_ratios)
+        self.baseline_resolution: float = s.baseline_resolution
+        self.volume_ratios: tuple[float, ...] = tuple(s.volume_ratios)
+        self.evidence_clicks: float = s.evidence_clicks
+        self.evidence_windows: int = s.evidence_windows
+        self.baseline_alpha: float = s.baseline_alpha
+        self.baseline_alpha_min: float = s.baseline_alpha_min
+        self.baseline_memory_clicks: float = s.baseline_memory_clicks
+        self.volume_alpha: float = s.volume_alpha
+        self.volume_beta: float = s.volume_beta
+        self.segment_alpha: float = s.segment_alpha
+        self.season_alpha: float = s.season_alpha
+        self.dispersion_alpha: float = s.dispersion_alpha
+        self.shrinkage_min: float = s.shrinkage_min
+        self.shrinkage_max: float = s.shrinkage_max
+        self.drift_ratios: tuple[float, ...] = tuple(s.drift_ratios)
+        self.reference_memory_clicks: float = s.reference_memory_clicks
+        self.reference_alpha: float = s.reference_alpha
+        self.recovery_tolerance: float = s.recovery_tolerance
+        self.drift_detector: str = s.drift_detector
+        self.drift_threshold: float = s.drift_threshold
+        self.drift_delta: float = s.drift_delta
+        self.drift_min_expected_clicks: float = s.drift_min_expected_clicks
+
+
+_PARAMS: dict[DetectorSettings, _Params] = {}
+
+
+def _params(settings: DetectorSettings) -> _Params:
+    p = _PARAMS.get(settings)
+    if p is None:
+        if len(_PARAMS) > 64:  # settings objects of tests and tuning runs come and go
+            _PARAMS.clear()
+        p = _PARAMS[settings] = _Params(settings)
+    return p
 
 
 #: Fields of ``_Series``, in snapshot order (compiled classes keep no ``__slots__``).
@@ -264,6 +353,7 @@ class CampaignMonitor:
         if not isinstance(settings, DetectorSettings):
             raise TypeError(f"settings must be DetectorSettings, got {type(settings).__name__}")
         self.settings = settings
+        self._p = _params(settings)
         self._reset()
 
     def __reduce__(self):
@@ -277,7 +367,7 @@ class CampaignMonitor:
         self._season_ctr = [0.0] * _HOURS
         self._last_start: int | None = None
         self._group: tuple[str, int] | None = None  # (incident key, last alarm start)
-        self._prior = self.settings.shrinkage_min    # empirical-Bayes prior strength
+        self._prior = self._p.shrinkage_min    # empirical-Bayes prior strength
 
     # ------------------------------------------------------------------ public
 
@@ -309,7 +399,7 @@ class CampaignMonitor:
     # ------------------------------------------------------------------ internals
 
     def _threshold(self, n_series: int, length: int) -> float:
-        s = self.settings
+        s = self._p
         if s.cusum_threshold is not None:
             return s.cusum_threshold
         # The tests of one series watch the same counts and are strongly correlated (the
@@ -317,7 +407,7 @@ class CampaignMonitor:
         return math.log(max(_DAY / length, 1.0) * n_series / s.false_alarms_per_campaign_day)
 
     def _new_series(self, name: str) -> _Series:
-        s = self.settings
+        s = self._p
         drift = None
         if name != ALL:
             # Gradual drift is a campaign-wide matter (a creative wears out): segments keep
@@ -401,7 +491,7 @@ class CampaignMonitor:
 
     def _update_prior(self) -> None:
         """Empirical Bayes: prior strength from the spread of segments' relative CTRs."""
-        s = self.settings
+        s = self._p
         # Method of moments on rho_i = A_k / A_e: E[(rho_i - 1)^2] = tau^2 + rho_i / A_e.
         # Until two segments carry information the prior stays weak (shrinkage_min):
         # uncertain, so only large changes are tested, rather than confidently wrong.
@@ -423,13 +513,13 @@ class CampaignMonitor:
     def _series_step(self, name: str, st: _Series, c: Counts, window: Window, hour: int,
                      p_all: float, relvar_all: float, h: float,
                      n_tests: int, total: Counts | None) -> Verdict | None:
-        s = self.settings
+        s = self._p
         is_all = name == ALL
         n, k = c.impressions, c.clicks
 
         # ---- expectations from the state before this window
         season_v = math.exp(self._season_vol[hour])
-        mu = max(st.vol_level + st.vol_trend, 0.0) * season_v
+        mu = _fmax(st.vol_level + st.vol_trend, 0.0) * season_v
         p_rest = 0.0   # segments: the CTR the rest of the campaign had in this window
         if is_all:
             p = p_all
@@ -447,12 +537,12 @@ class CampaignMonitor:
                 p_rest = (kc + _COMPLEMENT_CLICKS) / (nc + _COMPLEMENT_CLICKS / p_all) * rho
         else:
             p, relvar = 0.0, math.inf
-        p = min(p, 0.999)
+        p = _fmin(p, 0.999)
         ek = n * p
         ctr_ok = p > 0 and n > 0 and math.isfinite(relvar)
         inflation = 1.0 + ek * relvar if ctr_ok else 1.0
-        phi_c = max(st.ctr_disp, 1.0) * inflation
-        phi_n = max(st.vol_disp, 1.0)
+        phi_c = _fmax(st.ctr_disp, 1.0) * inflation
+        phi_n = _fmax(st.vol_disp, 1.0)
         ready = st.seen >= s.warmup_windows
 
         # ---- sequential tests
@@ -470,8 +560,8 @@ class CampaignMonitor:
                 # daily cycle the baseline lags behind, a campaign-wide fault, which ``all``
                 # reports) cancels in the second, a fault in a sibling segment (bot clicks
                 # on desktop) in the first.
-                llrs.append(min(binomial_llr(k, n, p, r),
-                                binomial_llr(k, n, min(p_rest, 0.999), r)) / phi_c)
+                llrs.append(_fmin(binomial_llr(k, n, p, r),
+                                binomial_llr(k, n, _fmin(p_rest, 0.999), r)) / phi_c)
             else:
                 llrs.append(binomial_llr(k, n, p, r) / phi_c)
         vol_ok = mu > 0 and st.seen > 0
@@ -481,11 +571,11 @@ class CampaignMonitor:
         p_ref = self._reference(st, hour) if is_all else 0.0
         dllrs: list[float] = []
         if p_ref > 0.0:
-            phi_r = max(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
+            phi_r = _fmax(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
             dllrs = [binomial_llr(k, n, p_ref, r) / phi_r for r in s.drift_ratios]
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
-        quiet_before = max(st.cusum, default=0.0) < 1.0 and st.silent < 1.0
+        quiet_before = _top(st.cusum) < 1.0 and st.silent < 1.0
         if n == 0 and vol_ok:
             st.silent += mu / phi_n
         else:
@@ -508,7 +598,7 @@ class CampaignMonitor:
                     keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
                                           1.0 / s.evidence_windows, 0.5)
                     for i, x in enumerate(dllrs):
-                        st.dcusum[i] = max(0.0, keep_ref * st.dcusum[i] + x)
+                        st.dcusum[i] = _fmax(0.0, keep_ref * st.dcusum[i] + x)
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
@@ -517,7 +607,7 @@ class CampaignMonitor:
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
                 for i, x in enumerate(llrs):
                     keep = keep_ctr if i < n_ctr else keep_vol
-                    st.cusum[i] = max(0.0, keep * st.cusum[i] + x)
+                    st.cusum[i] = _fmax(0.0, keep * st.cusum[i] + x)
             if st.watch is not None and ready and ctr_ok:
                 st.watch[1] += binomial_llr(k, n, p, st.watch[0]) / phi_c
                 st.watch[2] += 1
@@ -554,14 +644,14 @@ class CampaignMonitor:
 
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
-        evidence = max(max(st.cusum, default=0.0), st.silent)
+        evidence = _fmax(_top(st.cusum), st.silent)
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
         if learn_ctr and n > 0:
             self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
         if is_all and n > 0 and rate == 1.0 and st.incident is None and learn_ctr and \
-                max(st.dcusum, default=0.0) < h / 2.0:
+                _top(st.dcusum) < h / 2.0:
             self._learn_reference(st, n, k, p, p_ref, phi_c, hour)
         if n > 0:
             st.seen += 1
@@ -573,7 +663,7 @@ class CampaignMonitor:
 
     def _ratios(self, family: int) -> tuple[float, ...]:
         """The ratio grid a family's tests run over (none for silence)."""
-        s = self.settings
+        s = self._p
         return {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}.get(
             family, ())
 
@@ -581,21 +671,21 @@ class CampaignMonitor:
         """The slow reference CTR of an ``all`` series this hour; 0 while it is too young."""
         if st.ref_k < _REF_MIN_CLICKS or st.ref_e <= 0.0:
             return 0.0
-        return min(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
+        return _fmin(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
 
     def _learn_reference(self, st: _Series, n: int, k: int, p: float, p_ref: float,
                          phi_c: float, hour: int) -> None:
         """Slow, robust reference level: forgets by information, frozen while suspect, and
         ten times slower still while the fast baseline sits below it (a decline over
         hours must not drag the level it is measured against down with it)."""
-        s = self.settings
+        s = self._p
         season_c = math.exp(self._season_ctr[hour])
         k_used = float(k)
         ekr = n * p_ref
         if ekr > 0:
-            sd = math.sqrt(max(phi_c, 1.0) * ekr * (1.0 - p_ref))
+            sd = math.sqrt(_fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
             k_used = clip(k, ekr - 3.0 * sd, ekr + 3.0 * sd)
-        a = clip(max(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
+        a = clip(_fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
                  s.reference_alpha)
         if 0.0 < p < p_ref:
             a *= 0.1
@@ -607,7 +697,7 @@ class CampaignMonitor:
         baseline followed a decline (or an accepted rise): not a new incident."""
         if p_ref <= 0.0 or p <= 0.0:
             return False
-        tol = self.settings.recovery_tolerance
+        tol = self._p.recovery_tolerance
         k_obs, k_exp = st.run[0], st.run[1]
         r_run = k_obs / k_exp if k_exp > 0 else ratio
         level = p * r_run
@@ -617,11 +707,11 @@ class CampaignMonitor:
     def _maybe_open(self, name: str, st: _Series, n: int, k: int, mu: float, p: float,
                     p_ref: float, phi_c: float, window: Window, h: float,
                     n_tests: int) -> Verdict | None:
-        s = self.settings
+        s = self._p
         n_ctr = len(s.ctr_ratios)
-        ctr_idx = max(range(n_ctr), key=st.cusum.__getitem__)
-        vol_idx = max(range(n_ctr, len(st.cusum)), key=st.cusum.__getitem__, default=-1)
-        drift_idx = max(range(len(st.dcusum)), key=st.dcusum.__getitem__, default=-1)
+        ctr_idx = _argmax(st.cusum, 0, n_ctr)
+        vol_idx = _argmax(st.cusum, n_ctr, len(st.cusum))
+        drift_idx = _argmax(st.dcusum, 0, len(st.dcusum))
         if st.cusum[ctr_idx] >= h and self._is_recovery(st, p, p_ref, s.ctr_ratios[ctr_idx]):
             # Back to the long-run level (a worn-out creative replaced): re-anchor the fast
             # baseline on the reference instead of alarming on the return to normal.
@@ -685,7 +775,7 @@ class CampaignMonitor:
         r_d, ev, _ = watch
         if ev >= h * _WATCH_THRESHOLD:
             st.watch = None
-            grid = self.settings.ctr_ratios
+            grid = self._p.ctr_ratios
             ratio = min(grid, key=lambda r: abs(math.log(r / r_d)))
             kind = "ctr_drop" if r_d < 1.0 else "ctr_spike"
             key = self._group_key("impression_logging", window)
@@ -735,7 +825,7 @@ class CampaignMonitor:
         """One incident id per campaign while its alarms keep coming (any series, cause)."""
         length = window.end - window.start
         group = self._group
-        if group is not None and window.start - group[1] <= self.settings.group_windows * length:
+        if group is not None and window.start - group[1] <= self._p.group_windows * length:
             key = group[0]
         else:
             key = f"{window.start}:{cause}"
@@ -746,7 +836,7 @@ class CampaignMonitor:
                            dllrs: list[float], n: int, k: int, mu: float, p: float,
                            phi_c: float, window: Window,
                            h: float) -> tuple[Verdict | None, bool, bool]:
-        s = self.settings
+        s = self._p
         n_ctr = len(s.ctr_ratios)
         if inc.family == _SIL:
             inc.evidence = min(h / 4.0, st.silent) if n == 0 else -math.inf
@@ -812,32 +902,32 @@ class CampaignMonitor:
 
     def _learn_volume(self, st: _Series, n: int, mu: float, season_v: float, is_all: bool,
                       hour: int, phi_n: float, rate: float) -> None:
-        s = self.settings
+        s = self._p
         x = n / season_v
         if st.seen == 0 and st.vol_level == 0.0:
             if n > 0:
                 st.vol_level = x
             return
-        pred = max(st.vol_level + st.vol_trend, 0.0)
+        pred = _fmax(st.vol_level + st.vol_trend, 0.0)
         # Huber-clipped innovation: a fault building evidence moves the level little.
-        sd = math.sqrt(phi_n * max(pred, 1.0))
+        sd = math.sqrt(phi_n * _fmax(pred, 1.0))
         e = clip(x - pred, -3.0 * sd, 3.0 * sd)
         alpha = s.volume_alpha * rate
-        level = max(pred + alpha * e, 0.0)
+        level = _fmax(pred + alpha * e, 0.0)
         st.vol_trend = st.vol_trend + alpha * s.volume_beta * e
         # The trend never extrapolates past the level it corrects.
         st.vol_trend = clip(st.vol_trend, -0.1 * level, 0.1 * level)
         st.vol_level = level
         if mu > 0 and rate == 1.0:  # noise level and profile: from unsuspected windows only
-            pearson = (n - mu) ** 2 / max(mu, 1.0)
-            st.vol_disp += s.dispersion_alpha * (min(pearson, 25.0) - st.vol_disp)
+            pearson = (n - mu) ** 2 / _fmax(mu, 1.0)
+            st.vol_disp += s.dispersion_alpha * (_fmin(pearson, 25.0) - st.vol_disp)
             if is_all and mu >= 10 and s.season_alpha > 0:
                 r = clip(math.log((n + 0.5) / (mu + 0.5)), -0.5, 0.5)
                 self._season_vol[hour] += s.season_alpha * r
 
     def _learn_ctr(self, st: _Series, n: int, k: int, p: float, p_all: float, phi_c: float,
                    is_all: bool, hour: int, rate: float) -> None:
-        s = self.settings
+        s = self._p
         ek = n * p
         k_used = float(k)
         if ek > 0:
@@ -845,8 +935,8 @@ class CampaignMonitor:
             sd = math.sqrt(phi_c * ek * (1.0 - p))
             k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd)
             if rate == 1.0:
-                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / max(st.ctr_disp, 1.0)))
-                st.ctr_disp += s.dispersion_alpha * (min(pearson, 9.0) - st.ctr_disp)
+                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / _fmax(st.ctr_disp, 1.0)))
+                st.ctr_disp += s.dispersion_alpha * (_fmin(pearson, 9.0) - st.ctr_disp)
         # Discounted sums forget by information: ``ek / memory`` per window, bounded.
         if is_all:
             season_c = math.exp(self._season_ctr[hour])
