@@ -328,9 +328,8 @@ _USER_AGENT = attrgetter("user_agent")
 
 def _take(columns: Sequence[Sequence[Any]], idx: list[int]) -> list[tuple[Any, ...]]:
     """The rows ``idx`` of each column (C-speed gather)."""
-    if len(idx) == 1:
-        i = idx[0]
-        return [(col[i],) for col in columns]
+    if len(idx) <= 1:
+        return [tuple([col[i] for i in idx]) for col in columns]
     get = itemgetter(*idx)
     return [get(col) for col in columns]
 
@@ -451,17 +450,16 @@ class EventPreparer:
             return {0: (arrays, columns)}
         cache = self._shard_cache
         try:
-            shards = [cache[c] for c in cids]
+            arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
         except KeyError:
             if len(cache) > 1_000_000:
                 cache.clear()
             for c in set(cids).difference(cache):
                 cache[c] = shard_of(c, self._shards)
-            shards = [cache[c] for c in cids]
-        first = shards[0]
-        if shards.count(first) == len(shards):
+            arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
+        first = int(arr[0])
+        if (arr == first).all():
             return {first: (arrays, columns)}
-        arr = np.array(shards, dtype=np.intp)
         order = np.argsort(arr, kind="stable")
         counts = np.bincount(arr, minlength=self._shards).tolist()
         out = {}
@@ -899,14 +897,16 @@ class ShardState:
         if by_campaign is None:
             by_campaign = self._open[wid] = {}
         lookup = by_campaign.get
+        campaigns = self._campaigns
         for cid, key in zip(cids, self._count_keys(kind, dks), strict=True):
             counts = lookup(cid)
             if counts is None:
                 counts = self._open_window(cid, wid, by_campaign)
             n = counts.get(key)
-            if n is None:
+            if n is None:  # first of its dims key in the campaign's window: new series?
                 counts[key] = 1
-                self._new_key(cid, key, kind)
+                if (key if kind == IMPRESSION else key[0]) not in campaigns[cid].dims.segs:
+                    self._segments_for(campaigns[cid], key if kind == IMPRESSION else key[0])
             else:
                 counts[key] = n + 1
 
@@ -915,6 +915,7 @@ class ShardState:
         """Count events of several windows (de-duplicated already)."""
         current = None
         lookup = by_campaign = None
+        campaigns = self._campaigns
         for cid, wid, key in zip(cids, wids, self._count_keys(kind, dks), strict=True):
             if wid != current:
                 by_campaign = self._open.get(wid)
@@ -926,18 +927,12 @@ class ShardState:
             if counts is None:
                 counts = self._open_window(cid, wid, by_campaign)  # type: ignore[arg-type]
             n = counts.get(key)
-            if n is None:
+            if n is None:  # first of its dims key in the campaign's window: new series?
                 counts[key] = 1
-                self._new_key(cid, key, kind)
+                if (key if kind == IMPRESSION else key[0]) not in campaigns[cid].dims.segs:
+                    self._segments_for(campaigns[cid], key if kind == IMPRESSION else key[0])
             else:
                 counts[key] = n + 1
-
-    def _new_key(self, cid: str, key: Any, kind: int) -> None:
-        """First event of a dims key in a campaign's window: new series of the campaign?"""
-        camp = self._campaigns[cid]
-        dk = key if kind == IMPRESSION else key[0]
-        if dk not in camp.dims.segs:
-            self._segments_for(camp, dk)
 
     def _closed_window_events(self, chunk: Chunk, wids: np.ndarray, keys: np.ndarray,
                               closed: np.ndarray, out: list) -> None:
@@ -1022,6 +1017,10 @@ class ShardState:
         while self._next_close < end_wid:
             wid = self._next_close
             self._next_close = wid + 1
+            start_s = wid * length_s
+            end_s = start_s + length_s
+            # One Window (immutable) and one pair of ISO texts for every campaign's decision.
+            when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
             by_campaign = self._open.pop(wid, None) or {}
             stale = wid - self._grace_windows
             for seen in self._seen:
@@ -1038,7 +1037,7 @@ class ShardState:
                 if counts is None and wid - camp.last_event_wid > self._ttl_windows:
                     evict.append(cid)  # (no window after this one: that would be later)
                     continue
-                out.append(self._decide(cid, camp, wid, counts, length_s))
+                out.append(self._decide(cid, camp, counts, when))
             for cid in evict:
                 del self._campaigns[cid]
                 self.stats.evicted_campaigns += 1
@@ -1056,32 +1055,31 @@ class ShardState:
         """Counts of every series of the campaign in one window (zeros included)."""
         if counts is None:
             return dict.fromkeys(camp.series, _ZERO)
-        sums: dict[str, list[int]] = {}
+        imps: dict[str, int] = {}
+        clicks: dict[str, int] = {}
         cached = camp.dims.segs
         for key, n in counts.items():
             if key.__class__ is tuple and len(key) == 1:
-                kind, dk = CLICK, key[0]
+                dk, sums = key[0], clicks
             else:
-                kind, dk = IMPRESSION, key
+                dk, sums = key, imps
             segs = cached.get(dk)
             if segs is None:
                 segs = self._segments_for(camp, dk)
                 cached = camp.dims.segs
+            get = sums.get
             for seg in segs:
-                c = sums.get(seg)
-                if c is None:
-                    c = sums[seg] = [0, 0]
-                c[kind] += n
-        return {seg: _counts_of(c[0], c[1]) if (c := sums.get(seg)) is not None else _ZERO
-                for seg in camp.series}
+                sums[seg] = get(seg, 0) + n
+        # A series without events gets the shared zero (_counts_of(0, 0) is _ZERO).
+        iget, cget = imps.get, clicks.get
+        return {seg: _counts_of(iget(seg, 0), cget(seg, 0)) for seg in camp.series}
 
-    def _decide(self, cid: str, camp: _Campaign, wid: int, win: dict[Any, int] | None,
-                length_s: int) -> WindowDecision:
-        start_s = wid * length_s
-        end_s = start_s + length_s
+    def _decide(self, cid: str, camp: _Campaign, win: dict[Any, int] | None,
+                when: tuple[Window, str, str]) -> WindowDecision:
+        window, start_iso, end_iso = when
+        start_s, end_s = window.start, window.end
         counts = self._series_counts(camp, win)
-        verdicts: list[Verdict] = camp.monitor.update(_window(start_s, end_s), counts)
-        start_iso, end_iso = self._window_iso(start_s), self._window_iso(end_s)
+        verdicts: list[Verdict] = camp.monitor.update(window, counts)
         stats = self.stats
         if not verdicts:  # the common case: every series with traffic has an ok figure
             # (a series with events has a count above zero; only the shared zero is empty)
