@@ -51,13 +51,14 @@ BASELINE = "17fd6e1"
 def load_baseline(rev: str) -> Any:
     src = subprocess.run(["git", "show", f"{rev}:sinks/slack.py"], cwd=REPO, check=True,
                          capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="slack-baseline-")) / "_slack_baseline.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location("_slack_baseline", path)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["_slack_baseline"] = mod
-    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory(prefix="slack-baseline-") as tmp:
+        path = Path(tmp) / "_slack_baseline.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location("_slack_baseline", path)
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["_slack_baseline"] = mod
+        spec.loader.exec_module(mod)
     return mod
 
 
