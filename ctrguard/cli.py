@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit codes: 0 ok, 1 failure, 2 usage or configuration error, "
         "3 service unreachable, 130 interrupted.",
     )
-    parser.add_argument("--version", action="version", version=f"ctrguard {__version__}")
+    from detectors import native
+
+    parser.add_argument("--version", action="version",
+                        version=f"ctrguard {__version__} (detector core: {native.status()})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

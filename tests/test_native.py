@@ -165,3 +165,13 @@ def test_docstring_examples_run_against_the_core_in_use(module):
     result = runner.summarize(verbose=False)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_version_names_the_core():
+    out = subprocess.run([sys.executable, "-m", "ctrguard", "--version"], capture_output=True,
+                         text=True, cwd=ROOT, check=True).stdout
+    assert f"(detector core: {native.status()})" in out
+    forced = subprocess.run([sys.executable, "-m", "ctrguard", "--version"],
+                            capture_output=True, text=True, cwd=ROOT, check=True,
+                            env={**os.environ, native.PURE_ENV: "1"}).stdout
+    assert "(detector core: disabled)" in forced
