@@ -403,7 +403,10 @@ reported as measured.
    exclude, dedup, window, detect, Redis flags and watermarks, figures and alerts to Kafka,
    Slack to the emulator. Rates are events / time spent in `run_main` (each flow runs in a
    fresh child process, `bench/child.py`; imports and River's import are not timed, the
-   Slack outbox drain at the end is). Peak RSS is that child's `VmHWM`.
+   Slack outbox drain at the end is). Peak RSS is that child's `VmHWM`. With the compiled
+   detector core (`detectors/native.py`), the same flow runs a second time on the same
+   topics with `CTRGUARD_PURE_PYTHON=1` (the Python source of the detectors): the row
+   "detectors as plain Python" is what the compilation buys, measured in the same run.
 4. **Latency** (`bench/latency.py`): the live flow runs in tail mode in a child process.
    This process produces a synthetic stream at {_fmt(lat['impressions_per_s'])}
    impressions/s (+ {_fmt(lat['clicks_per_s'])} clicks/s) over {lat['campaigns']} campaigns
