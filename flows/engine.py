@@ -53,7 +53,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from itertools import chain
+from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from typing import Any, NamedTuple
 
@@ -911,7 +911,7 @@ class ShardState:
                     self.stats.duplicates += n
                     return
                 cids, dks = _take((cids, dks), pos.tolist())
-            self._count(kind, lo, cids, dks)
+            self._count_windows(kind, repeat(lo, len(cids)), cids, dks)
         else:
             parts = []
             for wid in np.unique(wids).tolist():
@@ -939,28 +939,10 @@ class ShardState:
             cache.clear()
         return [cache.get(dk) or cache.setdefault(dk, (dk,)) for dk in dks]
 
-    def _count(self, kind: int, wid: int, cids: Sequence[str], dks: Sequence[Any]) -> None:
-        """Count events of one window (de-duplicated already): the inner loop."""
-        by_campaign = self._open.get(wid)
-        if by_campaign is None:
-            by_campaign = self._open[wid] = {}
-        lookup = by_campaign.get
-        campaigns = self._campaigns
-        for cid, key in zip(cids, self._count_keys(kind, dks), strict=True):
-            counts = lookup(cid)
-            if counts is None:
-                counts = self._open_window(cid, wid, by_campaign)
-            n = counts.get(key)
-            if n is None:  # first of its dims key in the campaign's window: new series?
-                counts[key] = 1
-                if (key if kind == IMPRESSION else key[0]) not in campaigns[cid].dims.segs:
-                    self._segments_for(campaigns[cid], key if kind == IMPRESSION else key[0])
-            else:
-                counts[key] = n + 1
-
-    def _count_windows(self, kind: int, wids: list[int], cids: Sequence[str],
+    def _count_windows(self, kind: int, wids: Iterable[int], cids: Sequence[str],
                        dks: Sequence[Any]) -> None:
-        """Count events of several windows (de-duplicated already)."""
+        """Count events (de-duplicated already), ``wids[i]`` the window of event i: the inner
+        loop, for one window (``repeat(wid, n)``) or several."""
         current = None
         lookup = by_campaign = None
         campaigns = self._campaigns
