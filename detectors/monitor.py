@@ -72,7 +72,7 @@ import math
 from detectors.base import ALL, Counts, Verdict, Window
 from detectors.drift import ResidualDrift
 from detectors.settings import DetectorSettings
-from detectors.stats import binomial_llr, clip, ctr_interval, poisson_llr
+from detectors.stats import binomial_llr, clip, ctr_interval, fmax, fmin, poisson_llr
 
 __all__ = ["CampaignMonitor", "build_monitor"]
 
@@ -106,16 +106,6 @@ _SEVERITY = {
     "volume_change": ("warning", False),
     "drift": ("warning", False),
 }
-
-
-def _fmax(a: float, b: float) -> float:
-    """``max(a, b)`` (``a`` unless ``b`` is larger): compiled, a comparison, not a call."""
-    return b if b > a else a
-
-
-def _fmin(a: float, b: float) -> float:
-    """``min(a, b)`` (``a`` unless ``b`` is smaller)."""
-    return b if b < a else a
 
 
 def _top(xs: list[float]) -> float:
@@ -184,9 +174,9 @@ class _Incident:
         best = -math.inf
         for i, e in enumerate(self.ev):
             if e is not None:
-                e = _fmin(cap, e + llrs[offset + i]) if llrs else e
+                e = fmin(cap, e + llrs[offset + i]) if llrs else e
                 self.ev[i] = e
-                best = _fmax(best, e)
+                best = fmax(best, e)
         self.evidence = best
 
 
@@ -199,7 +189,6 @@ def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
     side = [r for r in ratios if (r < 1.0) == (ratio < 1.0) and abs(math.log(r)) < abs(
         math.log(ratio))]
     return (max(side, key=lambda r: abs(math.log(r))),) if side else ()
-
 
 
 class _Params:
@@ -519,7 +508,7 @@ class CampaignMonitor:
 
         # ---- expectations from the state before this window
         season_v = math.exp(self._season_vol[hour])
-        mu = _fmax(st.vol_level + st.vol_trend, 0.0) * season_v
+        mu = fmax(st.vol_level + st.vol_trend, 0.0) * season_v
         p_rest = 0.0   # segments: the CTR the rest of the campaign had in this window
         if is_all:
             p = p_all
@@ -537,12 +526,12 @@ class CampaignMonitor:
                 p_rest = (kc + _COMPLEMENT_CLICKS) / (nc + _COMPLEMENT_CLICKS / p_all) * rho
         else:
             p, relvar = 0.0, math.inf
-        p = _fmin(p, 0.999)
+        p = fmin(p, 0.999)
         ek = n * p
         ctr_ok = p > 0 and n > 0 and math.isfinite(relvar)
         inflation = 1.0 + ek * relvar if ctr_ok else 1.0
-        phi_c = _fmax(st.ctr_disp, 1.0) * inflation
-        phi_n = _fmax(st.vol_disp, 1.0)
+        phi_c = fmax(st.ctr_disp, 1.0) * inflation
+        phi_n = fmax(st.vol_disp, 1.0)
         ready = st.seen >= s.warmup_windows
 
         # ---- sequential tests
@@ -560,8 +549,8 @@ class CampaignMonitor:
                 # daily cycle the baseline lags behind, a campaign-wide fault, which ``all``
                 # reports) cancels in the second, a fault in a sibling segment (bot clicks
                 # on desktop) in the first.
-                llrs.append(_fmin(binomial_llr(k, n, p, r),
-                                binomial_llr(k, n, _fmin(p_rest, 0.999), r)) / phi_c)
+                llrs.append(fmin(binomial_llr(k, n, p, r),
+                                binomial_llr(k, n, fmin(p_rest, 0.999), r)) / phi_c)
             else:
                 llrs.append(binomial_llr(k, n, p, r) / phi_c)
         vol_ok = mu > 0 and st.seen > 0
@@ -571,7 +560,7 @@ class CampaignMonitor:
         p_ref = self._reference(st, hour) if is_all else 0.0
         dllrs: list[float] = []
         if p_ref > 0.0:
-            phi_r = _fmax(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
+            phi_r = fmax(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
             dllrs = [binomial_llr(k, n, p_ref, r) / phi_r for r in s.drift_ratios]
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
@@ -598,7 +587,7 @@ class CampaignMonitor:
                     keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
                                           1.0 / s.evidence_windows, 0.5)
                     for i, x in enumerate(dllrs):
-                        st.dcusum[i] = _fmax(0.0, keep_ref * st.dcusum[i] + x)
+                        st.dcusum[i] = fmax(0.0, keep_ref * st.dcusum[i] + x)
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
@@ -607,7 +596,7 @@ class CampaignMonitor:
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
                 for i, x in enumerate(llrs):
                     keep = keep_ctr if i < n_ctr else keep_vol
-                    st.cusum[i] = _fmax(0.0, keep * st.cusum[i] + x)
+                    st.cusum[i] = fmax(0.0, keep * st.cusum[i] + x)
             if st.watch is not None and ready and ctr_ok:
                 st.watch[1] += binomial_llr(k, n, p, st.watch[0]) / phi_c
                 st.watch[2] += 1
@@ -644,7 +633,7 @@ class CampaignMonitor:
 
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
-        evidence = _fmax(_top(st.cusum), st.silent)
+        evidence = fmax(_top(st.cusum), st.silent)
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
@@ -671,7 +660,7 @@ class CampaignMonitor:
         """The slow reference CTR of an ``all`` series this hour; 0 while it is too young."""
         if st.ref_k < _REF_MIN_CLICKS or st.ref_e <= 0.0:
             return 0.0
-        return _fmin(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
+        return fmin(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
 
     def _learn_reference(self, st: _Series, n: int, k: int, p: float, p_ref: float,
                          phi_c: float, hour: int) -> None:
@@ -683,9 +672,9 @@ class CampaignMonitor:
         k_used = float(k)
         ekr = n * p_ref
         if ekr > 0:
-            sd = math.sqrt(_fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
+            sd = math.sqrt(fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
             k_used = clip(k, ekr - 3.0 * sd, ekr + 3.0 * sd)
-        a = clip(_fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
+        a = clip(fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
                  s.reference_alpha)
         if 0.0 < p < p_ref:
             a *= 0.1
@@ -908,19 +897,19 @@ class CampaignMonitor:
             if n > 0:
                 st.vol_level = x
             return
-        pred = _fmax(st.vol_level + st.vol_trend, 0.0)
+        pred = fmax(st.vol_level + st.vol_trend, 0.0)
         # Huber-clipped innovation: a fault building evidence moves the level little.
-        sd = math.sqrt(phi_n * _fmax(pred, 1.0))
+        sd = math.sqrt(phi_n * fmax(pred, 1.0))
         e = clip(x - pred, -3.0 * sd, 3.0 * sd)
         alpha = s.volume_alpha * rate
-        level = _fmax(pred + alpha * e, 0.0)
+        level = fmax(pred + alpha * e, 0.0)
         st.vol_trend = st.vol_trend + alpha * s.volume_beta * e
         # The trend never extrapolates past the level it corrects.
         st.vol_trend = clip(st.vol_trend, -0.1 * level, 0.1 * level)
         st.vol_level = level
         if mu > 0 and rate == 1.0:  # noise level and profile: from unsuspected windows only
-            pearson = (n - mu) ** 2 / _fmax(mu, 1.0)
-            st.vol_disp += s.dispersion_alpha * (_fmin(pearson, 25.0) - st.vol_disp)
+            pearson = (n - mu) ** 2 / fmax(mu, 1.0)
+            st.vol_disp += s.dispersion_alpha * (fmin(pearson, 25.0) - st.vol_disp)
             if is_all and mu >= 10 and s.season_alpha > 0:
                 r = clip(math.log((n + 0.5) / (mu + 0.5)), -0.5, 0.5)
                 self._season_vol[hour] += s.season_alpha * r
@@ -935,8 +924,8 @@ class CampaignMonitor:
             sd = math.sqrt(phi_c * ek * (1.0 - p))
             k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd)
             if rate == 1.0:
-                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / _fmax(st.ctr_disp, 1.0)))
-                st.ctr_disp += s.dispersion_alpha * (_fmin(pearson, 9.0) - st.ctr_disp)
+                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / fmax(st.ctr_disp, 1.0)))
+                st.ctr_disp += s.dispersion_alpha * (fmin(pearson, 9.0) - st.ctr_disp)
         # Discounted sums forget by information: ``ek / memory`` per window, bounded.
         if is_all:
             season_c = math.exp(self._season_ctr[hour])

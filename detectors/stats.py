@@ -27,10 +27,8 @@ def binomial_llr(k: float, n: float, p: float, ratio: float) -> float:
     """
     if n <= 0 or p <= 0.0:
         return 0.0
-    # (Comparisons rather than min(): the compiled core calls no builtin here.)
-    p = 0.999 if 0.999 < p else p
-    p1 = p * ratio
-    p1 = 0.999 if 0.999 < p1 else p1
+    p = fmin(p, 0.999)
+    p1 = fmin(p * ratio, 0.999)
     return k * math.log(p1 / p) + (n - k) * math.log((1.0 - p1) / (1.0 - p))
 
 
@@ -56,6 +54,17 @@ def ctr_interval(p: float, n: float, dispersion: float) -> tuple[float, float]:
         return 0.0, 1.0
     half = Z99 * math.sqrt(max(dispersion, 1.0) * p * (1.0 - p) / n)
     return max(0.0, p - half), min(1.0, p + half)
+
+
+def fmin(a: float, b: float) -> float:
+    """``min(a, b)`` for two floats (``a`` unless ``b`` is smaller): in the compiled
+    detector core a comparison, where the builtin would be a generic call."""
+    return b if b < a else a
+
+
+def fmax(a: float, b: float) -> float:
+    """``max(a, b)`` for two floats (``a`` unless ``b`` is larger)."""
+    return b if b > a else a
 
 
 def clip(x: float, lo: float, hi: float) -> float:
