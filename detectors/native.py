@@ -39,6 +39,8 @@ __all__ = ["MODULES", "build", "status"]
 MODULES = ("detectors.stats", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
+#: Every extension a build makes: the modules and the group's shared library.
+_BUILT = (*MODULES, GROUP + "__mypyc")
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
 _DEPENDS = (*MODULES, "detectors.base", "detectors.settings")
 #: Environment variable that forces the Python source.
@@ -79,11 +81,11 @@ def status() -> str:
     ``disabled`` (``CTRGUARD_PURE_PYTHON`` set)."""
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
         return "disabled"
-    built = [m for m in (*MODULES, GROUP + "__mypyc") if _extension(m) is not None]
+    built = [m for m in _BUILT if _extension(m) is not None]
     if not built:
         return "pure"
     stamp = _stamp()
-    if len(built) <= len(MODULES) or any(
+    if len(built) < len(_BUILT) or any(
             stamp.get(m) != _digest(_source(m)) for m in _DEPENDS):
         return "stale"
     return "compiled"
@@ -94,7 +96,7 @@ def in_use() -> str:
     mod = sys.modules.get("detectors.monitor")
     if mod is None:
         return "not imported"
-    return "compiled" if not str(getattr(mod, "__file__", "")).endswith(".py") else "python"
+    return "python" if str(getattr(mod, "__file__", "")).endswith(".py") else "compiled"
 
 
 def select() -> None:
@@ -129,7 +131,7 @@ def build(quiet: bool = False) -> None:
     Raises ``subprocess.CalledProcessError`` when the compiler fails (the extensions of
     an earlier build are removed first, so a failed build leaves the Python source in use).
     """
-    for m in (*MODULES, GROUP + "__mypyc"):
+    for m in _BUILT:
         ext = _extension(m)
         if ext is not None:
             ext.unlink()
