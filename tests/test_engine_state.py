@@ -17,8 +17,16 @@ from ctrguard.records import WindowDecision
 from detectors.base import ALL
 from flows import engine
 from flows.engine import (
-    CLICK, IMPRESSION, Chunk, EventPreparer, Prepared, RawBatch, ShardState, dedup_keys,
+    CLICK,
+    IMPRESSION,
+    Chunk,
+    EventPreparer,
+    Prepared,
+    RawBatch,
+    ShardState,
+    dedup_keys,
 )
+from tests.test_fast_path import figure_totals
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 MIN = 60_000
@@ -262,7 +270,7 @@ def test_segments_with_a_value_cap_match_the_per_campaign_rules(seed):
     state = ShardState(s, ["imp:0", "clk:0"], factory)
     lines: dict[int, list[bytes]] = {IMPRESSION: [], CLICK: []}
     t = T0
-    for i in range(3000):
+    for _ in range(3000):
         t += rng.randrange(0, 1500)
         kind = IMPRESSION if rng.random() < 0.8 else CLICK
         eid = f"e{rng.randrange(2800)}"  # ~ 7% repeats of an id (duplicates if same window)
@@ -292,11 +300,7 @@ def test_segments_with_a_value_cap_match_the_per_campaign_rules(seed):
             done.add(key)
             counted.append((key[0], key[1], kind, tuple(ev.get(d) for d in dims)))
     expect, order = _reference(counted, dims, cap)
-    got: Counter = Counter()
-    for d in out:
-        for f in d.figures:
-            got[(f.campaign_id, f.segment, f.window_start_s, IMPRESSION)] += f.impressions
-            got[(f.campaign_id, f.segment, f.window_start_s, CLICK)] += f.clicks
+    got = figure_totals(out)
     assert +got == +expect
     assert {cid: camp.series for cid, camp in state._campaigns.items()} == order
     # Campaigns in the same position share their segment state.

@@ -177,6 +177,17 @@ def _hand_count(imps, clicks, dims):
     return counts
 
 
+def figure_totals(decisions) -> Counter:
+    """Impressions and clicks per (campaign, segment, window start, kind) in the figures of
+    ``decisions``, the shape :func:`_hand_count` returns."""
+    got: Counter = Counter()
+    for d in decisions:
+        for f in d.figures:
+            got[(f.campaign_id, f.segment, f.window_start_s, IMPRESSION)] += f.impressions
+            got[(f.campaign_id, f.segment, f.window_start_s, CLICK)] += f.clicks
+    return got
+
+
 def _run_engine(s, imps, clicks, rng, batch_sizes):
     prep = EventPreparer(s)
     states = {}
@@ -218,11 +229,7 @@ def test_engine_figures_equal_hand_count_under_any_batching_and_sharding(seed):
         out, states = _run_engine(s, imps, clicks, rng, [1, 7, 100, 700])
         late = [o for o in out if not isinstance(o, WindowDecision)]
         assert late == []  # each topic is in time order; the lateness covers the interleaving
-        got: Counter = Counter()
-        for d in out:
-            for f in d.figures:
-                got[(f.campaign_id, f.segment, f.window_start_s, IMPRESSION)] += f.impressions
-                got[(f.campaign_id, f.segment, f.window_start_s, CLICK)] += f.clicks
+        got = figure_totals(out)
         assert +got == +expect
         assert sum(st.stats.events for st in states.values()) == sum(
             v for (_, seg, _, _), v in expect.items() if seg == ALL)

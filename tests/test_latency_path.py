@@ -12,8 +12,8 @@ import pytest
 
 from ctrguard.config import load_config_text
 from ctrguard.records import WindowDecision
-from flows.engine import DeadLetter, ShardState
 from flows.ctr_flow import DecisionBatch, ShardLogic, _pack, build_monitor_for, is_decision
+from flows.engine import DeadLetter, ShardState
 from sinks.release import ReleaseGate, _ReleasePartition
 
 
