@@ -1,0 +1,328 @@
+"""Replay's fast output and input paths against simple references, byte for byte.
+
+The figure lines (:class:`replay.output.FigureLines`) must be exactly ``orjson.dumps`` of each
+figure, and a whole replay (block reader, figure lines, batched writes) must write exactly
+what a plain ``readline`` reader with one ``orjson.dumps`` per record writes, on inputs with
+non-ASCII text, escapes, CRLF and blank lines, invalid lines, a last line without newline,
+several gzip members; a damaged gzip file fails as the gzip module fails.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import math
+import random
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+
+from ctrguard.config import load_config_text
+from ctrguard.events import CLICK, IMPRESSION
+from ctrguard.records import Figure, WindowDecision
+from replay import output as out_mod
+from replay.output import FigureLines
+from replay.run import open_lines, run_replay
+
+WS, WE, S = "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z", 1767571200
+TRICKY = ["c1", "all", "device=mobile", "café", "日本語", 'q"uote', "back\\slash", "per%cent%d",
+          "%b%s", "tab\tnew\nline", "\x00\x1f", "emoji 🎯", "\u2028", "", " "]
+
+
+def _fig(cid="c1", seg="all", ws=WS, we=WE, s=S, imps=10, clicks=1, ctr=0.1, status="ok",
+         ids=()) -> Figure:
+    return Figure(cid, seg, ws, we, s, imps, clicks, ctr, status, ids)
+
+
+def _reference(figures) -> bytes:
+    return b"".join(orjson.dumps(f) + b"\n" for f in figures)
+
+
+def test_figure_lines_equal_orjson_on_tricky_values():
+    figures = [_fig(cid=c, seg=g) for c in TRICKY for g in TRICKY[:6]]
+    figures += [_fig(ctr=x, clicks=k, imps=n) for x, k, n in [
+        (0.0, 0, 5), (1.0, 3, 3), (1e-7, 1, 10_000_000), (1 / 3, 1, 3), (2.5, 5, 2),
+        (1e16, 1, 1), (123456789.125, 1, 1), (-0.0, 0, 1), (5e-324, 1, 1),
+        (math.nan, 0, 0), (math.inf, 1, 0), (-math.inf, 1, 0)]]
+    figures += [
+        _fig(ids=("a1b2",)), _fig(ids=("x", "y")), _fig(ids=["listed"]),
+        _fig(status="quarantined", ids=("a",)), _fig(status="ok"),
+        _fig(ctr=0),              # an int where a float belongs: orjson writes 0, not 0.0
+        _fig(ctr=0.0),            # after it, the cached encoding of 0 must not be used
+        _fig(imps=True, clicks=False),         # bools are ints to %d, not to orjson
+        _fig(imps=10.0, clicks=1.0),           # floats: orjson writes 10.0
+        _fig(imps=-3, clicks=2**63 - 1), _fig(s=-1), _fig(s=0),
+        _fig(seg=None), _fig(status=None), _fig(cid=None), _fig(ws=None), _fig(s=1.5),
+        _fig(cid="c2", ws="2026-01-05T00:05:00Z", we="2026-01-05T00:10:00Z", s=S + 300),
+        _fig(cid="c1"),           # back to an earlier campaign and window
+    ]
+    assert FigureLines().encode(figures) == _reference(figures)
+
+
+def test_figure_lines_out_of_orjson_range_fail_the_same():
+    for bad in (_fig(imps=2**64), _fig(clicks=-(2**63) - 1), _fig(s=2**70)):
+        with pytest.raises(orjson.JSONEncodeError):
+            orjson.dumps(bad)
+        with pytest.raises(orjson.JSONEncodeError):
+            FigureLines().encode([bad])
+
+
+def test_figure_lines_equal_but_not_identical_window_values():
+    # The fast path notices a shared campaign/window by identity; equal copies must give the
+    # same text (the engine may build them per figure one day).
+    a = _fig(cid="".join(["c", "7"]), ws="".join(WS), we="".join(WE), s=int(str(S)))
+    b = _fig(cid="".join(["c", "7"]), ws="".join(WS), we="".join(WE), s=int(str(S)),
+             seg="device=tv")
+    assert FigureLines().encode([a, b, a]) == _reference([a, b, a])
+
+
+def test_figure_lines_other_objects_go_through_orjson():
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Other:
+        campaign_id: str
+        segment: str
+
+    @dataclasses.dataclass(frozen=True, slots=True)
+    class Sub(Figure):
+        pass
+
+    items = [Other("c1", "all"), Sub("c1", "all", WS, WE, S, 1, 0, 0.0, "ok"), _fig()]
+    assert FigureLines().encode(items) == _reference(items)
+
+
+def test_figure_lines_random_streams_equal_orjson():
+    rng = random.Random(11)
+    lines = FigureLines()
+    windows = [(f"2026-01-05T00:{m:02d}:00Z", f"2026-01-05T00:{m + 5:02d}:00Z", S + 60 * m)
+               for m in range(0, 50, 5)]
+    for _ in range(200):
+        ws, we, s = rng.choice(windows)
+        cid = rng.choice(TRICKY)
+        figures = []
+        for seg in rng.sample(TRICKY, rng.randrange(1, 5)):
+            n = rng.choice([0, 1, 7, 40, 10**6])
+            k = rng.randrange(0, n + 2)
+            ctr = k / n if n else rng.choice([0.0, 0, math.nan])
+            ids = tuple(f"{rng.getrandbits(40):010x}" for _ in range(rng.choice([0, 0, 1, 2])))
+            figures.append(_fig(cid, seg, ws, we, s, n, k, ctr,
+                                rng.choice(["ok", "quarantined"]), ids))
+        assert lines.encode(figures) == _reference(figures)
+
+
+def test_figure_lines_without_fast_path_when_figure_changes(monkeypatch):
+    # A Figure with other fields than the encoder was written for: orjson for everything.
+    monkeypatch.setattr(out_mod, "FIELDS", (*out_mod.FIELDS, "extra"))
+    lines = FigureLines()
+    assert not lines.fast
+    figures = [_fig(), _fig(seg="café")]
+    assert lines.encode(figures) == _reference(figures)
+
+
+def test_figure_lines_caches_stay_bounded(monkeypatch):
+    monkeypatch.setattr(out_mod, "_CACHE_LIMIT", 10)
+    lines = FigureLines()
+    figures = [_fig(cid=f"c{i}", seg=f"s{i}", ctr=i / 1000) for i in range(100)]
+    assert lines.encode(figures) == _reference(figures)
+    assert max(len(lines._text), len(lines._float), len(lines._heads)) <= 12
+
+
+# --------------------------------------------------------------------------- whole replay
+
+
+SETTINGS_YAML = "segments:\n  dimensions: [device]\nwindows:\n  shards: 4\n"
+
+
+def _readline_source(path: Path, chunk_lines: int):
+    """Chunks of (values, offsets, done) as a readline loop cuts them."""
+    fh = open_lines(path)
+    line_no, done = 0, False
+    try:
+        while not done:
+            values, offsets = [], []
+            for _ in range(chunk_lines):
+                line = fh.readline()
+                if not line:
+                    done = True
+                    break
+                line_no += 1
+                line = line.rstrip(b"\r\n")
+                if line.strip():
+                    values.append(line)
+                    offsets.append(line_no)
+            yield values, offsets, done
+    finally:
+        fh.close()
+
+
+def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: int) -> None:
+    """The replay written the plain way: readline, one orjson.dumps and write per record."""
+    import time
+
+    from detectors.monitor import build_monitor
+    from flows.engine import EventPreparer, RawBatch, ShardState
+    from replay.run import dead_letter_record
+
+    out.mkdir(parents=True)
+    sources = [["impressions", IMPRESSION, _readline_source(imp, chunk_lines), None, False],
+               ["clicks", CLICK, _readline_source(clk, chunk_lines), None, False]]
+    preparer = EventPreparer(settings)
+    state = ShardState(settings, ["impressions:0", "clicks:0"],
+                       lambda: build_monitor(settings.detectors))
+    names = ("alerts", "figures", "deadletter")
+    files = {n: open(out / f"{n}.jsonl", "wb") for n in names}  # noqa: SIM115
+    read = parse_errors = 0
+    excluded: Counter = Counter()
+    dead: Counter = Counter()
+    now_ms = int(time.time() * 1000)
+
+    def write(name, obj):
+        files[name].write(orjson.dumps(obj) + b"\n")
+
+    def emit(items):
+        for item in items:
+            if isinstance(item, WindowDecision):
+                for f in item.figures:
+                    write("figures", f)
+                for a in item.alerts:
+                    write("alerts", a)
+            else:
+                dead[item.stage] += 1
+                write("deadletter", dead_letter_record(item))
+
+    while True:
+        pending = [s for s in sources if not s[4]]
+        if not pending:
+            break
+        src = min(pending, key=lambda s: (s[3] is not None, s[3] or 0))
+        values, offsets, src[4] = next(src[2])
+        batch = RawBatch(src[0], 0, src[1], values, offsets, idle=src[4])
+        read += len(values)
+        prepared = preparer.prepare(batch, now_ms=now_ms)
+        if prepared.frontier_ms is not None:
+            src[3] = prepared.frontier_ms
+        excluded.update(prepared.excluded)
+        for d in prepared.dead_letters:
+            parse_errors += d.stage == "parse"
+            dead[d.stage] += 1
+            write("deadletter", dead_letter_record(d))
+        emit(state.ingest(preparer.merged(prepared, batch.kind)))
+    emit(state.flush())
+    for fh in files.values():
+        fh.close()
+    stats = state.stats.as_dict()
+    (out / "summary.json").write_bytes(orjson.dumps({
+        "events_read": read, "events_counted": stats["events"],
+        "excluded": dict(sorted(excluded.items())), "excluded_total": sum(excluded.values()),
+        "duplicates": stats["duplicates"], "late": stats["late"],
+        "dead_lettered": sum(dead.values()), "dead_lettered_by_stage": dict(sorted(dead.items())),
+        "invalid": parse_errors, "windows": stats["windows"],
+        "quarantined_windows": stats["quarantined"], "alerts": stats["alerts"],
+        "campaigns": state.campaigns, "series": state.series(), "baseline_alerts": {},
+    }, option=orjson.OPT_INDENT_2))
+
+
+_RENAME = {"c000": 'c000-café "quoted" \\ 100%', "c001": "日本-%s-%d", "c002": "c002\ttab"}
+_DEVICES = {"mobile": "móvil", "tablet": "tablette 🎯"}
+
+
+def _tricky_lines(lines: list[bytes], rng: random.Random) -> list[bytes]:
+    """The generator's lines with non-ASCII and escaped text, CRLF and blank lines, invalid
+    JSON and bytes, duplicates and a late event mixed in."""
+    out = []
+    for i, line in enumerate(lines):
+        ev = orjson.loads(line)
+        ev["campaign_id"] = _RENAME.get(ev["campaign_id"], ev["campaign_id"])
+        ev["device"] = _DEVICES.get(ev["device"], ev["device"])
+        line = orjson.dumps(ev) if (ev["campaign_id"] != orjson.loads(line)["campaign_id"]
+                                    or ev["device"] in _DEVICES.values()) else line
+        r = rng.random()
+        if r < 0.01:
+            line += b"\r"                       # CRLF line ending
+        elif r < 0.015:
+            out.append(rng.choice([b"", b"   ", b"\t", b"\r"]))
+        elif r < 0.018:
+            out.append(rng.choice([b"{not json", b'{"event_id":"x"}', b"\xff\xfe garbage",
+                                   b'["a list"]', "{\"ts\":\"é\"}".encode()]))
+        elif r < 0.02:
+            out.append(line)                    # a duplicate
+        if i == len(lines) // 2:
+            out.append(lines[0])                # far behind: late
+        out.append(line)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tricky_inputs(tmp_path_factory):
+    from replay.generator import render_lines, simulate
+
+    d = tmp_path_factory.mktemp("tricky")
+    sim = simulate(seed=3, campaigns=4, hours=8, volume_scale=1, incident_rate=1.0,
+                   trap_rate=0.0)
+    rng = random.Random(5)
+    imps = _tricky_lines(render_lines(sim, "impressions"), rng)
+    clicks = _tricky_lines(render_lines(sim, "clicks"), rng)
+    files = {}
+    # Impressions: gzip in three members, cut mid-line, last line without a newline.
+    data = b"\n".join(imps)
+    cuts = sorted(rng.sample(range(1, len(data)), 2))
+    files["imp_gz"] = d / "imp.jsonl.gz"
+    files["imp_gz"].write_bytes(b"".join(gzip.compress(p) for p in (
+        data[:cuts[0]], data[cuts[0]:cuts[1]], data[cuts[1]:])))
+    files["imp_plain"] = d / "imp.jsonl"
+    files["imp_plain"].write_bytes(data)
+    files["clk"] = d / "clk.jsonl"
+    files["clk"].write_bytes(b"\r\n".join(clicks) + b"\r\n")
+    return files
+
+
+@pytest.mark.parametrize("imp_key,chunk_lines,block", [
+    ("imp_gz", 5000, None), ("imp_plain", 777, 4096), ("imp_gz", 100, 333)])
+def test_replay_outputs_equal_a_plain_reference(tricky_inputs, tmp_path, monkeypatch,
+                                                imp_key, chunk_lines, block):
+    import replay.run as rr
+
+    if block is not None:
+        monkeypatch.setattr(rr, "READ_BLOCK", block)
+    settings = load_config_text(SETTINGS_YAML, env={})
+    imp, clk = tricky_inputs[imp_key], tricky_inputs["clk"]
+    result = run_replay(imp, clk, settings, tmp_path / "new", chunk_lines=chunk_lines)
+    _reference_replay(imp, clk, settings, tmp_path / "ref", chunk_lines)
+    s = result.summary
+    # The inputs do exercise what they are meant to.
+    assert s["alerts"] > 0 and s["invalid"] > 0 and s["late"] > 0 and s["duplicates"] > 0
+    figures = (tmp_path / "new" / "figures.jsonl").read_bytes()
+    assert "日本-%s-%d".encode() in figures and "móvil".encode() in figures
+    assert b"raw_base64" in (tmp_path / "new" / "deadletter.jsonl").read_bytes()
+    for name in ("alerts.jsonl", "figures.jsonl", "deadletter.jsonl", "summary.json"):
+        new, ref = (tmp_path / "new" / name).read_bytes(), (tmp_path / "ref" / name).read_bytes()
+        assert new == ref, name
+
+
+def _damaged(tmp_path: Path, good: bytes, how: str) -> Path:
+    data = gzip.compress(good)
+    if how == "truncated":
+        data = data[:len(data) // 2]
+    elif how == "crc":
+        data = data[:-8] + (zlib.crc32(good) ^ 1).to_bytes(4, "little") + data[-4:]
+    elif how == "trailing garbage":
+        data += b"not gzip"
+    path = tmp_path / f"{how.replace(' ', '_')}.jsonl.gz"
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("how", ["truncated", "crc", "trailing garbage"])
+def test_damaged_gzip_fails_as_the_gzip_module_does(tmp_path, how):
+    good = b"".join(b'{"event_id":"e%d","ts":%d,"campaign_id":"c1"}\n' % (i, 1767571200000 + i)
+                    for i in range(20000))
+    path = _damaged(tmp_path, good, how)
+    with pytest.raises(Exception) as expected:
+        open_lines(path).read()
+    clk = tmp_path / "clk.jsonl"
+    clk.write_bytes(b"")
+    with pytest.raises(type(expected.value)) as got:
+        run_replay(path, clk, load_config_text("", env={}), tmp_path / "out")
+    assert str(got.value) == str(expected.value)
