@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
                                 bench_config)
                 if r >= 0:
                     runs[label].append(res)
-                log(f"{'warm-up' if r < 0 else 'round'} {r + 1}/{args.rounds} {label}: "
+                step = (f"warm-up {r + args.warmup + 1}/{args.warmup}" if r < 0
+                        else f"round {r + 1}/{args.rounds}")
+                log(f"{step} {label}: "
                     f"{res['events']:,} events, "
                     f"{res['cpu_s'] / res['events'] * 1e6:.2f} CPU µs/event, "
                     f"{res['events'] / res['wall_s']:,.0f} events/s")

@@ -20,6 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
@@ -132,25 +133,28 @@ class _FileSource:
         # Like readline: the chunk that tries to read past the last line finds the end.
         if len(lines) < want:
             self.done = True
-        # No carriage return in the file so far and no line empty or starting with white
-        # space (the smallest line would; b" " is the largest white-space byte): every line
-        # is kept as is. Otherwise each line is trimmed and blank ones skipped, as readline.
-        if not lines or (not self._carriage_return and min(lines)[:1] > b" "):
+        # Lines are trimmed of their line ending (only carriage returns are left once the
+        # file is cut at newlines) and blank ones skipped, as readline would.
+        if self._carriage_return:
+            lines = list(map(bytes.rstrip, lines, repeat(b"\r\n")))
+        # No line empty or starting with white space (the smallest line would; b" " is the
+        # largest white-space byte): every line is kept as it is.
+        if not lines or min(lines)[:1] > b" ":
             values = lines
             offsets: Sequence[int] = range(first, first + len(lines))
         else:
             values, offsets = [], []
             for no, line in enumerate(lines, first):
-                line = line.rstrip(b"\r\n")
                 if line.strip():
                     values.append(line)
                     offsets.append(no)
         return RawBatch(self.topic, 0, self.kind, values, offsets, idle=self.done)
 
 
-def _write_jsonl(fh: IO[bytes], obj: Any) -> None:
-    fh.write(orjson.dumps(obj))
-    fh.write(b"\n")
+def _write_lines(fh: IO[bytes], records: Sequence[Any]) -> None:
+    """Write ``records`` as JSON lines in one write."""
+    if records:
+        fh.write(b"\n".join(map(orjson.dumps, records)) + b"\n")
 
 
 def dead_letter_record(d: DeadLetter) -> dict[str, Any]:
@@ -236,22 +240,23 @@ def run_replay(
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
             figures: list[bytes] = []
+            alerts: list[Any] = []
+            dead: list[dict[str, Any]] = []
             for item in items:
                 if isinstance(item, WindowDecision):
                     figure_lines.extend(figures, item.figures)
-                    for alert in item.alerts:
-                        _write_jsonl(files["alerts"], alert)
+                    alerts.extend(item.alerts)
                 else:
                     dead_by_stage[item.stage] += 1
-                    _write_jsonl(files["deadletter"], dead_letter_record(item))
+                    dead.append(dead_letter_record(item))
             if figures:
                 files["figures"].write(b"".join(figures))
+            _write_lines(files["alerts"], alerts)
+            _write_lines(files["deadletter"], dead)
         else:
-            fh = baseline_files[name]
-            for item in items:
-                if isinstance(item, WindowDecision):
-                    for alert in item.alerts:
-                        _write_jsonl(fh, alert)
+            _write_lines(baseline_files[name], [alert for item in items
+                                                if isinstance(item, WindowDecision)
+                                                for alert in item.alerts])
 
     gc_thresholds = gc.get_threshold()
     tune_gc()
@@ -269,11 +274,13 @@ def run_replay(
             if prepared.frontier_ms is not None:
                 src.frontier = prepared.frontier_ms
             excluded.update(prepared.excluded)
-            for d in prepared.dead_letters:
-                if d.stage == "parse":
-                    parse_errors += 1
-                dead_by_stage[d.stage] += 1
-                _write_jsonl(files["deadletter"], dead_letter_record(d))
+            if prepared.dead_letters:
+                for d in prepared.dead_letters:
+                    if d.stage == "parse":
+                        parse_errors += 1
+                    dead_by_stage[d.stage] += 1
+                _write_lines(files["deadletter"],
+                             [dead_letter_record(d) for d in prepared.dead_letters])
             # Replay runs all campaigns in one state (shards only matter for parallelism):
             # one chunk with the shards' events in shard order, as the live flow sees them.
             merged = preparer.merged(prepared, batch.kind)

@@ -157,10 +157,12 @@ def _readline_source(path: Path, chunk_lines: int):
         fh.close()
 
 
-def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: int) -> None:
+def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: int,
+                      baselines: bool) -> None:
     """The replay written the plain way: readline, one orjson.dumps and write per record."""
     import time
 
+    from detectors import baselines as bl
     from detectors.monitor import build_monitor
     from flows.engine import EventPreparer, RawBatch, ShardState
     from replay.run import dead_letter_record
@@ -169,9 +171,15 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
     sources = [["impressions", IMPRESSION, _readline_source(imp, chunk_lines), None, False],
                ["clicks", CLICK, _readline_source(clk, chunk_lines), None, False]]
     preparer = EventPreparer(settings)
-    state = ShardState(settings, ["impressions:0", "clicks:0"],
-                       lambda: build_monitor(settings.detectors))
-    names = ("alerts", "figures", "deadletter")
+    ids = ["impressions:0", "clicks:0"]
+    state = ShardState(settings, ids, lambda: build_monitor(settings.detectors))
+    others = {}
+    if baselines:
+        others = {"raw_river": ShardState(settings, ids,
+                                          lambda: bl.RawRiverBaseline(settings.detectors)),
+                  "ztest": ShardState(settings, ids,
+                                      lambda: bl.ZTestBaseline(settings.detectors))}
+    names = ("alerts", "figures", "deadletter", *(f"alerts_{n}" for n in others))
     files = {n: open(out / f"{n}.jsonl", "wb") for n in names}  # noqa: SIM115
     read = parse_errors = 0
     excluded: Counter = Counter()
@@ -192,6 +200,12 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
                 dead[item.stage] += 1
                 write("deadletter", dead_letter_record(item))
 
+    def emit_alerts(name, items):
+        for item in items:
+            if isinstance(item, WindowDecision):
+                for a in item.alerts:
+                    write(f"alerts_{name}", a)
+
     while True:
         pending = [s for s in sources if not s[4]]
         if not pending:
@@ -208,8 +222,13 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
             parse_errors += d.stage == "parse"
             dead[d.stage] += 1
             write("deadletter", dead_letter_record(d))
-        emit(state.ingest(preparer.merged(prepared, batch.kind)))
+        merged = preparer.merged(prepared, batch.kind)
+        emit(state.ingest(merged))
+        for name, other in others.items():
+            emit_alerts(name, other.ingest(merged))
     emit(state.flush())
+    for name, other in others.items():
+        emit_alerts(name, other.flush())
     for fh in files.values():
         fh.close()
     stats = state.stats.as_dict()
@@ -220,7 +239,8 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
         "dead_lettered": sum(dead.values()), "dead_lettered_by_stage": dict(sorted(dead.items())),
         "invalid": parse_errors, "windows": stats["windows"],
         "quarantined_windows": stats["quarantined"], "alerts": stats["alerts"],
-        "campaigns": state.campaigns, "series": state.series(), "baseline_alerts": {},
+        "campaigns": state.campaigns, "series": state.series(),
+        "baseline_alerts": {name: other.stats.alerts for name, other in others.items()},
     }, option=orjson.OPT_INDENT_2))
 
 
@@ -278,25 +298,31 @@ def tricky_inputs(tmp_path_factory):
     return files
 
 
-@pytest.mark.parametrize("imp_key,chunk_lines,block", [
-    ("imp_gz", 5000, None), ("imp_plain", 777, 4096), ("imp_gz", 100, 333)])
+@pytest.mark.parametrize("imp_key,chunk_lines,block,baselines", [
+    ("imp_gz", 5000, None, False), ("imp_plain", 777, 4096, True), ("imp_gz", 100, 333, False)])
 def test_replay_outputs_equal_a_plain_reference(tricky_inputs, tmp_path, monkeypatch,
-                                                imp_key, chunk_lines, block):
+                                                imp_key, chunk_lines, block, baselines):
     import replay.run as rr
 
     if block is not None:
         monkeypatch.setattr(rr, "READ_BLOCK", block)
     settings = load_config_text(SETTINGS_YAML, env={})
     imp, clk = tricky_inputs[imp_key], tricky_inputs["clk"]
-    result = run_replay(imp, clk, settings, tmp_path / "new", chunk_lines=chunk_lines)
-    _reference_replay(imp, clk, settings, tmp_path / "ref", chunk_lines)
+    result = run_replay(imp, clk, settings, tmp_path / "new", chunk_lines=chunk_lines,
+                        baselines=baselines)
+    _reference_replay(imp, clk, settings, tmp_path / "ref", chunk_lines, baselines)
     s = result.summary
     # The inputs do exercise what they are meant to.
     assert s["alerts"] > 0 and s["invalid"] > 0 and s["late"] > 0 and s["duplicates"] > 0
     figures = (tmp_path / "new" / "figures.jsonl").read_bytes()
     assert "日本-%s-%d".encode() in figures and "móvil".encode() in figures
     assert b"raw_base64" in (tmp_path / "new" / "deadletter.jsonl").read_bytes()
-    for name in ("alerts.jsonl", "figures.jsonl", "deadletter.jsonl", "summary.json"):
+    names = sorted(p.name for p in (tmp_path / "ref").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "new").iterdir())
+    assert len(names) == (6 if baselines else 4)
+    if baselines:
+        assert all(result.summary["baseline_alerts"].values())
+    for name in names:
         new, ref = (tmp_path / "new" / name).read_bytes(), (tmp_path / "ref" / name).read_bytes()
         assert new == ref, name
 
