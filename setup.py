@@ -10,7 +10,7 @@ runs ``setup.py build_ext --inplace`` with the variable set.
 import os
 import runpy
 
-from setuptools import setup
+from setuptools import Extension, setup
 
 ext_modules = []
 if os.environ.get("CTRGUARD_BUILD_NATIVE", "") not in ("", "0"):
@@ -22,5 +22,8 @@ if os.environ.get("CTRGUARD_BUILD_NATIVE", "") not in ("", "0"):
     # it imports wherever ``detectors`` does, editable installs included.
     ext_modules = mypycify(["--config-file", "detectors/mypyc.ini", *native["module_paths"]()],
                            group_name=native["GROUP"])
+    # Hand-written C (the event scanner, ctrguard/_scan.c).
+    ext_modules += [Extension(name, [source], extra_compile_args=["-O2"])
+                    for name, source in native["C_EXTENSIONS"].items()]
 
 setup(ext_modules=ext_modules)

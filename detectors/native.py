@@ -12,10 +12,13 @@ file. So the build records a digest of each source beside it (``_native.json``),
 ``import detectors`` loads the Python source instead, with a warning, when they differ.
 ``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
 
+The same build compiles the hand-written C of :data:`C_EXTENSIONS` (the event scanner,
+``ctrguard/_scan.c``), which is stamped alike and used only when the core is ``compiled``.
+
 ``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
 
->>> MODULES
-('detectors.stats', 'detectors.monitor')
+>>> MODULES, tuple(C_EXTENSIONS)
+(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan',))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -33,16 +36,18 @@ import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["MODULES", "build", "status"]
+__all__ = ["C_EXTENSIONS", "MODULES", "build", "status"]
 
 #: Compiled modules, in import order (``monitor`` imports ``stats``).
 MODULES = ("detectors.stats", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
-#: Every extension a build makes: the modules and the group's shared library.
-_BUILT = (*MODULES, GROUP + "__mypyc")
+#: Hand-written C extensions built with the core, and their sources.
+C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c"}
+#: Every extension a build makes: the modules, the group's shared library, the C ones.
+_BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
-_DEPENDS = (*MODULES, "detectors.base", "detectors.settings")
+_DEPENDS = (*MODULES, "detectors.base", "detectors.settings", *C_EXTENSIONS)
 #: Environment variable that forces the Python source.
 PURE_ENV = "CTRGUARD_PURE_PYTHON"
 _STAMP = "_native.json"
@@ -51,6 +56,8 @@ _ROOT = _HERE.parent
 
 
 def _source(module: str) -> Path:
+    if module in C_EXTENSIONS:
+        return _ROOT / C_EXTENSIONS[module]
     return _ROOT / (module.replace(".", "/") + ".py")
 
 

@@ -26,8 +26,10 @@ tracking outage, when the click topic is silent.
 
 Cost
 ----
-Everything per event is done in bulk: a batch is decoded with one C call per message and its
-times parsed with numpy (:func:`ctrguard.events.decode_batch`), its de-duplication keys
+Everything per event is done in bulk: a batch of plain, valid messages (the common case) is
+scanned in one C call into columns with its de-duplication keys
+(:func:`ctrguard.events.scan_batch`); any other batch is decoded with one msgspec call per
+message and its times parsed with numpy (:func:`ctrguard.events.decode_batch`), its keys
 hashed with numpy (:func:`dedup_keys`); chunks carry columns (numpy times and keys, tuples of
 ids), not one object per event; a shard de-duplicates a chunk with a few numpy operations
 (:class:`_Seen`), and its inner loop is two dict lookups and a counter increment per event,
@@ -60,7 +62,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ctrguard.config import Settings
-from ctrguard.events import CLICK, IMPRESSION, decode_batch, ms_to_iso
+from ctrguard.events import CLICK, IMPRESSION, decode_batch, ms_to_iso, scan_batch
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -344,6 +346,20 @@ def _take(columns: Sequence[Sequence[Any]], idx: list[int]) -> list[tuple[Any, .
     return [get(col) for col in columns]
 
 
+class _Columns(NamedTuple):
+    """A batch's valid events as columns, before exclusions (:meth:`EventPreparer._columns`)."""
+
+    campaign_ids: Sequence[str]
+    event_ids: Sequence[str]
+    dims: Sequence[Any]                     # per event: :func:`dims_key`
+    ts_ms: np.ndarray
+    user_agents: Sequence[str | None] | None  # only when bot patterns are configured
+    internal: Sequence[int]                 # positions flagged is_internal (when excluded)
+    positions: Sequence[int] | None         # index in the batch of each; None: all, in order
+    keys: np.ndarray | None                 # dedup keys, when the scanner made them
+    dead: list[DeadLetter]
+
+
 class EventPreparer:
     """Parse, validate, exclude and route one raw batch. Pure; one per worker."""
 
@@ -368,19 +384,18 @@ class EventPreparer:
             is_bot = self._ua_cache[ua] = self._bot_re.search(ua) is not None  # type: ignore[union-attr]
         return is_bot
 
-    def _excluded(self, events: list[Any], excluded: Counter) -> set[int]:
-        """Positions of internal and bot traffic (counted in ``excluded`` by reason)."""
+    def _excluded(self, agents: Sequence[str | None] | None, internal: Sequence[int],
+                  excluded: Counter) -> set[int]:
+        """Positions of internal and bot traffic (counted in ``excluded`` by reason), from
+        the user-agent column and the positions flagged ``is_internal``."""
         drop: set[int] = set()
-        if self._exclude_internal:
-            internal = list(map(_INTERNAL, events))
-            if any(internal):
-                drop = set(np.flatnonzero(np.array(internal, dtype=bool)).tolist())
-                excluded["internal"] += len(drop)
-        if self._bot_re is not None:
-            agents = list(map(_USER_AGENT, events))
+        if self._exclude_internal and internal:
+            drop = set(internal)
+            excluded["internal"] += len(drop)
+        if self._bot_re is not None and agents is not None:
             seen = set(agents)
             seen.discard(None)
-            bots = {ua for ua in seen if self._is_bot(ua)}
+            bots = {ua for ua in seen if self._is_bot(ua)}  # type: ignore[arg-type]
             if bots:
                 flags = np.fromiter(map(bots.__contains__, agents), dtype=bool,
                                     count=len(agents))
@@ -390,21 +405,59 @@ class EventPreparer:
                     drop |= hits
         return drop
 
-    def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
-        """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
-        values, offsets = batch.values, batch.offsets
-        topic, partition = batch.topic, batch.partition
+    def _columns(self, values: Sequence[bytes], topic: str, partition: int,
+                 offsets: Sequence[int]) -> _Columns:
+        """The batch as columns: in C when every message is valid and plain
+        (:func:`~ctrguard.events.scan_batch`), else decoded message by message, each
+        rejected one a dead letter with its reason."""
+        scanned = scan_batch(values, self._dims, user_agents=self._bot_re is not None,
+                             max_bytes=self._max_bytes)
+        if scanned is not None:
+            cols = scanned.dims
+            if not cols:
+                dks: Sequence[Any] = [None] * len(scanned.campaign_ids)
+            elif len(cols) == 1:
+                dks = cols[0]
+            else:
+                dks = list(zip(*cols, strict=True))
+            return _Columns(scanned.campaign_ids, scanned.event_ids, dks, scanned.ts_ms,
+                            scanned.user_agents, scanned.internal, None, scanned.keys, [])
         decoded = decode_batch(values, max_bytes=self._max_bytes)
         dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
                            values[i] if values[i] is not None else b"")
                 for i, exc in decoded.errors]
-        events, ts, pos = decoded.events, decoded.ts_ms, decoded.positions
+        events = decoded.events
+        if not self._dims:
+            dks = [None] * len(events)
+        elif len(self._dims) == 1:
+            dks = list(map(self._dim_getters[0], events))
+        else:
+            dks = list(zip(*[list(map(g, events)) for g in self._dim_getters], strict=True))
+        internal: list[int] = []
+        if self._exclude_internal:
+            flags = list(map(_INTERNAL, events))
+            if any(flags):
+                internal = np.flatnonzero(np.array(flags, dtype=bool)).tolist()
+        return _Columns(list(map(_CAMPAIGN, events)), list(map(_EVENT_ID, events)), dks,
+                        decoded.ts_ms,
+                        list(map(_USER_AGENT, events)) if self._bot_re is not None else None,
+                        internal, decoded.positions, None, dead)
+
+    def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
+        """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
+        values, offsets = batch.values, batch.offsets
+        topic, partition = batch.topic, batch.partition
+        cols = self._columns(values, topic, partition, offsets)
+        cids, eids, dks, ts, pos, keys = (cols.campaign_ids, cols.event_ids, cols.dims,
+                                          cols.ts_ms, cols.positions, cols.keys)
+        dead = cols.dead
+        n = len(cids)
         excluded: Counter = Counter()
         keep: list[int] | None = None
-        if events:
-            drop = self._excluded(events, excluded)
+        if n:
+            drop = self._excluded(cols.user_agents, cols.internal, excluded)
             if drop:
-                mask = np.ones(len(events), dtype=bool)
+                mask = np.ones(n, dtype=bool)
                 mask[list(drop)] = False
                 keep = np.flatnonzero(mask).tolist()
         if now_ms is not None and ts.size:
@@ -412,7 +465,7 @@ class EventPreparer:
             # push the watermark ahead and close every window early.
             limit = now_ms + self._future_ms
             if ts.max() > limit:
-                kept = keep if keep is not None else range(len(events))
+                kept = keep if keep is not None else range(n)
                 future = [j for j in kept if ts[j] > limit]
                 for j in future:
                     i = pos[j] if pos is not None else j
@@ -424,20 +477,14 @@ class EventPreparer:
                 keep = [j for j in kept if j not in gone]
         if keep is not None:
             if keep:
-                events, pos = _take((events, pos if pos is not None else range(len(events))),
-                                    keep)
+                cids, eids, dks, pos = _take(
+                    (cids, eids, dks, pos if pos is not None else range(n)), keep)
                 ts = ts[keep]
+                if keys is not None:
+                    keys = keys[keep]
             else:
-                events, pos, ts = [], [], _NO_TIMES
+                cids, eids, dks, pos, ts = [], [], [], [], _NO_TIMES
         frontier = int(ts.max()) if ts.size else None
-        cids = list(map(_CAMPAIGN, events))
-        eids = list(map(_EVENT_ID, events))
-        if not self._dims:
-            dks: list[Any] = [None] * len(events)
-        elif len(self._dims) == 1:
-            dks = list(map(self._dim_getters[0], events))
-        else:
-            dks = list(zip(*[list(map(g, events)) for g in self._dim_getters], strict=True))
         if pos is None:
             raws, offs = values, offsets
         elif pos:
@@ -445,11 +492,12 @@ class EventPreparer:
         else:
             raws, offs = [], []
         chunks: dict[int, Chunk] = {}
-        if events:
-            keys = dedup_keys(cids, eids)
-            for s, ((t, k), cols) in self._route(cids, (ts, keys),
-                                                 (cids, eids, dks, offs, raws)).items():
-                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, t, *cols, k)
+        if cids:
+            if keys is None:
+                keys = dedup_keys(cids, eids)
+            for s, ((t, k), columns) in self._route(cids, (ts, keys),
+                                                    (cids, eids, dks, offs, raws)).items():
+                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, t, *columns, k)
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
                              len(values), len(self._dims))
 

@@ -1,0 +1,613 @@
+/*
+ * ctrguard._scan: the fast path of event decoding (see ctrguard/events.py, scan_batch).
+ *
+ * One pass over a batch of messages that are all flat JSON objects in printable ASCII:
+ * the fields the dataflow needs come out as columns (lists of str, and int64 / uint64
+ * buffers), with no object per event and no object for fields it does not use.
+ *
+ * The reference is msgspec decoding into ctrguard.events._BatchEventWire. This scanner
+ * accepts a batch only when it can tell that every message in it is valid and would
+ * decode to exactly what it returns; for anything else (a syntax error, a missing or
+ * mistyped field, an escape, a nested value, a repeated key, a number it does not
+ * parse itself) it returns None and the caller decodes the whole batch with msgspec,
+ * which then gives each message its verdict and its reason. So this code may refuse
+ * too much (a slower batch), never accept too much.
+ *
+ * The de-duplication keys are the same function as flows.engine.dedup_keys (XXH64's
+ * lane round over the id's bytes in 8-byte little-endian words, zero-padded).
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+/* Field numbers: the order of FIELD_NAMES. */
+enum {
+    F_EVENT_ID, F_TS, F_CAMPAIGN_ID, F_CREATIVE_ID, F_CHANNEL, F_DEVICE, F_GEO,
+    F_USER_ID, F_USER_AGENT, F_IMPRESSION_ID, F_IS_INTERNAL, N_FIELDS
+};
+
+static const char *FIELD_NAMES[N_FIELDS] = {
+    "event_id", "ts", "campaign_id", "creative_id", "channel", "device", "geo",
+    "user_id", "user_agent", "impression_id", "is_internal",
+};
+
+/* Value kinds as parsed. */
+enum { V_STRING, V_INT, V_TRUE, V_FALSE, V_NULL, V_OTHER_NUMBER };
+
+typedef struct {
+    const char *start;   /* V_STRING: the characters between the quotes */
+    Py_ssize_t len;
+    int kind;
+    int64_t ival;        /* V_INT, when it fits (int_ok) */
+    int int_ok;
+} Value;
+
+static inline const char *skip_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    return p;
+}
+
+/* A string without escapes, of printable ASCII (0x20..0x7e). *p is at the opening quote.
+ * Returns the position after the closing quote, or NULL. */
+static inline const char *scan_string(const char *p, const char *end, Value *v) {
+    const char *s = ++p;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') {
+            v->start = s;
+            v->len = p - s;
+            v->kind = V_STRING;
+            return p + 1;
+        }
+        if (c < 0x20 || c >= 0x7f || c == '\\')
+            return NULL;
+        p++;
+    }
+    return NULL;
+}
+
+/* A JSON number (RFC 8259 grammar). An integer without fraction or exponent of at most
+ * 18 digits is V_INT with its value; any other valid number is V_OTHER_NUMBER. */
+static inline const char *scan_number(const char *p, const char *end, Value *v) {
+    const char *s = p;
+    int neg = 0;
+    if (p < end && *p == '-') {
+        neg = 1;
+        p++;
+    }
+    if (p >= end || *p < '0' || *p > '9')
+        return NULL;
+    const char *digits = p;
+    if (*p == '0') {
+        p++;
+    } else {
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    Py_ssize_t ndigits = p - digits;
+    int is_int = 1;
+    if (p < end && *p == '.') {
+        is_int = 0;
+        p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        is_int = 0;
+        p++;
+        if (p < end && (*p == '+' || *p == '-'))
+            p++;
+        if (p >= end || *p < '0' || *p > '9')
+            return NULL;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+    }
+    v->start = s;
+    v->len = p - s;
+    if (is_int && ndigits <= 18) {
+        int64_t x = 0;
+        for (const char *q = digits; q < digits + ndigits; q++)
+            x = x * 10 + (*q - '0');
+        v->ival = neg ? -x : x;
+        v->int_ok = 1;
+        v->kind = V_INT;
+    } else {
+        v->int_ok = 0;
+        v->kind = V_OTHER_NUMBER;
+    }
+    return p;
+}
+
+static inline const char *scan_literal(const char *p, const char *end, const char *word,
+                                       Py_ssize_t n, int kind, Value *v) {
+    if (end - p < n || memcmp(p, word, n) != 0)
+        return NULL;
+    v->kind = kind;
+    return p + n;
+}
+
+static inline const char *scan_value(const char *p, const char *end, Value *v) {
+    if (p >= end)
+        return NULL;
+    switch (*p) {
+    case '"':
+        return scan_string(p, end, v);
+    case 't':
+        return scan_literal(p, end, "true", 4, V_TRUE, v);
+    case 'f':
+        return scan_literal(p, end, "false", 5, V_FALSE, v);
+    case 'n':
+        return scan_literal(p, end, "null", 4, V_NULL, v);
+    default:
+        return scan_number(p, end, v);   /* objects and arrays: not on this path */
+    }
+}
+
+static inline int field_of(const char *k, Py_ssize_t n) {
+    switch (n) {
+    case 2:
+        if (memcmp(k, "ts", 2) == 0) return F_TS;
+        break;
+    case 3:
+        if (memcmp(k, "geo", 3) == 0) return F_GEO;
+        break;
+    case 6:
+        if (memcmp(k, "device", 6) == 0) return F_DEVICE;
+        break;
+    case 7:
+        if (memcmp(k, "channel", 7) == 0) return F_CHANNEL;
+        if (memcmp(k, "user_id", 7) == 0) return F_USER_ID;
+        break;
+    case 8:
+        if (memcmp(k, "event_id", 8) == 0) return F_EVENT_ID;
+        break;
+    case 10:
+        if (memcmp(k, "user_agent", 10) == 0) return F_USER_AGENT;
+        break;
+    case 11:
+        if (memcmp(k, "campaign_id", 11) == 0) return F_CAMPAIGN_ID;
+        if (memcmp(k, "creative_id", 11) == 0) return F_CREATIVE_ID;
+        if (memcmp(k, "is_internal", 11) == 0) return F_IS_INTERNAL;
+        break;
+    case 13:
+        if (memcmp(k, "impression_id", 13) == 0) return F_IMPRESSION_ID;
+        break;
+    }
+    return -1;
+}
+
+/* XXH64 lane round and avalanche, as flows.engine.dedup_keys computes them in numpy. */
+#define K1 0x9E3779B185EBCA87ULL
+#define K2 0xC2B2AE3D27D4EB4FULL
+#define K3 0x165667B19E3779F9ULL
+#define K4 0x85EBCA77C2B2AE63ULL
+#define K5 0x27D4EB2F165667C5ULL
+
+static inline uint64_t rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
+
+static inline uint64_t absorb(uint64_t h, const char *s, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i < n; i += 8) {
+        uint64_t w = 0;
+        Py_ssize_t take = n - i < 8 ? n - i : 8;
+        for (Py_ssize_t j = 0; j < take; j++)
+            w |= (uint64_t)(unsigned char)s[i + j] << (8 * j);
+        if (w == 0)
+            continue;   /* cannot happen for ids without NUL; mirrors the padding rule */
+        uint64_t k = w * K2;
+        k = rotl(k, 31);
+        k *= K1;
+        k ^= h;
+        k = rotl(k, 27);
+        k *= K1;
+        k += K4;
+        h = k;
+    }
+    return h;
+}
+
+static inline uint64_t dedup_key(const char *cid, Py_ssize_t ncid, const char *eid,
+                                 Py_ssize_t neid) {
+    uint64_t h = absorb(K5, cid, ncid);
+    h = rotl(h, 27);
+    h *= K1;
+    h += K3;
+    h = absorb(h, eid, neid);
+    h ^= h >> 33;
+    h *= K2;
+    h ^= h >> 29;
+    h *= K3;
+    h ^= h >> 32;
+    return h;
+}
+
+static PyObject *ascii_str(const char *s, Py_ssize_t n) {
+    PyObject *o = PyUnicode_New(n, 127);
+    if (o != NULL)
+        memcpy(PyUnicode_1BYTE_DATA(o), s, n);
+    return o;
+}
+
+/* Interned per call: repeated values (campaigns, devices, user agents) share one str.
+ * Open addressing over the characters' hash; no object is made to look a value up. */
+typedef struct {
+    uint64_t hash;
+    PyObject *str;
+} Slot;
+
+typedef struct {
+    Slot *slots;
+    size_t mask;
+    size_t used;
+} Interner;
+
+static int interner_init(Interner *t, size_t size) {
+    t->slots = PyMem_Calloc(size, sizeof(Slot));
+    t->mask = size - 1;
+    t->used = 0;
+    return t->slots == NULL ? -1 : 0;
+}
+
+static void interner_free(Interner *t) {
+    if (t->slots == NULL)
+        return;
+    for (size_t i = 0; i <= t->mask; i++)
+        Py_XDECREF(t->slots[i].str);
+    PyMem_Free(t->slots);
+    t->slots = NULL;
+}
+
+static inline uint64_t text_hash(const char *s, Py_ssize_t n) {
+    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)n;   /* FNV-1a, 8 bytes a step */
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t w;
+        memcpy(&w, s + i, 8);
+        h = (h ^ w) * 0x100000001b3ULL;
+        h ^= h >> 29;
+    }
+    for (; i < n; i++)
+        h = (h ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+    return h ^ (h >> 32);
+}
+
+static int interner_grow(Interner *t) {
+    size_t size = (t->mask + 1) * 2;
+    Slot *old = t->slots;
+    size_t old_size = t->mask + 1;
+    Slot *slots = PyMem_Calloc(size, sizeof(Slot));
+    if (slots == NULL)
+        return -1;
+    for (size_t i = 0; i < old_size; i++) {
+        if (old[i].str == NULL)
+            continue;
+        size_t j = old[i].hash & (size - 1);
+        while (slots[j].str != NULL)
+            j = (j + 1) & (size - 1);
+        slots[j] = old[i];
+    }
+    PyMem_Free(old);
+    t->slots = slots;
+    t->mask = size - 1;
+    return 0;
+}
+
+/* A new reference to the str of these characters (printable ASCII). */
+static PyObject *interned(Interner *t, const char *s, Py_ssize_t n) {
+    uint64_t h = text_hash(s, n);
+    size_t j = h & t->mask;
+    for (;;) {
+        Slot *slot = &t->slots[j];
+        if (slot->str == NULL)
+            break;
+        if (slot->hash == h && PyUnicode_GET_LENGTH(slot->str) == n &&
+            memcmp(PyUnicode_1BYTE_DATA(slot->str), s, n) == 0) {
+            Py_INCREF(slot->str);
+            return slot->str;
+        }
+        j = (j + 1) & t->mask;
+    }
+    PyObject *o = ascii_str(s, n);
+    if (o == NULL)
+        return NULL;
+    Py_INCREF(o);
+    t->slots[j].hash = h;
+    t->slots[j].str = o;
+    if (++t->used * 2 > t->mask + 1 && interner_grow(t) < 0) {
+        Py_DECREF(o);
+        return NULL;
+    }
+    return o;
+}
+
+/* Epoch milliseconds of "YYYY-MM-DDTHH:MM:SS.fffZ" or "YYYY-MM-DDTHH:MM:SSZ" (years
+ * 2000..2099), or -1 for anything else: the rules of events._rfc3339_z_to_ms. */
+static int64_t rfc3339_z_ms(const char *s, Py_ssize_t n) {
+    static const int pos20[] = {0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18};
+    static const int month_days[] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    int d[17];
+    if (n != 20 && n != 24)
+        return -1;
+    if (s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':')
+        return -1;
+    if (n == 20 ? s[19] != 'Z' : (s[19] != '.' || s[23] != 'Z'))
+        return -1;
+    int ndig = n == 24 ? 17 : 14;
+    for (int i = 0; i < ndig; i++) {
+        char c = s[i < 14 ? pos20[i] : 20 + (i - 14)];
+        if (c < '0' || c > '9')
+            return -1;
+        d[i] = c - '0';
+    }
+    int64_t year = d[0] * 1000 + d[1] * 100 + d[2] * 10 + d[3];
+    int64_t month = d[4] * 10 + d[5], day = d[6] * 10 + d[7];
+    int64_t hour = d[8] * 10 + d[9], minute = d[10] * 10 + d[11], sec = d[12] * 10 + d[13];
+    int64_t frac = n == 24 ? d[14] * 100 + d[15] * 10 + d[16] : 0;
+    if (year < 2000 || year > 2099 || month < 1 || month > 12)
+        return -1;
+    int leap = (year % 4 == 0) && (year % 100 != 0 || year % 400 == 0);
+    int64_t mdays = month_days[month] + (month == 2 && leap);
+    if (day < 1 || day > mdays || hour > 23 || minute > 59 || sec > 59)
+        return -1;
+    int64_t y = year - (month <= 2);
+    int64_t era = y / 400;
+    int64_t yoe = y - era * 400;
+    int64_t doy = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    int64_t days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    return (((days * 24 + hour) * 60 + minute) * 60 + sec) * 1000 + frac;
+}
+
+#define MAX_DIMS 4
+
+/*
+ * scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr)
+ *
+ * values: list of bytes; dims: tuple of field names (at most 4, each one of the optional
+ * string fields). Returns None when the batch is not all plain and valid (see the top of
+ * this file), else a tuple:
+ *   (campaign_ids, event_ids, ts, dim_columns, agents, internal, keys)
+ * campaign_ids, event_ids: list of str; ts: bytes, native int64 epoch milliseconds per
+ * event (integers, or the two canonical UTC text forms); dim_columns: tuple of lists
+ * (str or None), one per dimension; agents: list (str or None) or None when not wanted;
+ * internal: list of the indexes with "is_internal": true; keys: bytes, native uint64
+ * de-duplication keys.
+ */
+static PyObject *scan(PyObject *self, PyObject *args) {
+    PyObject *values, *dims;
+    int want_agents;
+    long long min_ts, max_ts;
+    Py_ssize_t max_id, max_attr;
+    if (!PyArg_ParseTuple(args, "O!O!pLLnn", &PyList_Type, &values, &PyTuple_Type, &dims,
+                          &want_agents, &min_ts, &max_ts, &max_id, &max_attr))
+        return NULL;
+    Py_ssize_t ndims = PyTuple_GET_SIZE(dims);
+    if (ndims > MAX_DIMS) {
+        PyErr_SetString(PyExc_ValueError, "at most 4 dimensions");
+        return NULL;
+    }
+    int dim_field[MAX_DIMS];
+    for (Py_ssize_t d = 0; d < ndims; d++) {
+        PyObject *name = PyTuple_GET_ITEM(dims, d);
+        Py_ssize_t len;
+        const char *s = PyUnicode_Check(name) ? PyUnicode_AsUTF8AndSize(name, &len) : NULL;
+        int f = s != NULL ? field_of(s, len) : -1;
+        if (f < F_CREATIVE_ID || f > F_IMPRESSION_ID) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "a dimension must be a string field");
+            return NULL;
+        }
+        dim_field[d] = f;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    PyObject *cids = NULL, *eids = NULL, *ts_buf = NULL, *dim_cols = NULL, *agents = NULL,
+             *internal = NULL, *keys_buf = NULL, *result = NULL;
+    Interner cache = {NULL, 0, 0};
+    cids = PyList_New(n);
+    eids = PyList_New(n);
+    ts_buf = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(int64_t));
+    keys_buf = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(uint64_t));
+    internal = PyList_New(0);
+    dim_cols = PyTuple_New(ndims);
+    if (!cids || !eids || !ts_buf || !keys_buf || !internal || !dim_cols ||
+        interner_init(&cache, 1024) < 0)
+        goto error;
+    for (Py_ssize_t d = 0; d < ndims; d++) {
+        PyObject *col = PyList_New(n);
+        if (col == NULL)
+            goto error;
+        PyTuple_SET_ITEM(dim_cols, d, col);
+    }
+    if (want_agents && (agents = PyList_New(n)) == NULL)
+        goto error;
+    int64_t *ts_out = (int64_t *)PyBytes_AS_STRING(ts_buf);
+    uint64_t *keys_out = (uint64_t *)PyBytes_AS_STRING(keys_buf);
+
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *raw = PyList_GET_ITEM(values, i);
+        if (!PyBytes_Check(raw))
+            goto refuse;
+        const char *p = PyBytes_AS_STRING(raw);
+        const char *end = p + PyBytes_GET_SIZE(raw);
+        Value got[N_FIELDS];
+        int present[N_FIELDS] = {0};
+        p = skip_ws(p, end);
+        if (p >= end || *p != '{')
+            goto refuse;
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == '}') {
+            goto refuse;   /* {}: required fields missing */
+        }
+        for (;;) {
+            Value key, val;
+            if (p >= end || *p != '"' || (p = scan_string(p, end, &key)) == NULL)
+                goto refuse;
+            p = skip_ws(p, end);
+            if (p >= end || *p != ':')
+                goto refuse;
+            p = skip_ws(p + 1, end);
+            if ((p = scan_value(p, end, &val)) == NULL)
+                goto refuse;
+            int f = field_of(key.start, key.len);
+            if (f >= 0) {
+                if (present[f])
+                    goto refuse;   /* a repeated key: msgspec decides */
+                present[f] = 1;
+                got[f] = val;
+            }
+            p = skip_ws(p, end);
+            if (p < end && *p == ',') {
+                p = skip_ws(p + 1, end);
+                continue;
+            }
+            if (p < end && *p == '}') {
+                p = skip_ws(p + 1, end);
+                break;
+            }
+            goto refuse;
+        }
+        if (p != end)
+            goto refuse;   /* trailing data */
+
+        /* Types and constraints, as _BatchEventWire declares them. */
+        if (!present[F_EVENT_ID] || !present[F_CAMPAIGN_ID] || !present[F_TS])
+            goto refuse;
+        Value *ev = &got[F_EVENT_ID], *cv = &got[F_CAMPAIGN_ID], *tv = &got[F_TS];
+        if (ev->kind != V_STRING || ev->len < 1 || ev->len > max_id)
+            goto refuse;
+        if (cv->kind != V_STRING || cv->len < 1 || cv->len > max_id)
+            goto refuse;
+        for (int f = F_CREATIVE_ID; f <= F_IMPRESSION_ID; f++) {
+            if (present[f] && got[f].kind != V_NULL &&
+                (got[f].kind != V_STRING || got[f].len > max_attr))
+                goto refuse;
+        }
+        int is_internal = 0;
+        if (present[F_IS_INTERNAL]) {
+            int k = got[F_IS_INTERNAL].kind;
+            if (k == V_TRUE)
+                is_internal = 1;
+            else if (k != V_FALSE && k != V_NULL)
+                goto refuse;
+        }
+        if (tv->kind == V_INT && tv->int_ok) {
+            if (tv->ival < min_ts || tv->ival >= max_ts)
+                goto refuse;
+            ts_out[i] = tv->ival;
+        } else if (tv->kind == V_STRING) {
+            /* Other ISO-8601 forms are valid too: decode_batch parses them one by one. */
+            if ((ts_out[i] = rfc3339_z_ms(tv->start, tv->len)) < 0)
+                goto refuse;
+        } else {
+            goto refuse;   /* other numbers and null: msgspec's reason */
+        }
+
+        PyObject *cid = interned(&cache, cv->start, cv->len);
+        if (cid == NULL)
+            goto error;
+        PyList_SET_ITEM(cids, i, cid);
+        PyObject *eid = ascii_str(ev->start, ev->len);
+        if (eid == NULL)
+            goto error;
+        PyList_SET_ITEM(eids, i, eid);
+        keys_out[i] = dedup_key(cv->start, cv->len, ev->start, ev->len);
+        for (Py_ssize_t d = 0; d < ndims; d++) {
+            int f = dim_field[d];
+            PyObject *o;
+            if (present[f] && got[f].kind == V_STRING) {
+                o = interned(&cache, got[f].start, got[f].len);
+                if (o == NULL)
+                    goto error;
+            } else {
+                o = Py_None;
+                Py_INCREF(o);
+            }
+            PyList_SET_ITEM(PyTuple_GET_ITEM(dim_cols, d), i, o);
+        }
+        if (agents != NULL) {
+            PyObject *o;
+            if (present[F_USER_AGENT] && got[F_USER_AGENT].kind == V_STRING) {
+                o = interned(&cache, got[F_USER_AGENT].start, got[F_USER_AGENT].len);
+                if (o == NULL)
+                    goto error;
+            } else {
+                o = Py_None;
+                Py_INCREF(o);
+            }
+            PyList_SET_ITEM(agents, i, o);
+        }
+        if (is_internal) {
+            PyObject *idx = PyLong_FromSsize_t(i);
+            if (idx == NULL || PyList_Append(internal, idx) < 0) {
+                Py_XDECREF(idx);
+                goto error;
+            }
+            Py_DECREF(idx);
+        }
+    }
+    if (agents == NULL) {
+        agents = Py_None;
+        Py_INCREF(agents);
+    }
+    result = PyTuple_Pack(7, cids, eids, ts_buf, dim_cols, agents, internal, keys_buf);
+    goto done;
+refuse:
+    result = Py_None;
+    Py_INCREF(result);
+    goto done;
+error:
+    result = NULL;
+done:
+    /* Lists filled only in part hold NULL slots: list_dealloc skips them (Py_XDECREF). */
+    Py_XDECREF(cids);
+    Py_XDECREF(eids);
+    Py_XDECREF(ts_buf);
+    Py_XDECREF(dim_cols);
+    Py_XDECREF(agents);
+    Py_XDECREF(internal);
+    Py_XDECREF(keys_buf);
+    interner_free(&cache);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"scan", scan, METH_VARARGS,
+     "scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr) -> tuple | None\n\n"
+     "Columns of a batch of plain, valid event messages, or None (see ctrguard.events)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "ctrguard._scan",
+    "The compiled fast path of event decoding (see ctrguard.events.scan_batch).", -1,
+    methods,
+};
+
+PyMODINIT_FUNC PyInit__scan(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL)
+        return NULL;
+    PyObject *names = PyTuple_New(N_FIELDS);
+    if (names == NULL) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    for (int f = 0; f < N_FIELDS; f++) {
+        PyObject *s = PyUnicode_FromString(FIELD_NAMES[f]);
+        if (s == NULL) {
+            Py_DECREF(names);
+            Py_DECREF(m);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(names, f, s);
+    }
+    if (PyModule_AddObject(m, "FIELDS", names) < 0) {
+        Py_DECREF(names);
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

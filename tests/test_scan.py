@@ -1,0 +1,254 @@
+"""The C scanner (ctrguard/_scan.c) against its reference, msgspec decoding.
+
+The scanner may refuse a batch that msgspec would accept (the batch is then decoded by
+msgspec), but where it answers it must answer exactly what ``decode_batch`` and the rest
+of preparation would: same events, same columns, same de-duplication keys.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctrguard import events
+from ctrguard.config import load_config_text
+from ctrguard.events import MAX_ATTR_CHARS, MAX_ID_CHARS, decode_batch, scan_batch
+from flows.engine import IMPRESSION, EventPreparer, RawBatch, dedup_keys
+
+pytestmark = pytest.mark.skipif(events._SCANNER is None,
+                                reason="the C scanner is not built (make native)")
+
+DIMS = ("device", "channel", "geo", "creative_id")
+
+
+def _reference(values: list[bytes], dims: tuple[str, ...]):
+    """What the scanner must return for a batch that msgspec decodes without an error."""
+    decoded = decode_batch(values)
+    if decoded.errors:
+        return None
+    evs = decoded.events
+    return ([e.campaign_id for e in evs], [e.event_id for e in evs], decoded.ts_ms.tolist(),
+            tuple([getattr(e, d) for e in evs] for d in dims),
+            [e.user_agent for e in evs], [i for i, e in enumerate(evs) if e.is_internal])
+
+
+def _check(values: list[bytes], dims: tuple[str, ...] = ("device",)) -> bool:
+    """Compares the scanner with the reference; True when the scanner answered."""
+    got = scan_batch(values, dims, user_agents=True)
+    if got is None:
+        return False
+    want = _reference(values, dims)
+    assert want is not None, f"the scanner accepted a batch msgspec rejects: {values!r}"
+    assert (got.campaign_ids, got.event_ids, got.ts_ms.tolist(), got.dims, got.user_agents,
+            got.internal) == want, values
+    assert got.keys.tolist() == dedup_keys(got.campaign_ids, got.event_ids).tolist()
+    return True
+
+
+def _event(**fields) -> bytes:
+    base = {"event_id": "e1", "ts": 1767225600000, "campaign_id": "c1"}
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not ...},
+                      separators=(",", ":")).encode()
+
+
+def test_plain_events_are_scanned_and_equal_the_reference():
+    values = [_event(event_id=f"e{i}", campaign_id=f"c{i % 7}", device=["mobile", None][i % 2],
+                     user_agent="Mozilla/5.0 (X11)" if i % 3 else None,
+                     ts="2026-01-01T00:00:00.250Z" if i % 4 == 0 else 1767225600000 + i,
+                     is_internal=i % 5 == 0, geo="DE", extra=1.5e3)
+              for i in range(200)]
+    assert _check(values, DIMS)
+    assert _check(values, ())
+
+
+def test_interned_values_are_shared_and_equal():
+    values = [_event(event_id=f"e{i}", campaign_id="camp-" + "x" * (i % 3)) for i in range(50)]
+    got = scan_batch(values, ())
+    assert got is not None
+    assert got.campaign_ids == [("camp-" + "x" * (i % 3)) for i in range(50)]
+    assert got.campaign_ids[0] is got.campaign_ids[3]  # one str per distinct value
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"event_id":"e1","ts":1767225600000}',                                   # missing field
+    b'{"event_id":"","ts":1767225600000,"campaign_id":"c"}',                  # empty id
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","device":5}',      # wrong type
+    b'{"event_id":"e","ts":1767225600000.0,"campaign_id":"c"}',               # float time
+    b'{"event_id":"e","ts":99,"campaign_id":"c"}',                            # out of range
+    b'{"event_id":"e","ts":"2026-02-29T00:00:00Z","campaign_id":"c"}',        # no such day
+    b'{"event_id":"e","ts":"2026-01-01T00:00:00+01:00","campaign_id":"c"}',   # other ISO form
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","is_internal":1}',
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":[1,2]}',        # nested
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":{"a":1}}',
+    b'{"event_id":"e\\u0041","ts":1767225600000,"campaign_id":"c"}',          # escape
+    b'{"event_id":"\xc3\xa9","ts":1767225600000,"campaign_id":"c"}',          # non-ASCII
+    b'{"event_id":"e","event_id":"f","ts":1767225600000,"campaign_id":"c"}',  # repeated
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c"} x',               # trailing data
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c",}',                # trailing comma
+    b'{"event_id":"e","ts":01767225600000,"campaign_id":"c"}',                # leading zero
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":-}',
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c"',                  # truncated
+    b'\xef\xbb\xbf{"event_id":"e","ts":1767225600000,"campaign_id":"c"}',     # BOM
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":"a\tb"}',      # raw tab
+    b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":"\x7f"}',      # DEL
+    b'[]', b'', b'{}', b'null',
+])
+def test_anything_unusual_is_refused_and_left_to_msgspec(raw):
+    good = _event()
+    assert scan_batch([good], ()) is not None
+    assert scan_batch([good, raw, good], ("device",), user_agents=True) is None
+
+
+def test_lengths_at_and_past_the_limits():
+    assert _check([_event(event_id="e" * MAX_ID_CHARS, device="d" * MAX_ATTR_CHARS,
+                          user_agent="u" * MAX_ATTR_CHARS)])
+    assert scan_batch([_event(event_id="e" * (MAX_ID_CHARS + 1))], ()) is None
+    assert scan_batch([_event(campaign_id="c" * (MAX_ID_CHARS + 1))], ()) is None
+    assert scan_batch([_event(geo="g" * (MAX_ATTR_CHARS + 1))], ()) is None
+    assert scan_batch([_event(user_agent="u" * (MAX_ATTR_CHARS + 1))], ()) is None
+    big = _event(pad="p" * 70_000)
+    assert scan_batch([big], ()) is None  # larger than max_event_bytes: a dead letter
+    assert scan_batch([big], (), max_bytes=100_000) is not None
+
+
+def test_no_value_and_empty_batches():
+    assert scan_batch([], ()) is None
+    assert scan_batch([_event(), None], ()) is None  # type: ignore[list-item]
+
+
+def test_time_edges():
+    assert _check([_event(ts=events.MIN_TS_MS), _event(ts=events.MAX_TS_MS - 1),
+                   _event(ts="2000-01-01T00:00:00Z"), _event(ts="2099-12-31T23:59:59.999Z"),
+                   _event(ts="2024-02-29T12:00:00Z")])
+    for ts in (events.MAX_TS_MS, events.MIN_TS_MS - 1, "2026-01-01T24:00:00Z",
+               "2026-01-01T00:00:60Z", "2026-13-01T00:00:00Z", "2026-01-01t00:00:00Z",
+               "2026-01-01T00:00:00.5Z", "1999-12-31T23:59:59Z", True, None):
+        assert scan_batch([_event(ts=ts)], ()) is None, ts
+
+
+# -- generated messages: the scanner never accepts what msgspec rejects, and agrees
+
+_KEYS = ["event_id", "ts", "campaign_id", "device", "channel", "geo", "creative_id",
+         "user_id", "user_agent", "impression_id", "is_internal", "extra", "Device", ""]
+_STRINGS = st.one_of(st.sampled_from(["", "a", "mobile", "x" * 256, "y" * 257, "z" * 1025,
+                                      "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.123Z",
+                                      "2026-02-29T00:00:00Z", "2026-01-01T00:00:00+00:00",
+                                      "a\\nb", "\\u00e9", "tab\there", "caf\u00e9", "\x7f"]),
+                     st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                             max_size=12))
+_NUMBERS = st.sampled_from(["0", "-0", "1767225600000", "946684800000", "946684799999",
+                            "4102444800000", "4102444799999", "01", "1.5", "1e3", "-1E-2",
+                            "123456789012345678901234", "1767225600000.0", "1.", ".5", "-",
+                            "1e", "2E+2"])
+_VALUES = st.one_of(_STRINGS.map(lambda s: '"' + s + '"'), _NUMBERS,
+                    st.sampled_from(["true", "false", "null", "[]", "{}", '[1,"a"]',
+                                     '{"k":"v"}', "tru", "nul"]))
+_WS = st.sampled_from(["", " ", "\n", "\t", "\r\n ", "\x0b"])
+
+
+@st.composite
+def _messages(draw) -> bytes:
+    if draw(st.booleans()):  # mostly valid, with one field changed
+        fields = {"event_id": f'"e{draw(st.integers(0, 9))}"', "ts": "1767225600000",
+                  "campaign_id": f'"c{draw(st.integers(0, 3))}"'}
+        for _ in range(draw(st.integers(0, 3))):
+            key = draw(st.one_of(st.sampled_from(["event_id", "ts", "campaign_id"]),
+                                 st.sampled_from(_KEYS)))
+            fields[key] = draw(_VALUES)
+        pairs = [(k, v) for k, v in fields.items()]
+    else:
+        pairs = [(draw(st.sampled_from(_KEYS)), draw(_VALUES))
+                 for _ in range(draw(st.integers(0, 6)))]
+    if pairs and draw(st.integers(0, 9)) == 0:
+        pairs.append(pairs[0])  # a repeated key
+    ws = draw(_WS)
+    body = ws + "{" + ws + ("," + ws).join(f'"{k}"{ws}:{ws}{v}' for k, v in pairs) + ws + "}"
+    body += draw(st.sampled_from(["", "", " ", "\n", "x", ",", "}"]))
+    return body.encode("utf-8")
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_messages(), min_size=1, max_size=4),
+       st.sampled_from([(), ("device",), ("geo", "channel"), DIMS]))
+def test_generated_batches_agree_with_msgspec(values, dims):
+    _check(values, dims)
+
+
+_POOL = (["1767225600000", "946684800000", "946684799999", "4102444800000", "4102444799999",
+          "0", "-0", "01", "1.5", "1e3", "-1E-2", "123456789012345678901234", "1767225600000.0",
+          "1767225600000e0", "1.", ".5", "-", "1e", "2E+2", "true", "false", "null", "[]", "{}",
+          '[1,"a"]', '{"k":"v"}', "tru", "nul", '""', '"a"', '"mobile"', '"' + "x" * 256 + '"',
+          '"' + "y" * 257 + '"', '"' + "z" * 1024 + '"', '"' + "z" * 1025 + '"',
+          '"2026-01-01T00:00:00Z"', '"2026-01-01T00:00:00.123Z"', '"2026-02-29T00:00:00Z"',
+          '"2026-01-01T00:00:00+00:00"', '"2026-01-01 00:00:00Z"', '"a\\nb"', '"\\u00e9"',
+          '"tab\there"', '"caf\u00e9"', '"\x7f"', '"x'])
+
+
+@pytest.mark.parametrize("key", _KEYS)
+def test_every_field_with_every_kind_of_value(key):
+    """One field replaced by each value of a pool (exhaustive, unlike the generated
+    batches): the scanner answers as msgspec does or refuses, and it does answer for some."""
+    answered = 0
+    for value in _POOL:
+        fields = {"event_id": '"e"', "ts": "1767225600000", "campaign_id": '"c"', key: value}
+        raw = ("{" + ",".join(f'"{k}":{v}' for k, v in fields.items()) + "}").encode()
+        answered += _check([raw], DIMS)
+    assert answered >= 1
+
+
+def test_the_generator_reaches_both_answers():
+    """The property above is only worth something if the scanner answers for part of the
+    generated batches and refuses others: count both over a fixed sample."""
+    rng = random.Random(7)
+    answered = refused = 0
+    for _ in range(400):
+        pairs = {"event_id": '"e"', "ts": "1767225600000", "campaign_id": '"c"'}
+        key = rng.choice(_KEYS)
+        pairs[key] = rng.choice(['"v"', "1", "true", "null", "[1]", '""', '"x\\ty"'])
+        raw = ("{" + ",".join(f'"{k}":{v}' for k, v in pairs.items()) + "}").encode()
+        if _check([raw]):
+            answered += 1
+        else:
+            refused += 1
+    assert answered > 50 and refused > 50, (answered, refused)
+
+
+# -- preparation: the same result with and without the scanner
+
+def _mixed_batch(n: int = 3000) -> list[bytes]:
+    rng = random.Random(11)
+    out = []
+    for _ in range(n):
+        ev = {"event_id": f"e{rng.randrange(n // 2)}", "campaign_id": f"c{rng.randrange(40)}",
+              "ts": 1767225600000 + rng.randrange(7_200_000),
+              "device": rng.choice(["mobile", "desktop", "tablet", None]),
+              "user_agent": rng.choice(["Mozilla/5.0", "Googlebot/2.1", "curl/8.0", None]),
+              "is_internal": rng.random() < 0.05}
+        out.append(json.dumps(ev).encode())
+    return out
+
+
+@pytest.mark.parametrize("dims", [(), ("device",), ("device", "channel")])
+def test_prepare_is_the_same_with_and_without_the_scanner(monkeypatch, dims):
+    text = "segments:\n  dimensions: [" + ", ".join(dims) + "]\n"
+    settings_ = load_config_text(text, source="test", env={})
+    values = _mixed_batch()
+    batch = RawBatch("impressions", 0, IMPRESSION, values, list(range(len(values))))
+    fast = EventPreparer(settings_).prepare(batch, now_ms=1767225600000)
+    assert scan_batch(values, dims, user_agents=True) is not None  # the fast path ran
+    monkeypatch.setattr(events, "_SCANNER", None)
+    slow = EventPreparer(settings_).prepare(batch, now_ms=1767225600000)
+    assert fast.excluded == slow.excluded and fast.excluded["bot_user_agent"] > 0
+    assert fast.excluded["internal"] > 0
+    assert fast.dead_letters == slow.dead_letters and fast.dead_letters  # future events
+    assert fast.frontier_ms == slow.frontier_ms
+    assert fast.by_shard == slow.by_shard
+    for s, chunk in fast.chunks.items():
+        assert np.array_equal(chunk.keys, slow.chunks[s].keys)
+        assert np.array_equal(chunk.ts_ms, slow.chunks[s].ts_ms)
