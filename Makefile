@@ -51,11 +51,12 @@ $(STAMP): pyproject.toml
 	@echo "redis-server: $$(command -v redis-server)"
 	touch $@
 
-# The mypyc-compiled detector core (detectors/native.py): rebuilt when its source changes.
-NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini
+# The mypyc-compiled detector core and the C event scanner (detectors/native.py): rebuilt
+# when a source changes.
+NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c
 NATIVE := detectors/_native.json
 
-native: $(NATIVE) ## compile the detector core with mypyc (pure Python still works without)
+native: $(NATIVE) ## compile the detector core (mypyc) and the event scanner (pure Python still works without)
 
 $(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
 	$(VPY) -m detectors build --quiet
