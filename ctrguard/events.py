@@ -18,6 +18,7 @@ ctrguard.errors.EventError: missing required field 'campaign_id'
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -273,12 +274,18 @@ def _first(pair: tuple[int, Any]) -> int:
     return pair[0]
 
 
+#: Set (to anything but ``0``) to decode every batch with msgspec: A/B runs, or to rule the
+#: scanner out when investigating a decoding question.
+NO_SCANNER_ENV = "CTRGUARD_NO_SCANNER"
+
+
 def _load_scanner() -> Any:
     """The compiled scanner (``ctrguard/_scan.c``) if built, matching its source and not
-    disabled (``CTRGUARD_PURE_PYTHON``); else ``None`` (see :mod:`detectors.native`)."""
+    disabled (``CTRGUARD_PURE_PYTHON``, :data:`NO_SCANNER_ENV`); else ``None`` (see
+    :mod:`detectors.native`)."""
     from detectors import native
 
-    if native.status() != "compiled":
+    if os.environ.get(NO_SCANNER_ENV, "") not in ("", "0") or native.status() != "compiled":
         return None
     try:
         from ctrguard import _scan  # type: ignore[attr-defined]

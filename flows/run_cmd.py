@@ -86,11 +86,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         recovery = RecoveryConfig(str(args.recovery_dir),
                                   backup_interval=timedelta(seconds=args.backup_interval))
     addresses = args.addresses.split(";") if args.addresses else None
+    from ctrguard import events
     from detectors import native
 
-    log.info("running ctrguard on %d input partitions (%s), %d worker(s)%s; detector core: %s",
-             len(partitions), settings.source, args.workers,
-             f", recovery in {args.recovery_dir}" if recovery else "", native.status())
+    log.info("running ctrguard on %d input partitions (%s), %d worker(s)%s; detector core: %s;"
+             " event scanner: %s", len(partitions), settings.source, args.workers,
+             f", recovery in {args.recovery_dir}" if recovery else "", native.status(),
+             "on" if events._SCANNER is not None else "off")
     cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
              addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
              recovery_config=recovery)

@@ -8,7 +8,10 @@ of preparation would: same events, same columns, same de-duplication keys.
 from __future__ import annotations
 
 import json
+import os
 import random
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -252,3 +255,13 @@ def test_prepare_is_the_same_with_and_without_the_scanner(monkeypatch, dims):
     for s, chunk in fast.chunks.items():
         assert np.array_equal(chunk.keys, slow.chunks[s].keys)
         assert np.array_equal(chunk.ts_ms, slow.chunks[s].ts_ms)
+
+
+def test_the_scanner_can_be_switched_off():
+    probe = "from ctrguard import events; print(events._SCANNER is not None)"
+    env = {k: v for k, v in os.environ.items() if k != events.NO_SCANNER_ENV}
+    on = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                        env=env, check=True)
+    off = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         env={**env, events.NO_SCANNER_ENV: "1"}, check=True)
+    assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False")
