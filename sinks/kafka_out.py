@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from collections import deque
 from dataclasses import replace
+from itertools import repeat
+from operator import length_hint
 from typing import Any
 
 import orjson
@@ -102,8 +105,23 @@ def produce_json(producer: Producer, topic: str, key: str, obj: Any) -> None:
 
 def produce_many(producer: Producer, topic: str, values: list[bytes],
                  keys: list[bytes]) -> None:
-    """Produce records in order (the common path: one call each, no retry wrapper until
-    librdkafka's local queue is full)."""
+    """Produce records in order (the common path: one call each, iterated in C, no retry
+    wrapper until librdkafka's local queue is full)."""
+    if len(values) != len(keys):
+        _produce_each(producer, topic, values, keys)  # produces the pairs, then raises
+        return
+    pending = iter(values)
+    try:
+        deque(map(producer.produce, repeat(topic), pending, keys), maxlen=0)
+    except BufferError:
+        # map took the value it failed on: the record that did not fit is this one.
+        failed = len(values) - length_hint(pending) - 1
+        for value, key in zip(values[failed:], keys[failed:], strict=True):
+            produce(producer, topic, value, key)
+
+
+def _produce_each(producer: Producer, topic: str, values: list[bytes],
+                  keys: list[bytes]) -> None:
     send = producer.produce
     for i, (value, key) in enumerate(zip(values, keys, strict=True)):
         try:

@@ -1,0 +1,376 @@
+"""The release sink's batched encoding writes exactly what the one-figure-at-a-time code wrote,
+and still writes Redis before Kafka (real redis-server and tansu broker from conftest.py).
+
+The references below are the previous implementation, written out: ``orjson.dumps`` of each
+figure and alert, keys ``campaign|segment|window_start_s`` as UTF-8 with surrogates passed,
+and the record script's payload written by ``json.dumps``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import types
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import sinks.quarantine as quarantine
+import sinks.release as release
+from bench.release_sink import Scenario
+from ctrguard import faults
+from ctrguard.config import Settings
+from ctrguard.errors import RedisUnavailable, ServiceError
+from ctrguard.records import Alert, Figure, WindowDecision, make_alert_id
+from ctrguard.services import consume_to_eof
+from sinks.kafka_out import produce_many
+from sinks.quarantine import QuarantineReader, QuarantineStore, iso_utc
+from sinks.release import ReleaseGate, _ReleasePartition, encode_figures, figure_keys
+
+T0 = 1_767_225_600
+LENGTH = 300
+NOW = float(T0 + 10 * LENGTH)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def reference_values(figures: list[Figure]) -> list[bytes]:
+    return [orjson.dumps(f) for f in figures]
+
+
+def reference_keys(figures: list[Figure]) -> list[bytes]:
+    return [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
+            for f in figures]
+
+
+def outcome(fn, *args):
+    """The result, or the type and message of the exception raised."""
+    try:
+        return ("ok", fn(*args))
+    except Exception as exc:
+        return ("raised", type(exc), str(exc))
+
+
+def fig(cid: str = "c1", segment: str = "all", *, start: int = T0, impressions: int = 40,
+        clicks: int = 3, ctr: float = 0.075, status: str = "ok",
+        alert_ids: tuple = ()) -> Figure:
+    return Figure(cid, segment, iso_utc(start), iso_utc(start + LENGTH), start, impressions,
+                  clicks, ctr, status, alert_ids)
+
+
+class CountingOrjson(types.SimpleNamespace):
+    """Stands in for the orjson module in sinks.release and counts ``dumps`` calls."""
+
+    def __init__(self) -> None:
+        super().__init__(JSONEncodeError=orjson.JSONEncodeError, calls=0)
+
+    def dumps(self, obj, *args, **kwargs):
+        self.calls += 1
+        return orjson.dumps(obj, *args, **kwargs)
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def test_live_shaped_figures_are_encoded_byte_for_byte_in_one_orjson_call(monkeypatch):
+    scenario = Scenario(300, 4, 4, seed=3, alert_rate=0.05)
+    figures = [f for i in range(len(scenario)) for batch in scenario.call(i)
+               for d in batch for f in d.figures]
+    assert len(figures) > 800 and any(f.alert_ids for f in figures)
+    assert any(not f.campaign_id.isascii() for f in figures)
+    counting = CountingOrjson()
+    monkeypatch.setattr(release, "orjson", counting)
+    assert encode_figures(figures) == reference_values(figures)
+    assert counting.calls == 1   # the batched path, not the figure-by-figure fallback
+
+
+HOSTILE_TEXT = [
+    '},{"campaign_id":', '"},{"campaign_id":"x', "\n", "a\nb", '\\', '\\"', '"', "{}", "[]",
+    "\u2028", "\x00", "\x1f", "\x7f", "é", "日本", "🎉", "", " ", "%", "|", ",", "null",
+]
+
+
+@pytest.mark.parametrize("text", HOSTILE_TEXT)
+def test_any_text_in_any_string_field_gives_the_same_bytes(text):
+    figures = [fig(text), fig("c2", text), fig("c3", status=text),
+               fig("c4", alert_ids=(text, text + "x")), fig("c5"),
+               Figure(text, text, text, text, T0, 1, 1, 1.0, text, (text,))]
+    assert encode_figures(figures) == reference_values(figures)
+
+
+@pytest.mark.parametrize("value", [
+    0.0, -0.0, 1e-7, 5e-324, 1 / 3, 0.1 + 0.2, 1e15, 1e16, 1.5e300, -2.5e17,
+    math.inf, -math.inf, math.nan, 0, 1, True, None, 2**63 - 1, 2**64 - 1, -(2**63),
+])
+def test_numbers_of_every_form_give_the_same_bytes(value):
+    figures = [fig(ctr=value), fig("c2", impressions=value, clicks=value),
+               Figure("c3", "all", "a", "b", value, 1, 1, 0.5, "ok")]
+    assert encode_figures(figures) == reference_values(figures)
+
+
+@dataclass(frozen=True, slots=True)
+class Nested:
+    campaign_id: str
+    segment: str
+
+
+@pytest.mark.parametrize("odd", [
+    [{"campaign_id": "x"}, {"campaign_id": "y"}],       # the boundary text inside a figure
+    ({"campaign_id": "x", "y": [1, 2]},),
+    (Nested("c9", "all"), Nested("c8", "all")),
+    ["a", 1, 2.5, None, [True]],
+    datetime(2026, 1, 1, tzinfo=UTC),
+])
+def test_fields_holding_objects_give_the_same_bytes(odd):
+    figures = [fig(), fig("c2", alert_ids=odd), fig("c3"),
+               Figure("c4", "all", odd, "b", T0, 1, 1, 0.5, "ok")]
+    assert encode_figures(figures) == reference_values(figures)
+
+
+@pytest.mark.parametrize("bad", ["x\udc80", 2**64, -(2**63) - 1, object(), b"bytes"])
+def test_what_orjson_refuses_raises_as_before(bad):
+    figures = [fig(), fig("c2", segment=bad), fig("c3")]
+    expected = outcome(reference_values, figures)
+    assert expected[0] == "raised"
+    assert outcome(encode_figures, figures) == expected
+
+
+def test_other_types_than_figure_take_the_old_path():
+    @dataclass(frozen=True, slots=True)
+    class Wider(Figure):  # one more field
+        extra: str = "x"
+
+    items = [fig(), Wider("c2", "all", "a", "b", T0, 1, 1, 0.5, "ok"), {"campaign_id": "c3"}]
+    assert encode_figures(items) == reference_values(items)
+    assert encode_figures([]) == []
+
+
+figure_strategy = st.builds(
+    Figure,
+    campaign_id=st.text(max_size=12), segment=st.text(max_size=12),
+    window_start=st.text(max_size=25), window_end=st.text(max_size=25),
+    window_start_s=st.integers(-(2**63), 2**64 - 1),
+    impressions=st.integers(-(2**63), 2**64 - 1), clicks=st.integers(0, 10**9),
+    ctr=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 10)),
+    status=st.sampled_from(["ok", "quarantined"]) | st.text(max_size=5),
+    alert_ids=st.lists(st.text(max_size=20), max_size=3).map(tuple),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(figure_strategy, max_size=20))
+def test_encoding_equals_orjson_figure_by_figure(figures):
+    assert outcome(encode_figures, figures) == outcome(reference_values, figures)
+    if outcome(reference_keys, figures)[0] == "ok":
+        assert figure_keys(figures) == reference_keys(figures)
+
+
+# --------------------------------------------------------------------------- produce_many
+
+
+@pytest.fixture
+def figures_topic(topic_factory) -> str:
+    return topic_factory(keys=("figures",))["figures"]
+
+
+def test_produce_many_keeps_order_when_the_local_queue_fills(broker, figures_topic):
+    # A queue of 7 messages overflows again and again: every record must still arrive
+    # once, in order (a record retried twice or skipped shows here).
+    producer = Producer({**broker.client_config(), "queue.buffering.max.messages": 7,
+                         "linger.ms": 0, "acks": "all", "enable.idempotence": True})
+    values = [b"v%04d" % i for i in range(300)]
+    keys = [b"k%04d" % i for i in range(300)]
+    produce_many(producer, figures_topic, values, keys)
+    assert producer.flush(30) == 0
+    got = consume_to_eof(broker.bootstrap, figures_topic)
+    assert [(m.key(), m.value()) for m in got] == list(zip(keys, values, strict=True))
+
+
+def test_produce_many_refuses_lists_of_different_lengths_as_before(broker, figures_topic):
+    producer = Producer(broker.client_config())
+    with pytest.raises(ValueError):
+        produce_many(producer, figures_topic, [b"a", b"b"], [b"k"])
+    producer.flush(30)
+
+
+# --------------------------------------------------------------------------- Redis payload
+
+
+def _alert(cid: str, segment: str, start: int, detector: str = "binomial_cusum", *,
+           quarantine: bool = True, cause: str = "tracking outage") -> Alert:
+    return Alert(
+        alert_id=make_alert_id(cid, segment, start, detector, "ctr_drop"), campaign_id=cid,
+        segment=segment, window_start=iso_utc(start), window_end=iso_utc(start + LENGTH),
+        window_start_s=start, impressions=1000, clicks=2, ctr=0.002, kind="ctr_drop",
+        severity="critical", detector=detector, baseline_ctr=0.02, score=9.0,
+        confidence=0.99, ctr_low=0.001, ctr_high=0.004, expected_clicks=20.0,
+        expected_impressions=1000.0, suspected_cause=cause, quarantine=quarantine)
+
+
+def _decision(cid: str, start: int, *alerts: Alert, figures: tuple = ()) -> WindowDecision:
+    return WindowDecision(cid, start, start + LENGTH, figures, tuple(alerts))
+
+
+ODD_IDS = ["café:ü", "日本 25%", "promo🎉", 'q"uote\\', "tab\tnew\nline", "\u2028", "x" * 300]
+
+
+def redis_state(client) -> dict:
+    state = {}
+    for key in sorted(client.scan_iter(count=1000)):
+        kind = client.type(key)
+        if kind == "hash":
+            value = client.hgetall(key)
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1, withscores=True)
+        else:
+            value = [fields for _, fields in client.xrange(key)]
+        state[key] = (kind, value, client.ttl(key) > 0)
+    return state
+
+
+def record_batches(url: str, batches, monkeypatch, *, reference: bool) -> dict:
+    client = quarantine.redis.Redis.from_url(url, decode_responses=True)
+    client.flushall()
+    with monkeypatch.context() as m:
+        if reference:
+            m.setattr(quarantine, "_payload_json", json.dumps)
+        store = QuarantineStore(client, Settings().quarantine, "t", window_length_s=LENGTH,
+                                clock=lambda: NOW)
+        for batch in batches:
+            store.record(batch)
+    state = redis_state(client)
+    client.close()
+    return state
+
+
+def test_record_leaves_what_the_json_payload_left(redis_url, monkeypatch):
+    batches = [
+        [_decision(c, T0) for c in ["c1", "c2", *ODD_IDS]],
+        # Several windows of one campaign in a call, latest first: the watermark is the max.
+        [_decision("c4", T0 + 2 * LENGTH), _decision("c2", T0 + LENGTH),
+         _decision("c4", T0 + LENGTH), _decision("c3", T0 + LENGTH)],
+        [_decision(c, T0 + 3 * LENGTH, _alert(c, "all", T0 + 3 * LENGTH),
+                   _alert(c, "device=ü", T0 + 3 * LENGTH, "adwin", cause="bot 🎉"),
+                   _alert(c, "all", T0 + 3 * LENGTH, "page_hinkley", quarantine=False))
+         for c in ["c1", *ODD_IDS]],
+        [_decision("c2", T0 + 4 * LENGTH, _alert("c2", "x", T0 + 4 * LENGTH))] * 2,
+    ]
+    new = record_batches(redis_url, batches, monkeypatch, reference=False)
+    old = record_batches(redis_url, batches, monkeypatch, reference=True)
+    assert new == old
+    checked = dict(new["t:checked"][1])
+    assert checked["c4"] == T0 + 3 * LENGTH and checked["c3"] == T0 + 2 * LENGTH
+    assert checked["c1"] == T0 + 4 * LENGTH
+    assert checked["café:ü"] == T0 + 4 * LENGTH
+    flags = [k for k in new if k.startswith("t:flag:")]
+    assert len(flags) == 2 * (1 + len(ODD_IDS)) + 1
+
+
+def test_payload_decodes_in_the_script_to_what_json_text_decodes_to(redis_url):
+    client = quarantine.redis.Redis.from_url(redis_url)
+    canonical = client.register_script(
+        "local p = cjson.decode(ARGV[1]) local out = {} "
+        "for _, w in ipairs(p.checked) do out[#out + 1] = w[1] .. '=' .. w[2] end "
+        "return {table.concat(out, '\\31'), tostring(p.max_end), p.now, p.actor}")
+    payload = {"flags": [], "checked": [(c, str(T0 + i)) for i, c in enumerate(ODD_IDS)],
+               "max_end": T0 + 9, "now": "2026-01-01T00:00:00Z", "actor": "ctrguard ü"}
+    fast = quarantine._payload_json(payload)
+    assert isinstance(fast, bytes)   # orjson wrote it
+    assert canonical(args=[fast]) == canonical(args=[json.dumps(payload)])
+    client.close()
+
+
+def test_lone_surrogate_campaign_fails_as_before(redis_url, monkeypatch):
+    batch = [_decision("ok", T0), _decision("bad\udc80", T0)]
+    for reference in (False, True):
+        with monkeypatch.context() as m:
+            if reference:
+                m.setattr(quarantine, "_payload_json", json.dumps)
+            client = quarantine.redis.Redis.from_url(redis_url, decode_responses=True)
+            store = QuarantineStore(client, Settings().quarantine, "t", window_length_s=LENGTH)
+            with pytest.raises(ServiceError, match="invalid unicode escape"):
+                store.record(batch)
+            assert client.zscore("t:checked", "ok") is None   # nothing was written
+            client.close()
+
+
+# --------------------------------------------------------------------------- the sink
+
+
+def sink_settings(redis_url: str, broker, topics: dict[str, str]) -> Settings:
+    return Settings.model_validate({
+        "kafka": {"brokers": [broker.bootstrap],
+                  "topics": {"figures": topics["figures"], "alerts": topics["alerts"]}},
+        "redis": {"url": redis_url, "key_prefix": "t", "retry_backoff_s": 0.01,
+                  "retry_backoff_max_s": 0.02, "socket_timeout_s": 0.5,
+                  "connect_timeout_s": 0.5},
+        "windows": {"length": LENGTH},
+    })
+
+
+def test_sink_publishes_the_old_bytes_after_redis_holds_every_decision(
+        redis_url, broker, unique_topics, monkeypatch):
+    """At the fault point between Redis and Kafka, Redis already decides every figure of the
+    call and Kafka holds none of them; afterwards Kafka holds exactly the old records, and
+    each published figure's status in Redis agrees with the figure (nothing pending)."""
+    scenario = Scenario(60, 3, 4, seed=11, alert_rate=0.1)
+    calls = [scenario.call(i) for i in range(len(scenario))]
+    decisions = [d for items in calls for batch in items for d in batch]
+    figures = [f for d in decisions for f in d.figures]
+    alerts = [a for d in decisions for a in d.alerts]
+    assert any(f.status == "quarantined" for f in figures)
+    part = _ReleasePartition(sink_settings(redis_url, broker, unique_topics))
+    reader = QuarantineReader(redis_url, "t", window_length_s=LENGTH)
+    published = 0
+    seen: list[str] = []
+
+    def at(name: str) -> None:
+        nonlocal published
+        seen.append(name)
+        on_kafka = consume_to_eof(broker.bootstrap, unique_topics["figures"])
+        if name == "release.after_redis":
+            assert len(on_kafka) == published           # nothing of this call yet
+            for d in current:
+                assert reader.checked_through(d.campaign_id) >= d.window_end_s
+                for f in d.figures:
+                    st = reader.status(f.campaign_id, f.segment, f.window_start_s)
+                    assert st.state == ("clean" if f.status == "ok" else "quarantined")
+        elif name == "release.after_publish":
+            published = len(on_kafka)
+
+    monkeypatch.setattr(faults, "point", at)
+    for items in calls:
+        current = [d for batch in items for d in batch]
+        part.write_batch(items)
+    part.close()
+    assert seen == ["release.after_redis", "release.after_publish"] * len(calls)
+
+    got = consume_to_eof(broker.bootstrap, unique_topics["figures"])
+    assert [m.value() for m in got] == reference_values(figures)
+    assert [m.key() for m in got] == reference_keys(figures)
+    got_alerts = consume_to_eof(broker.bootstrap, unique_topics["alerts"])
+    assert [(m.key(), m.value()) for m in got_alerts] == [
+        (a.alert_id.encode(), orjson.dumps(a)) for a in alerts]
+
+
+def test_sink_publishes_nothing_while_redis_is_down(redis_factory, broker, unique_topics):
+    server = redis_factory()
+    part = _ReleasePartition(sink_settings(server.url, broker, unique_topics))
+    part._gate = ReleaseGate(part._store.record, part._publish, backoff_s=0.01,
+                             backoff_max_s=0.02, max_wait_s=0.1)
+    batch = Scenario(20, 1, 2, seed=5).call(0)
+    server.stop()
+    with pytest.raises(RedisUnavailable):
+        part.write_batch(batch)
+    assert consume_to_eof(broker.bootstrap, unique_topics["figures"]) == []
+    server.restart()
+    part.write_batch(batch)
+    part.close()
+    n = sum(len(d.figures) for b in batch for d in b)
+    assert len(consume_to_eof(broker.bootstrap, unique_topics["figures"])) == n
