@@ -18,7 +18,8 @@ and the same Kafka records (topic partition, offset order, key, value bytes, hea
 script checks that after every run and fails if they differ.
 
 Reported: CPU time of this process in ``write_batch`` (``time.process_time``: the calling
-thread plus librdkafka's threads while it waits in the flush), wall time of the calls, and
+thread plus librdkafka's threads while it waits in the flush), of the calling thread alone
+(``time.thread_time``), wall time of the calls, and
 CPU of the redis-server (``INFO cpu``), each per ``WindowDecision``, median over the rounds;
 and ``*_cpu_best``: every call's cheapest round, summed (other processes on a shared machine
 only ever add time). The garbage collector is set as the live flow sets it.
@@ -229,7 +230,7 @@ def kafka_records(bootstrap: str, topic: str) -> list[tuple[Any, ...]]:
 
 def run_once(module: Any, settings: Settings, client: Any, bootstrap: str,
              calls: Scenario, clock_s: float, *,
-             verify: bool) -> tuple[list[float], float, float, dict[str, Any] | None]:
+             verify: bool) -> tuple[list[float], float, float, float, dict[str, Any] | None]:
     client.flushall()
     part = module._ReleasePartition(settings)
     part._store.clock = lambda: clock_s   # flags carry the writer's clock: make it equal
@@ -237,13 +238,14 @@ def run_once(module: Any, settings: Settings, client: Any, bootstrap: str,
     part._store.client.ping()
     part._producer.list_topics(settings.kafka.topics.figures, timeout=30)
     cpu: list[float] = []
-    wall = 0.0
+    wall = own = 0.0
     rcpu0 = redis_cpu(client)
     for i in range(len(calls)):
         items = calls.call(i)
-        c, w = time.process_time(), time.perf_counter()
+        c, t, w = time.process_time(), time.thread_time(), time.perf_counter()
         part.write_batch(items)
         cpu.append(time.process_time() - c)
+        own += time.thread_time() - t
         wall += time.perf_counter() - w
     rcpu = redis_cpu(client) - rcpu0
     part.close()
@@ -254,7 +256,7 @@ def run_once(module: Any, settings: Settings, client: Any, bootstrap: str,
         result = {"redis": redis_contents(client),
                   "figures": kafka_records(bootstrap, topics.figures),
                   "alerts": kafka_records(bootstrap, topics.alerts)}
-    return cpu, wall, rcpu, result
+    return cpu, own, wall, rcpu, result
 
 
 def settings_for(redis_url: str, bootstrap: str, tag: str) -> Settings:
@@ -317,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     impls = {"baseline": baseline, "current": current}
     cpu: dict[str, list[float]] = {k: [] for k in impls}
     per_call: dict[str, list[list[float]]] = {k: [] for k in impls}
+    own: dict[str, list[float]] = {k: [] for k in impls}
     wall: dict[str, list[float]] = {k: [] for k in impls}
     rcpu: dict[str, list[float]] = {k: [] for k in impls}
     print(f"{len(calls)} write_batch calls, {decisions} decisions, {figures} figures, "
@@ -333,10 +336,11 @@ def main(argv: list[str] | None = None) -> int:
                                                  settings.kafka.topics.alerts],
                               partitions=PARTITIONS)
                 verify = args.verify == "every" or (args.verify == "first" and rnd == 0)
-                c, w, rc, result = run_once(impls[name], settings, client, broker.bootstrap,
+                c, t, w, rc, result = run_once(impls[name], settings, client, broker.bootstrap,
                                             calls, clock_s, verify=verify)
                 cpu[name].append(sum(c))
                 per_call[name].append(c)
+                own[name].append(t)
                 wall[name].append(w)
                 rcpu[name].append(rc)
                 if result is not None:
@@ -363,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
         # Noise from other processes only adds: each call's cheapest round, summed.
         best = sum(map(min, zip(*per_call[k], strict=True)))
         out[f"{k}_cpu_best_us_per_decision"] = round(best / decisions * 1e6, 3)
+        out[f"{k}_thread_cpu_us_per_decision"] = round(
+            statistics.median(own[k]) / decisions * 1e6, 3)
         out[f"{k}_wall_us_per_decision"] = round(statistics.median(wall[k]) / decisions * 1e6, 3)
         out[f"{k}_redis_cpu_us_per_decision"] = round(
             statistics.median(rcpu[k]) / decisions * 1e6, 3)

@@ -73,8 +73,12 @@ def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
             pass  # the path below raises it again, for the same figure as before
         else:
             # JSON text has no raw newline: every newline is one that was put in here.
-            values = text[1:-1].replace(_BETWEEN, _SPLIT_AT).split(b"\n")
+            values = text.replace(_BETWEEN, _SPLIT_AT).split(b"\n")
             if len(values) == len(figures):
+                # The list's brackets come off the first and last piece (not a copy of the
+                # whole text).
+                values[0] = values[0][1:]
+                values[-1] = values[-1][:-1]
                 return values
     return list(map(orjson.dumps, figures))
 
