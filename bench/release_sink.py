@@ -250,6 +250,7 @@ def run_once(module: Any, settings: Settings, client: Any, bootstrap: str,
     rcpu = redis_cpu(client) - rcpu0
     part.close()
     part._store.client.close()
+    part._gate = None  # a cycle (the gate holds the partition's methods): free the producer now
     result = None
     if verify:
         topics = settings.kafka.topics
