@@ -122,6 +122,7 @@ def produce_many(producer: Producer, topic: str, values: list[bytes],
 
 def _produce_each(producer: Producer, topic: str, values: list[bytes],
                   keys: list[bytes]) -> None:
+    """One Python call per record (lists of different lengths: the pairs, then ValueError)."""
     send = producer.produce
     for i, (value, key) in enumerate(zip(values, keys, strict=True)):
         try:

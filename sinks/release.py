@@ -35,8 +35,10 @@ log = logging.getLogger(__name__)
 #: The fields of a figure in the order orjson writes them (the dataclass's order).
 FIGURE_FIELDS = ("campaign_id", "segment", "window_start", "window_end", "window_start_s",
                  "impressions", "clicks", "ctr", "status", "alert_ids")
-# encode_figures writes these names itself: only for the Figure it was written for.
-_FIGURE_AS_DICT = tuple(getattr(Figure, "__dataclass_fields__", ())) == FIGURE_FIELDS
+# encode_figures writes these names itself: only for the Figure it was written for, a slots
+# dataclass with exactly these fields (orjson writes them all, in this order, and nothing else).
+_FIGURE_AS_DICT = (tuple(getattr(Figure, "__dataclass_fields__", ())) == FIGURE_FIELDS
+                   and getattr(Figure, "__slots__", None) == FIGURE_FIELDS)
 #: Between two figures in orjson's text of a list of them, and what it is split at.
 _BETWEEN = b'},{"campaign_id":'
 _SPLIT_AT = b'}\n{"campaign_id":'
@@ -154,13 +156,14 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
         faults.point("release.after_redis")
-        figures = [f for d in decisions for f in d.figures]
+        figures = [fig for d in decisions for fig in d.figures]
         values = encode_figures(figures)
         # Keys identify the record, so a replayed batch after a restart overwrites
         # (compacted topics) or is recognisable as a repeat, never a new figure.
         produce_many(self._producer, self._figures, values, figure_keys(figures))
-        for alert in [a for d in decisions for a in d.alerts]:
-            produce_json(self._producer, self._alerts, alert.alert_id, alert)
+        for d in decisions:
+            for alert in d.alerts:
+                produce_json(self._producer, self._alerts, alert.alert_id, alert)
         flush_or_raise(self._producer, self._tracker)
         faults.point("release.after_publish")
 
