@@ -28,9 +28,8 @@ import orjson
 
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION
-from ctrguard.records import WindowDecision
+from ctrguard.records import WindowDecision, encode_figures
 from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
-from replay.output import FigureLines
 
 IMPRESSIONS_SOURCE = "impressions"
 CLICKS_SOURCE = "clicks"
@@ -235,22 +234,20 @@ def run_replay(
     now_ms = int(time.time() * 1000)
     main = states["ctrguard"]
 
-    figure_lines = FigureLines()
-
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
-            figures: list[bytes] = []
+            figures: list[Any] = []
             alerts: list[Any] = []
             dead: list[dict[str, Any]] = []
             for item in items:
                 if isinstance(item, WindowDecision):
-                    figure_lines.extend(figures, item.figures)
+                    figures.extend(item.figures)
                     alerts.extend(item.alerts)
                 else:
                     dead_by_stage[item.stage] += 1
                     dead.append(dead_letter_record(item))
-            if figures:
-                files["figures"].write(b"".join(figures))
+            if figures:  # one line each: orjson.dumps(figure), in one orjson call
+                files["figures"].write(b"\n".join(encode_figures(figures)) + b"\n")
             _write_lines(files["alerts"], alerts)
             _write_lines(files["deadletter"], dead)
         else:

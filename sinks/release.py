@@ -15,13 +15,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ctrguard import faults
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
-from ctrguard.records import Figure, WindowDecision
+from ctrguard.records import Figure, WindowDecision, encode_figures
 from sinks.kafka_out import (
     DeliveryTracker,
     flush_or_raise,
@@ -31,59 +30,6 @@ from sinks.kafka_out import (
 )
 
 log = logging.getLogger(__name__)
-
-#: The fields of a figure in the order orjson writes them (the dataclass's order).
-FIGURE_FIELDS = ("campaign_id", "segment", "window_start", "window_end", "window_start_s",
-                 "impressions", "clicks", "ctr", "status", "alert_ids")
-# encode_figures writes these names itself: only for the Figure it was written for, a slots
-# dataclass with exactly these fields (orjson writes them all, in this order, and nothing else).
-_FIGURE_AS_DICT = (tuple(getattr(Figure, "__dataclass_fields__", ())) == FIGURE_FIELDS
-                   and getattr(Figure, "__slots__", None) == FIGURE_FIELDS)
-#: Between two figures in orjson's text of a list of them, and what it is split at.
-_BETWEEN = b'},{"campaign_id":'
-_SPLIT_AT = b'}\n{"campaign_id":'
-
-
-def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
-    """``[orjson.dumps(f) for f in figures]``, byte for byte, from one orjson call.
-
-    orjson reads a slots dataclass field by field and gives every result a 4 KiB buffer
-    (about 4 µs a figure here, most of it memory traffic when thousands are kept for one
-    flush); a list of plain dicts of the same fields in the same order is written in one
-    call, with the same text for every value. The list's text is cut where one figure ends
-    and the next begins: ``},{"campaign_id":`` cannot occur inside a figure's text (a
-    string's quotes are escaped), unless a field holds an object with that key, and then
-    the count of pieces is off. Anything unexpected (another type than Figure, a count that
-    does not match, a value orjson refuses) goes through ``orjson.dumps`` figure by figure,
-    which then also raises as before.
-
-    >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
-    ...            1767571200, 40, 3, 0.075, "ok")
-    >>> encode_figures([f, f]) == [orjson.dumps(f)] * 2
-    True
-    """
-    if figures and _FIGURE_AS_DICT and set(map(type, figures)) == {Figure}:
-        try:
-            text = orjson.dumps([
-                {"campaign_id": f.campaign_id, "segment": f.segment,
-                 "window_start": f.window_start, "window_end": f.window_end,
-                 "window_start_s": f.window_start_s, "impressions": f.impressions,
-                 "clicks": f.clicks, "ctr": f.ctr, "status": f.status,
-                 "alert_ids": f.alert_ids}
-                for f in figures])
-        except orjson.JSONEncodeError:
-            pass  # the path below raises it again, for the same figure as before
-        else:
-            # JSON text has no raw newline: every newline is one that was put in here.
-            values = text.replace(_BETWEEN, _SPLIT_AT).split(b"\n")
-            if len(values) == len(figures):
-                # The list's brackets come off the first and last piece (not a copy of the
-                # whole text).
-                values[0] = values[0][1:]
-                values[-1] = values[-1][:-1]
-                return values
-    return list(map(orjson.dumps, figures))
-
 
 def figure_keys(figures: Sequence[Figure]) -> list[bytes]:
     """Record keys: ``campaign|segment|window_start_s``, UTF-8 with lone surrogates passed."""

@@ -21,9 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sinks.quarantine as quarantine
-import sinks.release as release
 from bench.release_sink import Scenario
-from ctrguard import faults
+from ctrguard import faults, records
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable, ServiceError
 from ctrguard.records import Alert, Figure, WindowDecision, make_alert_id
@@ -85,7 +84,7 @@ def test_live_shaped_figures_are_encoded_byte_for_byte_in_one_orjson_call(monkey
     assert len(figures) > 800 and any(f.alert_ids for f in figures)
     assert any(not f.campaign_id.isascii() for f in figures)
     counting = CountingOrjson()
-    monkeypatch.setattr(release, "orjson", counting)
+    monkeypatch.setattr(records, "orjson", counting)
     assert encode_figures(figures) == reference_values(figures)
     assert counting.calls == 1   # the batched path, not the figure-by-figure fallback
 

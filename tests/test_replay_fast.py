@@ -1,6 +1,6 @@
 """Replay's fast output and input paths against simple references, byte for byte.
 
-The figure lines (:class:`replay.output.FigureLines`) must be exactly ``orjson.dumps`` of each
+The figure lines (:func:`ctrguard.records.encode_figures`) must be exactly ``orjson.dumps`` of each
 figure, and a whole replay (block reader, figure lines, batched writes) must write exactly
 what a plain ``readline`` reader with one ``orjson.dumps`` per record writes, on inputs with
 non-ASCII text, escapes, CRLF and blank lines, invalid lines, a last line without newline,
@@ -20,11 +20,10 @@ from pathlib import Path
 import orjson
 import pytest
 
+from ctrguard import records
 from ctrguard.config import load_config_text
 from ctrguard.events import CLICK, IMPRESSION
-from ctrguard.records import Figure, WindowDecision
-from replay import output as out_mod
-from replay.output import FigureLines
+from ctrguard.records import Figure, WindowDecision, encode_figures
 from replay.run import open_lines, run_replay
 
 WS, WE, S = "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z", 1767571200
@@ -41,6 +40,11 @@ def _reference(figures) -> bytes:
     return b"".join(orjson.dumps(f) + b"\n" for f in figures)
 
 
+def _lines(figures) -> bytes:
+    """figures.jsonl's text for these figures, as replay writes it."""
+    return b"\n".join(encode_figures(figures)) + b"\n"
+
+
 def test_figure_lines_equal_orjson_on_tricky_values():
     figures = [_fig(cid=c, seg=g) for c in TRICKY for g in TRICKY[:6]]
     figures += [_fig(ctr=x, clicks=k, imps=n) for x, k, n in [
@@ -51,7 +55,7 @@ def test_figure_lines_equal_orjson_on_tricky_values():
         _fig(ids=("a1b2",)), _fig(ids=("x", "y")), _fig(ids=["listed"]),
         _fig(status="quarantined", ids=("a",)), _fig(status="ok"),
         _fig(ctr=0),              # an int where a float belongs: orjson writes 0, not 0.0
-        _fig(ctr=0.0),            # after it, the cached encoding of 0 must not be used
+        _fig(ctr=0.0),            # the same value as a float: written as orjson writes it
         _fig(imps=True, clicks=False),         # bools are ints to %d, not to orjson
         _fig(imps=10.0, clicks=1.0),           # floats: orjson writes 10.0
         _fig(imps=-3, clicks=2**63 - 1), _fig(s=-1), _fig(s=0),
@@ -59,7 +63,7 @@ def test_figure_lines_equal_orjson_on_tricky_values():
         _fig(cid="c2", ws="2026-01-05T00:05:00Z", we="2026-01-05T00:10:00Z", s=S + 300),
         _fig(cid="c1"),           # back to an earlier campaign and window
     ]
-    assert FigureLines().encode(figures) == _reference(figures)
+    assert _lines(figures) == _reference(figures)
 
 
 def test_figure_lines_out_of_orjson_range_fail_the_same():
@@ -67,7 +71,7 @@ def test_figure_lines_out_of_orjson_range_fail_the_same():
         with pytest.raises(orjson.JSONEncodeError):
             orjson.dumps(bad)
         with pytest.raises(orjson.JSONEncodeError):
-            FigureLines().encode([bad])
+            _lines([bad])
 
 
 def test_figure_lines_equal_but_not_identical_window_values():
@@ -76,7 +80,7 @@ def test_figure_lines_equal_but_not_identical_window_values():
     a = _fig(cid="".join(["c", "7"]), ws="".join(WS), we="".join(WE), s=int(str(S)))
     b = _fig(cid="".join(["c", "7"]), ws="".join(WS), we="".join(WE), s=int(str(S)),
              seg="device=tv")
-    assert FigureLines().encode([a, b, a]) == _reference([a, b, a])
+    assert _lines([a, b, a]) == _reference([a, b, a])
 
 
 def test_figure_lines_other_objects_go_through_orjson():
@@ -90,12 +94,11 @@ def test_figure_lines_other_objects_go_through_orjson():
         pass
 
     items = [Other("c1", "all"), Sub("c1", "all", WS, WE, S, 1, 0, 0.0, "ok"), _fig()]
-    assert FigureLines().encode(items) == _reference(items)
+    assert _lines(items) == _reference(items)
 
 
 def test_figure_lines_random_streams_equal_orjson():
     rng = random.Random(11)
-    lines = FigureLines()
     windows = [(f"2026-01-05T00:{m:02d}:00Z", f"2026-01-05T00:{m + 5:02d}:00Z", S + 60 * m)
                for m in range(0, 50, 5)]
     for _ in range(200):
@@ -109,24 +112,14 @@ def test_figure_lines_random_streams_equal_orjson():
             ids = tuple(f"{rng.getrandbits(40):010x}" for _ in range(rng.choice([0, 0, 1, 2])))
             figures.append(_fig(cid, seg, ws, we, s, n, k, ctr,
                                 rng.choice(["ok", "quarantined"]), ids))
-        assert lines.encode(figures) == _reference(figures)
+        assert _lines(figures) == _reference(figures)
 
 
 def test_figure_lines_without_fast_path_when_figure_changes(monkeypatch):
     # A Figure with other fields than the encoder was written for: orjson for everything.
-    monkeypatch.setattr(out_mod, "FIELDS", (*out_mod.FIELDS, "extra"))
-    lines = FigureLines()
-    assert not lines.fast
+    monkeypatch.setattr(records, "_FIGURE_AS_DICT", False)
     figures = [_fig(), _fig(seg="café")]
-    assert lines.encode(figures) == _reference(figures)
-
-
-def test_figure_lines_caches_stay_bounded(monkeypatch):
-    monkeypatch.setattr(out_mod, "_CACHE_LIMIT", 10)
-    lines = FigureLines()
-    figures = [_fig(cid=f"c{i}", seg=f"s{i}", ctr=i / 1000) for i in range(100)]
-    assert lines.encode(figures) == _reference(figures)
-    assert max(len(lines._text), len(lines._float), len(lines._heads)) <= 12
+    assert _lines(figures) == _reference(figures)
 
 
 # --------------------------------------------------------------------------- whole replay
