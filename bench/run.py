@@ -260,11 +260,16 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
          f"{cpu_note(d['naive'])}"),
         ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
          f"peak RSS {r['peak_rss_mb']:.0f} MiB; {cpu_note(d['ctrguard'])}"),
-        *([("   same flow, detectors as plain Python",
+        *([("   same flow, no compiled code (detectors, decoding as Python)",
             f"{_fmt(d['ctrguard_python_core']['eps'])} events/s",
-            f"the compiled detector core is x{d['ctrguard']['speedup_vs_python_core']:.2f} "
+            f"compiled code x{d['ctrguard']['speedup_vs_python_core']:.2f} "
             f"(same run); {cpu_note(d['ctrguard_python_core'])}")]
           if "ctrguard_python_core" in d else []),
+        *([("   same flow, event scanner off (msgspec decoding)",
+            f"{_fmt(d['ctrguard_no_scanner']['eps'])} events/s",
+            f"the scanner x{d['ctrguard']['speedup_vs_no_scanner']:.2f} "
+            f"(same run); {cpu_note(d['ctrguard_no_scanner'])}")]
+          if "ctrguard_no_scanner" in d else []),
         ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}", mark("ratio_to_raw")),
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
@@ -404,9 +409,10 @@ reported as measured.
    Slack to the emulator. Rates are events / time spent in `run_main` (each flow runs in a
    fresh child process, `bench/child.py`; imports and River's import are not timed, the
    Slack outbox drain at the end is). Peak RSS is that child's `VmHWM`. With the compiled
-   detector core (`detectors/native.py`), the same flow runs a second time on the same
-   topics with `CTRGUARD_PURE_PYTHON=1` (the Python source of the detectors): the row
-   "detectors as plain Python" is what the compilation buys, measured in the same run.
+   code (`detectors/native.py`), the same flow runs twice more on the same topics: with
+   `CTRGUARD_PURE_PYTHON=1` (no compiled code: the Python source of the detectors, and
+   msgspec decoding instead of the C event scanner) and with `CTRGUARD_NO_SCANNER=1` (the
+   compiled detectors, msgspec decoding): what each buys, measured in the same run.
 4. **Latency** (`bench/latency.py`): the live flow runs in tail mode in a child process.
    This process produces a synthetic stream at {_fmt(lat['impressions_per_s'])}
    impressions/s (+ {_fmt(lat['clicks_per_s'])} clicks/s) over {lat['campaigns']} campaigns
@@ -487,7 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
     p.add_argument("--no-python-core", action="store_true",
-                   help="skip the live flow's second run with the Python detector core")
+                   help="skip the live flow's runs without compiled code and without "
+                   "the event scanner (3b, 3c)")
     p.add_argument("--only", default="",
                    help="comma-separated subset of raw,naive,live,two,latency,replay,memory "
                    "(quick iterations: prints what ran, writes no report)")
@@ -601,26 +608,33 @@ def main(argv: list[str] | None = None) -> int:
                 raise RuntimeError(f"the live flow left watermarks for only "
                                    f"{details['ctrguard']['campaigns_checked']} campaigns")
             if env["detector_core"] == "compiled" and not args.no_python_core:
-                # The same flow with the detectors as plain Python (the source the compiled
-                # core is built from): what the compilation buys, in the same run.
-                log("3b. ctrguard live flow, Python detector core ...")
-                cfg = ctrguard_config(workdir, "live-py", broker, redis_server.url,
-                                      slack.base_url,
-                                      {**topics, **output_topics(bootstrap, "live-py")})
-                meter.start()
-                live_py = run_child(["ctrguard", "--config", str(cfg)],
-                                    workdir / "live-py.log", timeout=timeout,
-                                    label="ctrguard flow (Python core)",
-                                    env=common.child_env(CTRGUARD_PURE_PYTHON="1"))
-                details["ctrguard_python_core"] = {
-                    "eps": round(n_events / live_py["elapsed_s"]),
-                    "elapsed_s": live_py["elapsed_s"], "maxrss_mb": live_py["maxrss_mb"],
-                    "flow_cpu_s": round(live_py["cpu_s"], 2), **meter.stop(),
-                    **checked_summary(redis_server, "bench-live-py")}
-                details["ctrguard"]["speedup_vs_python_core"] = round(
-                    results["ctrguard_eps"] / details["ctrguard_python_core"]["eps"], 2)
-                log(f"3b. Python core: {details['ctrguard_python_core']['eps']:,}/s; "
-                    f"compiled core x{details['ctrguard']['speedup_vs_python_core']}")
+                # The same flow without compiled code (3b: detectors and decoding as plain
+                # Python, the source the extensions are built from) and without only the
+                # event scanner (3c: msgspec decoding): what each buys, in the same run.
+                for step, key, name, what, extra in (
+                        ("3b", "ctrguard_python_core", "live-py", "no compiled code",
+                         {"CTRGUARD_PURE_PYTHON": "1"}),
+                        ("3c", "ctrguard_no_scanner", "live-noscan", "no event scanner",
+                         {"CTRGUARD_NO_SCANNER": "1"})):
+                    log(f"{step}. ctrguard live flow, {what} ...")
+                    cfg = ctrguard_config(workdir, name, broker, redis_server.url,
+                                          slack.base_url,
+                                          {**topics, **output_topics(bootstrap, name)})
+                    meter.start()
+                    run = run_child(["ctrguard", "--config", str(cfg)],
+                                    workdir / f"{name}.log", timeout=timeout,
+                                    label=f"ctrguard flow ({what})",
+                                    env=common.child_env(**extra))
+                    details[key] = {
+                        "eps": round(n_events / run["elapsed_s"]),
+                        "elapsed_s": run["elapsed_s"], "maxrss_mb": run["maxrss_mb"],
+                        "flow_cpu_s": round(run["cpu_s"], 2), **meter.stop(),
+                        **checked_summary(redis_server, f"bench-{name}")}
+                    speedup = "speedup_vs_" + key.removeprefix("ctrguard_")
+                    details["ctrguard"][speedup] = round(
+                        results["ctrguard_eps"] / details[key]["eps"], 2)
+                    log(f"{step}. {what}: {details[key]['eps']:,}/s; ctrguard "
+                        f"x{details['ctrguard'][speedup]}")
 
         if args.profile:
             log("profiling the live flow with py-spy (a separate run) ...")
