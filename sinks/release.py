@@ -127,6 +127,10 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def close(self) -> None:
         self._producer.flush(30)
+        # The gate holds this partition's bound methods (a reference cycle): without it,
+        # the producer would live on until a garbage collection, reconnecting to a broker
+        # that may be gone (librdkafka logs each attempt).
+        self._gate = None  # type: ignore[assignment]
 
 
 class ReleaseSink(DynamicSink[WindowDecision]):
