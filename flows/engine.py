@@ -230,6 +230,20 @@ def dims_key(dims: Sequence[str | None]) -> Any:
     return None if not dims else tuple(dims)
 
 
+def _dims_keys(columns: Sequence[Sequence[str | None]], n: int) -> Sequence[Any]:
+    """Per event, :func:`dims_key` of its values, from one column per dimension (``n``
+    events).
+
+    >>> _dims_keys([], 2), _dims_keys([["a", None]], 2), _dims_keys([["a", "b"], ["x", "y"]], 2)
+    ([None, None], ['a', None], [('a', 'x'), ('b', 'y')])
+    """
+    if not columns:
+        return [None] * n
+    if len(columns) == 1:
+        return columns[0]
+    return list(zip(*columns, strict=True))
+
+
 def _dims_tuple(key: Any, n: int) -> tuple[str | None, ...]:
     if n == 1:
         return (key,)
@@ -354,7 +368,8 @@ class _Columns(NamedTuple):
     dims: Sequence[Any]                     # per event: :func:`dims_key`
     ts_ms: np.ndarray
     user_agents: Sequence[str | None] | None  # only when bot patterns are configured
-    internal: Sequence[int]                 # positions flagged is_internal (when excluded)
+    internal: Sequence[int]                 # positions flagged is_internal (msgspec path:
+                                            # only when internal traffic is excluded)
     positions: Sequence[int] | None         # index in the batch of each; None: all, in order
     keys: np.ndarray | None                 # dedup keys, when the scanner made them
     dead: list[DeadLetter]
@@ -413,26 +428,16 @@ class EventPreparer:
         scanned = scan_batch(values, self._dims, user_agents=self._bot_re is not None,
                              max_bytes=self._max_bytes)
         if scanned is not None:
-            cols = scanned.dims
-            if not cols:
-                dks: Sequence[Any] = [None] * len(scanned.campaign_ids)
-            elif len(cols) == 1:
-                dks = cols[0]
-            else:
-                dks = list(zip(*cols, strict=True))
-            return _Columns(scanned.campaign_ids, scanned.event_ids, dks, scanned.ts_ms,
-                            scanned.user_agents, scanned.internal, None, scanned.keys, [])
+            return _Columns(scanned.campaign_ids, scanned.event_ids,
+                            _dims_keys(scanned.dims, len(scanned.campaign_ids)),
+                            scanned.ts_ms, scanned.user_agents, scanned.internal, None,
+                            scanned.keys, [])
         decoded = decode_batch(values, max_bytes=self._max_bytes)
         dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
                            values[i] if values[i] is not None else b"")
                 for i, exc in decoded.errors]
         events = decoded.events
-        if not self._dims:
-            dks = [None] * len(events)
-        elif len(self._dims) == 1:
-            dks = list(map(self._dim_getters[0], events))
-        else:
-            dks = list(zip(*[list(map(g, events)) for g in self._dim_getters], strict=True))
+        dks = _dims_keys([list(map(g, events)) for g in self._dim_getters], len(events))
         internal: list[int] = []
         if self._exclude_internal:
             flags = list(map(_INTERNAL, events))
