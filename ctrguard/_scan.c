@@ -40,8 +40,7 @@ typedef struct {
     const char *start;   /* V_STRING: the characters between the quotes */
     Py_ssize_t len;
     int kind;
-    int64_t ival;        /* V_INT, when it fits (int_ok) */
-    int int_ok;
+    int64_t ival;        /* V_INT: its value */
 } Value;
 
 static inline const char *skip_ws(const char *p, const char *end) {
@@ -114,10 +113,8 @@ static inline const char *scan_number(const char *p, const char *end, Value *v) 
         for (const char *q = digits; q < digits + ndigits; q++)
             x = x * 10 + (*q - '0');
         v->ival = neg ? -x : x;
-        v->int_ok = 1;
         v->kind = V_INT;
     } else {
-        v->int_ok = 0;
         v->kind = V_OTHER_NUMBER;
     }
     return p;
@@ -493,7 +490,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             else if (k != V_FALSE && k != V_NULL)
                 goto refuse;
         }
-        if (tv->kind == V_INT && tv->int_ok) {
+        if (tv->kind == V_INT) {
             if (tv->ival < min_ts || tv->ival >= max_ts)
                 goto refuse;
             ts_out[i] = tv->ival;
