@@ -285,13 +285,9 @@ def _load_scanner() -> Any:
     :mod:`detectors.native`)."""
     from detectors import native
 
-    if os.environ.get(NO_SCANNER_ENV, "") not in ("", "0") or native.status() != "compiled":
+    if os.environ.get(NO_SCANNER_ENV, "") not in ("", "0"):
         return None
-    try:
-        from ctrguard import _scan  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    return _scan
+    return native.load_extension("ctrguard._scan")
 
 
 _SCANNER = _load_scanner()

@@ -13,12 +13,13 @@ file. So the build records a digest of each source beside it (``_native.json``),
 ``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
 
 The same build compiles the hand-written C of :data:`C_EXTENSIONS` (the event scanner,
-``ctrguard/_scan.c``), which is stamped alike and used only when the core is ``compiled``.
+``ctrguard/_scan.c``, and a shard's counting loop, ``flows/_shard.c``), which is stamped
+alike and used only when the core is ``compiled`` (:func:`load_extension`).
 
 ``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
 
 >>> MODULES, tuple(C_EXTENSIONS)
-(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan',))
+(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan', 'flows._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -35,15 +36,16 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
-__all__ = ["C_EXTENSIONS", "MODULES", "build", "status"]
+__all__ = ["C_EXTENSIONS", "MODULES", "build", "load_extension", "status"]
 
 #: Compiled modules, in import order (``monitor`` imports ``stats``).
 MODULES = ("detectors.stats", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
 #: Hand-written C extensions built with the core, and their sources.
-C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c"}
+C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "flows._shard": "flows/_shard.c"}
 #: Every extension a build makes: the modules, the group's shared library, the C ones.
 _BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
@@ -96,6 +98,25 @@ def status() -> str:
             stamp.get(m) != _digest(_source(m)) for m in _DEPENDS):
         return "stale"
     return "compiled"
+
+
+def load_extension(name: str) -> Any:
+    """The hand-written C extension ``name`` (a key of :data:`C_EXTENSIONS`) when the build
+    is ``compiled`` (so it matches its source and is not disabled), else ``None``: the
+    caller then runs its Python reference code.
+
+    >>> load_extension("flows._shard") is None or hasattr(load_extension("flows._shard"),
+    ...                                                     "count")
+    True
+    """
+    if name not in C_EXTENSIONS:
+        raise ValueError(f"not a C extension of ctrguard: {name!r}")
+    if status() != "compiled":
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def in_use() -> str:

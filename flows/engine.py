@@ -71,6 +71,7 @@ from ctrguard.records import (
     WindowDecision,
     make_alert_id,
 )
+from detectors import native
 from detectors.base import ALL, Counts, Verdict, Window
 
 __all__ = [
@@ -352,6 +353,11 @@ _INTERNAL = attrgetter("is_internal")
 _USER_AGENT = attrgetter("user_agent")
 
 
+#: The compiled loops of routing and counting (``flows/_shard.c``), or ``None``: the Python
+#: reference code runs.
+_SHARD = native.load_extension("flows._shard")
+
+
 def _take(columns: Sequence[Sequence[Any]], idx: list[int]) -> list[tuple[Any, ...]]:
     """The rows ``idx`` of each column (C-speed gather)."""
     if len(idx) <= 1:
@@ -523,6 +529,19 @@ class EventPreparer:
         first = int(arr[0])
         if (arr == first).all():
             return {first: (arrays, columns)}
+        shard = _SHARD
+        if shard is not None:
+            # One pass in C (flows/_shard.c) for every list column; the rest is the same.
+            buf, counts, parts = shard.split(self._shards, arr, columns)
+            order = np.frombuffer(buf, dtype=np.intp)
+            out = {}
+            start = 0
+            for s, n in enumerate(counts):
+                if n:
+                    idx = order[start:start + n]
+                    out[s] = (tuple([a[idx] for a in arrays]), parts[s])
+                    start += n
+            return out
         order = np.argsort(arr, kind="stable")
         counts = np.bincount(arr, minlength=self._shards).tolist()
         out = {}
@@ -689,6 +708,7 @@ class _Seen:
             merged = np.concatenate(self.runs)
             merged.sort()
             self.runs = [merged]
+
 
 
 _NO_POSITIONS = np.empty(0, dtype=np.intp)
@@ -964,7 +984,7 @@ class ShardState:
                     self.stats.duplicates += n
                     return
                 cids, dks = _take((cids, dks), pos.tolist())
-            self._count_windows(kind, repeat(lo, len(cids)), cids, dks)
+            self._count_windows(kind, lo, cids, dks)
         else:
             parts = []
             for wid in np.unique(wids).tolist():
@@ -992,10 +1012,33 @@ class ShardState:
             cache.clear()
         return [cache.get(dk) or cache.setdefault(dk, (dk,)) for dk in dks]
 
-    def _count_windows(self, kind: int, wids: Iterable[int], cids: Sequence[str],
+    def _count_windows(self, kind: int, wids: int | Sequence[int], cids: Sequence[str],
                        dks: Sequence[Any]) -> None:
-        """Count events (de-duplicated already), ``wids[i]`` the window of event i: the inner
-        loop, for one window (``repeat(wid, n)``) or several."""
+        """Count events (de-duplicated already) into their open windows: all in window
+        ``wids`` (an int), or event i in ``wids[i]``. The inner loop, in C where built
+        (``flows/_shard.c``); :meth:`_count_windows_py` is the reference."""
+        shard = _SHARD
+        if shard is None:
+            self._count_windows_py(kind, wids, cids, dks)
+            return
+        wrap = None
+        if kind != IMPRESSION:
+            wrap = self._click_keys
+            if len(wrap) > 100_000:
+                wrap.clear()
+        shard.count(self._open, self._campaigns, wids, cids, dks, wrap, self._open_window,
+                     self._new_key)
+
+    def _new_key(self, cid: str, dk: Any) -> None:
+        """The first event of dims key ``dk`` in a campaign's window: a new series?"""
+        camp = self._campaigns[cid]
+        if dk not in camp.dims.segs:
+            self._segments_for(camp, dk)
+
+    def _count_windows_py(self, kind: int, wids: int | Sequence[int], cids: Sequence[str],
+                          dks: Sequence[Any]) -> None:
+        if isinstance(wids, int):
+            wids = repeat(wids, len(cids))  # type: ignore[assignment]
         current = None
         lookup = by_campaign = None
         campaigns = self._campaigns

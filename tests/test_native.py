@@ -114,10 +114,10 @@ def test_a_stale_build_is_not_used(tmp_path):
     shutil.copytree(ROOT / "detectors", tmp_path / "detectors")
     for lib in ROOT.glob("*__mypyc*"):
         shutil.copy(lib, tmp_path)
-    (tmp_path / "ctrguard").mkdir()  # the C scanner is part of the build (not imported here)
-    for name in native.C_EXTENSIONS.values():
+    for name in native.C_EXTENSIONS.values():  # part of the build (not imported here)
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         for built in (ROOT / name).parent.glob(Path(name).stem + ".*"):
-            shutil.copy(built, tmp_path / "ctrguard")
+            shutil.copy(built, (tmp_path / name).parent)
     env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
     env["PYTHONPATH"] = str(tmp_path)
     probe = ("import warnings; warnings.simplefilter('error', RuntimeWarning)\n"

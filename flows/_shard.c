@@ -1,0 +1,323 @@
+/*
+ * flows._shard: the per-event inner loops of a shard (see flows/engine.py, ShardState).
+ *
+ * The Python code they replace stays in flows/engine.py as the reference (used when this
+ * extension is not built, is stale or is disabled), and tests/test_shard_native.py checks
+ * that both give the same chunks, state and output. Everything that is not per event (opening a
+ * campaign's window, taking in a new segment value) stays in Python, called back from here
+ * in the same order as the Python loop calls it.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+static PyObject *str_dims, *str_segs;  /* interned attribute names */
+
+/* count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None
+ *
+ * For each event i, in order: add one to open[wid][cids[i]][key], where wid is ``wids``
+ * (an int: every event in one window) or wids[i], and key is keys[i] (impressions) or the
+ * shared 1-tuple wrap[keys[i]] (clicks; made and stored when missing; wrap is None for
+ * impressions). ``open[wid]`` is made when missing. When the campaign has no counts in the
+ * window yet, on_window(cid, wid, open[wid]) makes them (and returns the dict); when the key
+ * is new in them and not in campaigns[cid].dims.segs (the segments of each dims key the
+ * campaign knows), on_key(cid, dk) is called after it is counted, dk being keys[i] for
+ * impressions and the element of the shared 1-tuple for clicks.
+ */
+static PyObject *count(PyObject *self, PyObject *args) {
+    PyObject *open, *campaigns, *wids_obj, *cids_obj, *keys_obj, *wrap, *on_window, *on_key;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOOO", &PyDict_Type, &open, &PyDict_Type, &campaigns,
+                          &wids_obj, &cids_obj, &keys_obj, &wrap, &on_window, &on_key))
+        return NULL;
+    if (wrap != Py_None && !PyDict_Check(wrap)) {
+        PyErr_SetString(PyExc_TypeError, "wrap must be a dict or None");
+        return NULL;
+    }
+    PyObject *cids = NULL, *keys = NULL, *wids = NULL, *one = NULL, *result = NULL;
+    PyObject *wid = NULL;          /* the current window id (new reference) */
+    PyObject *by_campaign = NULL;  /* open[wid] (borrowed: open holds it) */
+    cids = PySequence_Fast(cids_obj, "cids must be a sequence");
+    if (cids == NULL)
+        goto done;
+    keys = PySequence_Fast(keys_obj, "keys must be a sequence");
+    if (keys == NULL)
+        goto done;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(cids);
+    if (PySequence_Fast_GET_SIZE(keys) != n) {
+        PyErr_SetString(PyExc_ValueError, "cids and keys differ in length");
+        goto done;
+    }
+    if (!PyLong_Check(wids_obj)) {
+        wids = PySequence_Fast(wids_obj, "wids must be an int or a sequence");
+        if (wids == NULL)
+            goto done;
+        if (PySequence_Fast_GET_SIZE(wids) != n) {
+            PyErr_SetString(PyExc_ValueError, "cids and wids differ in length");
+            goto done;
+        }
+    }
+    one = PyLong_FromLong(1);
+    if (one == NULL)
+        goto done;
+    PyObject **cid_items = PySequence_Fast_ITEMS(cids);
+    PyObject **key_items = PySequence_Fast_ITEMS(keys);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *w = wids == NULL ? wids_obj : PySequence_Fast_ITEMS(wids)[i];
+        if (wid == NULL || w != wid) {
+            int same = wid == NULL ? 0 : PyObject_RichCompareBool(w, wid, Py_EQ);
+            if (same < 0)
+                goto done;
+            if (!same) {
+                Py_INCREF(w);
+                Py_XSETREF(wid, w);
+                by_campaign = PyDict_GetItemWithError(open, wid);
+                if (by_campaign == NULL) {
+                    if (PyErr_Occurred())
+                        goto done;
+                    PyObject *d = PyDict_New();
+                    if (d == NULL)
+                        goto done;
+                    int rc = PyDict_SetItem(open, wid, d);
+                    Py_DECREF(d);  /* open holds it */
+                    if (rc < 0)
+                        goto done;
+                    by_campaign = d;
+                }
+            }
+        }
+        PyObject *cid = cid_items[i];
+        PyObject *counts = PyDict_GetItemWithError(by_campaign, cid);
+        if (counts == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            /* (by_campaign stays alive: open holds it, and on_window only adds to it) */
+            PyObject *made = PyObject_CallFunctionObjArgs(on_window, cid, wid, by_campaign,
+                                                          NULL);
+            if (made == NULL)
+                goto done;
+            if (!PyDict_Check(made)) {
+                Py_DECREF(made);
+                PyErr_SetString(PyExc_TypeError, "on_window must return a dict");
+                goto done;
+            }
+            counts = made;
+            Py_DECREF(made);  /* by_campaign holds it */
+        }
+        PyObject *dk = key_items[i];
+        PyObject *key = dk;
+        if (wrap != Py_None) {
+            key = PyDict_GetItemWithError(wrap, dk);
+            if (key == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                PyObject *t = PyTuple_Pack(1, dk);
+                if (t == NULL)
+                    goto done;
+                int rc = PyDict_SetItem(wrap, dk, t);
+                Py_DECREF(t);  /* wrap holds it */
+                if (rc < 0)
+                    goto done;
+                key = t;
+            }
+            /* What the segments are looked up by: the shared tuple's element (an equal str,
+             * perhaps from an earlier batch), as in the Python reference. */
+            if (!PyTuple_Check(key) || PyTuple_GET_SIZE(key) != 1) {
+                PyErr_SetString(PyExc_TypeError, "wrap's values must be 1-tuples");
+                goto done;
+            }
+            dk = PyTuple_GET_ITEM(key, 0);
+        }
+        PyObject *old = PyDict_GetItemWithError(counts, key);
+        if (old == NULL) {
+            if (PyErr_Occurred() || PyDict_SetItem(counts, key, one) < 0)
+                goto done;
+            /* Known to the campaign already (campaigns[cid].dims.segs holds it): the common
+             * case, decided here; otherwise on_key takes it in. */
+            int known = 0;
+            PyObject *camp = PyDict_GetItemWithError(campaigns, cid);
+            if (camp == NULL && PyErr_Occurred())
+                goto done;
+            if (camp != NULL) {
+                PyObject *dims = PyObject_GetAttr(camp, str_dims);
+                if (dims == NULL)
+                    goto done;
+                PyObject *segs = PyObject_GetAttr(dims, str_segs);
+                Py_DECREF(dims);
+                if (segs == NULL)
+                    goto done;
+                known = PyDict_Check(segs) ? PyDict_Contains(segs, dk) : 0;
+                Py_DECREF(segs);
+                if (known < 0)
+                    goto done;
+            }
+            if (!known) {
+                PyObject *r = PyObject_CallFunctionObjArgs(on_key, cid, dk, NULL);
+                if (r == NULL)
+                    goto done;
+                Py_DECREF(r);
+            }
+        } else {
+            long v = PyLong_AsLong(old);
+            if (v == -1 && PyErr_Occurred())
+                goto done;
+            PyObject *next = PyLong_FromLong(v + 1);
+            if (next == NULL)
+                goto done;
+            int rc = PyDict_SetItem(counts, key, next);
+            Py_DECREF(next);
+            if (rc < 0)
+                goto done;
+        }
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    Py_XDECREF(wid);
+    Py_XDECREF(one);
+    Py_XDECREF(wids);
+    Py_XDECREF(keys);
+    Py_XDECREF(cids);
+    return result;
+}
+
+/* split(n_shards, shard_ids, columns) -> (order, counts, parts)
+ *
+ * A stable counting sort of a batch by shard: shard_ids is a buffer of n Py_ssize_t (a
+ * numpy intp array), each in [0, n_shards); columns a tuple of sequences of length n.
+ * Returns order (a bytearray of n Py_ssize_t: the positions of shard 0's events, then
+ * shard 1's, ..., each in arrival order), counts (events per shard) and parts (per shard:
+ * None when it has no events, else a tuple with a list per column holding its events'
+ * items in arrival order).
+ */
+static PyObject *split(PyObject *self, PyObject *args) {
+    Py_ssize_t n_shards;
+    PyObject *ids_obj, *columns;
+    if (!PyArg_ParseTuple(args, "nOO!", &n_shards, &ids_obj, &PyTuple_Type, &columns))
+        return NULL;
+    if (n_shards <= 0 || n_shards > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "n_shards out of range");
+        return NULL;
+    }
+    Py_buffer ids;
+    if (PyObject_GetBuffer(ids_obj, &ids, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return NULL;
+    PyObject *result = NULL, *order = NULL, *counts = NULL, *parts = NULL;
+    PyObject **seqs = NULL, ***items = NULL;
+    Py_ssize_t *start = NULL, *fill = NULL;
+    Py_ssize_t n_cols = PyTuple_GET_SIZE(columns);
+    Py_ssize_t n = ids.len / (Py_ssize_t)sizeof(Py_ssize_t);
+    if (ids.itemsize != (Py_ssize_t)sizeof(Py_ssize_t) || ids.len % ids.itemsize) {
+        PyErr_SetString(PyExc_TypeError, "shard_ids must be a buffer of Py_ssize_t (intp)");
+        goto done;
+    }
+    const Py_ssize_t *sid = (const Py_ssize_t *)ids.buf;
+    seqs = PyMem_Calloc(n_cols ? n_cols : 1, sizeof(PyObject *));
+    items = PyMem_Calloc(n_cols ? n_cols : 1, sizeof(PyObject **));
+    start = PyMem_Calloc(n_shards, sizeof(Py_ssize_t));
+    fill = PyMem_Calloc(n_shards, sizeof(Py_ssize_t));
+    if (seqs == NULL || items == NULL || start == NULL || fill == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < n_cols; j++) {
+        seqs[j] = PySequence_Fast(PyTuple_GET_ITEM(columns, j), "columns must be sequences");
+        if (seqs[j] == NULL)
+            goto done;
+        if (PySequence_Fast_GET_SIZE(seqs[j]) != n) {
+            PyErr_SetString(PyExc_ValueError, "a column's length differs from shard_ids'");
+            goto done;
+        }
+        items[j] = PySequence_Fast_ITEMS(seqs[j]);
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (sid[i] < 0 || sid[i] >= n_shards) {
+            PyErr_SetString(PyExc_ValueError, "a shard id is out of range");
+            goto done;
+        }
+        fill[sid[i]]++;
+    }
+    counts = PyList_New(n_shards);
+    parts = PyList_New(n_shards);
+    order = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (counts == NULL || parts == NULL || order == NULL)
+        goto done;
+    Py_ssize_t at = 0;
+    for (Py_ssize_t s = 0; s < n_shards; s++) {
+        Py_ssize_t k = fill[s];
+        PyObject *c = PyLong_FromSsize_t(k);
+        if (c == NULL)
+            goto done;
+        PyList_SET_ITEM(counts, s, c);
+        start[s] = at;
+        at += k;
+        PyObject *part;
+        if (k == 0) {
+            part = Py_None;
+            Py_INCREF(part);
+        } else {
+            part = PyTuple_New(n_cols);
+            if (part == NULL)
+                goto done;
+            for (Py_ssize_t j = 0; j < n_cols; j++) {
+                PyObject *col = PyList_New(k);
+                if (col == NULL) {
+                    Py_DECREF(part);
+                    goto done;
+                }
+                PyTuple_SET_ITEM(part, j, col);
+            }
+        }
+        PyList_SET_ITEM(parts, s, part);
+        fill[s] = 0;
+    }
+    Py_ssize_t *out = (Py_ssize_t *)PyByteArray_AS_STRING(order);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t s = sid[i], k = fill[s]++;
+        out[start[s] + k] = i;
+        PyObject *part = PyList_GET_ITEM(parts, s);
+        for (Py_ssize_t j = 0; j < n_cols; j++) {
+            PyObject *item = items[j][i];
+            Py_INCREF(item);
+            PyList_SET_ITEM(PyTuple_GET_ITEM(part, j), k, item);
+        }
+    }
+    result = PyTuple_Pack(3, order, counts, parts);
+done:
+    Py_XDECREF(order);
+    Py_XDECREF(counts);
+    Py_XDECREF(parts);
+    if (seqs != NULL)
+        for (Py_ssize_t j = 0; j < n_cols; j++)
+            Py_XDECREF(seqs[j]);
+    PyMem_Free(seqs);
+    PyMem_Free(items);
+    PyMem_Free(start);
+    PyMem_Free(fill);
+    PyBuffer_Release(&ids);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"count", count, METH_VARARGS,
+     "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
+     "Count a shard's de-duplicated events into its open windows (see "
+     "flows.engine.ShardState._count_windows)."},
+    {"split", split, METH_VARARGS,
+     "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
+     "Split a batch's columns by shard, keeping arrival order within each shard (see "
+     "flows.engine.EventPreparer._route)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "flows._shard",
+    "The compiled per-event loops of routing and counting (see flows.engine).", -1, methods,
+};
+
+PyMODINIT_FUNC PyInit__shard(void) {
+    str_dims = PyUnicode_InternFromString("dims");
+    str_segs = PyUnicode_InternFromString("segs");
+    if (str_dims == NULL || str_segs == NULL)
+        return NULL;
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,184 @@
+"""The compiled loops of routing and counting (``flows/_shard.c``) against the Python
+reference in ``flows/engine.py``: same chunks, same shard state, same decisions."""
+
+from __future__ import annotations
+
+import pickle
+import sys
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ctrguard.config import load_config_text
+from ctrguard.records import WindowDecision
+from flows import engine
+from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState
+from tests.test_engine import NOW, T0, ZeroClickMonitor
+
+pytestmark = pytest.mark.skipif(engine._SHARD is None,
+                                reason="flows._shard not built (make native)")
+
+MIN = 60_000
+
+
+def _settings(shards: int):
+    return load_config_text(
+        "windows:\n  length: 5m\n  allowed_lateness: 2m\n"
+        f"  shards: {shards}\n"
+        "segments:\n  dimensions: [device, geo]\n  max_values_per_dimension: 2\n", env={})
+
+
+def _message(i: int, ts: int, campaign: int, device: int | None, geo: int | None) -> bytes:
+    event = {"event_id": f"e{i}", "ts": ts, "campaign_id": f"c{campaign}"}
+    if device is not None:
+        event["device"] = ("mobile", "desktop", "tablet", "tv")[device]
+    if geo is not None:
+        event["geo"] = ("DE", "FR", "US")[geo]
+    return orjson.dumps(event)
+
+
+_event = st.tuples(
+    st.integers(0, 40),                 # event id (repeats are duplicates)
+    st.integers(-3, 30),                # minutes after T0 (below 0: late once windows close)
+    st.integers(0, 6),                  # campaign
+    st.one_of(st.none(), st.integers(0, 3)),
+    st.one_of(st.none(), st.integers(0, 2)),
+)
+_batch = st.tuples(st.sampled_from([IMPRESSION, CLICK]), st.lists(_event, max_size=40))
+
+
+def _run(batches, shards: int) -> tuple[list, bytes]:
+    s = _settings(shards)
+    prep = EventPreparer(s)
+    states = [ShardState(s, ["imp:0", "clk:0"], ZeroClickMonitor) for _ in range(shards)]
+    record: list = []
+    offset = 0
+    for kind, events in batches:
+        values = [_message(*e[:1], T0 + e[1] * MIN + e[0], *e[2:]) for e in events]
+        topic = "imp" if kind == IMPRESSION else "clk"
+        batch = RawBatch(topic, 0, kind, values, list(range(offset, offset + len(values))))
+        offset += len(values)
+        prepared = prep.prepare(batch, now_ms=NOW)
+        for shard, chunk in prep.chunks(prepared):
+            record.append((shard, chunk.kind, chunk.ts_ms.tolist(), list(chunk.campaign_ids),
+                           list(chunk.event_ids), list(chunk.dims), list(chunk.offsets),
+                           list(chunk.raws or ()), chunk.keys.tolist()))
+            for out in states[shard].ingest(chunk):
+                record.append(repr(out) if isinstance(out, WindowDecision)
+                              else repr(out))
+    for state in states:
+        record += [repr(o) for o in state.flush()]
+        record.append(state.stats.as_dict())
+    return record, pickle.dumps(states)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches=st.lists(_batch, max_size=8), shards=st.sampled_from([1, 3, 16]))
+def test_compiled_loops_give_what_the_python_reference_gives(batches, shards):
+    compiled = _run(batches, shards)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "_SHARD", None)
+        reference = _run(batches, shards)
+    assert reference == compiled
+
+
+def test_a_stream_with_everything_goes_through_both_paths_alike(monkeypatch):
+    # Several windows per batch, duplicates, late events, folded segment values, and
+    # campaigns that appear in a later window first: the cases the loops branch on.
+    batches = [
+        (IMPRESSION, [(i % 30, (i * 7) % 25, i % 5, i % 4, i % 3) for i in range(200)]),
+        (CLICK, [(i % 9, (i * 5) % 25, i % 5, (i + 1) % 4, None) for i in range(60)]),
+        (IMPRESSION, [(i, 29 - i % 3, 6, None, None) for i in range(20)]),
+        (IMPRESSION, [(i, -3 + i % 2, i % 7, 0, 0) for i in range(10)]),     # late
+        (CLICK, [(i, 28, i % 7, i % 4, i % 3) for i in range(30)]),
+    ]
+    compiled = _run(batches, 4)
+    decided = [r for r in compiled[0] if isinstance(r, str) and "WindowDecision" in r]
+    assert len(decided) > 20
+    assert any(isinstance(r, str) and "stage='late'" in r for r in compiled[0])
+    monkeypatch.setattr(engine, "_SHARD", None)
+    assert _run(batches, 4) == compiled
+
+
+# -- split ----------------------------------------------------------------------------
+
+
+def test_split_is_a_stable_counting_sort_of_every_column():
+    ids = np.array([2, 0, 2, 1, 0, 2], dtype=np.intp)
+    a, b = ["a0", "a1", "a2", "a3", "a4", "a5"], (10, 11, 12, 13, 14, 15)
+    buf, counts, parts = engine._SHARD.split(4, ids, (a, b))
+    assert np.frombuffer(buf, dtype=np.intp).tolist() == [1, 4, 3, 0, 2, 5]
+    assert counts == [2, 1, 3, 0]
+    assert parts == [(["a1", "a4"], [11, 14]), (["a3"], [13]),
+                     (["a0", "a2", "a5"], [10, 12, 15]), None]
+
+
+def test_split_holds_one_reference_per_placed_item():
+    item = object()
+    before = sys.getrefcount(item)
+    out = engine._SHARD.split(2, np.array([0, 1, 1], dtype=np.intp), ([item] * 3,))
+    assert sys.getrefcount(item) == before + 3
+    del out
+    assert sys.getrefcount(item) == before
+
+
+@pytest.mark.parametrize(("args", "error"), [
+    ((2, np.array([0, 2], dtype=np.intp), (["a", "b"],)), ValueError),     # id out of range
+    ((2, np.array([0, -1], dtype=np.intp), (["a", "b"],)), ValueError),
+    ((2, np.array([0, 1], dtype=np.intp), (["a"],)), ValueError),          # lengths differ
+    ((2, np.array([0, 1], dtype=np.int32), (["a", "b"],)), TypeError),     # not intp
+    ((0, np.array([], dtype=np.intp), ()), ValueError),
+    ((2, np.array([0, 1], dtype=np.intp), (5,)), TypeError),               # not a sequence
+])
+def test_split_refuses_what_it_cannot_do(args, error):
+    with pytest.raises(error):
+        engine._SHARD.split(*args)
+
+
+# -- count ----------------------------------------------------------------------------
+
+
+def test_count_adds_up_and_calls_back_for_new_windows_and_keys():
+    opened, new_keys = [], []
+
+    def on_window(cid, wid, by_campaign):
+        opened.append((cid, wid))
+        counts = by_campaign[cid] = {}
+        return counts
+
+    open_: dict = {}
+    engine._SHARD.count(open_, {}, [7, 7, 8, 7], ["a", "b", "a", "a"], ["m", "m", "m", "d"],
+                        None, on_window, lambda cid, dk: new_keys.append((cid, dk)))
+    assert open_ == {7: {"a": {"m": 1, "d": 1}, "b": {"m": 1}}, 8: {"a": {"m": 1}}}
+    assert opened == [("a", 7), ("b", 7), ("a", 8)]
+    assert new_keys == [("a", "m"), ("b", "m"), ("a", "m"), ("a", "d")]
+    wrap: dict = {}
+    engine._SHARD.count(open_, {}, 8, ["a", "a"], ["m", "m"], wrap, on_window,
+                        lambda cid, dk: new_keys.append((cid, dk)))
+    assert open_[8]["a"] == {"m": 1, ("m",): 2} and wrap == {"m": ("m",)}
+    assert open_[8]["a"].keys() & {wrap["m"]} and new_keys[-1] == ("a", "m")
+
+
+def test_count_propagates_errors_from_callbacks_and_bad_arguments():
+    def on_window(cid, wid, by_campaign):
+        by_campaign[cid] = {}
+        return by_campaign[cid]
+
+    def boom(cid, dk):
+        raise RuntimeError("on_key failed")
+
+    with pytest.raises(RuntimeError, match="on_key failed"):
+        engine._SHARD.count({}, {}, 1, ["a"], ["m"], None, on_window, boom)
+    with pytest.raises(TypeError, match="must return a dict"):
+        engine._SHARD.count({}, {}, 1, ["a"], ["m"], None, lambda *a: None, boom)
+    with pytest.raises(ValueError, match="length"):
+        engine._SHARD.count({}, {}, [1, 2], ["a"], ["m"], None, on_window, boom)
+    with pytest.raises(ValueError, match="length"):
+        engine._SHARD.count({}, {}, 1, ["a", "b"], ["m"], None, on_window, boom)
+    with pytest.raises(TypeError):
+        engine._SHARD.count({}, {}, 1, ["a"], ["m"], [], on_window, boom)
+    with pytest.raises(TypeError, match="1-tuples"):
+        engine._SHARD.count({}, {}, 1, ["a"], ["m"], {"m": "m"}, on_window, boom)
