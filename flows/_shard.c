@@ -11,7 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-static PyObject *str_dims, *str_segs;  /* interned attribute names */
+static PyObject *str_dims, *str_segs, *str_series;  /* interned attribute names */
 
 /* count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None
  *
@@ -297,6 +297,168 @@ done:
     return result;
 }
 
+/* series_counts(camp, counts, take_in, table, make) -> dict
+ *
+ * The counts of every series of campaign ``camp`` in one window (see
+ * flows.engine.ShardState._series_counts, the reference): ``counts`` maps a dims key to its
+ * impressions and the 1-tuple of a dims key to its clicks; each dims key adds to the series
+ * camp.dims.segs[dims key] names (take_in(camp, dims key) makes and returns them when
+ * missing). The result maps every name of camp.series, in order, to
+ * table[impressions][clicks] (shared objects for small counts) or make(impressions, clicks).
+ */
+#define MAX_SERIES 4096
+static PyObject *series_counts(PyObject *self, PyObject *args) {
+    PyObject *camp, *counts, *take_in, *table, *make;
+    if (!PyArg_ParseTuple(args, "OO!OO!O", &camp, &PyDict_Type, &counts, &take_in,
+                          &PyList_Type, &table, &make))
+        return NULL;
+    PyObject *result = NULL, *series = NULL, *segs = NULL;
+    long long *sums = NULL;            /* per series: impressions, clicks */
+    series = PyObject_GetAttr(camp, str_series);
+    if (series == NULL)
+        goto done;
+    if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) > MAX_SERIES) {
+        PyErr_SetString(PyExc_TypeError, "camp.series must be a tuple (of at most 4096)");
+        goto done;
+    }
+    Py_ssize_t n_series = PyTuple_GET_SIZE(series);
+    sums = PyMem_Calloc(2 * (n_series ? n_series : 1), sizeof(long long));
+    if (sums == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(counts, &pos, &key, &value)) {
+        PyObject *dk = key;
+        int kind = 0;  /* 0: impressions, 1: clicks */
+        if (PyTuple_CheckExact(key) && PyTuple_GET_SIZE(key) == 1) {
+            dk = PyTuple_GET_ITEM(key, 0);
+            kind = 1;
+        }
+        long long n = PyLong_AsLongLong(value);
+        if (n == -1 && PyErr_Occurred())
+            goto done;
+        if (segs == NULL) {
+            PyObject *dims = PyObject_GetAttr(camp, str_dims);
+            if (dims == NULL)
+                goto done;
+            segs = PyObject_GetAttr(dims, str_segs);
+            Py_DECREF(dims);
+            if (segs == NULL)
+                goto done;
+            if (!PyDict_Check(segs)) {
+                PyErr_SetString(PyExc_TypeError, "camp.dims.segs must be a dict");
+                goto done;
+            }
+        }
+        PyObject *names = PyDict_GetItemWithError(segs, dk);  /* borrowed */
+        PyObject *made = NULL;
+        if (names == NULL) {
+            if (PyErr_Occurred())
+                goto done;
+            /* A new value: take it in (this may add series and replace camp.dims). */
+            made = PyObject_CallFunctionObjArgs(take_in, camp, dk, NULL);
+            if (made == NULL)
+                goto done;
+            names = made;
+            Py_CLEAR(segs);
+            PyObject *fresh = PyObject_GetAttr(camp, str_series);
+            if (fresh == NULL) {
+                Py_DECREF(made);
+                goto done;
+            }
+            Py_SETREF(series, fresh);
+            if (!PyTuple_Check(series) || PyTuple_GET_SIZE(series) > MAX_SERIES) {
+                Py_DECREF(made);
+                PyErr_SetString(PyExc_TypeError, "camp.series must be a tuple (of at most 4096)");
+                goto done;
+            }
+            if (PyTuple_GET_SIZE(series) > n_series) {
+                long long *more = PyMem_Realloc(sums, 2 * PyTuple_GET_SIZE(series)
+                                                * sizeof(long long));
+                if (more == NULL) {
+                    Py_DECREF(made);
+                    PyErr_NoMemory();
+                    goto done;
+                }
+                for (Py_ssize_t j = 2 * n_series; j < 2 * PyTuple_GET_SIZE(series); j++)
+                    more[j] = 0;
+                sums = more;
+                n_series = PyTuple_GET_SIZE(series);
+            }
+        }
+        if (!PyTuple_Check(names)) {
+            Py_XDECREF(made);
+            PyErr_SetString(PyExc_TypeError, "segments must be a tuple");
+            goto done;
+        }
+        /* (series only grows at its end, so an index found stays right) */
+        for (Py_ssize_t a = 0; a < PyTuple_GET_SIZE(names); a++) {
+            PyObject *name = PyTuple_GET_ITEM(names, a);
+            Py_ssize_t at = -1;
+            for (Py_ssize_t b = 0; b < n_series; b++)
+                if (PyTuple_GET_ITEM(series, b) == name) {
+                    at = b;
+                    break;
+                }
+            if (at < 0) {  /* an equal name that is another object */
+                for (Py_ssize_t b = 0; b < n_series; b++) {
+                    int eq = PyObject_RichCompareBool(PyTuple_GET_ITEM(series, b), name, Py_EQ);
+                    if (eq < 0) {
+                        Py_XDECREF(made);
+                        goto done;
+                    }
+                    if (eq) {
+                        at = b;
+                        break;
+                    }
+                }
+            }
+            if (at >= 0)
+                sums[2 * at + kind] += n;
+        }
+        Py_XDECREF(made);
+    }
+    result = PyDict_New();
+    if (result == NULL)
+        goto done;
+    Py_ssize_t rows = PyList_GET_SIZE(table);
+    for (Py_ssize_t b = 0; b < n_series; b++) {
+        long long ni = sums[2 * b], nk = sums[2 * b + 1];
+        PyObject *c = NULL;
+        if (ni >= 0 && ni < rows) {
+            PyObject *row = PyList_GET_ITEM(table, ni);
+            if (PyList_Check(row) && nk >= 0 && nk < PyList_GET_SIZE(row)) {
+                c = PyList_GET_ITEM(row, nk);
+                Py_INCREF(c);
+            }
+        }
+        if (c == NULL) {
+            PyObject *pi = PyLong_FromLongLong(ni), *pk = PyLong_FromLongLong(nk);
+            if (pi != NULL && pk != NULL)
+                c = PyObject_CallFunctionObjArgs(make, pi, pk, NULL);
+            Py_XDECREF(pi);
+            Py_XDECREF(pk);
+            if (c == NULL) {
+                Py_CLEAR(result);
+                goto done;
+            }
+        }
+        int rc = PyDict_SetItem(result, PyTuple_GET_ITEM(series, b), c);
+        Py_DECREF(c);
+        if (rc < 0) {
+            Py_CLEAR(result);
+            goto done;
+        }
+    }
+done:
+    PyMem_Free(sums);
+    Py_XDECREF(segs);
+    Py_XDECREF(series);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
@@ -306,6 +468,10 @@ static PyMethodDef methods[] = {
      "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
      "Split a batch's columns by shard, keeping arrival order within each shard (see "
      "flows.engine.EventPreparer._route)."},
+    {"series_counts", series_counts, METH_VARARGS,
+     "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
+     "The counts of every series of a campaign in one window (see "
+     "flows.engine.ShardState._series_counts)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -317,7 +483,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__shard(void) {
     str_dims = PyUnicode_InternFromString("dims");
     str_segs = PyUnicode_InternFromString("segs");
-    if (str_dims == NULL || str_segs == NULL)
+    str_series = PyUnicode_InternFromString("series");
+    if (str_dims == NULL || str_segs == NULL || str_series == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

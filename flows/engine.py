@@ -1181,6 +1181,9 @@ class ShardState:
         """Counts of every series of the campaign in one window (zeros included)."""
         if counts is None:
             return dict.fromkeys(camp.series, _ZERO)
+        shard = _SHARD
+        if shard is not None:  # the same in C (flows/_shard.c)
+            return shard.series_counts(camp, counts, self._segments_for, _SMALL_COUNTS, _counts)
         imps: dict[str, int] = {}
         clicks: dict[str, int] = {}
         cached = camp.dims.segs

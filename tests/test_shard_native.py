@@ -182,3 +182,55 @@ def test_count_propagates_errors_from_callbacks_and_bad_arguments():
         engine._SHARD.count({}, {}, 1, ["a"], ["m"], [], on_window, boom)
     with pytest.raises(TypeError, match="1-tuples"):
         engine._SHARD.count({}, {}, 1, ["a"], ["m"], {"m": "m"}, on_window, boom)
+
+
+# -- series_counts --------------------------------------------------------------------
+
+
+class _Camp:
+    """What series_counts reads of a campaign: its series and its segments per dims key."""
+
+    def __init__(self, series, segs):
+        self.series = series
+        self.dims = type("D", (), {})()
+        self.dims.segs = segs
+
+
+def test_series_counts_sums_every_series_and_takes_new_values_in():
+    camp = _Camp(("all", "device=m"), {"m": ("all", "device=m")})
+
+    def take_in(c, dk):  # a new value: a new series at the end, and new segments
+        c.series = (*c.series, f"device={dk}")
+        c.dims = type("D", (), {})()
+        c.dims.segs = {"m": ("all", "device=m"), dk: ("all", f"device={dk}")}
+        return c.dims.segs[dk]
+
+    table = engine._SMALL_COUNTS
+    out = engine._SHARD.series_counts(camp, {"m": 3, ("m",): 1, "d": 200, ("d",): 20},
+                                      take_in, table, engine._counts)
+    assert list(out) == ["all", "device=m", "device=d"]
+    assert [(c.impressions, c.clicks) for c in out.values()] == [(203, 21), (3, 1), (200, 20)]
+    assert out["device=m"] is table[3][1]            # small counts: the shared objects
+    assert camp.series[-1] == "device=d"
+
+
+def test_series_counts_gives_zero_counts_to_series_without_events():
+    camp = _Camp(("all", "geo=DE", "device=m"), {"m": ("all", "device=m")})
+    out = engine._SHARD.series_counts(camp, {("m",): 2}, None, engine._SMALL_COUNTS,
+                                      engine._counts)
+    assert out == {"all": engine._counts(0, 2), "geo=DE": engine._ZERO,
+                   "device=m": engine._counts(0, 2)}
+
+
+def test_series_counts_refuses_malformed_state():
+    with pytest.raises(TypeError, match="tuple"):
+        engine._SHARD.series_counts(_Camp(["all"], {}), {}, None, [], engine._counts)
+    with pytest.raises(TypeError, match="segments"):
+        engine._SHARD.series_counts(_Camp(("all",), {"m": ["all"]}), {"m": 1}, None, [],
+                                    engine._counts)
+    with pytest.raises(RuntimeError, match="take_in"):
+        engine._SHARD.series_counts(_Camp(("all",), {}), {"m": 1}, _raise, [], engine._counts)
+
+
+def _raise(*args):
+    raise RuntimeError("take_in failed")
