@@ -10,6 +10,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 static PyObject *str_dims, *str_segs, *str_series;  /* interned attribute names */
 
@@ -459,6 +460,81 @@ done:
     return result;
 }
 
+/* slot_maker(cls, names) -> callable
+ *
+ * A positional constructor for a slotted class whose slots are exactly ``names`` (see
+ * flows.engine._slot_constructor, which checks the class, and its Python version): the
+ * object is allocated as object.__new__ allocates it and each slot is set at its offset,
+ * as the slot's descriptor would set it. For objects built hundreds of thousands of times
+ * per second (figures, decisions, counts).
+ */
+static PyObject *make_slotted(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    PyTypeObject *cls = (PyTypeObject *)PyTuple_GET_ITEM(self, 0);
+    PyObject *offsets = PyTuple_GET_ITEM(self, 1);
+    Py_ssize_t n = PyBytes_GET_SIZE(offsets) / (Py_ssize_t)sizeof(Py_ssize_t);
+    if (nargs != n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd positional arguments (%zd given)",
+                     cls->tp_name, n, nargs);
+        return NULL;
+    }
+    PyObject *obj = cls->tp_alloc(cls, 0);
+    if (obj == NULL)
+        return NULL;
+    const Py_ssize_t *off = (const Py_ssize_t *)PyBytes_AS_STRING(offsets);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_INCREF(args[i]);
+        *(PyObject **)((char *)obj + off[i]) = args[i];
+    }
+    return obj;
+}
+
+static PyMethodDef make_slotted_def = {
+    "make", (PyCFunction)(void (*)(void))make_slotted, METH_FASTCALL,
+    "Build the object from one value per slot, in slot order."};
+
+static PyObject *slot_maker(PyObject *self, PyObject *args) {
+    PyObject *cls, *names;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyType_Type, &cls, &PyTuple_Type, &names))
+        return NULL;
+    PyTypeObject *type = (PyTypeObject *)cls;
+    if (type->tp_alloc == NULL || type->tp_new != PyBaseObject_Type.tp_new) {
+        PyErr_SetString(PyExc_TypeError, "slot_maker: the class must use object.__new__");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    PyObject *offsets = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (offsets == NULL)
+        return NULL;
+    Py_ssize_t *off = (Py_ssize_t *)PyBytes_AS_STRING(offsets);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *descr = PyDict_GetItemWithError(type->tp_dict, PyTuple_GET_ITEM(names, i));
+        if (descr == NULL || !PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
+            if (!PyErr_Occurred())
+                PyErr_Format(PyExc_TypeError, "slot_maker: %R is not a slot of %s",
+                             PyTuple_GET_ITEM(names, i), type->tp_name);
+            Py_DECREF(offsets);
+            return NULL;
+        }
+        PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+        if (member->type != T_OBJECT_EX || (member->flags & READONLY)
+                || member->offset < (Py_ssize_t)sizeof(PyObject)
+                || member->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize) {
+            PyErr_Format(PyExc_TypeError, "slot_maker: %R is not a plain slot of %s",
+                         PyTuple_GET_ITEM(names, i), type->tp_name);
+            Py_DECREF(offsets);
+            return NULL;
+        }
+        off[i] = member->offset;
+    }
+    PyObject *bound = PyTuple_Pack(2, cls, offsets);
+    Py_DECREF(offsets);
+    if (bound == NULL)
+        return NULL;
+    PyObject *fn = PyCFunction_New(&make_slotted_def, bound);
+    Py_DECREF(bound);
+    return fn;
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
@@ -472,6 +548,10 @@ static PyMethodDef methods[] = {
      "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
      "The counts of every series of a campaign in one window (see "
      "flows.engine.ShardState._series_counts)."},
+    {"slot_maker", slot_maker, METH_VARARGS,
+     "slot_maker(cls, names) -> callable\n\n"
+     "A positional constructor that sets a slotted class's slots ``names`` directly (see "
+     "flows.engine._slot_constructor)."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -234,3 +234,66 @@ def test_series_counts_refuses_malformed_state():
 
 def _raise(*args):
     raise RuntimeError("take_in failed")
+
+
+# -- slot_maker -----------------------------------------------------------------------
+
+
+def _figure_values():
+    return ("c1", "device=m", "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z", 1767225600,
+            120, 3, 0.025, "ok", ("a1",))
+
+
+@pytest.mark.parametrize("cls", ["Counts", "Window", "Figure", "WindowDecision"])
+def test_slot_maker_builds_what_the_dataclass_builds(cls):
+    from dataclasses import fields
+
+    from ctrguard import records
+    from detectors import base
+
+    klass = getattr(records, cls, None) or getattr(base, cls)
+    names = tuple(f.name for f in fields(klass))
+    values = {"Counts": (120, 3), "Window": (0, 300), "Figure": _figure_values(),
+              "WindowDecision": ("c1", 0, 300, (), ())}[cls]
+    made = engine._SHARD.slot_maker(klass, names)(*values)
+    python = engine._slot_constructor_py(klass, list(names))(*values)
+    assert type(made) is klass
+    assert made == klass(*values) == python
+    assert pickle.loads(pickle.dumps(made)) == made
+    assert [getattr(made, n) for n in names] == list(values)
+
+
+def test_slot_maker_holds_one_reference_per_value_and_checks_its_arguments():
+    from ctrguard.records import Figure
+
+    make = engine._slot_constructor(Figure)
+    value = object()
+    before = sys.getrefcount(value)
+    fig = make(*_figure_values()[:-1], value)
+    assert sys.getrefcount(value) == before + 1
+    del fig
+    assert sys.getrefcount(value) == before
+    with pytest.raises(TypeError, match="10 positional"):
+        make(*_figure_values()[:-1])
+
+
+def test_slot_maker_refuses_what_is_not_a_plain_slot():
+    class NoSlots:
+        pass
+
+    class Slotted:
+        __slots__ = ("a",)
+
+    class OwnNew:
+        __slots__ = ("a",)
+
+        def __new__(cls):
+            return super().__new__(cls)
+
+    with pytest.raises(TypeError, match="not a slot"):
+        engine._SHARD.slot_maker(NoSlots, ("a",))
+    with pytest.raises(TypeError, match="not a slot"):
+        engine._SHARD.slot_maker(Slotted, ("b",))
+    with pytest.raises(TypeError, match="object.__new__"):
+        engine._SHARD.slot_maker(OwnNew, ("a",))
+    assert engine._SHARD.slot_maker(Slotted, ("a",))(5).a == 5
