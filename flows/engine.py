@@ -256,8 +256,11 @@ class Chunk:
     """What one shard receives from one raw batch: its events (one kind, in columns, in
     arrival order) plus the source's progress.
 
-    Pickled (only when it crosses to another process) without the raw message bytes, which
-    are half its size and needed only for the rare late event: ``raws`` is then ``None``.
+    Event ids, offsets and raw bytes are needed only for the rare late event (and tests),
+    so a chunk made from a batch shares the batch's columns of them: with ``at`` set, event
+    i of the chunk is ``event_ids[at[i]]`` (offsets, raws alike); :meth:`row_columns` gives
+    the chunk's own. Pickled (only when it crosses to another process) with its own columns
+    and without the raw message bytes, which are half its size: ``raws`` is then ``None``.
     """
 
     source: str
@@ -271,18 +274,37 @@ class Chunk:
     offsets: Sequence[int] = ()
     raws: Sequence[bytes] | None = ()
     keys: np.ndarray = field(default_factory=_no_keys)  # :func:`dedup_keys`; empty: not yet
+    at: np.ndarray | None = None      # positions in event_ids/offsets/raws; None: i is i
 
     def __len__(self) -> int:
         return len(self.campaign_ids)
 
     def __getstate__(self) -> tuple:
+        eids, offsets, _ = self.row_columns(raws=False)
         return (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms,
-                self.campaign_ids, self.event_ids, self.dims, self.offsets, self.keys)
+                self.campaign_ids, eids, self.dims, offsets, self.keys)
 
     def __setstate__(self, state: tuple) -> None:
         (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms, self.campaign_ids,
          self.event_ids, self.dims, self.offsets, self.keys) = state
         self.raws = None  # type: ignore[assignment]
+        self.at = None
+
+    def row_columns(self, raws: bool = True) -> tuple[Sequence[str], Sequence[int],
+                                                      Sequence[bytes] | None]:
+        """The event ids, offsets and (with ``raws``, if held) raw bytes of this chunk's
+        events, in its order."""
+        if self.at is None:
+            return self.event_ids, self.offsets, self.raws if raws else None
+        idx = self.at.tolist()
+        eids, offsets = _take((self.event_ids, self.offsets), idx)
+        got = _take((self.raws,), idx)[0] if raws and self.raws is not None else None
+        return eids, offsets, got
+
+    def source_of(self, i: int) -> tuple[int, bytes | None]:
+        """Offset and raw bytes (``None`` if not held) of event ``i``."""
+        j = i if self.at is None else int(self.at[i])
+        return self.offsets[j], self.raws[j] if self.raws is not None else None
 
     @classmethod
     def of(cls, source: str, frontier_ms: int | None, idle: bool,
@@ -299,11 +321,13 @@ class Chunk:
 
     def rows(self, n_dims: int) -> list[Prepared]:
         """The events as :class:`Prepared` rows (``n_dims``: dimensions configured)."""
-        raws = self.raws if self.raws is not None else [None] * len(self)
+        eids, offsets, raws = self.row_columns()
+        if raws is None:
+            raws = [None] * len(self)  # type: ignore[list-item]
         return [Prepared(ts, self.kind, eid, cid, _dims_tuple(dk, n_dims), raw, off)
                 for ts, eid, cid, dk, raw, off in zip(
-                    self.ts_ms.tolist(), self.event_ids, self.campaign_ids, self.dims,
-                    raws, self.offsets, strict=True)]
+                    self.ts_ms.tolist(), eids, self.campaign_ids, self.dims,
+                    raws, offsets, strict=True)]
 
 
 @dataclass(slots=True)
@@ -459,97 +483,90 @@ class EventPreparer:
         values, offsets = batch.values, batch.offsets
         topic, partition = batch.topic, batch.partition
         cols = self._columns(values, topic, partition, offsets)
-        cids, eids, dks, ts, pos, keys = (cols.campaign_ids, cols.event_ids, cols.dims,
-                                          cols.ts_ms, cols.positions, cols.keys)
+        cids, eids, ts, pos = cols.campaign_ids, cols.event_ids, cols.ts_ms, cols.positions
         dead = cols.dead
         n = len(cids)
         excluded: Counter = Counter()
-        keep: list[int] | None = None
+        drop: set[int] = set()
         if n:
             drop = self._excluded(cols.user_agents, cols.internal, excluded)
-            if drop:
-                mask = np.ones(n, dtype=bool)
-                mask[list(drop)] = False
-                keep = np.flatnonzero(mask).tolist()
         if now_ms is not None and ts.size:
             # An event time beyond the present is impossible; letting it through would
             # push the watermark ahead and close every window early.
             limit = now_ms + self._future_ms
             if ts.max() > limit:
-                kept = keep if keep is not None else range(n)
-                future = [j for j in kept if ts[j] > limit]
-                for j in future:
+                for j in np.flatnonzero(ts > limit).tolist():
+                    if j in drop:
+                        continue
                     i = pos[j] if pos is not None else j
                     dead.append(DeadLetter(
                         "future", f"event time {ms_to_iso(int(ts[j]))} is more than "
                         f"{self._future_ms // 1000}s in the future",
                         topic, partition, offsets[i], values[i]))  # type: ignore[arg-type]
-                gone = set(future)
-                keep = [j for j in kept if j not in gone]
-        if keep is not None:
-            if keep:
-                cids, eids, dks, pos = _take(
-                    (cids, eids, dks, pos if pos is not None else range(n)), keep)
-                ts = ts[keep]
-                if keys is not None:
-                    keys = keys[keep]
-            else:
-                cids, eids, dks, pos, ts = [], [], [], [], _NO_TIMES
-        frontier = int(ts.max()) if ts.size else None
-        if pos is None:
-            raws, offs = values, offsets
-        elif pos:
-            raws, offs = _take((values, offsets), pos)
-        else:
-            raws, offs = [], []
+                    drop.add(j)
         chunks: dict[int, Chunk] = {}
-        if cids:
-            if keys is None:
-                keys = dedup_keys(cids, eids)
-            for s, ((t, k), columns) in self._route(cids, (ts, keys),
-                                                    (cids, eids, dks, offs, raws)).items():
-                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, t, *columns, k)
+        frontier = None
+        if len(drop) < n:
+            if drop:
+                mask = np.ones(n, dtype=bool)
+                mask[list(drop)] = False
+                frontier = int(ts[mask].max())
+            else:
+                frontier = int(ts.max())
+            keys = cols.keys if cols.keys is not None else dedup_keys(cids, eids)
+            # Event ids, offsets and raw bytes, aligned with the valid events: needed only
+            # for the rare late event (and tests), so chunks point into them (Chunk.at).
+            if pos is None:
+                rows = (eids, offsets, values)
+            else:
+                rows = (eids, *_take((offsets, values), list(pos)))
+            for s, (at, columns) in self._route(cids, cols.dims, drop).items():
+                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
+                                  ts if at is None else ts[at], columns[0], rows[0], columns[1],
+                                  rows[1], rows[2], keys if at is None else keys[at], at)
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
                              len(values), len(self._dims))
 
-    def _route(self, cids: list[str], arrays: tuple[np.ndarray, ...], columns: tuple
-               ) -> dict[int, tuple[tuple[np.ndarray, ...], Sequence[Sequence[Any]]]]:
-        """Split numpy and list columns by shard, keeping arrival order within each shard."""
-        if self._shards == 1:
-            return {0: (arrays, columns)}
-        cache = self._shard_cache
-        try:
-            arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
-        except KeyError:
-            if len(cache) > 1_000_000:
-                cache.clear()
-            for c in set(cids).difference(cache):
-                cache[c] = shard_of(c, self._shards)
-            arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
-        first = int(arr[0])
-        if (arr == first).all():
-            return {first: (arrays, columns)}
+    def _route(self, cids: Sequence[str], dks: Sequence[Any], drop: set[int]
+               ) -> dict[int, tuple[np.ndarray | None, tuple[Sequence[str], Sequence[Any]]]]:
+        """Split the kept events by shard, keeping arrival order within each shard: per
+        shard with events, their positions in the batch (``None``: all, in order) and their
+        campaign ids and dims keys. ``drop``: positions of events to leave out."""
+        n_shards = self._shards
+        if n_shards == 1:
+            arr = np.zeros(len(cids), dtype=np.intp)
+        else:
+            cache = self._shard_cache
+            try:
+                arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
+            except KeyError:
+                if len(cache) > 1_000_000:
+                    cache.clear()
+                for c in set(cids).difference(cache):
+                    cache[c] = shard_of(c, n_shards)
+                arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
+        if not drop:
+            first = int(arr[0])
+            if n_shards == 1 or (arr == first).all():
+                return {first: (None, (cids, dks))}
+        else:
+            arr[list(drop)] = n_shards  # one more shard: the events left out
         shard = _SHARD
         if shard is not None:
-            # One pass in C (flows/_shard.c) for every list column; the rest is the same.
-            buf, counts, parts = shard.split(self._shards, arr, columns)
+            # One pass in C (flows/_shard.c) over the list columns.
+            buf, counts, parts = shard.split(n_shards + 1, arr, (cids, dks))
             order = np.frombuffer(buf, dtype=np.intp)
-            out = {}
-            start = 0
-            for s, n in enumerate(counts):
-                if n:
-                    idx = order[start:start + n]
-                    out[s] = (tuple([a[idx] for a in arrays]), parts[s])
-                    start += n
-            return out
-        order = np.argsort(arr, kind="stable")
-        counts = np.bincount(arr, minlength=self._shards).tolist()
+        else:
+            order = np.argsort(arr, kind="stable")
+            counts = np.bincount(arr, minlength=n_shards + 1).tolist()
+            parts = None
         out = {}
         start = 0
-        for s, n in enumerate(counts):
+        for s, n in enumerate(counts[:n_shards]):
             if n:
                 idx = order[start:start + n]
-                out[s] = (tuple([a[idx] for a in arrays]), _take(columns, idx.tolist()))
+                out[s] = (idx, parts[s] if parts is not None
+                          else tuple(_take((cids, dks), idx.tolist())))
                 start += n
         return out
 
@@ -574,11 +591,22 @@ class EventPreparer:
             return parts[0]
         if not parts:
             return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind)
-        return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind,
-                     np.concatenate([p.ts_ms for p in parts]),
-                     *[list(chain.from_iterable(getattr(p, name) for p in parts))
-                       for name in ("campaign_ids", "event_ids", "dims", "offsets", "raws")],
-                     np.concatenate([_keys_of(p) for p in parts]))
+        ts = np.concatenate([p.ts_ms for p in parts])
+        cids, dks = (list(chain.from_iterable(getattr(p, name) for p in parts))
+                     for name in ("campaign_ids", "dims"))
+        keys = np.concatenate([_keys_of(p) for p in parts])
+        first = parts[0]
+        if all(p.at is not None and p.event_ids is first.event_ids for p in parts):
+            # Parts of one batch: the merged chunk points into the same columns.
+            return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
+                         first.event_ids, dks, first.offsets, first.raws, keys,
+                         np.concatenate([p.at for p in parts]))  # type: ignore[misc]
+        rows = [p.row_columns() for p in parts]
+        eids, offsets = (list(chain.from_iterable(r[i] for r in rows)) for i in (0, 1))
+        raws = None if any(r[2] is None for r in rows) else \
+            list(chain.from_iterable(r[2] for r in rows))  # type: ignore[misc]
+        return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
+                     eids, dks, offsets, raws, keys)
 
 
 # --------------------------------------------------------------------------- shard state
@@ -719,7 +747,7 @@ _BIT = np.array([1 << i for i in range(8)], dtype=np.uint8)
 def _keys_of(chunk: Chunk) -> np.ndarray:
     keys = chunk.keys
     if len(keys) != len(chunk.campaign_ids):  # built without keys
-        keys = dedup_keys(chunk.campaign_ids, chunk.event_ids)
+        keys = dedup_keys(chunk.campaign_ids, chunk.row_columns(raws=False)[0])
     return keys
 
 
@@ -1084,11 +1112,11 @@ class ShardState:
                 stats.duplicates += 1
                 continue
             stats.late += 1
+            offset, raw = chunk.source_of(i)
             out.append(DeadLetter(
                 "late", f"window {ms_to_iso(wid * length)} already closed "
                 f"(allowed lateness {self._lateness_ms // 1000}s)",
-                topic, partition, chunk.offsets[i],
-                chunk.raws[i] if chunk.raws is not None else None))
+                topic, partition, offset, raw))
 
     def _open_window(self, cid: str, wid: int, by_campaign: dict[str, dict]) -> dict[Any, int]:
         camp = self._campaigns.get(cid)

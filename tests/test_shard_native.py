@@ -28,7 +28,8 @@ def _settings(shards: int):
     return load_config_text(
         "windows:\n  length: 5m\n  allowed_lateness: 2m\n"
         f"  shards: {shards}\n"
-        "segments:\n  dimensions: [device, geo]\n  max_values_per_dimension: 2\n", env={})
+        "segments:\n  dimensions: [device, geo]\n  max_values_per_dimension: 2\n"
+        "exclusions:\n  internal: true\n  bot_user_agents: [crawler]\n", env={})
 
 
 def _message(i: int, ts: int, campaign: int, device: int | None, geo: int | None) -> bytes:
@@ -37,6 +38,14 @@ def _message(i: int, ts: int, campaign: int, device: int | None, geo: int | None
         event["device"] = ("mobile", "desktop", "tablet", "tv")[device]
     if geo is not None:
         event["geo"] = ("DE", "FR", "US")[geo]
+    if i % 11 == 3:     # left out: internal traffic, a bot
+        event["is_internal"] = True
+    elif i % 13 == 5:
+        event["user_agent"] = "SomeCrawler/2.0"
+    elif i % 7 == 2:
+        event["user_agent"] = "Mozilla/5.0"
+    if i % 17 == 9:     # far in the future: a dead letter
+        event["ts"] = ts + 10**12
     return orjson.dumps(event)
 
 
@@ -62,10 +71,13 @@ def _run(batches, shards: int) -> tuple[list, bytes]:
         batch = RawBatch(topic, 0, kind, values, list(range(offset, offset + len(values))))
         offset += len(values)
         prepared = prep.prepare(batch, now_ms=NOW)
+        record.append((sorted(prepared.excluded.items()), prepared.frontier_ms,
+                       [repr(d) for d in prepared.dead_letters]))
         for shard, chunk in prep.chunks(prepared):
+            eids, offsets, raws = chunk.row_columns()
             record.append((shard, chunk.kind, chunk.ts_ms.tolist(), list(chunk.campaign_ids),
-                           list(chunk.event_ids), list(chunk.dims), list(chunk.offsets),
-                           list(chunk.raws or ()), chunk.keys.tolist()))
+                           list(eids), list(chunk.dims), list(offsets), list(raws or ()),
+                           chunk.keys.tolist()))
             for out in states[shard].ingest(chunk):
                 record.append(repr(out) if isinstance(out, WindowDecision)
                               else repr(out))
@@ -99,6 +111,9 @@ def test_a_stream_with_everything_goes_through_both_paths_alike(monkeypatch):
     decided = [r for r in compiled[0] if isinstance(r, str) and "WindowDecision" in r]
     assert len(decided) > 20
     assert any(isinstance(r, str) and "stage='late'" in r for r in compiled[0])
+    prepared = [r for r in compiled[0] if isinstance(r, tuple) and len(r) == 3]
+    assert {k for r in prepared for k, _ in r[0]} == {"internal", "bot_user_agent"}
+    assert any("stage='future'" in d for r in prepared for d in r[2])
     monkeypatch.setattr(engine, "_SHARD", None)
     assert _run(batches, 4) == compiled
 
