@@ -68,6 +68,7 @@ spike. Abrupt tests keep running during a drift incident and replace it when the
 from __future__ import annotations
 
 import math
+from typing import Final
 
 from detectors.base import ALL, Counts, Verdict, Window
 from detectors.drift import ResidualDrift
@@ -76,26 +77,32 @@ from detectors.stats import binomial_llr, clip, ctr_interval, fmax, fmin, poisso
 
 __all__ = ["CampaignMonitor", "build_monitor"]
 
-_HOURS = 24
-_DAY = 86_400
+# mypyc: ``Final`` constants are folded into the code (or kept in a C static) instead of
+# being looked up in the module's dictionary on every use.
+_ALL: Final = ALL
+_HOURS: Final = 24
+_DAY: Final = 86_400
 #: Longest gap (windows) replayed as zero windows; longer gaps only move the clock.
-_MAX_GAP_REPLAY = 288
+_MAX_GAP_REPLAY: Final = 288
 
 # Incident families.
-_CTR, _VOL, _SIL, _DRIFT = 0, 1, 2, 3
+_CTR: Final = 0
+_VOL: Final = 1
+_SIL: Final = 2
+_DRIFT: Final = 3
 #: Deseasonalised clicks the slow reference must hold before drift is tested against it.
-_REF_MIN_CLICKS = 100.0
+_REF_MIN_CLICKS: Final = 100.0
 #: Pseudo-clicks that shrink the rest-of-campaign CTR of one window toward the baseline.
-_COMPLEMENT_CLICKS = 3.0
+_COMPLEMENT_CLICKS: Final = 3.0
 #: Most evidence (in thresholds) an open incident banks: how long a fault must look
 #: over before it closes, at any volume.
-_INCIDENT_CAP = 0.5
+_INCIDENT_CAP: Final = 0.5
 #: Least fading of CTR evidence per window, in units of ``1 / evidence_windows``.
-_FADE_FLOOR = 0.5
+_FADE_FLOOR: Final = 0.5
 #: A volume jump is judged (logging fault vs real traffic) at this fraction of the
 #: threshold, within this many windows.
-_WATCH_THRESHOLD = 0.5
-_WATCH_WINDOWS = 36
+_WATCH_THRESHOLD: Final = 0.5
+_WATCH_WINDOWS: Final = 36
 
 _SEVERITY = {
     "click_tracking": ("critical", True),
@@ -132,6 +139,17 @@ def _argmax(xs: list[float], lo: int, hi: int) -> int:
             best = i
             top = xs[i]
     return best
+
+
+def _ctr_llr(k: int, n: int, p: float, p_rest: float, r: float, phi_c: float) -> float:
+    """Evidence of one window for CTR ``r * p`` (a tested ratio), per unit of dispersion."""
+    if p_rest > 0.0:
+        # A segment's evidence must hold against its baseline *and* against the rest of its
+        # campaign in the same window: what moves the whole campaign (the daily cycle the
+        # baseline lags behind, a campaign-wide fault, which ``all`` reports) cancels in the
+        # second, a fault in a sibling segment (bot clicks on desktop) in the first.
+        return fmin(binomial_llr(k, n, p, r), binomial_llr(k, n, fmin(p_rest, 0.999), r)) / phi_c
+    return binomial_llr(k, n, p, r) / phi_c
 
 
 class _Incident:
@@ -207,6 +225,9 @@ class _Params:
         self.max_incident_windows: int = s.max_incident_windows
         self.group_windows: int = s.group_windows
         self.ctr_ratios: tuple[float, ...] = tuple(s.ctr_ratios)
+        #: ``abs(math.log(r))`` of each CTR ratio (compared with the baseline's resolution
+        #: on every window): the same floats, computed once.
+        self.ctr_log_sizes: tuple[float, ...] = tuple(abs(math.log(r)) for r in s.ctr_ratios)
         self.baseline_resolution: float = s.baseline_resolution
         self.volume_ratios: tuple[float, ...] = tuple(s.volume_ratios)
         self.evidence_clicks: float = s.evidence_clicks
@@ -365,15 +386,20 @@ class CampaignMonitor:
         length = window.end - window.start
         if length <= 0:
             raise ValueError(f"empty window {window}")
-        verdicts: list[Verdict] = []
-        if self._last_start is not None:
-            if window.start <= self._last_start:
-                return verdicts
-            gap = (window.start - self._last_start) // length - 1
+        start = window.start
+        last = self._last_start
+        if last is not None:
+            if start <= last:
+                return []
+            gap = (start - last) // length - 1
             if gap > 0:
-                verdicts.extend(self._replay_gap(window, gap, length))
-        verdicts.extend(self._step(window, counts, length))
-        self._last_start = window.start
+                verdicts = self._replay_gap(window, gap, length)
+                verdicts.extend(self._step(window, counts, length))
+                self._last_start = start
+                return verdicts
+        # The common case: this window's alarms are the result (no copy into another list).
+        verdicts = self._step(window, counts, length)
+        self._last_start = start
         return verdicts
 
     @property
@@ -393,12 +419,12 @@ class CampaignMonitor:
             return s.cusum_threshold
         # The tests of one series watch the same counts and are strongly correlated (the
         # max over a ratio grid costs about a log factor), so the budget is split over series.
-        return math.log(max(_DAY / length, 1.0) * n_series / s.false_alarms_per_campaign_day)
+        return math.log(fmax(_DAY / length, 1.0) * n_series / s.false_alarms_per_campaign_day)
 
     def _new_series(self, name: str) -> _Series:
         s = self._p
         drift = None
-        if name != ALL:
+        if name != _ALL:
             # Gradual drift is a campaign-wide matter (a creative wears out): segments keep
             # no reference and no River detector, which also keeps their state small.
             return _Series(len(s.ctr_ratios) + len(s.volume_ratios), None)
@@ -416,7 +442,7 @@ class CampaignMonitor:
         for i in range(missing, 0, -1):
             start = window.start - i * length
             for v in self._step(Window(start, start + length), zeros, length):
-                if v.segment == ALL and v.kind == "silence" and silence is None:
+                if v.segment == _ALL and v.kind == "silence" and silence is None:
                     silence = v
             self._last_start = start
         if silence is None:
@@ -425,36 +451,46 @@ class CampaignMonitor:
         return [_replace(silence, quarantine=False)]
 
     def _step(self, window: Window, counts: dict[str, Counts], length: int) -> list[Verdict]:
+        series = self._series
         for name in counts:
-            if name not in self._series:
-                self._series[name] = self._new_series(name)
+            if name not in series:
+                series[name] = self._new_series(name)
         hour = (window.start // 3600) % _HOURS
-        h = self._threshold(len(self._series), length)
-        n_tests = len(self._series)
+        h = self._threshold(len(series), length)
+        n_tests = len(series)
 
-        all_state = self._series.get(ALL)
+        all_state = series.get(_ALL)
         p_all = 0.0
         relvar_all = math.inf
         if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
             p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
             relvar_all = 1.0 / all_state.ctr_k
         verdicts: list[Verdict] = []
-        order = [ALL] if ALL in counts else []
-        order += sorted(name for name in counts if name != ALL)
-        total = counts.get(ALL)
+        total = counts.get(_ALL)
         campaign_wide: Verdict | None = None
-        quiet: list[str] = []
-        for name in order:
-            v = self._series_step(name, self._series[name], counts[name], window, hour,
-                                  p_all, relvar_all, h, n_tests, total)
-            if v is None:
-                quiet.append(name)
-                continue
-            verdicts.append(v)
-            if name == ALL and v.quarantine:
-                campaign_wide = v
-        if campaign_wide is not None:
-            inc = self._series[ALL].incident
+        # Series in order: ``all`` first, then the segments by name. Only a campaign-wide
+        # alarm (which ``all``, first, raises) needs the quiet ones: no list otherwise.
+        quiet: list[str] | None = None
+        if _ALL in counts:
+            v = self._series_step(_ALL, series[_ALL], counts[_ALL], window, hour, p_all,
+                                  relvar_all, h, n_tests, total)
+            if v is not None:
+                verdicts.append(v)
+                if v.quarantine:
+                    campaign_wide = v
+                    quiet = []
+        if len(counts) > 1 or total is None:
+            segments = [name for name in counts if name != _ALL]
+            segments.sort()
+            for name in segments:
+                v = self._series_step(name, series[name], counts[name], window, hour,
+                                      p_all, relvar_all, h, n_tests, total)
+                if v is not None:
+                    verdicts.append(v)
+                elif quiet is not None:
+                    quiet.append(name)
+        if campaign_wide is not None and quiet is not None:
+            inc = series[_ALL].incident
             for name in quiet:
                 c = counts[name]
                 if c.impressions == 0:
@@ -487,7 +523,7 @@ class CampaignMonitor:
         count = 0
         total = 0.0
         for name, st in self._series.items():
-            if name == ALL or st.ctr_e < 20.0:
+            if name == _ALL or st.ctr_e < 20.0:
                 continue
             rho = st.ctr_k / st.ctr_e
             total += (rho - 1.0) ** 2 - rho / st.ctr_e
@@ -503,7 +539,7 @@ class CampaignMonitor:
                      p_all: float, relvar_all: float, h: float,
                      n_tests: int, total: Counts | None) -> Verdict | None:
         s = self._p
-        is_all = name == ALL
+        is_all = name == _ALL
         n, k = c.impressions, c.clicks
 
         # ---- expectations from the state before this window
@@ -528,40 +564,26 @@ class CampaignMonitor:
             p, relvar = 0.0, math.inf
         p = fmin(p, 0.999)
         ek = n * p
-        ctr_ok = p > 0 and n > 0 and math.isfinite(relvar)
+        # (``math.isfinite``, which mypyc calls as a Python function: false for inf and nan)
+        ctr_ok = p > 0 and n > 0 and not (math.isinf(relvar) or math.isnan(relvar))
         inflation = 1.0 + ek * relvar if ctr_ok else 1.0
         phi_c = fmax(st.ctr_disp, 1.0) * inflation
         phi_n = fmax(st.vol_disp, 1.0)
         ready = st.seen >= s.warmup_windows
 
         # ---- sequential tests
-        llrs: list[float] = []
         # A change smaller than what the baseline resolves is not tested: a young or sparse
         # series' baseline (shrunk toward its campaign) may be that far off by itself.
         resolution = s.baseline_resolution * math.sqrt(relvar) if ctr_ok else math.inf
-        for r in s.ctr_ratios:
-            testable = ctr_ok and abs(math.log(r)) >= resolution
-            if not testable:
-                llrs.append(0.0)
-            elif p_rest > 0.0:
-                # A segment's evidence must hold against its baseline *and* against the rest
-                # of its campaign in the same window: what moves the whole campaign (the
-                # daily cycle the baseline lags behind, a campaign-wide fault, which ``all``
-                # reports) cancels in the second, a fault in a sibling segment (bot clicks
-                # on desktop) in the first.
-                llrs.append(fmin(binomial_llr(k, n, p, r),
-                                binomial_llr(k, n, fmin(p_rest, 0.999), r)) / phi_c)
-            else:
-                llrs.append(binomial_llr(k, n, p, r) / phi_c)
         vol_ok = mu > 0 and st.seen > 0
-        for r in s.volume_ratios:
-            llrs.append(poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0)
         # Drift tests (``all`` only): the same counts against the slow reference.
         p_ref = self._reference(st, hour) if is_all else 0.0
-        dllrs: list[float] = []
+        phi_r = 1.0
         if p_ref > 0.0:
             phi_r = fmax(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
-            dllrs = [binomial_llr(k, n, p_ref, r) / phi_r for r in s.drift_ratios]
+        # The tests' log-likelihood ratios of this window (``_llrs``, ``_dllrs``) are computed
+        # where they are used: added to the CUSUMs in one pass, or to an open incident's
+        # evidence; during warm-up and cooldown they would be thrown away.
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
         quiet_before = _top(st.cusum) < 1.0 and st.silent < 1.0
@@ -575,45 +597,58 @@ class CampaignMonitor:
         drifting = inc is not None and inc.family == _DRIFT
         if inc is not None and not drifting:
             verdict, learn_ctr, learn_vol = self._continue_incident(
-                name, st, inc, llrs, dllrs, n, k, mu, p, phi_c, window, h)
+                name, st, inc,
+                self._llrs(n, k, p, p_rest, phi_c, resolution, mu, phi_n, vol_ok),
+                self._dllrs(n, k, p_ref, phi_r), n, k, mu, p, phi_c, window, h)
         else:
             if st.cooldown > 0 or not ready:
                 st.cooldown = max(st.cooldown - 1, 0)
                 st.clear_evidence()
                 st.silent = 0.0 if not ready else st.silent
-                llrs = [0.0] * len(llrs)
             else:
-                if dllrs and not drifting:
+                if p_ref > 0.0 and not drifting:
                     keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
                                           1.0 / s.evidence_windows, 0.5)
-                    for i, x in enumerate(dllrs):
-                        st.dcusum[i] = fmax(0.0, keep_ref * st.dcusum[i] + x)
+                    dcusum = st.dcusum
+                    for i, r in enumerate(s.drift_ratios):
+                        x = binomial_llr(k, n, p_ref, r) / phi_r
+                        dcusum[i] = fmax(0.0, keep_ref * dcusum[i] + x)
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
                 keep_ctr = 1.0 - clip(ek / s.evidence_clicks, _FADE_FLOOR / s.evidence_windows,
                                       0.5)
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
-                for i, x in enumerate(llrs):
-                    keep = keep_ctr if i < n_ctr else keep_vol
-                    st.cusum[i] = fmax(0.0, keep * st.cusum[i] + x)
-            if st.watch is not None and ready and ctr_ok:
-                st.watch[1] += binomial_llr(k, n, p, st.watch[0]) / phi_c
-                st.watch[2] += 1
+                # One pass: each test's ratio (as ``_llrs`` computes it) into its CUSUM.
+                cusum = st.cusum
+                sizes = s.ctr_log_sizes
+                for i, r in enumerate(s.ctr_ratios):
+                    x = _ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
+                    cusum[i] = fmax(0.0, keep_ctr * cusum[i] + x)
+                for i, r in enumerate(s.volume_ratios):
+                    x = poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0
+                    cusum[n_ctr + i] = fmax(0.0, keep_vol * cusum[n_ctr + i] + x)
+            watch = st.watch
+            if watch is not None and ready and ctr_ok:
+                watch[1] = watch[1] + binomial_llr(k, n, p, watch[0]) / phi_c
+                watch[2] = watch[2] + 1.0
             run = st.run
             if quiet_before:
                 run[0] = run[1] = run[2] = run[3] = 0.0
-            run[0] += k
-            run[1] += ek
-            run[2] += n
-            run[3] += mu
+            # mypyc: ``run[0] += k`` is a generic in-place add; these are float additions.
+            run[0] = run[0] + float(k)
+            run[1] = run[1] + ek
+            run[2] = run[2] + float(n)
+            run[3] = run[3] + mu
             if ready:
                 verdict = self._maybe_open(name, st, n, k, mu, p, p_ref, phi_c, window, h,
                                            n_tests)
             if verdict is None and drifting and st.incident is inc:
                 assert inc is not None
+                # (A drift incident adds the drift tests' ratios only.)
                 verdict, learn_ctr, learn_vol = self._continue_incident(
-                    name, st, inc, llrs, dllrs, n, k, mu, p, phi_c, window, h)
+                    name, st, inc, [], self._dllrs(n, k, p_ref, phi_r), n, k, mu, p, phi_c,
+                    window, h)
             elif st.incident is not None:
                 fault = st.incident.cause == "impression_logging"
                 learn_ctr = st.incident.family in (_VOL, _DRIFT) and not fault
@@ -645,6 +680,25 @@ class CampaignMonitor:
         if n > 0:
             st.seen += 1
         return verdict
+
+    def _llrs(self, n: int, k: int, p: float, p_rest: float, phi_c: float, resolution: float,
+              mu: float, phi_n: float, vol_ok: bool) -> list[float]:
+        """One window's log-likelihood ratios: one per CTR ratio, then one per volume ratio
+        (0 for a test that does not run)."""
+        s = self._p
+        llrs: list[float] = []
+        sizes = s.ctr_log_sizes
+        for i, r in enumerate(s.ctr_ratios):
+            llrs.append(_ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0)
+        for r in s.volume_ratios:
+            llrs.append(poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0)
+        return llrs
+
+    def _dllrs(self, n: int, k: int, p_ref: float, phi_r: float) -> list[float]:
+        """One window's log-likelihood ratios of the drift tests (none without a reference)."""
+        if p_ref > 0.0:
+            return [binomial_llr(k, n, p_ref, r) / phi_r for r in self._p.drift_ratios]
+        return []
 
     def _rho(self, st: _Series) -> float:
         """A segment's CTR relative to its campaign, shrunk toward 1 (empirical Bayes)."""
@@ -731,7 +785,7 @@ class CampaignMonitor:
             # Campaign-wide only: a segment's volume moves with its campaign's, and a
             # logging fault is a property of the pipeline, not of one audience. The jump
             # is measured on the window that completed the evidence.
-            if name == ALL and n > 0 and mu > 0 and p > 0:
+            if name == _ALL and n > 0 and mu > 0 and p > 0:
                 r_d = clip(mu / n, 0.05, 20.0)
                 if abs(math.log(r_d)) >= math.log(1.5):
                     st.watch = [r_d, binomial_llr(k, n, p, r_d) / phi_c, 0.0]
@@ -884,7 +938,7 @@ class CampaignMonitor:
         lo, hi = ctr_interval(p, basis, phi_c)
         return Verdict(
             segment=name, detector=self.settings.drift_detector, kind="drift",
-            severity="warning" if name == ALL else "info", quarantine=False,
+            severity="warning" if name == _ALL else "info", quarantine=False,
             score=round(z, 4), confidence=0.5, baseline_ctr=p, ctr_low=lo, ctr_high=hi,
             expected_clicks=basis * p, expected_impressions=mu, suspected_cause="drift",
         )
