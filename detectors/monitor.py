@@ -68,7 +68,7 @@ spike. Abrupt tests keep running during a drift incident and replace it when the
 from __future__ import annotations
 
 import math
-from typing import Final
+from typing import Any, Final
 
 from detectors.base import ALL, Counts, Verdict, Window
 from detectors.drift import ResidualDrift
@@ -103,6 +103,11 @@ _FADE_FLOOR: Final = 0.5
 #: threshold, within this many windows.
 _WATCH_THRESHOLD: Final = 0.5
 _WATCH_WINDOWS: Final = 36
+#: The 0.0 that a CUSUM at rest holds (most of them, most of the time): one float object,
+#: always in cache, where each test had a float of its own in a cold corner of the heap
+#: (a campaign's state is read once per window, long after the last time). mypyc: a Final
+#: made by a call is one object in a C static; a literal would be boxed anew at each use.
+_ZERO: Final[Any] = float("0")
 
 _SEVERITY = {
     "click_tracking": ("critical", True),
@@ -309,10 +314,12 @@ class _Series:
 
     def clear_evidence(self) -> None:
         """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close."""
-        for i in range(len(self.cusum)):
-            self.cusum[i] = 0.0
-        for i in range(len(self.dcusum)):
-            self.dcusum[i] = 0.0
+        cells: list[Any] = self.cusum  # (stores the shared _ZERO object itself)
+        for i in range(len(cells)):
+            cells[i] = _ZERO
+        cells = self.dcusum
+        for i in range(len(cells)):
+            cells[i] = _ZERO
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in _SERIES_FIELDS)
@@ -526,7 +533,9 @@ class CampaignMonitor:
             if name == _ALL or st.ctr_e < 20.0:
                 continue
             rho = st.ctr_k / st.ctr_e
-            total += (rho - 1.0) ** 2 - rho / st.ctr_e
+            # (mypyc: ``x ** 2`` is a generic power of two boxed floats; math.pow is the
+            # same libm call on doubles)
+            total += math.pow(rho - 1.0, 2.0) - rho / st.ctr_e
             count += 1
         if count < 2:
             self._prior = s.shrinkage_min
@@ -610,9 +619,14 @@ class CampaignMonitor:
                     keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
                                           1.0 / s.evidence_windows, 0.5)
                     dcusum = st.dcusum
+                    dcells: list[Any] = dcusum  # (stores the shared _ZERO object itself)
                     for i, r in enumerate(s.drift_ratios):
                         x = binomial_llr(k, n, p_ref, r) / phi_r
-                        dcusum[i] = fmax(0.0, keep_ref * dcusum[i] + x)
+                        v = keep_ref * dcusum[i] + x
+                        if v > 0.0:  # fmax(0.0, v), its 0.0 the shared one
+                            dcusum[i] = v
+                        else:
+                            dcells[i] = _ZERO
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
@@ -621,13 +635,22 @@ class CampaignMonitor:
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
                 # One pass: each test's ratio (as ``_llrs`` computes it) into its CUSUM.
                 cusum = st.cusum
+                cells: list[Any] = cusum
                 sizes = s.ctr_log_sizes
                 for i, r in enumerate(s.ctr_ratios):
                     x = _ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
-                    cusum[i] = fmax(0.0, keep_ctr * cusum[i] + x)
+                    v = keep_ctr * cusum[i] + x
+                    if v > 0.0:  # fmax(0.0, v), its 0.0 the shared one
+                        cusum[i] = v
+                    else:
+                        cells[i] = _ZERO
                 for i, r in enumerate(s.volume_ratios):
                     x = poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0
-                    cusum[n_ctr + i] = fmax(0.0, keep_vol * cusum[n_ctr + i] + x)
+                    v = keep_vol * cusum[n_ctr + i] + x
+                    if v > 0.0:
+                        cusum[n_ctr + i] = v
+                    else:
+                        cells[n_ctr + i] = _ZERO
             watch = st.watch
             if watch is not None and ready and ctr_ok:
                 watch[1] = watch[1] + binomial_llr(k, n, p, watch[0]) / phi_c
@@ -962,11 +985,12 @@ class CampaignMonitor:
         st.vol_trend = clip(st.vol_trend, -0.1 * level, 0.1 * level)
         st.vol_level = level
         if mu > 0 and rate == 1.0:  # noise level and profile: from unsuspected windows only
-            pearson = (n - mu) ** 2 / fmax(mu, 1.0)
+            pearson = math.pow(n - mu, 2.0) / fmax(mu, 1.0)
             st.vol_disp += s.dispersion_alpha * (fmin(pearson, 25.0) - st.vol_disp)
             if is_all and mu >= 10 and s.season_alpha > 0:
                 r = clip(math.log((n + 0.5) / (mu + 0.5)), -0.5, 0.5)
-                self._season_vol[hour] += s.season_alpha * r
+                season = self._season_vol  # (mypyc: ``+=`` on an item is a generic add)
+                season[hour] = season[hour] + s.season_alpha * r
 
     def _learn_ctr(self, st: _Series, n: int, k: int, p: float, p_all: float, phi_c: float,
                    is_all: bool, hour: int, rate: float) -> None:
@@ -978,7 +1002,8 @@ class CampaignMonitor:
             sd = math.sqrt(phi_c * ek * (1.0 - p))
             k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd)
             if rate == 1.0:
-                pearson = (k - ek) ** 2 / (ek * (1.0 - p) * (phi_c / fmax(st.ctr_disp, 1.0)))
+                excess = phi_c / fmax(st.ctr_disp, 1.0)
+                pearson = math.pow(k - ek, 2.0) / (ek * (1.0 - p) * excess)
                 st.ctr_disp += s.dispersion_alpha * (fmin(pearson, 9.0) - st.ctr_disp)
         # Discounted sums forget by information: ``ek / memory`` per window, bounded.
         if is_all:
@@ -988,7 +1013,8 @@ class CampaignMonitor:
             st.ctr_e = (1.0 - a) * st.ctr_e + rate * n
             if ek >= 10 and s.season_alpha > 0 and rate == 1.0:
                 r = clip(math.log((k + 0.5) / (ek + 0.5)), -0.3, 0.3)
-                self._season_ctr[hour] += s.season_alpha * r
+                season = self._season_ctr
+                season[hour] = season[hour] + s.season_alpha * r
         elif p_all > 0:
             a = rate * clip(ek / s.baseline_memory_clicks, s.baseline_alpha_min, s.segment_alpha)
             st.ctr_k = (1.0 - a) * st.ctr_k + rate * k_used
