@@ -53,7 +53,7 @@ $(STAMP): pyproject.toml
 
 # The mypyc-compiled detector core and the C event scanner (detectors/native.py): rebuilt
 # when a source changes.
-NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c flows/_shard.c
+NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_records.c flows/_shard.c
 NATIVE := detectors/_native.json
 
 native: $(NATIVE) ## compile the detector core (mypyc) and the event scanner (pure Python still works without)

@@ -13,13 +13,14 @@ file. So the build records a digest of each source beside it (``_native.json``),
 ``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
 
 The same build compiles the hand-written C of :data:`C_EXTENSIONS` (the event scanner,
-``ctrguard/_scan.c``, and a shard's counting loop, ``flows/_shard.c``), which is stamped
+``ctrguard/_scan.c``, the figure encoder, ``ctrguard/_records.c``, and a shard's loops,
+``flows/_shard.c``), which is stamped
 alike and used only when the core is ``compiled`` (:func:`load_extension`).
 
 ``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
 
 >>> MODULES, tuple(C_EXTENSIONS)
-(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan', 'flows._shard'))
+(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan', 'ctrguard._records', 'flows._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -45,7 +46,8 @@ MODULES = ("detectors.stats", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
 #: Hand-written C extensions built with the core, and their sources.
-C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "flows._shard": "flows/_shard.c"}
+C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "ctrguard._records": "ctrguard/_records.c",
+                "flows._shard": "flows/_shard.c"}
 #: Every extension a build makes: the modules, the group's shared library, the C ones.
 _BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
@@ -20,7 +20,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from ctrguard import faults
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
-from ctrguard.records import Figure, WindowDecision, encode_figures
+from ctrguard.records import WindowDecision, figure_records
 from sinks.kafka_out import (
     DeliveryTracker,
     flush_or_raise,
@@ -30,12 +30,6 @@ from sinks.kafka_out import (
 )
 
 log = logging.getLogger(__name__)
-
-def figure_keys(figures: Sequence[Figure]) -> list[bytes]:
-    """Record keys: ``campaign|segment|window_start_s``, UTF-8 with lone surrogates passed."""
-    return [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
-            for f in figures]
-
 
 class ReleaseGate:
     """Writes flags, then figures. Pure orchestration over two injected writers.
@@ -103,10 +97,10 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
     def _publish(self, decisions: list[WindowDecision]) -> None:
         faults.point("release.after_redis")
         figures = [fig for d in decisions for fig in d.figures]
-        values = encode_figures(figures)
         # Keys identify the record, so a replayed batch after a restart overwrites
         # (compacted topics) or is recognisable as a repeat, never a new figure.
-        produce_many(self._producer, self._figures, values, figure_keys(figures))
+        values, keys = figure_records(figures)
+        produce_many(self._producer, self._figures, values, keys)
         for d in decisions:
             for alert in d.alerts:
                 produce_json(self._producer, self._alerts, alert.alert_id, alert)

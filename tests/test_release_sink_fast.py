@@ -25,11 +25,18 @@ from bench.release_sink import Scenario
 from ctrguard import faults, records
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable, ServiceError
-from ctrguard.records import Alert, Figure, WindowDecision, make_alert_id
+from ctrguard.records import (
+    Alert,
+    Figure,
+    WindowDecision,
+    encode_figures,
+    figure_keys,
+    make_alert_id,
+)
 from ctrguard.services import consume_to_eof
 from sinks.kafka_out import produce_many
 from sinks.quarantine import QuarantineReader, QuarantineStore, iso_utc
-from sinks.release import ReleaseGate, _ReleasePartition, encode_figures, figure_keys
+from sinks.release import ReleaseGate, _ReleasePartition
 
 T0 = 1_767_225_600
 LENGTH = 300
