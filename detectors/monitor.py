@@ -655,14 +655,16 @@ class CampaignMonitor:
             if watch is not None and ready and ctr_ok:
                 watch[1] = watch[1] + binomial_llr(k, n, p, watch[0]) / phi_c
                 watch[2] = watch[2] + 1.0
-            run = st.run
-            if quiet_before:
-                run[0] = run[1] = run[2] = run[3] = 0.0
+            # The evidence run: restarted (from 0.0) after a quiet window, else added to.
             # mypyc: ``run[0] += k`` is a generic in-place add; these are float additions.
-            run[0] = run[0] + float(k)
-            run[1] = run[1] + ek
-            run[2] = run[2] + float(n)
-            run[3] = run[3] + mu
+            run = st.run
+            r0 = r1 = r2 = r3 = 0.0
+            if not quiet_before:
+                r0, r1, r2, r3 = run[0], run[1], run[2], run[3]
+            run[0] = r0 + float(k)
+            run[1] = r1 + ek
+            run[2] = r2 + float(n)
+            run[3] = r3 + mu
             if ready:
                 verdict = self._maybe_open(name, st, n, k, mu, p, p_ref, phi_c, window, h,
                                            n_tests)
