@@ -24,6 +24,8 @@ from ctrguard import records
 from ctrguard.config import load_config_text
 from ctrguard.events import CLICK, IMPRESSION
 from ctrguard.records import Figure, WindowDecision, encode_figures
+from replay import run as replay_run
+from replay.evaluate import ReplayInputError
 from replay.run import open_lines, run_replay
 
 WS, WE, S = "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z", 1767571200
@@ -333,15 +335,41 @@ def _damaged(tmp_path: Path, good: bytes, how: str) -> Path:
     return path
 
 
+@pytest.mark.parametrize("decompressor", ["default", "stdlib"])
 @pytest.mark.parametrize("how", ["truncated", "crc", "trailing garbage"])
-def test_damaged_gzip_fails_as_the_gzip_module_does(tmp_path, how):
+def test_damaged_gzip_is_an_input_error_naming_the_file(tmp_path, how, decompressor,
+                                                        monkeypatch):
     good = b"".join(b'{"event_id":"e%d","ts":%d,"campaign_id":"c1"}\n' % (i, 1767571200000 + i)
                     for i in range(20000))
     path = _damaged(tmp_path, good, how)
-    with pytest.raises(Exception) as expected:
+    with pytest.raises(Exception) as expected:   # the gzip module refuses it too
         open_lines(path).read()
+    if decompressor == "stdlib":
+        monkeypatch.setattr(replay_run, "_GzipFile", gzip.GzipFile)
     clk = tmp_path / "clk.jsonl"
     clk.write_bytes(b"")
-    with pytest.raises(type(expected.value)) as got:
+    with pytest.raises(ReplayInputError) as got:
         run_replay(path, clk, load_config_text("", env={}), tmp_path / "out")
-    assert str(got.value) == str(expected.value)
+    assert str(got.value).startswith(f"{path}: unreadable (damaged gzip data?): ")
+    if decompressor == "stdlib":
+        assert str(got.value).endswith(f"{type(expected.value).__name__}: {expected.value}")
+
+
+def test_gzip_input_reads_the_same_with_either_decompressor(tmp_path, monkeypatch):
+    lines = [b'{"event_id":"e%d","ts":%d,"campaign_id":"c%d"}' % (i, 1767571200000 + i, i % 7)
+             for i in range(30000)]
+    path = tmp_path / "imp.jsonl.gz"
+    # Several members, a CRLF line, no newline at the end.
+    text = b"\n".join(lines)
+    path.write_bytes(gzip.compress(text[:100000]) + gzip.compress(text[100000:] + b"\r\n"
+                                                                     + lines[0]))
+    got = []
+    for cls in (replay_run._GzipFile, gzip.GzipFile):
+        monkeypatch.setattr(replay_run, "_GzipFile", cls)
+        source = replay_run._FileSource(path, "impressions", 0, 7000)
+        batches = []
+        while not source.done:
+            batch = source.read_chunk()
+            batches.append((list(batch.values), list(batch.offsets)))
+        got.append(batches)
+    assert got[0] == got[1] and sum(len(v) for v, _ in got[0]) == len(lines) + 1
