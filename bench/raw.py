@@ -16,14 +16,14 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+    from flows.source import CONSUMER_TUNING
+
     consumer = Consumer({
         "bootstrap.servers": bootstrap,
         "group.id": "bench-raw-unused",
         "enable.auto.commit": False,
         "enable.partition.eof": True,
-        "fetch.wait.max.ms": 50,
-        "queued.max.messages.kbytes": 65536,
-        "log.connection.close": False,
+        **CONSUMER_TUNING,
     })
     parts = [TopicPartition(t, p, OFFSET_BEGINNING) for t in topics for p in range(partitions)]
     eof_code = KafkaError._PARTITION_EOF

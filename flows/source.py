@@ -34,6 +34,19 @@ log = logging.getLogger(__name__)
 #: When to poll again after an empty poll: soon while the partition has more to read (a
 #: fetch is in flight), less often once it is read to its end (tailing).
 _FETCH_POLL = timedelta(milliseconds=2)
+
+#: librdkafka settings of the consumers (the settings file's ``kafka.client`` overrides
+#: them). Once a partition's prefetch queue holds ``queued.min.messages`` (100,000 by
+#: default), librdkafka stops fetching for ``fetch.queue.backoff.ms``, 1 s by default: a
+#: flow that takes 100,000 events in less than that then finds the queue empty until the
+#: next fetch arrives (measured: 758 of 964 polls empty in a 1M-event run, against 97 of
+#: 299 with 10 ms, and 90k against 103k events/s).
+CONSUMER_TUNING = {
+    "fetch.wait.max.ms": 50,
+    "queued.max.messages.kbytes": 65536,
+    "fetch.queue.backoff.ms": 10,
+    "log.connection.close": False,
+}
 _IDLE_POLL = timedelta(milliseconds=10)
 _ERROR = Message.error
 _VALUE = Message.value
@@ -148,9 +161,7 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             "group.id": "ctrguard-unused",  # offsets live in Bytewax recovery, not Kafka
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.wait.max.ms": 50,
-            "queued.max.messages.kbytes": 65536,
-            "log.connection.close": False,
+            **CONSUMER_TUNING,
         }
         conf.update(self.kafka.client_config())
         return _BatchPartition(conf, topic, int(part), kind,
