@@ -11,6 +11,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+#include <stdint.h>
 
 static PyObject *str_dims, *str_segs, *str_series;  /* interned attribute names */
 
@@ -535,6 +536,149 @@ static PyObject *slot_maker(PyObject *self, PyObject *args) {
     return fn;
 }
 
+/* admit(keys, marks, shift, runs) -> (fresh, positions)
+ *
+ * flows.engine._Seen.admit's work (the reference): which of ``keys`` (a buffer of m uint64
+ * de-duplication keys, in arrival order) are the first arrival of a key not seen before.
+ * ``runs`` is the list of sorted runs of keys seen (uint64 buffers), ``marks`` the bit map
+ * (one bit at ``key >> shift``) of every key in them, which is searched only where the bit
+ * is set. Returns ``fresh`` (a bytearray of the new keys, ascending, distinct: the next
+ * run; their bits are set in ``marks`` here) and ``positions`` (a bytearray of the
+ * ascending positions, as intp, of the events to count), or None when that is all of them
+ * in order.
+ */
+typedef struct {
+    uint64_t key;
+    Py_ssize_t at;
+} Keyed;
+
+static int keyed_cmp(const void *a, const void *b) {
+    const Keyed *x = a, *y = b;
+    if (x->key != y->key)
+        return x->key < y->key ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;  /* equal keys: the first arrival first */
+}
+
+static int in_run(const uint64_t *run, Py_ssize_t n, uint64_t key) {
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {
+        Py_ssize_t mid = lo + (hi - lo) / 2;
+        if (run[mid] < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < n && run[lo] == key;
+}
+
+static int pos_cmp(const void *a, const void *b) {
+    Py_ssize_t x = *(const Py_ssize_t *)a, y = *(const Py_ssize_t *)b;
+    return (x > y) - (x < y);
+}
+
+static PyObject *admit(PyObject *self, PyObject *args) {
+    PyObject *keys_obj, *marks_obj, *runs;
+    unsigned long long shift;
+    if (!PyArg_ParseTuple(args, "OOKO!", &keys_obj, &marks_obj, &shift, &PyList_Type, &runs))
+        return NULL;
+    if (shift > 63) {
+        PyErr_SetString(PyExc_ValueError, "shift out of range");
+        return NULL;
+    }
+    Py_buffer kb, mb;
+    if (PyObject_GetBuffer(keys_obj, &kb, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(marks_obj, &mb, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE) < 0) {
+        PyBuffer_Release(&kb);
+        return NULL;
+    }
+    PyObject *result = NULL, *fresh = NULL, *positions = NULL;
+    Keyed *items = NULL;
+    Py_buffer *rb = NULL;
+    Py_ssize_t n_runs = PyList_GET_SIZE(runs), got_runs = 0;
+    Py_ssize_t m = kb.len / 8;
+    if (kb.len % 8) {
+        PyErr_SetString(PyExc_TypeError, "keys must be a buffer of uint64");
+        goto done;
+    }
+    const uint64_t *keys = (const uint64_t *)kb.buf;
+    uint8_t *marks = (uint8_t *)mb.buf;
+    for (Py_ssize_t i = 0; i < m; i++)
+        if ((Py_ssize_t)((keys[i] >> shift) >> 3) >= mb.len) {
+            PyErr_SetString(PyExc_ValueError, "marks too small for shift");
+            goto done;
+        }
+    rb = PyMem_Calloc(n_runs ? n_runs : 1, sizeof(Py_buffer));
+    items = PyMem_Malloc((m ? m : 1) * sizeof(Keyed));
+    if (rb == NULL || items == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got_runs < n_runs; got_runs++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(runs, got_runs), &rb[got_runs],
+                               PyBUF_C_CONTIGUOUS) < 0)
+            goto done;
+        if (rb[got_runs].len % 8) {
+            got_runs++;
+            PyErr_SetString(PyExc_TypeError, "runs must be buffers of uint64");
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < m; i++) {
+        items[i].key = keys[i];
+        items[i].at = i;
+    }
+    qsort(items, (size_t)m, sizeof(Keyed), keyed_cmp);
+    /* Keep the new ones in place: items[0:k] are the fresh keys, ascending. */
+    Py_ssize_t k = 0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        uint64_t key = items[i].key;
+        if (i > 0 && key == items[i - 1].key)
+            continue;  /* a repeat within the chunk */
+        uint64_t slot = key >> shift;
+        if (marks[slot >> 3] & (1u << (slot & 7))) {
+            int found = 0;
+            for (Py_ssize_t r = 0; r < n_runs && !found; r++)
+                found = in_run((const uint64_t *)rb[r].buf, rb[r].len / 8, key);
+            if (found)
+                continue;
+        }
+        items[k++] = items[i];
+    }
+    fresh = PyByteArray_FromStringAndSize(NULL, k * 8);
+    if (fresh == NULL)
+        goto done;
+    uint64_t *out = (uint64_t *)PyByteArray_AS_STRING(fresh);
+    for (Py_ssize_t i = 0; i < k; i++) {
+        uint64_t slot = items[i].key >> shift;
+        marks[slot >> 3] |= (uint8_t)(1u << (slot & 7));
+        out[i] = items[i].key;
+    }
+    if (k == m) {
+        positions = Py_None;  /* every event counted, in arrival order */
+        Py_INCREF(positions);
+    } else {
+        positions = PyByteArray_FromStringAndSize(NULL, k * (Py_ssize_t)sizeof(Py_ssize_t));
+        if (positions == NULL)
+            goto done;
+        Py_ssize_t *pos = (Py_ssize_t *)PyByteArray_AS_STRING(positions);
+        for (Py_ssize_t i = 0; i < k; i++)
+            pos[i] = items[i].at;
+        qsort(pos, (size_t)k, sizeof(Py_ssize_t), pos_cmp);
+    }
+    result = PyTuple_Pack(2, fresh, positions);
+done:
+    Py_XDECREF(fresh);
+    Py_XDECREF(positions);
+    for (Py_ssize_t r = 0; r < got_runs; r++)
+        PyBuffer_Release(&rb[r]);
+    PyMem_Free(rb);
+    PyMem_Free(items);
+    PyBuffer_Release(&mb);
+    PyBuffer_Release(&kb);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
@@ -548,6 +692,10 @@ static PyMethodDef methods[] = {
      "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
      "The counts of every series of a campaign in one window (see "
      "flows.engine.ShardState._series_counts)."},
+    {"admit", admit, METH_VARARGS,
+     "admit(keys, marks, shift, runs) -> (fresh, positions)\n\n"
+     "The de-duplication of one chunk's keys in one window (see "
+     "flows.engine._Seen.admit)."},
     {"slot_maker", slot_maker, METH_VARARGS,
      "slot_maker(cls, names) -> callable\n\n"
      "A positional constructor that sets a slotted class's slots ``names`` directly (see "

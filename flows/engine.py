@@ -690,6 +690,13 @@ class _Seen:
         marks = self.marks
         if marks is None or len(self) + len(keys) > len(marks):  # < 8 bits per key
             self._remap(len(keys))
+        shard = _SHARD
+        if shard is not None:  # the same in C (flows/_shard.c), marks included
+            fresh, pos = shard.admit(keys, self.marks, int(self.shift), self.runs)
+            self._add(np.frombuffer(fresh, dtype=np.uint64), marked=True)
+            if pos is None:
+                return None
+            return np.frombuffer(pos, dtype=np.intp) if pos else _NO_POSITIONS
         if len(keys) == 1:
             if self._marked(keys)[0] and keys[0] in self:
                 return _NO_POSITIONS
@@ -716,10 +723,10 @@ class _Seen:
         self._add(ordered[new])
         return np.sort(order[new])
 
-    def _add(self, fresh: np.ndarray) -> None:
+    def _add(self, fresh: np.ndarray, marked: bool = False) -> None:
         if not len(fresh):
             return
-        if self.marks is not None:
+        if self.marks is not None and not marked:
             self._mark(fresh)
         runs = self.runs
         runs.append(fresh)

@@ -312,3 +312,41 @@ def test_slot_maker_refuses_what_is_not_a_plain_slot():
     with pytest.raises(TypeError, match="object.__new__"):
         engine._SHARD.slot_maker(OwnNew, ("a",))
     assert engine._SHARD.slot_maker(Slotted, ("a",))(5).a == 5
+
+
+# -- admit ----------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunks=st.lists(st.lists(st.integers(0, 60), min_size=1, max_size=50), max_size=12),
+       spread=st.sampled_from([0, 1, 57, 63]))
+def test_admit_decides_what_the_python_reference_decides(chunks, spread):
+    # Few distinct keys, so that repeats within and across chunks are common; ``spread``
+    # moves them to the top bits (the map's slots) or leaves them in the low ones.
+    compiled, reference = engine._Seen(), engine._Seen()
+    for chunk in chunks:
+        keys = np.array([k << spread if spread < 63 else (k % 2) << 63 | k for k in chunk],
+                        dtype=np.uint64)
+        got = compiled.admit(keys.copy())
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(engine, "_SHARD", None)
+            want = reference.admit(keys.copy())
+        assert (got is None) == (want is None)
+        if got is not None:
+            assert got.tolist() == want.tolist()
+        assert [r.tolist() for r in compiled.runs] == [r.tolist() for r in reference.runs]
+        assert compiled.marks.tobytes() == reference.marks.tobytes()
+    assert pickle.dumps(compiled) == pickle.dumps(reference)
+
+
+def test_admit_refuses_what_it_cannot_read():
+    seen = engine._Seen()
+    seen.admit(np.array([1, 2], dtype=np.uint64))
+    with pytest.raises(ValueError, match="marks"):
+        engine._SHARD.admit(np.array([2**64 - 1], dtype=np.uint64), np.zeros(1, np.uint8), 0,
+                            [])
+    with pytest.raises(BufferError):
+        engine._SHARD.admit(np.array([1], dtype=np.uint64), bytes(8), 60, [])  # read-only
+    with pytest.raises(TypeError, match="uint64"):
+        engine._SHARD.admit(np.array([1], dtype=np.uint64), seen.marks, 60,
+                            [np.zeros(3, np.uint8)])
