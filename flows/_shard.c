@@ -552,15 +552,16 @@ typedef struct {
     Py_ssize_t at;
 } Keyed;
 
-static int keyed_cmp(const void *a, const void *b) {
-    const Keyed *x = a, *y = b;
-    if (x->key != y->key)
-        return x->key < y->key ? -1 : 1;
-    return x->at < y->at ? -1 : x->at > y->at;  /* equal keys: the first arrival first */
-}
-
-static int in_run(const uint64_t *run, Py_ssize_t n, uint64_t key) {
-    Py_ssize_t lo = 0, hi = n;
+/* in_run for ascending keys: *from is where the previous (smaller) key's search ended. */
+static int in_run_from(const uint64_t *run, Py_ssize_t n, uint64_t key, Py_ssize_t *from) {
+    Py_ssize_t lo = *from, step = 1, hi = lo;
+    while (hi < n && run[hi] < key) {  /* gallop: the bound at lo + 1, 3, 7, ... */
+        lo = hi + 1;
+        hi = lo + step;
+        step *= 2;
+    }
+    if (hi > n)
+        hi = n;
     while (lo < hi) {
         Py_ssize_t mid = lo + (hi - lo) / 2;
         if (run[mid] < key)
@@ -568,7 +569,40 @@ static int in_run(const uint64_t *run, Py_ssize_t n, uint64_t key) {
         else
             hi = mid;
     }
+    *from = lo;
     return lo < n && run[lo] == key;
+}
+
+/* Stable LSD radix sort of (key, arrival) pairs by key, 8 bits a pass (arrival order is
+ * the initial order, so equal keys stay first arrival first). Swaps *items and *spare. */
+static int sort_keyed(Keyed **items, Keyed **spare, Py_ssize_t m) {
+    if (m < 2)
+        return 0;
+    if (*spare == NULL) {
+        *spare = PyMem_Malloc(m * sizeof(Keyed));
+        if (*spare == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    Keyed *src = *items, *dst = *spare;
+    for (int shift = 0; shift < 64; shift += 8) {
+        Py_ssize_t count[257] = {0};
+        for (Py_ssize_t i = 0; i < m; i++)
+            count[((src[i].key >> shift) & 0xff) + 1]++;
+        if (count[((src[0].key >> shift) & 0xff) + 1] == m)
+            continue;  /* every key has this byte alike: nothing to move */
+        for (int b = 0; b < 256; b++)
+            count[b + 1] += count[b];
+        for (Py_ssize_t i = 0; i < m; i++)
+            dst[count[(src[i].key >> shift) & 0xff]++] = src[i];
+        Keyed *t = src;
+        src = dst;
+        dst = t;
+    }
+    *items = src;
+    *spare = dst;
+    return 0;
 }
 
 static int pos_cmp(const void *a, const void *b) {
@@ -593,8 +627,9 @@ static PyObject *admit(PyObject *self, PyObject *args) {
         return NULL;
     }
     PyObject *result = NULL, *fresh = NULL, *positions = NULL;
-    Keyed *items = NULL;
+    Keyed *items = NULL, *spare = NULL;
     Py_buffer *rb = NULL;
+    Py_ssize_t *from = NULL;
     Py_ssize_t n_runs = PyList_GET_SIZE(runs), got_runs = 0;
     Py_ssize_t m = kb.len / 8;
     if (kb.len % 8) {
@@ -609,8 +644,9 @@ static PyObject *admit(PyObject *self, PyObject *args) {
             goto done;
         }
     rb = PyMem_Calloc(n_runs ? n_runs : 1, sizeof(Py_buffer));
+    from = PyMem_Calloc(n_runs ? n_runs : 1, sizeof(Py_ssize_t));
     items = PyMem_Malloc((m ? m : 1) * sizeof(Keyed));
-    if (rb == NULL || items == NULL) {
+    if (rb == NULL || from == NULL || items == NULL) {
         PyErr_NoMemory();
         goto done;
     }
@@ -628,7 +664,8 @@ static PyObject *admit(PyObject *self, PyObject *args) {
         items[i].key = keys[i];
         items[i].at = i;
     }
-    qsort(items, (size_t)m, sizeof(Keyed), keyed_cmp);
+    if (sort_keyed(&items, &spare, m) < 0)
+        goto done;
     /* Keep the new ones in place: items[0:k] are the fresh keys, ascending. */
     Py_ssize_t k = 0;
     for (Py_ssize_t i = 0; i < m; i++) {
@@ -638,8 +675,10 @@ static PyObject *admit(PyObject *self, PyObject *args) {
         uint64_t slot = key >> shift;
         if (marks[slot >> 3] & (1u << (slot & 7))) {
             int found = 0;
+            /* Probes come in ascending order: each run's search starts where its last one
+             * ended (galloping), which stays within the cache lines just read. */
             for (Py_ssize_t r = 0; r < n_runs && !found; r++)
-                found = in_run((const uint64_t *)rb[r].buf, rb[r].len / 8, key);
+                found = in_run_from((const uint64_t *)rb[r].buf, rb[r].len / 8, key, &from[r]);
             if (found)
                 continue;
         }
@@ -673,7 +712,9 @@ done:
     for (Py_ssize_t r = 0; r < got_runs; r++)
         PyBuffer_Release(&rb[r]);
     PyMem_Free(rb);
+    PyMem_Free(from);
     PyMem_Free(items);
+    PyMem_Free(spare);
     PyBuffer_Release(&mb);
     PyBuffer_Release(&kb);
     return result;
