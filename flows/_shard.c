@@ -15,6 +15,16 @@
 
 static PyObject *str_dims, *str_segs, *str_series;  /* interned attribute names */
 
+/* Stores ``made`` (a new reference, or NULL after an error) at ``key`` of ``dict`` and
+ * returns it borrowed (the dict holds it); NULL on error. */
+static PyObject *put_new(PyObject *dict, PyObject *key, PyObject *made) {
+    if (made == NULL)
+        return NULL;
+    int rc = PyDict_SetItem(dict, key, made);
+    Py_DECREF(made);
+    return rc < 0 ? NULL : made;
+}
+
 /* count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None
  *
  * For each event i, in order: add one to open[wid][cids[i]][key], where wid is ``wids``
@@ -74,16 +84,9 @@ static PyObject *count(PyObject *self, PyObject *args) {
                 Py_XSETREF(wid, w);
                 by_campaign = PyDict_GetItemWithError(open, wid);
                 if (by_campaign == NULL) {
-                    if (PyErr_Occurred())
+                    by_campaign = put_new(open, wid, PyErr_Occurred() ? NULL : PyDict_New());
+                    if (by_campaign == NULL)
                         goto done;
-                    PyObject *d = PyDict_New();
-                    if (d == NULL)
-                        goto done;
-                    int rc = PyDict_SetItem(open, wid, d);
-                    Py_DECREF(d);  /* open holds it */
-                    if (rc < 0)
-                        goto done;
-                    by_campaign = d;
                 }
             }
         }
@@ -110,16 +113,9 @@ static PyObject *count(PyObject *self, PyObject *args) {
         if (wrap != Py_None) {
             key = PyDict_GetItemWithError(wrap, dk);
             if (key == NULL) {
-                if (PyErr_Occurred())
+                key = put_new(wrap, dk, PyErr_Occurred() ? NULL : PyTuple_Pack(1, dk));
+                if (key == NULL)
                     goto done;
-                PyObject *t = PyTuple_Pack(1, dk);
-                if (t == NULL)
-                    goto done;
-                int rc = PyDict_SetItem(wrap, dk, t);
-                Py_DECREF(t);  /* wrap holds it */
-                if (rc < 0)
-                    goto done;
-                key = t;
             }
             /* What the segments are looked up by: the shared tuple's element (an equal str,
              * perhaps from an earlier batch), as in the Python reference. */
