@@ -56,10 +56,12 @@ $(STAMP): pyproject.toml
 NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_records.c flows/_shard.c
 NATIVE := detectors/_native.json
 
-native: $(NATIVE) ## compile the detector core (mypyc) and the event scanner (pure Python still works without)
+native: $(NATIVE) ## compile the detector core (mypyc) and the C extensions (pure Python still works without)
 
+# (-W: importing the package before rebuilding warns that the old build is stale; the
+# build then says what it made)
 $(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
-	$(VPY) -m detectors build --quiet
+	$(VPY) -W ignore::RuntimeWarning -m detectors build --quiet
 
 test: $(STAMP) $(NATIVE) ## run the test suite (PYTEST_ARGS=...)
 	@state=$$($(VPY) -m detectors status) || \
