@@ -148,7 +148,9 @@ static PyTypeObject *offsets_of;
 static Py_ssize_t offsets[N_ATTRS];
 
 static void find_slots(PyTypeObject *cls) {
-    offsets_of = cls;
+    /* Held, so that no other class can take its address while the offsets are cached. */
+    Py_INCREF(cls);
+    Py_XSETREF(offsets_of, cls);
     for (int a = 0; a < N_ATTRS; a++) {
         PyObject *d = PyDict_GetItemWithError(cls->tp_dict, attr_names[a]);
         PyMemberDef *m = (d != NULL && PyObject_TypeCheck(d, &PyMemberDescr_Type))

@@ -692,7 +692,8 @@ class _Seen:
             self._remap(len(keys))
         shard = _SHARD
         if shard is not None:  # the same in C (flows/_shard.c), marks included
-            fresh, pos = shard.admit(keys, self.marks, int(self.shift), self.runs)
+            fresh, pos = shard.admit(np.ascontiguousarray(keys), self.marks, int(self.shift),
+                                     self.runs)
             self._add(np.frombuffer(fresh, dtype=np.uint64), marked=True)
             if pos is None:
                 return None
