@@ -1046,14 +1046,19 @@ class ShardState:
         self.stats.duplicates += n - counted
         self.stats.events += counted
 
+    def _click_key_cache(self) -> dict[Any, tuple]:
+        """Dims key -> its shared 1-tuple (a click's counts dict key); bounded."""
+        cache = self._click_keys
+        if len(cache) > 100_000:
+            cache.clear()
+        return cache
+
     def _count_keys(self, kind: int, dks: Sequence[Any]) -> Sequence[Any]:
         """The counts dict keys of ``dks``: the dims keys themselves for impressions, shared
         1-tuples of them for clicks."""
         if kind == IMPRESSION:
             return dks
-        cache = self._click_keys
-        if len(cache) > 100_000:
-            cache.clear()
+        cache = self._click_key_cache()
         return [cache.get(dk) or cache.setdefault(dk, (dk,)) for dk in dks]
 
     def _count_windows(self, kind: int, wids: int | Sequence[int], cids: Sequence[str],
@@ -1065,19 +1070,14 @@ class ShardState:
         if shard is None:
             self._count_windows_py(kind, wids, cids, dks)
             return
-        wrap = None
-        if kind != IMPRESSION:
-            wrap = self._click_keys
-            if len(wrap) > 100_000:
-                wrap.clear()
+        wrap = None if kind == IMPRESSION else self._click_key_cache()
         shard.count(self._open, self._campaigns, wids, cids, dks, wrap, self._open_window,
                      self._new_key)
 
     def _new_key(self, cid: str, dk: Any) -> None:
-        """The first event of dims key ``dk`` in a campaign's window: a new series?"""
-        camp = self._campaigns[cid]
-        if dk not in camp.dims.segs:
-            self._segments_for(camp, dk)
+        """A dims key the campaign does not know yet (the C loop looked in ``dims.segs``):
+        take it in."""
+        self._segments_for(self._campaigns[cid], dk)
 
     def _count_windows_py(self, kind: int, wids: int | Sequence[int], cids: Sequence[str],
                           dks: Sequence[Any]) -> None:
