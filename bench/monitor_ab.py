@@ -43,8 +43,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-#: What the base revision needs to import and build its detector core.
-_BASE_PATHS = ("detectors", "ctrguard", "setup.py", "pyproject.toml")
+#: What a base revision's build needs: the detectors and every C extension's sources.
+_BASE_PATHS = ("detectors", "ctrguard", "flows", "setup.py", "pyproject.toml")
 W = 300
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 
