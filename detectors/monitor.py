@@ -157,6 +157,17 @@ def _ctr_llr(k: int, n: int, p: float, p_rest: float, r: float, phi_c: float) ->
     return binomial_llr(k, n, p, r) / phi_c
 
 
+def _fade_add(cusum: list[float], i: int, keep: float, x: float) -> None:
+    """One CUSUM step: ``cusum[i] = fmax(0.0, keep * cusum[i] + x)``, its 0.0 the shared
+    ``_ZERO`` object."""
+    v = keep * cusum[i] + x
+    if v > 0.0:
+        cusum[i] = v
+    else:
+        cells: list[Any] = cusum  # (stores the shared _ZERO object itself)
+        cells[i] = _ZERO
+
+
 class _Incident:
     """An open alarm on one series: what fired and how much evidence still holds it."""
 
@@ -619,14 +630,8 @@ class CampaignMonitor:
                     keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
                                           1.0 / s.evidence_windows, 0.5)
                     dcusum = st.dcusum
-                    dcells: list[Any] = dcusum  # (stores the shared _ZERO object itself)
                     for i, r in enumerate(s.drift_ratios):
-                        x = binomial_llr(k, n, p_ref, r) / phi_r
-                        v = keep_ref * dcusum[i] + x
-                        if v > 0.0:  # fmax(0.0, v), its 0.0 the shared one
-                            dcusum[i] = v
-                        else:
-                            dcells[i] = _ZERO
+                        _fade_add(dcusum, i, keep_ref, binomial_llr(k, n, p_ref, r) / phi_r)
                 # CTR evidence fades by information (expected clicks), volume evidence by time:
                 # a baseline misfit then adds up to the same bounded level at any volume.
                 n_ctr = len(s.ctr_ratios)
@@ -635,22 +640,13 @@ class CampaignMonitor:
                 keep_vol = 1.0 - 1.0 / s.evidence_windows
                 # One pass: each test's ratio (as ``_llrs`` computes it) into its CUSUM.
                 cusum = st.cusum
-                cells: list[Any] = cusum
                 sizes = s.ctr_log_sizes
                 for i, r in enumerate(s.ctr_ratios):
                     x = _ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
-                    v = keep_ctr * cusum[i] + x
-                    if v > 0.0:  # fmax(0.0, v), its 0.0 the shared one
-                        cusum[i] = v
-                    else:
-                        cells[i] = _ZERO
+                    _fade_add(cusum, i, keep_ctr, x)
                 for i, r in enumerate(s.volume_ratios):
                     x = poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0
-                    v = keep_vol * cusum[n_ctr + i] + x
-                    if v > 0.0:
-                        cusum[n_ctr + i] = v
-                    else:
-                        cells[n_ctr + i] = _ZERO
+                    _fade_add(cusum, n_ctr + i, keep_vol, x)
             watch = st.watch
             if watch is not None and ready and ctr_ok:
                 watch[1] = watch[1] + binomial_llr(k, n, p, watch[0]) / phi_c
