@@ -522,6 +522,16 @@ class SlackNotifier:
     def _release_lease(self) -> None:
         self.redis.eval(self._RELEASE_SCRIPT, 1, self.lease_key, self._consumer)
 
+    def _nap(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for :meth:`wake`; not at all once :meth:`stop` was called.
+
+        :meth:`stop` sets ``_stop`` and then ``_wake``; the loop clears ``_wake`` before it
+        looks at the outbox, so a stop that lands in between would otherwise be slept
+        through (every close of a busy sink waited the whole nap).
+        """
+        if not self._stop.is_set():
+            self._wake.wait(seconds)
+
     def _run(self) -> None:
         redis_failures = 0
         while not self._stop.is_set():
@@ -529,7 +539,7 @@ class SlackNotifier:
                 if not self._hold_lease():
                     # Another worker's thread delivers; keep order by never racing it.
                     self._idle.set()
-                    self._wake.wait(1.0)
+                    self._nap(1.0)
                     self._wake.clear()
                     continue
                 self._wake.clear()
@@ -537,7 +547,7 @@ class SlackNotifier:
                 redis_failures = 0
                 if not entries:
                     self._idle.set()
-                    self._wake.wait(0.5)
+                    self._nap(0.5)
                     continue
                 self._idle.clear()
                 self._deliver_batch(entries)

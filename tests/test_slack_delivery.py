@@ -325,6 +325,35 @@ def test_submit_returns_without_waiting_for_slack(slack_emulator, slack_redis_ur
         n.stop()
 
 
+def test_stop_that_lands_while_the_thread_reads_the_outbox_is_not_slept_through(
+        slack_emulator, slack_redis_url):
+    # stop() sets _stop, then _wake; the delivery loop clears _wake before it reads the
+    # outbox. A stop in between must not leave the thread in a full idle wait (a close
+    # waited 0.5 s for it).
+    n = SlackNotifier(make_settings(slack_redis_url, slack_emulator))
+    naps_after_stop: list[float] = []
+    real_wait, real_xrange = n._wake.wait, n.redis.xrange
+
+    def wait(timeout=None):
+        if n._stop.is_set():
+            naps_after_stop.append(timeout)
+        return real_wait(timeout)
+
+    def xrange(*args, **kwargs):
+        if not n._stop.is_set():  # what stop() does, from "another thread", at this point
+            n._stop.set()
+            n._wake.set()
+        return real_xrange(*args, **kwargs)
+
+    n._wake.wait, n.redis.xrange = wait, xrange
+    n.start()
+    thread = n._thread
+    thread.join(5)
+    assert not thread.is_alive()
+    assert naps_after_stop == []
+    n.stop()
+
+
 def test_redis_keys_are_namespaced(slack_emulator, slack_redis_url, partitions):
     sink = partitions(make_settings(slack_redis_url, slack_emulator))
     sink.write_batch([make_alert("<!channel> " + "k" * 5000, window=0)])
