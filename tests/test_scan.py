@@ -108,6 +108,32 @@ def test_anything_unusual_is_refused_and_left_to_msgspec(raw):
     assert scan_batch([good, raw, good], ("device",), user_agents=True) is None
 
 
+@pytest.mark.parametrize("bad", [b"\\", b"\x00", b"\x1f", b"\x7f", b"\x80", b"\xc3\xa9",
+                                 b"\xff"])
+def test_a_bad_byte_is_found_at_every_place_in_a_string(bad):
+    # Strings are scanned 16 bytes at a time and the last < 16 bytes of a message byte by
+    # byte: a refused byte must be found in either part, at every offset in a block, in a
+    # key or a value, and a clean string of every length must come out whole.
+    for length in range(0, 40):
+        text = "".join(chr(ord("a") + i % 26) for i in range(length))
+        assert _check([_event(user_agent=text or ..., geo="US")], ("geo",)) or length == 0
+        for cut in range(length + 1):
+            raw = _event(user_agent="@" * length, geo="US")
+            at = raw.index(b"@" * length) + cut
+            tainted = raw[:at] + bad + raw[at + 1:] if cut < length else raw[:at] + bad + raw[at:]
+            assert scan_batch([tainted], ("geo",), user_agents=True) is None, tainted
+            # the same in a key, and in the last value (its quote near the message's end)
+            key = b'{"' + b"k" * cut + bad + b'":1,"event_id":"e","ts":1767225600000,"campaign_id":"c"}'
+            assert scan_batch([key], ()) is None, key
+            tail = (b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","z":"'
+                    + b"z" * cut + bad + b'"}')
+            assert scan_batch([tail], ()) is None, tail
+    # A quote right at the end of a block, and a message whose last string ends it.
+    for length in range(12, 36):
+        assert _check([b'{"event_id":"e","ts":1767225600000,"campaign_id":"'
+                       + b"c" * length + b'"}'], ())
+
+
 def test_lengths_at_and_past_the_limits():
     assert _check([_event(event_id="e" * MAX_ID_CHARS, device="d" * MAX_ATTR_CHARS,
                           user_agent="u" * MAX_ATTR_CHARS)])
