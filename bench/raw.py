@@ -8,11 +8,16 @@ from bench.common import BATCH_SIZE
 
 
 def raw_consume(bootstrap: str, topics: list[str], partitions: int,
-                batch_size: int = BATCH_SIZE, timeout: float = 600.0) -> tuple[int, float]:
-    """Read every partition of ``topics`` from the beginning to EOF: (messages, seconds).
+                batch_size: int = BATCH_SIZE, timeout: float = 600.0
+                ) -> tuple[int, float, float, float]:
+    """Read every partition of ``topics`` from the beginning to EOF: (messages, seconds,
+    CPU seconds of the calling thread, CPU seconds of the process).
 
     The consumer settings are the ones ctrguard's source uses; the loop touches each
-    message's value (as any consumer must) and nothing else.
+    message's value (as any consumer must) and nothing else. The calling thread's CPU is
+    what consuming costs the thread that would also process the events (librdkafka's own
+    threads fetch and decompress: they are in the process's figure); the process's
+    figure is only this consumer's when nothing else runs in the process meanwhile.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -31,6 +36,7 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
     n = 0
     try:
         t0 = time.perf_counter()
+        thread0, process0 = time.thread_time(), time.process_time()
         consumer.assign(parts)
         deadline = time.monotonic() + timeout
         while len(at_eof) < len(parts):
@@ -46,6 +52,7 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
                 else:
                     raise RuntimeError(f"raw consume: {err}")
         elapsed = time.perf_counter() - t0
+        thread_s, process_s = time.thread_time() - thread0, time.process_time() - process0
     finally:
         consumer.close()
-    return n, elapsed
+    return n, elapsed, thread_s, process_s

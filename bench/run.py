@@ -231,6 +231,27 @@ def cpu_note(run: dict[str, Any]) -> str:
             f"over {run['elapsed_s']:.0f} s")
 
 
+def raw_cpu_note(d: dict[str, Any]) -> str:
+    """What consuming alone cost per event, in the median raw run (absent in old results)."""
+    cpu = d.get("raw_cpu_us_per_event")
+    if not cpu:
+        return ""
+    return (f"; that run's CPU: {cpu['thread']:.2f} us/event in the consuming thread, "
+            f"{cpu['process']:.2f} in the process (librdkafka's threads too)")
+
+
+def budget_note(r: dict[str, Any], d: dict[str, Any]) -> str:
+    """The per-event time the ratio target leaves the flow's one thread, and how much of
+    it consuming alone takes (from the raw run's CPU)."""
+    cpu = d.get("raw_cpu_us_per_event")
+    low, target = r.get("raw_eps"), TARGETS["ratio_to_raw"][1]
+    if not cpu or not low:
+        return ""
+    budget = 1e6 / (target * low)
+    return (f"; {target} x raw leaves {budget:.2f} us/event on the flow's thread, of which "
+            f"consuming alone took {cpu['thread']:.2f}")
+
+
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     d = r["details"]
     t = r["targets"]
@@ -254,7 +275,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"peak RSS {m['peak_rss_mb']:.0f} MiB"))
     rows = [
         ("1. raw consume (confluent-kafka, no processing)", f"{_fmt(r['raw_eps'])} events/s",
-         f"median of {len(d['raw_runs_eps'])}: " + ", ".join(_fmt(x) for x in d['raw_runs_eps'])),
+         f"median of {len(d['raw_runs_eps'])}: " + ", ".join(_fmt(x) for x in d['raw_runs_eps'])
+         + raw_cpu_note(d)),
         ("2. naive Bytewax flow (json.loads + count_window)", f"{_fmt(r['naive_eps'])} events/s",
          f"{d['naive']['windows']:,} window counts, {d['naive']['late']:,} late; "
          f"{cpu_note(d['naive'])}"),
@@ -270,7 +292,8 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"the scanner x{d['ctrguard']['speedup_vs_no_scanner']:.2f} "
             f"(same run); {cpu_note(d['ctrguard_no_scanner'])}")]
           if "ctrguard_no_scanner" in d else []),
-        ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}", mark("ratio_to_raw")),
+        ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}",
+         mark("ratio_to_raw") + budget_note(r, d)),
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
          f"{_fmt(r['latency_p50_ms'])} / {_fmt(r['latency_p99_ms'])} ms", mark("latency_p99_ms")),
@@ -559,15 +582,23 @@ def main(argv: list[str] | None = None) -> int:
         if want("raw"):
             from bench.raw import raw_consume
 
-            raw_runs = []
+            raw_runs, raw_cpu = [], []
             for i in range(args.raw_repeats):
-                n, elapsed = raw_consume(bootstrap, [topics["impressions"], topics["clicks"]], 1)
+                n, elapsed, thread_s, process_s = raw_consume(
+                    bootstrap, [topics["impressions"], topics["clicks"]], 1)
                 if n != n_events:
                     raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
                 raw_runs.append(n / elapsed)
+                raw_cpu.append((thread_s / n * 1e6, process_s / n * 1e6))
                 log(f"1. raw consume run {i + 1}: {n:,} in {elapsed:.2f}s = "
-                    f"{n / elapsed:,.0f}/s")
+                    f"{n / elapsed:,.0f}/s; CPU {raw_cpu[-1][0]:.2f} us/event in the "
+                    f"consuming thread, {raw_cpu[-1][1]:.2f} in the process")
             details["raw_runs_eps"] = [round(x) for x in raw_runs]
+            # CPU per event of the median run: what consuming alone costs the one thread
+            # the live flow also processes on (the budget note in the report).
+            mid = raw_runs.index(statistics.median_low(raw_runs))
+            details["raw_cpu_us_per_event"] = {"thread": round(raw_cpu[mid][0], 3),
+                                               "process": round(raw_cpu[mid][1], 3)}
             results["raw_eps"] = round(statistics.median(raw_runs))
 
         # -- 2. naive flow -------------------------------------------------------------

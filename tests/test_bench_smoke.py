@@ -40,6 +40,9 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     # The live flow decided windows for (nearly) every campaign and left watermarks in Redis.
     assert d["ctrguard"]["campaigns_checked"] >= 45
     assert d["replay"]["events_read"] == events
+    # Consuming alone costs its thread some CPU per event, and no more than the process.
+    raw_cpu = d["raw_cpu_us_per_event"]
+    assert 0 < raw_cpu["thread"] <= raw_cpu["process"] + 0.01
 
     # Latency: windows were measured, and percentiles are ordered.
     lat = d["latency"]
@@ -56,4 +59,5 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
 
     text = markdown_path.read_text()
     assert "## Results" in text and f"{events:,} events" in text
+    assert "us/event in the consuming thread" in text and "leaves" in text
     assert "speed-up" in capsys.readouterr().out
