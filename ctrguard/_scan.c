@@ -393,8 +393,9 @@ static int64_t rfc3339_z_ms(const char *s, Py_ssize_t n) {
 /*
  * scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr)
  *
- * values: list of bytes; dims: tuple of field names (at most 4, each one of the optional
- * string fields). Returns None when the batch is not all plain and valid (see the top of
+ * values: list of bytes, or (buffer, bounds) with bounds native int64 (start, end) pairs,
+ * one message per pair (ctrguard.events.LineBlock); dims: tuple of field names (at most
+ * 4, each one of the optional string fields). Returns None when the batch is not all plain and valid (see the top of
  * this file), else a tuple:
  *   (campaign_ids, event_ids, ts, dim_columns, agents, internal, keys)
  * campaign_ids, event_ids: list of str; ts: bytes, native int64 epoch milliseconds per
@@ -408,9 +409,39 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     int want_agents;
     long long min_ts, max_ts;
     Py_ssize_t max_id, max_attr;
-    if (!PyArg_ParseTuple(args, "O!O!pLLnn", &PyList_Type, &values, &PyTuple_Type, &dims,
+    if (!PyArg_ParseTuple(args, "OO!pLLnn", &values, &PyTuple_Type, &dims,
                           &want_agents, &min_ts, &max_ts, &max_id, &max_attr))
         return NULL;
+    /* values: a list of bytes, or (buffer, bounds): the messages are buffer[start:end] for
+     * each native int64 (start, end) pair of bounds (ctrguard.events.LineBlock). */
+    const char *block = NULL;
+    const int64_t *bounds = NULL;
+    Py_ssize_t n;
+    if (PyList_Check(values)) {
+        n = PyList_GET_SIZE(values);
+    } else if (PyTuple_Check(values) && PyTuple_GET_SIZE(values) == 2 &&
+               PyBytes_Check(PyTuple_GET_ITEM(values, 0)) &&
+               PyBytes_Check(PyTuple_GET_ITEM(values, 1))) {
+        PyObject *buf = PyTuple_GET_ITEM(values, 0), *bnd = PyTuple_GET_ITEM(values, 1);
+        if (PyBytes_GET_SIZE(bnd) % (2 * (Py_ssize_t)sizeof(int64_t)) != 0) {
+            PyErr_SetString(PyExc_ValueError, "bounds: not int64 (start, end) pairs");
+            return NULL;
+        }
+        block = PyBytes_AS_STRING(buf);
+        bounds = (const int64_t *)PyBytes_AS_STRING(bnd);
+        n = PyBytes_GET_SIZE(bnd) / (2 * (Py_ssize_t)sizeof(int64_t));
+        int64_t size = PyBytes_GET_SIZE(buf);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (bounds[2 * i] < 0 || bounds[2 * i] > bounds[2 * i + 1] ||
+                bounds[2 * i + 1] > size) {
+                PyErr_SetString(PyExc_ValueError, "bounds: a line outside the buffer");
+                return NULL;
+            }
+        }
+    } else {
+        PyErr_SetString(PyExc_TypeError, "values: a list of bytes or (buffer, bounds)");
+        return NULL;
+    }
     Py_ssize_t ndims = PyTuple_GET_SIZE(dims);
     if (ndims > MAX_DIMS) {
         PyErr_SetString(PyExc_ValueError, "at most 4 dimensions");
@@ -429,7 +460,6 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         }
         dim_field[d] = f;
     }
-    Py_ssize_t n = PyList_GET_SIZE(values);
     PyObject *cids = NULL, *eids = NULL, *ts_buf = NULL, *dim_cols = NULL, *agents = NULL,
              *internal = NULL, *keys_buf = NULL, *result = NULL;
     Interner cache = {NULL, 0, 0};
@@ -454,11 +484,17 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     uint64_t *keys_out = (uint64_t *)PyBytes_AS_STRING(keys_buf);
 
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *raw = PyList_GET_ITEM(values, i);
-        if (!PyBytes_Check(raw))
-            goto refuse;
-        const char *p = PyBytes_AS_STRING(raw);
-        const char *end = p + PyBytes_GET_SIZE(raw);
+        const char *p, *end;
+        if (block != NULL) {
+            p = block + bounds[2 * i];
+            end = block + bounds[2 * i + 1];
+        } else {
+            PyObject *raw = PyList_GET_ITEM(values, i);
+            if (!PyBytes_Check(raw))
+                goto refuse;
+            p = PyBytes_AS_STRING(raw);
+            end = p + PyBytes_GET_SIZE(raw);
+        }
         Value got[N_FIELDS];
         int present[N_FIELDS] = {0};
         p = skip_ws(p, end);
@@ -600,9 +636,85 @@ done:
     return result;
 }
 
+/* The bytes bytes.strip() removes (ASCII white space). */
+static inline int is_space(unsigned char c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/*
+ * line_bounds(buffer, pos, limit) -> (bounds, numbers, consumed, seen)
+ *
+ * The next lines of buffer from pos, as a readline loop over a file would see them: up to
+ * `limit` lines, each ended by "\n" (an unterminated rest is not a line yet); each line
+ * without its trailing "\r"s; lines that are blank (white space only) skipped, but
+ * counted. bounds: bytes, native int64 (start, end) pairs of the kept lines; numbers:
+ * bytes, native int64 index (0-based, among the `seen` lines) of each kept line, or None
+ * when every line was kept; consumed: the position after the last line; seen: lines
+ * taken, blank ones included. The reference is ctrguard.events._line_bounds_py.
+ */
+static PyObject *line_bounds(PyObject *self, PyObject *args) {
+    PyObject *buf;
+    Py_ssize_t pos, limit;
+    if (!PyArg_ParseTuple(args, "O!nn", &PyBytes_Type, &buf, &pos, &limit))
+        return NULL;
+    const char *data = PyBytes_AS_STRING(buf);
+    Py_ssize_t size = PyBytes_GET_SIZE(buf);
+    if (pos < 0 || pos > size || limit < 0) {
+        PyErr_SetString(PyExc_ValueError, "pos outside the buffer, or a negative limit");
+        return NULL;
+    }
+    PyObject *bounds = PyBytes_FromStringAndSize(NULL, limit * 2 * (Py_ssize_t)sizeof(int64_t));
+    PyObject *numbers = PyBytes_FromStringAndSize(NULL, limit * (Py_ssize_t)sizeof(int64_t));
+    if (bounds == NULL || numbers == NULL) {
+        Py_XDECREF(bounds);
+        Py_XDECREF(numbers);
+        return NULL;
+    }
+    int64_t *b = (int64_t *)PyBytes_AS_STRING(bounds);
+    int64_t *num = (int64_t *)PyBytes_AS_STRING(numbers);
+    const char *p = data + pos, *end = data + size;
+    Py_ssize_t seen = 0, kept = 0;
+    while (seen < limit && p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        if (nl == NULL)
+            break;
+        const char *e = nl;
+        while (e > p && e[-1] == '\r')
+            e--;
+        const char *q = p;
+        while (q < e && is_space((unsigned char)*q))
+            q++;
+        if (q < e) {
+            b[2 * kept] = p - data;
+            b[2 * kept + 1] = e - data;
+            num[kept] = seen;
+            kept++;
+        }
+        seen++;
+        p = nl + 1;
+    }
+    if (_PyBytes_Resize(&bounds, kept * 2 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(numbers);
+        return NULL;
+    }
+    if (kept == seen) {
+        Py_DECREF(numbers);
+        numbers = Py_None;
+        Py_INCREF(numbers);
+    } else if (_PyBytes_Resize(&numbers, kept * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(bounds);
+        return NULL;
+    }
+    return Py_BuildValue("(NNnn)", bounds, numbers, (Py_ssize_t)(p - data), seen);
+}
+
 static PyMethodDef methods[] = {
+    {"line_bounds", line_bounds, METH_VARARGS,
+     "line_bounds(buffer, pos, limit) -> (bounds, numbers, consumed, seen)\n\n"
+     "The next lines of a buffer as offsets (see ctrguard.events.LineBlock)."},
     {"scan", scan, METH_VARARGS,
      "scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr) -> tuple | None\n\n"
+     "values: a list of bytes, or (buffer, bounds) as a LineBlock holds them.\n"
      "Columns of a batch of plain, valid event messages, or None (see ctrguard.events)."},
     {NULL, NULL, 0, NULL},
 };

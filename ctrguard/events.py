@@ -19,7 +19,7 @@ ctrguard.errors.EventError: missing required field 'campaign_id'
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter
@@ -279,18 +279,111 @@ def _first(pair: tuple[int, Any]) -> int:
 NO_SCANNER_ENV = "CTRGUARD_NO_SCANNER"
 
 
-def _load_scanner() -> Any:
-    """The compiled scanner (``ctrguard/_scan.c``) if built, matching its source and not
-    disabled (``CTRGUARD_PURE_PYTHON``, :data:`NO_SCANNER_ENV`); else ``None`` (see
-    :mod:`detectors.native`)."""
+def _load_module() -> Any:
+    """The compiled ``ctrguard/_scan.c`` if built, matching its source and not disabled
+    (``CTRGUARD_PURE_PYTHON``); else ``None`` (see :mod:`detectors.native`)."""
     from detectors import native
 
-    if os.environ.get(NO_SCANNER_ENV, "") not in ("", "0"):
-        return None
     return native.load_extension("ctrguard._scan")
 
 
-_SCANNER = _load_scanner()
+#: The compiled module, for :func:`line_bounds` (reading lines is not decoding: it does
+#: not depend on :data:`NO_SCANNER_ENV`).
+_LINES = _load_module()
+#: The same module for :func:`scan_batch`, unless :data:`NO_SCANNER_ENV` switches it off.
+_SCANNER = None if os.environ.get(NO_SCANNER_ENV, "") not in ("", "0") else _LINES
+
+
+_WHITE_SPACE = b" \t\n\r\x0b\x0c"   # what bytes.strip() removes
+
+
+def _line_bounds_py(buffer: bytes, pos: int, limit: int
+                    ) -> tuple[bytes, bytes | None, int, int]:
+    """The reference of the compiled ``line_bounds``; see :func:`line_bounds`."""
+    if not 0 <= pos <= len(buffer) or limit < 0:
+        raise ValueError("pos outside the buffer, or a negative limit")
+    bounds: list[int] = []
+    numbers: list[int] = []
+    seen = 0
+    while seen < limit:
+        nl = buffer.find(b"\n", pos)
+        if nl < 0:
+            break
+        end = nl
+        while end > pos and buffer[end - 1] == 0x0D:  # trailing "\r"s
+            end -= 1
+        if buffer[pos:end].strip(_WHITE_SPACE):
+            bounds += (pos, end)
+            numbers.append(seen)
+        seen += 1
+        pos = nl + 1
+    packed = np.array(bounds, dtype=np.int64).tobytes()
+    kept = None if len(numbers) == seen else np.array(numbers, dtype=np.int64).tobytes()
+    return packed, kept, pos, seen
+
+
+def line_bounds(buffer: bytes, pos: int, limit: int) -> tuple[bytes, bytes | None, int, int]:
+    r"""The next lines of ``buffer`` from ``pos``, as a readline loop over a file sees them,
+    without a bytes object per line: ``(bounds, numbers, consumed, seen)``.
+
+    Up to ``limit`` lines, each ended by ``\n`` (an unterminated rest is not a line yet),
+    each without its trailing ``\r`` characters; blank lines (white space only) are skipped but
+    counted. ``bounds``: native int64 ``(start, end)`` pairs of the kept lines (a
+    :class:`LineBlock`'s); ``numbers``: native int64 index among the ``seen`` lines of each
+    kept one, ``None`` when all were kept; ``consumed``: the position after the last line.
+
+    >>> bounds, numbers, consumed, seen = line_bounds(b'{"a":1}\r\n \n{"b":2}\n{"c"', 0, 9)
+    >>> list(LineBlock(b'{"a":1}\r\n \n{"b":2}\n{"c"', bounds)), consumed, seen
+    ([b'{"a":1}', b'{"b":2}'], 19, 3)
+    >>> np.frombuffer(numbers, dtype=np.int64).tolist()
+    [0, 2]
+    """
+    if _LINES is not None:
+        return _LINES.line_bounds(buffer, pos, limit)
+    return _line_bounds_py(buffer, pos, limit)
+
+
+class LineBlock(Sequence[bytes]):
+    r"""Messages that are slices of one buffer (the lines of a file block, see
+    :func:`line_bounds`), held as offsets: a batch's raw messages without a bytes object per
+    message. The scanner reads them in place; a message is made only when asked for (a
+    dead letter, a batch the scanner refuses). Pickles as a list of bytes.
+
+    >>> lines = LineBlock(b"ab\ncd\n", np.array([0, 2, 3, 5], dtype=np.int64).tobytes())
+    >>> len(lines), lines[1], lines[-1], list(lines), lines[0:1]
+    (2, b'cd', b'cd', [b'ab', b'cd'], [b'ab'])
+    """
+
+    __slots__ = ("buffer", "bounds", "_pairs")
+
+    def __init__(self, buffer: bytes, bounds: bytes):
+        self.buffer = buffer
+        self.bounds = bounds
+        self._pairs = np.frombuffer(bounds, dtype=np.int64).reshape(-1, 2)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        start, end = self._pairs[i].tolist()
+        return self.buffer[start:end]
+
+    def __iter__(self) -> Iterator[bytes]:
+        buf = self.buffer
+        return (buf[s:e] for s, e in self._pairs.tolist())
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+    def __repr__(self) -> str:
+        return f"LineBlock({len(self)} lines)"
+
+    def max_len(self) -> int:
+        """The length of the longest message (0 when there is none)."""
+        pairs = self._pairs
+        return int((pairs[:, 1] - pairs[:, 0]).max()) if len(pairs) else 0
 
 
 class ScannedBatch(NamedTuple):
@@ -327,13 +420,18 @@ def scan_batch(values: Sequence[bytes | None], dims: tuple[str, ...], *,
     scanner = _SCANNER
     if scanner is None or not values:
         return None
-    if values.__class__ is not list:
-        values = list(values)
-    try:
-        if max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+    if values.__class__ is LineBlock:
+        if values.max_len() > max_bytes:  # type: ignore[attr-defined]
             return None
-    except TypeError:  # a message without a value (None)
-        return None
+        values = (values.buffer, values.bounds)  # type: ignore[attr-defined,assignment]
+    else:
+        if values.__class__ is not list:
+            values = list(values)
+        try:
+            if max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
+                return None
+        except TypeError:  # a message without a value (None)
+            return None
     out = scanner.scan(values, dims, user_agents, MIN_TS_MS, MAX_TS_MS, MAX_ID_CHARS,
                        MAX_ATTR_CHARS)
     if out is None:

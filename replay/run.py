@@ -21,14 +21,14 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import repeat
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import orjson
 
 from ctrguard.config import Settings
-from ctrguard.events import CLICK, IMPRESSION
+from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
 from ctrguard.records import WindowDecision, encode_figures
 from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 from replay.evaluate import ReplayInputError
@@ -88,8 +88,10 @@ class _FileSource:
     """Reads one file in chunks of lines, tracking its event-time frontier cheaply.
 
     A chunk is the next ``chunk_lines`` lines of the file (blank lines are skipped but
-    counted, so offsets are line numbers); the chunk that reaches the end of the file is
-    marked idle. Lines are cut from large blocks, not read one ``readline`` at a time.
+    counted, so offsets are line numbers), as a readline loop would cut them; the chunk
+    that reaches the end of the file is marked idle. The file is read in large blocks and
+    a chunk's messages are offsets into its block (:class:`~ctrguard.events.LineBlock`),
+    not a bytes object per line.
     """
 
     def __init__(self, path: str | Path, topic: str, kind: int, chunk_lines: int):
@@ -99,11 +101,9 @@ class _FileSource:
         self.chunk_lines = chunk_lines
         self._fh, self._raw = _open_blocks(path)
         self._line_no = 0
-        self._lines: list[bytes] = []   # complete lines read ahead, from self._next
-        self._next = 0
-        self._tail = b""                # an incomplete last line of the blocks read so far
+        self._buf = b""     # blocks read: lines from self._pos on are not taken yet
+        self._pos = 0
         self._eof = False
-        self._carriage_return = False
         self.done = False
         self.frontier: int | None = None
 
@@ -111,57 +111,38 @@ class _FileSource:
         self._fh.close()
         self._raw.close()
 
-    def _fill(self, want: int) -> None:
-        while len(self._lines) - self._next < want and not self._eof:
-            try:
-                block = self._fh.read(READ_BLOCK)
-            except _DAMAGED as exc:
-                raise ReplayInputError(self.path, None, f"unreadable (damaged gzip data?): "
-                                       f"{type(exc).__name__}: {exc}") from exc
-            if not block:
-                self._eof = True
-                self.close()
-                if self._tail:
-                    self._lines.append(self._tail)  # a last line without newline
-                    self._tail = b""
-                break
-            if b"\r" in block:
-                self._carriage_return = True
-            parts = block.split(b"\n")
-            if self._tail:  # the line begun in the block before (not copying the block)
-                parts[0] = self._tail + parts[0]
-            self._tail = parts.pop()
-            if self._next:
-                del self._lines[:self._next]
-                self._next = 0
-            self._lines.extend(parts)
+    def _read_more(self) -> None:
+        """Append the next block to what is not taken yet; at the end of the file, end an
+        unterminated last line (a last line without a newline is still a line)."""
+        try:
+            block = self._fh.read(READ_BLOCK)
+        except _DAMAGED as exc:
+            raise ReplayInputError(self.path, None, f"unreadable (damaged gzip data?): "
+                                   f"{type(exc).__name__}: {exc}") from exc
+        rest = self._buf[self._pos:]
+        if not block:
+            self._eof = True
+            self.close()
+            block = b"\n" if rest and not rest.endswith(b"\n") else b""
+        self._buf = rest + block if rest else block
+        self._pos = 0
 
     def read_chunk(self) -> RawBatch:
         want = self.chunk_lines
-        self._fill(want)
-        start = self._next
-        lines = self._lines[start:start + want]
-        self._next = start + len(lines)
+        while True:
+            bounds, numbers, consumed, seen = line_bounds(self._buf, self._pos, want)
+            if seen == want or self._eof:
+                break
+            self._read_more()  # (the lines found are cut again from the larger buffer)
+        values = LineBlock(self._buf, bounds)
+        self._pos = consumed
         first = self._line_no + 1
-        self._line_no += len(lines)
+        self._line_no += seen
         # Like readline: the chunk that tries to read past the last line finds the end.
-        if len(lines) < want:
+        if seen < want:
             self.done = True
-        # Lines are trimmed of their line ending (only carriage returns are left once the
-        # file is cut at newlines) and blank ones skipped, as readline would.
-        if self._carriage_return:
-            lines = list(map(bytes.rstrip, lines, repeat(b"\r\n")))
-        # No line empty or starting with white space (the smallest line would; b" " is the
-        # largest white-space byte): every line is kept as it is.
-        if not lines or min(lines)[:1] > b" ":
-            values = lines
-            offsets: Sequence[int] = range(first, first + len(lines))
-        else:
-            values, offsets = [], []
-            for no, line in enumerate(lines, first):
-                if line.strip():
-                    values.append(line)
-                    offsets.append(no)
+        offsets: Sequence[int] = (range(first, first + seen) if numbers is None else
+                                  (np.frombuffer(numbers, dtype=np.int64) + first).tolist())
         return RawBatch(self.topic, 0, self.kind, values, offsets, idle=self.done)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import subprocess
 import sys
@@ -291,3 +292,76 @@ def test_the_scanner_can_be_switched_off():
     off = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          env={**env, events.NO_SCANNER_ENV: "1"}, check=True)
     assert (on.stdout.strip(), off.stdout.strip()) == ("True", "False")
+
+
+# --------------------------------------------------------------------------- lines
+
+_LINE_BYTES = st.sampled_from([b"\n", b"\r", b"\r\n", b" ", b"\t", b"\x0b", b"\x0c", b"x",
+                               b'{"a":1}', b"\xff", b"\x00"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_LINE_BYTES, max_size=40).map(b"".join), st.integers(0, 12),
+       st.integers(0, 40))
+def test_line_bounds_equal_the_reference_and_a_readline_loop(buffer, limit, pos):
+    pos = min(pos, len(buffer))
+    got = events._LINES.line_bounds(buffer, pos, limit)
+    assert got == events._line_bounds_py(buffer, pos, limit)
+    bounds, numbers, consumed, seen = got
+    # What a readline loop over the same bytes keeps (lines rstripped of \r\n, blank
+    # ones skipped), up to limit complete lines.
+    lines = buffer[pos:consumed].split(b"\n")[:-1] if consumed > pos else []
+    assert len(lines) == seen <= limit
+    kept = [(i, ln.rstrip(b"\r\n")) for i, ln in enumerate(lines) if ln.strip()]
+    assert list(events.LineBlock(buffer, bounds)) == [ln for _, ln in kept]
+    index = np.frombuffer(numbers, dtype=np.int64).tolist() if numbers is not None else \
+        list(range(seen))
+    assert index == [i for i, _ in kept]
+    # Nothing complete was left behind while the limit allowed more.
+    assert seen == limit or b"\n" not in buffer[consumed:]
+
+
+def test_line_bounds_equal_the_reference_on_every_short_buffer():
+    # Exhaustive over the short buffers (three pieces of the alphabet above): every white
+    # space byte alone on a line, before and after "\r", at the end without a newline.
+    pieces = [b"\n", b"\r", b" ", b"\t", b"\x0b", b"\x0c", b"x", b"\xff"]
+    for a in pieces:
+        for b in pieces:
+            for c in pieces:
+                buffer = a + b + c
+                for limit in (1, 2, 4):
+                    assert events._LINES.line_bounds(buffer, 0, limit) == \
+                        events._line_bounds_py(buffer, 0, limit), (buffer, limit)
+
+
+def test_line_bounds_refuse_bad_arguments():
+    for f in (events._LINES.line_bounds, events._line_bounds_py):
+        with pytest.raises(ValueError):
+            f(b"ab\n", 4, 1)
+        with pytest.raises(ValueError):
+            f(b"ab\n", 0, -1)
+
+
+def test_scanning_a_line_block_equals_scanning_its_lines():
+    rng = random.Random(7)
+    lines = [_event(event_id=f"e{i}", device=rng.choice(["mobile", "desktop"]),
+                    user_agent="Mozilla/5.0 " + "x" * rng.randrange(40)) for i in range(300)]
+    buffer = b"\r\n".join(lines) + b"\n"
+    bounds, numbers, consumed, seen = events.line_bounds(buffer, 0, 1000)
+    block = events.LineBlock(buffer, bounds)
+    assert (numbers, consumed, seen) == (None, len(buffer), 300) and list(block) == lines
+    got, want = (scan_batch(v, ("device",), user_agents=True) for v in (block, lines))
+    assert got is not None and want is not None
+    assert (got.campaign_ids, got.event_ids, got.ts_ms.tolist(), got.dims, got.user_agents,
+            got.keys.tolist()) == (want.campaign_ids, want.event_ids, want.ts_ms.tolist(),
+                                   want.dims, want.user_agents, want.keys.tolist())
+    # A refused message inside the block refuses the block; so does a line too long.
+    bad = buffer.replace(b'"e7"', b'"e\\u0037"')
+    b2, _, _, _ = events.line_bounds(bad, 0, 1000)
+    assert scan_batch(events.LineBlock(bad, b2), ("device",)) is None
+    assert scan_batch(block, ("device",), max_bytes=len(lines[0]) - 1) is None
+    # Bounds outside the buffer are an error, not a read past it.
+    with pytest.raises(ValueError):
+        events._SCANNER.scan((b"{}", np.array([0, 3], dtype=np.int64).tobytes()), (),
+                             False, 0, 1, 10, 10)
+    assert pickle.loads(pickle.dumps(block)) == lines
