@@ -420,8 +420,8 @@ reported as measured.
 
 1. **Raw consume** (ceiling): one confluent-kafka consumer assigned every input partition
    from the beginning, `consume(num_messages={BATCH_SIZE})` until every partition reports EOF,
-   touching each message's value and nothing else; the consumer settings are those of
-   ctrguard's source. Repeated {len(d['raw_runs_eps'])} times; the median is reported.
+   touching each message's value and nothing else; the consumer settings and the
+   garbage-collector thresholds are those of ctrguard's source and flow process. Repeated {len(d['raw_runs_eps'])} times; the median is reported.
 2. **Naive flow** (floor, `bench/naive.py`): `KafkaSource(tail=False,
    batch_size={BATCH_SIZE})` on both topics -> `op.map(json.loads)` ->
    `win.count_window` keyed by campaign, device and stream (the stream is unkeyed; the
