@@ -259,8 +259,9 @@ static PyObject *ascii_str(const char *s, Py_ssize_t n) {
     return o;
 }
 
-/* Interned per call: repeated values (campaigns, devices, user agents) share one str.
- * Open addressing over the characters' hash; no object is made to look a value up. */
+/* Interned: repeated values (campaigns, devices, user agents) share one str (see `kept`
+ * below for which live across calls). Open addressing over the characters' hash; no
+ * object is made to look a value up. */
 typedef struct {
     uint64_t hash;
     PyObject *str;
@@ -349,6 +350,23 @@ static PyObject *interned(Interner *t, const char *s, Py_ssize_t n) {
         return NULL;
     }
     return o;
+}
+
+/* Campaign ids and dimension values are interned across calls: a campaign's id is then the
+ * same str object in every batch, and the dicts downstream (windows, campaigns, shards)
+ * find it by identity instead of comparing its characters, and no str is made for it
+ * again. Bounded: past KEPT_MAX values (a stream of ever new ids) the table is emptied
+ * and starts over. User agents, which may be many, are interned per call only. The GIL
+ * guards the table (scan never releases it). */
+#define KEPT_MAX (1 << 17)
+static Interner kept = {NULL, 0, 0};
+
+static int kept_ready(void) {
+    if (kept.slots != NULL && kept.used > KEPT_MAX)
+        interner_free(&kept);
+    if (kept.slots == NULL)
+        return interner_init(&kept, 4096);
+    return 0;
 }
 
 /* Epoch milliseconds of "YYYY-MM-DDTHH:MM:SS.fffZ" or "YYYY-MM-DDTHH:MM:SSZ" (years
@@ -470,7 +488,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
     internal = PyList_New(0);
     dim_cols = PyTuple_New(ndims);
     if (!cids || !eids || !ts_buf || !keys_buf || !internal || !dim_cols ||
-        interner_init(&cache, 1024) < 0)
+        kept_ready() < 0 || (want_agents && interner_init(&cache, 1024) < 0))
         goto error;
     for (Py_ssize_t d = 0; d < ndims; d++) {
         PyObject *col = PyList_New(n);
@@ -568,7 +586,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             goto refuse;   /* other numbers and null: msgspec's reason */
         }
 
-        PyObject *cid = interned(&cache, cv->start, cv->len);
+        PyObject *cid = interned(&kept, cv->start, cv->len);
         if (cid == NULL)
             goto error;
         PyList_SET_ITEM(cids, i, cid);
@@ -581,7 +599,7 @@ static PyObject *scan(PyObject *self, PyObject *args) {
             int f = dim_field[d];
             PyObject *o;
             if (present[f] && got[f].kind == V_STRING) {
-                o = interned(&cache, got[f].start, got[f].len);
+                o = interned(&kept, got[f].start, got[f].len);
                 if (o == NULL)
                     goto error;
             } else {
@@ -708,7 +726,20 @@ static PyObject *line_bounds(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NNnn)", bounds, numbers, (Py_ssize_t)(p - data), seen);
 }
 
+static PyObject *kept_count(PyObject *self, PyObject *unused) {
+    return PyLong_FromSize_t(kept.slots != NULL ? kept.used : 0);
+}
+
+static PyObject *kept_clear(PyObject *self, PyObject *unused) {
+    interner_free(&kept);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"kept_count", kept_count, METH_NOARGS,
+     "kept_count() -> int: campaign ids and dimension values interned across calls"},
+    {"kept_clear", kept_clear, METH_NOARGS,
+     "kept_clear(): forget them (the next scan interns anew)"},
     {"line_bounds", line_bounds, METH_VARARGS,
      "line_bounds(buffer, pos, limit) -> (bounds, numbers, consumed, seen)\n\n"
      "The next lines of a buffer as offsets (see ctrguard.events.LineBlock)."},

@@ -365,3 +365,35 @@ def test_scanning_a_line_block_equals_scanning_its_lines():
         events._SCANNER.scan((b"{}", np.array([0, 3], dtype=np.int64).tobytes()), (),
                              False, 0, 1, 10, 10)
     assert pickle.loads(pickle.dumps(block)) == lines
+
+
+def test_campaign_ids_and_dimension_values_are_the_same_objects_in_every_batch():
+    scanner = events._SCANNER
+    scanner.kept_clear()
+    one = scan_batch([_event(campaign_id="camp-a", device="mobile", event_id="1"),
+                      _event(campaign_id="camp-b", device="desktop", event_id="2")],
+                     ("device",), user_agents=True)
+    kept = scanner.kept_count()
+    assert kept == 4  # two ids, two devices (event ids and user agents are not kept)
+    two = scan_batch([_event(campaign_id="camp-b", device="mobile", event_id="3",
+                             user_agent="ua")], ("device",), user_agents=True)
+    assert two.campaign_ids[0] is one.campaign_ids[1]
+    assert two.dims[0][0] is one.dims[0][0]
+    assert scanner.kept_count() == kept
+    scanner.kept_clear()
+    three = scan_batch([_event(campaign_id="camp-b")], ())
+    assert three.campaign_ids == ["camp-b"] and scanner.kept_count() == 1
+
+
+def test_the_kept_values_are_bounded():
+    # Past 2**17 values the table starts over: ever new ids cannot grow it without end.
+    scanner = events._SCANNER
+    scanner.kept_clear()
+    batch = [_event(campaign_id=f"c{i}", event_id="e") for i in range(5000)]
+    for k in range(30):
+        got = scan_batch([_event(campaign_id=f"c{k}-{i}", event_id="e") for i in range(5000)]
+                         if k else batch, ())
+        assert got is not None
+        assert scanner.kept_count() <= 2**17 + 5000
+    assert scanner.kept_count() < 30 * 5000
+    scanner.kept_clear()
