@@ -324,7 +324,7 @@ class _Series:
         self.ctr_k = 0.0
         self.ctr_e = 0.0
         self.ctr_disp = 1.0
-        self.cusum = [0.0] * n_tests
+        self.cusum: list[float] = [_ZERO] * n_tests  # (the shared 0.0, as clear_evidence)
         self.silent = 0.0
         # The evidence run: clicks, expected clicks, impressions, expected impressions.
         self.run_k = 0.0
@@ -339,7 +339,7 @@ class _Series:
         self.drift = drift
         self.ref_k = 0.0
         self.ref_e = 0.0
-        self.dcusum = [0.0] * n_drift
+        self.dcusum: list[float] = [_ZERO] * n_drift
         self.watch: list[float] | None = None
 
     @property
@@ -351,12 +351,14 @@ class _Series:
         """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close.
 
         A cell that holds the shared ``_ZERO`` already (every cell, during warm-up and
-        cooldown) is left as it is: a read instead of a write.
+        cooldown) is left as it is: a read instead of a write; when the largest CUSUM is
+        0.0, the CUSUMs are not even read.
         """
         cells: list[Any] = self.cusum  # (stores the shared _ZERO object itself)
-        for i in range(len(cells)):
-            if cells[i] is not _ZERO:
-                cells[i] = _ZERO
+        if self.top != 0.0:  # (else every cell holds 0.0 already)
+            for i in range(len(cells)):
+                if cells[i] is not _ZERO:
+                    cells[i] = _ZERO
         cells = self.dcusum
         for i in range(len(cells)):
             if cells[i] is not _ZERO:
@@ -506,9 +508,18 @@ class CampaignMonitor:
     def _step(self, window: Window, start: int, counts: dict[str, Counts],
               length: int) -> list[Verdict]:
         series = self._series
-        for name in counts:
-            if name not in series:
-                series[name] = self._new_series(name)
+        # One pass over the counts: new series get their state (in the counts' order), and
+        # each segment is listed with its state and counts, to be taken in name order.
+        total: Counts | None = None
+        segments: list[tuple[str, _Series, Counts]] = []
+        for name, c in counts.items():
+            st = series.get(name)
+            if st is None:
+                st = series[name] = self._new_series(name)
+            if name == _ALL:
+                total = c
+            else:
+                segments.append((name, st, c))
         hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
@@ -520,7 +531,6 @@ class CampaignMonitor:
             p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
             relvar_all = 1.0 / all_state.ctr_k
         verdicts: list[Verdict] = []
-        total = counts.get(_ALL)
         # The campaign's counts, read once.
         has_total = total is not None
         tot_n = tot_k = 0
@@ -537,14 +547,12 @@ class CampaignMonitor:
                 if v.quarantine:
                     campaign_wide = v
                     quiet = []
-        if len(counts) > 1 or total is None:
-            segments = [name for name in counts if name != _ALL]
+        if segments:
+            # (Names are unique: the tuples sort by name alone.)
             segments.sort()
-            for name in segments:
-                c = counts[name]
-                v = self._series_step(name, series[name], c.impressions, c.clicks, window,
-                                      hour, p_all, relvar_all, h, n_tests, has_total, tot_n,
-                                      tot_k)
+            for name, st, c in segments:
+                v = self._series_step(name, st, c.impressions, c.clicks, window, hour, p_all,
+                                      relvar_all, h, n_tests, has_total, tot_n, tot_k)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
