@@ -157,15 +157,21 @@ def _ctr_llr(k: int, n: int, p: float, p_rest: float, r: float, phi_c: float) ->
     return binomial_llr(k, n, p, r) / phi_c
 
 
-def _fade_add(cusum: list[float], i: int, keep: float, x: float) -> None:
+def _fade_add(cusum: list[float], i: int, keep: float, x: float) -> float:
     """One CUSUM step: ``cusum[i] = fmax(0.0, keep * cusum[i] + x)``, its 0.0 the shared
-    ``_ZERO`` object."""
+    ``_ZERO`` object; returns the new value.
+
+    >>> cusum = [1.0, 0.5]
+    >>> _fade_add(cusum, 0, 0.5, 1.0), _fade_add(cusum, 1, 0.5, -1.0), cusum[1] is _ZERO
+    (1.5, 0.0, True)
+    """
     v = keep * cusum[i] + x
     if v > 0.0:
         cusum[i] = v
-    else:
-        cells: list[Any] = cusum  # (stores the shared _ZERO object itself)
-        cells[i] = _ZERO
+        return v
+    cells: list[Any] = cusum  # (stores the shared _ZERO object itself)
+    cells[i] = _ZERO
+    return 0.0
 
 
 class _Incident:
@@ -297,12 +303,18 @@ _SERIES_FIELDS: tuple[str, ...] = (
     "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
     "watch",       # after a volume jump: [CTR ratio if logging broke, evidence, windows]
 )
+#: Attributes of ``_Series``: the snapshot's fields, but the evidence run as four floats
+#: (a compiled class keeps them unboxed: no list, no float objects; ``run`` builds the
+#: snapshot's list) and the largest CUSUM, which is no snapshot field but follows from it.
+_SERIES_SLOTS: tuple[str, ...] = (
+    *(name for name in _SERIES_FIELDS if name != "run"),
+    "run_k", "run_ek", "run_n", "run_mu", "top")
 
 
 class _Series:
     """Running state of one series. Plain numbers, pickled as one tuple."""
 
-    __slots__ = _SERIES_FIELDS
+    __slots__ = _SERIES_SLOTS
 
     def __init__(self, n_tests: int, drift: ResidualDrift | None, n_drift: int = 0):
         self.seen = 0
@@ -312,32 +324,57 @@ class _Series:
         self.ctr_k = 0.0
         self.ctr_e = 0.0
         self.ctr_disp = 1.0
-        self.cusum = [0.0] * n_tests
+        self.cusum: list[float] = [_ZERO] * n_tests  # (the shared 0.0, as clear_evidence)
         self.silent = 0.0
-        self.run = [0.0, 0.0, 0.0, 0.0]
+        # The evidence run: clicks, expected clicks, impressions, expected impressions.
+        self.run_k = 0.0
+        self.run_ek = 0.0
+        self.run_n = 0.0
+        self.run_mu = 0.0
+        #: ``_top(cusum)``, kept by every write to ``cusum``: the tests read it twice per
+        #: window, and most windows it is below every threshold (nothing to look at).
+        self.top = 0.0
         self.incident: _Incident | None = None
         self.cooldown = 0
         self.drift = drift
         self.ref_k = 0.0
         self.ref_e = 0.0
-        self.dcusum = [0.0] * n_drift
+        self.dcusum: list[float] = [_ZERO] * n_drift
         self.watch: list[float] | None = None
 
+    @property
+    def run(self) -> list[float]:
+        """The evidence run as the snapshot holds it."""
+        return [self.run_k, self.run_ek, self.run_n, self.run_mu]
+
     def clear_evidence(self) -> None:
-        """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close."""
+        """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close.
+
+        A cell that holds the shared ``_ZERO`` already (every cell, during warm-up and
+        cooldown) is left as it is: a read instead of a write; when the largest CUSUM is
+        0.0, the CUSUMs are not even read.
+        """
         cells: list[Any] = self.cusum  # (stores the shared _ZERO object itself)
-        for i in range(len(cells)):
-            cells[i] = _ZERO
+        if self.top != 0.0:  # (else every cell holds 0.0 already)
+            for i in range(len(cells)):
+                if cells[i] is not _ZERO:
+                    cells[i] = _ZERO
         cells = self.dcusum
         for i in range(len(cells)):
-            cells[i] = _ZERO
+            if cells[i] is not _ZERO:
+                cells[i] = _ZERO
+        self.top = 0.0
 
     def __getstate__(self):
         return tuple(getattr(self, name) for name in _SERIES_FIELDS)
 
     def __setstate__(self, state):
         for name, value in zip(_SERIES_FIELDS, state, strict=True):
-            setattr(self, name, value)
+            if name == "run":
+                self.run_k, self.run_ek, self.run_n, self.run_mu = value
+            else:
+                setattr(self, name, value)
+        self.top = _top(self.cusum)
 
     def __reduce__(self):
         return _restore_series, (self.__getstate__(),)
@@ -401,10 +438,10 @@ class CampaignMonitor:
 
     def update(self, window: Window, counts: dict[str, Counts]) -> list[Verdict]:
         """Feed one closed window with the counts of every series; return the alarms."""
-        length = window.end - window.start
+        start = window.start
+        length = window.end - start
         if length <= 0:
             raise ValueError(f"empty window {window}")
-        start = window.start
         last = self._last_start
         if last is not None:
             if start <= last:
@@ -412,11 +449,11 @@ class CampaignMonitor:
             gap = (start - last) // length - 1
             if gap > 0:
                 verdicts = self._replay_gap(window, gap, length)
-                verdicts.extend(self._step(window, counts, length))
+                verdicts.extend(self._step(window, start, counts, length))
                 self._last_start = start
                 return verdicts
         # The common case: this window's alarms are the result (no copy into another list).
-        verdicts = self._step(window, counts, length)
+        verdicts = self._step(window, start, counts, length)
         self._last_start = start
         return verdicts
 
@@ -459,7 +496,7 @@ class CampaignMonitor:
         silence: Verdict | None = None
         for i in range(missing, 0, -1):
             start = window.start - i * length
-            for v in self._step(Window(start, start + length), zeros, length):
+            for v in self._step(Window(start, start + length), start, zeros, length):
                 if v.segment == _ALL and v.kind == "silence" and silence is None:
                     silence = v
             self._last_start = start
@@ -468,12 +505,22 @@ class CampaignMonitor:
         # The skipped windows have no figures to hold back; the current one is fine.
         return [_replace(silence, quarantine=False)]
 
-    def _step(self, window: Window, counts: dict[str, Counts], length: int) -> list[Verdict]:
+    def _step(self, window: Window, start: int, counts: dict[str, Counts],
+              length: int) -> list[Verdict]:
         series = self._series
-        for name in counts:
-            if name not in series:
-                series[name] = self._new_series(name)
-        hour = (window.start // 3600) % _HOURS
+        # One pass over the counts: new series get their state (in the counts' order), and
+        # each segment is listed with its state and counts, to be taken in name order.
+        total: Counts | None = None
+        segments: list[tuple[str, _Series, Counts]] = []
+        for name, c in counts.items():
+            st = series.get(name)
+            if st is None:
+                st = series[name] = self._new_series(name)
+            if name == _ALL:
+                total = c
+            else:
+                segments.append((name, st, c))
+        hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
 
@@ -484,25 +531,28 @@ class CampaignMonitor:
             p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
             relvar_all = 1.0 / all_state.ctr_k
         verdicts: list[Verdict] = []
-        total = counts.get(_ALL)
+        # The campaign's counts, read once.
+        has_total = total is not None
+        tot_n = tot_k = 0
         campaign_wide: Verdict | None = None
         # Series in order: ``all`` first, then the segments by name. Only a campaign-wide
         # alarm (which ``all``, first, raises) needs the quiet ones: no list otherwise.
         quiet: list[str] | None = None
-        if _ALL in counts:
-            v = self._series_step(_ALL, series[_ALL], counts[_ALL], window, hour, p_all,
-                                  relvar_all, h, n_tests, total)
+        if total is not None and all_state is not None:
+            tot_n, tot_k = total.impressions, total.clicks
+            v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour, p_all,
+                                  relvar_all, h, n_tests, has_total, tot_n, tot_k)
             if v is not None:
                 verdicts.append(v)
                 if v.quarantine:
                     campaign_wide = v
                     quiet = []
-        if len(counts) > 1 or total is None:
-            segments = [name for name in counts if name != _ALL]
+        if segments:
+            # (Names are unique: the tuples sort by name alone.)
             segments.sort()
-            for name in segments:
-                v = self._series_step(name, series[name], counts[name], window, hour,
-                                      p_all, relvar_all, h, n_tests, total)
+            for name, st, c in segments:
+                v = self._series_step(name, st, c.impressions, c.clicks, window, hour, p_all,
+                                      relvar_all, h, n_tests, has_total, tot_n, tot_k)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
@@ -555,12 +605,14 @@ class CampaignMonitor:
         self._prior = clip(1.0 / tau2 if tau2 > 0 else math.inf, s.shrinkage_min,
                            s.shrinkage_max)
 
-    def _series_step(self, name: str, st: _Series, c: Counts, window: Window, hour: int,
+    def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
                      p_all: float, relvar_all: float, h: float,
-                     n_tests: int, total: Counts | None) -> Verdict | None:
+                     n_tests: int, has_total: bool, tot_n: int,
+                     tot_k: int) -> Verdict | None:
+        """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
+        and ``tot_k``, if the window has ``all`` (``has_total``)."""
         s = self._p
         is_all = name == _ALL
-        n, k = c.impressions, c.clicks
 
         # ---- expectations from the state before this window
         season_v = math.exp(self._season_vol[hour])
@@ -575,9 +627,9 @@ class CampaignMonitor:
             # Certainty comes from the segment's own clicks: the prior moves the estimate
             # toward the campaign but is not trusted to make it precise.
             relvar = relvar_all + 1.0 / (st.ctr_k + 1.0)
-            if total is not None and total.impressions > n:
-                kc = max(total.clicks - k, 0)
-                nc = total.impressions - n
+            if has_total and tot_n > n:
+                kc = max(tot_k - k, 0)
+                nc = tot_n - n
                 # Shrunk toward the campaign baseline by a few clicks.
                 p_rest = (kc + _COMPLEMENT_CLICKS) / (nc + _COMPLEMENT_CLICKS / p_all) * rho
         else:
@@ -606,7 +658,7 @@ class CampaignMonitor:
         # evidence; during warm-up and cooldown they would be thrown away.
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
-        quiet_before = _top(st.cusum) < 1.0 and st.silent < 1.0
+        quiet_before = st.top < 1.0 and st.silent < 1.0
         if n == 0 and vol_ok:
             st.silent += mu / phi_n
         else:
@@ -641,27 +693,30 @@ class CampaignMonitor:
                 # One pass: each test's ratio (as ``_llrs`` computes it) into its CUSUM.
                 cusum = st.cusum
                 sizes = s.ctr_log_sizes
+                top = 0.0  # (every cell is >= 0.0: the largest, as _top finds it)
                 for i, r in enumerate(s.ctr_ratios):
                     x = _ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
-                    _fade_add(cusum, i, keep_ctr, x)
+                    top = fmax(top, _fade_add(cusum, i, keep_ctr, x))
                 for i, r in enumerate(s.volume_ratios):
                     x = poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0
-                    _fade_add(cusum, n_ctr + i, keep_vol, x)
+                    top = fmax(top, _fade_add(cusum, n_ctr + i, keep_vol, x))
+                st.top = top
             watch = st.watch
             if watch is not None and ready and ctr_ok:
                 watch[1] = watch[1] + binomial_llr(k, n, p, watch[0]) / phi_c
                 watch[2] = watch[2] + 1.0
             # The evidence run: restarted (from 0.0) after a quiet window, else added to.
-            # mypyc: ``run[0] += k`` is a generic in-place add; these are float additions.
-            run = st.run
             r0 = r1 = r2 = r3 = 0.0
             if not quiet_before:
-                r0, r1, r2, r3 = run[0], run[1], run[2], run[3]
-            run[0] = r0 + float(k)
-            run[1] = r1 + ek
-            run[2] = r2 + float(n)
-            run[3] = r3 + mu
-            if ready:
+                r0, r1, r2, r3 = st.run_k, st.run_ek, st.run_n, st.run_mu
+            st.run_k = r0 + float(k)
+            st.run_ek = r1 + ek
+            st.run_n = r2 + float(n)
+            st.run_mu = r3 + mu
+            # Only evidence at the threshold (or a volume jump being watched) can open an
+            # incident: most windows, nothing to look at.
+            if ready and (st.top >= h or st.silent >= h or st.watch is not None
+                          or _top(st.dcusum) >= h):
                 verdict = self._maybe_open(name, st, n, k, mu, p, p_ref, phi_c, window, h,
                                            n_tests)
             if verdict is None and drifting and st.incident is inc:
@@ -689,7 +744,7 @@ class CampaignMonitor:
 
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
-        evidence = fmax(_top(st.cusum), st.silent)
+        evidence = fmax(st.top, st.silent)
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
@@ -762,7 +817,7 @@ class CampaignMonitor:
         if p_ref <= 0.0 or p <= 0.0:
             return False
         tol = self._p.recovery_tolerance
-        k_obs, k_exp = st.run[0], st.run[1]
+        k_obs, k_exp = st.run_k, st.run_ek
         r_run = k_obs / k_exp if k_exp > 0 else ratio
         level = p * r_run
         moved_away = p < p_ref / tol if ratio > 1.0 else p > p_ref * tol
@@ -782,6 +837,7 @@ class CampaignMonitor:
             st.ctr_k = st.ctr_e * st.ref_k / st.ref_e
             for i in range(n_ctr):
                 st.cusum[i] = 0.0
+            st.top = _top(st.cusum)
             for i in range(len(st.dcusum)):
                 st.dcusum[i] = 0.0
             return None
@@ -814,7 +870,8 @@ class CampaignMonitor:
             st.vol_trend = 0.0
             for i in range(n_ctr, len(st.cusum)):
                 st.cusum[i] = 0.0
-            st.run[2] = st.run[3] = 0.0
+            st.top = _top(st.cusum)
+            st.run_n = st.run_mu = 0.0
             return self._check_watch(name, st, n, mu, p, phi_c, window, h)
         elif st.watch is not None:
             return self._check_watch(name, st, n, mu, p, phi_c, window, h)
@@ -847,6 +904,7 @@ class CampaignMonitor:
                                     "volume_ctr_test", grid)
             for i in range(len(st.cusum)):
                 st.cusum[i] = 0.0
+            st.top = 0.0
             confidence = clip(1.0 - math.exp(-ev), 0.0, 1.0)
             return self._verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
         if ev <= -h * _WATCH_THRESHOLD or watch[2] > _WATCH_WINDOWS:
@@ -857,7 +915,7 @@ class CampaignMonitor:
                    r_imp_now: float = 1.0) -> tuple[str, str]:
         """Name what broke from which test fired and the evidence run's ratios (the run
         can hold windows from before a jump; the window that fired is taken too)."""
-        k_obs, k_exp, n_obs, n_exp = st.run
+        k_obs, k_exp, n_obs, n_exp = st.run_k, st.run_ek, st.run_n, st.run_mu
         r_ctr = k_obs / k_exp if k_exp > 0 else 1.0
         r_imp = n_obs / n_exp if n_exp > 0 else 1.0
         if abs(math.log(max(r_imp_now, 1e-9))) > abs(math.log(max(r_imp, 1e-9))):
