@@ -271,19 +271,44 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_seconds() -> dict[str, float]:
+    """The machine's CPU time so far, all cores (``/proc/stat``): ``busy`` (user, nice,
+    system, irq, softirq) and ``steal`` (time the hypervisor gave this VM's CPUs to
+    others); empty where ``/proc/stat`` cannot be read."""
+    try:
+        with open("/proc/stat") as fh:
+            fields = fh.readline().split()
+    except OSError:
+        return {}
+    if len(fields) < 9 or fields[0] != "cpu":
+        return {}
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields[1:9])
+    tick = os.sysconf("SC_CLK_TCK")
+    return {"busy": (user + nice + system + irq + softirq) / tick, "steal": steal / tick}
+
+
 class CpuMeter:
-    """CPU seconds the broker, Redis and this process spend between start() and stop()."""
+    """CPU seconds the broker, Redis and this process spend between start() and stop(),
+    and the machine's: all its processes (``machine_busy_cpu_s``, the flow's included) and
+    the hypervisor's steal (``steal_cpu_s``): on a shared VM, what else took the cores."""
 
     def __init__(self, **pids: int | None):
         self._pids = {**pids, "bench": os.getpid()}
         self._start: dict[str, float] = {}
+        self._machine: dict[str, float] = {}
 
     def start(self) -> None:
         self._start = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        self._machine = machine_seconds()
 
     def stop(self) -> dict[str, float]:
-        return {f"{name}_cpu_s": round(cpu_seconds(pid) - self._start[name], 2)
-                for name, pid in self._pids.items()}
+        out = {f"{name}_cpu_s": round(cpu_seconds(pid) - self._start[name], 2)
+               for name, pid in self._pids.items()}
+        now = machine_seconds()
+        if now and self._machine:
+            out["machine_busy_cpu_s"] = round(now["busy"] - self._machine["busy"], 2)
+            out["steal_cpu_s"] = round(now["steal"] - self._machine["steal"], 2)
+        return out
 
 
 def peak_rss_mb() -> float:

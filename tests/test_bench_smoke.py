@@ -19,6 +19,7 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     results_path = tmp_path / "results.json"
     markdown_path = tmp_path / "BENCHMARKS.md"
     code = main(["--events", "20000", "--campaigns", "50", "--raw-repeats", "1",
+                 "--live-repeats", "2",
                  "--latency-seconds", "25", "--latency-rate", "2000",
                  "--memory-series", "400", "--results", str(results_path),
                  "--markdown", str(markdown_path), "--timeout", "300"])
@@ -39,6 +40,11 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert d["naive"]["counted"] + d["naive"]["late"] == events
     # The live flow decided windows for (nearly) every campaign and left watermarks in Redis.
     assert d["ctrguard"]["campaigns_checked"] >= 45
+    # Two live runs on fresh state each; the reported one is one of them, with the
+    # machine's CPU and steal beside its own.
+    assert len(d["ctrguard_runs_eps"]) == 2 and r["ctrguard_eps"] in d["ctrguard_runs_eps"]
+    assert d["ctrguard"]["machine_busy_cpu_s"] >= d["ctrguard"]["flow_cpu_s"] * 0.5
+    assert d["ctrguard"]["steal_cpu_s"] >= 0
     assert d["replay"]["events_read"] == events
     # Consuming alone costs its thread some CPU per event, and no more than the process.
     raw_cpu = d["raw_cpu_us_per_event"]
@@ -60,4 +66,5 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     text = markdown_path.read_text()
     assert "## Results" in text and f"{events:,} events" in text
     assert "us/event in the consuming thread" in text and "leaves" in text
+    assert "median of 2:" in text and "machine busy" in text
     assert "speed-up" in capsys.readouterr().out
