@@ -162,8 +162,8 @@ def _fade_add(cusum: list[float], i: int, keep: float, x: float) -> float:
     ``_ZERO`` object; returns the new value.
 
     >>> cusum = [1.0, 0.5]
-    >>> _fade_add(cusum, 0, 0.5, 1.0), _fade_add(cusum, 1, 0.5, -1.0), cusum[1] is _ZERO
-    (1.5, 0.0, True)
+    >>> _fade_add(cusum, 0, 0.5, 1.0), _fade_add(cusum, 1, 0.5, -1.0), cusum
+    (1.5, 0.0, [1.5, 0.0])
     """
     v = keep * cusum[i] + x
     if v > 0.0:
