@@ -681,6 +681,8 @@ static PyObject *line_bounds(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "pos outside the buffer, or a negative limit");
         return NULL;
     }
+    if (limit > size - pos)   /* a line takes one byte ("\n") at least */
+        limit = size - pos;
     PyObject *bounds = PyBytes_FromStringAndSize(NULL, limit * 2 * (Py_ssize_t)sizeof(int64_t));
     PyObject *numbers = PyBytes_FromStringAndSize(NULL, limit * (Py_ssize_t)sizeof(int64_t));
     if (bounds == NULL || numbers == NULL) {
@@ -691,7 +693,7 @@ static PyObject *line_bounds(PyObject *self, PyObject *args) {
     int64_t *b = (int64_t *)PyBytes_AS_STRING(bounds);
     int64_t *num = (int64_t *)PyBytes_AS_STRING(numbers);
     const char *p = data + pos, *end = data + size;
-    Py_ssize_t seen = 0, kept = 0;
+    Py_ssize_t seen = 0, n_kept = 0;
     while (seen < limit && p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         if (nl == NULL)
@@ -703,23 +705,23 @@ static PyObject *line_bounds(PyObject *self, PyObject *args) {
         while (q < e && is_space((unsigned char)*q))
             q++;
         if (q < e) {
-            b[2 * kept] = p - data;
-            b[2 * kept + 1] = e - data;
-            num[kept] = seen;
-            kept++;
+            b[2 * n_kept] = p - data;
+            b[2 * n_kept + 1] = e - data;
+            num[n_kept] = seen;
+            n_kept++;
         }
         seen++;
         p = nl + 1;
     }
-    if (_PyBytes_Resize(&bounds, kept * 2 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+    if (_PyBytes_Resize(&bounds, n_kept * 2 * (Py_ssize_t)sizeof(int64_t)) < 0) {
         Py_DECREF(numbers);
         return NULL;
     }
-    if (kept == seen) {
+    if (n_kept == seen) {
         Py_DECREF(numbers);
         numbers = Py_None;
         Py_INCREF(numbers);
-    } else if (_PyBytes_Resize(&numbers, kept * (Py_ssize_t)sizeof(int64_t)) < 0) {
+    } else if (_PyBytes_Resize(&numbers, n_kept * (Py_ssize_t)sizeof(int64_t)) < 0) {
         Py_DECREF(bounds);
         return NULL;
     }

@@ -335,6 +335,9 @@ def test_line_bounds_equal_the_reference_on_every_short_buffer():
 
 
 def test_line_bounds_refuse_bad_arguments():
+    # A limit far above what the buffer can hold is no allocation of that size.
+    assert events._LINES.line_bounds(b"a\nb\n", 0, 10**18) == \
+        events._line_bounds_py(b"a\nb\n", 0, 10**18)
     for f in (events._LINES.line_bounds, events._line_bounds_py):
         with pytest.raises(ValueError):
             f(b"ab\n", 4, 1)
