@@ -365,6 +365,14 @@ class _Series:
                 cells[i] = _ZERO
         self.top = 0.0
 
+    def zero_cusum(self, lo: int, hi: int) -> None:
+        """Set CUSUMs ``lo`` to ``hi`` (exclusive) to 0.0 and refresh :attr:`top`, the one
+        place besides the tests' step and :meth:`clear_evidence` where CUSUMs are reset."""
+        cusum = self.cusum
+        for i in range(lo, hi):
+            cusum[i] = 0.0
+        self.top = _top(cusum)
+
     def __getstate__(self):
         return tuple(getattr(self, name) for name in _SERIES_FIELDS)
 
@@ -835,9 +843,7 @@ class CampaignMonitor:
             # Back to the long-run level (a worn-out creative replaced): re-anchor the fast
             # baseline on the reference instead of alarming on the return to normal.
             st.ctr_k = st.ctr_e * st.ref_k / st.ref_e
-            for i in range(n_ctr):
-                st.cusum[i] = 0.0
-            st.top = _top(st.cusum)
+            st.zero_cusum(0, n_ctr)
             for i in range(len(st.dcusum)):
                 st.dcusum[i] = 0.0
             return None
@@ -868,9 +874,7 @@ class CampaignMonitor:
                     st.watch = [r_d, binomial_llr(k, n, p, r_d) / phi_c, 0.0]
             st.vol_level = n / math.exp(self._season_vol[(window.start // 3600) % _HOURS])
             st.vol_trend = 0.0
-            for i in range(n_ctr, len(st.cusum)):
-                st.cusum[i] = 0.0
-            st.top = _top(st.cusum)
+            st.zero_cusum(n_ctr, len(st.cusum))
             st.run_n = st.run_mu = 0.0
             return self._check_watch(name, st, n, mu, p, phi_c, window, h)
         elif st.watch is not None:
@@ -902,9 +906,7 @@ class CampaignMonitor:
             key = self._group_key("impression_logging", window)
             st.incident = _Incident(_CTR, ratio, h / 4.0, kind, "impression_logging", key,
                                     "volume_ctr_test", grid)
-            for i in range(len(st.cusum)):
-                st.cusum[i] = 0.0
-            st.top = 0.0
+            st.zero_cusum(0, len(st.cusum))
             confidence = clip(1.0 - math.exp(-ev), 0.0, 1.0)
             return self._verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
         if ev <= -h * _WATCH_THRESHOLD or watch[2] > _WATCH_WINDOWS:
