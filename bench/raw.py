@@ -18,10 +18,10 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
     garbage-collector thresholds (``flows.engine.tune_gc``: with CPython's defaults, the
     5,000 GC-tracked messages of each batch set off collections that took about a third of
     the consuming thread's time); the loop touches each message's value (as any consumer
-    must) and nothing else. The calling thread's CPU is
-    what consuming costs the thread that would also process the events (librdkafka's own
-    threads fetch and decompress: they are in the process's figure); the process's
-    figure is only this consumer's when nothing else runs in the process meanwhile.
+    must) and nothing else. The calling thread's CPU is what consuming costs the thread
+    that would also process the events (librdkafka's own threads fetch and decompress:
+    they are in the process's figure); the process's figure is only this consumer's when
+    nothing else runs in the process meanwhile.
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 

@@ -237,6 +237,21 @@ def cpu_note(run: dict[str, Any]) -> str:
             f"over {run['elapsed_s']:.0f} s{machine}")
 
 
+def median_run(rates: list[float]) -> int:
+    """The index of the median run (the lower middle one of an even count): the run whose
+    rate is reported and whose other figures (CPU, memory) go with it.
+
+    >>> median_run([400.0, 300.0, 350.0]), median_run([4.0, 1.0, 3.0, 2.0])
+    (2, 3)
+    """
+    return rates.index(statistics.median_low(rates))
+
+
+def runs_note(rates: list[float]) -> str:
+    """``median of N: a, b, c`` for the repeated runs of a step."""
+    return f"median of {len(rates)}: " + ", ".join(_fmt(x) for x in rates)
+
+
 def raw_cpu_note(d: dict[str, Any]) -> str:
     """What consuming alone cost per event, in the median raw run (absent in old results)."""
     cpu = d.get("raw_cpu_us_per_event")
@@ -250,10 +265,10 @@ def budget_note(r: dict[str, Any], d: dict[str, Any]) -> str:
     """The per-event time the ratio target leaves the flow's one thread, and how much of
     it consuming alone takes (from the raw run's CPU)."""
     cpu = d.get("raw_cpu_us_per_event")
-    low, target = r.get("raw_eps"), TARGETS["ratio_to_raw"][1]
-    if not cpu or not low:
+    raw, target = r.get("raw_eps"), TARGETS["ratio_to_raw"][1]
+    if not cpu or not raw:
         return ""
-    budget = 1e6 / (target * low)
+    budget = 1e6 / (target * raw)
     return (f"; {target} x raw leaves {budget:.2f} us/event on the flow's thread, of which "
             f"consuming alone took {cpu['thread']:.2f}")
 
@@ -281,15 +296,12 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"peak RSS {m['peak_rss_mb']:.0f} MiB"))
     rows = [
         ("1. raw consume (confluent-kafka, no processing)", f"{_fmt(r['raw_eps'])} events/s",
-         f"median of {len(d['raw_runs_eps'])}: " + ", ".join(_fmt(x) for x in d['raw_runs_eps'])
-         + raw_cpu_note(d)),
+         runs_note(d["raw_runs_eps"]) + raw_cpu_note(d)),
         ("2. naive Bytewax flow (json.loads + count_window)", f"{_fmt(r['naive_eps'])} events/s",
          f"{d['naive']['windows']:,} window counts, {d['naive']['late']:,} late; "
          f"{cpu_note(d['naive'])}"),
         ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
-         (f"median of {len(d['ctrguard_runs_eps'])}: "
-          + ", ".join(_fmt(x) for x in d["ctrguard_runs_eps"]) + "; "
-          if "ctrguard_runs_eps" in d else "")
+         (runs_note(d["ctrguard_runs_eps"]) + "; " if "ctrguard_runs_eps" in d else "")
          + f"peak RSS {r['peak_rss_mb']:.0f} MiB; {cpu_note(d['ctrguard'])}"),
         *([("   same flow, no compiled code (detectors, decoding as Python)",
             f"{_fmt(d['ctrguard_python_core']['eps'])} events/s",
@@ -431,7 +443,8 @@ reported as measured.
 1. **Raw consume** (ceiling): one confluent-kafka consumer assigned every input partition
    from the beginning, `consume(num_messages={BATCH_SIZE})` until every partition reports EOF,
    touching each message's value and nothing else; the consumer settings and the
-   garbage-collector thresholds are those of ctrguard's source and flow process. Repeated {len(d['raw_runs_eps'])} times; the median is reported.
+   garbage-collector thresholds are those of ctrguard's source and flow process. Repeated
+   {len(d['raw_runs_eps'])} times; the median is reported.
 2. **Naive flow** (floor, `bench/naive.py`): `KafkaSource(tail=False,
    batch_size={BATCH_SIZE})` on both topics -> `op.map(json.loads)` ->
    `win.count_window` keyed by campaign, device and stream (the stream is unkeyed; the
@@ -610,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
             details["raw_runs_eps"] = [round(x) for x in raw_runs]
             # CPU per event of the median run: what consuming alone costs the one thread
             # the live flow also processes on (the budget note in the report).
-            mid = raw_runs.index(statistics.median_low(raw_runs))
+            mid = median_run(raw_runs)
             details["raw_cpu_us_per_event"] = {"thread": round(raw_cpu[mid][0], 3),
                                                "process": round(raw_cpu[mid][1], 3)}
             results["raw_eps"] = round(statistics.median(raw_runs))
@@ -656,8 +669,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"3. ctrguard flow run {i + 1}: {live['elapsed_s']:.1f}s = "
                     f"{run['eps']:,.0f}/s; {run}")
             # The median run (as for raw consume): its rate, memory and CPU are reported.
-            mid = statistics.median_low([r["eps"] for r in runs])
-            chosen = next(r for r in runs if r["eps"] == mid)
+            chosen = runs[median_run([r["eps"] for r in runs])]
             results["ctrguard_eps"] = chosen["eps"]
             results["peak_rss_mb"] = round(max(r["maxrss_mb"] for r in runs), 1)
             details["ctrguard"] = {k: v for k, v in chosen.items() if k != "eps"}
