@@ -2,10 +2,11 @@
 
 ``python -m bench.child naive --brokers B --topics T1,T2 --batch-size N``
 ``python -m bench.child ctrguard --config PATH [--addresses 'h:p;h:p' --proc-id I]``
+``python -m bench.child replay --config PATH --impressions F --clicks F --out DIR``
 
-Prints one JSON line: wall-clock start and end of the run (``run_main`` / ``cluster_main``
-only, not imports or start-up), its duration, the CPU time of the process (all threads)
-during it, and the process's peak RSS.
+Prints one JSON line: wall-clock start and end of the run (``run_main`` / ``cluster_main``,
+or ``run_replay``, not imports or start-up), its duration, the CPU time of the process (all
+threads) during it, and the process's peak RSS; for replay also the events read.
 """
 
 from __future__ import annotations
@@ -32,20 +33,44 @@ def _timed(run) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.child")
-    p.add_argument("flow", choices=["naive", "ctrguard"])
+    p.add_argument("flow", choices=["naive", "ctrguard", "replay"])
     p.add_argument("--brokers")
     p.add_argument("--topics")
     p.add_argument("--batch-size", type=int, default=5000)
     p.add_argument("--config", type=Path)
     p.add_argument("--addresses", default="", help="';'-separated, for cluster_main")
     p.add_argument("--proc-id", type=int, default=0)
+    p.add_argument("--impressions", type=Path, help="replay: impression file")
+    p.add_argument("--clicks", type=Path, help="replay: click file")
+    p.add_argument("--out", type=Path, help="replay: output directory")
     p.add_argument("--pyinstrument", type=Path, help="write a pyinstrument text profile here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
 
+    result: dict[str, object] = {}
+    if args.flow == "replay":
+        # As `ctrguard replay --no-baselines` runs it, River's import done first (as below).
+        import detectors.monitor  # noqa: F401
+        from ctrguard.config import load_config
+        from replay.run import run_replay
+
+        settings = load_config(args.config)
+        summary: dict[str, object] = {}
+
+        def replay() -> None:
+            summary.update(run_replay(args.impressions, args.clicks, settings, args.out).summary)
+
+        result.update(_timed(replay))
+        result["events_read"] = summary["events_read"]
+        result["windows"] = summary["windows"]
+        result["alerts"] = summary["alerts"]
+        result["eps"] = round(summary["events_read"] / result["elapsed_s"])
+        result["maxrss_mb"] = peak_rss_mb()
+        print(json.dumps(result), flush=True)
+        return 0
+
     from bytewax.testing import cluster_main, run_main
 
-    result: dict[str, object] = {}
     if args.flow == "naive":
         from bench import naive
 

@@ -19,7 +19,7 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     results_path = tmp_path / "results.json"
     markdown_path = tmp_path / "BENCHMARKS.md"
     code = main(["--events", "20000", "--campaigns", "50", "--raw-repeats", "1",
-                 "--live-repeats", "2",
+                 "--live-repeats", "2", "--replay-repeats", "2",
                  "--latency-seconds", "25", "--latency-rate", "2000",
                  "--memory-series", "400", "--results", str(results_path),
                  "--markdown", str(markdown_path), "--timeout", "300"])
@@ -45,7 +45,11 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert len(d["ctrguard_runs_eps"]) == 2 and r["ctrguard_eps"] in d["ctrguard_runs_eps"]
     assert d["ctrguard"]["machine_busy_cpu_s"] >= d["ctrguard"]["flow_cpu_s"] * 0.5
     assert d["ctrguard"]["steal_cpu_s"] >= 0
+    # Replay read every event in each of its runs (fresh processes); the reported rate is
+    # one of them.
     assert d["replay"]["events_read"] == events
+    assert len(d["replay"]["runs_eps"]) == 2 and r["replay_eps"] in d["replay"]["runs_eps"]
+    assert d["replay"]["cpu_s"] > 0 and d["replay"]["windows"] > 0
     # Consuming alone costs its thread some CPU per event, and no more than the process.
     raw_cpu = d["raw_cpu_us_per_event"]
     assert 0 < raw_cpu["thread"] <= raw_cpu["process"] + 0.01
