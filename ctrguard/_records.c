@@ -1,15 +1,17 @@
 /*
  * ctrguard._records: the JSON text and record keys of figures, in C (see
- * ctrguard/records.py: encode_figures, figure_keys).
+ * ctrguard/records.py: encode_figures, figure_records, decision_records).
  *
  * The reference is orjson.dumps of each Figure (its fields in order) and the key
- * "campaign|segment|window_start_s". This code answers only for figures it can tell are
- * written the same: every string printable ASCII without a quote or a backslash (nothing
- * to escape), every count an int (not a bool) within 64 bits, the CTR a float that is 0 or
- * between 1e-4 and 1e16 (where Python's repr, used here, and orjson write the same
- * digits; outside it they differ, e.g. 1e-05 and 0.00001), alert ids a tuple of such
- * strings. For anything else it returns None and the caller uses the Python path, which
- * gives the reference text (or its error).
+ * "campaign|segment|window_start_s" in UTF-8. This code writes a figure only where it can
+ * tell that the text is the same: every string a str (not a subclass) without lone
+ * surrogates, escaped as orjson escapes (\" \\ \b \t \n \f \r, other controls as
+ * \u00XX, everything else as its UTF-8), every count an int (not a bool) within 64 bits,
+ * the CTR a float that is 0 or between 1e-4 and 1e16 (where Python's repr, used here, and
+ * orjson write the same digits; outside it they differ, e.g. 1e-05 and 0.00001), alert ids
+ * a tuple of such strings. Any other figure is handed to the caller's fallback (the Python
+ * reference), in its place in the order, so one odd figure costs one call, not the batch;
+ * the fallback's error (what orjson refuses) is raised for the same figure as before.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -60,19 +62,90 @@ static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
 
 #define PUT_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
 
-/* 1: a str written as it is inside quotes (its UTF-8 is its ASCII); 0: not; sets *s, *n. */
-static int plain_str(PyObject *o, const char **s, Py_ssize_t *n) {
-    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_READY(o) || !PyUnicode_IS_ASCII(o))
+/* Appends the JSON text of str o (quoted, escaped as orjson escapes) to b, and its UTF-8
+ * to raw unless NULL. 1: done; 0: not a str, or one with a lone surrogate (orjson refuses
+ * it, and the key passes it: the fallback decides); -1: error. */
+static int put_str(Buf *b, PyObject *o, Buf *raw) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_READY(o))
         return 0;
-    const char *p = (const char *)PyUnicode_DATA(o);
     Py_ssize_t len = PyUnicode_GET_LENGTH(o);
-    for (Py_ssize_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)p[i];
-        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\')
-            return 0;
+    if (PyUnicode_IS_ASCII(o)) {
+        const unsigned char *p = (const unsigned char *)PyUnicode_DATA(o);
+        Py_ssize_t i = 0;
+        while (i < len && p[i] >= 0x20 && p[i] != '"' && p[i] != '\\')
+            i++;
+        if (i == len) {   /* the common case: nothing to escape */
+            if (buf_reserve(b, len + 2) < 0)
+                return -1;
+            b->data[b->len++] = '"';
+            memcpy(b->data + b->len, p, len);
+            b->len += len;
+            b->data[b->len++] = '"';
+            return raw == NULL || buf_put(raw, (const char *)p, len) == 0 ? 1 : -1;
+        }
     }
-    *s = p;
-    *n = len;
+    int kind = PyUnicode_KIND(o);
+    const void *data = PyUnicode_DATA(o);
+    /* At most 6 bytes a character (\u00XX; UTF-8 takes 4 at most). */
+    if (buf_reserve(b, 6 * len + 2) < 0 || (raw != NULL && buf_reserve(raw, 4 * len) < 0))
+        return -1;
+    char *out = b->data + b->len;
+    char *r = raw != NULL ? raw->data + raw->len : NULL;
+    *out++ = '"';
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        char u[4];
+        int n;
+        if (c < 0x80) {
+            u[0] = (char)c;
+            n = 1;
+        } else if (c < 0x800) {
+            u[0] = (char)(0xC0 | (c >> 6));
+            u[1] = (char)(0x80 | (c & 0x3F));
+            n = 2;
+        } else if (c < 0x10000) {
+            if (c >= 0xD800 && c <= 0xDFFF)
+                return 0;
+            u[0] = (char)(0xE0 | (c >> 12));
+            u[1] = (char)(0x80 | ((c >> 6) & 0x3F));
+            u[2] = (char)(0x80 | (c & 0x3F));
+            n = 3;
+        } else {
+            u[0] = (char)(0xF0 | (c >> 18));
+            u[1] = (char)(0x80 | ((c >> 12) & 0x3F));
+            u[2] = (char)(0x80 | ((c >> 6) & 0x3F));
+            u[3] = (char)(0x80 | (c & 0x3F));
+            n = 4;
+        }
+        if (r != NULL) {
+            memcpy(r, u, n);
+            r += n;
+        }
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            memcpy(out, u, n);
+            out += n;
+            continue;
+        }
+        *out++ = '\\';
+        switch (c) {
+        case '"': *out++ = '"'; break;
+        case '\\': *out++ = '\\'; break;
+        case '\b': *out++ = 'b'; break;
+        case '\t': *out++ = 't'; break;
+        case '\n': *out++ = 'n'; break;
+        case '\f': *out++ = 'f'; break;
+        case '\r': *out++ = 'r'; break;
+        default:
+            memcpy(out, "u00", 3);
+            out[3] = "0123456789abcdef"[c >> 4];
+            out[4] = "0123456789abcdef"[c & 0xF];
+            out += 5;
+        }
+    }
+    *out++ = '"';
+    b->len = out - b->data;
+    if (raw != NULL)
+        raw->len = r - raw->data;
     return 1;
 }
 
@@ -130,60 +203,61 @@ static int put_name(Buf *b, int attr) {
     return 0;
 }
 
-static int put_quoted(Buf *b, const char *s, Py_ssize_t n) {
-    if (buf_reserve(b, n + 2) < 0)
-        return -1;
-    b->data[b->len++] = '"';
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    b->data[b->len++] = '"';
-    return 0;
-}
-
-/* Appends the figure's JSON text to b (and its key to key, unless NULL). 1: done; 0: not
- * plain (the caller discards what was appended); -1: error. */
-/* Where the class's fields are: their slots' offsets when every field is a plain slot
+/* Where a class's fields are: their slots' offsets when every field is a plain slot
  * (read directly, as the slot's descriptor reads it), else 0 (read by getattr). */
-static PyTypeObject *offsets_of;
-static Py_ssize_t offsets[N_ATTRS];
+typedef struct {
+    PyTypeObject *cls;   /* held, so that no other class can take its address */
+    int n;
+    const char *const *names;
+    PyObject **interned;
+    Py_ssize_t offsets[N_ATTRS];
+} Slots;
 
-static void find_slots(PyTypeObject *cls) {
-    /* Held, so that no other class can take its address while the offsets are cached. */
+static void find_slots(Slots *sl, PyTypeObject *cls) {
     Py_INCREF(cls);
-    Py_XSETREF(offsets_of, cls);
-    for (int a = 0; a < N_ATTRS; a++) {
-        PyObject *d = PyDict_GetItemWithError(cls->tp_dict, attr_names[a]);
+    Py_XSETREF(sl->cls, cls);
+    for (int a = 0; a < sl->n; a++) {
+        PyObject *d = PyDict_GetItemWithError(cls->tp_dict, sl->interned[a]);
         PyMemberDef *m = (d != NULL && PyObject_TypeCheck(d, &PyMemberDescr_Type))
             ? ((PyMemberDescrObject *)d)->d_member : NULL;
         if (m == NULL || m->type != T_OBJECT_EX || m->offset < (Py_ssize_t)sizeof(PyObject)
                 || m->offset + (Py_ssize_t)sizeof(PyObject *) > cls->tp_basicsize) {
             PyErr_Clear();
-            for (int i = 0; i < N_ATTRS; i++)
-                offsets[i] = 0;
+            for (int i = 0; i < sl->n; i++)
+                sl->offsets[i] = 0;
             return;
         }
-        offsets[a] = m->offset;
+        sl->offsets[a] = m->offset;
     }
 }
 
-static PyObject *field(PyObject *fig, int a) {
-    if (offsets[a]) {
-        PyObject *v = *(PyObject **)((char *)fig + offsets[a]);
+/* A new reference to field a of obj, or NULL with an exception (AttributeError when the
+ * slot is unset). */
+static PyObject *field(const Slots *sl, PyObject *obj, int a) {
+    if (sl->offsets[a]) {
+        PyObject *v = *(PyObject **)((char *)obj + sl->offsets[a]);
         if (v == NULL)
-            PyErr_SetString(PyExc_AttributeError, ATTR_NAMES[a]);  /* an unset slot */
+            PyErr_SetString(PyExc_AttributeError, sl->names[a]);
         else
             Py_INCREF(v);
         return v;
     }
-    return PyObject_GetAttr(fig, attr_names[a]);
+    return PyObject_GetAttr(obj, sl->interned[a]);
 }
 
+static Slots figure_slots = {NULL, N_ATTRS, ATTR_NAMES, attr_names, {0}};
+static const char *DECISION_NAMES[1] = {"figures"};
+static PyObject *decision_names[1];
+static Slots decision_slots = {NULL, 1, DECISION_NAMES, decision_names, {0}};
+
+/* Appends the figure's JSON text to b (and its key to key, unless NULL). 1: done; 0: not
+ * written the same (the caller discards what was appended); -1: error. */
 static int encode_one(Buf *b, PyObject *fig, Buf *key) {
     PyObject *v[N_ATTRS] = {NULL};
-    int rc = -1;
+    int rc = -1, ok = 0;
     for (int a = 0; a < N_ATTRS; a++) {
-        v[a] = field(fig, a);
-        if (v[a] == NULL) {  /* (an unset slot): the Python path says what orjson says */
+        v[a] = field(&figure_slots, fig, a);
+        if (v[a] == NULL) {  /* (an unset slot): the fallback says what orjson says */
             if (!PyErr_ExceptionMatches(PyExc_AttributeError))
                 goto done;
             PyErr_Clear();
@@ -197,27 +271,25 @@ static int encode_one(Buf *b, PyObject *fig, Buf *key) {
     for (int a = 0; a < N_ATTRS; a++) {
         if (put_name(b, a) < 0)
             goto fail;
-        const char *s;
-        Py_ssize_t n;
         long long iv;
         char num[24];
         switch (a) {
-        case A_CAMPAIGN: case A_SEGMENT: case A_WSTART: case A_WEND: case A_STATUS:
-            if (!plain_str(v[a], &s, &n))
-                goto done;
-            if (put_quoted(b, s, n) < 0)
+        case A_CAMPAIGN: case A_SEGMENT:
+            ok = put_str(b, v[a], key);
+            if (ok <= 0)
+                goto check;
+            if (key != NULL && buf_put(key, "|", 1) < 0)
                 goto fail;
-            if (key != NULL && (a == A_CAMPAIGN || a == A_SEGMENT)) {
-                if (buf_put(key, s, n) < 0 || buf_put(key, "|", 1) < 0)
-                    goto fail;
-            }
+            break;
+        case A_WSTART: case A_WEND: case A_STATUS:
+            ok = put_str(b, v[a], NULL);
+            if (ok <= 0)
+                goto check;
             break;
         case A_WSTART_S: case A_IMPRESSIONS: case A_CLICKS: {
-            int ok = plain_int(v[a], &iv);
-            if (ok < 0)
-                goto fail;
-            if (!ok)
-                goto done;
+            ok = plain_int(v[a], &iv);
+            if (ok <= 0)
+                goto check;
             int len = put_ll(num, iv);
             if (buf_put(b, num, len) < 0)
                 goto fail;
@@ -259,10 +331,11 @@ static int encode_one(Buf *b, PyObject *fig, Buf *key) {
             if (PUT_LIT(b, "[") < 0)
                 goto fail;
             for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v[a]); i++) {
-                if (!plain_str(PyTuple_GET_ITEM(v[a], i), &s, &n))
-                    goto done;
-                if ((i > 0 && PUT_LIT(b, ",") < 0) || put_quoted(b, s, n) < 0)
+                if (i > 0 && PUT_LIT(b, ",") < 0)
                     goto fail;
+                ok = put_str(b, PyTuple_GET_ITEM(v[a], i), NULL);
+                if (ok <= 0)
+                    goto check;
             }
             if (PUT_LIT(b, "]") < 0)
                 goto fail;
@@ -274,6 +347,9 @@ static int encode_one(Buf *b, PyObject *fig, Buf *key) {
         goto fail;
     rc = 1;
     goto done;
+check:   /* ok is 0 (not written the same) or -1 (an error) */
+    if (ok == 0)
+        goto done;
 fail:
     rc = -1;
 done:
@@ -282,74 +358,182 @@ done:
     return rc;
 }
 
-/* encode_figures(figures, cls, with_keys) -> list[bytes] | (list[bytes], list[bytes]) | None
+/* The record of one figure into values[i] (and keys[i] unless keys is NULL): written here,
+ * or by fallback(fig), which returns the value, or (value, key) when keys are wanted.
+ * 0: done; -1: error. b and k are scratch buffers. */
+static int record_one(PyObject *fig, PyObject *values, PyObject *keys, Py_ssize_t i,
+                      PyObject *fallback, Buf *b, Buf *k) {
+    int rc = 0;
+    b->len = k->len = 0;
+    if (Py_TYPE(fig) == figure_slots.cls)
+        rc = encode_one(b, fig, keys != NULL ? k : NULL);
+    if (rc < 0)
+        return -1;
+    if (rc == 1) {
+        PyObject *text = PyBytes_FromStringAndSize(b->data, b->len);
+        if (text == NULL)
+            return -1;
+        PyList_SET_ITEM(values, i, text);
+        if (keys != NULL) {
+            PyObject *key = PyBytes_FromStringAndSize(k->data, k->len);
+            if (key == NULL)
+                return -1;
+            PyList_SET_ITEM(keys, i, key);
+        }
+        return 0;
+    }
+    PyObject *out = PyObject_CallOneArg(fallback, fig);
+    if (out == NULL)
+        return -1;
+    if (keys == NULL) {
+        PyList_SET_ITEM(values, i, out);
+        return 0;
+    }
+    if (!PyTuple_CheckExact(out) || PyTuple_GET_SIZE(out) != 2) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_TypeError, "fallback must return (value, key)");
+        return -1;
+    }
+    PyObject *value = PyTuple_GET_ITEM(out, 0), *key = PyTuple_GET_ITEM(out, 1);
+    Py_INCREF(value);
+    Py_INCREF(key);
+    PyList_SET_ITEM(values, i, value);
+    PyList_SET_ITEM(keys, i, key);
+    Py_DECREF(out);
+    return 0;
+}
+
+/* The result of the two functions below: values, or (values, keys). Steals both. */
+static PyObject *result_of(PyObject *values, PyObject *keys) {
+    if (keys == NULL)
+        return values;
+    PyObject *result = PyTuple_Pack(2, values, keys);
+    Py_DECREF(values);
+    Py_DECREF(keys);
+    return result;
+}
+
+/* encode_figures(figures, cls, with_keys, fallback) -> list[bytes] | (list, list)
  *
- * orjson.dumps of each figure (and, with with_keys, its record key), when every figure is
- * of class cls and plain (see the top of this file); else None.
+ * orjson.dumps of each figure (and, with with_keys, its record key): written here for
+ * figures of class cls that are written the same (see the top of this file), else by
+ * fallback(figure).
  */
 static PyObject *encode_figures(PyObject *self, PyObject *args) {
-    PyObject *figs_obj, *cls;
+    PyObject *figs_obj, *cls, *fallback;
     int with_keys;
-    if (!PyArg_ParseTuple(args, "OO!p", &figs_obj, &PyType_Type, &cls, &with_keys))
+    if (!PyArg_ParseTuple(args, "OO!pO", &figs_obj, &PyType_Type, &cls, &with_keys,
+                          &fallback))
         return NULL;
     PyObject *figs = PySequence_Fast(figs_obj, "figures must be a sequence");
     if (figs == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(figs);
     PyObject *values = PyList_New(n), *keys = with_keys ? PyList_New(n) : NULL;
-    PyObject *result = NULL;
     Buf b = {NULL, 0, 0}, k = {NULL, 0, 0};
     if (values == NULL || (with_keys && keys == NULL))
-        goto done;
-    if ((PyTypeObject *)cls != offsets_of)
-        find_slots((PyTypeObject *)cls);
+        goto fail;
+    if ((PyTypeObject *)cls != figure_slots.cls)
+        find_slots(&figure_slots, (PyTypeObject *)cls);
     for (Py_ssize_t i = 0; i < n; i++) {
+        /* (fallback may run any code: hold the figure, not the list) */
         PyObject *fig = PySequence_Fast_ITEMS(figs)[i];
-        if ((PyObject *)Py_TYPE(fig) != cls) {
-            result = Py_None;
-            Py_INCREF(result);
-            goto done;
-        }
-        b.len = k.len = 0;
-        int rc = encode_one(&b, fig, with_keys ? &k : NULL);
+        Py_INCREF(fig);
+        int rc = record_one(fig, values, keys, i, fallback, &b, &k);
+        Py_DECREF(fig);
         if (rc < 0)
-            goto done;
-        if (rc == 0) {
-            result = Py_None;
-            Py_INCREF(result);
-            goto done;
-        }
-        PyObject *text = PyBytes_FromStringAndSize(b.data, b.len);
-        if (text == NULL)
-            goto done;
-        PyList_SET_ITEM(values, i, text);
-        if (with_keys) {
-            PyObject *key = PyBytes_FromStringAndSize(k.data, k.len);
-            if (key == NULL)
-                goto done;
-            PyList_SET_ITEM(keys, i, key);
-        }
+            goto fail;
     }
-    if (with_keys) {
-        result = PyTuple_Pack(2, values, keys);
-    } else {
-        result = values;
-        Py_INCREF(result);
-    }
-done:
+    PyMem_Free(b.data);
+    PyMem_Free(k.data);
+    Py_DECREF(figs);
+    return result_of(values, keys);
+fail:
     PyMem_Free(b.data);
     PyMem_Free(k.data);
     Py_XDECREF(values);
     Py_XDECREF(keys);
     Py_DECREF(figs);
-    return result;
+    return NULL;
+}
+
+/* decision_records(decisions, decision_cls, figure_cls, fallback) -> (list, list) | None
+ *
+ * encode_figures(figures, figure_cls, True, fallback) of the figures of all decisions, in
+ * order, without a list of them; None when a decision is not of decision_cls or its
+ * figures are not a tuple (the caller then makes the list).
+ */
+static PyObject *decision_records(PyObject *self, PyObject *args) {
+    PyObject *decs_obj, *dcls, *fcls, *fallback;
+    if (!PyArg_ParseTuple(args, "OO!O!O", &decs_obj, &PyType_Type, &dcls, &PyType_Type,
+                          &fcls, &fallback))
+        return NULL;
+    if (!PyList_CheckExact(decs_obj) && !PyTuple_CheckExact(decs_obj))
+        Py_RETURN_NONE;
+    /* A tuple of tuples: nothing the fallback runs can change it. */
+    PyObject *decs = PySequence_Tuple(decs_obj);
+    if (decs == NULL)
+        return NULL;
+    Py_ssize_t nd = PyTuple_GET_SIZE(decs), n = 0;
+    PyObject *figs = PyTuple_New(nd), *values = NULL, *keys = NULL;
+    Buf b = {NULL, 0, 0}, k = {NULL, 0, 0};
+    if (figs == NULL)
+        goto fail;
+    if ((PyTypeObject *)dcls != decision_slots.cls)
+        find_slots(&decision_slots, (PyTypeObject *)dcls);
+    if ((PyTypeObject *)fcls != figure_slots.cls)
+        find_slots(&figure_slots, (PyTypeObject *)fcls);
+    for (Py_ssize_t j = 0; j < nd; j++) {
+        PyObject *d = PyTuple_GET_ITEM(decs, j);
+        PyObject *f = Py_TYPE(d) == (PyTypeObject *)dcls ? field(&decision_slots, d, 0) : NULL;
+        if (f == NULL || !PyTuple_CheckExact(f)) {
+            Py_XDECREF(f);
+            if (PyErr_Occurred() && !PyErr_ExceptionMatches(PyExc_AttributeError))
+                goto fail;
+            PyErr_Clear();
+            Py_DECREF(figs);
+            Py_DECREF(decs);
+            Py_RETURN_NONE;
+        }
+        PyTuple_SET_ITEM(figs, j, f);
+        n += PyTuple_GET_SIZE(f);
+    }
+    values = PyList_New(n);
+    keys = PyList_New(n);
+    if (values == NULL || keys == NULL)
+        goto fail;
+    Py_ssize_t i = 0;
+    for (Py_ssize_t j = 0; j < nd; j++) {
+        PyObject *f = PyTuple_GET_ITEM(figs, j);
+        for (Py_ssize_t m = 0; m < PyTuple_GET_SIZE(f); m++, i++) {
+            if (record_one(PyTuple_GET_ITEM(f, m), values, keys, i, fallback, &b, &k) < 0)
+                goto fail;
+        }
+    }
+    PyMem_Free(b.data);
+    PyMem_Free(k.data);
+    Py_DECREF(figs);
+    Py_DECREF(decs);
+    return result_of(values, keys);
+fail:
+    PyMem_Free(b.data);
+    PyMem_Free(k.data);
+    Py_XDECREF(values);
+    Py_XDECREF(keys);
+    Py_XDECREF(figs);
+    Py_DECREF(decs);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"encode_figures", encode_figures, METH_VARARGS,
-     "encode_figures(figures, cls, with_keys) -> list | tuple | None\n\n"
-     "orjson.dumps of each figure (and its record key), or None (see "
-     "ctrguard.records.encode_figures)."},
+     "encode_figures(figures, cls, with_keys, fallback) -> list | tuple\n\n"
+     "orjson.dumps of each figure (and its record key), written here or by "
+     "fallback(figure) (see ctrguard.records.encode_figures)."},
+    {"decision_records", decision_records, METH_VARARGS,
+     "decision_records(decisions, decision_cls, figure_cls, fallback) -> tuple | None\n\n"
+     "encode_figures of the figures of all decisions, with keys, or None (see "
+     "ctrguard.records.decision_records)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -366,5 +550,8 @@ PyMODINIT_FUNC PyInit__records(void) {
         if (attr_names[a] == NULL)
             return NULL;
     }
+    decision_names[0] = PyUnicode_InternFromString(DECISION_NAMES[0]);
+    if (decision_names[0] == NULL)
+        return NULL;
     return PyModule_Create(&module);
 }

@@ -105,7 +105,8 @@ _SPLIT_AT = b'}\n{"campaign_id":'
 
 def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
     """``[orjson.dumps(f) for f in figures]``, byte for byte: in C (``ctrguard/_records.c``)
-    where every figure is plain (nothing to escape, a CTR written without an exponent),
+    for every figure it writes the same (strings without lone surrogates, a CTR written
+    without an exponent; any other figure is written by ``orjson.dumps``, in its place),
     else from one orjson call.
 
     orjson reads a slots dataclass field by field and gives every result a 4 KiB buffer
@@ -124,15 +125,13 @@ def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
     True
     """
     if figures and _FIGURE_AS_DICT and _RECORDS is not None:
-        values = _RECORDS.encode_figures(figures, Figure, False)
-        if values is not None:
-            return values
+        return _RECORDS.encode_figures(figures, Figure, False, orjson.dumps)
     return _encode_figures_py(figures)
 
 
 def figure_records(figures: Sequence[Figure]) -> tuple[list[bytes], list[bytes]]:
     """:func:`encode_figures` and :func:`figure_keys` of ``figures``, in one pass where the
-    C encoder answers.
+    C encoder is built.
 
     >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
     ...            1767571200, 40, 3, 0.075, "ok")
@@ -140,16 +139,38 @@ def figure_records(figures: Sequence[Figure]) -> tuple[list[bytes], list[bytes]]
     True
     """
     if figures and _FIGURE_AS_DICT and _RECORDS is not None:
-        out = _RECORDS.encode_figures(figures, Figure, True)
+        return _RECORDS.encode_figures(figures, Figure, True, _figure_record)
+    return _encode_figures_py(figures), figure_keys(figures)
+
+
+def decision_records(decisions: Sequence[WindowDecision]) -> tuple[list[bytes], list[bytes]]:
+    """:func:`figure_records` of the figures of ``decisions``, in order: the C encoder walks
+    the decisions itself, so no list of thousands of figures is made only to be read once.
+
+    >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
+    ...            1767571200, 40, 3, 0.075, "ok")
+    >>> d = WindowDecision("c1", 1767571200, 1767571500, (f, f), ())
+    >>> decision_records([d, d]) == figure_records([f] * 4)
+    True
+    """
+    if decisions and _FIGURE_AS_DICT and _RECORDS is not None:
+        out = _RECORDS.decision_records(decisions, WindowDecision, Figure, _figure_record)
         if out is not None:
             return out
-    return _encode_figures_py(figures), figure_keys(figures)
+    return figure_records([f for d in decisions for f in d.figures])
 
 
 def figure_keys(figures: Sequence[Figure]) -> list[bytes]:
     """Record keys: ``campaign|segment|window_start_s``, UTF-8 with lone surrogates passed."""
     return [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
             for f in figures]
+
+
+def _figure_record(f: Figure) -> tuple[bytes, bytes]:
+    """The reference record of one figure: the C encoder's fallback for a figure it does
+    not write itself."""
+    return (orjson.dumps(f),
+            f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass"))
 
 
 def _encode_figures_py(figures: Sequence[Figure]) -> list[bytes]:

@@ -20,7 +20,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from ctrguard import faults
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
-from ctrguard.records import WindowDecision, figure_records
+from ctrguard.records import WindowDecision, decision_records
 from sinks.kafka_out import (
     DeliveryTracker,
     flush_or_raise,
@@ -96,10 +96,9 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
         faults.point("release.after_redis")
-        figures = [fig for d in decisions for fig in d.figures]
         # Keys identify the record, so a replayed batch after a restart overwrites
         # (compacted topics) or is recognisable as a repeat, never a new figure.
-        values, keys = figure_records(figures)
+        values, keys = decision_records(decisions)
         produce_many(self._producer, self._figures, values, keys)
         for d in decisions:
             for alert in d.alerts:

@@ -84,16 +84,25 @@ class CountingOrjson(types.SimpleNamespace):
 # --------------------------------------------------------------------------- figures
 
 
-def test_live_shaped_figures_are_encoded_byte_for_byte_in_one_orjson_call(monkeypatch):
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_live_shaped_figures_are_encoded_byte_for_byte_in_c_or_one_orjson_call(
+        monkeypatch, native):
+    if native and records._RECORDS is None:
+        pytest.skip("ctrguard._records not built")
+    if not native:
+        monkeypatch.setattr(records, "_RECORDS", None)
     scenario = Scenario(300, 4, 4, seed=3, alert_rate=0.05)
-    figures = [f for i in range(len(scenario)) for batch in scenario.call(i)
-               for d in batch for f in d.figures]
+    decisions = [d for i in range(len(scenario)) for batch in scenario.call(i) for d in batch]
+    figures = [f for d in decisions for f in d.figures]
     assert len(figures) > 800 and any(f.alert_ids for f in figures)
     assert any(not f.campaign_id.isascii() for f in figures)
     counting = CountingOrjson()
     monkeypatch.setattr(records, "orjson", counting)
     assert encode_figures(figures) == reference_values(figures)
-    assert counting.calls == 1   # the batched path, not the figure-by-figure fallback
+    # In C every figure, non-ASCII ids too; else the batched path, not figure by figure.
+    assert counting.calls == (0 if native else 1)
+    assert records.decision_records(decisions) == (reference_values(figures),
+                                                   reference_keys(figures))
 
 
 HOSTILE_TEXT = [
@@ -173,6 +182,8 @@ figure_strategy = st.builds(
 @given(st.lists(figure_strategy, max_size=20))
 def test_encoding_equals_orjson_figure_by_figure(figures):
     assert outcome(encode_figures, figures) == outcome(reference_values, figures)
+    # The path without the C encoder (most of these figures never reach it with one).
+    assert outcome(records._encode_figures_py, figures) == outcome(reference_values, figures)
     if outcome(reference_keys, figures)[0] == "ok":
         assert figure_keys(figures) == reference_keys(figures)
 
