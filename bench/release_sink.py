@@ -12,7 +12,8 @@ later end) and campaigns whose ids are not ASCII.
 Two implementations run side by side in the same process, alternating round by round on a
 flushed Redis and fresh topics: the *baseline* (``sinks/release.py``, ``sinks/kafka_out.py``
 and ``sinks/quarantine.py`` as of ``--baseline``, a git revision, loaded from ``git show``
-into a temporary package) and the *current* modules. Both must leave the same Redis
+into a temporary package, with the figure encoding of ``ctrguard/records.py`` and its C
+encoder of the same revision) and the *current* modules. Both must leave the same Redis
 contents (every key, type, value and TTL; audit entries without their server-clock ids)
 and the same Kafka records (topic partition, offset order, key, value bytes, headers): the
 script checks that after every run and fails if they differ.
@@ -74,28 +75,64 @@ PARTITIONS = 3
 
 def load_baseline(rev: str) -> Any:
     """``sinks/release.py`` of ``rev`` with its ``kafka_out`` and ``quarantine`` of the same
-    revision, imported as the package ``_release_baseline`` (everything else it imports is
-    shared with the current code)."""
+    revision, imported as the package ``_release_baseline``, and the figure encoding of
+    ``ctrguard/records.py`` of ``rev`` (with its C encoder ``ctrguard/_records.c``, compiled
+    here, where the current one is built): both sides encode with their own code, so a
+    change there shows. The record classes and everything else are shared with the
+    current code (the decisions are the same objects for both)."""
     tmp = Path(tempfile.mkdtemp(prefix="release-baseline-"))
     try:
         pkg = tmp / BASELINE_PACKAGE
         pkg.mkdir()
         (pkg / "__init__.py").write_text("")
-        pattern = re.compile(r"\bsinks\.(" + "|".join(MODULES) + r")\b")
+        pattern = re.compile(r"\b(?:sinks\.(" + "|".join(MODULES) + r")|ctrguard\.(records))\b")
+
+        def ours(m: re.Match[str]) -> str:
+            return f"{BASELINE_PACKAGE}.{m.group(1) or m.group(2)}"
+
         for name in MODULES:
-            src = subprocess.run(["git", "show", f"{rev}:sinks/{name}.py"], cwd=REPO,
-                                 check=True, capture_output=True, text=True).stdout
-            (pkg / f"{name}.py").write_text(pattern.sub(BASELINE_PACKAGE + r".\1", src))
+            src = _git_show(rev, f"sinks/{name}.py")
+            (pkg / f"{name}.py").write_text(pattern.sub(ours, src))
+        (pkg / "records.py").write_text(_baseline_records(rev, pkg))
         sys.path.insert(0, str(tmp))
         try:
-            # All three now, while the files exist (release imports quarantine lazily).
-            for name in MODULES:
+            # All of them now, while the files exist (release imports quarantine lazily).
+            for name in (*MODULES, "records"):
                 importlib.import_module(f"{BASELINE_PACKAGE}.{name}")
         finally:
             sys.path.remove(str(tmp))
     finally:
         shutil.rmtree(tmp)
     return sys.modules[f"{BASELINE_PACKAGE}.release"]
+
+
+def _git_show(rev: str, path: str) -> str:
+    return subprocess.run(["git", "show", f"{rev}:{path}"], cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _baseline_records(rev: str, pkg: Path) -> str:
+    """``ctrguard/records.py`` of ``rev`` bound to the current record classes, and to its
+    own C encoder (built into ``pkg``) where it has one and the current one is built."""
+    from ctrguard import records
+
+    src = _git_show(rev, "ctrguard/records.py")
+    src += ("\n# (bench) The record classes are the current ones, shared by both sides.\n"
+            "from ctrguard.records import Alert, Figure, WindowDecision  # noqa: E402,F811\n")
+    if "_RECORDS" not in src:
+        return src
+    if records._RECORDS is None:
+        return src + "_RECORDS = None\n"
+    c_src = pkg / "_records_src.c"
+    c_src.write_text(_git_show(rev, "ctrguard/_records.c"))
+    build = ("from setuptools import Distribution, Extension\n"
+             f"ext = Extension({BASELINE_PACKAGE + '._records'!r}, [{str(c_src)!r}])\n"
+             "cmd = Distribution({'ext_modules': [ext]}).get_command_obj('build_ext')\n"
+             f"cmd.build_lib = {str(pkg.parent)!r}\n"
+             f"cmd.build_temp = {str(pkg.parent / 'build')!r}\n"
+             "cmd.ensure_finalized()\ncmd.run()\n")
+    subprocess.run([sys.executable, "-c", build], check=True, capture_output=True)
+    return src + f"from {BASELINE_PACKAGE} import _records as _RECORDS  # noqa: E402\n"
 
 
 # --------------------------------------------------------------------------- scenario

@@ -293,9 +293,18 @@ for _, f in ipairs(p.flags) do
                'incident_id', '', 'at', p.now)
   end
 end
+-- One ZADD for many watermarks (a call per campaign was most of the script's time); in
+-- chunks, as unpack's results go on Lua's C stack.
+local args, n = {}, 0
 for _, w in ipairs(p.checked) do
-  redis.call('ZADD', checked, 'GT', w[2], w[1])
+  args[n + 1], args[n + 2] = w[2], w[1]
+  n = n + 2
+  if n == 2000 then
+    redis.call('ZADD', checked, 'GT', unpack(args, 1, n))
+    n = 0
+  end
 end
+if n > 0 then redis.call('ZADD', checked, 'GT', unpack(args, 1, n)) end
 -- How far event time trails the writer's clock, at least: the smallest lag ever seen.
 -- Every flag of a window W was written at or after W's end plus this lag, so a window is
 -- past its retention (its flag may have expired) once end + lag + retention < now.

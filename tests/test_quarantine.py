@@ -127,6 +127,22 @@ def test_watermark_never_moves_backwards(redis_url):
     assert store.checked_through("c2") == T0 + 2 * LENGTH
 
 
+def test_watermarks_of_thousands_of_campaigns_in_one_call(redis_url):
+    # The script sets them with a few ZADDs of many members (in chunks): each campaign
+    # still gets its own watermark, and none moves backwards.
+    store = make_store(redis_url)
+    ids = [f"c{i}" for i in range(2501)]
+    store.record([decision(c, T0 + (i % 3) * LENGTH) for i, c in enumerate(ids)])
+    store.record([decision(c, T0 + LENGTH) for c in ids])
+    got = dict(store.client.zrange(store.checked_key, 0, -1, withscores=True))
+    assert {_key(k): int(v) for k, v in got.items()} == {
+        c: T0 + (2 if i % 3 == 2 else 1) * LENGTH + LENGTH for i, c in enumerate(ids)}
+
+
+def _key(k) -> str:
+    return k.decode() if isinstance(k, bytes) else k
+
+
 def test_rerecord_after_release_stays_released_without_new_audit(redis_url):
     store = make_store(redis_url)
     batch = [decision("c1", T0, make_alert("c1", "all", T0))]
