@@ -29,7 +29,6 @@ static const char *ATTR_NAMES[N_ATTRS] = {
     "impressions", "clicks", "ctr", "status", "alert_ids",
 };
 static PyObject *attr_names[N_ATTRS];  /* interned */
-static Py_ssize_t name_lens[N_ATTRS];
 
 typedef struct {
     char *data;
@@ -52,46 +51,41 @@ static int buf_reserve(Buf *b, Py_ssize_t more) {
     return 0;
 }
 
-static int buf_put(Buf *b, const char *s, Py_ssize_t n) {
-    if (buf_reserve(b, n) < 0)
+/* The most bytes write_str writes for str o (quoted; at most 6 a character, \u00XX), or
+ * -1 if o is not a str (not a subclass either: its text could differ). */
+static Py_ssize_t str_bound(PyObject *o) {
+    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_READY(o))
         return -1;
-    memcpy(b->data + b->len, s, n);
-    b->len += n;
-    return 0;
+    return 6 * PyUnicode_GET_LENGTH(o) + 2;
 }
 
-#define PUT_LIT(b, lit) buf_put((b), (lit), (Py_ssize_t)(sizeof(lit) - 1))
-
-/* Appends the JSON text of str o (quoted, escaped as orjson escapes) to b, and its UTF-8
- * to raw unless NULL. 1: done; 0: not a str, or one with a lone surrogate (orjson refuses
- * it, and the key passes it: the fallback decides); -1: error. */
-static int put_str(Buf *b, PyObject *o, Buf *raw) {
-    if (!PyUnicode_CheckExact(o) || !PyUnicode_IS_READY(o))
-        return 0;
+/* Writes the JSON text of str o at *out (quoted, escaped as orjson escapes; room for
+ * str_bound(o) bytes), and its UTF-8 at *raw unless raw is NULL (room for 4 bytes a
+ * character); advances both. 1: done; 0: a lone surrogate (orjson refuses it, the key
+ * passes it: the fallback decides). */
+static int write_str(char **out, PyObject *o, char **raw) {
     Py_ssize_t len = PyUnicode_GET_LENGTH(o);
+    char *w = *out;
+    *w++ = '"';
     if (PyUnicode_IS_ASCII(o)) {
         const unsigned char *p = (const unsigned char *)PyUnicode_DATA(o);
         Py_ssize_t i = 0;
         while (i < len && p[i] >= 0x20 && p[i] != '"' && p[i] != '\\')
             i++;
         if (i == len) {   /* the common case: nothing to escape */
-            if (buf_reserve(b, len + 2) < 0)
-                return -1;
-            b->data[b->len++] = '"';
-            memcpy(b->data + b->len, p, len);
-            b->len += len;
-            b->data[b->len++] = '"';
-            return raw == NULL || buf_put(raw, (const char *)p, len) == 0 ? 1 : -1;
+            memcpy(w, p, len);
+            w[len] = '"';
+            *out = w + len + 1;
+            if (raw != NULL) {
+                memcpy(*raw, p, len);
+                *raw += len;
+            }
+            return 1;
         }
     }
     int kind = PyUnicode_KIND(o);
     const void *data = PyUnicode_DATA(o);
-    /* At most 6 bytes a character (\u00XX; UTF-8 takes 4 at most). */
-    if (buf_reserve(b, 6 * len + 2) < 0 || (raw != NULL && buf_reserve(raw, 4 * len) < 0))
-        return -1;
-    char *out = b->data + b->len;
-    char *r = raw != NULL ? raw->data + raw->len : NULL;
-    *out++ = '"';
+    char *r = raw != NULL ? *raw : NULL;
     for (Py_ssize_t i = 0; i < len; i++) {
         Py_UCS4 c = PyUnicode_READ(kind, data, i);
         char u[4];
@@ -122,30 +116,30 @@ static int put_str(Buf *b, PyObject *o, Buf *raw) {
             r += n;
         }
         if (c >= 0x20 && c != '"' && c != '\\') {
-            memcpy(out, u, n);
-            out += n;
+            memcpy(w, u, n);
+            w += n;
             continue;
         }
-        *out++ = '\\';
+        *w++ = '\\';
         switch (c) {
-        case '"': *out++ = '"'; break;
-        case '\\': *out++ = '\\'; break;
-        case '\b': *out++ = 'b'; break;
-        case '\t': *out++ = 't'; break;
-        case '\n': *out++ = 'n'; break;
-        case '\f': *out++ = 'f'; break;
-        case '\r': *out++ = 'r'; break;
+        case '"': *w++ = '"'; break;
+        case '\\': *w++ = '\\'; break;
+        case '\b': *w++ = 'b'; break;
+        case '\t': *w++ = 't'; break;
+        case '\n': *w++ = 'n'; break;
+        case '\f': *w++ = 'f'; break;
+        case '\r': *w++ = 'r'; break;
         default:
-            memcpy(out, "u00", 3);
-            out[3] = "0123456789abcdef"[c >> 4];
-            out[4] = "0123456789abcdef"[c & 0xF];
-            out += 5;
+            memcpy(w, "u00", 3);
+            w[3] = "0123456789abcdef"[c >> 4];
+            w[4] = "0123456789abcdef"[c & 0xF];
+            w += 5;
         }
     }
-    *out++ = '"';
-    b->len = out - b->data;
+    *w++ = '"';
+    *out = w;
     if (raw != NULL)
-        raw->len = r - raw->data;
+        *raw = r;
     return 1;
 }
 
@@ -162,21 +156,35 @@ static int plain_int(PyObject *o, long long *v) {
     return 1;
 }
 
-/* Decimal text of v into out (at least 21 bytes); returns its length. */
+static const char DIGIT_PAIRS[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* Decimal text of v into out (at least 21 bytes); returns its length. Two digits a
+ * division: window starts have ten. */
 static int put_ll(char *out, long long v) {
     char tmp[24];
-    int n = 0;
+    char *t = tmp + sizeof tmp;
     unsigned long long u = v < 0 ? 0ULL - (unsigned long long)v : (unsigned long long)v;
-    do {
-        tmp[n++] = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        t -= 2;
+        memcpy(t, DIGIT_PAIRS + 2 * r, 2);
+    }
+    if (u >= 10) {
+        t -= 2;
+        memcpy(t, DIGIT_PAIRS + 2 * u, 2);
+    } else {
+        *--t = (char)('0' + u);
+    }
     int len = 0;
     if (v < 0)
         out[len++] = '-';
-    while (n)
-        out[len++] = tmp[--n];
-    return len;
+    int n = (int)(tmp + sizeof tmp - t);
+    memcpy(out + len, t, n);
+    return len + n;
 }
 
 /* The text of CTRs already written, by their bits: most figures have small counts, whose
@@ -186,22 +194,6 @@ static struct {
     uint64_t bits;
     char text[32];   /* NUL-terminated; empty: unused */
 } ctr_cache[CTR_CACHE];
-
-/* Writes "name": (with the comma before it unless first). */
-static int put_name(Buf *b, int attr) {
-    const char *name = ATTR_NAMES[attr];
-    Py_ssize_t len = name_lens[attr];
-    if (buf_reserve(b, len + 4) < 0)
-        return -1;
-    if (attr != A_CAMPAIGN)
-        b->data[b->len++] = ',';
-    b->data[b->len++] = '"';
-    memcpy(b->data + b->len, name, len);
-    b->len += len;
-    b->data[b->len++] = '"';
-    b->data[b->len++] = ':';
-    return 0;
-}
 
 /* Where a class's fields are: their slots' offsets when every field is a plain slot
  * (read directly, as the slot's descriptor reads it), else 0 (read by getattr). */
@@ -250,11 +242,41 @@ static const char *DECISION_NAMES[1] = {"figures"};
 static PyObject *decision_names[1];
 static Slots decision_slots = {NULL, 1, DECISION_NAMES, decision_names, {0}};
 
-/* Appends the figure's JSON text to b (and its key to key, unless NULL). 1: done; 0: not
- * written the same (the caller discards what was appended); -1: error. */
+/* The text of a CTR as repr writes it, NULL if orjson writes it otherwise (see the top of
+ * this file), or NULL with an exception. */
+static const char *ctr_text(double x) {
+    double ax = x < 0 ? -x : x;
+    if (!(ax == 0.0 || (ax >= 1e-4 && ax < 1e16)))
+        return NULL;
+    uint64_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    size_t slot = (size_t)((bits * 0x9E3779B97F4A7C15ULL) >> 52) & (CTR_CACHE - 1);
+    if (ctr_cache[slot].text[0] == 0 || ctr_cache[slot].bits != bits) {
+        char *text = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+        if (text == NULL)
+            return NULL;
+        size_t len = strlen(text);
+        int plain = strpbrk(text, "eEni") == NULL && len < sizeof ctr_cache[0].text;
+        if (plain) {
+            memcpy(ctr_cache[slot].text, text, len + 1);
+            ctr_cache[slot].bits = bits;
+        }
+        PyMem_Free(text);
+        if (!plain)
+            return NULL;  /* an exponent or a non-number: not written the same */
+    }
+    return ctr_cache[slot].text;
+}
+
+#define WRITE_LIT(w, lit) (memcpy((w), (lit), sizeof(lit) - 1), (w) += sizeof(lit) - 1)
+
+/* Writes the figure's JSON text to b (and its key to key, unless NULL), both empty. 1:
+ * done; 0: not written the same (the caller discards what was written); -1: error.
+ * Every value is checked and the room for the longest text reserved first, so the
+ * writing itself has no checks left but the one for lone surrogates. */
 static int encode_one(Buf *b, PyObject *fig, Buf *key) {
     PyObject *v[N_ATTRS] = {NULL};
-    int rc = -1, ok = 0;
+    int rc = -1;
     for (int a = 0; a < N_ATTRS; a++) {
         v[a] = field(&figure_slots, fig, a);
         if (v[a] == NULL) {  /* (an unset slot): the fallback says what orjson says */
@@ -266,90 +288,99 @@ static int encode_one(Buf *b, PyObject *fig, Buf *key) {
         }
     }
     rc = 0;
-    if (PUT_LIT(b, "{") < 0)
-        goto fail;
-    for (int a = 0; a < N_ATTRS; a++) {
-        if (put_name(b, a) < 0)
-            goto fail;
-        long long iv;
-        char num[24];
-        switch (a) {
-        case A_CAMPAIGN: case A_SEGMENT:
-            ok = put_str(b, v[a], key);
-            if (ok <= 0)
-                goto check;
-            if (key != NULL && buf_put(key, "|", 1) < 0)
-                goto fail;
-            break;
-        case A_WSTART: case A_WEND: case A_STATUS:
-            ok = put_str(b, v[a], NULL);
-            if (ok <= 0)
-                goto check;
-            break;
-        case A_WSTART_S: case A_IMPRESSIONS: case A_CLICKS: {
-            ok = plain_int(v[a], &iv);
-            if (ok <= 0)
-                goto check;
-            int len = put_ll(num, iv);
-            if (buf_put(b, num, len) < 0)
-                goto fail;
-            if (key != NULL && a == A_WSTART_S && buf_put(key, num, len) < 0)
-                goto fail;
-            break;
-        }
-        case A_CTR: {
-            if (!PyFloat_CheckExact(v[a]))
-                goto done;
-            double x = PyFloat_AS_DOUBLE(v[a]);
-            double ax = x < 0 ? -x : x;
-            if (!(ax == 0.0 || (ax >= 1e-4 && ax < 1e16)))
-                goto done;
-            uint64_t bits;
-            memcpy(&bits, &x, sizeof bits);
-            size_t slot = (size_t)((bits * 0x9E3779B97F4A7C15ULL) >> 52) & (CTR_CACHE - 1);
-            if (ctr_cache[slot].text[0] == 0 || ctr_cache[slot].bits != bits) {
-                char *text = PyOS_double_to_string(x, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
-                if (text == NULL)
-                    goto fail;
-                size_t len = strlen(text);
-                int plain = strpbrk(text, "eEni") == NULL && len < sizeof ctr_cache[0].text;
-                if (plain) {
-                    memcpy(ctr_cache[slot].text, text, len + 1);
-                    ctr_cache[slot].bits = bits;
-                }
-                PyMem_Free(text);
-                if (!plain)
-                    goto done;  /* an exponent or a non-number: not written the same */
-            }
-            if (buf_put(b, ctr_cache[slot].text, (Py_ssize_t)strlen(ctr_cache[slot].text)) < 0)
-                goto fail;
-            break;
-        }
-        case A_ALERT_IDS: {
-            if (!PyTuple_CheckExact(v[a]))
-                goto done;
-            if (PUT_LIT(b, "[") < 0)
-                goto fail;
-            for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(v[a]); i++) {
-                if (i > 0 && PUT_LIT(b, ",") < 0)
-                    goto fail;
-                ok = put_str(b, PyTuple_GET_ITEM(v[a], i), NULL);
-                if (ok <= 0)
-                    goto check;
-            }
-            if (PUT_LIT(b, "]") < 0)
-                goto fail;
-            break;
-        }
-        }
+    /* The field names and punctuation (under 160 bytes), three ints and a CTR. */
+    Py_ssize_t need = 160 + 3 * 21 + 32, part;
+    static const int STRS[] = {A_CAMPAIGN, A_SEGMENT, A_WSTART, A_WEND, A_STATUS};
+    for (size_t i = 0; i < sizeof STRS / sizeof STRS[0]; i++) {
+        if ((part = str_bound(v[STRS[i]])) < 0)
+            goto done;
+        need += part;
     }
-    if (PUT_LIT(b, "}") < 0)
+    long long ints[3];
+    char nums[3][24];
+    int num_lens[3];
+    static const int INTS[] = {A_WSTART_S, A_IMPRESSIONS, A_CLICKS};
+    for (int i = 0; i < 3; i++) {
+        int ok = plain_int(v[INTS[i]], &ints[i]);
+        if (ok <= 0) {
+            rc = ok;
+            goto done;
+        }
+        num_lens[i] = put_ll(nums[i], ints[i]);
+    }
+    if (!PyFloat_CheckExact(v[A_CTR]))
+        goto done;
+    const char *ctr = ctr_text(PyFloat_AS_DOUBLE(v[A_CTR]));
+    if (ctr == NULL) {
+        rc = PyErr_Occurred() ? -1 : 0;
+        goto done;
+    }
+    PyObject *ids = v[A_ALERT_IDS];
+    if (!PyTuple_CheckExact(ids))
+        goto done;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ids); i++) {
+        if ((part = str_bound(PyTuple_GET_ITEM(ids, i))) < 0)
+            goto done;
+        need += part + 1;
+    }
+    if (buf_reserve(b, need) < 0)
         goto fail;
+    char *raw = NULL, **rawp = NULL;
+    if (key != NULL) {
+        Py_ssize_t nk = 4 * (PyUnicode_GET_LENGTH(v[A_CAMPAIGN])
+                             + PyUnicode_GET_LENGTH(v[A_SEGMENT])) + 2 + 21;
+        if (buf_reserve(key, nk) < 0)
+            goto fail;
+        raw = key->data;
+        rawp = &raw;
+    }
+    char *w = b->data;
+    WRITE_LIT(w, "{\"campaign_id\":");
+    if (!write_str(&w, v[A_CAMPAIGN], rawp))
+        goto done;
+    if (raw != NULL)
+        *raw++ = '|';
+    WRITE_LIT(w, ",\"segment\":");
+    if (!write_str(&w, v[A_SEGMENT], rawp))
+        goto done;
+    if (raw != NULL) {
+        *raw++ = '|';
+        memcpy(raw, nums[0], num_lens[0]);
+        key->len = raw + num_lens[0] - key->data;
+    }
+    WRITE_LIT(w, ",\"window_start\":");
+    if (!write_str(&w, v[A_WSTART], NULL))
+        goto done;
+    WRITE_LIT(w, ",\"window_end\":");
+    if (!write_str(&w, v[A_WEND], NULL))
+        goto done;
+    WRITE_LIT(w, ",\"window_start_s\":");
+    memcpy(w, nums[0], num_lens[0]);
+    w += num_lens[0];
+    WRITE_LIT(w, ",\"impressions\":");
+    memcpy(w, nums[1], num_lens[1]);
+    w += num_lens[1];
+    WRITE_LIT(w, ",\"clicks\":");
+    memcpy(w, nums[2], num_lens[2]);
+    w += num_lens[2];
+    WRITE_LIT(w, ",\"ctr\":");
+    size_t ctr_len = strlen(ctr);
+    memcpy(w, ctr, ctr_len);
+    w += ctr_len;
+    WRITE_LIT(w, ",\"status\":");
+    if (!write_str(&w, v[A_STATUS], NULL))
+        goto done;
+    WRITE_LIT(w, ",\"alert_ids\":[");
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(ids); i++) {
+        if (i > 0)
+            *w++ = ',';
+        if (!write_str(&w, PyTuple_GET_ITEM(ids, i), NULL))
+            goto done;
+    }
+    WRITE_LIT(w, "]}");
+    b->len = w - b->data;
     rc = 1;
     goto done;
-check:   /* ok is 0 (not written the same) or -1 (an error) */
-    if (ok == 0)
-        goto done;
 fail:
     rc = -1;
 done:
@@ -546,7 +577,6 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__records(void) {
     for (int a = 0; a < N_ATTRS; a++) {
         attr_names[a] = PyUnicode_InternFromString(ATTR_NAMES[a]);
-        name_lens[a] = (Py_ssize_t)strlen(ATTR_NAMES[a]);
         if (attr_names[a] == NULL)
             return NULL;
     }
