@@ -293,18 +293,13 @@ for _, f in ipairs(p.flags) do
                'incident_id', '', 'at', p.now)
   end
 end
--- One ZADD for many watermarks (a call per campaign was most of the script's time); in
--- chunks, as unpack's results go on Lua's C stack.
-local args, n = {}, 0
-for _, w in ipairs(p.checked) do
-  args[n + 1], args[n + 2] = w[2], w[1]
-  n = n + 2
-  if n == 2000 then
-    redis.call('ZADD', checked, 'GT', unpack(args, 1, n))
-    n = 0
-  end
+-- p.checked is end, campaign, end, campaign, ...: ZADD's arguments as they are (a call per
+-- campaign, and a table per pair to decode, were most of the script's time), in chunks, as
+-- unpack's results go on Lua's C stack.
+local c = p.checked
+for i = 1, #c, 2000 do
+  redis.call('ZADD', checked, 'GT', unpack(c, i, math.min(i + 1999, #c)))
 end
-if n > 0 then redis.call('ZADD', checked, 'GT', unpack(args, 1, n)) end
 -- How far event time trails the writer's clock, at least: the smallest lag ever seen.
 -- Every flag of a window W was written at or after W's end plus this lag, so a window is
 -- past its retention (its flag may have expired) once end + lag + retention < now.
@@ -730,10 +725,14 @@ class QuarantineStore(QuarantineReader):
                     "id": a.alert_id, "detector": a.detector, "kind": a.kind,
                     "severity": a.severity, "reason": _alert_reason(a),
                 })
+        # The script's ZADD arguments: end, campaign, end, campaign, ...
+        watermarks: list[str] = [""] * (2 * len(checked))
+        watermarks[0::2] = map(str, checked.values())
+        watermarks[1::2] = checked
         now = self.clock()
         payload = {
             "flags": list(slots.values()),
-            "checked": list(zip(checked, map(str, checked.values()), strict=True)),
+            "checked": watermarks,
             "max_end": max(checked.values()),
             "now": iso_utc(now),
             "now_s": math.floor(now),
@@ -829,10 +828,10 @@ def _payload_json(payload: dict[str, Any]) -> bytes | str:
     surrogate, an integer beyond 64 bits, and with these options subclasses of str, int,
     dict and list, dates and dataclasses, which json writes its own way or refuses.
 
-    >>> _payload_json({"checked": [("café", "300")], "max_end": 300})
-    b'{"checked":[["caf\\xc3\\xa9","300"]],"max_end":300}'
-    >>> _payload_json({"checked": [("\\udc80", "300")], "max_end": 300})
-    '{"checked": [["\\\\udc80", "300"]], "max_end": 300}'
+    >>> _payload_json({"checked": ["300", "café"], "max_end": 300})
+    b'{"checked":["300","caf\\xc3\\xa9"],"max_end":300}'
+    >>> _payload_json({"checked": ["300", "\\udc80"], "max_end": 300})
+    '{"checked": ["300", "\\\\udc80"], "max_end": 300}'
     """
     if orjson is not None and type(payload["max_end"]) is int:
         try:
