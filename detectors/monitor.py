@@ -519,6 +519,7 @@ class CampaignMonitor:
         # One pass over the counts: new series get their state (in the counts' order), and
         # each segment is listed with its state and counts, to be taken in name order.
         total: Counts | None = None
+        all_state: _Series | None = None
         segments: list[tuple[str, _Series, Counts]] = []
         for name, c in counts.items():
             st = series.get(name)
@@ -526,13 +527,15 @@ class CampaignMonitor:
                 st = series[name] = self._new_series(name)
             if name == _ALL:
                 total = c
+                all_state = st
             else:
                 segments.append((name, st, c))
         hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
 
-        all_state = series.get(_ALL)
+        if all_state is None:  # (a window without ``all``: its state, if it has one)
+            all_state = series.get(_ALL)
         p_all = 0.0
         relvar_all = math.inf
         if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
