@@ -8,6 +8,13 @@ deviations). Sparse series are pooled: residuals accumulate until the pooled exp
 count reaches ``min_expected``, so one standardised value is never dominated by a
 window with a fraction of a click expected.
 
+Page-Hinkley is River's ``PageHinkley(mode="both")`` computed here (the same floats in the
+same order, so the same decisions), in the compiled detector core: every campaign has one,
+most campaigns never feed it, and building River's (a ``stats.Mean``, a bound method) cost
+more than a campaign's window. A snapshot still holds River's detector, built from this
+state when pickled (:meth:`ResidualDrift.__reduce__`), so snapshots written before and after
+load in either. ADWIN is River's own.
+
 >>> import random
 >>> rng = random.Random(7)
 >>> d = ResidualDrift()
@@ -22,13 +29,18 @@ window with a fraction of a click expected.
 
 from __future__ import annotations
 
+import copyreg
 import math
+from typing import Any, Final
 
 from river.drift import ADWIN, PageHinkley
 
 from detectors.stats import clip
 
 METHODS = ("page_hinkley", "adwin")
+
+#: River's PageHinkley forgetting factor (its default ``alpha``, which is what ran).
+_PH_ALPHA: Final = 1 - 0.0001
 
 
 class ResidualDrift:
@@ -68,20 +80,31 @@ class ResidualDrift:
         self._reset()
 
     def _reset(self) -> None:
-        if self.method == "adwin":
-            self._river = ADWIN(delta=self.adwin_delta, clock=1)
-        else:
-            self._river = PageHinkley(min_instances=self.min_instances, delta=self.delta,
-                                      threshold=self.threshold, mode="both")
+        # River's ADWIN; None for Page-Hinkley, whose state is the _ph_ fields.
+        self._river: Any = ADWIN(delta=self.adwin_delta, clock=1) \
+            if self.method == "adwin" else None
+        self._ph_reset()
         self._num = 0.0     # pooled observed - expected
         self._var = 0.0     # pooled variance
         self._exp = 0.0     # pooled expected count
         self.last_z = 0.0   # the last standardised value fed
 
+    def _ph_reset(self) -> None:
+        """River's ``PageHinkley._reset``."""
+        self._ph_n = 0.0            # values fed (River's ``_x_mean.n``)
+        self._ph_mean = 0.0         # their mean (``_x_mean._mean``)
+        self._ph_up = 0.0           # ``_sum_increase``
+        self._ph_down = 0.0         # ``_sum_decrease``
+        self._ph_min_up = math.inf  # ``_min_increase``
+        # ``_max_decrease``: River starts it at the int -1. Any value it takes later is
+        # larger (it only grows), so -1.0 here means the int (see _page_hinkley).
+        self._ph_max_down = -1.0
+        self._ph_drift = False      # ``drift_detected``
+
     def update(self, residual: float, variance: float, expected: float) -> bool:
         """Pool one window's residual (observed - expected) and its variance.
 
-        Returns True when the River detector signals a drift.
+        Returns True when the drift detector signals a drift.
         """
         self._num += residual
         self._var += variance
@@ -91,5 +114,77 @@ class ResidualDrift:
         z = clip(self._num / math.sqrt(self._var), -4.0, 4.0)
         self._num = self._var = self._exp = 0.0
         self.last_z = z
-        self._river.update(z)
-        return bool(self._river.drift_detected)
+        river = self._river
+        if river is not None:
+            river.update(z)
+            return bool(river.drift_detected)
+        return self._ph_update(z)
+
+    def _ph_update(self, x: float) -> bool:
+        """River's ``PageHinkley(mode="both").update(x)``, then its ``drift_detected``."""
+        if self._ph_drift:
+            self._ph_reset()
+        self._ph_n += 1.0
+        self._ph_mean += (1.0 / self._ph_n) * (x - self._ph_mean)
+        dev = x - self._ph_mean
+        self._ph_up = _PH_ALPHA * self._ph_up + dev - self.delta
+        self._ph_down = _PH_ALPHA * self._ph_down + dev + self.delta
+        if self._ph_up < self._ph_min_up:
+            self._ph_min_up = self._ph_up
+        if self._ph_down > self._ph_max_down:
+            self._ph_max_down = self._ph_down
+        if self._ph_n >= self.min_instances:
+            self._ph_drift = (self._ph_up - self._ph_min_up > self.threshold
+                              or self._ph_max_down - self._ph_down > self.threshold)
+        return self._ph_drift
+
+    def _page_hinkley(self) -> Any:
+        """River's ``PageHinkley`` in the state of the ``_ph_`` fields, as it would be
+        had it been fed the same values."""
+        ph = PageHinkley(min_instances=self.min_instances, delta=self.delta,
+                         threshold=self.threshold, mode="both")
+        mean = ph._x_mean
+        mean.n = self._ph_n
+        mean._mean = self._ph_mean
+        ph._sum_increase = self._ph_up
+        ph._sum_decrease = self._ph_down
+        ph._min_increase = self._ph_min_up
+        ph._max_decrease = -1 if self._ph_max_down == -1.0 else self._ph_max_down
+        ph._drift_detected = self._ph_drift
+        return ph
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # What pickling the instance's ``__dict__`` wrote when River's detector held the
+        # state (the same bytes): snapshots keep one layout, whichever core wrote them.
+        river = self._river if self._river is not None else self._page_hinkley()
+        return copyreg.__newobj__, (ResidualDrift,), {  # type: ignore[attr-defined]
+            "method": self.method, "threshold": self.threshold, "delta": self.delta,
+            "adwin_delta": self.adwin_delta, "min_expected": self.min_expected,
+            "min_instances": self.min_instances, "_river": river, "_num": self._num,
+            "_var": self._var, "_exp": self._exp, "last_z": self.last_z}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.method = state["method"]
+        self.threshold = state["threshold"]
+        self.delta = state["delta"]
+        self.adwin_delta = state["adwin_delta"]
+        self.min_expected = state["min_expected"]
+        self.min_instances = state["min_instances"]
+        self._num = state["_num"]
+        self._var = state["_var"]
+        self._exp = state["_exp"]
+        self.last_z = state["last_z"]
+        river = state["_river"]
+        self._ph_reset()
+        if self.method == "adwin":
+            self._river = river
+            return
+        self._river = None
+        mean = river._x_mean
+        self._ph_n = float(mean.n)
+        self._ph_mean = float(mean._mean)
+        self._ph_up = float(river._sum_increase)
+        self._ph_down = float(river._sum_decrease)
+        self._ph_min_up = float(river._min_increase)
+        self._ph_max_down = float(river._max_decrease)
+        self._ph_drift = bool(river._drift_detected)

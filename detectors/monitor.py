@@ -519,6 +519,7 @@ class CampaignMonitor:
         # One pass over the counts: new series get their state (in the counts' order), and
         # each segment is listed with its state and counts, to be taken in name order.
         total: Counts | None = None
+        all_state: _Series | None = None
         segments: list[tuple[str, _Series, Counts]] = []
         for name, c in counts.items():
             st = series.get(name)
@@ -526,13 +527,15 @@ class CampaignMonitor:
                 st = series[name] = self._new_series(name)
             if name == _ALL:
                 total = c
+                all_state = st
             else:
                 segments.append((name, st, c))
         hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
 
-        all_state = series.get(_ALL)
+        if all_state is None:  # (a window without ``all``: its state, if it has one)
+            all_state = series.get(_ALL)
         p_all = 0.0
         relvar_all = math.inf
         if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
@@ -548,8 +551,9 @@ class CampaignMonitor:
         quiet: list[str] | None = None
         if total is not None and all_state is not None:
             tot_n, tot_k = total.impressions, total.clicks
-            v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour, p_all,
-                                  relvar_all, h, n_tests, has_total, tot_n, tot_k)
+            v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour,
+                                  math.exp(self._season_vol[hour]), p_all, relvar_all, h,
+                                  n_tests, has_total, tot_n, tot_k)
             if v is not None:
                 verdicts.append(v)
                 if v.quarantine:
@@ -558,9 +562,13 @@ class CampaignMonitor:
         if segments:
             # (Names are unique: the tuples sort by name alone.)
             segments.sort()
+            # The hour's volume factor as ``all`` left it (only ``all`` learns it): one
+            # ``exp`` for every segment of the window.
+            season_v = math.exp(self._season_vol[hour])
             for name, st, c in segments:
-                v = self._series_step(name, st, c.impressions, c.clicks, window, hour, p_all,
-                                      relvar_all, h, n_tests, has_total, tot_n, tot_k)
+                v = self._series_step(name, st, c.impressions, c.clicks, window, hour,
+                                      season_v, p_all, relvar_all, h, n_tests, has_total,
+                                      tot_n, tot_k)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
@@ -614,16 +622,16 @@ class CampaignMonitor:
                            s.shrinkage_max)
 
     def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
-                     p_all: float, relvar_all: float, h: float,
+                     season_v: float, p_all: float, relvar_all: float, h: float,
                      n_tests: int, has_total: bool, tot_n: int,
                      tot_k: int) -> Verdict | None:
         """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
-        and ``tot_k``, if the window has ``all`` (``has_total``)."""
+        and ``tot_k``, if the window has ``all`` (``has_total``); ``season_v``, the hour's
+        volume factor (``exp(_season_vol[hour])``)."""
         s = self._p
         is_all = name == _ALL
 
         # ---- expectations from the state before this window
-        season_v = math.exp(self._season_vol[hour])
         mu = fmax(st.vol_level + st.vol_trend, 0.0) * season_v
         p_rest = 0.0   # segments: the CTR the rest of the campaign had in this window
         if is_all:

@@ -20,7 +20,7 @@ alike and used only when the core is ``compiled`` (:func:`load_extension`).
 ``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
 
 >>> MODULES, tuple(C_EXTENSIONS)
-(('detectors.stats', 'detectors.monitor'), ('ctrguard._scan', 'ctrguard._records', 'flows._shard'))
+(('detectors.stats', 'detectors.drift', 'detectors.monitor'), ('ctrguard._scan', 'ctrguard._records', 'flows._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -41,8 +41,8 @@ from typing import Any
 
 __all__ = ["C_EXTENSIONS", "MODULES", "build", "load_extension", "status"]
 
-#: Compiled modules, in import order (``monitor`` imports ``stats``).
-MODULES = ("detectors.stats", "detectors.monitor")
+#: Compiled modules, in import order (``monitor`` imports ``drift``, both import ``stats``).
+MODULES = ("detectors.stats", "detectors.drift", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
 #: Hand-written C extensions built with the core, and their sources.

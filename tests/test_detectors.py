@@ -223,3 +223,69 @@ def test_doubled_impressions_are_told_from_a_real_surge(seed):
     assert first.suspected_cause == "impression_logging" and first.quarantine
     surge = run(build_monitor(DetectorSettings()), _volume_jump(500, True, seed))
     assert surge == [], "a real traffic surge at the same CTR must not alarm"
+
+
+# ---------------------------------------------------------------- drift detector
+
+
+def _shifting_residuals(seed: int, n: int = 3000):
+    """Residuals whose mean moves by 1.5 sd every 300 values: many drifts, each followed
+    by the detector's reset."""
+    rng = np.random.default_rng(seed)
+    for t in range(n):
+        yield float(rng.normal(1.5 if (t // 300) % 2 else 0.0, 1.0))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_page_hinkley_is_rivers(seed):
+    """ResidualDrift computes Page-Hinkley itself: after every value, the same decision as
+    River's PageHinkley fed the same standardised values, and the River detector its
+    snapshot holds pickles to the same bytes as River's own (same floats, same types)."""
+    import pickle
+
+    from river.drift import PageHinkley
+
+    from detectors.drift import ResidualDrift
+
+    d = ResidualDrift(threshold=5.0, delta=0.1, min_instances=5)
+    river = PageHinkley(min_instances=5, delta=0.1, threshold=5.0, mode="both")
+    fired = 0
+    for residual in _shifting_residuals(seed):
+        got = d.update(residual, 1.0, 10.0)
+        river.update(d.last_z)
+        assert got == river.drift_detected
+        fired += got
+        assert pickle.dumps(d.__reduce__()[2]["_river"]) == pickle.dumps(river)
+    assert fired >= 5, "the stream must drift (and reset the detector) repeatedly"
+
+
+def test_drift_snapshot_layout_is_unchanged():
+    """A ResidualDrift pickles as the instance dict it had when River's detector held the
+    state, and such a snapshot continues exactly as the detector that never stopped."""
+    import io
+    import pickle
+
+    from river.drift import PageHinkley
+
+    from detectors.drift import ResidualDrift
+
+    class Plain:  # reads the snapshot's dict as it is
+        pass
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            return Plain if name == "ResidualDrift" else super().find_class(module, name)
+
+    d = ResidualDrift(threshold=5.0, min_instances=5)
+    values = list(_shifting_residuals(3, 900))
+    for residual in values[:450]:
+        d.update(residual, 1.0, 10.0)
+    blob = pickle.dumps(d)
+    raw = Unpickler(io.BytesIO(blob)).load().__dict__
+    assert list(raw) == ["method", "threshold", "delta", "adwin_delta", "min_expected",
+                         "min_instances", "_river", "_num", "_var", "_exp", "last_z"]
+    assert type(raw["_river"]) is PageHinkley
+    restored = pickle.loads(blob)
+    assert [restored.update(r, 1.0, 10.0) for r in values[450:]] == [
+        d.update(r, 1.0, 10.0) for r in values[450:]]
+    assert pickle.dumps(restored) == pickle.dumps(d)
