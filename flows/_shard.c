@@ -295,6 +295,61 @@ done:
     return result;
 }
 
+/* shard_ids(cache, cids) -> (ids, first) or None
+ *
+ * The shard of each campaign id of a batch, looked up in ``cache`` (a dict: campaign id ->
+ * shard, an int): ``ids`` is a bytearray of n Py_ssize_t (for a numpy intp array, as split
+ * takes them), ``first`` the shard of every event when they all share one, else -1. None
+ * when a campaign id is not in the cache: the caller computes the missing shards, stores
+ * them and asks again (see flows.engine.EventPreparer._route, whose reference is a numpy
+ * fromiter over the cache's __getitem__).
+ */
+static PyObject *shard_ids(PyObject *self, PyObject *args) {
+    PyObject *cache, *cids_obj;
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &cache, &cids_obj))
+        return NULL;
+    PyObject *cids = PySequence_Fast(cids_obj, "cids must be a sequence");
+    if (cids == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(cids);
+    PyObject **items = PySequence_Fast_ITEMS(cids);
+    PyObject *result = NULL;
+    PyObject *ids = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (ids == NULL)
+        goto done;
+    Py_ssize_t *out = (Py_ssize_t *)PyByteArray_AS_STRING(ids);
+    Py_ssize_t first = -1, shard = -1;
+    int alike = 1;
+    PyObject *prev = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *cid = items[i];
+        if (cid != prev) {  /* (the scanner gives a campaign the same str every time) */
+            PyObject *got = PyDict_GetItemWithError(cache, cid);
+            if (got == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                result = Py_None;
+                Py_INCREF(result);
+                goto done;
+            }
+            shard = PyLong_AsSsize_t(got);
+            if (shard == -1 && PyErr_Occurred())
+                goto done;
+            prev = cid;
+        }
+        out[i] = shard;
+        if (i == 0)
+            first = shard;
+        else if (shard != first)
+            alike = 0;
+    }
+    result = Py_BuildValue("(On)", ids, alike && n ? first : (Py_ssize_t)-1);
+done:
+    Py_XDECREF(ids);
+    Py_DECREF(cids);
+    return result;
+}
+
 /* series_counts(camp, counts, take_in, table, make) -> dict
  *
  * The counts of every series of campaign ``camp`` in one window (see
@@ -725,6 +780,9 @@ static PyMethodDef methods[] = {
      "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
      "Split a batch's columns by shard, keeping arrival order within each shard (see "
      "flows.engine.EventPreparer._route)."},
+    {"shard_ids", shard_ids, METH_VARARGS,
+     "shard_ids(cache, cids) -> (ids, first) | None\n\n"
+     "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},
     {"series_counts", series_counts, METH_VARARGS,
      "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
      "The counts of every series of a campaign in one window (see "

@@ -520,38 +520,57 @@ class EventPreparer:
                 rows = (eids, offsets, values)
             else:
                 rows = (eids, *_take((offsets, values), list(pos)))
-            for s, (at, columns) in self._route(cids, cols.dims, drop).items():
-                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
-                                  ts if at is None else ts[at], columns[0], rows[0], columns[1],
-                                  rows[1], rows[2], keys if at is None else keys[at], at)
+            order, routed = self._route(cids, cols.dims, drop)
+            if order is None:  # one shard, every event
+                (s, (_, _, columns)), = routed.items()
+                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, ts,
+                                  columns[0], rows[0], columns[1], rows[1], rows[2], keys)
+            else:
+                # One gather for every shard (a numpy call costs a microsecond or two however
+                # small the array): each shard's times and keys are a slice of these.
+                ts_by, keys_by = ts[order], keys[order]
+                for s, (start, stop, columns) in routed.items():
+                    chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
+                                      ts_by[start:stop], columns[0], rows[0], columns[1],
+                                      rows[1], rows[2], keys_by[start:stop], order[start:stop])
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
                              len(values), len(self._dims))
 
     def _route(self, cids: Sequence[str], dks: Sequence[Any], drop: set[int]
-               ) -> dict[int, tuple[np.ndarray | None, tuple[Sequence[str], Sequence[Any]]]]:
-        """Split the kept events by shard, keeping arrival order within each shard: per
-        shard with events, their positions in the batch (``None``: all, in order) and their
-        campaign ids and dims keys. ``drop``: positions of events to leave out."""
+               ) -> tuple[np.ndarray | None,
+                          dict[int, tuple[int, int, tuple[Sequence[str], Sequence[Any]]]]]:
+        """Split the kept events by shard, keeping arrival order within each shard:
+        ``(order, routed)``. ``order``: the positions in the batch of shard 0's events, then
+        shard 1's, ... (``None``: one shard has every event, in order); ``routed``: per shard
+        with events, where its positions are in ``order`` (start, stop) and its campaign
+        ids and dims keys. ``drop``: positions of events to leave out."""
         n_shards = self._shards
+        shard = _SHARD
+        first = -1  # the shard of every event, if they share one
         if n_shards == 1:
             arr = np.zeros(len(cids), dtype=np.intp)
+            first = 0
+        elif shard is not None:  # the lookups in C (flows/_shard.c), and `first` with them
+            got = shard.shard_ids(self._shard_cache, cids)
+            if got is None:
+                self._cache_shards(cids)
+                got = shard.shard_ids(self._shard_cache, cids)
+            arr = np.frombuffer(got[0], dtype=np.intp)
+            first = got[1]
         else:
             cache = self._shard_cache
             try:
                 arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
             except KeyError:
-                if len(cache) > 1_000_000:
-                    cache.clear()
-                for c in set(cids).difference(cache):
-                    cache[c] = shard_of(c, n_shards)
+                self._cache_shards(cids)
                 arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
+            if (arr == arr[0]).all():
+                first = int(arr[0])
         if not drop:
-            first = int(arr[0])
-            if n_shards == 1 or (arr == first).all():
-                return {first: (None, (cids, dks))}
+            if first >= 0:
+                return None, {first: (0, len(cids), (cids, dks))}
         else:
             arr[list(drop)] = n_shards  # one more shard: the events left out
-        shard = _SHARD
         if shard is not None:
             # One pass in C (flows/_shard.c) over the list columns.
             buf, counts, parts = shard.split(n_shards + 1, arr, (cids, dks))
@@ -564,11 +583,18 @@ class EventPreparer:
         start = 0
         for s, n in enumerate(counts[:n_shards]):
             if n:
-                idx = order[start:start + n]
-                out[s] = (idx, parts[s] if parts is not None
-                          else tuple(_take((cids, dks), idx.tolist())))
+                out[s] = (start, start + n, parts[s] if parts is not None
+                          else tuple(_take((cids, dks), order[start:start + n].tolist())))
                 start += n
-        return out
+        return order, out
+
+    def _cache_shards(self, cids: Sequence[str]) -> None:
+        """Put the shards of the campaigns of ``cids`` not in the shard cache into it."""
+        cache = self._shard_cache
+        if len(cache) > 1_000_000:
+            cache.clear()
+        for c in set(cids).difference(cache):
+            cache[c] = shard_of(c, self._shards)
 
     def chunks(self, prepared: PreparedBatch) -> list[tuple[int, Chunk]]:
         """One chunk for *every* shard, so every shard learns the source's progress."""

@@ -153,6 +153,21 @@ def test_split_refuses_what_it_cannot_do(args, error):
         engine._SHARD.split(*args)
 
 
+def test_shard_ids_looks_every_campaign_up_or_answers_none():
+    cache = {"a": 2, "b": 0, "c": 2}
+    ids, first = engine._SHARD.shard_ids(cache, ["a", "b", "a", "c"])
+    assert np.frombuffer(ids, dtype=np.intp).tolist() == [2, 0, 2, 2] and first == -1
+    ids, first = engine._SHARD.shard_ids(cache, ("c", "a", "a"))
+    assert np.frombuffer(ids, dtype=np.intp).tolist() == [2, 2, 2] and first == 2
+    assert engine._SHARD.shard_ids(cache, ["a", "x", "b"]) is None  # "x": not cached yet
+    ids, first = engine._SHARD.shard_ids(cache, [])
+    assert len(ids) == 0 and first == -1
+    with pytest.raises(TypeError):
+        engine._SHARD.shard_ids(cache, ["a", ["unhashable"]])
+    with pytest.raises(TypeError):
+        engine._SHARD.shard_ids({"a": "not an int"}, ["a"])
+
+
 # -- count ----------------------------------------------------------------------------
 
 
