@@ -25,10 +25,23 @@ static PyObject *put_new(PyObject *dict, PyObject *key, PyObject *made) {
     return rc < 0 ? NULL : made;
 }
 
+/* A native int64 buffer (numpy int64, or the bytes made here). */
+static int is_int64(const Py_buffer *b) {
+    if (b->itemsize != 8 || b->len % 8)
+        return 0;
+    if (b->format == NULL)
+        return 1;  /* plain bytes */
+    const char *f = b->format;
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    return (f[0] == 'l' || f[0] == 'q') && f[1] == 0;
+}
+
 /* count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None
  *
  * For each event i, in order: add one to open[wid][cids[i]][key], where wid is ``wids``
- * (an int: every event in one window) or wids[i], and key is keys[i] (impressions) or the
+ * (an int: every event in one window) or wids[i] (a sequence of ints, or an int64 buffer
+ * such as a numpy array: an int is made for each run of equal ids), and key is keys[i] (impressions) or the
  * shared 1-tuple wrap[keys[i]] (clicks; made and stored when missing; wrap is None for
  * impressions). ``open[wid]`` is made when missing. When the campaign has no counts in the
  * window yet, on_window(cid, wid, open[wid]) makes them (and returns the dict); when the key
@@ -48,6 +61,9 @@ static PyObject *count(PyObject *self, PyObject *args) {
     PyObject *cids = NULL, *keys = NULL, *wids = NULL, *one = NULL, *result = NULL;
     PyObject *wid = NULL;          /* the current window id (new reference) */
     PyObject *by_campaign = NULL;  /* open[wid] (borrowed: open holds it) */
+    Py_buffer wid_buf;             /* wids as an int64 buffer, when given so */
+    int have_buf = 0;
+    int64_t wid_value = 0;
     cids = PySequence_Fast(cids_obj, "cids must be a sequence");
     if (cids == NULL)
         goto done;
@@ -59,8 +75,22 @@ static PyObject *count(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "cids and keys differ in length");
         goto done;
     }
-    if (!PyLong_Check(wids_obj)) {
-        wids = PySequence_Fast(wids_obj, "wids must be an int or a sequence");
+    if (PyLong_Check(wids_obj)) {
+        /* one window for every event */
+    } else if (PyObject_CheckBuffer(wids_obj)) {
+        if (PyObject_GetBuffer(wids_obj, &wid_buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            goto done;
+        have_buf = 1;
+        if (!is_int64(&wid_buf)) {
+            PyErr_SetString(PyExc_TypeError, "wids: a buffer of int64");
+            goto done;
+        }
+        if (wid_buf.len / 8 != n) {
+            PyErr_SetString(PyExc_ValueError, "cids and wids differ in length");
+            goto done;
+        }
+    } else {
+        wids = PySequence_Fast(wids_obj, "wids must be an int, int64 buffer or a sequence");
         if (wids == NULL)
             goto done;
         if (PySequence_Fast_GET_SIZE(wids) != n) {
@@ -73,21 +103,37 @@ static PyObject *count(PyObject *self, PyObject *args) {
         goto done;
     PyObject **cid_items = PySequence_Fast_ITEMS(cids);
     PyObject **key_items = PySequence_Fast_ITEMS(keys);
+    const int64_t *wid_values = have_buf ? (const int64_t *)wid_buf.buf : NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *w = wids == NULL ? wids_obj : PySequence_Fast_ITEMS(wids)[i];
-        if (wid == NULL || w != wid) {
-            int same = wid == NULL ? 0 : PyObject_RichCompareBool(w, wid, Py_EQ);
-            if (same < 0)
-                goto done;
-            if (!same) {
-                Py_INCREF(w);
-                Py_XSETREF(wid, w);
-                by_campaign = PyDict_GetItemWithError(open, wid);
-                if (by_campaign == NULL) {
-                    by_campaign = put_new(open, wid, PyErr_Occurred() ? NULL : PyDict_New());
-                    if (by_campaign == NULL)
-                        goto done;
+        int changed = 0;
+        if (wid_values != NULL) {
+            /* A window id as a number: an int object only where it changes. */
+            if (wid == NULL || wid_values[i] != wid_value) {
+                wid_value = wid_values[i];
+                Py_XSETREF(wid, PyLong_FromLongLong(wid_value));
+                if (wid == NULL)
+                    goto done;
+                changed = 1;
+            }
+        } else {
+            PyObject *w = wids == NULL ? wids_obj : PySequence_Fast_ITEMS(wids)[i];
+            if (wid == NULL || w != wid) {
+                int same = wid == NULL ? 0 : PyObject_RichCompareBool(w, wid, Py_EQ);
+                if (same < 0)
+                    goto done;
+                if (!same) {
+                    Py_INCREF(w);
+                    Py_XSETREF(wid, w);
+                    changed = 1;
                 }
+            }
+        }
+        if (changed) {
+            by_campaign = PyDict_GetItemWithError(open, wid);
+            if (by_campaign == NULL) {
+                by_campaign = put_new(open, wid, PyErr_Occurred() ? NULL : PyDict_New());
+                if (by_campaign == NULL)
+                    goto done;
             }
         }
         PyObject *cid = cid_items[i];
@@ -170,6 +216,8 @@ static PyObject *count(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
+    if (have_buf)
+        PyBuffer_Release(&wid_buf);
     Py_XDECREF(wid);
     Py_XDECREF(one);
     Py_XDECREF(wids);
@@ -292,6 +340,127 @@ done:
     PyMem_Free(start);
     PyMem_Free(fill);
     PyBuffer_Release(&ids);
+    return result;
+}
+
+/* The window of event time t (floor division: times before the epoch too). */
+static inline int64_t window_of(int64_t t, int64_t length) {
+    int64_t q = t / length;
+    return (t % length != 0 && (t < 0) != (length < 0)) ? q - 1 : q;
+}
+
+/* Gets ``obj`` as a C-contiguous native int64 buffer; -1 with an error set otherwise. */
+static int int64_buffer(PyObject *obj, Py_buffer *b, const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    if (!is_int64(b)) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_TypeError, "%s: a buffer of int64", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* span(ts, length) -> (lo, hi)
+ *
+ * The first and the last window (ts // length, floored) of the event times ``ts`` (an int64
+ * buffer, at least one): one pass instead of numpy's division, min and max, three calls
+ * that cost more than their work on a chunk of a few hundred events (see
+ * flows.engine.ShardState._add_events). ``length`` 1: ``ts`` are window ids already.
+ */
+static PyObject *span(PyObject *self, PyObject *args) {
+    PyObject *ts_obj;
+    long long length;
+    if (!PyArg_ParseTuple(args, "OL", &ts_obj, &length))
+        return NULL;
+    if (length <= 0) {
+        PyErr_SetString(PyExc_ValueError, "length must be positive");
+        return NULL;
+    }
+    Py_buffer b;
+    if (int64_buffer(ts_obj, &b, "ts") < 0)
+        return NULL;
+    Py_ssize_t n = b.len / 8;
+    PyObject *result = NULL;
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "no event times");
+    } else {
+        const int64_t *ts = (const int64_t *)b.buf;
+        int64_t tmin = ts[0], tmax = ts[0];
+        for (Py_ssize_t i = 1; i < n; i++) {
+            tmin = ts[i] < tmin ? ts[i] : tmin;
+            tmax = ts[i] > tmax ? ts[i] : tmax;
+        }
+        /* (floor division is monotonic: the windows of the extremes are the extremes) */
+        result = Py_BuildValue("(LL)", (long long)window_of(tmin, length),
+                               (long long)window_of(tmax, length));
+    }
+    PyBuffer_Release(&b);
+    return result;
+}
+
+/* group(ts, length, lo, n_windows) -> (wids, order, counts)
+ *
+ * The events of a chunk that spans several windows, by window (see span): ``wids`` (bytes,
+ * native int64) the window of each event, ``order`` (bytes, native intp) the positions of
+ * window lo's events, then lo + 1's, ..., each in arrival order (a stable counting sort),
+ * ``counts`` (a list of n_windows ints) how many each window has. Every window must be in
+ * [lo, lo + n_windows).
+ */
+static PyObject *group(PyObject *self, PyObject *args) {
+    PyObject *ts_obj;
+    long long length, lo;
+    Py_ssize_t n_windows;
+    if (!PyArg_ParseTuple(args, "OLLn", &ts_obj, &length, &lo, &n_windows))
+        return NULL;
+    if (length <= 0 || n_windows <= 0 || n_windows > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "length or n_windows out of range");
+        return NULL;
+    }
+    Py_buffer b;
+    if (int64_buffer(ts_obj, &b, "ts") < 0)
+        return NULL;
+    Py_ssize_t n = b.len / 8;
+    const int64_t *ts = (const int64_t *)b.buf;
+    PyObject *result = NULL, *wids = NULL, *order = NULL, *counts = NULL;
+    Py_ssize_t *fill = PyMem_Calloc(n_windows, sizeof(Py_ssize_t));
+    wids = PyBytes_FromStringAndSize(NULL, n * 8);
+    order = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    counts = PyList_New(n_windows);
+    if (fill == NULL || wids == NULL || order == NULL || counts == NULL) {
+        if (fill == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *w = (int64_t *)PyBytes_AS_STRING(wids);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        w[i] = window_of(ts[i], length);
+        if (w[i] < lo || w[i] - lo >= n_windows) {
+            PyErr_SetString(PyExc_ValueError, "a window outside [lo, lo + n_windows)");
+            goto done;
+        }
+        fill[w[i] - lo]++;
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; k < n_windows; k++) {
+        PyObject *c = PyLong_FromSsize_t(fill[k]);
+        if (c == NULL)
+            goto done;
+        PyList_SET_ITEM(counts, k, c);
+        Py_ssize_t m = fill[k];
+        fill[k] = at;
+        at += m;
+    }
+    Py_ssize_t *out = (Py_ssize_t *)PyBytes_AS_STRING(order);
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[fill[w[i] - lo]++] = i;
+    result = PyTuple_Pack(3, wids, order, counts);
+done:
+    Py_XDECREF(wids);
+    Py_XDECREF(order);
+    Py_XDECREF(counts);
+    PyMem_Free(fill);
+    PyBuffer_Release(&b);
     return result;
 }
 
@@ -780,6 +949,14 @@ static PyMethodDef methods[] = {
      "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
      "Split a batch's columns by shard, keeping arrival order within each shard (see "
      "flows.engine.EventPreparer._route)."},
+    {"span", span, METH_VARARGS,
+     "span(ts, length) -> (lo, hi)\n\n"
+     "The first and last window of a chunk's event times (see "
+     "flows.engine.ShardState._add_events)."},
+    {"group", group, METH_VARARGS,
+     "group(ts, length, lo, n_windows) -> (wids, order, counts)\n\n"
+     "A chunk's events by window, each window's in arrival order (see "
+     "flows.engine.ShardState._add_events)."},
     {"shard_ids", shard_ids, METH_VARARGS,
      "shard_ids(cache, cids) -> (ids, first) | None\n\n"
      "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},

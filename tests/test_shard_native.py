@@ -192,6 +192,78 @@ def test_count_adds_up_and_calls_back_for_new_windows_and_keys():
     assert open_[8]["a"].keys() & {wrap["m"]} and new_keys[-1] == ("a", "m")
 
 
+def test_count_takes_window_ids_as_an_int64_array_alike():
+    def on_window(cid, wid, by_campaign):
+        by_campaign[cid] = {}
+        return by_campaign[cid]
+
+    wids = [7, 7, 8, 7, -1]
+    args = (["a", "b", "a", "a", "b"], ["m", "m", "m", "d", "m"], None, on_window,
+            lambda cid, dk: None)
+    from_list: dict = {}
+    from_array: dict = {}
+    engine._SHARD.count(from_list, {}, wids, *args)
+    engine._SHARD.count(from_array, {}, np.array(wids, dtype=np.int64), *args)
+    assert from_array == from_list == {7: {"a": {"m": 1, "d": 1}, "b": {"m": 1}},
+                                       8: {"a": {"m": 1}}, -1: {"b": {"m": 1}}}
+    with pytest.raises(TypeError, match="int64"):
+        engine._SHARD.count({}, {}, np.array(wids, dtype=np.int32), *args)
+    with pytest.raises(ValueError, match="length"):
+        engine._SHARD.count({}, {}, np.array(wids[:4], dtype=np.int64), *args)
+
+
+# -- span and group -------------------------------------------------------------------
+
+
+def test_span_and_group_find_the_windows_as_floor_division_does():
+    ts = np.array([1_000, 299_999, 300_000, -1, 905_000, 1_000, -300_001], dtype=np.int64)
+    wids = ts // 300_000
+    assert engine._SHARD.span(ts, 300_000) == (wids.min(), wids.max()) == (-2, 3)
+    got, order, counts = engine._SHARD.group(ts, 300_000, -2, 6)
+    assert np.frombuffer(got, dtype=np.int64).tolist() == wids.tolist()
+    assert np.frombuffer(order, dtype=np.intp).tolist() == np.argsort(
+        wids, kind="stable").tolist()
+    assert counts == np.bincount(wids + 2).tolist() == [1, 1, 3, 1, 0, 1]
+    assert engine._SHARD.span(wids, 1) == (-2, 3)
+    with pytest.raises(ValueError):
+        engine._SHARD.span(np.array([], dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="outside"):
+        engine._SHARD.group(ts, 300_000, -1, 6)
+    with pytest.raises(TypeError, match="int64"):
+        engine._SHARD.span(ts.astype(np.float64), 1)
+
+
+def test_chunks_far_apart_in_time_and_in_any_layout_count_alike():
+    # Windows more than 1024 apart (numpy's way), before the epoch, a strided and a
+    # big-endian times array: the compiled path and the reference keep the same state.
+    def run():
+        s = _settings(1)
+        state = ShardState(s, ["imp:0"], ZeroClickMonitor)
+        out = []
+        day = 86_400_000
+        times = [T0, T0 + 9 * day, T0 + 1, T0 + 9 * day + 5, T0 + 2]
+        rows = [engine.Prepared(t, IMPRESSION, f"e{i % 4}", f"c{i % 2}", ("mobile", None),
+                                b"", i) for i, t in enumerate(times)]
+        out += state.ingest(engine.Chunk.of("imp:0", None, False, rows))
+        chunk = engine.Chunk.of("imp:0", None, False, rows[:2] * 2)
+        chunk.ts_ms = np.repeat(chunk.ts_ms, 2)[::2]      # strided
+        out += state.ingest(chunk)
+        chunk = engine.Chunk.of("imp:0", None, False, rows[2:])
+        chunk.ts_ms = chunk.ts_ms.astype(">i8")              # not native
+        out += state.ingest(chunk)
+        early = [engine.Prepared(-5 * MIN + i, IMPRESSION, f"x{i}", "c0", ("tv", None), b"", i)
+                 for i in range(3)]
+        out += state.ingest(engine.Chunk.of("imp:0", None, False, early + rows[:1]))
+        out += state.flush()
+        return [repr(o) for o in out], state.stats.as_dict(), pickle.dumps(state)
+
+    compiled = run()
+    assert compiled[1]["events"] > 0 and compiled[1]["duplicates"] > 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "_SHARD", None)
+        assert run() == compiled
+
+
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
     def on_window(cid, wid, by_campaign):
         by_campaign[cid] = {}
