@@ -1239,6 +1239,8 @@ class ShardState:
                 topic, partition, offset, raw))
 
     def _open_window(self, cid: str, wid: int, by_campaign: dict[str, dict]) -> dict[Any, int]:
+        # (The compiled count loop does the same itself for a campaign in _campaigns:
+        # flows/_shard.c, open_known. Keep the two alike.)
         camp = self._campaigns.get(cid)
         if camp is None:
             camp = self._campaigns[cid] = _Campaign(self._monitor_factory(), wid,

@@ -192,6 +192,37 @@ def test_count_adds_up_and_calls_back_for_new_windows_and_keys():
     assert open_[8]["a"].keys() & {wrap["m"]} and new_keys[-1] == ("a", "m")
 
 
+def test_count_opens_a_known_campaigns_window_itself():
+    # What ShardState._open_window does for a campaign the shard has, without calling it.
+    class Camp:
+        __slots__ = ("dims", "first_wid", "last_event_wid")
+
+        def __init__(self, first, last):
+            self.dims = type("D", (), {"segs": {"m": ("all",)}})()
+            self.first_wid, self.last_event_wid = first, last
+
+    camps = {"a": Camp(5, 6), "b": Camp(5, 6), "c": Camp(5, 6)}
+    opened = []
+
+    def on_window(cid, wid, by_campaign):
+        opened.append(cid)
+        by_campaign[cid] = {}
+        return by_campaign[cid]
+
+    open_: dict = {}
+    engine._SHARD.count(open_, camps, np.array([3, 9, 6, 4, 9], dtype=np.int64),
+                        ["a", "b", "c", "a", "x"], ["m"] * 5, None, on_window,
+                        lambda cid, dk: None)
+    assert opened == ["x"]
+    assert [(c.first_wid, c.last_event_wid) for c in camps.values()] == [(3, 6), (5, 9),
+                                                                         (5, 6)]
+    assert open_ == {3: {"a": {"m": 1}}, 9: {"b": {"m": 1}, "x": {"m": 1}},
+                     6: {"c": {"m": 1}}, 4: {"a": {"m": 1}}}
+    with pytest.raises(AttributeError):
+        engine._SHARD.count({}, {"a": object()}, 1, ["a"], ["m"], None, on_window,
+                            lambda cid, dk: None)
+
+
 def test_count_takes_window_ids_as_an_int64_array_alike():
     def on_window(cid, wid, by_campaign):
         by_campaign[cid] = {}
