@@ -668,12 +668,13 @@ class _Seen:
     drops its map and keeps one run (its keys are only looked up for the rare late event).
     """
 
-    __slots__ = ("runs", "marks", "shift")
+    __slots__ = ("runs", "marks", "shift", "size")
 
     def __init__(self, runs: list[np.ndarray] | None = None) -> None:
         self.runs: list[np.ndarray] = runs if runs is not None else []
         self.marks: np.ndarray | None = None   # uint8 bit map, built on first use (not pickled)
         self.shift = _S33
+        self.size = sum(map(len, self.runs))   # keys held (not pickled)
 
     def __getstate__(self) -> list[np.ndarray]:
         return self.runs
@@ -682,9 +683,10 @@ class _Seen:
         self.runs = runs
         self.marks = None
         self.shift = _S33
+        self.size = sum(map(len, runs))
 
     def __len__(self) -> int:
-        return sum(map(len, self.runs))
+        return self.size
 
     def __contains__(self, key: Any) -> bool:
         for run in self.runs:
@@ -695,7 +697,7 @@ class _Seen:
 
     def _remap(self, extra: int) -> None:
         """A bit map with room for the keys held and ``extra`` more (8-16 bits per key)."""
-        bits = max(15, (8 * (len(self) + extra)).bit_length())
+        bits = max(15, (8 * (self.size + extra)).bit_length())
         self.marks = np.zeros(1 << (bits - 3), dtype=np.uint8)
         self.shift = np.uint64(64 - bits)
         for run in self.runs:
@@ -714,7 +716,7 @@ class _Seen:
         of the events to count (the first arrival of each key not seen before), or ``None``
         when that is all of them (the common case)."""
         marks = self.marks
-        if marks is None or len(self) + len(keys) > len(marks):  # < 8 bits per key
+        if marks is None or self.size + len(keys) > len(marks):  # < 8 bits per key
             self._remap(len(keys))
         shard = _SHARD
         if shard is not None:  # the same in C (flows/_shard.c), marks included
@@ -755,12 +757,17 @@ class _Seen:
             return
         if self.marks is not None and not marked:
             self._mark(fresh)
+        self.size += len(fresh)
         runs = self.runs
         runs.append(fresh)
+        shard = _SHARD
         while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
             last = runs.pop()
-            merged = np.concatenate((runs[-1], last))
-            merged.sort(kind="stable")  # two sorted runs: a linear merge
+            if shard is not None:  # one call, not numpy's two (flows/_shard.c)
+                merged = np.frombuffer(shard.merge(runs[-1], last), dtype=np.uint64)
+            else:
+                merged = np.concatenate((runs[-1], last))
+                merged.sort(kind="stable")  # two sorted runs: a linear merge
             runs[-1] = merged
 
     def compact(self) -> None:

@@ -295,6 +295,20 @@ def test_chunks_far_apart_in_time_and_in_any_layout_count_alike():
         assert run() == compiled
 
 
+def test_merge_is_a_stable_sort_of_two_ascending_runs():
+    rng = np.random.default_rng(3)
+    for na, nb in [(0, 0), (0, 3), (4, 0), (1, 1), (50, 7), (7, 50), (300, 300)]:
+        a = np.sort(rng.integers(0, 2**64 - 1, na, dtype=np.uint64, endpoint=True))
+        b = np.sort(rng.integers(0, 2**64 - 1, nb, dtype=np.uint64, endpoint=True))
+        if na and nb:
+            b[0] = a[na // 2]  # an equal key across the runs
+            b.sort()
+        got = np.frombuffer(engine._SHARD.merge(a, b), dtype=np.uint64)
+        assert got.tolist() == np.sort(np.concatenate((a, b)), kind="stable").tolist()
+    with pytest.raises(TypeError):
+        engine._SHARD.merge(b"abc", b"")
+
+
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
     def on_window(cid, wid, by_campaign):
         by_campaign[cid] = {}
