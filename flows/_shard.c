@@ -14,7 +14,9 @@
 #include <stdint.h>
 
 /* interned attribute names */
-static PyObject *str_dims, *str_segs, *str_series, *str_first_wid, *str_last_event_wid;
+static PyObject *str_dims, *str_segs, *str_series, *str_first_wid, *str_last_event_wid,
+    *str_impressions, *str_clicks;
+static PyObject *zero_int;  /* 0 */
 
 /* Stores ``made`` (a new reference, or NULL after an error) at ``key`` of ``dict`` and
  * returns it borrowed (the dict holds it); NULL on error. */
@@ -1016,6 +1018,58 @@ done:
     return result;
 }
 
+/* ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)
+ *     -> tuple
+ *
+ * The figures of a campaign-window without verdicts (flows.engine.ShardState._decide, its
+ * reference): for each (series, c) of ``counts`` (a dict, in its order) whose c is not
+ * ``zero`` (the shared empty counts), make(cid, series, start_iso, end_iso, start_s,
+ * c.impressions, c.clicks, ctr, status, alert_ids), ctr being c.clicks / c.impressions
+ * (0.0 without impressions).
+ */
+static PyObject *ok_figures(PyObject *self, PyObject *args) {
+    PyObject *cid, *counts, *zero, *start_iso, *end_iso, *start_s, *status, *alert_ids, *make;
+    if (!PyArg_ParseTuple(args, "OO!OOOOOOO", &cid, &PyDict_Type, &counts, &zero, &start_iso,
+                          &end_iso, &start_s, &status, &alert_ids, &make))
+        return NULL;
+    PyObject *figures = PyList_New(0);
+    if (figures == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *seg, *c;
+    while (PyDict_Next(counts, &pos, &seg, &c)) {
+        if (c == zero)
+            continue;
+        PyObject *imps = PyObject_GetAttr(c, str_impressions);
+        PyObject *clicks = imps == NULL ? NULL : PyObject_GetAttr(c, str_clicks);
+        PyObject *ctr = NULL, *figure = NULL;
+        if (clicks != NULL) {
+            int some = PyObject_RichCompareBool(imps, zero_int, Py_GT);
+            if (some > 0)
+                ctr = PyNumber_TrueDivide(clicks, imps);
+            else if (some == 0)
+                ctr = PyFloat_FromDouble(0.0);
+        }
+        if (ctr != NULL) {
+            PyObject *argv[10] = {cid, seg, start_iso, end_iso, start_s, imps, clicks, ctr,
+                                  status, alert_ids};
+            figure = PyObject_Vectorcall(make, argv, 10, NULL);
+        }
+        Py_XDECREF(imps);
+        Py_XDECREF(clicks);
+        Py_XDECREF(ctr);
+        if (figure == NULL || PyList_Append(figures, figure) < 0) {
+            Py_XDECREF(figure);
+            Py_DECREF(figures);
+            return NULL;
+        }
+        Py_DECREF(figure);
+    }
+    PyObject *out = PyList_AsTuple(figures);
+    Py_DECREF(figures);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
@@ -1036,6 +1090,11 @@ static PyMethodDef methods[] = {
     {"merge", merge, METH_VARARGS,
      "merge(a, b) -> bytes\n\n"
      "Two ascending runs of uint64 keys as one (see flows.engine._Seen._add)."},
+    {"ok_figures", ok_figures, METH_VARARGS,
+     "ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)"
+     " -> tuple\n\n"
+     "The figures of a campaign-window without verdicts (see "
+     "flows.engine.ShardState._decide)."},
     {"shard_ids", shard_ids, METH_VARARGS,
      "shard_ids(cache, cids) -> (ids, first) | None\n\n"
      "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},
@@ -1065,8 +1124,12 @@ PyMODINIT_FUNC PyInit__shard(void) {
     str_series = PyUnicode_InternFromString("series");
     str_first_wid = PyUnicode_InternFromString("first_wid");
     str_last_event_wid = PyUnicode_InternFromString("last_event_wid");
+    str_impressions = PyUnicode_InternFromString("impressions");
+    str_clicks = PyUnicode_InternFromString("clicks");
+    zero_int = PyLong_FromLong(0);
     if (str_dims == NULL || str_segs == NULL || str_series == NULL || str_first_wid == NULL
-            || str_last_event_wid == NULL)
+            || str_last_event_wid == NULL || str_impressions == NULL || str_clicks == NULL
+            || zero_int == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

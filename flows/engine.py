@@ -1377,6 +1377,12 @@ class ShardState:
         stats = self.stats
         if not verdicts:  # the common case: every series with traffic has an ok figure
             # (a series with events has a count above zero; only the shared zero is empty)
+            shard = _SHARD
+            if shard is not None:  # the same in C (flows/_shard.c)
+                figures = shard.ok_figures(cid, counts, _ZERO, start_iso, end_iso, start_s,
+                                           STATUS_OK, (), _figure)
+                stats.windows += len(figures)
+                return _decision(cid, start_s, end_s, figures, ())
             figures = tuple([
                 _figure(cid, seg, start_iso, end_iso, start_s, c.impressions, c.clicks,
                         c.clicks / c.impressions if c.impressions > 0 else 0.0, STATUS_OK, ())

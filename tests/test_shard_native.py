@@ -309,6 +309,21 @@ def test_merge_is_a_stable_sort_of_two_ascending_runs():
         engine._SHARD.merge(b"abc", b"")
 
 
+def test_ok_figures_are_the_reference_figures():
+    counts = {"all": engine._counts(10, 3), "device=m": engine._ZERO,
+              "device=d": engine._counts(0, 2), "geo=DE": engine._counts(1000, 1)}
+    got = engine._SHARD.ok_figures("c1", counts, engine._ZERO, "s", "e", 60, "ok", (),
+                                   engine._figure)
+    want = tuple(engine.Figure("c1", seg, "s", "e", 60, c.impressions, c.clicks,
+                               c.clicks / c.impressions if c.impressions > 0 else 0.0, "ok",
+                               ())
+                 for seg, c in counts.items() if c is not engine._ZERO)
+    assert got == want and [f.ctr for f in got] == [0.3, 0.0, 0.001]
+    with pytest.raises(AttributeError):
+        engine._SHARD.ok_figures("c1", {"all": object()}, engine._ZERO, "s", "e", 60, "ok",
+                                 (), engine._figure)
+
+
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
     def on_window(cid, wid, by_campaign):
         by_campaign[cid] = {}
