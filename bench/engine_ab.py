@@ -11,6 +11,19 @@ both (alternating which goes first) with the detector that decides nothing
 minima (the least disturbed round) and the per-round ratios are printed as one JSON line.
 With ``--memory-series`` the memory measurement of ``bench.memory`` (deep size of the
 state, bytes per series) runs for both.
+
+Only ``flows/engine.py`` comes from ``--base-rev`` there: the C extensions (the event
+scanner, ``flows/_shard.c``) and ``ctrguard/events.py`` are the working tree's on both sides.
+``--whole-tree`` compares whole revisions instead: ``--base-rev`` is exported
+(``git archive``) into a temporary directory and its compiled parts built there
+(``python -m detectors build``; both sides must say ``compiled``), and each round runs the
+same batches through each tree in a child process of its own (``cwd`` and ``PYTHONPATH`` at
+that tree), alternating which goes first. Each child also digests everything it produced
+(every chunk's columns, dead letters, exclusions, frontiers, decisions, shard statistics):
+the digests must all be equal, else the exit status is 1. With ``--callgrind`` each side
+also runs under ``valgrind --tool=callgrind`` once with one pass over the batches and once
+with two: the difference is the instructions of one pass (warm), a count that other load
+on the machine does not disturb.
 """
 
 from __future__ import annotations
@@ -19,14 +32,20 @@ import argparse
 import gc
 import importlib.util
 import json
+import os
+import pickle
+import re
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.common import CAMPAIGNS, DIMENSIONS, SEED
+from bench.common import CAMPAIGNS, DIMENSIONS, REPO, SEED, log
 
 
 def load_rev(rev: str, name: str = "engine_base") -> ModuleType:
@@ -69,13 +88,177 @@ def _run(engine: ModuleType, settings: Any, batches: list, now_ms: int) -> tuple
     return prep_s, shard_s, outputs
 
 
+#: One side's run of the batches (``--whole-tree``), in a child process whose ``cwd`` and
+#: ``PYTHONPATH`` are that side's tree. Self-contained (``python -c``): the same code runs
+#: against either tree's modules. Prints one JSON line: per pass, the CPU seconds of
+#: prepare and of the shards, and a digest of everything produced.
+_CHILD = """
+import gc, hashlib, json, pickle, sys, time
+a = json.loads(sys.argv[1])
+from ctrguard.config import load_config_text
+import flows.engine as engine
+from detectors import native
+settings = load_config_text(a["config"], source="bench", env={})
+with open(a["batches"], "rb") as f:
+    batches, now_ms = pickle.load(f)
+class NoDetector:
+    def update(self, window, counts):
+        return []
+engine.tune_gc()
+passes = []
+for _ in range(a["passes"]):
+    digest = hashlib.sha256()
+    put = lambda obj: digest.update(repr(obj).encode())
+    prep = engine.EventPreparer(settings)
+    states = [engine.ShardState(settings, ["impressions:0", "clicks:0"], NoDetector)
+              for _ in range(settings.windows.shards)]
+    prep_s = shard_s = 0.0
+    gc.collect()
+    for raw in batches:
+        batch = engine.RawBatch(*raw)
+        t0 = time.process_time()
+        prepared = prep.prepare(batch, now_ms=now_ms)
+        chunks = prep.chunks(prepared)
+        t1 = time.process_time()
+        outs = [states[shard].ingest(chunk) for shard, chunk in chunks]
+        t2 = time.process_time()
+        prep_s += t1 - t0
+        shard_s += t2 - t1
+        if a["digest"]:
+            put((prepared.frontier_ms, sorted(prepared.excluded.items()),
+                 prepared.dead_letters))
+            for shard, chunk in chunks:
+                eids, offsets, _ = chunk.row_columns(raws=False)
+                put((shard, chunk.kind, chunk.ts_ms.tolist(), list(chunk.campaign_ids),
+                     list(chunk.dims), list(eids), list(offsets), chunk.keys.tolist()))
+            put(outs)
+    t1 = time.process_time()
+    outs = [state.flush() for state in states]
+    shard_s += time.process_time() - t1
+    put(outs)
+    put([state.stats.as_dict() for state in states])
+    passes.append({"prepare_s": prep_s, "shards_s": shard_s, "digest": digest.hexdigest()})
+print(json.dumps({"passes": passes, "core": native.status(),
+                  "engine": engine.__file__, "shard_ext": engine._SHARD is not None}))
+"""
+
+
+def _export(rev: str, dest: Path) -> None:
+    """The tree of ``rev`` (tracked files only) at ``dest``, its compiled parts built."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors", "build",
+                    "--quiet"], cwd=dest, check=True)
+
+
+def _core(tree: Path) -> str:
+    return subprocess.run([sys.executable, "-m", "detectors", "status"], cwd=tree,
+                          capture_output=True, text=True, env=_env(tree)).stdout.strip()
+
+
+def _env(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def _child(tree: Path, work: Path, config: str, passes: int, digest: bool,
+           callgrind: Path | None = None) -> dict[str, Any]:
+    cmd = [sys.executable, "-c", _CHILD, json.dumps({
+        "config": config, "batches": str(work / "batches.pkl"), "passes": passes,
+        "digest": digest})]
+    if callgrind is not None:
+        cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]
+    done = subprocess.run(cmd, cwd=tree, env=_env(tree), check=True, capture_output=True,
+                          text=True)
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if callgrind is not None:
+        m = re.search(r"Collected : (\d+)", done.stderr)
+        out["instructions"] = int(m.group(1)) if m else None
+    return out
+
+
+def whole_tree(args: argparse.Namespace, config: str, batches: list, now_ms: int,
+               events: int) -> int:
+    """``--whole-tree``: see the module's docstring."""
+    work = Path(tempfile.mkdtemp(prefix="engine-ab-"))
+    try:
+        with open(work / "batches.pkl", "wb") as f:
+            pickle.dump((batches, now_ms), f)
+        rev = subprocess.run(["git", "rev-parse", args.base_rev], cwd=REPO, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        log(f"exporting and building {rev[:12]}")
+        _export(rev, work / "base")
+        trees = {"base": work / "base", "new": REPO}
+        cores = {label: _core(tree) for label, tree in trees.items()}
+        if set(cores.values()) != {"compiled"}:
+            raise SystemExit(f"both sides must be compiled: {cores}")
+        runs: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
+        for r in range(args.rounds):
+            order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
+            for label in order:
+                got = _child(trees[label], work, config, 1, True)
+                runs[label].append(got["passes"][0] | {"shard_ext": got["shard_ext"]})
+                log(f"round {r + 1}/{args.rounds} {label}: "
+                    f"prepare {got['passes'][0]['prepare_s'] / events * 1e6:.3f}, "
+                    f"shards {got['passes'][0]['shards_s'] / events * 1e6:.3f} CPU µs/event")
+        digests = {x["digest"] for rows in runs.values() for x in rows}
+        result: dict[str, Any] = {"events": events, "rounds": args.rounds, "base_rev": rev,
+                                  "mode": "whole tree", "cores": cores,
+                                  "identical_outputs": len(digests) == 1}
+        for label, rows in runs.items():
+            prep = [x["prepare_s"] / events * 1e6 for x in rows]
+            shards = [x["shards_s"] / events * 1e6 for x in rows]
+            total = [a + b for a, b in zip(prep, shards, strict=True)]
+            result[label] = {
+                "prepare_us_per_event": round(statistics.median(prep), 3),
+                "shards_us_per_event": round(statistics.median(shards), 3),
+                "total_us_per_event": round(statistics.median(total), 3),
+                "min_prepare_us_per_event": round(min(prep), 3),
+                "min_shards_us_per_event": round(min(shards), 3),
+                "min_total_us_per_event": round(min(total), 3),
+                "shard_extension": rows[0]["shard_ext"],
+            }
+        result["ratio_new_to_base_per_round"] = {
+            part: [round(n[f"{part}_s"] / b[f"{part}_s"], 3)
+                   for b, n in zip(runs["base"], runs["new"], strict=True)]
+            for part in ("prepare", "shards")}
+        if args.callgrind:
+            counts = {}
+            for label, tree in trees.items():
+                one, two = (_child(tree, work, config, passes, False,
+                                   work / f"callgrind.{label}.{passes}")
+                            for passes in (1, 2))
+                if one["instructions"] is None or two["instructions"] is None:
+                    raise SystemExit("valgrind did not report its instruction count")
+                counts[label] = two["instructions"] - one["instructions"]
+                log(f"callgrind {label}: {counts[label]:,} instructions a pass")
+            result["callgrind_instructions_per_event"] = {
+                label: round(n / events, 1) for label, n in counts.items()}
+            result["callgrind_ratio_new_to_base"] = round(counts["new"] / counts["base"], 4)
+        print(json.dumps(result), flush=True)
+        return 0 if result["identical_outputs"] else 1
+    finally:
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.engine_ab")
     p.add_argument("--base-rev", default="HEAD")
     p.add_argument("--events", type=int, default=300_000)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--memory-series", type=int, default=0)
+    p.add_argument("--whole-tree", action="store_true",
+                   help="compare whole revisions, C extensions included, in child processes")
+    p.add_argument("--callgrind", action="store_true",
+                   help="--whole-tree: also count instructions a pass with valgrind")
+    p.add_argument("--keep", action="store_true", help="--whole-tree: keep the work directory")
     args = p.parse_args(argv)
+    if args.callgrind and not args.whole_tree:
+        p.error("--callgrind goes with --whole-tree")
 
     import flows.engine as new
     from bench.common import build_scenario
@@ -83,10 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     from ctrguard.config import load_config_text
     from ctrguard.events import decode_batch
 
-    base = load_rev(args.base_rev)
-    new.tune_gc()
-    settings = load_config_text(f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n",
-                                source="bench", env={})
+    config = f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n"
+    settings = load_config_text(config, source="bench", env={})
     sc = build_scenario(args.events, CAMPAIGNS, SEED)
 
     def frontier(values: list[bytes]) -> int | None:
@@ -96,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     batches = [tuple(b) for b in _batches(sc.impressions, sc.clicks, frontier)]
     events = sum(len(b[3]) for b in batches)
     now_ms = int(time.time() * 1000)
+    if args.whole_tree:
+        return whole_tree(args, config, batches, now_ms, events)
+    base = load_rev(args.base_rev)
+    new.tune_gc()
     runs: dict[str, list[tuple[float, float]]] = {"base": [], "new": []}
     outputs = {}
     for r in range(args.rounds):

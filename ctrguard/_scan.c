@@ -409,7 +409,7 @@ static int64_t rfc3339_z_ms(const char *s, Py_ssize_t n) {
 #define MAX_DIMS 4
 
 /*
- * scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr)
+ * scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr[, max_bytes])
  *
  * values: list of bytes, or (buffer, bounds) with bounds native int64 (start, end) pairs,
  * one message per pair (ctrguard.events.LineBlock); dims: tuple of field names (at most
@@ -420,15 +420,17 @@ static int64_t rfc3339_z_ms(const char *s, Py_ssize_t n) {
  * event (integers, or the two canonical UTC text forms); dim_columns: tuple of lists
  * (str or None), one per dimension; agents: list (str or None) or None when not wanted;
  * internal: list of the indexes with "is_internal": true; keys: bytes, native uint64
- * de-duplication keys.
+ * de-duplication keys. A message longer than max_bytes (if given) refuses the batch: it
+ * is checked here, in the pass that reads the messages anyway, rather than by a Python
+ * pass over their lengths before the call (40 ns a message: a sixth of the scan itself).
  */
 static PyObject *scan(PyObject *self, PyObject *args) {
     PyObject *values, *dims;
     int want_agents;
     long long min_ts, max_ts;
-    Py_ssize_t max_id, max_attr;
-    if (!PyArg_ParseTuple(args, "OO!pLLnn", &values, &PyTuple_Type, &dims,
-                          &want_agents, &min_ts, &max_ts, &max_id, &max_attr))
+    Py_ssize_t max_id, max_attr, max_bytes = PY_SSIZE_T_MAX;
+    if (!PyArg_ParseTuple(args, "OO!pLLnn|n", &values, &PyTuple_Type, &dims,
+                          &want_agents, &min_ts, &max_ts, &max_id, &max_attr, &max_bytes))
         return NULL;
     /* values: a list of bytes, or (buffer, bounds): the messages are buffer[start:end] for
      * each native int64 (start, end) pair of bounds (ctrguard.events.LineBlock). */
@@ -506,9 +508,11 @@ static PyObject *scan(PyObject *self, PyObject *args) {
         if (block != NULL) {
             p = block + bounds[2 * i];
             end = block + bounds[2 * i + 1];
+            if (end - p > max_bytes)
+                goto refuse;
         } else {
             PyObject *raw = PyList_GET_ITEM(values, i);
-            if (!PyBytes_Check(raw))
+            if (!PyBytes_Check(raw) || PyBytes_GET_SIZE(raw) > max_bytes)
                 goto refuse;
             p = PyBytes_AS_STRING(raw);
             end = p + PyBytes_GET_SIZE(raw);
@@ -746,7 +750,8 @@ static PyMethodDef methods[] = {
      "line_bounds(buffer, pos, limit) -> (bounds, numbers, consumed, seen)\n\n"
      "The next lines of a buffer as offsets (see ctrguard.events.LineBlock)."},
     {"scan", scan, METH_VARARGS,
-     "scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr) -> tuple | None\n\n"
+     "scan(values, dims, want_agents, min_ts, max_ts, max_id, max_attr[, max_bytes])"
+     " -> tuple | None\n\n"
      "values: a list of bytes, or (buffer, bounds) as a LineBlock holds them.\n"
      "Columns of a batch of plain, valid event messages, or None (see ctrguard.events)."},
     {NULL, NULL, 0, NULL},

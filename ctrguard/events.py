@@ -421,19 +421,13 @@ def scan_batch(values: Sequence[bytes | None], dims: tuple[str, ...], *,
     if scanner is None or not values:
         return None
     if values.__class__ is LineBlock:
-        if values.max_len() > max_bytes:  # type: ignore[attr-defined]
-            return None
         values = (values.buffer, values.bounds)  # type: ignore[attr-defined,assignment]
-    else:
-        if values.__class__ is not list:
-            values = list(values)
-        try:
-            if max(map(len, values)) > max_bytes:  # type: ignore[arg-type]
-                return None
-        except TypeError:  # a message without a value (None)
-            return None
+    elif values.__class__ is not list:
+        values = list(values)
+    # The scanner refuses a message without a value (None) or longer than max_bytes itself,
+    # in the pass that reads them (a Python pass over their lengths costs more).
     out = scanner.scan(values, dims, user_agents, MIN_TS_MS, MAX_TS_MS, MAX_ID_CHARS,
-                       MAX_ATTR_CHARS)
+                       MAX_ATTR_CHARS, max_bytes)
     if out is None:
         return None
     cids, eids, ts_buf, dim_cols, agents, internal, keys_buf = out

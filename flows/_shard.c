@@ -13,7 +13,10 @@
 #include <structmember.h>
 #include <stdint.h>
 
-static PyObject *str_dims, *str_segs, *str_series;  /* interned attribute names */
+/* interned attribute names */
+static PyObject *str_dims, *str_segs, *str_series, *str_first_wid, *str_last_event_wid,
+    *str_impressions, *str_clicks;
+static PyObject *zero_int;  /* 0 */
 
 /* Stores ``made`` (a new reference, or NULL after an error) at ``key`` of ``dict`` and
  * returns it borrowed (the dict holds it); NULL on error. */
@@ -25,13 +28,52 @@ static PyObject *put_new(PyObject *dict, PyObject *key, PyObject *made) {
     return rc < 0 ? NULL : made;
 }
 
+/* flows.engine.ShardState._open_window for a campaign the shard has (``camp``): the
+ * window ``wid`` widens its first_wid and last_event_wid, and its counts in the window
+ * start as an empty dict, stored at by_campaign[cid] and returned (borrowed). NULL on
+ * error. */
+static PyObject *open_known(PyObject *camp, PyObject *cid, PyObject *wid,
+                            PyObject *by_campaign) {
+    PyObject *first = PyObject_GetAttr(camp, str_first_wid);
+    if (first == NULL)
+        return NULL;
+    int before = PyObject_RichCompareBool(wid, first, Py_LT);
+    Py_DECREF(first);
+    if (before < 0 || (before && PyObject_SetAttr(camp, str_first_wid, wid) < 0))
+        return NULL;
+    PyObject *last = PyObject_GetAttr(camp, str_last_event_wid);
+    if (last == NULL)
+        return NULL;
+    int after = PyObject_RichCompareBool(wid, last, Py_GT);
+    Py_DECREF(last);
+    if (after < 0 || (after && PyObject_SetAttr(camp, str_last_event_wid, wid) < 0))
+        return NULL;
+    return put_new(by_campaign, cid, PyDict_New());
+}
+
+/* A native int64 buffer (numpy int64, or the bytes made here). */
+static int is_int64(const Py_buffer *b) {
+    if (b->itemsize != 8 || b->len % 8)
+        return 0;
+    if (b->format == NULL)
+        return 1;  /* plain bytes */
+    const char *f = b->format;
+    if (*f == '<' || *f == '=' || *f == '@')
+        f++;
+    return (f[0] == 'l' || f[0] == 'q') && f[1] == 0;
+}
+
 /* count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None
  *
  * For each event i, in order: add one to open[wid][cids[i]][key], where wid is ``wids``
- * (an int: every event in one window) or wids[i], and key is keys[i] (impressions) or the
+ * (an int: every event in one window) or wids[i] (a sequence of ints, or an int64 buffer
+ * such as a numpy array: an int is made for each run of equal ids), and key is keys[i] (impressions) or the
  * shared 1-tuple wrap[keys[i]] (clicks; made and stored when missing; wrap is None for
  * impressions). ``open[wid]`` is made when missing. When the campaign has no counts in the
- * window yet, on_window(cid, wid, open[wid]) makes them (and returns the dict); when the key
+ * window yet, on_window(cid, wid, open[wid]) makes them (and returns the dict), or, for a
+ * campaign in ``campaigns`` already, this does what on_window does for one without the call
+ * (a tenth of its cost; once per campaign and window): widens the campaign's first_wid and
+ * last_event_wid to take wid in and stores an empty dict at open[wid][cid]. When the key
  * is new in them and not in campaigns[cid].dims.segs (the segments of each dims key the
  * campaign knows), on_key(cid, dk) is called after it is counted, dk being keys[i] for
  * impressions and the element of the shared 1-tuple for clicks.
@@ -48,6 +90,9 @@ static PyObject *count(PyObject *self, PyObject *args) {
     PyObject *cids = NULL, *keys = NULL, *wids = NULL, *one = NULL, *result = NULL;
     PyObject *wid = NULL;          /* the current window id (new reference) */
     PyObject *by_campaign = NULL;  /* open[wid] (borrowed: open holds it) */
+    Py_buffer wid_buf;             /* wids as an int64 buffer, when given so */
+    int have_buf = 0;
+    int64_t wid_value = 0;
     cids = PySequence_Fast(cids_obj, "cids must be a sequence");
     if (cids == NULL)
         goto done;
@@ -59,8 +104,22 @@ static PyObject *count(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "cids and keys differ in length");
         goto done;
     }
-    if (!PyLong_Check(wids_obj)) {
-        wids = PySequence_Fast(wids_obj, "wids must be an int or a sequence");
+    if (PyLong_Check(wids_obj)) {
+        /* one window for every event */
+    } else if (PyObject_CheckBuffer(wids_obj)) {
+        if (PyObject_GetBuffer(wids_obj, &wid_buf, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+            goto done;
+        have_buf = 1;
+        if (!is_int64(&wid_buf)) {
+            PyErr_SetString(PyExc_TypeError, "wids: a buffer of int64");
+            goto done;
+        }
+        if (wid_buf.len / 8 != n) {
+            PyErr_SetString(PyExc_ValueError, "cids and wids differ in length");
+            goto done;
+        }
+    } else {
+        wids = PySequence_Fast(wids_obj, "wids must be an int, int64 buffer or a sequence");
         if (wids == NULL)
             goto done;
         if (PySequence_Fast_GET_SIZE(wids) != n) {
@@ -73,21 +132,37 @@ static PyObject *count(PyObject *self, PyObject *args) {
         goto done;
     PyObject **cid_items = PySequence_Fast_ITEMS(cids);
     PyObject **key_items = PySequence_Fast_ITEMS(keys);
+    const int64_t *wid_values = have_buf ? (const int64_t *)wid_buf.buf : NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *w = wids == NULL ? wids_obj : PySequence_Fast_ITEMS(wids)[i];
-        if (wid == NULL || w != wid) {
-            int same = wid == NULL ? 0 : PyObject_RichCompareBool(w, wid, Py_EQ);
-            if (same < 0)
-                goto done;
-            if (!same) {
-                Py_INCREF(w);
-                Py_XSETREF(wid, w);
-                by_campaign = PyDict_GetItemWithError(open, wid);
-                if (by_campaign == NULL) {
-                    by_campaign = put_new(open, wid, PyErr_Occurred() ? NULL : PyDict_New());
-                    if (by_campaign == NULL)
-                        goto done;
+        int changed = 0;
+        if (wid_values != NULL) {
+            /* A window id as a number: an int object only where it changes. */
+            if (wid == NULL || wid_values[i] != wid_value) {
+                wid_value = wid_values[i];
+                Py_XSETREF(wid, PyLong_FromLongLong(wid_value));
+                if (wid == NULL)
+                    goto done;
+                changed = 1;
+            }
+        } else {
+            PyObject *w = wids == NULL ? wids_obj : PySequence_Fast_ITEMS(wids)[i];
+            if (wid == NULL || w != wid) {
+                int same = wid == NULL ? 0 : PyObject_RichCompareBool(w, wid, Py_EQ);
+                if (same < 0)
+                    goto done;
+                if (!same) {
+                    Py_INCREF(w);
+                    Py_XSETREF(wid, w);
+                    changed = 1;
                 }
+            }
+        }
+        if (changed) {
+            by_campaign = PyDict_GetItemWithError(open, wid);
+            if (by_campaign == NULL) {
+                by_campaign = put_new(open, wid, PyErr_Occurred() ? NULL : PyDict_New());
+                if (by_campaign == NULL)
+                    goto done;
             }
         }
         PyObject *cid = cid_items[i];
@@ -95,18 +170,27 @@ static PyObject *count(PyObject *self, PyObject *args) {
         if (counts == NULL) {
             if (PyErr_Occurred())
                 goto done;
-            /* (by_campaign stays alive: open holds it, and on_window only adds to it) */
-            PyObject *made = PyObject_CallFunctionObjArgs(on_window, cid, wid, by_campaign,
-                                                          NULL);
-            if (made == NULL)
+            PyObject *camp = PyDict_GetItemWithError(campaigns, cid);
+            if (camp == NULL && PyErr_Occurred())
                 goto done;
-            if (!PyDict_Check(made)) {
-                Py_DECREF(made);
-                PyErr_SetString(PyExc_TypeError, "on_window must return a dict");
-                goto done;
+            if (camp != NULL) {
+                counts = open_known(camp, cid, wid, by_campaign);
+                if (counts == NULL)
+                    goto done;
+            } else {
+                /* (by_campaign stays alive: open holds it, and on_window only adds to it) */
+                PyObject *made = PyObject_CallFunctionObjArgs(on_window, cid, wid,
+                                                              by_campaign, NULL);
+                if (made == NULL)
+                    goto done;
+                if (!PyDict_Check(made)) {
+                    Py_DECREF(made);
+                    PyErr_SetString(PyExc_TypeError, "on_window must return a dict");
+                    goto done;
+                }
+                counts = made;
+                Py_DECREF(made);  /* by_campaign holds it */
             }
-            counts = made;
-            Py_DECREF(made);  /* by_campaign holds it */
         }
         PyObject *dk = key_items[i];
         PyObject *key = dk;
@@ -170,6 +254,8 @@ static PyObject *count(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
+    if (have_buf)
+        PyBuffer_Release(&wid_buf);
     Py_XDECREF(wid);
     Py_XDECREF(one);
     Py_XDECREF(wids);
@@ -292,6 +378,182 @@ done:
     PyMem_Free(start);
     PyMem_Free(fill);
     PyBuffer_Release(&ids);
+    return result;
+}
+
+/* The window of event time t (floor division: times before the epoch too). */
+static inline int64_t window_of(int64_t t, int64_t length) {
+    int64_t q = t / length;
+    return (t % length != 0 && (t < 0) != (length < 0)) ? q - 1 : q;
+}
+
+/* Gets ``obj`` as a C-contiguous native int64 buffer; -1 with an error set otherwise. */
+static int int64_buffer(PyObject *obj, Py_buffer *b, const char *what) {
+    if (PyObject_GetBuffer(obj, b, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0)
+        return -1;
+    if (!is_int64(b)) {
+        PyBuffer_Release(b);
+        PyErr_Format(PyExc_TypeError, "%s: a buffer of int64", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* span(ts, length) -> (lo, hi)
+ *
+ * The first and the last window (ts // length, floored) of the event times ``ts`` (an int64
+ * buffer, at least one): one pass instead of numpy's division, min and max, three calls
+ * that cost more than their work on a chunk of a few hundred events (see
+ * flows.engine.ShardState._add_events). ``length`` 1: ``ts`` are window ids already.
+ */
+static PyObject *span(PyObject *self, PyObject *args) {
+    PyObject *ts_obj;
+    long long length;
+    if (!PyArg_ParseTuple(args, "OL", &ts_obj, &length))
+        return NULL;
+    if (length <= 0) {
+        PyErr_SetString(PyExc_ValueError, "length must be positive");
+        return NULL;
+    }
+    Py_buffer b;
+    if (int64_buffer(ts_obj, &b, "ts") < 0)
+        return NULL;
+    Py_ssize_t n = b.len / 8;
+    PyObject *result = NULL;
+    if (n == 0) {
+        PyErr_SetString(PyExc_ValueError, "no event times");
+    } else {
+        const int64_t *ts = (const int64_t *)b.buf;
+        int64_t tmin = ts[0], tmax = ts[0];
+        for (Py_ssize_t i = 1; i < n; i++) {
+            tmin = ts[i] < tmin ? ts[i] : tmin;
+            tmax = ts[i] > tmax ? ts[i] : tmax;
+        }
+        /* (floor division is monotonic: the windows of the extremes are the extremes) */
+        result = Py_BuildValue("(LL)", (long long)window_of(tmin, length),
+                               (long long)window_of(tmax, length));
+    }
+    PyBuffer_Release(&b);
+    return result;
+}
+
+/* group(ts, length, lo, n_windows) -> (wids, order, counts)
+ *
+ * The events of a chunk that spans several windows, by window (see span): ``wids`` (bytes,
+ * native int64) the window of each event, ``order`` (bytes, native intp) the positions of
+ * window lo's events, then lo + 1's, ..., each in arrival order (a stable counting sort),
+ * ``counts`` (a list of n_windows ints) how many each window has. Every window must be in
+ * [lo, lo + n_windows).
+ */
+static PyObject *group(PyObject *self, PyObject *args) {
+    PyObject *ts_obj;
+    long long length, lo;
+    Py_ssize_t n_windows;
+    if (!PyArg_ParseTuple(args, "OLLn", &ts_obj, &length, &lo, &n_windows))
+        return NULL;
+    if (length <= 0 || n_windows <= 0 || n_windows > 1 << 20) {
+        PyErr_SetString(PyExc_ValueError, "length or n_windows out of range");
+        return NULL;
+    }
+    Py_buffer b;
+    if (int64_buffer(ts_obj, &b, "ts") < 0)
+        return NULL;
+    Py_ssize_t n = b.len / 8;
+    const int64_t *ts = (const int64_t *)b.buf;
+    PyObject *result = NULL, *wids = NULL, *order = NULL, *counts = NULL;
+    Py_ssize_t *fill = PyMem_Calloc(n_windows, sizeof(Py_ssize_t));
+    wids = PyBytes_FromStringAndSize(NULL, n * 8);
+    order = PyBytes_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    counts = PyList_New(n_windows);
+    if (fill == NULL || wids == NULL || order == NULL || counts == NULL) {
+        if (fill == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    int64_t *w = (int64_t *)PyBytes_AS_STRING(wids);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        w[i] = window_of(ts[i], length);
+        if (w[i] < lo || w[i] - lo >= n_windows) {
+            PyErr_SetString(PyExc_ValueError, "a window outside [lo, lo + n_windows)");
+            goto done;
+        }
+        fill[w[i] - lo]++;
+    }
+    Py_ssize_t at = 0;
+    for (Py_ssize_t k = 0; k < n_windows; k++) {
+        PyObject *c = PyLong_FromSsize_t(fill[k]);
+        if (c == NULL)
+            goto done;
+        PyList_SET_ITEM(counts, k, c);
+        Py_ssize_t m = fill[k];
+        fill[k] = at;
+        at += m;
+    }
+    Py_ssize_t *out = (Py_ssize_t *)PyBytes_AS_STRING(order);
+    for (Py_ssize_t i = 0; i < n; i++)
+        out[fill[w[i] - lo]++] = i;
+    result = PyTuple_Pack(3, wids, order, counts);
+done:
+    Py_XDECREF(wids);
+    Py_XDECREF(order);
+    Py_XDECREF(counts);
+    PyMem_Free(fill);
+    PyBuffer_Release(&b);
+    return result;
+}
+
+/* shard_ids(cache, cids) -> (ids, first) or None
+ *
+ * The shard of each campaign id of a batch, looked up in ``cache`` (a dict: campaign id ->
+ * shard, an int): ``ids`` is a bytearray of n Py_ssize_t (for a numpy intp array, as split
+ * takes them), ``first`` the shard of every event when they all share one, else -1. None
+ * when a campaign id is not in the cache: the caller computes the missing shards, stores
+ * them and asks again (see flows.engine.EventPreparer._route, whose reference is a numpy
+ * fromiter over the cache's __getitem__).
+ */
+static PyObject *shard_ids(PyObject *self, PyObject *args) {
+    PyObject *cache, *cids_obj;
+    if (!PyArg_ParseTuple(args, "O!O", &PyDict_Type, &cache, &cids_obj))
+        return NULL;
+    PyObject *cids = PySequence_Fast(cids_obj, "cids must be a sequence");
+    if (cids == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(cids);
+    PyObject **items = PySequence_Fast_ITEMS(cids);
+    PyObject *result = NULL;
+    PyObject *ids = PyByteArray_FromStringAndSize(NULL, n * (Py_ssize_t)sizeof(Py_ssize_t));
+    if (ids == NULL)
+        goto done;
+    Py_ssize_t *out = (Py_ssize_t *)PyByteArray_AS_STRING(ids);
+    Py_ssize_t first = -1, shard = -1;
+    int alike = 1;
+    PyObject *prev = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *cid = items[i];
+        if (cid != prev) {  /* (the scanner gives a campaign the same str every time) */
+            PyObject *got = PyDict_GetItemWithError(cache, cid);
+            if (got == NULL) {
+                if (PyErr_Occurred())
+                    goto done;
+                result = Py_None;
+                Py_INCREF(result);
+                goto done;
+            }
+            shard = PyLong_AsSsize_t(got);
+            if (shard == -1 && PyErr_Occurred())
+                goto done;
+            prev = cid;
+        }
+        out[i] = shard;
+        if (i == 0)
+            first = shard;
+        else if (shard != first)
+            alike = 0;
+    }
+    result = Py_BuildValue("(On)", ids, alike && n ? first : (Py_ssize_t)-1);
+done:
+    Py_XDECREF(ids);
+    Py_DECREF(cids);
     return result;
 }
 
@@ -716,6 +978,98 @@ done:
     return result;
 }
 
+/* merge(a, b) -> bytes
+ *
+ * Two ascending runs of uint64 keys (buffers) as one ascending run (native uint64), a's
+ * first among equals: what numpy's stable sort of their concatenation gives, in one linear
+ * pass (flows.engine._Seen._add).
+ */
+static PyObject *merge(PyObject *self, PyObject *args) {
+    PyObject *a_obj, *b_obj;
+    if (!PyArg_ParseTuple(args, "OO", &a_obj, &b_obj))
+        return NULL;
+    Py_buffer a, b;
+    if (PyObject_GetBuffer(a_obj, &a, PyBUF_C_CONTIGUOUS) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(b_obj, &b, PyBUF_C_CONTIGUOUS) < 0) {
+        PyBuffer_Release(&a);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (a.len % 8 || b.len % 8) {
+        PyErr_SetString(PyExc_TypeError, "runs must be buffers of uint64");
+        goto done;
+    }
+    Py_ssize_t na = a.len / 8, nb = b.len / 8, i = 0, j = 0, k = 0;
+    result = PyBytes_FromStringAndSize(NULL, a.len + b.len);
+    if (result == NULL)
+        goto done;
+    const uint64_t *x = (const uint64_t *)a.buf, *y = (const uint64_t *)b.buf;
+    uint64_t *out = (uint64_t *)PyBytes_AS_STRING(result);
+    while (i < na && j < nb)
+        out[k++] = y[j] < x[i] ? y[j++] : x[i++];
+    while (i < na)
+        out[k++] = x[i++];
+    while (j < nb)
+        out[k++] = y[j++];
+done:
+    PyBuffer_Release(&a);
+    PyBuffer_Release(&b);
+    return result;
+}
+
+/* ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)
+ *     -> tuple
+ *
+ * The figures of a campaign-window without verdicts (flows.engine.ShardState._decide, its
+ * reference): for each (series, c) of ``counts`` (a dict, in its order) whose c is not
+ * ``zero`` (the shared empty counts), make(cid, series, start_iso, end_iso, start_s,
+ * c.impressions, c.clicks, ctr, status, alert_ids), ctr being c.clicks / c.impressions
+ * (0.0 without impressions).
+ */
+static PyObject *ok_figures(PyObject *self, PyObject *args) {
+    PyObject *cid, *counts, *zero, *start_iso, *end_iso, *start_s, *status, *alert_ids, *make;
+    if (!PyArg_ParseTuple(args, "OO!OOOOOOO", &cid, &PyDict_Type, &counts, &zero, &start_iso,
+                          &end_iso, &start_s, &status, &alert_ids, &make))
+        return NULL;
+    PyObject *figures = PyList_New(0);
+    if (figures == NULL)
+        return NULL;
+    Py_ssize_t pos = 0;
+    PyObject *seg, *c;
+    while (PyDict_Next(counts, &pos, &seg, &c)) {
+        if (c == zero)
+            continue;
+        PyObject *imps = PyObject_GetAttr(c, str_impressions);
+        PyObject *clicks = imps == NULL ? NULL : PyObject_GetAttr(c, str_clicks);
+        PyObject *ctr = NULL, *figure = NULL;
+        if (clicks != NULL) {
+            int some = PyObject_RichCompareBool(imps, zero_int, Py_GT);
+            if (some > 0)
+                ctr = PyNumber_TrueDivide(clicks, imps);
+            else if (some == 0)
+                ctr = PyFloat_FromDouble(0.0);
+        }
+        if (ctr != NULL) {
+            PyObject *argv[10] = {cid, seg, start_iso, end_iso, start_s, imps, clicks, ctr,
+                                  status, alert_ids};
+            figure = PyObject_Vectorcall(make, argv, 10, NULL);
+        }
+        Py_XDECREF(imps);
+        Py_XDECREF(clicks);
+        Py_XDECREF(ctr);
+        if (figure == NULL || PyList_Append(figures, figure) < 0) {
+            Py_XDECREF(figure);
+            Py_DECREF(figures);
+            return NULL;
+        }
+        Py_DECREF(figure);
+    }
+    PyObject *out = PyList_AsTuple(figures);
+    Py_DECREF(figures);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
@@ -725,6 +1079,25 @@ static PyMethodDef methods[] = {
      "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
      "Split a batch's columns by shard, keeping arrival order within each shard (see "
      "flows.engine.EventPreparer._route)."},
+    {"span", span, METH_VARARGS,
+     "span(ts, length) -> (lo, hi)\n\n"
+     "The first and last window of a chunk's event times (see "
+     "flows.engine.ShardState._add_events)."},
+    {"group", group, METH_VARARGS,
+     "group(ts, length, lo, n_windows) -> (wids, order, counts)\n\n"
+     "A chunk's events by window, each window's in arrival order (see "
+     "flows.engine.ShardState._add_events)."},
+    {"merge", merge, METH_VARARGS,
+     "merge(a, b) -> bytes\n\n"
+     "Two ascending runs of uint64 keys as one (see flows.engine._Seen._add)."},
+    {"ok_figures", ok_figures, METH_VARARGS,
+     "ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)"
+     " -> tuple\n\n"
+     "The figures of a campaign-window without verdicts (see "
+     "flows.engine.ShardState._decide)."},
+    {"shard_ids", shard_ids, METH_VARARGS,
+     "shard_ids(cache, cids) -> (ids, first) | None\n\n"
+     "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},
     {"series_counts", series_counts, METH_VARARGS,
      "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
      "The counts of every series of a campaign in one window (see "
@@ -749,7 +1122,14 @@ PyMODINIT_FUNC PyInit__shard(void) {
     str_dims = PyUnicode_InternFromString("dims");
     str_segs = PyUnicode_InternFromString("segs");
     str_series = PyUnicode_InternFromString("series");
-    if (str_dims == NULL || str_segs == NULL || str_series == NULL)
+    str_first_wid = PyUnicode_InternFromString("first_wid");
+    str_last_event_wid = PyUnicode_InternFromString("last_event_wid");
+    str_impressions = PyUnicode_InternFromString("impressions");
+    str_clicks = PyUnicode_InternFromString("clicks");
+    zero_int = PyLong_FromLong(0);
+    if (str_dims == NULL || str_segs == NULL || str_series == NULL || str_first_wid == NULL
+            || str_last_event_wid == NULL || str_impressions == NULL || str_clicks == NULL
+            || zero_int == NULL)
         return NULL;
     return PyModule_Create(&module);
 }

@@ -520,38 +520,57 @@ class EventPreparer:
                 rows = (eids, offsets, values)
             else:
                 rows = (eids, *_take((offsets, values), list(pos)))
-            for s, (at, columns) in self._route(cids, cols.dims, drop).items():
-                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
-                                  ts if at is None else ts[at], columns[0], rows[0], columns[1],
-                                  rows[1], rows[2], keys if at is None else keys[at], at)
+            order, routed = self._route(cids, cols.dims, drop)
+            if order is None:  # one shard, every event
+                (s, (_, _, columns)), = routed.items()
+                chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, ts,
+                                  columns[0], rows[0], columns[1], rows[1], rows[2], keys)
+            else:
+                # One gather for every shard (a numpy call costs a microsecond or two however
+                # small the array): each shard's times and keys are a slice of these.
+                ts_by, keys_by = ts[order], keys[order]
+                for s, (start, stop, columns) in routed.items():
+                    chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
+                                      ts_by[start:stop], columns[0], rows[0], columns[1],
+                                      rows[1], rows[2], keys_by[start:stop], order[start:stop])
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
                              len(values), len(self._dims))
 
     def _route(self, cids: Sequence[str], dks: Sequence[Any], drop: set[int]
-               ) -> dict[int, tuple[np.ndarray | None, tuple[Sequence[str], Sequence[Any]]]]:
-        """Split the kept events by shard, keeping arrival order within each shard: per
-        shard with events, their positions in the batch (``None``: all, in order) and their
-        campaign ids and dims keys. ``drop``: positions of events to leave out."""
+               ) -> tuple[np.ndarray | None,
+                          dict[int, tuple[int, int, tuple[Sequence[str], Sequence[Any]]]]]:
+        """Split the kept events by shard, keeping arrival order within each shard:
+        ``(order, routed)``. ``order``: the positions in the batch of shard 0's events, then
+        shard 1's, ... (``None``: one shard has every event, in order); ``routed``: per shard
+        with events, where its positions are in ``order`` (start, stop) and its campaign
+        ids and dims keys. ``drop``: positions of events to leave out."""
         n_shards = self._shards
+        shard = _SHARD
+        first = -1  # the shard of every event, if they share one
         if n_shards == 1:
             arr = np.zeros(len(cids), dtype=np.intp)
+            first = 0
+        elif shard is not None:  # the lookups in C (flows/_shard.c), and `first` with them
+            got = shard.shard_ids(self._shard_cache, cids)
+            if got is None:
+                self._cache_shards(cids)
+                got = shard.shard_ids(self._shard_cache, cids)
+            arr = np.frombuffer(got[0], dtype=np.intp)
+            first = got[1]
         else:
             cache = self._shard_cache
             try:
                 arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
             except KeyError:
-                if len(cache) > 1_000_000:
-                    cache.clear()
-                for c in set(cids).difference(cache):
-                    cache[c] = shard_of(c, n_shards)
+                self._cache_shards(cids)
                 arr = np.fromiter(map(cache.__getitem__, cids), dtype=np.intp, count=len(cids))
+            if (arr == arr[0]).all():
+                first = int(arr[0])
         if not drop:
-            first = int(arr[0])
-            if n_shards == 1 or (arr == first).all():
-                return {first: (None, (cids, dks))}
+            if first >= 0:
+                return None, {first: (0, len(cids), (cids, dks))}
         else:
             arr[list(drop)] = n_shards  # one more shard: the events left out
-        shard = _SHARD
         if shard is not None:
             # One pass in C (flows/_shard.c) over the list columns.
             buf, counts, parts = shard.split(n_shards + 1, arr, (cids, dks))
@@ -564,11 +583,18 @@ class EventPreparer:
         start = 0
         for s, n in enumerate(counts[:n_shards]):
             if n:
-                idx = order[start:start + n]
-                out[s] = (idx, parts[s] if parts is not None
-                          else tuple(_take((cids, dks), idx.tolist())))
+                out[s] = (start, start + n, parts[s] if parts is not None
+                          else tuple(_take((cids, dks), order[start:start + n].tolist())))
                 start += n
-        return out
+        return order, out
+
+    def _cache_shards(self, cids: Sequence[str]) -> None:
+        """Put the shards of the campaigns of ``cids`` not in the shard cache into it."""
+        cache = self._shard_cache
+        if len(cache) > 1_000_000:
+            cache.clear()
+        for c in set(cids).difference(cache):
+            cache[c] = shard_of(c, self._shards)
 
     def chunks(self, prepared: PreparedBatch) -> list[tuple[int, Chunk]]:
         """One chunk for *every* shard, so every shard learns the source's progress."""
@@ -642,12 +668,13 @@ class _Seen:
     drops its map and keeps one run (its keys are only looked up for the rare late event).
     """
 
-    __slots__ = ("runs", "marks", "shift")
+    __slots__ = ("runs", "marks", "shift", "size")
 
     def __init__(self, runs: list[np.ndarray] | None = None) -> None:
         self.runs: list[np.ndarray] = runs if runs is not None else []
         self.marks: np.ndarray | None = None   # uint8 bit map, built on first use (not pickled)
         self.shift = _S33
+        self.size = sum(map(len, self.runs))   # keys held (not pickled)
 
     def __getstate__(self) -> list[np.ndarray]:
         return self.runs
@@ -656,9 +683,10 @@ class _Seen:
         self.runs = runs
         self.marks = None
         self.shift = _S33
+        self.size = sum(map(len, runs))
 
     def __len__(self) -> int:
-        return sum(map(len, self.runs))
+        return self.size
 
     def __contains__(self, key: Any) -> bool:
         for run in self.runs:
@@ -669,7 +697,7 @@ class _Seen:
 
     def _remap(self, extra: int) -> None:
         """A bit map with room for the keys held and ``extra`` more (8-16 bits per key)."""
-        bits = max(15, (8 * (len(self) + extra)).bit_length())
+        bits = max(15, (8 * (self.size + extra)).bit_length())
         self.marks = np.zeros(1 << (bits - 3), dtype=np.uint8)
         self.shift = np.uint64(64 - bits)
         for run in self.runs:
@@ -688,7 +716,7 @@ class _Seen:
         of the events to count (the first arrival of each key not seen before), or ``None``
         when that is all of them (the common case)."""
         marks = self.marks
-        if marks is None or len(self) + len(keys) > len(marks):  # < 8 bits per key
+        if marks is None or self.size + len(keys) > len(marks):  # < 8 bits per key
             self._remap(len(keys))
         shard = _SHARD
         if shard is not None:  # the same in C (flows/_shard.c), marks included
@@ -729,12 +757,17 @@ class _Seen:
             return
         if self.marks is not None and not marked:
             self._mark(fresh)
+        self.size += len(fresh)
         runs = self.runs
         runs.append(fresh)
+        shard = _SHARD
         while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
             last = runs.pop()
-            merged = np.concatenate((runs[-1], last))
-            merged.sort(kind="stable")  # two sorted runs: a linear merge
+            if shard is not None:  # one call, not numpy's two (flows/_shard.c)
+                merged = np.frombuffer(shard.merge(runs[-1], last), dtype=np.uint64)
+            else:
+                merged = np.concatenate((runs[-1], last))
+                merged.sort(kind="stable")  # two sorted runs: a linear merge
             runs[-1] = merged
 
     def compact(self) -> None:
@@ -1000,6 +1033,12 @@ class ShardState:
         return out
 
     def _add_events(self, chunk: Chunk, out: list) -> None:
+        """De-duplicate a chunk's events and count them in their open windows (events of
+        closed windows: :meth:`_closed_window_events`). With the compiled loops, the windows
+        are found in C (:meth:`_add_events_c`); this is the reference."""
+        if _SHARD is not None:
+            self._add_events_c(_SHARD, chunk, out)
+            return
         kind = chunk.kind
         wids = chunk.ts_ms // self._length_ms
         keys = _keys_of(chunk)
@@ -1042,6 +1081,86 @@ class ShardState:
             if len(keep) < n:
                 cids, dks = _take((cids, dks), keep.tolist())
             self._count_windows(kind, wids[keep].tolist(), cids, dks)
+        counted = len(cids)
+        self.stats.duplicates += n - counted
+        self.stats.events += counted
+
+    def _add_events_c(self, shard: Any, chunk: Chunk, out: list) -> None:
+        """:meth:`_add_events` with the windows found in C (``span``, ``group``): a numpy
+        call costs a microsecond or more however small its array, and a chunk holds a few
+        hundred events. Same admissions, counts and order as the reference."""
+        kind = chunk.kind
+        ts = chunk.ts_ms
+        step = self._length_ms      # ts / step: window ids (step 1: ts are window ids)
+        try:
+            lo, hi = shard.span(ts, step)
+        except (BufferError, TypeError, ValueError):  # not a contiguous native int64 array
+            ts = np.ascontiguousarray(ts, dtype=np.int64)
+            lo, hi = shard.span(ts, step)
+        keys = _keys_of(chunk)
+        cids, dks = chunk.campaign_ids, chunk.dims
+        n = len(cids)
+        next_close = self._next_close
+        if next_close is not None and lo < next_close:
+            wids = ts // step
+            closed = wids < next_close
+            self._closed_window_events(chunk, wids, keys, closed, out)
+            keep = np.flatnonzero(~closed)
+            if not keep.size:
+                return
+            ts, keys, step = wids[keep], keys[keep], 1
+            cids, dks = _take((cids, dks), keep.tolist())
+            n = len(keep)
+            lo = int(ts.min())
+        seen = self._seen[kind]
+        if lo == hi:  # the common case: the whole chunk in one window
+            ks = seen.get(lo)
+            if ks is None:
+                ks = seen[lo] = _Seen()
+            pos = ks.admit(keys)
+            if pos is not None:
+                if not pos.size:
+                    self.stats.duplicates += n
+                    return
+                cids, dks = _take((cids, dks), pos.tolist())
+            shard.count(self._open, self._campaigns, lo, cids, dks,
+                        None if kind == IMPRESSION else self._click_key_cache(),
+                        self._open_window, self._new_key)
+        else:
+            if hi - lo >= 1024:  # times far apart: numpy's way
+                wids = ts // step
+                order = np.argsort(wids, kind="stable")
+                uniq, counts = np.unique(wids, return_counts=True)
+                windows = zip(uniq.tolist(), counts.tolist(), strict=True)
+            else:
+                wid_buf, order_buf, counts = shard.group(ts, step, lo, hi - lo + 1)
+                wids = np.frombuffer(wid_buf, dtype=np.int64)
+                order = np.frombuffer(order_buf, dtype=np.intp)
+                windows = ((lo + i, m) for i, m in enumerate(counts) if m)
+            # Each window's keys are a slice of one gather; windows in ascending order, as
+            # the reference admits them.
+            keys = keys[order]
+            parts = []
+            every = True
+            start = 0
+            for wid, m in windows:
+                ks = seen.get(wid)
+                if ks is None:
+                    ks = seen[wid] = _Seen()
+                pos = ks.admit(keys[start:start + m])
+                idx = order[start:start + m]
+                if pos is not None:
+                    every = False
+                    idx = idx[pos]
+                parts.append(idx)
+                start += m
+            if not every:
+                keep = np.sort(np.concatenate(parts))
+                cids, dks = _take((cids, dks), keep.tolist())
+                wids = wids[keep]
+            shard.count(self._open, self._campaigns, wids, cids, dks,
+                        None if kind == IMPRESSION else self._click_key_cache(),
+                        self._open_window, self._new_key)
         counted = len(cids)
         self.stats.duplicates += n - counted
         self.stats.events += counted
@@ -1127,6 +1246,8 @@ class ShardState:
                 topic, partition, offset, raw))
 
     def _open_window(self, cid: str, wid: int, by_campaign: dict[str, dict]) -> dict[Any, int]:
+        # (The compiled count loop does the same itself for a campaign in _campaigns:
+        # flows/_shard.c, open_known. Keep the two alike.)
         camp = self._campaigns.get(cid)
         if camp is None:
             camp = self._campaigns[cid] = _Campaign(self._monitor_factory(), wid,
@@ -1256,6 +1377,12 @@ class ShardState:
         stats = self.stats
         if not verdicts:  # the common case: every series with traffic has an ok figure
             # (a series with events has a count above zero; only the shared zero is empty)
+            shard = _SHARD
+            if shard is not None:  # the same in C (flows/_shard.c)
+                figures = shard.ok_figures(cid, counts, _ZERO, start_iso, end_iso, start_s,
+                                           STATUS_OK, (), _figure)
+                stats.windows += len(figures)
+                return _decision(cid, start_s, end_s, figures, ())
             figures = tuple([
                 _figure(cid, seg, start_iso, end_iso, start_s, c.impressions, c.clicks,
                         c.clicks / c.impressions if c.impressions > 0 else 0.0, STATUS_OK, ())

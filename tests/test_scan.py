@@ -145,6 +145,12 @@ def test_lengths_at_and_past_the_limits():
     big = _event(pad="p" * 70_000)
     assert scan_batch([big], ()) is None  # larger than max_event_bytes: a dead letter
     assert scan_batch([big], (), max_bytes=100_000) is not None
+    # The limit holds for every message of the batch, to the byte (the scanner checks it).
+    one = _event()
+    assert scan_batch([one, one, big], (), max_bytes=100_000) is not None
+    assert scan_batch([one, big, one], ()) is None
+    assert scan_batch([one, one], (), max_bytes=len(one)) is not None
+    assert scan_batch([one, one], (), max_bytes=len(one) - 1) is None
 
 
 def test_no_value_and_empty_batches():

@@ -153,6 +153,21 @@ def test_split_refuses_what_it_cannot_do(args, error):
         engine._SHARD.split(*args)
 
 
+def test_shard_ids_looks_every_campaign_up_or_answers_none():
+    cache = {"a": 2, "b": 0, "c": 2}
+    ids, first = engine._SHARD.shard_ids(cache, ["a", "b", "a", "c"])
+    assert np.frombuffer(ids, dtype=np.intp).tolist() == [2, 0, 2, 2] and first == -1
+    ids, first = engine._SHARD.shard_ids(cache, ("c", "a", "a"))
+    assert np.frombuffer(ids, dtype=np.intp).tolist() == [2, 2, 2] and first == 2
+    assert engine._SHARD.shard_ids(cache, ["a", "x", "b"]) is None  # "x": not cached yet
+    ids, first = engine._SHARD.shard_ids(cache, [])
+    assert len(ids) == 0 and first == -1
+    with pytest.raises(TypeError):
+        engine._SHARD.shard_ids(cache, ["a", ["unhashable"]])
+    with pytest.raises(TypeError):
+        engine._SHARD.shard_ids({"a": "not an int"}, ["a"])
+
+
 # -- count ----------------------------------------------------------------------------
 
 
@@ -175,6 +190,138 @@ def test_count_adds_up_and_calls_back_for_new_windows_and_keys():
                         lambda cid, dk: new_keys.append((cid, dk)))
     assert open_[8]["a"] == {"m": 1, ("m",): 2} and wrap == {"m": ("m",)}
     assert open_[8]["a"].keys() & {wrap["m"]} and new_keys[-1] == ("a", "m")
+
+
+def test_count_opens_a_known_campaigns_window_itself():
+    # What ShardState._open_window does for a campaign the shard has, without calling it.
+    class Camp:
+        __slots__ = ("dims", "first_wid", "last_event_wid")
+
+        def __init__(self, first, last):
+            self.dims = type("D", (), {"segs": {"m": ("all",)}})()
+            self.first_wid, self.last_event_wid = first, last
+
+    camps = {"a": Camp(5, 6), "b": Camp(5, 6), "c": Camp(5, 6)}
+    opened = []
+
+    def on_window(cid, wid, by_campaign):
+        opened.append(cid)
+        by_campaign[cid] = {}
+        return by_campaign[cid]
+
+    open_: dict = {}
+    engine._SHARD.count(open_, camps, np.array([3, 9, 6, 4, 9], dtype=np.int64),
+                        ["a", "b", "c", "a", "x"], ["m"] * 5, None, on_window,
+                        lambda cid, dk: None)
+    assert opened == ["x"]
+    assert [(c.first_wid, c.last_event_wid) for c in camps.values()] == [(3, 6), (5, 9),
+                                                                         (5, 6)]
+    assert open_ == {3: {"a": {"m": 1}}, 9: {"b": {"m": 1}, "x": {"m": 1}},
+                     6: {"c": {"m": 1}}, 4: {"a": {"m": 1}}}
+    with pytest.raises(AttributeError):
+        engine._SHARD.count({}, {"a": object()}, 1, ["a"], ["m"], None, on_window,
+                            lambda cid, dk: None)
+
+
+def test_count_takes_window_ids_as_an_int64_array_alike():
+    def on_window(cid, wid, by_campaign):
+        by_campaign[cid] = {}
+        return by_campaign[cid]
+
+    wids = [7, 7, 8, 7, -1]
+    args = (["a", "b", "a", "a", "b"], ["m", "m", "m", "d", "m"], None, on_window,
+            lambda cid, dk: None)
+    from_list: dict = {}
+    from_array: dict = {}
+    engine._SHARD.count(from_list, {}, wids, *args)
+    engine._SHARD.count(from_array, {}, np.array(wids, dtype=np.int64), *args)
+    assert from_array == from_list == {7: {"a": {"m": 1, "d": 1}, "b": {"m": 1}},
+                                       8: {"a": {"m": 1}}, -1: {"b": {"m": 1}}}
+    with pytest.raises(TypeError, match="int64"):
+        engine._SHARD.count({}, {}, np.array(wids, dtype=np.int32), *args)
+    with pytest.raises(ValueError, match="length"):
+        engine._SHARD.count({}, {}, np.array(wids[:4], dtype=np.int64), *args)
+
+
+# -- span and group -------------------------------------------------------------------
+
+
+def test_span_and_group_find_the_windows_as_floor_division_does():
+    ts = np.array([1_000, 299_999, 300_000, -1, 905_000, 1_000, -300_001], dtype=np.int64)
+    wids = ts // 300_000
+    assert engine._SHARD.span(ts, 300_000) == (wids.min(), wids.max()) == (-2, 3)
+    got, order, counts = engine._SHARD.group(ts, 300_000, -2, 6)
+    assert np.frombuffer(got, dtype=np.int64).tolist() == wids.tolist()
+    assert np.frombuffer(order, dtype=np.intp).tolist() == np.argsort(
+        wids, kind="stable").tolist()
+    assert counts == np.bincount(wids + 2).tolist() == [1, 1, 3, 1, 0, 1]
+    assert engine._SHARD.span(wids, 1) == (-2, 3)
+    with pytest.raises(ValueError):
+        engine._SHARD.span(np.array([], dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="outside"):
+        engine._SHARD.group(ts, 300_000, -1, 6)
+    with pytest.raises(TypeError, match="int64"):
+        engine._SHARD.span(ts.astype(np.float64), 1)
+
+
+def test_chunks_far_apart_in_time_and_in_any_layout_count_alike():
+    # Windows more than 1024 apart (numpy's way), before the epoch, a strided and a
+    # big-endian times array: the compiled path and the reference keep the same state.
+    def run():
+        s = _settings(1)
+        state = ShardState(s, ["imp:0"], ZeroClickMonitor)
+        out = []
+        day = 86_400_000
+        times = [T0, T0 + 9 * day, T0 + 1, T0 + 9 * day + 5, T0 + 2]
+        rows = [engine.Prepared(t, IMPRESSION, f"e{i % 4}", f"c{i % 2}", ("mobile", None),
+                                b"", i) for i, t in enumerate(times)]
+        out += state.ingest(engine.Chunk.of("imp:0", None, False, rows))
+        chunk = engine.Chunk.of("imp:0", None, False, rows[:2] * 2)
+        chunk.ts_ms = np.repeat(chunk.ts_ms, 2)[::2]      # strided
+        out += state.ingest(chunk)
+        chunk = engine.Chunk.of("imp:0", None, False, rows[2:])
+        chunk.ts_ms = chunk.ts_ms.astype(">i8")              # not native
+        out += state.ingest(chunk)
+        early = [engine.Prepared(-5 * MIN + i, IMPRESSION, f"x{i}", "c0", ("tv", None), b"", i)
+                 for i in range(3)]
+        out += state.ingest(engine.Chunk.of("imp:0", None, False, early + rows[:1]))
+        out += state.flush()
+        return [repr(o) for o in out], state.stats.as_dict(), pickle.dumps(state)
+
+    compiled = run()
+    assert compiled[1]["events"] > 0 and compiled[1]["duplicates"] > 0
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "_SHARD", None)
+        assert run() == compiled
+
+
+def test_merge_is_a_stable_sort_of_two_ascending_runs():
+    rng = np.random.default_rng(3)
+    for na, nb in [(0, 0), (0, 3), (4, 0), (1, 1), (50, 7), (7, 50), (300, 300)]:
+        a = np.sort(rng.integers(0, 2**64 - 1, na, dtype=np.uint64, endpoint=True))
+        b = np.sort(rng.integers(0, 2**64 - 1, nb, dtype=np.uint64, endpoint=True))
+        if na and nb:
+            b[0] = a[na // 2]  # an equal key across the runs
+            b.sort()
+        got = np.frombuffer(engine._SHARD.merge(a, b), dtype=np.uint64)
+        assert got.tolist() == np.sort(np.concatenate((a, b)), kind="stable").tolist()
+    with pytest.raises(TypeError):
+        engine._SHARD.merge(b"abc", b"")
+
+
+def test_ok_figures_are_the_reference_figures():
+    counts = {"all": engine._counts(10, 3), "device=m": engine._ZERO,
+              "device=d": engine._counts(0, 2), "geo=DE": engine._counts(1000, 1)}
+    got = engine._SHARD.ok_figures("c1", counts, engine._ZERO, "s", "e", 60, "ok", (),
+                                   engine._figure)
+    want = tuple(engine.Figure("c1", seg, "s", "e", 60, c.impressions, c.clicks,
+                               c.clicks / c.impressions if c.impressions > 0 else 0.0, "ok",
+                               ())
+                 for seg, c in counts.items() if c is not engine._ZERO)
+    assert got == want and [f.ctr for f in got] == [0.3, 0.0, 0.001]
+    with pytest.raises(AttributeError):
+        engine._SHARD.ok_figures("c1", {"all": object()}, engine._ZERO, "s", "e", 60, "ok",
+                                 (), engine._figure)
 
 
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
