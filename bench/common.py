@@ -196,6 +196,17 @@ def child_env(**extra: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- children
 
 
+def export_tree(rev: str, dest: Path) -> None:
+    """The tree of git revision ``rev`` (tracked files only) at ``dest``, its compiled
+    parts built (``python -m detectors build``), for a side of an A/B run."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors", "build",
+                    "--quiet"], cwd=dest, check=True, stdout=subprocess.DEVNULL)
+
+
 def start_child(args: list[str], log_path: Path, *, env: dict[str, str] | None = None,
                 wrap: list[str] | None = None) -> subprocess.Popen:
     """Start ``python -m bench.child ARGS`` in its own session, stderr to ``log_path``."""

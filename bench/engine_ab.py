@@ -45,7 +45,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.common import CAMPAIGNS, DIMENSIONS, REPO, SEED, log
+from bench.common import CAMPAIGNS, DIMENSIONS, REPO, SEED, export_tree, log
 
 
 def load_rev(rev: str, name: str = "engine_base") -> ModuleType:
@@ -143,16 +143,6 @@ print(json.dumps({"passes": passes, "core": native.status(),
 """
 
 
-def _export(rev: str, dest: Path) -> None:
-    """The tree of ``rev`` (tracked files only) at ``dest``, its compiled parts built."""
-    dest.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True,
-                             capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors", "build",
-                    "--quiet"], cwd=dest, check=True)
-
-
 def _core(tree: Path) -> str:
     return subprocess.run([sys.executable, "-m", "detectors", "status"], cwd=tree,
                           capture_output=True, text=True, env=_env(tree)).stdout.strip()
@@ -188,7 +178,7 @@ def whole_tree(args: argparse.Namespace, config: str, batches: list, now_ms: int
         rev = subprocess.run(["git", "rev-parse", args.base_rev], cwd=REPO, check=True,
                              capture_output=True, text=True).stdout.strip()
         log(f"exporting and building {rev[:12]}")
-        _export(rev, work / "base")
+        export_tree(rev, work / "base")
         trees = {"base": work / "base", "new": REPO}
         cores = {label: _core(tree) for label, tree in trees.items()}
         if set(cores.values()) != {"compiled"}:

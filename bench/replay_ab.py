@@ -11,9 +11,10 @@ first, each run in a fresh child process. The machine is shared: CPU time
 By default the base side is the working tree with only ``replay/`` taken from
 ``--base-rev`` (copied into a temporary directory placed first on the child's ``sys.path``),
 so both sides run the same engine and detectors and the difference is the replay code's
-own. ``--whole-tree`` runs the base side in a ``git worktree`` of ``--base-rev`` instead
-(engine and detectors of that revision too; its detector core may not be compiled there:
-each side's core is reported).
+own. ``--whole-tree`` runs the base side in the tree of ``--base-rev`` instead (``git
+archive`` into the work directory, its compiled parts built there: engine, detectors and C
+extensions of that revision too); each side's detector core is reported, and a base side
+that is not compiled where the working tree is stops the run.
 
 Every run's outputs (alerts, figures, dead letters, summary, baseline alerts) must be
 byte-identical to the first base run's: the exit status is 1 when any differs.
@@ -33,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.common import CAMPAIGNS, REPO, SEED, SLACK_TOKEN, log
+from bench.common import CAMPAIGNS, REPO, SEED, SLACK_TOKEN, export_tree, log
 
 #: Output files compared between runs (``alerts_<baseline>.jsonl`` are added when present).
 OUTPUTS = ("alerts.jsonl", "figures.jsonl", "deadletter.jsonl", "summary.json")
@@ -217,13 +218,15 @@ def main(argv: list[str] | None = None) -> int:
         rev = _git("rev-parse", args.base_rev).strip()
         if args.whole_tree:
             worktree = work / "base-tree"
-            _git("worktree", "add", "--detach", str(worktree), rev)
+            log(f"exporting and building {rev[:12]}")
+            export_tree(rev, worktree)
             base_path = [worktree]
         else:
             base_path = [_copy_replay_package(rev, work / "base-replay"), REPO]
         sides = {"base": base_path, "new": [REPO]}
         runs: dict[str, list[dict[str, Any]]] = {"base": [], "new": []}
         ref: Path | None = None
+        cores: dict[str, str] = {}
         diffs: list[str] = []
         for r in range(-args.warmup, args.rounds):
             order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
@@ -231,6 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = work / f"out-{label}-{r}"
                 res = _run_side(label, sides[label], work, out, args, imp, clk, config,
                                 bench_config)
+                cores[label] = res["detector_core"]
+                if len(cores) == 2 and len({c.startswith("compiled") for c in cores.values()}) > 1:
+                    raise SystemExit(f"one side runs compiled code, the other does not: {cores}")
                 if r >= 0:
                     runs[label].append(res)
                 step = (f"warm-up {r + args.warmup + 1}/{args.warmup}" if r < 0
@@ -292,8 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if not diffs else 1
     finally:
         if worktree is not None:
-            subprocess.run(["git", "worktree", "remove", "--force", str(worktree)], cwd=REPO,
-                           capture_output=True)
+            shutil.rmtree(worktree, ignore_errors=True)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
 
