@@ -335,7 +335,11 @@ def _schedule(rng: np.random.Generator, n_camp: int, minutes: int, incident_rate
     for camp, kind in want:
         lo, hi = _DURATIONS[kind]
         dur = int(rng.integers(lo, hi + 1))
-        dur = max(5, min(dur, usable // 3))
+        # At least 5 minutes, but never longer than the scenario after its warm-up (a
+        # scenario of a few minutes has shorter incidents, not ones that overrun its end).
+        dur = min(max(5, min(dur, usable // 3)), usable)
+        if dur < 1:
+            continue
         for _ in range(60):
             start = warmup + int(rng.integers(0, max(1, usable - dur)))
             end = start + dur

@@ -297,3 +297,15 @@ def test_late_events_stay_within_lateness_and_very_late_ones_exceed_it(traps_sim
     ids, counts = np.unique(t.eid, return_counts=True)
     single = np.isin(t.eid, ids[counts == 1])
     assert np.percentile(delay[single & ~very], 99.9) < 120_000
+
+
+@pytest.mark.parametrize("minutes", [1, 2, 4, 7])
+def test_a_scenario_of_a_few_minutes_keeps_its_incidents_inside_it(minutes):
+    # Incidents last 5 minutes at least; a shorter scenario used to fail to schedule them
+    # (a numpy broadcast error). Dense, short scenarios are what throughput runs use.
+    sim = g.simulate(seed=3, campaigns=40, hours=minutes / 60, volume_scale=20,
+                     incident_rate=0.5, trap_rate=0.15)
+    assert sim.impressions.size > 0
+    assert sim.incidents
+    for lab in sim.incidents + sim.traps:
+        assert sim.start_s <= lab.start_s < lab.end_s <= sim.end_s, lab
