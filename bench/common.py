@@ -60,22 +60,30 @@ class Scenario:
         return len(self.impressions) + len(self.clicks)
 
 
-def build_scenario(target_impressions: int, campaigns: int, seed: int) -> Scenario:
-    """Simulate at least ``target_impressions`` impressions (and their clicks), rendered."""
+def build_scenario(target_impressions: int, campaigns: int, seed: int,
+                   volume_scale: float = VOLUME_SCALE) -> Scenario:
+    """Simulate at least ``target_impressions`` impressions (and their clicks), rendered.
+
+    ``volume_scale`` sets the traffic's density (impressions per campaign and minute of
+    event time, :func:`replay.generator.simulate`); the span of event time follows from it.
+    """
     from replay.generator import render_lines, simulate
 
     def sim_for(hours: float):
-        return simulate(seed=seed, campaigns=campaigns, hours=hours, volume_scale=VOLUME_SCALE,
+        return simulate(seed=seed, campaigns=campaigns, hours=hours, volume_scale=volume_scale,
                         incident_rate=INCIDENT_RATE, trap_rate=TRAP_RATE)
 
     # The volume per hour follows the daily cycle: size by a pilot, then top up if short.
-    hours = 0.25
+    # Denser traffic takes a shorter span (k < 1), sized to the minute.
+    k = VOLUME_SCALE / volume_scale
+    hours = max(0.25 * k, 2 / 60)
     sim = sim_for(hours)
     for _ in range(6):
         n = sim.impressions.size
         if n >= target_impressions:
             break
-        hours = round(hours * target_impressions / max(n, 1) * 1.03 + 0.02, 2)
+        hours = round(hours * target_impressions / max(n, 1) * 1.03 + 0.02 * k,
+                      2 if k >= 1 else 4)
         sim = sim_for(hours)
     return Scenario(seed, campaigns, hours, render_lines(sim, "impressions"),
                     render_lines(sim, "clicks"), len(sim.incidents), len(sim.traps))

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,12 @@ TARGETS = {
 }
 #: The collapsed stacks of the last ``--profile`` run.
 PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
-STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "memory")
+STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "dense", "memory")
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
+#: Keys beside the issue's in results.json: step 9 (dense traffic).
+EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw")
 
 
 # --------------------------------------------------------------------------- environment
@@ -154,6 +157,113 @@ def checked_summary(redis_server, prefix: str) -> dict[str, Any]:
                 "flags": client.zcard(f"{prefix}:flags")}
     finally:
         client.close()
+
+
+def measure_raw(bootstrap: str, topics: dict[str, str], n_events: int, repeats: int,
+                label: str) -> dict[str, Any]:
+    """Raw consume of both input topics ``repeats`` times: the median rate, every run's, and
+    the median run's CPU per event (consuming thread, whole process)."""
+    from bench.raw import raw_consume
+
+    rates, cpu = [], []
+    for i in range(repeats):
+        n, elapsed, thread_s, process_s = raw_consume(
+            bootstrap, [topics["impressions"], topics["clicks"]], 1)
+        if n != n_events:
+            raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
+        rates.append(n / elapsed)
+        cpu.append((thread_s / n * 1e6, process_s / n * 1e6))
+        log(f"{label} run {i + 1}: {n:,} in {elapsed:.2f}s = {n / elapsed:,.0f}/s; CPU "
+            f"{cpu[-1][0]:.2f} us/event in the consuming thread, {cpu[-1][1]:.2f} in the "
+            "process")
+    # CPU per event of the median run: what consuming alone costs the one thread the live
+    # flow also processes on (the budget note in the report).
+    mid = median_run(rates)
+    return {"eps": round(statistics.median(rates)), "runs_eps": [round(x) for x in rates],
+            "cpu_us_per_event": {"thread": round(cpu[mid][0], 3),
+                                 "process": round(cpu[mid][1], 3)}}
+
+
+@dataclass
+class LiveContext:
+    """What every live-flow run of a bench run shares: its services and work directory."""
+
+    workdir: Path
+    broker: Any
+    redis_server: Any
+    slack: Any
+    meter: CpuMeter
+    timeout: float
+
+
+def measure_live(ctx: LiveContext, topics: dict[str, str], n_events: int, repeats: int,
+                 name: str, label: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The live flow in drain mode ``repeats`` times on ``topics``, each on fresh state (its
+    own Redis prefix and output topics: a run on the state of the one before would find
+    its Slack messages sent); the median run and every run."""
+    bootstrap = ctx.broker.bootstrap
+    runs = []
+    for i in range(repeats):
+        run_name = name if i == 0 else f"{name}-{i + 1}"
+        cfg = ctrguard_config(ctx.workdir, run_name, ctx.broker, ctx.redis_server.url,
+                              ctx.slack.base_url,
+                              {**topics, **output_topics(bootstrap, run_name)}
+                              if i else topics)
+        calls = len(ctx.slack.calls)
+        ctx.meter.start()
+        live = run_child(["ctrguard", "--config", str(cfg)], ctx.workdir / f"{run_name}.log",
+                         timeout=ctx.timeout, label=label)
+        run = {"eps": round(n_events / live["elapsed_s"]),
+               "elapsed_s": live["elapsed_s"], "maxrss_mb": live["maxrss_mb"],
+               "flow_cpu_s": round(live["cpu_s"], 2), **ctx.meter.stop(),
+               **checked_summary(ctx.redis_server, f"bench-{run_name}"),
+               "slack_calls": len(ctx.slack.calls) - calls}
+        runs.append(run)
+        log(f"{label} run {i + 1}: {live['elapsed_s']:.1f}s = {run['eps']:,.0f}/s; {run}")
+    # The median run (as for raw consume): its rate, memory and CPU are reported.
+    return runs[median_run([r["eps"] for r in runs])], runs
+
+
+#: Traffic density of step 9 (replay.generator.simulate's volume_scale): about 19,000
+#: impressions a second of event time over 2,000 campaigns, the load the performance issue
+#: describes ("tens of thousands of impressions a second"), 200 times the main scenario's.
+DENSE_VOLUME_SCALE = 10.0
+#: The windows of the bench's configuration (``windows.length: 5m``, bench.common).
+WINDOW_S = 300
+
+
+def measure_dense(args: argparse.Namespace, ctx: LiveContext) -> dict[str, Any]:
+    """Step 9: raw consume and the live flow on traffic as dense as the issue's load.
+
+    The main scenario spreads its events over hours (about nine events per campaign and
+    window), so closing windows and running the detectors weigh on every event; at tens of
+    thousands of impressions a second a window holds thousands of a campaign's events and
+    the per-event work (consume, parse, dedup, count) is what is left. Same number of
+    events, campaigns and seed; the span of event time is what changes (a few minutes).
+    """
+    bootstrap = ctx.broker.bootstrap
+    log(f"9. dense traffic: simulating >= {args.events:,} impressions at volume scale "
+        f"{args.dense_volume_scale} ...")
+    sc = build_scenario(args.events, args.campaigns, args.seed, args.dense_volume_scale)
+    topics = new_topics(bootstrap, "dense", 1)
+    produce_lines(bootstrap, topics["impressions"], sc.impressions)
+    produce_lines(bootstrap, topics["clicks"], sc.clicks)
+    n_events, seconds = sc.events, sc.hours * 3600
+    facts = {"volume_scale": args.dense_volume_scale, "hours": sc.hours,
+             "impressions": len(sc.impressions), "clicks": len(sc.clicks), "events": n_events,
+             "impressions_per_s": round(len(sc.impressions) / seconds),
+             "events_per_campaign_window": round(
+                 n_events / args.campaigns / max(1.0, seconds / WINDOW_S))}
+    del sc
+    log(f"9. dense traffic: {facts}")
+    raw = measure_raw(bootstrap, topics, n_events, args.raw_repeats, "9. dense raw consume")
+    chosen, runs = measure_live(ctx, topics, n_events, args.live_repeats, "dense",
+                                "9. dense ctrguard flow")
+    return {**facts, "raw_eps": raw["eps"], "raw_runs_eps": raw["runs_eps"],
+            "raw_cpu_us_per_event": raw["cpu_us_per_event"], "ctrguard_eps": chosen["eps"],
+            "ctrguard_runs_eps": [r["eps"] for r in runs],
+            "ratio_to_raw": round(chosen["eps"] / raw["eps"], 3),
+            "ctrguard": {k: v for k, v in chosen.items() if k != "eps"}}
 
 
 def two_process_run(workdir: Path, name: str, config: Path, processes: int,
@@ -346,8 +456,28 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
                                           for p in d["two"]["p2_per_process"])
             if "p2_per_process" in d["two"] else "")
          + two_cpu_note(d["two"], d["scenario"]["events"])),
+        *dense_rows(d.get("dense")),
     ]
     return rows
+
+
+def dense_rows(dense: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Step 9's rows (absent in old results)."""
+    if not dense:
+        return []
+    goal = TARGETS["ratio_to_raw"][1]
+    ratio = dense["ratio_to_raw"]
+    return [
+        ("9. dense traffic (the issue's load): raw consume", f"{_fmt(dense['raw_eps'])} events/s",
+         f"{_fmt(dense['impressions_per_s'])} impressions/s of event time, "
+         f"{_fmt(dense['events'])} events over {dense['hours'] * 60:.0f} min, "
+         f"{_fmt(dense['events_per_campaign_window'])} events per campaign-window; "
+         + runs_note(dense["raw_runs_eps"]) + raw_cpu_note(dense)),
+        ("   dense traffic: ctrguard live flow, drain, 1 worker",
+         f"{_fmt(dense['ctrguard_eps'])} events/s",
+         f"ratio to raw {ratio:.3f}: >= {goal:g} " + ("met" if ratio >= goal else "NOT met")
+         + f"; {runs_note(dense['ctrguard_runs_eps'])}; {cpu_note(dense['ctrguard'])}"),
+    ]
 
 
 def two_cpu_note(two: dict[str, Any], events: int) -> str:
@@ -400,6 +530,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     lat = d["latency"]
     live_runs = len(d.get("ctrguard_runs_eps", [0]))
     replay_runs = len(d.get("replay", {}).get("runs_eps", [0]))
+    dense_scale = d.get("dense", {}).get("volume_scale", DENSE_VOLUME_SCALE)
     rows = "\n".join(f"| {a.strip()} | {b} | {c} |" for a, b, c in table_rows(r))
     profile = ""
     if d.get("profile"):
@@ -447,7 +578,7 @@ reported as measured.
 ## Scenario and machine
 
 - Scenario: `replay.generator.simulate(seed={sc['seed']}, campaigns={sc['campaigns']},
-  hours={sc['hours']}, volume_scale={common.VOLUME_SCALE}, incident_rate={common.INCIDENT_RATE},
+  hours={sc['hours']}, volume_scale={sc.get('volume_scale', common.VOLUME_SCALE)}, incident_rate={common.INCIDENT_RATE},
   trap_rate={common.TRAP_RATE})`: {sc['impressions']:,} impressions + {sc['clicks']:,} clicks
   = {sc['events']:,} events ({sc['avg_bytes']:.0f} bytes per JSON event on average),
   {sc['incidents']} incidents and {sc['traps']} traps injected, 3 devices x 4 channels.
@@ -532,6 +663,13 @@ reported as measured.
    once with a detector that decides nothing and once with the default `CampaignMonitor`,
    whose `update` calls are timed one by one: what detection costs per campaign-window
    and what everything else costs per event.
+9. **Dense traffic**: the main scenario spreads its events over hours (a few events per
+   campaign and window), so closing windows and running the detectors weigh on every
+   event. Step 9 simulates the same number of events, campaigns and seed at the density
+   the performance issue describes (`volume_scale={dense_scale}`: tens of thousands of
+   impressions a second of event time, thousands of events per campaign-window, a few
+   minutes of event time), and measures raw consume and the live flow on it as in steps 1
+   and 3 (same repeats, medians; the live flow's windows close when the input is drained).
 
 The flow processes (and replay, and step 8) raise CPython's garbage-collector thresholds
 (`flows.engine.tune_gc`, called by `get_flow`): with the default (700) a flow spent a
@@ -557,6 +695,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--events", type=int, default=EVENTS,
                    help="impressions to generate, at least (clicks come on top)")
     p.add_argument("--campaigns", type=int, default=CAMPAIGNS)
+    p.add_argument("--volume-scale", type=float, default=common.VOLUME_SCALE,
+                   help="traffic density: impressions per campaign and minute of event time "
+                        f"(replay.generator.simulate; {common.VOLUME_SCALE} by default)")
+    p.add_argument("--dense-volume-scale", type=float, default=DENSE_VOLUME_SCALE,
+                   help="traffic density of step 9 (the issue's load; "
+                        f"{DENSE_VOLUME_SCALE} by default)")
     p.add_argument("--seed", type=int, default=SEED)
     p.add_argument("--raw-repeats", type=int, default=3)
     p.add_argument("--replay-repeats", type=int, default=3,
@@ -579,7 +723,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the live flow's runs without compiled code and without "
                    "the event scanner (3b, 3c)")
     p.add_argument("--only", default="",
-                   help="comma-separated subset of raw,naive,live,two,latency,replay,memory "
+                   help="comma-separated subset of raw,naive,live,two,latency,replay,engine,dense,"
+                   "memory "
                    "(quick iterations: prints what ran, writes no report)")
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: rewrite the report from a results file")
@@ -607,7 +752,7 @@ def main(argv: list[str] | None = None) -> int:
         f"({env['cpu']}), {env['ram_gib']} GiB")
     log(f"command: {command}")
     log(f"simulating >= {args.events:,} impressions, {args.campaigns} campaigns, seed {args.seed}")
-    sc = build_scenario(args.events, args.campaigns, args.seed)
+    sc = build_scenario(args.events, args.campaigns, args.seed, args.volume_scale)
     n_events = sc.events
     avg_bytes = sum(map(len, sc.impressions[:100_000])) / max(1, min(100_000, len(sc.impressions)))
     log(f"scenario: {len(sc.impressions):,} impressions + {len(sc.clicks):,} clicks over "
@@ -615,6 +760,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     details: dict[str, Any] = {"scenario": {
         "seed": sc.seed, "campaigns": sc.campaigns, "hours": sc.hours,
+        "volume_scale": args.volume_scale,
         "impressions": len(sc.impressions), "clicks": len(sc.clicks), "events": n_events,
         "incidents": sc.incidents, "traps": sc.traps, "avg_bytes": avg_bytes}}
     timeout = args.timeout
@@ -627,6 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         slack = stack.enter_context(SlackEmulator(token=SLACK_TOKEN))
         bootstrap = broker.bootstrap
         meter = CpuMeter(broker=broker.pid, redis=redis_server.pid)
+        live_ctx = LiveContext(workdir, broker, redis_server, slack, meter, timeout)
 
         # -- 1. raw consume ------------------------------------------------------------
         topics = new_topics(bootstrap, "one", 1)
@@ -639,26 +786,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"({n_events / produce_s:,.0f}/s)")
             details["produce_eps"] = round(n_events / produce_s)
         if want("raw"):
-            from bench.raw import raw_consume
-
-            raw_runs, raw_cpu = [], []
-            for i in range(args.raw_repeats):
-                n, elapsed, thread_s, process_s = raw_consume(
-                    bootstrap, [topics["impressions"], topics["clicks"]], 1)
-                if n != n_events:
-                    raise RuntimeError(f"raw consume read {n} messages, produced {n_events}")
-                raw_runs.append(n / elapsed)
-                raw_cpu.append((thread_s / n * 1e6, process_s / n * 1e6))
-                log(f"1. raw consume run {i + 1}: {n:,} in {elapsed:.2f}s = "
-                    f"{n / elapsed:,.0f}/s; CPU {raw_cpu[-1][0]:.2f} us/event in the "
-                    f"consuming thread, {raw_cpu[-1][1]:.2f} in the process")
-            details["raw_runs_eps"] = [round(x) for x in raw_runs]
-            # CPU per event of the median run: what consuming alone costs the one thread
-            # the live flow also processes on (the budget note in the report).
-            mid = median_run(raw_runs)
-            details["raw_cpu_us_per_event"] = {"thread": round(raw_cpu[mid][0], 3),
-                                               "process": round(raw_cpu[mid][1], 3)}
-            results["raw_eps"] = round(statistics.median(raw_runs))
+            raw = measure_raw(bootstrap, topics, n_events, args.raw_repeats, "1. raw consume")
+            details["raw_runs_eps"] = raw["runs_eps"]
+            details["raw_cpu_us_per_event"] = raw["cpu_us_per_event"]
+            results["raw_eps"] = raw["eps"]
 
         # -- 2. naive flow -------------------------------------------------------------
         if want("naive"):
@@ -680,28 +811,8 @@ def main(argv: list[str] | None = None) -> int:
         # -- 3. ctrguard live flow -----------------------------------------------------
         if want("live"):
             log(f"3. ctrguard live flow, drain mode, one worker, {args.live_repeats} run(s) ...")
-            runs = []
-            for i in range(args.live_repeats):
-                # Each run on fresh state: its own Redis prefix and output topics (a run
-                # on the state of the one before would find its Slack messages sent).
-                name = "live" if i == 0 else f"live-{i + 1}"
-                cfg = ctrguard_config(workdir, name, broker, redis_server.url, slack.base_url,
-                                      topics if i == 0 else
-                                      {**topics, **output_topics(bootstrap, name)})
-                calls = len(slack.calls)
-                meter.start()
-                live = run_child(["ctrguard", "--config", str(cfg)], workdir / f"{name}.log",
-                                 timeout=timeout, label="ctrguard flow")
-                run = {"eps": round(n_events / live["elapsed_s"]),
-                       "elapsed_s": live["elapsed_s"], "maxrss_mb": live["maxrss_mb"],
-                       "flow_cpu_s": round(live["cpu_s"], 2), **meter.stop(),
-                       **checked_summary(redis_server, f"bench-{name}"),
-                       "slack_calls": len(slack.calls) - calls}
-                runs.append(run)
-                log(f"3. ctrguard flow run {i + 1}: {live['elapsed_s']:.1f}s = "
-                    f"{run['eps']:,.0f}/s; {run}")
-            # The median run (as for raw consume): its rate, memory and CPU are reported.
-            chosen = runs[median_run([r["eps"] for r in runs])]
+            chosen, runs = measure_live(live_ctx, topics, n_events, args.live_repeats, "live",
+                                        "3. ctrguard flow")
             results["ctrguard_eps"] = chosen["eps"]
             results["peak_rss_mb"] = round(max(r["maxrss_mb"] for r in runs), 1)
             details["ctrguard"] = {k: v for k, v in chosen.items() if k != "eps"}
@@ -840,6 +951,13 @@ def main(argv: list[str] | None = None) -> int:
             log(f"8. engine: {details['engine']}")
         del sc
 
+        # -- 9. dense traffic ----------------------------------------------------------
+        if want("dense"):
+            details["dense"] = measure_dense(args, live_ctx)
+            results["dense_raw_eps"] = details["dense"]["raw_eps"]
+            results["dense_ctrguard_eps"] = details["dense"]["ctrguard_eps"]
+            results["dense_ratio_to_raw"] = details["dense"]["ratio_to_raw"]
+
     # -- 5. memory (after the services are gone and the scenario freed) ----------------
     if want("memory"):
         memory: dict[str, Any] = {}
@@ -865,7 +983,8 @@ def main(argv: list[str] | None = None) -> int:
         # A partial run: print what was measured; the report needs every measurement.
         print(json.dumps({**results, "details": details}, indent=2))
         return 0
-    results = {key: results[key] for key in REQUIRED_KEYS}
+    results = {**{key: results[key] for key in REQUIRED_KEYS},
+               **{key: results[key] for key in EXTRA_KEYS if key in results}}
     results["targets"] = target_status(results)
     results["details"] = details
     env["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)

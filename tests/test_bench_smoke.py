@@ -20,6 +20,7 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     markdown_path = tmp_path / "BENCHMARKS.md"
     code = main(["--events", "20000", "--campaigns", "50", "--raw-repeats", "1",
                  "--live-repeats", "2", "--replay-repeats", "2",
+                 "--dense-volume-scale", "0.5",
                  "--latency-seconds", "25", "--latency-rate", "2000",
                  "--memory-series", "400", "--results", str(results_path),
                  "--markdown", str(markdown_path), "--timeout", "300"])
@@ -54,6 +55,15 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     raw_cpu = d["raw_cpu_us_per_event"]
     assert 0 < raw_cpu["thread"] <= raw_cpu["process"] + 0.01
 
+    # Dense traffic: a scenario of its own (a minute of event time at least), read whole by
+    # raw consume and by the live flow.
+    dense = d["dense"]
+    assert dense["events"] >= 20000 and dense["impressions_per_s"] > 0
+    assert r["dense_ratio_to_raw"] == pytest.approx(
+        r["dense_ctrguard_eps"] / r["dense_raw_eps"], rel=0.01)
+    assert dense["ctrguard"]["campaigns_checked"] >= 45
+    assert len(dense["ctrguard_runs_eps"]) == 2
+
     # Latency: windows were measured, and percentiles are ordered.
     lat = d["latency"]
     assert lat["windows_measured"] >= 1
@@ -71,4 +81,5 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert "## Results" in text and f"{events:,} events" in text
     assert "us/event in the consuming thread" in text and "leaves" in text
     assert "median of 2:" in text and "machine busy" in text
+    assert "9. dense traffic" in text and "events per campaign-window" in text
     assert "speed-up" in capsys.readouterr().out
