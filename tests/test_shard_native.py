@@ -387,6 +387,27 @@ def test_ok_figures_are_the_reference_figures():
                                  (), engine._figure)
 
 
+class _PlainCounts:  # no slots: its fields are read by name
+    def __init__(self, impressions, clicks):
+        self.impressions, self.clicks = impressions, clicks
+
+
+@pytest.mark.parametrize("make", [engine._counts, _PlainCounts])
+def test_ok_figures_divide_as_python_does_at_any_size(make):
+    # Below 2**53 the division is done on doubles; above, and for a bool or a float, by
+    # Python's operator. Either way the ctr is Python's.
+    big = 2**53
+    pairs = [(3, 1), (7, 7), (big, big - 1), (big + 1, 3), (big - 1, big + 7), (3 * big, 1),
+             (10**30, 10**29 + 1), (0, 5), (-4, 2), (5, -2), (True, True), (4.0, 1)]
+    counts = {f"s{i}": make(n, k) for i, (n, k) in enumerate(pairs)}
+    got = engine._SHARD.ok_figures("c1", counts, engine._ZERO, "s", "e", 60, "ok", (),
+                                   engine._figure)
+    want = [(k / n if n > 0 else 0.0) for n, k in pairs]
+    assert [f.ctr for f in got] == want
+    assert [type(f.ctr) for f in got] == [type(x) for x in want]
+    assert [(f.impressions, f.clicks) for f in got] == pairs
+
+
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
     def on_window(cid, wid, by_campaign):
         by_campaign[cid] = {}
