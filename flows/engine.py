@@ -35,7 +35,9 @@ ids), not one object per event; a shard de-duplicates a chunk with a few numpy o
 (:class:`_Seen`), and its inner loop is two dict lookups and a counter increment per event,
 counting per combination of dimension values (segments are expanded when the window
 closes). Anything unusual (a malformed or late event, a new window or campaign) leaves that
-loop for a slower, careful path.
+loop for a slower, careful path. Closing a window is one C call for all of a shard's
+campaigns (series counts, the monitor, the figures); only a campaign with verdicts comes
+back to Python for its alerts.
 
 Memory
 ------
@@ -1297,7 +1299,9 @@ class ShardState:
     # -- closing -----------------------------------------------------------------------
 
     def _close_through(self, end_wid: int, out: list) -> None:
-        """Close every window with id < end_wid."""
+        """Close every window with id < end_wid. Per window, the campaign loop runs in C
+        where built: in Python, the calls, attribute loads and tuples around each monitor
+        call were about 8% of the engine's instructions. The Python loop is its reference."""
         if self._next_close is None:
             # Nothing to close yet while the watermark is below the first open window (one
             # source may be far ahead of the others): windows up to there are not late.
