@@ -20,7 +20,9 @@ scanner, ``flows/_shard.c``) and ``ctrguard/events.py`` are the working tree's o
 same batches through each tree in a child process of its own (``cwd`` and ``PYTHONPATH`` at
 that tree), alternating which goes first. Each child also digests everything it produced
 (every chunk's columns, dead letters, exclusions, frontiers, decisions, shard statistics):
-the digests must all be equal, else the exit status is 1. With ``--callgrind`` each side
+the digests must all be equal, else the exit status is 1. ``--detector default`` gives every
+campaign the default ``CampaignMonitor`` there instead (detection, verdicts and alerts
+included in the time and the digest). With ``--callgrind`` each side
 also runs under ``valgrind --tool=callgrind`` once with one pass over the batches and once
 with two: the difference is the instructions of one pass (warm), a count that other load
 on the machine does not disturb.
@@ -104,6 +106,10 @@ with open(a["batches"], "rb") as f:
 class NoDetector:
     def update(self, window, counts):
         return []
+if a["detector"] == "default":
+    from functools import partial
+    from detectors.monitor import build_monitor
+    NoDetector = partial(build_monitor, settings.detectors)
 engine.tune_gc()
 passes = []
 for _ in range(a["passes"]):
@@ -153,10 +159,10 @@ def _env(tree: Path) -> dict[str, str]:
 
 
 def _child(tree: Path, work: Path, config: str, passes: int, digest: bool,
-           callgrind: Path | None = None) -> dict[str, Any]:
+           callgrind: Path | None = None, detector: str = "none") -> dict[str, Any]:
     cmd = [sys.executable, "-c", _CHILD, json.dumps({
         "config": config, "batches": str(work / "batches.pkl"), "passes": passes,
-        "digest": digest})]
+        "digest": digest, "detector": detector})]
     if callgrind is not None:
         cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={callgrind}", *cmd]
     done = subprocess.run(cmd, cwd=tree, env=_env(tree), check=True, capture_output=True,
@@ -187,14 +193,15 @@ def whole_tree(args: argparse.Namespace, config: str, batches: list, now_ms: int
         for r in range(args.rounds):
             order = ["base", "new"] if r % 2 == 0 else ["new", "base"]
             for label in order:
-                got = _child(trees[label], work, config, 1, True)
+                got = _child(trees[label], work, config, 1, True, detector=args.detector)
                 runs[label].append(got["passes"][0] | {"shard_ext": got["shard_ext"]})
                 log(f"round {r + 1}/{args.rounds} {label}: "
                     f"prepare {got['passes'][0]['prepare_s'] / events * 1e6:.3f}, "
                     f"shards {got['passes'][0]['shards_s'] / events * 1e6:.3f} CPU µs/event")
         digests = {x["digest"] for rows in runs.values() for x in rows}
         result: dict[str, Any] = {"events": events, "rounds": args.rounds, "base_rev": rev,
-                                  "mode": "whole tree", "cores": cores,
+                                  "mode": "whole tree", "detector": args.detector,
+                                  "cores": cores,
                                   "identical_outputs": len(digests) == 1}
         for label, rows in runs.items():
             prep = [x["prepare_s"] / events * 1e6 for x in rows]
@@ -217,7 +224,7 @@ def whole_tree(args: argparse.Namespace, config: str, batches: list, now_ms: int
             counts = {}
             for label, tree in trees.items():
                 one, two = (_child(tree, work, config, passes, False,
-                                   work / f"callgrind.{label}.{passes}")
+                                   work / f"callgrind.{label}.{passes}", args.detector)
                             for passes in (1, 2))
                 if one["instructions"] is None or two["instructions"] is None:
                     raise SystemExit("valgrind did not report its instruction count")
@@ -246,9 +253,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--callgrind", action="store_true",
                    help="--whole-tree: also count instructions a pass with valgrind")
     p.add_argument("--keep", action="store_true", help="--whole-tree: keep the work directory")
+    p.add_argument("--detector", choices=("none", "default"), default="none",
+                   help="--whole-tree: the monitor of every campaign, the one that decides "
+                        "nothing or the default CampaignMonitor (detection measured too)")
     args = p.parse_args(argv)
     if args.callgrind and not args.whole_tree:
         p.error("--callgrind goes with --whole-tree")
+    if args.detector != "none" and not args.whole_tree:
+        p.error("--detector goes with --whole-tree")
 
     import flows.engine as new
     from bench.common import build_scenario

@@ -15,7 +15,8 @@
 
 /* interned attribute names */
 static PyObject *str_dims, *str_segs, *str_series, *str_first_wid, *str_last_event_wid,
-    *str_impressions, *str_clicks;
+    *str_impressions, *str_clicks, *str_monitor, *str_update, *str_start, *str_end,
+    *str_windows;
 static PyObject *zero_int;  /* 0 */
 
 /* Stores ``made`` (a new reference, or NULL after an error) at ``key`` of ``dict`` and
@@ -567,11 +568,8 @@ done:
  * table[impressions][clicks] (shared objects for small counts) or make(impressions, clicks).
  */
 #define MAX_SERIES 4096
-static PyObject *series_counts(PyObject *self, PyObject *args) {
-    PyObject *camp, *counts, *take_in, *table, *make;
-    if (!PyArg_ParseTuple(args, "OO!OO!O", &camp, &PyDict_Type, &counts, &take_in,
-                          &PyList_Type, &table, &make))
-        return NULL;
+static PyObject *series_counts_of(PyObject *camp, PyObject *counts, PyObject *take_in,
+                                  PyObject *table, PyObject *make) {
     PyObject *result = NULL, *series = NULL, *segs = NULL;
     long long *sums = NULL;            /* per series: impressions, clicks */
     series = PyObject_GetAttr(camp, str_series);
@@ -717,6 +715,14 @@ done:
     Py_XDECREF(segs);
     Py_XDECREF(series);
     return result;
+}
+
+static PyObject *series_counts(PyObject *self, PyObject *args) {
+    PyObject *camp, *counts, *take_in, *table, *make;
+    if (!PyArg_ParseTuple(args, "OO!OO!O", &camp, &PyDict_Type, &counts, &take_in,
+                          &PyList_Type, &table, &make))
+        return NULL;
+    return series_counts_of(camp, counts, take_in, table, make);
 }
 
 /* slot_maker(cls, names) -> callable
@@ -1027,11 +1033,71 @@ done:
  * c.impressions, c.clicks, ctr, status, alert_ids), ctr being c.clicks / c.impressions
  * (0.0 without impressions).
  */
-static PyObject *ok_figures(PyObject *self, PyObject *args) {
-    PyObject *cid, *counts, *zero, *start_iso, *end_iso, *start_s, *status, *alert_ids, *make;
-    if (!PyArg_ParseTuple(args, "OO!OOOOOOO", &cid, &PyDict_Type, &counts, &zero, &start_iso,
-                          &end_iso, &start_s, &status, &alert_ids, &make))
+/* Where the class of the shared zero counts keeps impressions and clicks: plain slots,
+ * read at their offsets as their descriptors read them (a third of a figure's cost went to
+ * the two attribute look-ups), or type NULL: read by name. */
+typedef struct {
+    PyTypeObject *type;
+    Py_ssize_t imps, clicks;
+} CountsSlots;
+
+static Py_ssize_t plain_slot(PyTypeObject *type, PyObject *name) {
+    PyObject *descr = _PyType_Lookup(type, name);  /* borrowed; sets no error */
+    if (descr == NULL || !PyObject_TypeCheck(descr, &PyMemberDescr_Type))
+        return -1;
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX || member->offset < (Py_ssize_t)sizeof(PyObject)
+            || member->offset + (Py_ssize_t)sizeof(PyObject *) > type->tp_basicsize)
+        return -1;
+    return member->offset;
+}
+
+static void counts_slots(PyObject *zero, CountsSlots *slots) {
+    PyTypeObject *type = Py_TYPE(zero);
+    slots->type = NULL;
+    if (type->tp_getattro != PyObject_GenericGetAttr)
+        return;
+    slots->imps = plain_slot(type, str_impressions);
+    slots->clicks = plain_slot(type, str_clicks);
+    if (slots->imps >= 0 && slots->clicks >= 0)
+        slots->type = type;
+}
+
+/* c.<name> (a new reference), from its slot when c's class is slots->type. */
+static PyObject *counts_field(PyObject *c, const CountsSlots *slots, Py_ssize_t offset,
+                              PyObject *name) {
+    if (Py_TYPE(c) == slots->type) {
+        PyObject *v = *(PyObject **)((char *)c + offset);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttr(c, name);  /* (an unset slot raises here, as by name) */
+}
+
+/* clicks / impressions if impressions > 0 else 0.0. Two ints below 2**53 are divided as
+ * doubles, as int's true division does for them (both exact, the quotient correctly
+ * rounded), without its generic dispatch. */
+static PyObject *ctr_of(PyObject *imps, PyObject *clicks) {
+    const long long exact = 1LL << 53;
+    if (PyLong_CheckExact(imps) && PyLong_CheckExact(clicks)) {
+        int over_i, over_k;
+        long long i = PyLong_AsLongLongAndOverflow(imps, &over_i);
+        long long k = PyLong_AsLongLongAndOverflow(clicks, &over_k);
+        if (!over_i && !over_k && i <= exact && i >= -exact && k <= exact && k >= -exact)
+            return PyFloat_FromDouble(i > 0 ? (double)k / (double)i : 0.0);
+    }
+    int some = PyObject_RichCompareBool(imps, zero_int, Py_GT);
+    if (some < 0)
         return NULL;
+    return some ? PyNumber_TrueDivide(clicks, imps) : PyFloat_FromDouble(0.0);
+}
+
+static PyObject *ok_figures_of(PyObject *cid, PyObject *counts, PyObject *zero,
+                               PyObject *start_iso, PyObject *end_iso, PyObject *start_s,
+                               PyObject *status, PyObject *alert_ids, PyObject *make,
+                               const CountsSlots *slots) {
     PyObject *figures = PyList_New(0);
     if (figures == NULL)
         return NULL;
@@ -1040,16 +1106,12 @@ static PyObject *ok_figures(PyObject *self, PyObject *args) {
     while (PyDict_Next(counts, &pos, &seg, &c)) {
         if (c == zero)
             continue;
-        PyObject *imps = PyObject_GetAttr(c, str_impressions);
-        PyObject *clicks = imps == NULL ? NULL : PyObject_GetAttr(c, str_clicks);
+        PyObject *imps = counts_field(c, slots, slots->imps, str_impressions);
+        PyObject *clicks = imps == NULL ? NULL
+                           : counts_field(c, slots, slots->clicks, str_clicks);
         PyObject *ctr = NULL, *figure = NULL;
-        if (clicks != NULL) {
-            int some = PyObject_RichCompareBool(imps, zero_int, Py_GT);
-            if (some > 0)
-                ctr = PyNumber_TrueDivide(clicks, imps);
-            else if (some == 0)
-                ctr = PyFloat_FromDouble(0.0);
-        }
+        if (clicks != NULL)
+            ctr = ctr_of(imps, clicks);
         if (ctr != NULL) {
             PyObject *argv[10] = {cid, seg, start_iso, end_iso, start_s, imps, clicks, ctr,
                                   status, alert_ids};
@@ -1068,6 +1130,196 @@ static PyObject *ok_figures(PyObject *self, PyObject *args) {
     PyObject *out = PyList_AsTuple(figures);
     Py_DECREF(figures);
     return out;
+}
+
+static PyObject *ok_figures(PyObject *self, PyObject *args) {
+    PyObject *cid, *counts, *zero, *start_iso, *end_iso, *start_s, *status, *alert_ids, *make;
+    if (!PyArg_ParseTuple(args, "OO!OOOOOOO", &cid, &PyDict_Type, &counts, &zero, &start_iso,
+                          &end_iso, &start_s, &status, &alert_ids, &make))
+        return NULL;
+    CountsSlots slots;
+    counts_slots(zero, &slots);
+    return ok_figures_of(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids,
+                         make, &slots);
+}
+
+/* An int attribute of ``obj`` as a C long long; -1 with an exception set on error. */
+static int int_attr(PyObject *obj, PyObject *name, long long *value) {
+    PyObject *v = PyObject_GetAttr(obj, name);
+    if (v == NULL)
+        return -1;
+    *value = PyLong_AsLongLong(v);
+    Py_DECREF(v);
+    return (*value == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* What close_window does for one campaign: 0 when it has nothing in the window (before its
+ * first, or evicted: then cid is appended to ``evict``), 1 with a new reference to its
+ * decision in *decision, -1 on error. *windows counts the figures of decisions made here. */
+typedef struct {
+    PyObject *by_campaign, *window, *start_iso, *end_iso, *start_s, *end_s, *evict, *take_in,
+        *table, *make_counts, *zero, *status, *make_figure, *make_decision, *on_verdicts, *when,
+        *no_alerts;
+    long long wid, ttl;
+    Py_ssize_t windows;
+    CountsSlots slots;
+} Closing;
+
+static int close_campaign(Closing *w, PyObject *cid, PyObject *camp, PyObject **decision) {
+    long long first, last;
+    if (int_attr(camp, str_first_wid, &first) < 0)
+        return -1;
+    if (w->wid < first)
+        return 0;
+    PyObject *win = PyDict_GetItemWithError(w->by_campaign, cid);  /* borrowed */
+    if (win == NULL) {
+        if (PyErr_Occurred() || int_attr(camp, str_last_event_wid, &last) < 0)
+            return -1;
+        if (w->wid - last > w->ttl)  /* (no window after this one: that would be later) */
+            return PyList_Append(w->evict, cid) < 0 ? -1 : 0;
+    }
+    else if (!PyDict_Check(win)) {
+        PyErr_SetString(PyExc_TypeError, "a campaign's window counts must be a dict");
+        return -1;
+    }
+    PyObject *counts = NULL, *monitor = NULL, *verdicts = NULL, *figures = NULL;
+    int rc = -1;
+    if (win == NULL) {  /* dict.fromkeys(camp.series, zero) */
+        PyObject *series = PyObject_GetAttr(camp, str_series);
+        if (series == NULL)
+            goto done;
+        if (!PyTuple_Check(series)) {
+            Py_DECREF(series);
+            PyErr_SetString(PyExc_TypeError, "camp.series must be a tuple");
+            goto done;
+        }
+        counts = PyDict_New();
+        for (Py_ssize_t i = 0; counts != NULL && i < PyTuple_GET_SIZE(series); i++)
+            if (PyDict_SetItem(counts, PyTuple_GET_ITEM(series, i), w->zero) < 0)
+                Py_CLEAR(counts);
+        Py_DECREF(series);
+    }
+    else {
+        Py_INCREF(win);  /* (take_in is Python code) */
+        counts = series_counts_of(camp, win, w->take_in, w->table, w->make_counts);
+        Py_DECREF(win);
+    }
+    if (counts == NULL)
+        goto done;
+    monitor = PyObject_GetAttr(camp, str_monitor);
+    if (monitor == NULL)
+        goto done;
+    PyObject *argv[3] = {monitor, w->window, counts};
+    verdicts = PyObject_VectorcallMethod(str_update, argv,
+                                         3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+    if (verdicts == NULL)
+        goto done;
+    int some = PyList_CheckExact(verdicts) ? PyList_GET_SIZE(verdicts) > 0
+                                           : PyObject_IsTrue(verdicts);
+    if (some < 0)
+        goto done;
+    if (some) {  /* alerts: the Python code builds the decision */
+        PyObject *args[4] = {cid, counts, verdicts, w->when};
+        *decision = PyObject_Vectorcall(w->on_verdicts, args, 4, NULL);
+    }
+    else {
+        figures = ok_figures_of(cid, counts, w->zero, w->start_iso, w->end_iso, w->start_s,
+                                w->status, w->no_alerts, w->make_figure, &w->slots);
+        if (figures == NULL)
+            goto done;
+        w->windows += PyTuple_GET_SIZE(figures);
+        PyObject *args[5] = {cid, w->start_s, w->end_s, figures, w->no_alerts};
+        *decision = PyObject_Vectorcall(w->make_decision, args, 5, NULL);
+    }
+    rc = *decision == NULL ? -1 : 1;
+done:
+    Py_XDECREF(figures);
+    Py_XDECREF(verdicts);
+    Py_XDECREF(monitor);
+    Py_XDECREF(counts);
+    return rc;
+}
+
+/* close_window(campaigns, by_campaign, wid, ttl, when, out, evict, stats, take_in, table,
+ *              make_counts, zero, status, make_figure, make_decision, on_verdicts) -> None
+ *
+ * The campaign loop of closing window ``wid`` (flows.engine.ShardState._close_through, whose
+ * Python loop and _decide are the reference), in the order of ``campaigns``: a campaign
+ * whose first window is later is skipped; one without counts in the window
+ * (by_campaign[cid]) and no event for more than ``ttl`` windows has its id appended to
+ * ``evict``; any other gets its series counts (series_counts, zero counts without events),
+ * camp.monitor.update(window, counts), and a decision appended to ``out``: for verdicts
+ * on_verdicts(cid, counts, verdicts, when) makes it, otherwise it is
+ * make_decision(cid, start_s, end_s, ok figures, ()) and stats.windows grows by its figures
+ * (also when an error stops the loop, as the reference's would have).
+ */
+static PyObject *close_window(PyObject *self, PyObject *args) {
+    PyObject *campaigns, *wid, *ttl, *out, *stats;
+    Closing w = {0};
+    if (!PyArg_ParseTuple(args, "O!O!OOO!O!O!OOO!OOOOOO", &PyDict_Type, &campaigns,
+                          &PyDict_Type, &w.by_campaign, &wid, &ttl, &PyTuple_Type, &w.when,
+                          &PyList_Type, &out, &PyList_Type, &w.evict, &stats, &w.take_in,
+                          &PyList_Type, &w.table, &w.make_counts, &w.zero, &w.status,
+                          &w.make_figure, &w.make_decision, &w.on_verdicts))
+        return NULL;
+    if (PyTuple_GET_SIZE(w.when) != 3) {
+        PyErr_SetString(PyExc_TypeError, "when must be (window, start_iso, end_iso)");
+        return NULL;
+    }
+    w.wid = PyLong_AsLongLong(wid);
+    if (w.wid == -1 && PyErr_Occurred())
+        return NULL;
+    w.ttl = PyLong_AsLongLong(ttl);
+    if (w.ttl == -1 && PyErr_Occurred())
+        return NULL;
+    counts_slots(w.zero, &w.slots);
+    w.window = PyTuple_GET_ITEM(w.when, 0);
+    w.start_iso = PyTuple_GET_ITEM(w.when, 1);
+    w.end_iso = PyTuple_GET_ITEM(w.when, 2);
+    w.start_s = PyObject_GetAttr(w.window, str_start);
+    if (w.start_s == NULL)
+        return NULL;
+    w.end_s = PyObject_GetAttr(w.window, str_end);
+    w.no_alerts = PyTuple_New(0);
+    int failed = w.end_s == NULL || w.no_alerts == NULL;
+    Py_ssize_t pos = 0;
+    PyObject *cid, *camp;
+    while (!failed && PyDict_Next(campaigns, &pos, &cid, &camp)) {
+        PyObject *decision = NULL;
+        Py_INCREF(cid);  /* (held across calls of Python code) */
+        Py_INCREF(camp);
+        int rc = close_campaign(&w, cid, camp, &decision);
+        Py_DECREF(camp);
+        Py_DECREF(cid);
+        if (rc > 0) {
+            rc = PyList_Append(out, decision);
+            Py_DECREF(decision);
+        }
+        failed = rc < 0;
+    }
+    if (w.windows) {  /* an error raised already stays the one raised */
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *before = PyObject_GetAttr(stats, str_windows), *after = NULL;
+        if (before != NULL) {
+            PyObject *more = PyLong_FromSsize_t(w.windows);
+            if (more != NULL)
+                after = PyNumber_Add(before, more);
+            Py_XDECREF(more);
+            Py_DECREF(before);
+        }
+        if (after == NULL || PyObject_SetAttr(stats, str_windows, after) < 0)
+            failed = 1;
+        Py_XDECREF(after);
+        if (type != NULL)
+            PyErr_Restore(type, value, tb);
+    }
+    Py_XDECREF(w.no_alerts);
+    Py_XDECREF(w.end_s);
+    Py_DECREF(w.start_s);
+    if (failed)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
@@ -1095,6 +1347,11 @@ static PyMethodDef methods[] = {
      " -> tuple\n\n"
      "The figures of a campaign-window without verdicts (see "
      "flows.engine.ShardState._decide)."},
+    {"close_window", close_window, METH_VARARGS,
+     "close_window(campaigns, by_campaign, wid, ttl, when, out, evict, stats, take_in, table,"
+     " make_counts, zero, status, make_figure, make_decision, on_verdicts) -> None\n\n"
+     "Decide every campaign of a closing window; back to Python only for verdicts (see "
+     "flows.engine.ShardState._close_through)."},
     {"shard_ids", shard_ids, METH_VARARGS,
      "shard_ids(cache, cids) -> (ids, first) | None\n\n"
      "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},
@@ -1126,8 +1383,14 @@ PyMODINIT_FUNC PyInit__shard(void) {
     str_last_event_wid = PyUnicode_InternFromString("last_event_wid");
     str_impressions = PyUnicode_InternFromString("impressions");
     str_clicks = PyUnicode_InternFromString("clicks");
+    str_monitor = PyUnicode_InternFromString("monitor");
+    str_update = PyUnicode_InternFromString("update");
+    str_start = PyUnicode_InternFromString("start");
+    str_end = PyUnicode_InternFromString("end");
+    str_windows = PyUnicode_InternFromString("windows");
     zero_int = PyLong_FromLong(0);
-    if (str_dims == NULL || str_segs == NULL || str_series == NULL || str_first_wid == NULL
+    if (str_monitor == NULL || str_update == NULL || str_start == NULL || str_end == NULL
+            || str_windows == NULL || str_dims == NULL || str_segs == NULL || str_series == NULL || str_first_wid == NULL
             || str_last_event_wid == NULL || str_impressions == NULL || str_clicks == NULL
             || zero_int == NULL)
         return NULL;

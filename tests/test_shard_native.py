@@ -24,10 +24,10 @@ pytestmark = pytest.mark.skipif(engine._SHARD is None,
 MIN = 60_000
 
 
-def _settings(shards: int):
+def _settings(shards: int, windows: str = ""):
     return load_config_text(
         "windows:\n  length: 5m\n  allowed_lateness: 2m\n"
-        f"  shards: {shards}\n"
+        f"  shards: {shards}\n{windows}"
         "segments:\n  dimensions: [device, geo]\n  max_values_per_dimension: 2\n"
         "exclusions:\n  internal: true\n  bot_user_agents: [crawler]\n", env={})
 
@@ -59,10 +59,11 @@ _event = st.tuples(
 _batch = st.tuples(st.sampled_from([IMPRESSION, CLICK]), st.lists(_event, max_size=40))
 
 
-def _run(batches, shards: int) -> tuple[list, bytes]:
-    s = _settings(shards)
+def _run(batches, shards: int, windows: str = "", monitor=ZeroClickMonitor
+         ) -> tuple[list, bytes]:
+    s = _settings(shards, windows)
     prep = EventPreparer(s)
-    states = [ShardState(s, ["imp:0", "clk:0"], ZeroClickMonitor) for _ in range(shards)]
+    states = [ShardState(s, ["imp:0", "clk:0"], monitor) for _ in range(shards)]
     record: list = []
     offset = 0
     for kind, events in batches:
@@ -116,6 +117,68 @@ def test_a_stream_with_everything_goes_through_both_paths_alike(monkeypatch):
     assert any("stage='future'" in d for r in prepared for d in r[2])
     monkeypatch.setattr(engine, "_SHARD", None)
     assert _run(batches, 4) == compiled
+
+
+# -- close_window ---------------------------------------------------------------------
+
+
+def test_closing_evicts_and_decides_as_the_python_loop_does(monkeypatch):
+    # A series_ttl of three windows: c0 falls silent and is evicted, c2 too and then comes
+    # back as a new campaign; c1 and c3 (alarms: impressions, no clicks) stay throughout.
+    batches = [
+        (IMPRESSION, [(i, i % 10, i % 4, i % 4, i % 3) for i in range(40)]),
+        (CLICK, [(i, i % 10, i % 3, i % 4, None) for i in range(0, 40, 3)]),
+        (IMPRESSION, [(100 + i, 10 + i % 60, 1 + 2 * (i % 2), i % 4, i % 3)
+                      for i in range(120)]),
+        (CLICK, [(100 + i, 10 + i % 60, 1, i % 4, i % 3) for i in range(0, 120, 4)]),
+        (IMPRESSION, [(300 + i, 75 + i % 10, 2, 0, 1) for i in range(30)]),
+    ]
+    compiled = _run(batches, 1, "  series_ttl: 15m\n")
+    stats = compiled[0][-1]
+    assert stats["evicted_campaigns"] >= 2 and stats["alerts"] > 0
+    monkeypatch.setattr(engine, "_SHARD", None)
+    assert _run(batches, 1, "  series_ttl: 15m\n") == compiled
+
+
+class _FailingMonitor:
+    """Decides nothing, but fails on a window of a series with tablets."""
+
+    def update(self, window, counts):
+        if "device=tablet" in counts:
+            raise RuntimeError("monitor failed")
+        return []
+
+
+def test_a_failing_monitor_leaves_the_state_the_python_loop_leaves(monkeypatch):
+    batches = [(IMPRESSION, [(i, i % 25, i % 5, i % 3 if i < 50 else 2, None)
+                             for i in range(80)])]
+
+    def run():
+        s = _settings(1)
+        prep = EventPreparer(s)
+        state = ShardState(s, ["imp:0", "clk:0"], _FailingMonitor)
+        values = [_message(e[0], T0 + e[1] * MIN + e[0], *e[2:]) for e in batches[0][1]]
+        prepared = prep.prepare(RawBatch("imp", 0, IMPRESSION, values, list(range(80))),
+                                now_ms=NOW)
+        for _, chunk in prep.chunks(prepared):
+            state.ingest(chunk)
+        with pytest.raises(RuntimeError, match="monitor failed"):
+            state.flush()
+        return state.stats.as_dict(), pickle.dumps(state)
+
+    compiled = run()
+    assert compiled[0]["windows"] > 0  # the decisions before the failure were counted
+    monkeypatch.setattr(engine, "_SHARD", None)
+    assert run() == compiled
+
+
+def test_close_window_refuses_malformed_arguments():
+    args = [{}, {}, 0, 3, (None, "s", "e"), [], [], None, None, [], None, None, "ok", None,
+            None, None]
+    with pytest.raises(TypeError, match="when must be"):
+        engine._SHARD.close_window(*args[:4], (None,), *args[5:])
+    with pytest.raises(AttributeError):  # a Window has start and end
+        engine._SHARD.close_window(*args)
 
 
 # -- split ----------------------------------------------------------------------------
@@ -322,6 +385,27 @@ def test_ok_figures_are_the_reference_figures():
     with pytest.raises(AttributeError):
         engine._SHARD.ok_figures("c1", {"all": object()}, engine._ZERO, "s", "e", 60, "ok",
                                  (), engine._figure)
+
+
+class _PlainCounts:  # no slots: its fields are read by name
+    def __init__(self, impressions, clicks):
+        self.impressions, self.clicks = impressions, clicks
+
+
+@pytest.mark.parametrize("make", [engine._counts, _PlainCounts])
+def test_ok_figures_divide_as_python_does_at_any_size(make):
+    # Below 2**53 the division is done on doubles; above, and for a bool or a float, by
+    # Python's operator. Either way the ctr is Python's.
+    big = 2**53
+    pairs = [(3, 1), (7, 7), (big, big - 1), (big + 1, 3), (big - 1, big + 7), (3 * big, 1),
+             (10**30, 10**29 + 1), (0, 5), (-4, 2), (5, -2), (True, True), (4.0, 1)]
+    counts = {f"s{i}": make(n, k) for i, (n, k) in enumerate(pairs)}
+    got = engine._SHARD.ok_figures("c1", counts, engine._ZERO, "s", "e", 60, "ok", (),
+                                   engine._figure)
+    want = [(k / n if n > 0 else 0.0) for n, k in pairs]
+    assert [f.ctr for f in got] == want
+    assert [type(f.ctr) for f in got] == [type(x) for x in want]
+    assert [(f.impressions, f.clicks) for f in got] == pairs
 
 
 def test_count_propagates_errors_from_callbacks_and_bad_arguments():
