@@ -568,6 +568,16 @@ def test_admit_decides_what_the_python_reference_decides(chunks, spread):
         assert [r.tolist() for r in compiled.runs] == [r.tolist() for r in reference.runs]
         assert compiled.marks.tobytes() == reference.marks.tobytes()
     assert pickle.dumps(compiled) == pickle.dumps(reference)
+    # Closing the window: the runs merged into one (in C, run by run) as the reference sorts
+    # them, every key still found.
+    compiled.compact()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engine, "_SHARD", None)
+        reference.compact()
+    assert [r.tolist() for r in compiled.runs] == [r.tolist() for r in reference.runs]
+    assert len(compiled.runs) <= 1 and compiled.marks is None
+    assert pickle.dumps(compiled) == pickle.dumps(reference)
+    assert all(k in compiled for k in (reference.runs[0] if reference.runs else ()))
 
 
 def test_admit_refuses_what_it_cannot_read():
