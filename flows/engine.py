@@ -1069,34 +1069,42 @@ class ShardState:
             cids, dks = _take((cids, dks), keep.tolist())
             n = len(keep)
             lo = int(wids.min())
-        seen = self._seen[kind]
         if lo == hi:  # the common case: the whole chunk in one window
-            ks = seen.get(lo)
-            if ks is None:
-                ks = seen[lo] = _Seen()
-            pos = ks.admit(keys)
-            if pos is not None:
-                if not pos.size:
-                    self.stats.duplicates += n
-                    return
-                cids, dks = _take((cids, dks), pos.tolist())
-            self._count_windows(kind, lo, cids, dks)
+            counted = self._count_in_window(kind, lo, keys, cids, dks)
         else:
             parts = []
             for wid in np.unique(wids).tolist():
                 idx = np.flatnonzero(wids == wid)
-                ks = seen.get(wid)
-                if ks is None:
-                    ks = seen[wid] = _Seen()
-                pos = ks.admit(keys[idx])
+                pos = self._window_keys(kind, wid).admit(keys[idx])
                 parts.append(idx if pos is None else idx[pos])
             keep = np.sort(np.concatenate(parts))
             if len(keep) < n:
                 cids, dks = _take((cids, dks), keep.tolist())
             self._count_windows(kind, wids[keep].tolist(), cids, dks)
-        counted = len(cids)
+            counted = len(cids)
         self.stats.duplicates += n - counted
         self.stats.events += counted
+
+    def _window_keys(self, kind: int, wid: int) -> _Seen:
+        """The de-duplication keys of window ``wid`` for events of ``kind``, made when
+        missing."""
+        seen = self._seen[kind]
+        ks = seen.get(wid)
+        if ks is None:
+            ks = seen[wid] = _Seen()
+        return ks
+
+    def _count_in_window(self, kind: int, wid: int, keys: np.ndarray, cids: Sequence[str],
+                         dks: Sequence[Any]) -> int:
+        """De-duplicate events that all fall in window ``wid`` and count the new ones;
+        returns how many were counted."""
+        pos = self._window_keys(kind, wid).admit(keys)
+        if pos is not None:
+            if not pos.size:
+                return 0
+            cids, dks = _take((cids, dks), pos.tolist())
+        self._count_windows(kind, wid, cids, dks)
+        return len(cids)
 
     def _add_events_c(self, shard: Any, chunk: Chunk, out: list) -> None:
         """:meth:`_add_events` with the windows found in C (``span``, ``group``): a numpy
@@ -1125,20 +1133,8 @@ class ShardState:
             cids, dks = _take((cids, dks), keep.tolist())
             n = len(keep)
             lo = int(ts.min())
-        seen = self._seen[kind]
         if lo == hi:  # the common case: the whole chunk in one window
-            ks = seen.get(lo)
-            if ks is None:
-                ks = seen[lo] = _Seen()
-            pos = ks.admit(keys)
-            if pos is not None:
-                if not pos.size:
-                    self.stats.duplicates += n
-                    return
-                cids, dks = _take((cids, dks), pos.tolist())
-            shard.count(self._open, self._campaigns, lo, cids, dks,
-                        None if kind == IMPRESSION else self._click_key_cache(),
-                        self._open_window, self._new_key)
+            counted = self._count_in_window(kind, lo, keys, cids, dks)
         else:
             if hi - lo >= 1024:  # times far apart: numpy's way
                 wids = ts // step
@@ -1157,10 +1153,7 @@ class ShardState:
             every = True
             start = 0
             for wid, m in windows:
-                ks = seen.get(wid)
-                if ks is None:
-                    ks = seen[wid] = _Seen()
-                pos = ks.admit(keys[start:start + m])
+                pos = self._window_keys(kind, wid).admit(keys[start:start + m])
                 idx = order[start:start + m]
                 if pos is not None:
                     every = False
@@ -1171,10 +1164,8 @@ class ShardState:
                 keep = np.sort(np.concatenate(parts))
                 cids, dks = _take((cids, dks), keep.tolist())
                 wids = wids[keep]
-            shard.count(self._open, self._campaigns, wids, cids, dks,
-                        None if kind == IMPRESSION else self._click_key_cache(),
-                        self._open_window, self._new_key)
-        counted = len(cids)
+            self._count_windows(kind, wids, cids, dks)
+            counted = len(cids)
         self.stats.duplicates += n - counted
         self.stats.events += counted
 
@@ -1196,8 +1187,9 @@ class ShardState:
     def _count_windows(self, kind: int, wids: int | Sequence[int], cids: Sequence[str],
                        dks: Sequence[Any]) -> None:
         """Count events (de-duplicated already) into their open windows: all in window
-        ``wids`` (an int), or event i in ``wids[i]``. The inner loop, in C where built
-        (``flows/_shard.c``); :meth:`_count_windows_py` is the reference."""
+        ``wids`` (an int), or event i in ``wids[i]`` (a list, or in C an int64 array too).
+        The inner loop, in C where built (``flows/_shard.c``); :meth:`_count_windows_py`
+        is the reference."""
         shard = _SHARD
         if shard is None:
             self._count_windows_py(kind, wids, cids, dks)
@@ -1394,18 +1386,14 @@ class ShardState:
 
     def _decide(self, cid: str, camp: _Campaign, win: dict[Any, int] | None,
                 when: tuple[Window, str, str]) -> WindowDecision:
+        """One campaign-window's decision: the reference of the C ``close_window``, which
+        runs instead where built (and calls :meth:`_decide_verdicts` itself)."""
         window, start_iso, end_iso = when
         start_s, end_s = window.start, window.end
         counts = self._series_counts(camp, win)
         verdicts: list[Verdict] = camp.monitor.update(window, counts)
         if not verdicts:  # the common case: every series with traffic has an ok figure
             # (a series with events has a count above zero; only the shared zero is empty)
-            shard = _SHARD
-            if shard is not None:  # the same in C (flows/_shard.c)
-                figures = shard.ok_figures(cid, counts, _ZERO, start_iso, end_iso, start_s,
-                                           STATUS_OK, (), _figure)
-                self.stats.windows += len(figures)
-                return _decision(cid, start_s, end_s, figures, ())
             figures = tuple([
                 _figure(cid, seg, start_iso, end_iso, start_s, c.impressions, c.clicks,
                         c.clicks / c.impressions if c.impressions > 0 else 0.0, STATUS_OK, ())
