@@ -578,8 +578,8 @@ reported as measured.
 ## Scenario and machine
 
 - Scenario: `replay.generator.simulate(seed={sc['seed']}, campaigns={sc['campaigns']},
-  hours={sc['hours']}, volume_scale={sc.get('volume_scale', common.VOLUME_SCALE)}, incident_rate={common.INCIDENT_RATE},
-  trap_rate={common.TRAP_RATE})`: {sc['impressions']:,} impressions + {sc['clicks']:,} clicks
+  hours={sc['hours']}, volume_scale={sc.get('volume_scale', common.VOLUME_SCALE)},
+  incident_rate={common.INCIDENT_RATE}, trap_rate={common.TRAP_RATE})`: {sc['impressions']:,} impressions + {sc['clicks']:,} clicks
   = {sc['events']:,} events ({sc['avg_bytes']:.0f} bytes per JSON event on average),
   {sc['incidents']} incidents and {sc['traps']} traps injected, 3 devices x 4 channels.
 - ctrguard configuration: defaults, except `segments.dimensions: [device]` (the naive flow
@@ -723,8 +723,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the live flow's runs without compiled code and without "
                    "the event scanner (3b, 3c)")
     p.add_argument("--only", default="",
-                   help="comma-separated subset of raw,naive,live,two,latency,replay,engine,dense,"
-                   "memory "
+                   help=f"comma-separated subset of {','.join(STEPS)} "
                    "(quick iterations: prints what ran, writes no report)")
     p.add_argument("--render", type=Path, metavar="RESULTS_JSON",
                    help="measure nothing: rewrite the report from a results file")

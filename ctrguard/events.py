@@ -380,11 +380,6 @@ class LineBlock(Sequence[bytes]):
     def __repr__(self) -> str:
         return f"LineBlock({len(self)} lines)"
 
-    def max_len(self) -> int:
-        """The length of the longest message (0 when there is none)."""
-        pairs = self._pairs
-        return int((pairs[:, 1] - pairs[:, 0]).max()) if len(pairs) else 0
-
 
 class ScannedBatch(NamedTuple):
     """A batch of messages that were all valid, as columns (see :func:`scan_batch`)."""
