@@ -58,8 +58,9 @@ class Event(NamedTuple):
 
 
 # Control and format characters (C0, DEL, C1, zero-width and bidi controls, BOM): refused in
-# ids and segment values, checked in C by msgspec together with the types.
-_NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*$"
+# ids and segment values, checked in C by msgspec together with the types. msgspec runs the
+# pattern with re.search, where "$" also matches before a final "\n": "\Z" is the end.
+_NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*\\Z"
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=_NO_CONTROL)]
 _Attr = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS, pattern=_NO_CONTROL)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS)]

@@ -99,9 +99,9 @@ def mention(owner: str | None) -> str:
     """A configured owner as mrkdwn: ids become mentions, anything else inert text."""
     if not owner:
         return "—"
-    if _USER_ID.match(owner):
+    if _USER_ID.fullmatch(owner):  # (match's "$" would let a final "\n" through)
         return f"<@{owner}>"
-    if _GROUP_ID.match(owner):
+    if _GROUP_ID.fullmatch(owner):
         return f"<!subteam^{owner}>"
     name = sanitize(owner, 60).lstrip("@").replace("<", "‹").replace(">", "›")
     return "@" + escape(name)

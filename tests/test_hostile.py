@@ -83,6 +83,16 @@ def test_decode_event_hostile_objects_are_valid_or_rejected_with_reason(obj):
     _check_decoded(json.dumps(obj).encode().replace(b'"', b'"\xff', 1))
 
 
+@pytest.mark.parametrize("field", ["event_id", "campaign_id", "device"])
+@pytest.mark.parametrize("value", ["\n", "c\n", "c\r\n", "\u202e"])
+def test_a_control_character_at_the_end_of_an_id_or_value_is_refused(field, value):
+    # Found by the hypothesis test above: the pattern's "$" matched before a final "\n",
+    # so an id that was only a newline passed as valid.
+    obj = {"event_id": "e1", "ts": 1767225600000, "campaign_id": "c1", field: value}
+    with pytest.raises(EventError, match=f"field '{field}' contains control characters"):
+        decode_event(json.dumps(obj).encode())
+
+
 def test_huge_and_empty_messages_are_rejected_with_reason():
     huge = ev("e", T0, pad="x" * 70_000)
     for raw, words in ((huge, "larger than"), (b"", "JSON"), (None, "empty")):

@@ -194,3 +194,12 @@ def test_console_rendering_reads_like_slack():
     assert "CRITICAL: CTR incident on shop & co" in text
     assert "−15 clicks (−3.75 EUR)" in text
     assert "@U0OWNER01" in text and "&amp;" not in text
+
+
+def test_an_owner_is_a_mention_only_when_it_is_exactly_an_id():
+    from sinks.slack_render import mention
+
+    assert mention("U123ABC") == "<@U123ABC>" and mention("S0ABC") == "<!subteam^S0ABC>"
+    # A final newline (which re.match's "$" lets through) makes it text, not a mention.
+    for owner in ("U123ABC\n", "S0ABC\n"):
+        assert "<@" not in mention(owner) and "<!subteam" not in mention(owner)
