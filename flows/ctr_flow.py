@@ -19,8 +19,9 @@ import logging
 import os
 import pickle
 import time
+import uuid
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -28,7 +29,15 @@ from bytewax.operators import StatefulBatchLogic
 
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
-from flows.engine import Chunk, EventPreparer, RawBatch, ShardState, tune_gc
+from flows.engine import (
+    Chunk,
+    EventPreparer,
+    RawBatch,
+    ShardState,
+    conservation_line,
+    sum_tallies,
+    tune_gc,
+)
 from flows.source import KafkaBatchSource, list_partitions, source_id
 from sinks.kafka_out import DeadLetterSink
 from sinks.release import ReleaseSink
@@ -175,6 +184,55 @@ def _pack(out: list[Any]) -> list[Any]:
     return emit
 
 
+class TallyReport(NamedTuple):
+    """A shard's conservation account so far (cumulative: a repeat after a restart
+    replaces the earlier report), for the ``conservation`` step."""
+
+    shard: str
+    tally: dict[str, list[int]]
+
+
+def is_tally(item: Any) -> bool:
+    return isinstance(item, TallyReport)
+
+
+def tally_key(_report: TallyReport) -> str:
+    return "all"
+
+
+class ConservationLogic(StatefulBatchLogic[TallyReport, Any, dict]):
+    """Adds up the shards' accounts; logs the balance per source every
+    ``STATS_LOG_INTERVAL_S`` while it changes (events still in flight between the steps
+    then) and once at the end of the input, when it must balance."""
+
+    def __init__(self, resume: dict | None):
+        self.latest: dict[str, dict[str, list[int]]] = resume or {}
+        self._last_log = 0.0
+
+    def on_batch(self, values: list[TallyReport]) -> tuple[list[Any], bool]:
+        for report in values:
+            self.latest[report.shard] = report.tally
+        now = time.monotonic()
+        if now - self._last_log > STATS_LOG_INTERVAL_S:
+            self._last_log = now
+            log.info("so far (in flight not included): %s",
+                     conservation_line(sum_tallies(self.latest.values())))
+        return [], StatefulBatchLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        line = conservation_line(sum_tallies(self.latest.values()))
+        (log.info if line.startswith("conservation balanced") else log.error)(
+            "end of input: %s", line)
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict:
+        return self.latest
+
+
+def build_conservation(resume: dict | None) -> ConservationLogic:
+    return ConservationLogic(resume)
+
+
 class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
     """Bytewax adapter around :class:`ShardState`: snapshots are the pickled state.
 
@@ -188,6 +246,12 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         self.state = state
         self._snapshots = snapshots
         self._last_log = time.monotonic()
+        if not getattr(state, "ledger_id", None):  # names its reports (kept in snapshots)
+            state.ledger_id = uuid.uuid4().hex  # type: ignore[attr-defined]
+
+    def _report(self) -> TallyReport:
+        return TallyReport(self.state.ledger_id,  # type: ignore[attr-defined]
+                           {s: list(row) for s, row in self.state.tally.items()})
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -198,12 +262,17 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
             self._last_log = now
             log.info("shard: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
+            out = _pack(out)
+            out.append(self._report())
+            return out, StatefulBatchLogic.RETAIN
         return _pack(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
-        return _pack(out), StatefulBatchLogic.RETAIN
+        packed = _pack(out)
+        packed.append(self._report())
+        return packed, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         if not self._snapshots:
@@ -242,14 +311,20 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     sources = [source_id(t, p) for t, p in partitions]
 
     flow = Dataflow("ctrguard")
-    raw = op.input("kafka_in", flow, KafkaBatchSource(settings.kafka, partitions))
+    raw = op.input("kafka_in", flow, KafkaBatchSource(settings.kafka, partitions,
+                                                      settings.event_time.idle_timeout))
     prepared = op.flat_map("prepare", raw, PrepareStep(settings))
     split = op.branch("split_invalid", prepared, is_dead)
     invalid = op.map("invalid", split.trues, unwrap)
     decided = op.stateful_batch("detect", split.falses,
                                 partial(build_shard, settings, sources, snapshots=snapshots))
     results = op.map("results", decided, unwrap)
-    by_type = op.branch("split_late", results, is_decision)
+    tallies = op.branch("split_tally", results, is_tally)
+    # Every event read ends in a window, an exclusion, a duplicate or a dead letter: the
+    # shards' accounts, added up and logged (README, "Nothing vanishes").
+    op.stateful_batch("conservation", op.key_on("tally_key", tallies.trues, tally_key),
+                      build_conservation)
+    by_type = op.branch("split_late", tallies.falses, is_decision)
     batches = by_type.trues
     late = by_type.falses
     # One item per shard and activation: a closed window is released in one Redis

@@ -30,7 +30,14 @@ import orjson
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
 from ctrguard.records import WindowDecision, encode_figures
-from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
+from flows.engine import (
+    DeadLetter,
+    EventPreparer,
+    RawBatch,
+    ShardState,
+    conservation,
+    tune_gc,
+)
 from replay.evaluate import ReplayInputError
 
 IMPRESSIONS_SOURCE = "impressions"
@@ -306,7 +313,11 @@ def run_replay(
         "campaigns": main.campaigns,
         "series": main.series(),
         "baseline_alerts": {name: s.stats.alerts for name, s in states.items() if name != "ctrguard"},
+        # Per input file: every line read ended in exactly one of these (README, "Nothing
+        # vanishes"); "balanced" false would be a bug.
+        "conservation": conservation(main.tally),
     }
+
     paths["summary"].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return ReplayResult(out, paths["alerts"], paths["figures"], paths["deadletter"],
                         paths["summary"], summary, baseline_paths)
