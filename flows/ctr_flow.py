@@ -190,6 +190,8 @@ class TallyReport(NamedTuple):
 
     shard: str
     tally: dict[str, list[int]]
+    final: bool = False   # sent at the end of the input
+    shards: int = 0       # how many shards report
 
 
 def is_tally(item: Any) -> bool:
@@ -207,11 +209,21 @@ class ConservationLogic(StatefulBatchLogic[TallyReport, Any, dict]):
 
     def __init__(self, resume: dict | None):
         self.latest: dict[str, dict[str, list[int]]] = resume or {}
+        self._final: set[str] = set()
         self._last_log = 0.0
+        self._ended = False
 
     def on_batch(self, values: list[TallyReport]) -> tuple[list[Any], bool]:
+        shards = 0
         for report in values:
             self.latest[report.shard] = report.tally
+            if report.final:
+                self._final.add(report.shard)
+                shards = report.shards
+        if shards and len(self._final) >= shards:
+            # (Bytewax may not call on_eof of a logic made in the activation of the end)
+            self._end()
+            return [], StatefulBatchLogic.RETAIN
         now = time.monotonic()
         if now - self._last_log > STATS_LOG_INTERVAL_S:
             self._last_log = now
@@ -219,10 +231,16 @@ class ConservationLogic(StatefulBatchLogic[TallyReport, Any, dict]):
                      conservation_line(sum_tallies(self.latest.values())))
         return [], StatefulBatchLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[Any], bool]:
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
         line = conservation_line(sum_tallies(self.latest.values()))
         (log.info if line.startswith("conservation balanced") else log.error)(
             "end of input: %s", line)
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        self._end()
         return [], StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> dict:
@@ -242,16 +260,18 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
     ``None`` and costs nothing.
     """
 
-    def __init__(self, state: ShardState, snapshots: bool = True):
+    def __init__(self, state: ShardState, snapshots: bool = True, shards: int = 0):
         self.state = state
         self._snapshots = snapshots
+        self._shards = shards
         self._last_log = time.monotonic()
         if not getattr(state, "ledger_id", None):  # names its reports (kept in snapshots)
             state.ledger_id = uuid.uuid4().hex  # type: ignore[attr-defined]
 
-    def _report(self) -> TallyReport:
+    def _report(self, final: bool = False) -> TallyReport:
         return TallyReport(self.state.ledger_id,  # type: ignore[attr-defined]
-                           {s: list(row) for s, row in self.state.tally.items()})
+                           {s: list(row) for s, row in self.state.tally.items()},
+                           final, self._shards)
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -271,7 +291,7 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
         packed = _pack(out)
-        packed.append(self._report())
+        packed.append(self._report(final=True))
         return packed, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
@@ -292,7 +312,7 @@ def build_shard(settings: Settings, sources: list[str], resume: bytes | None, *,
         state = pickle.loads(resume)
     else:
         state = ShardState(settings, sources, partial(build_monitor_for, settings))
-    return ShardLogic(state, snapshots)
+    return ShardLogic(state, snapshots, settings.windows.shards)
 
 
 def get_flow(settings: Settings | None = None, *, slack: bool = True,
