@@ -69,11 +69,12 @@ class PacedProducer(threading.Thread):
     the first message's time, reaches them; ``done`` is set once all are acknowledged."""
 
     def __init__(self, bootstrap: str, topics: dict[str, str], items: list[Scheduled],
-                 speed: float):
+                 speed: float, tick_s: float = 0.1):
         super().__init__(daemon=True)
         self.items = items
         self.topics = topics
         self.speed = speed
+        self.tick_s = tick_s  # produced in bursts this far apart (a flow catches up between)
         self.produced = 0
         self.errors: list[str] = []
         self.done = threading.Event()
@@ -107,7 +108,7 @@ class PacedProducer(threading.Thread):
                 i += 1
                 self.produced += 1
             self._producer.poll(0)
-            time.sleep(0.02)
+            time.sleep(self.tick_s)
         left = self._producer.flush(120)
         if left:
             self.errors.append(f"{left} messages not delivered")

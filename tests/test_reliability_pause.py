@@ -107,6 +107,12 @@ def _run(broker, topic_factory, redis_server, tmp: Path, name: str, items, *,
             proc = start_run(path, log_path, recovery_dir=recovery, drain=False)
             producer = PacedProducer(broker.bootstrap, inputs, items, SPEED)
             try:
+                # Traffic starts once the flow tails its (empty) topics: the only backlog
+                # it ever meets is the pause's.
+                deadline = time.monotonic() + 60
+                while "running ctrguard" not in proc.log() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                time.sleep(2)
                 producer.start()
                 while producer.produced < 0.4 * len(items):
                     assert proc.popen.poll() is None, proc.log()[-5000:]
