@@ -1056,9 +1056,6 @@ class ShardState:
         # Source -> [read, excluded, dead-lettered before the shards, counted, duplicates,
         # late]: each event of the source ends in exactly one (see conservation()).
         self.tally: dict[str, list[int]] = {}
-        # Window id -> campaigns evicted while they had counts in it: made again when it
-        # closes (in eviction order).
-        self._revive: dict[int, list[str]] = {}
 
     def _intern(self, obj: Any) -> Any:
         table = self._interned
@@ -1165,10 +1162,22 @@ class ShardState:
         row[5] += late
 
     def flush(self) -> list[WindowDecision | DeadLetter]:
-        """Close every open window (end of a drained stream)."""
+        """Close every open window (end of a drained stream): up to the largest frontier as
+        the watermark would, then the windows beyond every frontier (events ahead of their
+        stream, fewer than the quorum) alone: only their own campaigns are decided there,
+        rather than every campaign in every window up to them (a day of empty windows
+        after the end, or years)."""
         out: list[WindowDecision | DeadLetter] = []
         if self._open:
-            self._close_through(max(self._open) + 1, out)
+            known = [f for f in self._frontiers.values() if f is not None]
+            end = max(self._open) + 1
+            if known:
+                end = min(end, max(known) // self._length_ms + 1)
+            self._close_through(end, out)
+            if self._open:
+                if self._next_close is None:
+                    self._next_close = min(self._open)
+                self._close_through(max(self._open) + 1, out, alone=True)
         return out
 
     def _add_events(self, chunk: Chunk, out: list) -> None:
@@ -1433,7 +1442,7 @@ class ShardState:
 
     # -- closing -----------------------------------------------------------------------
 
-    def _close_through(self, end_wid: int, out: list) -> None:
+    def _close_through(self, end_wid: int, out: list, alone: bool = False) -> None:
         """Close every window with id < end_wid. Per window, the campaign loop runs in C
         where built: in Python, the calls, attribute loads and tuples around each monitor
         call were about 8% of the engine's instructions. The Python loop is its reference."""
@@ -1448,7 +1457,7 @@ class ShardState:
         length_s = self.settings.windows.length
         while self._next_close < end_wid:
             wid = self._next_close
-            if wid not in self._open and wid not in self._revive and self._nothing_at(wid):
+            if wid not in self._open and (alone or self._nothing_at(wid)):
                 # No campaign has events or a decision due here: jump to the next window
                 # with events (a stream may span years between two of its windows).
                 self._next_close = min((w for w in self._open if w > wid), default=end_wid)
@@ -1460,9 +1469,6 @@ class ShardState:
             # One Window (immutable) and one pair of ISO texts for every campaign's decision.
             when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
             by_campaign = self._open.pop(wid, None) or {}
-            revive = self._revive.pop(wid, None)
-            if revive:
-                self._make_again(wid, revive, by_campaign)
             stale = wid - self._grace_windows
             for seen in self._seen:
                 ks = seen.get(wid)
@@ -1471,16 +1477,19 @@ class ShardState:
                 for old in [w for w in seen if w <= stale]:
                     del seen[old]
             evict: list[str] = []
+            campaigns = self._campaigns
+            if alone:  # (flush: windows beyond the end of the stream)
+                campaigns = {cid: campaigns[cid] for cid in by_campaign if cid in campaigns}
             shard = _SHARD
             if shard is not None:
                 # The same loop in C (flows/_shard.c), the monitors called from there: back
                 # in Python only for a campaign with verdicts (_decide_verdicts).
-                shard.close_window(self._campaigns, by_campaign, wid, self._ttl_windows, when,
+                shard.close_window(campaigns, by_campaign, wid, self._ttl_windows, when,
                                    out, evict, self.stats, self._segments_for, _SMALL_COUNTS,
                                    _counts, _ZERO, STATUS_OK, _figure, _decision,
                                    self._decide_verdicts)
             else:
-                for cid, camp in self._campaigns.items():
+                for cid, camp in campaigns.items():
                     if wid < camp.first_wid:
                         continue
                     counts = by_campaign.get(cid)
@@ -1506,19 +1515,17 @@ class ShardState:
 
     def _note_evicted(self, evicted: list[str]) -> None:
         """Campaigns evicted while they have counts in open windows (events far ahead of
-        the stream): noted, so that those windows make them again when they close."""
-        for wid, by_campaign in self._open.items():
-            back = [cid for cid in evicted if cid in by_campaign]
-            if back:
-                self._revive.setdefault(wid, []).extend(back)
-
-    def _make_again(self, wid: int, cids: list[str], by_campaign: dict[str, Any]) -> None:
-        """Campaigns evicted with counts in window ``wid`` (closing now) made again, as the
-        first event of an evicted campaign makes it: a new monitor, first window ``wid``."""
-        for cid in cids:
-            if cid not in self._campaigns and cid in by_campaign:
-                self._campaigns[cid] = _Campaign(self._monitor_factory(), wid,
-                                                 self._root_series, self._root_dims)
+        the stream) are made again at once, as their first event after the eviction
+        would make them: a new monitor, first window the earliest of those windows."""
+        for wid in sorted(self._open):
+            by_campaign = self._open[wid]
+            for cid in evicted:
+                if cid in by_campaign and cid not in self._campaigns:
+                    self._campaigns[cid] = camp = _Campaign(
+                        self._monitor_factory(), wid, self._root_series, self._root_dims)
+                    for dk in by_campaign[cid]:
+                        self._segments_for(camp, dk[0] if dk.__class__ is tuple
+                                           and len(dk) == 1 else dk)
 
     def _window_iso(self, start_s: int) -> str:
         text = self._iso.get(start_s)
