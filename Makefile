@@ -16,9 +16,10 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+CHAOS_ARGS ?=
 EVENTS ?=
 
-.PHONY: help venv native test demo bench lint clean distclean
+.PHONY: help venv native test demo bench chaos lint clean distclean
 
 help: ## list the targets
 	@echo "ctrguard: make <target>"
@@ -74,6 +75,9 @@ demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
 
 bench: $(STAMP) $(NATIVE) ## run the benchmarks (EVENTS=n)
 	$(VPY) -m bench.run $(if $(EVENTS),--events $(EVENTS))
+
+chaos: $(STAMP) $(NATIVE) ## chaos run: a day of traffic while everything fails, vs a clean run (CHAOS_ARGS=--short)
+	$(VPY) -m tests.chaos $(CHAOS_ARGS)
 
 lint: $(STAMP) ## ruff
 	$(VPY) -m ruff check .

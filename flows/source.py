@@ -20,9 +20,11 @@ backfills): that claim is for good.
 from __future__ import annotations
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -58,6 +60,10 @@ CONSUMER_TUNING = {
     "log.connection.close": False,
 }
 _IDLE_POLL = timedelta(milliseconds=10)
+#: A leader connection idle longer than this (no fetch answer; they come every
+#: ``fetch.wait.max.ms`` at most when there is nothing to fetch) is not evidence of being
+#: at the log end.
+_RX_IDLE_US = 1_000_000
 _ERROR = Message.error
 _VALUE = Message.value
 _OFFSET = Message.offset
@@ -134,6 +140,8 @@ class IdleClaims:
 class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def __init__(self, conf: dict[str, Any], topic: str, partition: int, kind: int,
                  offset: int, batch_size: int, tail: bool, idle_timeout_ms: int = 5000):
+        if conf.get("statistics.interval.ms"):
+            conf = {**conf, "stats_cb": self.on_stats}
         self._consumer = Consumer(conf)
         self._tp = TopicPartition(topic, partition)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -146,10 +154,33 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         self._finished = False
         self._claims = IdleClaims(idle_timeout_ms)
         self._awake: datetime | None = None
+        # When librdkafka's statistics last said the partition is being fetched from a
+        # connected leader (monotonic seconds), and how often they come.
+        self._fetching_at: float | None = None
+        self._stats_s = conf.get("statistics.interval.ms", 0) / 1000
+
+    def on_stats(self, text: str) -> None:
+        """librdkafka's statistics (``stats_cb``, served within ``consume``): note whether
+        the partition's leader is connected and answering fetches. Without that, the
+        cached high watermark is stale (a broker restarting, a network fault) and being
+        at it proves nothing."""
+        try:
+            stats = orjson.loads(text)
+            part = stats["topics"][self._topic]["partitions"][str(self._partition)]
+            leader = part["leader"]
+            ok = leader >= 0 and part["fetch_state"] == "active" and any(
+                b.get("nodeid") == leader and b.get("state") == "UP"
+                and 0 <= b.get("rxidle", -1) <= _RX_IDLE_US for b in stats["brokers"].values())
+        except (KeyError, TypeError, ValueError, AttributeError):
+            ok = False
+        self._fetching_at = time.monotonic() if ok else None
 
     def _at_end(self) -> bool:
         """Whether the position has reached the high watermark of the last fetch (cached
         by librdkafka: no request to the broker)."""
+        fetching = self._fetching_at
+        if fetching is None or time.monotonic() - fetching > 2.5 * self._stats_s:
+            return False  # not known to be fetching now: the cached watermark may be stale
         low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
         if high < 0:
             return False  # no fetch answered yet
@@ -249,6 +280,8 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
             **CONSUMER_TUNING,
         }
         conf.update(self.kafka.client_config())
+        if self.kafka.tail:  # idle claims need evidence that the partition is fetched
+            conf["statistics.interval.ms"] = max(100, self.idle_timeout_s * 1000 // 4)
         return _BatchPartition(conf, topic, int(part), kind,
                                resume_state if resume_state is not None else start,
                                self.kafka.batch_size, self.kafka.tail,

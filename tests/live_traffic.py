@@ -78,9 +78,25 @@ class PacedProducer(threading.Thread):
         self.produced = 0
         self.errors: list[str] = []
         self.done = threading.Event()
+        self._hold = threading.Event()
+        self._held = threading.Event()
         self._producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5,
                                    "message.timeout.ms": 120_000, "acks": "all",
                                    "message.max.bytes": 2_000_000})
+
+    def hold(self, timeout: float = 120.0) -> None:
+        """Stop producing (after delivering what is sent), e.g. while the broker restarts.
+        The stream's clock stops too: a live source whose broker is away for 10 s sends
+        events 10 s old when it is back, within any allowed lateness, whereas at ``speed``
+        x real time a clock that ran on would make that backlog hours old."""
+        if self.done.is_set():
+            return
+        self._hold.set()
+        self._held.wait(timeout)
+
+    def release(self) -> None:
+        self._held.clear()
+        self._hold.clear()
 
     def _delivered(self, err, _msg) -> None:
         if err is not None:
@@ -94,6 +110,13 @@ class PacedProducer(threading.Thread):
         first = self.items[0].at_ms
         i = 0
         while i < len(self.items):
+            if self._hold.is_set():
+                self._producer.flush(120)
+                self._held.set()
+                held_at = time.monotonic()
+                while self._hold.is_set():
+                    time.sleep(0.05)
+                start += time.monotonic() - held_at
             horizon = first + (time.monotonic() - start) * 1000 * self.speed
             while i < len(self.items) and self.items[i].at_ms <= horizon:
                 item = self.items[i]
