@@ -8,6 +8,8 @@
       -> release      Redis flags + watermark, THEN figures/alerts to Kafka
       -> slack        incidents to Slack (non-blocking outbox)
       -> deadletter   rejected and late events with the reason, original bytes kept
+      -> conservation the shards' per-partition accounts, added up and logged (every read
+                      event counted, excluded, a duplicate or dead-lettered)
 
 Run with ``ctrguard run --config PATH`` or
 ``python -m bytewax.run "flows.ctr_flow:get_flow()"`` (config from ``CTRGUARD_CONFIG``).

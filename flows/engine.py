@@ -7,12 +7,18 @@ same figures and alerts for the same input order.
 Event time and watermarks
 -------------------------
 Every input source (a Kafka topic partition, or a replay file) reports a *frontier*: the
-largest plausible event time it has delivered. A shard's watermark is the minimum frontier
-over the sources that are not idle (a source is idle when it has been read to its end), less
-the allowed lateness. A window closes when the watermark passes its end. Taking the minimum
-is what keeps a click partition that runs ahead of the impression partition from closing
-windows early; treating caught-up sources as idle is what lets windows close during a click
-tracking outage, when the click topic is silent.
+``event_time.frontier_quorum``-th largest event time it has delivered, so that fewer events
+than that far ahead of their stream cannot move it (they are counted in their windows when
+the stream gets there). A shard's watermark is the minimum frontier over the sources that
+are not idle, less the allowed lateness. A window closes when the watermark passes its end.
+Taking the minimum is what keeps a click partition that runs ahead of the impression
+partition from closing windows early; honouring idle claims is what lets windows close
+during a click tracking outage, when the click topic is silent. A claim is evidence that a
+source has nothing unread: a file at its end, or a partition at its log end for an idle
+timeout (``flows/source.py``); a live claim counts only while fresh
+(:meth:`ShardState.idle_sources`), so a pause cannot turn a backlog into late events.
+Every event read ends in a window, an exclusion, a duplicate or a dead letter; each shard
+keeps the per-source account (:attr:`ShardState.tally`, :func:`conservation`).
 
 >>> from ctrguard.config import Settings
 >>> settings = Settings()
@@ -21,8 +27,10 @@ tracking outage, when the click topic is silent.
 ...        b'{"event_id":"i1","ts":1767225601000,"campaign_id":"c1","device":"mobile"}',
 ...        b'not json']
 >>> batch = prep.prepare(RawBatch("imp", 0, IMPRESSION, raw, list(range(3))))
->>> len(batch.dead_letters), batch.dead_letters[0].reason[:14], batch.frontier_ms
-(1, 'not valid JSON', 1767225601000)
+>>> len(batch.dead_letters), batch.dead_letters[0].reason[:14]
+(1, 'not valid JSON')
+>>> batch.frontier_ms, batch.recent  # two events, fewer than the quorum (3): no frontier yet
+(None, (1767225600000, 1767225601000))
 
 Cost
 ----
@@ -1040,8 +1048,8 @@ class ShardState:
             raise ValueError(_INCOMPATIBLE)
         self.__dict__.update(state)
         if "_claims" not in state:  # a snapshot from before idle claims: claims dropped
-            del self.__dict__["_idle"]  # (fails safe: a source holds back until it claims)
-            self._init_event_time(self.settings)
+            self.__dict__.pop("_idle", None)  # (fails safe: a source holds back until it
+            self._init_event_time(self.settings)  # claims again)
         self._derived()
 
     def _init_event_time(self, settings: Settings) -> None:
