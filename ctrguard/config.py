@@ -92,8 +92,12 @@ class KafkaSettings(StrictModel):
     partitions: int = Field(1, ge=1, le=1024)
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka configuration shared by consumers, producers and admin clients."""
-        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers)}
+        """librdkafka configuration shared by consumers, producers and admin clients (their
+        log goes through Python logging, rate-limited: :mod:`ctrguard.kafka_log`)."""
+        from ctrguard.kafka_log import client_logging
+
+        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers),
+                                **client_logging()}
         conf.update(self.client)
         if self.sasl_username:
             conf["sasl.username"] = self.sasl_username

@@ -121,12 +121,14 @@ class DeadLetter:
     for a late event whose chunk crossed processes without them (:class:`Chunk`): the
     dead-letter sink reads them back from the source partition at ``offset``."""
 
-    stage: str            # "parse" | "future" | "past" | "late"
+    stage: str            # "parse" | "future" | "past" | "late" | "crash"
     reason: str
     topic: str
     partition: int
     offset: int
     raw: bytes | None
+    #: One of :data:`ctrguard.reasons.REASON_CODES`; ``None``: the stage's own code.
+    code: str | None = None
 
 
 _NO_TIMES = np.empty(0, dtype=np.int64)
@@ -466,7 +468,7 @@ class EventPreparer:
                             scanned.keys, [])
         decoded = decode_batch(values, max_bytes=self._max_bytes)
         dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
-                           values[i] if values[i] is not None else b"")
+                           values[i] if values[i] is not None else b"", exc.code)
                 for i, exc in decoded.errors]
         events = decoded.events
         dks = _dims_keys([list(map(g, events)) for g in self._dim_getters], len(events))
