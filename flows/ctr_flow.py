@@ -284,10 +284,12 @@ def build_monitor_for(settings: Settings) -> Any:
 
 def build_shard(settings: Settings, sources: list[str], resume: bytes | None, *,
                 snapshots: bool = True) -> ShardLogic:
+    factory = partial(build_monitor_for, settings)
     if resume is not None:
-        state = pickle.loads(resume)
+        # A snapshot holds state, not settings: the running process's are bound to it.
+        state = pickle.loads(resume).bind(settings, factory)
     else:
-        state = ShardState(settings, sources, partial(build_monitor_for, settings))
+        state = ShardState(settings, sources, factory)
     return ShardLogic(state, snapshots)
 
 
