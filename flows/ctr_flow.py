@@ -20,14 +20,16 @@ import os
 import pickle
 import time
 from collections.abc import Callable
+from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
-from ctrguard import faults
+from ctrguard import faults, stopping
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
 from flows.engine import Chunk, DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
@@ -266,6 +268,12 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         return _pack(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
+        if stopping.requested():
+            # Stopped, not drained: the open windows stay open in the snapshot and close
+            # when the flow runs again and event time gets there.
+            log.info("shard stopped: %s, %d campaigns", self.state.stats.as_dict(),
+                     self.state.campaigns)
+            return [], StatefulBatchLogic.RETAIN
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
         return _pack(out), StatefulBatchLogic.RETAIN
@@ -274,6 +282,41 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         if not self._snapshots:
             return None
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+class StoppableSource(FixedPartitionedSource[RawBatch, Any]):
+    """The flow's input, ended at a batch boundary once a stop is requested
+    (:mod:`ctrguard.stopping`): each partition raises StopIteration at its next poll, after
+    the batches it already returned."""
+
+    def __init__(self, inner: FixedPartitionedSource[RawBatch, Any]):
+        self.inner = inner
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any
+                   ) -> _StoppablePartition:
+        return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
+
+
+class _StoppablePartition(StatefulSourcePartition[RawBatch, Any]):
+    def __init__(self, inner: StatefulSourcePartition[RawBatch, Any]):
+        self._inner = inner
+
+    def next_batch(self) -> list[RawBatch]:
+        if stopping.requested():
+            raise StopIteration()
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return None if stopping.requested() else self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 def build_monitor_for(settings: Settings) -> Any:
@@ -309,7 +352,8 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     sources = [source_id(t, p) for t, p in partitions]
 
     flow = Dataflow("ctrguard")
-    raw = op.input("kafka_in", flow, KafkaBatchSource(settings.kafka, partitions))
+    raw = op.input("kafka_in", flow,
+                   StoppableSource(KafkaBatchSource(settings.kafka, partitions)))
     prepared = op.flat_map("prepare", raw, PrepareStep(settings))
     split = op.branch("split_invalid", prepared, is_dead)
     invalid = op.map("invalid", split.trues, unwrap)

@@ -93,7 +93,14 @@ def cmd_run(args: argparse.Namespace) -> int:
              " event scanner: %s", len(partitions), settings.source, args.workers,
              f", recovery in {args.recovery_dir}" if recovery else "", native.status(),
              "on" if events._SCANNER is not None else "off")
-    cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
-             addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
-             recovery_config=recovery)
-    return 0
+    from ctrguard import stopping
+
+    # Ctrl-C and SIGTERM stop the flow at a batch boundary (and snapshot), not mid-batch.
+    with stopping.install() as stop:
+        cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
+                 addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
+                 recovery_config=recovery)
+    if stop.requested is not None:
+        log.info("stopped on %s%s", stop.requested,
+                 "; state snapshotted" if recovery is not None else "")
+    return stop.exit_code
