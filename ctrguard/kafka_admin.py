@@ -120,3 +120,87 @@ def _describe_limits(kafka: KafkaSettings, topics: list[str], timeout: float) ->
                          "assuming Kafka's default of %d bytes (set kafka.client."
                          "message.max.bytes to state it)", topic, KAFKA_DEFAULT_MESSAGE_BYTES)
     return found
+
+
+def check_reachable(kafka: KafkaSettings, timeout: float) -> None:
+    """Raise :class:`KafkaUnavailable` with one sentence (which brokers, for how long, how
+    many connection attempts failed and why) when no broker answers within ``timeout``.
+
+    librdkafka's log of the attempts is counted here, not printed: left alone it is a line
+    per reconnection (about 290 in 15 s).
+    """
+    from ctrguard.kafka_log import KafkaLogRouter
+
+    quiet = logging.Logger("ctrguard.kafka.preflight", level=logging.CRITICAL + 1)
+    router = KafkaLogRouter(logger=quiet)
+    admin = AdminClient({**kafka.client_config(), "logger": router, "error_cb": router.error})
+    started = time.monotonic()
+    try:
+        admin.list_topics(timeout=timeout)
+        return
+    except Exception as exc:  # noqa: BLE001 - KafkaException: described below
+        error = exc
+    admin.poll(0)  # hands the queued log over to the router
+    failures = router.failures()
+    attempts = sum(failures.values())
+    reasons = sorted({r for b in failures if (r := router.last_failure(b)) is not None})
+    why = f": {attempts} connection attempts failed ({'; '.join(reasons)[:300]})" \
+        if attempts else f": {error}"
+    raise KafkaUnavailable(f"cannot reach Kafka at {','.join(kafka.brokers)} within "
+                           f"{time.monotonic() - started:.0f}s{why}")
+
+
+def client_setting_issues(kafka: KafkaSettings) -> list[tuple[str | None, str]]:
+    """What librdkafka refuses in ``kafka.client``, as ``(key, message)`` (``key`` None when
+    the message names none of them), found by building a throwaway producer and consumer
+    with the settings ctrguard's own clients use. Nothing connects: no bootstrap servers.
+    """
+    from confluent_kafka import Consumer, KafkaException, Producer
+
+    from flows.source import CONSUMER_TUNING
+    from sinks.kafka_out import producer_config
+
+    quiet = logging.Logger("ctrguard.kafka.check", level=logging.CRITICAL + 1)
+    producer = {k: v for k, v in producer_config(kafka).items()
+                if k not in ("bootstrap.servers", "error_cb") and k not in kafka.client}
+    consumer = {k: v for k, v in {"group.id": "ctrguard-config-check",
+                                  "enable.auto.commit": False, "enable.partition.eof": True,
+                                  **CONSUMER_TUNING}.items() if k not in kafka.client}
+
+    def refusal(client: dict[str, Any]) -> str | None:
+        try:
+            for make, conf in ((Producer, producer), (Consumer, consumer)):
+                make({**conf, **client, "logger": quiet})
+        except KafkaException as exc:
+            err = exc.args[0]
+            return err.str() if hasattr(err, "str") else str(exc)
+        return None
+
+    remaining = dict(kafka.client)
+    issues: list[tuple[str | None, str]] = []
+    while (text := refusal(remaining)) is not None:
+        key = _blamed_key(text, remaining)
+        if key is None:  # named otherwise (an alias, a combination): find it by itself
+            key = next((k for k in remaining if refusal({k: remaining[k]}) is not None), None)
+        issues.append((key, _redact(text, kafka.client)))
+        if key is None:
+            break
+        remaining.pop(key)
+    return issues
+
+
+def _blamed_key(text: str, keys: dict[str, Any]) -> str | None:
+    import re
+
+    for name in reversed(re.findall(r'"([A-Za-z0-9._-]+)"', text)):
+        if name in keys:
+            return name
+    found = [k for k in keys if k in text]
+    return max(found, key=len) if found else None
+
+
+def _redact(text: str, client: dict[str, Any]) -> str:
+    for key, value in client.items():
+        if any(w in key for w in ("password", "secret", "jaas")) and str(value):
+            text = text.replace(str(value), "***")
+    return text

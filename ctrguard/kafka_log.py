@@ -80,6 +80,7 @@ class KafkaLogRouter:
         # (broker, facility, kind) -> [time last logged, left out since]
         self._seen: dict[tuple[str, str, str], list[Any]] = {}
         self._failures: Counter = Counter()
+        self._last_failure: dict[str, str] = {}
         self.emitted: list[logging.LogRecord] = []
 
     # confluent_kafka calls logger.log(level, "%s [%s] %s", facility, client name, message)
@@ -107,6 +108,7 @@ class KafkaLogRouter:
         with self._lock:
             if facility in _FAILURE_FACILITIES and level >= logging.WARNING:
                 self._failures[broker] += 1
+                self._last_failure[broker] = text
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.interval_s:
                 seen[1] += 1
@@ -131,6 +133,11 @@ class KafkaLogRouter:
         """Failed attempts to reach each broker so far (a copy)."""
         with self._lock:
             return dict(self._failures)
+
+    def last_failure(self, broker: str) -> str | None:
+        """What the last failed attempt to reach ``broker`` said."""
+        with self._lock:
+            return self._last_failure.get(broker)
 
 
 #: The router of the process: one rate limit shared by all clients.

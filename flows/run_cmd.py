@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ctrguard.config import Settings, load_config
-from ctrguard.errors import KafkaUnavailable, RedisUnavailable
+from ctrguard.errors import ConfigError, KafkaUnavailable, RedisUnavailable
 
 log = logging.getLogger("ctrguard.run")
 
@@ -40,14 +40,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def check_kafka_client_settings(settings: Settings) -> None:
+    """Raise :class:`ConfigError` (exit 2, ``file:line: field: message``) for every
+    ``kafka.client`` setting librdkafka refuses: an unknown key, a bad value, a combination
+    it rejects. Checked before any service is touched."""
+    from ctrguard.config import issue_at
+    from ctrguard.kafka_admin import client_setting_issues
+
+    found = client_setting_issues(settings.kafka)
+    if found:
+        raise ConfigError([issue_at(settings, ("kafka", "client", key) if key else
+                                    ("kafka", "client"), f"librdkafka: {message}")
+                           for key, message in found])
+
+
 def preflight(settings: Settings) -> list[tuple[str, int]]:
     """Fail fast (exit 3) when Redis or Kafka cannot be reached; create topics if allowed.
 
-    Redis is checked first, so an unreachable Redis leaves no topics behind.
+    librdkafka settings are checked first (exit 2), then Redis, so an unreachable Redis
+    leaves no topics behind; an unreachable Kafka is one line with the attempts made.
     """
+    from ctrguard.kafka_admin import check_reachable
     from flows.source import list_partitions
     from sinks.redis_client import make_redis
 
+    check_kafka_client_settings(settings)
     client = make_redis(settings.redis)
     try:
         client.ping()
@@ -55,6 +72,9 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
         raise RedisUnavailable(f"cannot reach Redis: {type(exc).__name__}") from None
     finally:
         client.close()
+    log.info("connecting to Kafka at %s (up to %gs)", ",".join(settings.kafka.brokers),
+             settings.kafka.connect_timeout_s)
+    check_reachable(settings.kafka, timeout=settings.kafka.connect_timeout_s)
     if settings.kafka.create_topics:
         from ctrguard.kafka_admin import ensure_topics
 

@@ -66,6 +66,12 @@ def make_producer(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
     callback for the producer, not an argument and a reference per message);
     ``max_message_bytes``: the largest record the target topics take
     (:func:`ctrguard.kafka_admin.message_limit`)."""
+    return Producer(producer_config(kafka, tracker, max_message_bytes, **overrides))
+
+
+def producer_config(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
+                    max_message_bytes: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """The librdkafka settings of :func:`make_producer` (also checked at start-up)."""
     conf: dict[str, Any] = {
         "linger.ms": kafka.producer_linger_ms,
         "acks": kafka.producer_acks,
@@ -85,7 +91,7 @@ def make_producer(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
         conf["message.max.bytes"] = max_message_bytes
     conf.update(kafka.client_config())
     conf.update(overrides)
-    return Producer(conf)
+    return conf
 
 
 def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
