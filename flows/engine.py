@@ -997,7 +997,8 @@ class ShardState:
         snapshot holds neither); returns the shard. Settings that only tune it (allowed
         lateness, series TTL, values per dimension, the detectors of new campaigns) take
         effect; the window length and the segment dimensions shape the state, and a
-        snapshot taken with others is refused (ValueError) rather than misread.
+        snapshot taken with others is refused (:class:`~ctrguard.errors.ConfigError`, at
+        the setting's line) rather than misread.
 
         Snapshots written before settings were left out (they still hold them) load too:
         their settings are dropped and replaced by the running process's.
@@ -1005,11 +1006,17 @@ class ShardState:
         length_ms = settings.windows.length * 1000
         dims = tuple(settings.segments.dimensions)
         if (length_ms, dims) != (self._length_ms, self._dims):
-            raise ValueError(
+            from ctrguard.config import issue_at
+            from ctrguard.errors import ConfigError
+
+            field = ("windows", "length") if length_ms != self._length_ms else \
+                ("segments", "dimensions")
+            raise ConfigError([issue_at(
+                settings, field,
                 f"the snapshot was taken with windows.length {self._length_ms // 1000}s and "
                 f"segments.dimensions {list(self._dims)}; the configuration says "
                 f"{length_ms // 1000}s and {list(dims)}. These shape the saved state: run "
-                "with the snapshot's values, or start with a fresh recovery directory")
+                "with the snapshot's values, or start with a fresh recovery directory")])
         self._configure(settings, monitor_factory)
         return self
 

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ctrguard.config import Settings, load_config
-from ctrguard.errors import ConfigError, KafkaUnavailable, RedisUnavailable
+from ctrguard.errors import ConfigError, CtrGuardError, KafkaUnavailable, RedisUnavailable
 
 log = logging.getLogger("ctrguard.run")
 
@@ -85,6 +85,17 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
     return list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
 
 
+def ctrguard_cause(exc: BaseException) -> CtrGuardError | None:
+    """The first :class:`CtrGuardError` in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CtrGuardError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
@@ -117,9 +128,18 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     # Ctrl-C and SIGTERM stop the flow at a batch boundary (and snapshot), not mid-batch.
     with stopping.install() as stop:
-        cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
-                 addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
-                 recovery_config=recovery)
+        try:
+            cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
+                     addresses=addresses,
+                     epoch_interval=timedelta(seconds=args.snapshot_interval),
+                     recovery_config=recovery)
+        except Exception as exc:
+            # Bytewax wraps what a step raised (BytewaxRuntimeError, the original as a
+            # cause): one of ours is reported as such, with its exit code (cli.main).
+            cause = ctrguard_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
     if stop.requested is not None:
         log.info("stopped on %s%s", stop.requested,
                  "; state snapshotted" if recovery is not None else "")

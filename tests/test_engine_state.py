@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from ctrguard.config import load_config_text
+from ctrguard.errors import ConfigError
 from ctrguard.records import WindowDecision
 from detectors.base import ALL
 from flows import engine
@@ -378,7 +379,7 @@ def test_a_snapshot_written_with_its_settings_still_loads_without_them(monkeypat
 def test_a_snapshot_of_another_window_length_or_dimensions_is_refused_clearly(length, dims):
     state, _ = _fed_state(_secret_settings())
     restored = pickle.loads(pickle.dumps(state))
-    with pytest.raises(ValueError, match="snapshot was taken with windows.length 300s"):
+    with pytest.raises(ConfigError, match="snapshot was taken with windows.length 300s"):
         restored.bind(_secret_settings(length, dims), Recorder)
     with pytest.raises(RuntimeError, match="needs bind"):
         restored._monitor_factory()

@@ -125,15 +125,14 @@ def test_no_secret_in_any_recovery_store(broker, unique_topics, redis_factory, t
     produce_all(broker.bootstrap, unique_topics["clicks"], clicks)
     recovery = tmp_path / "recovery"
     init_recovery(recovery, workers=2)
+    env = {"CTRGUARD_REDIS_PASSWORD": REDIS_PASSWORD,
+           "CTRGUARD_KAFKA_SASL_PASSWORD": SASL_PASSWORD, "CTRGUARD_KAFKA_SASL_USERNAME": "svc"}
     with SlackEmulator(token=SLACK_TOKEN) as slack:
         path = tmp_path / "c.yaml"
         path.write_text(config_yaml(broker.bootstrap, unique_topics, server.url_without_password,
                                     slack_base_url=slack.base_url, batch_size=50))
         proc = start_run(path, tmp_path / "run.log", recovery_dir=recovery, snapshot_s=0.2,
-                         extra_args=["--workers", "2"],
-                         env={"CTRGUARD_REDIS_PASSWORD": REDIS_PASSWORD,
-                              "CTRGUARD_KAFKA_SASL_PASSWORD": SASL_PASSWORD,
-                              "CTRGUARD_KAFKA_SASL_USERNAME": "svc"})
+                         extra_args=["--workers", "2"], env=env)
         assert proc.wait(240) == 0, proc.log()[-3000:]
         assert any(c.method == "chat.postMessage" and c.ok for c in slack.calls)
     stores = sorted(p for p in recovery.rglob("*") if p.is_file())
@@ -149,3 +148,14 @@ def test_no_secret_in_any_recovery_store(broker, unique_topics, redis_factory, t
             _assert_clean(f"{key} topic", (m.value() or b"") + repr(m.headers()).encode())
     print(f"[measure] secrets: {len(stores)} recovery files, "
           f"{sum(p.stat().st_size for p in stores):,} bytes, {snapshots} shard snapshots")
+
+    # The same recovery directory with another window length: refused at restore with the
+    # setting's line and both values, exit 2 (not a traceback, not a misread state).
+    path.write_text(path.read_text().replace("  length: 5m", "  length: 10m"))
+    proc = start_run(path, tmp_path / "run2.log", recovery_dir=recovery, snapshot_s=0.2,
+                     extra_args=["--workers", "2", "--no-slack"], env=env)
+    assert proc.wait(120) == 2, proc.log()[-3000:]
+    lineno = path.read_text().splitlines().index("  length: 10m") + 1
+    assert (f"{path}:{lineno}: windows.length: the snapshot was taken with windows.length "
+            "300s") in proc.log()
+    _assert_clean("log of the refused restore", proc.log())
