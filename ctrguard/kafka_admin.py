@@ -112,13 +112,12 @@ def _describe_limits(kafka: KafkaSettings, topics: list[str], timeout: float) ->
                                 "message.max.bytes")
             if broker_limit is not None:
                 break
-        for topic in rest:
-            if broker_limit is not None:
-                found[topic] = broker_limit
-            else:
-                log.info("kafka: the cluster does not report max.message.bytes of topic %r; "
-                         "assuming Kafka's default of %d bytes (set kafka.client."
-                         "message.max.bytes to state it)", topic, KAFKA_DEFAULT_MESSAGE_BYTES)
+        if broker_limit is not None:
+            found.update(dict.fromkeys(rest, broker_limit))
+        else:
+            log.info("kafka: the cluster reports no record size limit for %s; assuming Kafka's "
+                     "default of %d bytes (kafka.client.message.max.bytes states it)",
+                     ", ".join(rest), KAFKA_DEFAULT_MESSAGE_BYTES)
     return found
 
 

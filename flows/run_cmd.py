@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the live dataflow (Kafka in; Redis flags, figures, alerts, Slack out)",
-        description="Run the live ctrguard dataflow. The configuration is validated first; "
-        "Kafka and Redis must be reachable (exit code 3 otherwise).",
+        description="Run the live ctrguard dataflow. The configuration is validated first "
+        "(exit code 2); Kafka and Redis must be reachable (exit code 3 otherwise). Ctrl-C "
+        "stops at a batch boundary and snapshots (exit 130), SIGTERM likewise (exit 0); a "
+        "second signal exits at once.",
     )
     p.add_argument("--config", type=Path, default=None,
                    help="YAML configuration (default: the embedded config/default.yaml)")
