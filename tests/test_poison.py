@@ -189,3 +189,58 @@ def test_the_dead_letter_limit_comes_from_the_settings_when_stated():
 
     s = load_config_text("kafka:\n  client:\n    message.max.bytes: 3000000\n", env={})
     assert message_limit(s.kafka, ["any"]) == 3_000_000
+
+
+# --------------------------------------------------------------------------- nesting
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ctrguard.errors import EventError  # noqa: E402
+from ctrguard.events import MAX_JSON_DEPTH, decode_batch, decode_event, json_depth  # noqa: E402
+
+_BASE = b'{"event_id":"e","ts":1767225600000,"campaign_id":"c","x":'
+
+
+def _verdict(raw: bytes):
+    try:
+        ev_ = decode_event(raw)
+    except EventError as exc:
+        return ("error", exc.code)
+    return ("ok", ev_.event_id)
+
+
+@st.composite
+def _nested(draw) -> bytes:
+    depth = draw(st.integers(0, 3 * MAX_JSON_DEPTH))
+    opens = b"".join(draw(st.sampled_from([b"[", b'{"k":'])) for _ in range(depth))
+    closes = b"".join(b"]" if o == ord("[") else b"}" for o in reversed(
+        [c for c in opens if c in b"[{"]))
+    inner = draw(st.sampled_from([b"1", b'"[[[{"', b'"a\\"]]"', b"[]", b"{}", b'"\\\\"']))
+    raw = _BASE + opens + inner + closes + b"}"
+    return raw[:draw(st.integers(len(raw) - 3, len(raw)))]  # sometimes cut short
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_nested(), min_size=1, max_size=6))
+def test_every_nesting_gets_the_same_verdict_on_every_path(values):
+    alone = [_verdict(v) for v in values]
+    batch = decode_batch(values)
+    errors = dict(batch.errors)
+    kept = iter(batch.events)
+    for i, want in enumerate(alone):
+        got = ("error", errors[i].code) if i in errors else ("ok", next(kept).event_id)
+        assert got == want, (values[i][:200], got, want)
+        depth = json_depth(values[i])
+        if depth > MAX_JSON_DEPTH:
+            assert want == ("error", "too_deep")
+        elif want[0] == "error":
+            assert want[1] != "too_deep"
+
+
+def test_a_megabyte_of_brackets_is_refused_as_too_deep_when_size_allows():
+    raw = _BASE + b"[" * 1_000_000
+    assert _verdict(raw) == ("error", "too_large")
+    with pytest.raises(EventError, match="nested deeper than 64 levels"):
+        decode_event(raw, max_bytes=2_000_000)
+    assert json_depth(raw) == 1_000_001
