@@ -244,3 +244,17 @@ def test_a_megabyte_of_brackets_is_refused_as_too_deep_when_size_allows():
     with pytest.raises(EventError, match="nested deeper than 64 levels"):
         decode_event(raw, max_bytes=2_000_000)
     assert json_depth(raw) == 1_000_001
+
+
+def test_a_cluster_that_reports_no_limit_gets_kafkas_default_and_a_log_line(
+        broker, unique_topics, caplog):
+    import logging
+
+    from ctrguard.kafka_admin import KAFKA_DEFAULT_MESSAGE_BYTES, message_limit
+
+    s = load_config_text(f'kafka:\n  brokers: ["{broker.bootstrap}"]\n', env={})
+    caplog.set_level(logging.INFO, logger="ctrguard.kafka_admin")
+    # tansu answers DescribeConfigs with no entries, for topics and brokers alike.
+    assert message_limit(s.kafka, [unique_topics["deadletter"]]) == KAFKA_DEFAULT_MESSAGE_BYTES
+    assert any("reports no record size limit" in r.getMessage() and
+               unique_topics["deadletter"] in r.getMessage() for r in caplog.records)
