@@ -92,8 +92,12 @@ class KafkaSettings(StrictModel):
     partitions: int = Field(1, ge=1, le=1024)
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka configuration shared by consumers, producers and admin clients."""
-        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers)}
+        """librdkafka configuration shared by consumers, producers and admin clients (their
+        log goes through Python logging, rate-limited: :mod:`ctrguard.kafka_log`)."""
+        from ctrguard.kafka_log import client_logging
+
+        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers),
+                                **client_logging()}
         conf.update(self.client)
         if self.sasl_username:
             conf["sasl.username"] = self.sasl_username
@@ -259,7 +263,35 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
         return load_config_text("", source="<embedded defaults>", env=env)
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), None, "<file>", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([ConfigIssue(
+            str(path), line, "<file>", f"not UTF-8: byte 0x{data[exc.start]:02x} at column "
+            f"{column} (save the file as UTF-8)")]) from None
     return load_config_text(text, source=str(path), env=env)
+
+
+def issue_at(settings: Settings, path: tuple[str, ...], message: str) -> ConfigIssue:
+    """A problem found after loading (a check against a library, at start-up), located at
+    the line of ``path`` in the file the settings came from, as load-time issues are.
+
+    >>> s = load_config_text("kafka:\\n  client:\\n    no.such: 1\\n", source="<s>", env={})
+    >>> str(issue_at(s, ("kafka", "client", "no.such"), "unknown librdkafka setting"))
+    '<s>: kafka.client.no.such: unknown librdkafka setting'
+    """
+    line = None
+    try:
+        lines = _line_index(Path(settings.source).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        lines = {}
+    for cut in range(len(path), -1, -1):
+        if path[:cut] in lines:
+            line = lines[path[:cut]]
+            break
+    return ConfigIssue(settings.source, line, ".".join(path), message)

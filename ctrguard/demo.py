@@ -132,7 +132,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("running the dataflow until the stream is drained (Slack messages appear below)")
         partitions = list_partitions(settings.kafka)
         t0 = time.monotonic()
-        run_main(get_flow(settings, partitions=partitions))
+        from ctrguard import stopping
+
+        with stopping.install() as stop:  # Ctrl-C: stop at a batch boundary, no panic
+            run_main(get_flow(settings, partitions=partitions))
+        if stop.requested is not None:
+            print("interrupted: the demo stops here (its services are stopped too)")
+            return stop.exit_code
         flow_s = time.monotonic() - t0
         total = sim.impressions.size + sim.clicks.size
         print(f"\nflow drained {total:,} events in {flow_s:.1f}s ({total / flow_s:,.0f} events/s)")

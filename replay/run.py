@@ -29,6 +29,7 @@ import orjson
 
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
+from ctrguard.reasons import reason_code
 from ctrguard.records import WindowDecision, encode_figures
 from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 from replay.evaluate import ReplayInputError
@@ -158,7 +159,8 @@ def dead_letter_record(d: DeadLetter) -> dict[str, Any]:
         raw_field = {"raw": text}
     except UnicodeDecodeError:
         raw_field = {"raw_base64": base64.b64encode(d.raw).decode("ascii")}
-    return {"stage": d.stage, "reason": d.reason, "source": d.topic, "line": d.offset, **raw_field}
+    return {"stage": d.stage, "reason": d.reason, "reason_code": reason_code(d.stage, d.code),
+            "source": d.topic, "line": d.offset, **raw_field}
 
 
 class _Progress:

@@ -86,10 +86,14 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         self._store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
                                       settings.redis.key_prefix,
                                       window_length_s=settings.windows.length)
-        self._tracker = DeliveryTracker()
-        self._producer = make_producer(settings.kafka, self._tracker)
+        from ctrguard.kafka_admin import message_limit
+
         self._figures = settings.kafka.topics.figures
         self._alerts = settings.kafka.topics.alerts
+        self._tracker = DeliveryTracker()
+        self._producer = make_producer(
+            settings.kafka, self._tracker,
+            max_message_bytes=message_limit(settings.kafka, [self._figures, self._alerts]))
         self._gate = ReleaseGate(self._store.record, self._publish,
                                  backoff_s=settings.redis.retry_backoff_s,
                                  backoff_max_s=settings.redis.retry_backoff_max_s)

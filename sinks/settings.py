@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
@@ -25,6 +33,20 @@ class RedisSettings(_Strict):
     #: How long the Slack sink waits for Redis (its outbox) before failing the flow, which
     #: then restarts from its last snapshot. Figures never wait-and-fail: they wait.
     slack_outage_wait_s: float = Field(600.0, gt=0, le=86400)
+
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: str) -> str:
+        # Checked at load (exit 2 with the line), not when the first client is made.
+        from redis.connection import parse_url
+
+        from sinks.redis_client import redact_url
+
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL ({redact_url(url)}): {exc}") from None
+        return url
 
 
 #: Severities in increasing order (the detectors' ``SEVERITIES``).
