@@ -2,7 +2,8 @@
 and still writes Redis before Kafka (real redis-server and tansu broker from conftest.py).
 
 The references below are the previous implementation, written out: ``orjson.dumps`` of each
-figure and alert, keys ``campaign|segment|window_start_s`` as UTF-8 with surrogates passed,
+figure and alert, keys ``campaign|segment|window_start_s`` as UTF-8 with surrogates passed
+(``%`` and ``|`` in campaign and segment escaped as ``%25`` and ``%7C``),
 and the record script's payload written by ``json.dumps``.
 """
 
@@ -51,8 +52,11 @@ def reference_values(figures: list[Figure]) -> list[bytes]:
 
 
 def reference_keys(figures: list[Figure]) -> list[bytes]:
-    return [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
-            for f in figures]
+    def part(text: str) -> str:   # "%" and the separator "|" escaped
+        return f"{text}".replace("%", "%25").replace("|", "%7C")
+
+    return [f"{part(f.campaign_id)}|{part(f.segment)}|{f.window_start_s}"
+            .encode("utf-8", "surrogatepass") for f in figures]
 
 
 def outcome(fn, *args):
