@@ -166,7 +166,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
                              str(config)], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=stderr, start_new_session=True)
     figures = _FigureWatcher(bootstrap, topics["figures"])
-    checked = _CheckedPoller(redis_url, f"{prefix}:checked", window_s, poll_s)
+    checked = _CheckedPoller(redis_url, f"{prefix}:checked:v2", window_s, poll_s)
     # linger.ms as an upstream producer would batch (librdkafka's default is 5 ms), not 1 ms:
     # tansu's fetch slows down with the number of record batches in a partition, and 1-ms
     # batches (~400/s) made the flow's input lag grow from ~30 ms to 0.1-1 s within a minute

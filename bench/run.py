@@ -151,8 +151,8 @@ def checked_summary(redis_server, prefix: str) -> dict[str, Any]:
     """What the run left in Redis: campaigns with a watermark, the latest one, flags."""
     client = redis_server.client()
     try:
-        rows = client.zrange(f"{prefix}:checked", -1, -1, withscores=True)
-        return {"campaigns_checked": client.zcard(f"{prefix}:checked"),
+        rows = client.zrange(f"{prefix}:checked:v2", -1, -1, withscores=True)
+        return {"campaigns_checked": client.zcard(f"{prefix}:checked:v2"),
                 "latest_checked_s": int(rows[0][1]) if rows else None,
                 "flags": client.zcard(f"{prefix}:flags")}
     finally:
