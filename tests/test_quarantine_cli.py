@@ -325,3 +325,17 @@ def test_check_csv_with_redis_down_exits_3(tmp_path, capsys):
     path = write_csv(tmp_path, [("c1", "all", T0, "")])
     code, out, err = run(capsys, "quarantine", "check", "--csv", path, "--config", config)
     assert code == EXIT_SERVICE and out == "" and err.startswith("error: redis:")
+
+
+def test_the_demos_last_step_releases_one_incident_in_one_command(incident, capsys):
+    from pathlib import Path
+
+    from ctrguard.demo import release_one_incident
+
+    config, store, incident_id = incident
+    release_one_incident(store, Path(config))
+    out = capsys.readouterr().out
+    assert f"$ ctrguard quarantine release --incident {incident_id} --by demo" in out
+    assert f"released 6 series-window(s) of incident {incident_id}" in out
+    assert "exit code 0; 6 series-windows still quarantined" in out      # c2's
+    assert {f.state for f in store.list_flags(campaign="c1")} == {RELEASED}
