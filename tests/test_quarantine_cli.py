@@ -17,7 +17,7 @@ from sinks.quarantine import (
     QuarantineStore,
     iso_utc,
 )
-from sinks.quarantine_cli import EXIT_HELD, EXIT_PENDING
+from sinks.quarantine_cli import EXIT_HELD, EXIT_PENDING, _release_mode
 from sinks.redis_client import make_redis
 from tests.slack_fixtures import T0 as T0_SLACK
 from tests.test_quarantine import LENGTH, T0, decision, make_alert
@@ -339,3 +339,27 @@ def test_the_demos_last_step_releases_one_incident_in_one_command(incident, caps
     assert f"released 6 series-window(s) of incident {incident_id}" in out
     assert "exit code 0; 6 series-windows still quarantined" in out      # c2's
     assert {f.state for f in store.list_flags(campaign="c1")} == {RELEASED}
+
+
+def test_every_documented_quarantine_command_parses():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from ctrguard.cli import build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for doc in ("README.md", "docs/redis-keys.md"):
+        text = (root / doc).read_text(encoding="utf-8").replace("\\\n", " ")
+        for block in re.findall(r"```(?:sh|console)\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                line = line.strip().removeprefix("$ ")
+                if line.startswith("ctrguard quarantine "):
+                    found.append(shlex.split(line, comments=True))
+    assert len(found) >= 10
+    parser = build_parser()
+    for argv in found:
+        args = parser.parse_args(argv[1:])          # exits 2 on an unknown flag
+        if args.quarantine_action == "release":
+            assert _release_mode(args) is not None, argv
