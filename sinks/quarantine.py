@@ -964,7 +964,11 @@ class QuarantineStore(QuarantineReader):
         # as in flag keys: a reader that encodes otherwise finds no watermark either).
         watermarks: list[str] = [""] * (2 * len(checked))
         watermarks[0::2] = map(str, checked.values())
-        watermarks[1::2] = map(self.encode, checked)
+        members = list(map(self._encoded.get, checked))   # (a C loop: ~2,000 a window)
+        if None in members:
+            members = [m if m is not None else self.encode(c)
+                       for m, c in zip(members, checked, strict=True)]
+        watermarks[1::2] = members
         now = self.clock()
         payload = {
             "flags": list(slots.values()),
