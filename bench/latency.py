@@ -6,7 +6,7 @@ wall clock, and records, for every window end ``E``, the wall time at which it p
 first event with time >= ``E + allowed lateness`` to *each* input topic. The later of the two
 is the window's close: from then on the watermark (the minimum over the partitions) can pass
 ``E``. A consumer thread stamps the arrival of every figure (series ``all``) on the figures
-topic; a poller thread reads ``P:checked`` in Redis every ``poll_s`` and stamps when a
+topic; a poller thread reads ``P:checked:v2`` in Redis every ``poll_s`` and stamps when a
 campaign's score first reaches ``E``. Latency = stamp - close, per campaign and window.
 The first ``warmup_windows`` windows are left out (the flow is still importing and warming up).
 """
@@ -66,7 +66,7 @@ class _FigureWatcher(threading.Thread):
 
 
 class _CheckedPoller(threading.Thread):
-    """Stamps when each campaign's ``P:checked`` score first reaches each window end."""
+    """Stamps when each campaign's ``P:checked:v2`` score first reaches each window end."""
 
     def __init__(self, redis_url: str, key: str, window_s: int, poll_s: float):
         super().__init__(name="bench-redis", daemon=True)
