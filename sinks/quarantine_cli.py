@@ -372,8 +372,12 @@ def cmd_check(args: argparse.Namespace) -> int:
                 print(f"checked {len(statuses):,} of {len(figures):,} figures",
                       file=sys.stderr)
     counts = Counter(st.state for st in statuses)
-    out = open(args.out, "w", newline="", encoding="utf-8") if args.out \
-        else sys.stdout  # noqa: SIM115 - closed below
+    try:
+        out = open(args.out, "w", newline="", encoding="utf-8") if args.out \
+            else sys.stdout  # noqa: SIM115 - closed below
+    except OSError as exc:
+        print(f"error: cannot write {args.out}: {exc.strerror}", file=sys.stderr)
+        return EXIT_REFUSED
     try:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(CHECK_COLUMNS)

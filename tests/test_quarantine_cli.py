@@ -302,6 +302,9 @@ def test_check_csv_exit_codes_and_output(flagged, capsys, tmp_path):
     code, _, _ = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, held),
                      "--config", config)
     assert code == EXIT_PENDING            # released now; the future window still pending
+    code, _, err = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, held),
+                       "--out", str(tmp_path / "no" / "such" / "dir.csv"), "--config", config)
+    assert code == EXIT_FAILURE and err.startswith("error: cannot write")
 
 
 def test_check_csv_problems_are_reported_with_line_and_column(flagged, capsys, tmp_path):
