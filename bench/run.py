@@ -151,8 +151,8 @@ def checked_summary(redis_server, prefix: str) -> dict[str, Any]:
     """What the run left in Redis: campaigns with a watermark, the latest one, flags."""
     client = redis_server.client()
     try:
-        rows = client.zrange(f"{prefix}:checked", -1, -1, withscores=True)
-        return {"campaigns_checked": client.zcard(f"{prefix}:checked"),
+        rows = client.zrange(f"{prefix}:checked:v2", -1, -1, withscores=True)
+        return {"campaigns_checked": client.zcard(f"{prefix}:checked:v2"),
                 "latest_checked_s": int(rows[0][1]) if rows else None,
                 "flags": client.zcard(f"{prefix}:flags")}
     finally:
@@ -437,7 +437,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
          f"{_fmt(r['latency_p50_ms'])} / {_fmt(r['latency_p99_ms'])} ms", mark("latency_p99_ms")),
-        ("   window close -> P:checked in Redis, p50 / p99",
+        ("   window close -> P:checked:v2 in Redis, p50 / p99",
          f"{_fmt(lat['redis_checked']['p50_ms'])} / {_fmt(lat['redis_checked']['p99_ms'])} ms",
          f"{lat['windows_measured']} windows x {lat['campaigns']} campaigns, "
          f"{_fmt(lat['impressions_per_s'])} imp/s"
@@ -627,7 +627,7 @@ reported as measured.
    close is the later of the wall times at which the producer produced the first event at or
    after window end + allowed lateness (2 min) to each input topic (the watermark is the
    minimum over partitions). A consumer thread stamps each figure of series `all` arriving
-   on the figures topic; a thread polling `P:checked` every {lat['redis_poll_ms']:g} ms
+   on the figures topic; a thread polling `P:checked:v2` every {lat['redis_poll_ms']:g} ms
    stamps when each campaign's score reaches the window end. Latency = stamp - close, per
    campaign and window ({lat['figures']['samples']:,} samples), leaving out the first
    windows (start-up). Redis is written before the figures are published, so the figure

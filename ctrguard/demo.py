@@ -8,7 +8,9 @@
 3. runs the live dataflow until the topics are drained;
 4. shows every escalation as it appears in Slack (or posts it when ``SLACK_BOT_TOKEN`` /
    ``SLACK_WEBHOOK_URL`` is set), the quarantine flags in Redis, and a table of incidents
-   injected vs detected.
+   injected vs detected;
+5. releases the windows of the incident holding the most with one command,
+   ``ctrguard quarantine release --incident ID``.
 """
 
 from __future__ import annotations
@@ -191,8 +193,42 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{detected}/{len(matched)} incidents detected; {len(alerts)} alerts, "
               f"{len(unmatched)} outside any incident; {len(figures):,} figures published; "
               f"{len(dead):,} events dead-lettered; {len(flags)} windows quarantined")
+        release_one_incident(store, args.config)
         print(f"demo finished in {time.monotonic() - started:.0f}s; stopping services")
     return 0
+
+
+def release_one_incident(store: Any, config: Path | None) -> None:
+    """The last step: a person looked at the incident holding the most windows and releases
+    all of them with one command (through the CLI, as a person would run it)."""
+    import shlex
+    import subprocess
+
+    from sinks.quarantine_incidents import list_incidents
+
+    say("releasing one incident's windows in one command")
+    incidents = [i for i in list_incidents(store, include_resolved=True, limit=1000) if i.held]
+    if not incidents:
+        print("no incident holds a window: nothing to release")
+        return
+    biggest = max(incidents, key=lambda i: (len(i.held), i.incident_id))
+    print(f"{len(incidents)} incidents hold windows; incident {biggest.incident_id} "
+          f"({biggest.campaign_id}, {','.join(biggest.kinds)}) holds {len(biggest.held)}")
+    argv = ["ctrguard", "quarantine", "release", "--incident", biggest.incident_id,
+            "--by", "demo", "--reason", "checked in the demo: figures verified"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    print(f"$ {shlex.join(argv)}")
+    done = subprocess.run([sys.executable, "-m", *argv], check=False, text=True,
+                          capture_output=True)
+    lines = done.stdout.splitlines()
+    shown = lines if len(lines) <= 12 else [*lines[:9], "...", *lines[-2:]]
+    print("\n".join(shown))
+    if done.returncode != 0:
+        print(done.stderr.strip(), file=sys.stderr)
+    still = len(store.list_flags(state="quarantined", limit=100_000))
+    print(f"exit code {done.returncode}; {still} series-windows still quarantined "
+          "(ctrguard quarantine incidents lists the rest)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -267,6 +267,9 @@ class IncidentTracker:
         self.keep_windows = max(keep_windows, gap_windows + 1)
         self._campaigns: dict[str, _Campaign] = {}
         self._stale = 0
+        #: ``(alert, incident_id)`` of every alert this tracker put in an incident, for the
+        #: quarantine flags (:meth:`sinks.quarantine.QuarantineStore.link`).
+        self.assigned: list[tuple[Alert, str]] = []
 
     # ------------------------------------------------------------------ state
 
@@ -384,6 +387,7 @@ class IncidentTracker:
             return False
         ids.append(a.alert_id)
         ids.sort()
+        self.assigned.append((a, o.incident_id))
         o.alert_count += 1
         delta = float(a.clicks) - float(a.expected_clicks)
         segs = o.windows.setdefault(ws, {})

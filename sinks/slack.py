@@ -64,6 +64,7 @@ from sinks.incidents import (
     update_from_json,
     update_to_json,
 )
+from sinks.quarantine_incidents import IncidentFlagLinks
 from sinks.redis_client import make_redis
 from sinks.slack_render import render_console, render_incident, render_thread_reply
 
@@ -782,6 +783,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self._tracker_args = {"window_s": self.window_s, "gap_windows": slack.incident_gap_windows,
                               "value_per_click": slack.value_per_click}
         self.stale_alerts = 0
+        # Flags carry their incident's id; auto-release (console mode too) follows it.
+        self._flag_links = IncidentFlagLinks(settings, self.redis)
 
     def _state_key(self, campaign_id: str) -> str:
         return f"{self.prefix}:state:{_campaign_hash(campaign_id)}"
@@ -932,6 +935,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             if clock > 0:
                 pipe.zadd(self.clock_key, {"clock": clock}, gt=True)
             self.notifier.submit(updates, pipeline=pipe)
+            self._flag_links.queue(pipe, tracker, updates)
             pipe.execute()
         if updates:
             self.notifier.wake()
