@@ -780,7 +780,9 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self._index_ready = False
         self._known_size_hint: int | None = None
         self._tracker_args = {"window_s": self.window_s, "gap_windows": slack.incident_gap_windows,
-                              "value_per_click": slack.value_per_click}
+                              "value_per_click": slack.value_per_click,
+                              "false_alarm_budget":
+                                  settings.detectors.false_alarms_per_campaign_day}
         self.stale_alerts = 0
 
     def _state_key(self, campaign_id: str) -> str:
@@ -791,12 +793,15 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         queue the resulting updates: one Redis transaction, no Slack call here."""
         alerts: list[Alert] = []
         ticks: dict[str, int] = {}
+        series: dict[tuple[str, int], int] = {}
         tick_of = ticks.get
         for item in items:
             # Thousands of records a batch, almost none with alerts: keep this loop lean.
             if isinstance(item, WindowDecision):
                 if item.alerts:
                     alerts.extend(item.alerts)
+                    # The series of an alerted campaign-window, for the evidence statement.
+                    series[(item.campaign_id, item.window_start_s)] = len(item.figures)
                 cid, end = item.campaign_id, item.window_end_s
                 prev = tick_of(cid)
                 if prev is None:
@@ -810,9 +815,10 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                                 f"{type(item).__name__}")
         if not alerts and not ticks:
             return
-        self._write_with_retries(alerts, ticks)
+        self._write_with_retries(alerts, ticks, series)
 
-    def _write_with_retries(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
+    def _write_with_retries(self, alerts: list[Alert], ticks: dict[str, int],
+                            series: dict[tuple[str, int], int] | None = None) -> None:
         # Like the release sink, wait for Redis rather than crash or drop: the incident state
         # and outbox live there, and the alerts of this batch must not be lost.
         r = self.settings.redis
@@ -821,7 +827,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         deadline = time.monotonic() + r.slack_outage_wait_s
         while True:
             try:
-                self._write(alerts, ticks)
+                self._write(alerts, ticks, series)
                 return
             except redis.WatchError:
                 conflicts += 1  # another worker changed one of these campaigns; recompute
@@ -837,7 +843,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 time.sleep(delay)
                 delay = min(delay * 2, r.retry_backoff_max_s)
 
-    def _write(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
+    def _write(self, alerts: list[Alert], ticks: dict[str, int],
+               series: dict[tuple[str, int], int] | None = None) -> None:
         """One transaction for the batch, touching only the campaigns that can change.
 
         A campaign is *relevant* when it has alerts in the batch, is a member of the open
@@ -906,7 +913,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 if raw is not None:
                     tracker.import_state(cid, json.loads(raw))
             before_stale = tracker.stale_alerts
-            updates = tracker.observe(alerts)
+            updates = tracker.observe(alerts, series)
             for cid in campaigns:
                 end = ticks.get(cid)
                 if end is not None:
