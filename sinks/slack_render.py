@@ -233,6 +233,8 @@ def render_incident(update: IncidentUpdate, *, owner: str | None = None,
                     currency: str = "USD") -> RenderedMessage:
     """The incident's main message (posted on open, edited on update and resolve)."""
     inc = update.incident
+    if inc.scope == "pipeline":
+        return render_stall(update, owner=owner)
     resolved = inc.status == "resolved"
     sev = inc.severity.upper() if inc.severity in SEVERITY_ICON else "ALERT"
     icon = "✅" if resolved else SEVERITY_ICON.get(inc.severity, "⚪")
@@ -304,6 +306,55 @@ def _block(t: SeriesTotals | None) -> tuple[str, str, str]:
     return observed, expected, brief
 
 
+def _campaigns(n: int) -> str:
+    return "1 campaign" if n == 1 else f"{_num(n)} campaigns"
+
+
+def render_stall(update: IncidentUpdate, *, owner: str | None = None) -> RenderedMessage:
+    """A pipeline-level incident: one source (Kafka topic) stopped delivering for many
+    campaigns at once. One message for all of them, edited as it grows."""
+    inc = update.incident
+    resolved = inc.status == "resolved"
+    sev = inc.severity.upper() if inc.severity in SEVERITY_ICON else "ALERT"
+    icon = "✅" if resolved else SEVERITY_ICON.get(inc.severity, "⚪")
+    state = "RESOLVED" if resolved else sev
+    header = f"{icon} {state}: ingestion stall on topic {plain(inc.topic, 100)}"
+    since = _hm(inc.first_window_start)
+    if resolved:
+        status = (f"*Resolved* at {_hm(inc.resolved_at or '')}: the topic delivered again "
+                  f"after {_duration(inc.duration_s)}")
+    else:
+        status = f"*Open*: no {inert(inc.source, 40)} since {since}"
+    summary = "\n".join([
+        f"*Topic* {code(inc.topic, 100)} (source {code(inc.source, 40)}) stopped delivering "
+        f"for most campaigns at once, from the window starting {since}.",
+        f"*{_campaigns(inc.campaigns_affected)} affected*: their windows are flagged under "
+        "this one incident, not as campaign incidents.",
+        status,
+    ])
+    fields = [
+        f"*Topic*\n{code(inc.topic, 100)}",
+        f"*Stalled since*\n{since}",
+        f"*Campaigns affected*\n{_num(inc.campaigns_affected)}",
+        f"*Windows*\n{since} → {_hm(inc.last_window_end)}",
+        f"*Owner*\n{mention(owner)}",
+        f"*Severity*\n{sev.lower()}",
+    ]
+    context = (f"incident {inc.incident_id} · revision {inc.revision} · "
+               f"{inert(inc.campaign_id, 80)} · ctrguard")
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": _cap(header, MAX_HEADER),
+                                    "emoji": False}},
+        {"type": "section", "text": _mrkdwn(summary)},
+        {"type": "section", "fields": [_mrkdwn(_cap(f, 2000)) for f in fields]},
+        {"type": "context", "elements": [_mrkdwn(context)]},
+    ]
+    lead = "Resolved" if resolved else f"[{sev}]"
+    text = (f"{lead} ingestion stall on topic {code(inc.topic, 100)} since {since}: "
+            f"{_campaigns(inc.campaigns_affected)} affected. Owner {mention(owner)}")
+    return RenderedMessage(text=_cap(text, MAX_FALLBACK), blocks=blocks)
+
+
 _CHANGE_TEXT = {
     "severity": lambda v: f"Severity raised to *{inert(v, 20)}*",
     "cause": lambda v: f"Suspected cause now *{_cause(v)}*",
@@ -319,6 +370,10 @@ def render_thread_reply(update: IncidentUpdate, *, owner: str | None = None,
                         currency: str = "USD") -> str | None:
     """A threaded follow-up for notable changes and for resolution (None: nothing notable)."""
     inc = update.incident
+    if update.kind == "resolve" and inc.scope == "pipeline":
+        return _cap(f"✅ Resolved at {_hm(inc.resolved_at or '')}: topic {code(inc.topic)} "
+                    f"delivered again; the stall lasted {_duration(inc.duration_s)} and "
+                    f"affected {_campaigns(inc.campaigns_affected)}.", MAX_FALLBACK)
     if update.kind == "resolve":
         impact = f"{_num(inc.clicks_delta, signed=True)} clicks"
         money = _money(inc.revenue_delta, currency)
