@@ -316,8 +316,12 @@ def _register_score_series(sub: argparse._SubParsersAction) -> None:
         help="score a single numeric time series (CSV timestamp,value) for anomalies",
         description="Read a CSV with a header containing 'timestamp' and 'value' (timestamps "
         "ISO-8601 with an offset or epoch seconds, non-decreasing; values finite numbers) and "
-        "write the same rows with two more columns, anomaly_score and alert (0/1). Malformed "
-        "rows are reported with their line number.",
+        "write the same rows with two more columns, anomaly_score and alert (0/1). "
+        "anomaly_score is 1 - p, p the tail probability of the point's residual under a robust "
+        "model with daily and weekly cycles, measured against the recent residuals (uniform on "
+        "[0, 1] for normal points; near 1 only as far as the tail allows, never a tie at 1); "
+        "alert is p <= 1e-4. The first 48 points score 0 (warm-up). Malformed rows are "
+        "reported with their line number.",
         epilog=_EPILOG,
     )
     p.add_argument("--csv", type=Path, required=True, metavar="PATH", help="input CSV")
@@ -439,10 +443,21 @@ def cmd_score_series(args: argparse.Namespace) -> int:
 
 
 def _fmt_score(score: Any) -> str:
+    """A score as text, with enough digits that scores near 1 stay apart: ``1 - score``
+    keeps three significant digits.
+
+    >>> _fmt_score(0.5), _fmt_score(1 - 2.345e-9), _fmt_score(None)
+    ('0.5', '0.999999997655', '')
+    """
     if score is None:
         return ""
     value = float(score)
-    return "" if math.isnan(value) else f"{value:.6g}"
+    if math.isnan(value):
+        return ""
+    if not 0.999 < value < 1.0:
+        return f"{value:.6g}"
+    digits = min(17, 3 - math.floor(math.log10(1.0 - value)))
+    return f"{value:.{digits}f}"
 
 
 __all__ = ["register", "cmd_replay", "cmd_generate", "cmd_evaluate", "cmd_score_series",
