@@ -80,6 +80,7 @@ class ReleaseGate:
 
 class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
     def __init__(self, settings: Settings):
+        from sinks.annotations import AnnotationCache
         from sinks.quarantine import QuarantineStore
         from sinks.redis_client import make_redis
 
@@ -90,6 +91,8 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         self._producer = make_producer(settings.kafka, self._tracker)
         self._figures = settings.kafka.topics.figures
         self._alerts = settings.kafka.topics.alerts
+        # Planned changes: expected alerts do not quarantine (read at a bounded rate).
+        self._expected = AnnotationCache(settings, self._store.client)
         self._gate = ReleaseGate(self._store.record, self._publish,
                                  backoff_s=settings.redis.retry_backoff_s,
                                  backoff_max_s=settings.redis.retry_backoff_max_s)
@@ -116,7 +119,7 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                 decisions.append(item)
             else:
                 decisions.extend(item)
-        self._gate.release(decisions)
+        self._gate.release(self._expected.apply(decisions))
 
     def close(self) -> None:
         self._producer.flush(30)
