@@ -49,7 +49,9 @@ __all__ = [
     "InteractionError",
     "Vote",
     "feedback_labels",
+    "decode_payload",
     "parse_interaction",
+    "votes_of",
 ]
 
 VERDICTS = ("confirmed", "false_alarm", "expected")
@@ -90,10 +92,9 @@ def _text(value: Any, limit: int = 200) -> str:
     return "" if value is None else str(value)[:limit]
 
 
-def parse_interaction(body: bytes) -> list[Vote]:
-    """The feedback votes in a Slack interaction request body (``payload=<json>``,
-    form-encoded, as Slack sends it). Other interaction types and other buttons give no
-    vote; a body that is not an interaction raises :class:`InteractionError`."""
+def decode_payload(body: bytes) -> dict[str, Any]:
+    """The JSON object of a Slack interaction request body (``payload=<json>``,
+    form-encoded, as Slack sends it); :class:`InteractionError` if it is not one."""
     try:
         form = urllib.parse.parse_qs(body.decode("utf-8"), strict_parsing=False)
         payload = json.loads(form["payload"][0])
@@ -101,6 +102,18 @@ def parse_interaction(body: bytes) -> list[Vote]:
         raise InteractionError("not a Slack interaction (no payload= JSON)") from None
     if not isinstance(payload, dict):
         raise InteractionError("interaction payload is not a JSON object")
+    return payload
+
+
+def parse_interaction(body: bytes) -> list[Vote]:
+    """The feedback votes in a Slack interaction request body. Other interaction types and
+    other buttons give no vote; a body that is not an interaction raises
+    :class:`InteractionError`."""
+    return votes_of(decode_payload(body))
+
+
+def votes_of(payload: dict[str, Any]) -> list[Vote]:
+    """The feedback votes of a decoded interaction payload."""
     if payload.get("type") != "block_actions":
         return []
     user = payload.get("user") if isinstance(payload.get("user"), dict) else {}
