@@ -190,4 +190,4 @@ class ChartSettings(_Strict):
     #: ``files_upload_v2`` needs the bot token and the ``files:write`` scope).
     enabled: bool = True
     #: Windows of the series shown (and kept per campaign by the Slack sink to draw it).
-    windows: int = Field(36, ge=4, le=288)
+    windows: int = Field(24, ge=4, le=288)
