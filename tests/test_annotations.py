@@ -5,7 +5,6 @@ flow (declared with ``ctrguard annotate``, read by the release sink), in Slack a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import orjson
 import pytest

@@ -33,9 +33,8 @@ from ctrguard.config import load_config_text
 from ctrguard.records import STATUS_QUARANTINED, Figure, WindowDecision
 from sinks.feedback import InteractionError, parse_interaction
 from sinks.slack import SlackSinkPartition
-from sinks.slack_chart import render_chart
 from sinks.slack_render import FEEDBACK_ACTIONS
-from tests.slack_fixtures import TOKEN, T0, WINDOW_S, make_alert
+from tests.slack_fixtures import T0, TOKEN, WINDOW_S, make_alert
 
 SECRET = "3f1c0ffee5ecret0000signing1234567"
 REPO = Path(__file__).resolve().parent.parent
@@ -346,11 +345,14 @@ def test_chart_failure_for_missing_scope_does_not_hold_the_incident(
         redis_url, slack_emulator):
     settings = settings_for(redis_url, slack_emulator)
     sink = SlackSinkPartition(settings)
-    slack_emulator.fail_next(200, error="missing_scope", method="files.getUploadURLExternal")
+    slack_emulator.fail_next(200, error="missing_scope", method="files.getUploadURLExternal",
+                             times=10)
     try:
         feed(sink, window_decisions("c5", 30, range(20, 22)))
         assert sink.drain(30)
-        assert top_message(slack_emulator, "c5")
+        msg = top_message(slack_emulator, "c5")
+        assert msg.history, "the resolution was not edited in"
+        assert "RESOLVED" in msg.blocks[0]["text"]["text"]
         assert sink.notifier.stats.dead_lettered == 0
         assert slack_emulator.uploads(shared_only=False) == []
         assert "files.getUploadURLExternal" in slack_emulator.methods(ok_only=False)
@@ -408,3 +410,29 @@ def test_oversized_request_is_refused_before_reading(tmp_path, redis_url, slack_
         assert post(srv.url, b"payload=" + b"x" * 5000) == 413
         with urllib.request.urlopen(f"http://{srv.host}:{srv.port}/healthz", timeout=5) as r:
             assert r.read() == b"ok"
+
+
+def test_without_a_bot_token_the_message_is_updated_through_its_response_url(
+        redis_url, slack_emulator):
+    from sinks.feedback_server import InteractionServer
+
+    sink = SlackSinkPartition(settings_for(redis_url, slack_emulator))
+    try:
+        feed(sink, window_decisions("c4", 24, range(20, 22)))
+        assert sink.drain(30)
+    finally:
+        sink.close()
+    msg = top_message(slack_emulator, "c4")
+    edits = slack_emulator.methods().count("chat.update")
+    settings = load_config_text(f'redis:\n  url: "{redis_url}"\n', source="t.yaml",
+                                env={"SLACK_SIGNING_SECRET": SECRET})
+    assert settings.slack.bot_token is None
+    with InteractionServer(settings, port=0) as srv:
+        assert post(srv.url, interaction(slack_emulator, msg, "ctrguard_feedback_expected")) \
+            == 200
+        assert slack_emulator.wait_for(lambda e: any(
+            "*Expected (planned change)*" in el.get("text", "")
+            for b in top_message(e, "c4").blocks if b["type"] == "context"
+            for el in b["elements"]), 10)
+    assert "response_url" in slack_emulator.methods()
+    assert slack_emulator.methods().count("chat.update") == edits
