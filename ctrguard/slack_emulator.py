@@ -10,7 +10,8 @@ This is a small threaded HTTP server that speaks the same protocol:
 * File uploads as ``files_upload_v2`` makes them: ``files.getUploadURLExternal`` hands out
   an upload URL on this server, the client POSTs the bytes there, and
   ``files.completeUploadExternal`` shares the file (in a thread with ``thread_ts``);
-  ``files.delete`` removes it. :meth:`SlackEmulator.uploads` returns what arrived.
+  ``files.delete`` removes it. :meth:`SlackEmulator.uploads` returns what arrived (shared
+  files are not counted among :meth:`SlackEmulator.messages`).
 * Interaction responses: ``response_url`` POSTs (:meth:`SlackEmulator.response_url`)
   replace or add messages, as Slack does for a button's ``response_url``.
 * Incoming webhooks under ``/webhook/<path>``.
@@ -473,13 +474,9 @@ class SlackEmulator:
                     up.title = str(f.get("title") or up.filename)
                     up.channel, up.thread_ts, up.shared = cid, thread_ts, cid is not None
                     up.initial_comment = str(payload.get("initial_comment") or "")
+                    # (Slack shows a shared file in the channel or thread; here it is kept
+                    # in uploads(), not among the messages, which count what was posted.)
                     out.append({"id": up.file_id, "name": up.filename, "title": up.title})
-                    if cid is not None:
-                        # Slack shows a shared file as a message (in the thread, if given).
-                        self._channels[cid].append(Message(
-                            channel=cid, ts=self._next_ts(), text=up.initial_comment,
-                            blocks=None, thread_ts=thread_ts,
-                            metadata={"file_id": up.file_id}))
                 if not out:
                     return {"ok": False, "error": "invalid_arguments"}
             return {"ok": True, "files": out}
@@ -489,8 +486,6 @@ class SlackEmulator:
                 if up is None or up.deleted:
                     return {"ok": False, "error": "file_not_found"}
                 up.deleted = True
-                for ms in self._channels.values():
-                    ms[:] = [m for m in ms if (m.metadata or {}).get("file_id") != up.file_id]
             return {"ok": True}
         return {"ok": False, "error": "unknown_method"}
 

@@ -312,11 +312,12 @@ def run_replay(
         "windows": stats["windows"],
         "quarantined_windows": stats["quarantined"] - expected.figures_released,
         "alerts": stats["alerts"],
-        "expected_alerts": expected.alerts,
         "campaigns": main.campaigns,
         "series": main.series(),
         "baseline_alerts": {name: s.stats.alerts for name, s in states.items() if name != "ctrguard"},
     }
+    if expected.annotations:
+        summary["expected_alerts"] = expected.alerts
     paths["summary"].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return ReplayResult(out, paths["alerts"], paths["figures"], paths["deadletter"],
                         paths["summary"], summary, baseline_paths)

@@ -79,6 +79,8 @@ class ReleaseGate:
 
 
 class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
+    _expected: Any = None   # the planned changes (sinks/annotations.py), set in __init__
+
     def __init__(self, settings: Settings):
         from sinks.annotations import AnnotationCache
         from sinks.quarantine import QuarantineStore
@@ -119,7 +121,9 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                 decisions.append(item)
             else:
                 decisions.extend(item)
-        self._gate.release(self._expected.apply(decisions))
+        if self._expected is not None:
+            decisions = self._expected.apply(decisions)
+        self._gate.release(decisions)
 
     def close(self) -> None:
         self._producer.flush(30)

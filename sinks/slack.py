@@ -25,7 +25,8 @@ Redis keys (``P`` = ``redis.key_prefix``)
 ``P:slack:outbox:lease``           which delivery thread may drain the outbox (one at a time)
 ``P:slack:done:<key>``             "delivered" mark per idempotency key (incident:revision)
 ``P:slack:step:<key>:<step>``      "done" mark per Slack call of an update (post/edit/reply)
-``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message
+``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message (and
+                                   ``chart_file``, its chart's file id; sinks/slack_extras.py)
 ``P:slack:state:<campaign hash>``  JSON incident state of one campaign (with a TTL)
 ``P:slack:open``                   sorted set: campaigns with an open incident, by last end
 ``P:slack:known``                  set: every campaign with a state key (and a few whose
