@@ -52,12 +52,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import redis
-
 from ctrguard.errors import CtrGuardError, RedisUnavailable
 from ctrguard.records import STATUS_OK, STATUS_QUARANTINED, WindowDecision
 
 if TYPE_CHECKING:
+    import redis
+
     from ctrguard.config import Settings
 
 __all__ = [
@@ -338,6 +338,8 @@ class _errors:
         return None
 
     def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        import redis  # (here, not at the top: replay marks alerts without Redis)
+
         if isinstance(exc, redis.RedisError):
             raise RedisUnavailable(f"{self.what}: {type(exc).__name__}: {exc}") from None
         return False
