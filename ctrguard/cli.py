@@ -29,6 +29,8 @@ SUBCOMMAND_MODULES = (
     "replay.cli",             # replay, generate, score-series
     "sinks.quarantine_cli",   # quarantine list | show | release
     "ctrguard.demo",          # demo
+    "sinks.annotations_cli",  # annotate add | list | remove | audit
+    "sinks.feedback_server",  # serve, feedback export | list
 )
 
 

@@ -2,7 +2,8 @@
 
 Secrets come from the environment, never from the file in production:
 ``CTRGUARD_KAFKA_BROKERS``, ``CTRGUARD_KAFKA_SASL_USERNAME``, ``CTRGUARD_KAFKA_SASL_PASSWORD``,
-``CTRGUARD_REDIS_URL``, ``CTRGUARD_REDIS_PASSWORD``, ``SLACK_BOT_TOKEN``, ``SLACK_WEBHOOK_URL``.
+``CTRGUARD_REDIS_URL``, ``CTRGUARD_REDIS_PASSWORD``, ``SLACK_BOT_TOKEN``, ``SLACK_WEBHOOK_URL``,
+``SLACK_SIGNING_SECRET``.
 
 >>> cfg = load_config_text("windows:\\n  length: 10m\\n", source="inline.yaml")
 >>> cfg.windows.length_s, cfg.windows.allowed_lateness_s
@@ -26,7 +27,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, V
 
 from ctrguard.errors import ConfigError, ConfigIssue
 from detectors.settings import DetectorSettings
-from sinks.settings import QuarantineSettings, RedisSettings, SlackSettings
+from sinks.settings import (
+    AnnotationSettings,
+    ChartSettings,
+    FeedbackSettings,
+    QuarantineSettings,
+    RedisSettings,
+    SlackSettings,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -154,6 +162,9 @@ class Settings(StrictModel):
     exclusions: ExclusionSettings = ExclusionSettings()
     detectors: DetectorSettings = DetectorSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
+    annotations: AnnotationSettings = AnnotationSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    charts: ChartSettings = ChartSettings()
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     #: Source of this configuration, for messages.
     source: str = Field("<defaults>", exclude=True)
@@ -209,6 +220,8 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         section("slack")["bot_token"] = env["SLACK_BOT_TOKEN"]
     if env.get("SLACK_WEBHOOK_URL"):
         section("slack")["webhook_url"] = env["SLACK_WEBHOOK_URL"]
+    if env.get("SLACK_SIGNING_SECRET"):
+        section("feedback")["signing_secret"] = env["SLACK_SIGNING_SECRET"]
     return data
 
 

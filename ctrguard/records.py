@@ -101,6 +101,9 @@ class Alert:
     quarantine: bool
     #: Id grouping the alerts of one incident of the campaign ("" if the detector has none).
     incident: str = ""
+    #: The planned change this alert falls in ("kind: reason", see ``sinks/annotations.py``),
+    #: or "" when it is unexpected. An expected alert does not quarantine.
+    expected: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

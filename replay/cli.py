@@ -78,6 +78,10 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
                    help="traps.csv: report which traps false alarms fell on (with --labels)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not run the raw-River and z-test baselines")
+    p.add_argument("--annotations", type=Path, default=None, metavar="PATH",
+                   help="planned changes (YAML/JSON list of campaigns, start, end, kind, "
+                   "reason): alerts inside them are marked expected and do not quarantine "
+                   "(besides the configuration's annotations.planned_changes)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_replay)
 
@@ -87,9 +91,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.evaluate import evaluate_many, format_table, load_labels
 
     bad = _missing({"--impressions": args.impressions, "--clicks": args.clicks,
-                    "--labels": args.labels, "--traps": args.traps})
+                    "--labels": args.labels, "--traps": args.traps,
+                    "--annotations": args.annotations})
     if bad is not None:
         return bad
+    planned = _planned_changes(args.annotations)
+    if planned is None:
+        return EXIT_USAGE
     if args.traps is not None and args.labels is None:
         _err("--traps needs --labels")
         return EXIT_USAGE
@@ -105,7 +113,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_replay(args.impressions, args.clicks, settings, args.out,
-                        baselines=not args.no_baselines, progress=not args.quiet)
+                        baselines=not args.no_baselines, progress=not args.quiet,
+                        annotations=planned)
     s = result.summary
     if not args.quiet:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "
@@ -127,6 +136,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"(evaluation: {out_path})")
     return EXIT_OK
+
+
+def _planned_changes(path: Path | None) -> list[Any] | None:
+    """The planned changes of ``--annotations`` (None after printing an error)."""
+    if path is None:
+        return []
+    from sinks.annotations import AnnotationError, load_annotation_file
+
+    try:
+        return load_annotation_file(str(path))
+    except AnnotationError as exc:
+        _err(str(exc))
+        return None
 
 
 # --------------------------------------------------------------------------- generate

@@ -193,9 +193,17 @@ def run_replay(
     progress: bool = False,
     chunk_lines: int = 5000,
     monitor_factory: Callable[[], Any] | None = None,
+    annotations: Sequence[Any] = (),
 ) -> ReplayResult:
-    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary."""
+    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary.
+
+    ``annotations``: planned changes (:class:`sinks.annotations.Annotation`) besides the
+    configuration's; alerts inside them are marked expected and do not quarantine.
+    """
     from detectors.monitor import build_monitor
+    from replay.expected import ExpectedMarker
+
+    expected = ExpectedMarker(settings, annotations)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -234,6 +242,7 @@ def run_replay(
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
+            items = expected(items)
             figures: list[Any] = []
             alerts: list[Any] = []
             dead: list[dict[str, Any]] = []
@@ -303,12 +312,14 @@ def run_replay(
         "dead_lettered_by_stage": dict(sorted(dead_by_stage.items())),
         "invalid": parse_errors,
         "windows": stats["windows"],
-        "quarantined_windows": stats["quarantined"],
+        "quarantined_windows": stats["quarantined"] - expected.figures_released,
         "alerts": stats["alerts"],
         "campaigns": main.campaigns,
         "series": main.series(),
         "baseline_alerts": {name: s.stats.alerts for name, s in states.items() if name != "ctrguard"},
     }
+    if expected.annotations:
+        summary["expected_alerts"] = expected.alerts
     paths["summary"].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return ReplayResult(out, paths["alerts"], paths["figures"], paths["deadletter"],
                         paths["summary"], summary, baseline_paths)

@@ -25,7 +25,8 @@ Redis keys (``P`` = ``redis.key_prefix``)
 ``P:slack:outbox:lease``           which delivery thread may drain the outbox (one at a time)
 ``P:slack:done:<key>``             "delivered" mark per idempotency key (incident:revision)
 ``P:slack:step:<key>:<step>``      "done" mark per Slack call of an update (post/edit/reply)
-``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message
+``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message (and
+                                   ``chart_file``, its chart's file id; sinks/slack_extras.py)
 ``P:slack:state:<campaign hash>``  JSON incident state of one campaign (with a TTL)
 ``P:slack:open``                   sorted set: campaigns with an open incident, by last end
 ``P:slack:known``                  set: every campaign with a state key (and a few whose
@@ -69,6 +70,8 @@ from sinks.incidents import (
 )
 from sinks.quarantine_incidents import IncidentFlagLinks
 from sinks.redis_client import make_redis
+from sinks.slack_chart import SeriesHistory
+from sinks.slack_extras import IncidentExtras
 from sinks.slack_render import render_console, render_incident, render_thread_reply
 from sinks.stalls import StallTracker, is_stall
 
@@ -131,6 +134,12 @@ def _message_digest(message: Any) -> str:
     blocks = getattr(message, "blocks", None)
     raw = _REVISION.sub("revision", json.dumps([text, blocks], sort_keys=True, default=str))
     return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _series_field(history: SeriesHistory, u: IncidentUpdate) -> dict[str, str]:
+    """The chart data of an update's driving series, as an outbox field (bounded)."""
+    doc = history.series_for(u.incident)
+    return {} if doc is None else {"series": json.dumps(doc, separators=(",", ":"))}
 
 
 def _campaign_hash(campaign_id: str) -> str:
@@ -314,6 +323,23 @@ class _WebApi:
         except Exception as exc:  # noqa: BLE001
             raise _slack_error(exc, "chat.update") from None
 
+    def upload_png(self, channel: str, thread_ts: str, data: bytes, *, filename: str,
+                   title: str, alt_text: str) -> str:
+        """Share a PNG in a thread with ``files_upload_v2``; returns the file id."""
+        try:
+            resp = self._client.files_upload_v2(
+                channel=channel, thread_ts=thread_ts, file=data, filename=filename,
+                title=title, alt_txt=alt_text)
+        except Exception as exc:  # noqa: BLE001
+            raise _slack_error(exc, "files_upload_v2") from None
+        return str((resp.get("file") or {}).get("id") or "")
+
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._client.files_delete(file=file_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _slack_error(exc, "files.delete") from None
+
 
 class _Webhook:
     def __init__(self, settings: SlackSettings):
@@ -396,6 +422,10 @@ class SlackNotifier:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._transport: Any = None
+        #: Feedback buttons, planned-change notes and charts (Web API mode only).
+        self.extras = IncidentExtras(settings, self.redis) if self.mode == "web" else None
+        #: Set by the sink when charts are on: the chart data sent with each update.
+        self.series: SeriesHistory | None = None
         for secret in (self.slack.bot_token, self.slack.webhook_url):
             if secret is not None:
                 _redact.secrets.add(secret.get_secret_value())
@@ -423,6 +453,8 @@ class SlackNotifier:
                       "kind": u.kind, "channel": d.channel, "owner": d.owner or "",
                       "notify": "1" if d.notify else "0", "why": d.reason,
                       "update": json.dumps(update_to_json(u), separators=(",", ":"))}
+            if self.series is not None:
+                fields.update(_series_field(self.series, u))
             pipe.xadd(self.outbox_key, fields)
         if own:
             try:
@@ -685,6 +717,8 @@ class SlackNotifier:
 
         if self.mode == "web":
             api = self._transport_for_mode()
+            if self.extras is not None:
+                message = self.extras.decorate(message, inc)
             if not ref:
                 if notify and u.kind != "resolve":
                     meta = {"event_type": "ctrguard_incident",
@@ -696,6 +730,7 @@ class SlackNotifier:
                     remember(channel, ts)
                     self.redis.hset(msg_key, "digest", _message_digest(message))
                     actions.append("post")
+                    actions += self._delivered(api, u, fields, channel, ts, msg_key, True)
                 return {"actions": actions}
             channel, ts = ref["channel"], ref["ts"]
             digest = _message_digest(message)
@@ -712,6 +747,7 @@ class SlackNotifier:
                     # Someone deleted the message: forget it; the next notable update posts.
                     self.redis.delete(msg_key)
                     return {"actions": ["gone"]}
+            actions += self._delivered(api, u, fields, channel, ts, msg_key, False)
             if notify and reply is not None:
                 reply_meta = {"event_type": "ctrguard_incident_reply",
                               "event_payload": {"incident_id": inc.incident_id, "key": key}}
@@ -737,6 +773,13 @@ class SlackNotifier:
             self._step(key, "reply", lambda: self._print(reply, thread=True))
             actions.append("reply")
         return {"actions": actions}
+
+    def _delivered(self, api: _WebApi, u: IncidentUpdate, fields: dict[str, str],
+                   channel: str, ts: str, msg_key: str, posted: bool) -> list[str]:
+        if self.extras is None:
+            return []
+        return self.extras.delivered(api, self._step, u, fields, channel, ts, posted=posted,
+                                     msg_key=msg_key, client=self.redis)
 
     def _edit(self, api: _WebApi, channel: str, ts: str, message: Any) -> bool:
         try:
@@ -796,6 +839,11 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self.stale_alerts = 0
         # Flags carry their incident's id; auto-release (console mode too) follows it.
         self._flag_links = IncidentFlagLinks(settings, self.redis)
+        #: Recent windows of every series, for the charts (Web API mode with charts on).
+        self.history = None
+        if settings.charts.enabled and self.notifier.mode == "web":
+            self.history = self.notifier.series = SeriesHistory(settings.charts.windows,
+                                                                self.window_s)
 
     def _state_key(self, campaign_id: str) -> str:
         return f"{self.prefix}:state:{_campaign_hash(campaign_id)}"
@@ -825,6 +873,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             else:
                 raise TypeError(f"SlackSink takes Alert or WindowDecision, not "
                                 f"{type(item).__name__}")
+        if self.history is not None:
+            self.history.observe(items)
         if not alerts and not ticks:
             return
         self._write_with_retries(alerts, ticks, series)

@@ -429,3 +429,71 @@ def render_console(message: RenderedMessage | str) -> str:
 
 def incident_title(inc: Incident) -> str:
     return f"{inc.severity} incident on {sanitize(inc.campaign_id, 60)}"
+
+
+# --------------------------------------------------------------------------- feedback
+
+#: Stable ids of the feedback buttons (``ctrguard serve`` dispatches on them).
+FEEDBACK_ACTIONS = {
+    "ctrguard_feedback_confirmed": "confirmed",
+    "ctrguard_feedback_false_alarm": "false_alarm",
+    "ctrguard_feedback_expected": "expected",
+}
+FEEDBACK_TEXT = {"confirmed": "Confirmed", "false_alarm": "False alarm",
+                 "expected": "Expected (planned change)"}
+FEEDBACK_ICON = {"confirmed": "✅", "false_alarm": "🙅", "expected": "🗓️"}
+#: Block ids of the blocks :func:`render_feedback_blocks` adds (to find and replace them).
+FEEDBACK_BLOCK_PREFIX = "ctrguard_feedback"
+
+
+def render_feedback_blocks(incident_id: str, latest: dict[str, str] | None = None,
+                           expected: str | None = None, *,
+                           buttons: bool = True) -> list[dict[str, Any]]:
+    """Blocks added under an incident message: the planned change it falls in (if any), the
+    latest feedback (who said what, when) and the three feedback buttons.
+
+    ``latest`` is the feedback record (``verdict``, ``user_id``, ``user_name``, ``at``);
+    the user and the planned change's text are untrusted and rendered inert.
+
+    >>> blocks = render_feedback_blocks("abc123", {"verdict": "false_alarm",
+    ...     "user_id": "U024BE7LH", "user_name": "alice", "at": "2026-01-01T10:00:00Z"})
+    >>> [b["type"] for b in blocks], blocks[0]["elements"][0]["text"]
+    (['context', 'actions'], '🙅 *False alarm* — said <@U024BE7LH> at 2026-01-01 10:00 UTC')
+    >>> [(e["action_id"], e["value"]) for e in blocks[-1]["elements"]][0]
+    ('ctrguard_feedback_confirmed', 'abc123')
+    """
+    blocks: list[dict[str, Any]] = []
+    if expected:
+        blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK_PREFIX}_expected",
+                       "elements": [_mrkdwn(f"🗓️ *Expected*: inside a planned change "
+                                            f"({inert(expected, 200)}); not quarantined")]})
+    if latest and latest.get("verdict") in FEEDBACK_TEXT:
+        verdict = latest["verdict"]
+        user_id = latest.get("user_id") or ""
+        who = mention(user_id) if _USER_ID.fullmatch(user_id) \
+            else inert(latest.get("user_name") or "someone", 60)
+        blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK_PREFIX}_latest",
+                       "elements": [_mrkdwn(f"{FEEDBACK_ICON[verdict]} *{FEEDBACK_TEXT[verdict]}*"
+                                            f" — said {who} at {_hm(latest.get('at') or '')}")]})
+    if not buttons:
+        return blocks
+    styles = {"confirmed": "primary", "false_alarm": "danger"}
+    elements = []
+    for action_id, verdict in FEEDBACK_ACTIONS.items():
+        button = {"type": "button", "action_id": action_id, "value": incident_id,
+                  "text": {"type": "plain_text", "text": FEEDBACK_TEXT[verdict],
+                           "emoji": True}}
+        if verdict in styles:
+            button["style"] = styles[verdict]
+        elements.append(button)
+    blocks.append({"type": "actions", "block_id": f"{FEEDBACK_BLOCK_PREFIX}_buttons",
+                   "elements": elements})
+    return blocks
+
+
+def with_feedback_blocks(message: RenderedMessage,
+                         blocks: list[dict[str, Any]]) -> RenderedMessage:
+    """``message`` with its feedback blocks replaced by ``blocks``."""
+    kept = [b for b in message.blocks
+            if not str(b.get("block_id", "")).startswith(FEEDBACK_BLOCK_PREFIX)]
+    return RenderedMessage(text=message.text, blocks=kept + blocks)
