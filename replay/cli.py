@@ -78,6 +78,10 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
                    help="traps.csv: report which traps false alarms fell on (with --labels)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not run the raw-River and z-test baselines")
+    p.add_argument("--bands", action="store_true",
+                   help="also write bands.jsonl, the expected CTR and its band per "
+                   "series-window, for 'ctrguard report' (costs about a fifth more CPU on "
+                   "streams of many small campaigns)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_replay)
 
@@ -105,7 +109,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_replay(args.impressions, args.clicks, settings, args.out,
-                        baselines=not args.no_baselines, progress=not args.quiet)
+                        baselines=not args.no_baselines, progress=not args.quiet,
+                        bands=args.bands)
     s = result.summary
     if not args.quiet:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "
