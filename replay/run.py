@@ -193,9 +193,11 @@ def run_replay(
     chunk_lines: int = 5000,
     monitor_factory: Callable[[], Any] | None = None,
     bands: bool = False,
+    decisions: Callable[[list[Any]], None] | None = None,
 ) -> ReplayResult:
     """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary
-    (and with ``bands``, the expected CTR and band of every series-window)."""
+    (and with ``bands``, the expected CTR and band of every series-window). ``decisions``,
+    if given, sees what the main detector state returns, as it returns it."""
     from detectors.monitor import build_monitor
 
     out = Path(out_dir)
@@ -243,6 +245,8 @@ def run_replay(
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
+            if decisions is not None:
+                decisions(items)
             figures: list[Any] = []
             alerts: list[Any] = []
             dead: list[dict[str, Any]] = []
