@@ -637,7 +637,11 @@ def render_html(r: RunReport, *, eager_charts: int = 4, title: str | None = None
         detail_note = (f'<p class="note">Segments are embedded for {len(r.detailed)} of '
                        f'{len(r.per_campaign)} campaigns (incidents, labels, the most '
                        f'quarantined); the others show their <code>all</code> series.</p>')
-    sections = [
+    sections = []
+    if r.diff:  # what a diff report is for comes first
+        sections += ['<section id="diff"><h2>What would have fired: configuration diff</h2>',
+                     _diff_html(r), "</section>"]
+    sections += [
         '<section id="overview"><h2>Overview</h2>', _tiles(r),
         "<h3>Incidents</h3>", _incident_table(r),
         "<h3>Alerts and quarantined windows per campaign</h3>", _campaign_table(r),
@@ -647,9 +651,6 @@ def render_html(r: RunReport, *, eager_charts: int = 4, title: str | None = None
     if r.evaluation:
         sections += ['<section id="evaluation"><h2>Evaluation against the labels</h2>',
                      _evaluation_html(r), "</section>"]
-    if r.diff:
-        sections += ['<section id="diff"><h2>What would have fired: configuration diff</h2>',
-                     _diff_html(r), "</section>"]
     sections += ['<section id="incidents"><h2>Incident charts</h2>', band_note,
                  inc_cards or '<p class="note">No incidents.</p>', "</section>",
                  '<section id="worst"><h2>Most quarantined campaigns</h2>', worst_cards,

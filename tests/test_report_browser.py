@@ -103,3 +103,18 @@ def test_a_link_draws_any_campaign_on_demand(report, tmp_path):
     explorer = dom[dom.index('id="explore-chart"'):]
     assert 'data-rendered="1"' in explorer[:2000]
     assert f'data-cid="{quiet[0]}"' in explorer[:2000]
+
+
+def test_the_diff_report_renders_in_chromium(report, tmp_path):
+    _, scen = report
+    b = tmp_path / "b.yaml"
+    b.write_text("detectors:\n  false_alarms_per_campaign_day: 1.0\n")
+    out = tmp_path / "diff"
+    assert main(["diff", "--config", str(REPO / "config" / "default.yaml"), "--config", str(b),
+                 "--scenario", str(scen), "--out", str(out), "--quiet"]) == EXIT_OK
+    dom, console = run_chromium(tmp_path, (out / "report.html").as_uri(), "--dump-dom")
+    assert console == []
+    assert 'data-ready="1"' in dom
+    diff = dom[dom.index('id="diff"'):dom.index('id="overview"')]
+    assert '<tr class="added">' in diff or '<tr class="changed">' in diff
+    assert 'data-rendered="1"' in _card(dom, "inc-1")
