@@ -117,3 +117,17 @@ def test_report_refuses_missing_files(tmp_path, capsys, flag):
     run, _ = _write_run(tmp_path / "run", 2)
     assert main(["report", str(run), flag, str(tmp_path / "nope")]) == EXIT_USAGE
     assert "no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command,flags", [
+    ("report", ["RUN_DIR", "--labels", "--out", "--worst", "Exit codes"]),
+    ("tune", ["--scenario", "--set", "--grid", "--max-false-alarms", "--processes"]),
+    ("diff", ["--config", "--scenario", "--labels", "--out"]),
+])
+def test_help(command, flags, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in flags:
+        assert flag in text
