@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 
 from ctrguard.config import Settings
+from ctrguard.errors import CtrGuardError
 from ctrguard.records import STATUS_QUARANTINED, Alert, WindowDecision, encode_figures
 
 __all__ = ["RecordedStream", "Detection", "record", "detect", "write_run", "WINDOWING"]
@@ -119,12 +120,12 @@ class _Namer:
             if not isinstance(d, WindowDecision):
                 continue
             if i >= len(order) or order[i][1] != d.window_start_s:
-                raise RuntimeError(f"record: decision {d.campaign_id}@{d.window_start_s} "
+                raise CtrGuardError(f"record: decision {d.campaign_id}@{d.window_start_s} "
                                    "does not match its monitor call")
             self.named.setdefault(id(order[i][0]), d.campaign_id)
             i += 1
         if i != len(order):
-            raise RuntimeError(f"record: {len(order) - i} monitor calls without a decision")
+            raise CtrGuardError(f"record: {len(order) - i} monitor calls without a decision")
         order.clear()
 
 
