@@ -67,6 +67,9 @@ test: $(STAMP) $(NATIVE) ## run the test suite (PYTEST_ARGS=...)
 	@state=$$($(VPY) -m detectors status) || \
 	  { echo "detector core: $$state, not compiled (make native)" >&2; exit 1; }; \
 	  echo "detector core: $$state"
+# Debian's chromium opens the HTML report in tests/test_report_browser.py.
+	@command -v chromium >/dev/null || { echo "installing system packages: chromium"; \
+	  $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services

@@ -55,6 +55,7 @@ from bench.common import (
     stop_process,
     write_config,
 )
+from bench.tune import measure_tune, tune_rows
 
 #: Targets set by the performance issue (reported against, never enforced).
 TARGETS = {
@@ -67,12 +68,13 @@ TARGETS = {
 }
 #: The collapsed stacks of the last ``--profile`` run.
 PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
-STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "dense", "memory")
+STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "dense", "memory",
+         "tune")
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
 #: Keys beside the issue's in results.json: step 9 (dense traffic).
-EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw")
+EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw", "tune_s")
 
 
 # --------------------------------------------------------------------------- environment
@@ -457,6 +459,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             if "p2_per_process" in d["two"] else "")
          + two_cpu_note(d["two"], d["scenario"]["events"])),
         *dense_rows(d.get("dense")),
+        *tune_rows(d.get("tune")),
     ]
     return rows
 
@@ -708,6 +711,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-repeats", type=int, default=3,
                    help="runs of the live flow (3); the median is reported")
     p.add_argument("--latency-seconds", type=float, default=60.0)
+    p.add_argument("--tune-hours", type=float, default=24.0,
+                   help="hours of the 40-campaign stream of step 10 (ctrguard tune)")
     p.add_argument("--latency-rate", type=float, default=20_000,
                    help="impressions/s produced during the latency run")
     p.add_argument("--memory-series", default="10000,100000",
@@ -973,6 +978,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"5. memory {label}: {memory[label]}")
         details["memory"] = memory
         results["bytes_per_series"] = memory[list(memory)[-1]]["bytes_per_series"]
+
+    # -- 10. ctrguard tune (no services) ------------------------------------------------
+    if want("tune"):
+        details["tune"] = measure_tune(hours=args.tune_hours, timeout=timeout)
+        results["tune_s"] = details["tune"]["wall_s"]
 
     if "raw_eps" in results and "ctrguard_eps" in results:
         results["ratio_to_raw"] = round(results["ctrguard_eps"] / results["raw_eps"], 3)

@@ -82,6 +82,10 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
                    help="planned changes (YAML/JSON list of campaigns, start, end, kind, "
                    "reason): alerts inside them are marked expected and do not quarantine "
                    "(besides the configuration's annotations.planned_changes)")
+    p.add_argument("--bands", action="store_true",
+                   help="also write bands.jsonl, the expected CTR and its band per "
+                   "series-window, for 'ctrguard report' (costs about a fifth more CPU on "
+                   "streams of many small campaigns)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_replay)
 
@@ -114,7 +118,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     result = run_replay(args.impressions, args.clicks, settings, args.out,
                         baselines=not args.no_baselines, progress=not args.quiet,
-                        annotations=planned)
+                        annotations=planned, bands=args.bands)
     s = result.summary
     if not args.quiet:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "

@@ -6,7 +6,8 @@ frontier exactly as a Kafka partition batch does in the live flow.
 
 Outputs in ``out_dir``: ``alerts.jsonl`` (one escalation a line), ``figures.jsonl`` (every
 decided series-window with its status), ``deadletter.jsonl`` (rejected and late events with
-the reason), ``summary.json`` (counts), and with baselines ``alerts_<name>.jsonl``.
+the reason), ``summary.json`` (counts), with baselines ``alerts_<name>.jsonl``, and with
+bands ``bands.jsonl`` (the expected CTR and its band per series-window: :mod:`replay.bands`).
 """
 
 from __future__ import annotations
@@ -194,11 +195,16 @@ def run_replay(
     chunk_lines: int = 5000,
     monitor_factory: Callable[[], Any] | None = None,
     annotations: Sequence[Any] = (),
+    bands: bool = False,
+    decisions: Callable[[list[Any]], None] | None = None,
 ) -> ReplayResult:
-    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary.
+    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary
+    (and with ``bands``, the expected CTR and band of every series-window).
 
     ``annotations``: planned changes (:class:`sinks.annotations.Annotation`) besides the
     configuration's; alerts inside them are marked expected and do not quarantine.
+    ``decisions``, if given, sees what the main detector state returns, as it returns it
+    (before planned changes mark alerts expected).
     """
     from detectors.monitor import build_monitor
     from replay.expected import ExpectedMarker
@@ -208,6 +214,12 @@ def run_replay(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     factory = monitor_factory or (lambda: build_monitor(settings.detectors))
+    recorder = None
+    if bands:
+        from replay.bands import BandRecorder
+
+        recorder = BandRecorder()
+        factory = recorder.factory(factory)
     sources = [
         _FileSource(impressions, IMPRESSIONS_SOURCE, IMPRESSION, chunk_lines),
         _FileSource(clicks, CLICKS_SOURCE, CLICK, chunk_lines),
@@ -229,6 +241,8 @@ def run_replay(
         "summary": out / "summary.json",
     }
     baseline_paths = {name: out / f"alerts_{name}.jsonl" for name in states if name != "ctrguard"}
+    if recorder is not None:
+        paths["bands"] = out / "bands.jsonl"
     files = {name: open(path, "wb") for name, path in paths.items() if name != "summary"}  # noqa: SIM115
     baseline_files = {name: open(path, "wb") for name, path in baseline_paths.items()}  # noqa: SIM115
     read = 0
@@ -242,6 +256,8 @@ def run_replay(
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
+            if decisions is not None:
+                decisions(items)
             items = expected(items)
             figures: list[Any] = []
             alerts: list[Any] = []
@@ -257,6 +273,10 @@ def run_replay(
                 files["figures"].write(b"\n".join(encode_figures(figures)) + b"\n")
             _write_lines(files["alerts"], alerts)
             _write_lines(files["deadletter"], dead)
+            if recorder is not None:
+                band_lines = recorder.lines(items)
+                if band_lines:
+                    files["bands"].write(b"\n".join(band_lines) + b"\n")
         else:
             _write_lines(baseline_files[name], [alert for item in items
                                                 if isinstance(item, WindowDecision)

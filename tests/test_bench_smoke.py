@@ -22,7 +22,8 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
                  "--live-repeats", "2", "--replay-repeats", "2",
                  "--dense-volume-scale", "0.5",
                  "--latency-seconds", "25", "--latency-rate", "2000",
-                 "--memory-series", "400", "--results", str(results_path),
+                 "--memory-series", "400", "--tune-hours", "2",
+                 "--results", str(results_path),
                  "--markdown", str(markdown_path), "--timeout", "300"])
     assert code == 0
     r = json.loads(results_path.read_text())
@@ -82,4 +83,7 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert "us/event in the consuming thread" in text and "leaves" in text
     assert "median of 2:" in text and "machine busy" in text
     assert "9. dense traffic" in text and "events per campaign-window" in text
+    # Step 10: every setting of the sweep scored, its wall time reported.
+    assert d["tune"]["settings"] == 20 and r["tune_s"] == d["tune"]["wall_s"] > 0
+    assert "10. ctrguard tune: 20 settings" in text
     assert "speed-up" in capsys.readouterr().out
