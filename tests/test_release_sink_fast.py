@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sinks.quarantine as quarantine
-from bench.release_sink import Scenario
+from bench.workloads import ReleaseScenario as Scenario
 from ctrguard import faults, records
 from ctrguard.config import Settings
 from ctrguard.errors import QuarantineError, RedisUnavailable
