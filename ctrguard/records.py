@@ -132,7 +132,11 @@ class Figure:
 #: dead letter. A dataclass is written as an object of its fields in their order; a float
 #: by its shortest text (``0.075``, ``5e-6``; at 1e16 and beyond ``1e16``, where orjson,
 #: used before, wrote ``1e+16``: no CTR, count or score of a run gets there).
-encode_record = msgspec.json.Encoder().encode
+_ENCODER = msgspec.json.Encoder()
+encode_record = _ENCODER.encode
+#: Records as JSON lines, each ending in a newline, in one call (a file of figures, alerts,
+#: dead letters): the texts of :func:`encode_record` without an object per record.
+encode_lines = _ENCODER.encode_lines
 
 
 def encode_pretty(obj: Any) -> bytes:
@@ -152,15 +156,18 @@ def encode_pretty(obj: Any) -> bytes:
 
 
 def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
-    """The JSON text of each figure (:func:`encode_record`), one call each: msgspec writes a
-    figure in about 0.4 µs, as fast as one call for the whole list cut into pieces.
+    """The JSON text of each figure (:func:`encode_record`): written as JSON lines in one
+    call (:func:`encode_lines`) and cut at the newlines, which JSON text holds nowhere else
+    (a newline in a string is escaped), cheaper than a call per figure.
 
     >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
     ...            1767571200, 40, 3, 0.075, "ok", ("a1",))
     >>> encode_figures([f])
     [b'{"campaign_id":"c1","segment":"all","window_start":"2026-01-05T00:00:00Z","window_end":"2026-01-05T00:05:00Z","window_start_s":1767571200,"impressions":40,"clicks":3,"ctr":0.075,"status":"ok","alert_ids":["a1"]}']
     """
-    return list(map(encode_record, figures))
+    values = encode_lines(figures).split(b"\n")
+    values.pop()  # (after the last newline)
+    return values
 
 
 def decision_records(decisions: Sequence[WindowDecision]) -> tuple[list[bytes], list[bytes]]:

@@ -24,7 +24,7 @@ from ctrguard.records import (
     STATUS_QUARANTINED,
     Alert,
     WindowDecision,
-    encode_figures,
+    encode_lines,
     encode_pretty,
     encode_record,
 )
@@ -213,11 +213,11 @@ def write_run(stream: RecordedStream, settings: Settings, out_dir: str | Path, *
     with open(out / "figures.jsonl", "wb") as figs, open(out / "alerts.jsonl", "wb") as al:
         for dec in d.decisions:
             if dec.figures:
-                figs.write(b"\n".join(encode_figures(dec.figures)) + b"\n")
+                figs.write(encode_lines(dec.figures))
                 n_figures += len(dec.figures)
                 n_quarantined += sum(f.status == STATUS_QUARANTINED for f in dec.figures)
             if dec.alerts:
-                al.write(b"\n".join(map(encode_record, dec.alerts)) + b"\n")
+                al.write(encode_lines(dec.alerts))
     (out / "deadletter.jsonl").write_bytes(stream.deadletter)
     if d.bands is not None:
         (out / "bands.jsonl").write_bytes(b"\n".join(d.bands) + b"\n" if d.bands else b"")

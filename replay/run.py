@@ -31,7 +31,7 @@ import numpy as np
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
 from ctrguard.reasons import reason_code
-from ctrguard.records import WindowDecision, encode_figures, encode_pretty, encode_record
+from ctrguard.records import WindowDecision, encode_lines, encode_pretty
 from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 from replay.evaluate import ReplayInputError
 
@@ -151,7 +151,7 @@ class _FileSource:
 def _write_lines(fh: IO[bytes], records: Sequence[Any]) -> None:
     """Write ``records`` as JSON lines in one write."""
     if records:
-        fh.write(b"\n".join(map(encode_record, records)) + b"\n")
+        fh.write(encode_lines(records))
 
 
 def dead_letter_record(d: DeadLetter) -> dict[str, Any]:
@@ -270,7 +270,7 @@ def run_replay(
                     dead_by_stage[item.stage] += 1
                     dead.append(dead_letter_record(item))
             if figures:
-                files["figures"].write(b"\n".join(encode_figures(figures)) + b"\n")
+                files["figures"].write(encode_lines(figures))
             _write_lines(files["alerts"], alerts)
             _write_lines(files["deadletter"], dead)
             if recorder is not None:
