@@ -32,7 +32,9 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     for key in ("raw_eps", "naive_eps", "ctrguard_eps", "replay_eps"):
         assert r[key] > 0, key
     assert r["ratio_to_raw"] == pytest.approx(r["ctrguard_eps"] / r["raw_eps"], rel=0.01)
-    assert r["ratio_to_naive"] == pytest.approx(r["ctrguard_eps"] / r["naive_eps"], rel=0.01)
+    # (rounded to 2 decimals: 0.005 absolute when the ratio is small, as on a busy machine)
+    assert r["ratio_to_naive"] == pytest.approx(r["ctrguard_eps"] / r["naive_eps"], rel=0.01,
+                                                abs=0.005)
     assert r["speedup_two_processes"] > 0
 
     d = r["details"]
