@@ -337,8 +337,13 @@ class LiveStep(Step):
         # same records every run; their order between Bytewax activations is not the
         # flow's to keep). Redis holds wall-clock times (audit entries): not compared.
         bootstrap = self.broker().bootstrap
-        return digest_of([topic_records(bootstrap, self.outputs[name], ordered=False)
-                          for name in ("figures", "alerts", "deadletter")])
+        records = [topic_records(bootstrap, self.outputs[name], ordered=False)
+                   for name in ("figures", "alerts", "deadletter")]
+        # (per topic: where runs differ, which records did)
+        log(f"{run_id}: " + ", ".join(f"{len(r):,} {name} ({digest_of(r)[:8]})" for name, r in
+                                      zip(("figures", "alerts", "dead letters"), records,
+                                          strict=True)))
+        return digest_of(records)
 
 
 class EngineStep(Step):
