@@ -1,5 +1,8 @@
 # Production image: the ctrguard package and its runtime dependencies, no dev tools.
-FROM python:3.11-slim
+# The base image by digest (python:3.11-slim, Python 3.11.16 on Debian trixie, as the
+# official image's record in docker-library/repo-info lists it): a rebuild gets the same
+# image. Move it on purpose: the new digest, then a build and the tests.
+FROM python:3.11-slim@sha256:00f89b7f96f13d42900483da3253f8fb2e763eed7a0aa5f0358fec9d15d9f10c
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -18,13 +21,19 @@ RUN apt-get update \
        --home-dir /nonexistent --shell /usr/sbin/nologin ctrguard
 
 WORKDIR /src
+# Runtime dependencies exactly as locked (versions and hashes: requirements.lock, `make
+# lock`), in a layer of their own that a change to the code does not rebuild.
+COPY requirements.lock .
+RUN pip install --no-compile --no-deps --require-hashes -r requirements.lock
 COPY . .
 # The detector core is compiled with mypyc (detectors/native.py); the compiler and its
-# headers are removed again in the same layer.
+# headers are removed again in the same layer. ctrguard itself brings no dependency the lock
+# did not (--no-deps; pip check fails the build if the lock misses one).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install "mypy==2.4.1" "setuptools>=77" wheel \
-    && CTRGUARD_BUILD_NATIVE=1 pip install --no-compile --no-build-isolation . \
+    && pip install "mypy==2.4.1" "setuptools==84.2.1" "wheel==0.48.0" \
+    && CTRGUARD_BUILD_NATIVE=1 pip install --no-compile --no-build-isolation --no-deps . \
+    && pip check \
     && (cd / && python -c "import detectors.native as n, detectors.monitor; assert n.in_use() == 'compiled', n.status()") \
     && pip uninstall -y mypy \
     && apt-get purge -y --auto-remove gcc libc6-dev \

@@ -21,7 +21,7 @@ CHAOS_ARGS ?=
 EVENTS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help venv native test demo bench chaos fuzz fuzz-setup lint clean distclean
+.PHONY: help venv native test demo bench chaos fuzz fuzz-setup lock lint clean distclean
 
 help: ## list the targets
 	@echo "ctrguard: make <target>"
@@ -56,7 +56,7 @@ $(STAMP): pyproject.toml
 
 # The mypyc-compiled detector core and the C event scanner (detectors/native.py): rebuilt
 # when a source changes.
-NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_records.c flows/_shard.c
+NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c flows/_shard.c
 NATIVE := detectors/_native.json
 
 native: $(NATIVE) ## compile the detector core (mypyc) and the C extensions (pure Python still works without)
@@ -101,15 +101,24 @@ $(FUZZ_STAMP): $(STAMP)
 	    $(VPY) -m pip install --quiet --no-binary atheris --force-reinstall --no-deps "atheris==3.0.0"; }
 	touch $@
 
-fuzz: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## fuzz the scanner, line splitter, record encoder (FUZZ_SECONDS=60 each)
+fuzz: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## fuzz the event scanner and line splitter (FUZZ_SECONDS=60 each)
 	$(VPY) -m tests.fuzz.build
 	@rt=$$($(VPY) -c 'from tests.fuzz import build; print(build.runtime(build.compiler()[0]))'); \
-	  for t in scan lines records; do \
+	  for t in scan lines; do \
 	    echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
 	    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 LD_PRELOAD=$$rt \
 	      $(VPY) -m tests.fuzz.run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	      2>&1 | grep -v "# Uses:" | tail -n 25; \
 	  done
+
+# The image installs requirements.lock (every runtime dependency pinned with its hashes,
+# resolved for CPython 3.11 on Linux: the base image's); tests/test_dependencies.py checks it
+# matches pyproject.toml. LOCK_ARGS=--upgrade moves every pin to the newest allowed release.
+LOCK_ARGS ?=
+lock: $(STAMP) ## refresh requirements.lock from pyproject.toml (LOCK_ARGS=--upgrade)
+	CUSTOM_COMPILE_COMMAND="make lock" $(VENV)/bin/pip-compile --quiet --generate-hashes \
+	  --strip-extras --no-emit-index-url --no-emit-find-links $(LOCK_ARGS) \
+	  --output-file requirements.lock pyproject.toml
 
 lint: $(STAMP) ## ruff
 	$(VPY) -m ruff check .

@@ -5,6 +5,7 @@ Nothing here measures; :mod:`bench.run` does.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import resource
@@ -204,15 +205,24 @@ def child_env(**extra: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- children
 
 
-def export_tree(rev: str, dest: Path) -> None:
-    """The tree of git revision ``rev`` (tracked files only) at ``dest``, its compiled
-    parts built (``python -m detectors build``), for a side of an A/B run."""
+def export_tree(rev: str, dest: Path, *, build: bool = True) -> None:
+    """The tree of git revision (or tree id) ``rev`` at ``dest``, its compiled parts built
+    (``python -m detectors build``) unless ``build`` is false, for a side of an A/B run."""
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors", "build",
-                    "--quiet"], cwd=dest, check=True, stdout=subprocess.DEVNULL)
+    if build:
+        subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors",
+                        "build", "--quiet"], cwd=dest, check=True, stdout=subprocess.DEVNULL)
+
+
+def write_gzip(path: Path, lines: list[bytes]) -> None:
+    """Lines as a gzip JSONL file (replay's input), the same bytes for the same lines."""
+    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
+                                                 compresslevel=3) as gz:
+        for i in range(0, len(lines), 100_000):
+            gz.write(b"\n".join(lines[i:i + 100_000]) + b"\n")
 
 
 def start_child(args: list[str], log_path: Path, *, env: dict[str, str] | None = None,

@@ -54,6 +54,7 @@ from bench.common import (
     start_child,
     stop_process,
     write_config,
+    write_gzip,
 )
 from bench.tune import measure_tune, tune_rows
 
@@ -295,13 +296,6 @@ def two_process_run(workdir: Path, name: str, config: Path, processes: int,
                             for r in results]}
 
 
-def write_gzip(path: Path, lines: list[bytes]) -> None:
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0,
-                                                 compresslevel=3) as gz:
-        for i in range(0, len(lines), 100_000):
-            gz.write(b"\n".join(lines[i:i + 100_000]) + b"\n")
-
-
 def _fmt(value: Any, digits: int = 0) -> str:
     if value is None:
         return "n/a"
@@ -402,7 +396,6 @@ NATIVE_PARTS = (
     ("core", "detector core as Python (no mypyc)", {"CTRGUARD_NATIVE_OFF": "core"}),
     ("scan", "event scanner off (msgspec decoding)", {"CTRGUARD_NATIVE_OFF": "scan"}),
     ("shard", "shard loops off (numpy and Python)", {"CTRGUARD_NATIVE_OFF": "shard"}),
-    ("records", "figure encoder off (orjson)", {"CTRGUARD_NATIVE_OFF": "records"}),
 )
 #: What a compiled part must buy, on the live flow or on replay, to earn its place.
 KEEP_GAIN = 0.15
@@ -691,7 +684,7 @@ reported as measured.
    state (its own Redis prefix and output topics); the median run is reported (its rate
    and CPU; peak RSS is the largest of the runs, the child's `VmHWM`). With the compiled
    code (`detectors/native.py`), the same flow runs once more on the same topics for each
-   compiled part turned off (`CTRGUARD_NATIVE_OFF=core|scan|shard|records`, the Python or
+   compiled part turned off (`CTRGUARD_NATIVE_OFF=core|scan|shard`, the Python or
    numpy reference runs instead) and once with none (`CTRGUARD_PURE_PYTHON=1`): what each
    buys, measured in the same run. Step 6 does the same for replay (one run each).
 4. **Latency** (`bench/latency.py`): the live flow runs in tail mode in a child process.
@@ -759,6 +752,17 @@ large share of its time in collections over long-lived detector state.
 `make bench` runs `.venv/bin/python -m bench.run`; `EVENTS=N make bench` sets the number of
 impressions (`--events N`); `--profile` adds a py-spy profile of the live flow.
 Results as JSON: `bench/results.json`.
+
+## Comparing two revisions
+
+`python -m bench.ab --step STEP` runs one step on two revisions (default: the merge-base
+with `main` against the working tree; `--base REV`, `--new REV`, and `--base-env`/`--new-env`
+to turn a compiled part off on one side), each exported from git and built in a tree of its
+own, on the same inputs, alternating in fresh child processes, and compares what each run
+produced (exit 1 if anything differs). Steps: `replay`, `live`, `engine`, `monitor`,
+`release`, `slack`, `chart`; it reports CPU per event (or per campaign-window, or per
+decision) for every round and the medians. `python -m bench.ab --help` says what each
+step runs.
 {profile}"""
 
 

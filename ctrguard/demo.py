@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 DEMO_INCIDENTS = ("click_outage", "bot_clicks", "duplicate_impressions")
 DEMO_TRAPS = ("volume_surge", "redelivery", "internal_traffic", "crawler_clicks", "late_events")
@@ -149,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         total = sim.impressions.size + sim.clicks.size
         print(f"\nflow drained {total:,} events in {flow_s:.1f}s ({total / flow_s:,.0f} events/s)")
 
-        alerts = [orjson.loads(m.value()) for m in services.consume_to_eof(
+        alerts = [msgspec.json.decode(m.value()) for m in services.consume_to_eof(
             bootstrap, topics.alerts, client_config=client_conf)]
         figures = services.consume_to_eof(bootstrap, topics.figures, client_config=client_conf)
         dead = services.consume_to_eof(bootstrap, topics.deadletter, client_config=client_conf)
@@ -256,7 +256,7 @@ def write_demo_report(out: Path, rendered: dict[str, list[bytes]], incidents: li
             fh.write(b"\n".join(lines) + b"\n")
     write_labels(out / "incidents.csv", incidents)
     run = run_replay(paths["impressions"], paths["clicks"], settings, out / "run", bands=True)
-    replayed = {orjson.loads(x)["alert_id"] for x in run.alerts_path.read_bytes().splitlines()
+    replayed = {msgspec.json.decode(x)["alert_id"] for x in run.alerts_path.read_bytes().splitlines()
                 if x.strip()}
     live = {a["alert_id"] for a in live_alerts}
     same = "the same alerts as" if replayed == live else "alerts that differ from"

@@ -19,9 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
-import orjson
-
-from detectors import native
+import msgspec
 
 STATUS_OK = "ok"
 STATUS_QUARANTINED = "quarantined"
@@ -130,113 +128,92 @@ class Figure:
         return d
 
 
-#: The fields of a figure in the order orjson writes them (the dataclass's order).
-FIGURE_FIELDS = ("campaign_id", "segment", "window_start", "window_end", "window_start_s",
-                 "impressions", "clicks", "ctr", "status", "alert_ids")
-# encode_figures writes these names itself: only for the Figure it was written for, a slots
-# dataclass with exactly these fields (orjson writes them all, in this order, and nothing else).
-_FIGURE_AS_DICT = (tuple(getattr(Figure, "__dataclass_fields__", ())) == FIGURE_FIELDS
-                   and getattr(Figure, "__slots__", None) == FIGURE_FIELDS)
-#: The C encoder of figures (``ctrguard/_records.c``), or ``None``.
-_RECORDS = native.load_extension("ctrguard._records")
-#: Between two figures in orjson's text of a list of them, and what it is split at.
-_BETWEEN = b'},{"campaign_id":'
-_SPLIT_AT = b'}\n{"campaign_id":'
+#: The one JSON encoder of records (msgspec; it also decodes events): a figure, an alert, a
+#: dead letter. A dataclass is written as an object of its fields in their order; a float
+#: by its shortest text (``0.075``, ``5e-6``; at 1e16 and beyond ``1e16``, where orjson,
+#: used before, wrote ``1e+16``: no CTR, count or score of a run gets there).
+_ENCODER = msgspec.json.Encoder()
+encode_record = _ENCODER.encode
+#: Records as JSON lines, each ending in a newline, in one call (a file of figures, alerts,
+#: dead letters): the texts of :func:`encode_record` without an object per record.
+encode_lines = _ENCODER.encode_lines
+
+
+def encode_pretty(obj: Any) -> bytes:
+    """``obj`` as JSON indented by two spaces (``summary.json``, ``evaluation.json``), the
+    text orjson's ``OPT_INDENT_2`` wrote before.
+
+    >>> print(encode_pretty({"events_read": 3, "excluded": {}, "ids": ["a"]}).decode())
+    {
+      "events_read": 3,
+      "excluded": {},
+      "ids": [
+        "a"
+      ]
+    }
+    """
+    return msgspec.json.format(encode_record(obj), indent=2)
 
 
 def encode_figures(figures: Sequence[Figure]) -> list[bytes]:
-    """``[orjson.dumps(f) for f in figures]``, byte for byte: in C (``ctrguard/_records.c``)
-    for every figure it writes the same (strings without lone surrogates, a CTR written
-    without an exponent; any other figure is written by ``orjson.dumps``, in its place),
-    else from one orjson call.
-
-    orjson reads a slots dataclass field by field and gives every result a 4 KiB buffer
-    (about 4 µs a figure here, most of it memory traffic when thousands are kept for one
-    flush); a list of plain dicts of the same fields in the same order is written in one
-    call, with the same text for every value. The list's text is cut where one figure ends
-    and the next begins: ``},{"campaign_id":`` cannot occur inside a figure's text (a
-    string's quotes are escaped), unless a field holds an object with that key, and then
-    the count of pieces is off. Anything unexpected (another type than Figure, a count that
-    does not match, a value orjson refuses) goes through ``orjson.dumps`` figure by figure,
-    which then also raises as before.
+    """The JSON text of each figure (:func:`encode_record`): written as JSON lines in one
+    call (:func:`encode_lines`) and cut at the newlines, which JSON text holds nowhere else
+    (a newline in a string is escaped), cheaper than a call per figure.
 
     >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
-    ...            1767571200, 40, 3, 0.075, "ok")
-    >>> encode_figures([f, f]) == [orjson.dumps(f)] * 2
-    True
+    ...            1767571200, 40, 3, 0.075, "ok", ("a1",))
+    >>> encode_figures([f])
+    [b'{"campaign_id":"c1","segment":"all","window_start":"2026-01-05T00:00:00Z","window_end":"2026-01-05T00:05:00Z","window_start_s":1767571200,"impressions":40,"clicks":3,"ctr":0.075,"status":"ok","alert_ids":["a1"]}']
     """
-    if figures and _FIGURE_AS_DICT and _RECORDS is not None:
-        return _RECORDS.encode_figures(figures, Figure, False, orjson.dumps)
-    return _encode_figures_py(figures)
-
-
-def figure_records(figures: Sequence[Figure]) -> tuple[list[bytes], list[bytes]]:
-    """:func:`encode_figures` and :func:`figure_keys` of ``figures``, in one pass where the
-    C encoder is built.
-
-    >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
-    ...            1767571200, 40, 3, 0.075, "ok")
-    >>> figure_records([f]) == ([orjson.dumps(f)], [b"c1|all|1767571200"])
-    True
-    """
-    if figures and _FIGURE_AS_DICT and _RECORDS is not None:
-        return _RECORDS.encode_figures(figures, Figure, True, _figure_record)
-    return _encode_figures_py(figures), figure_keys(figures)
+    values = encode_lines(figures).split(b"\n")
+    values.pop()  # (after the last newline)
+    return values
 
 
 def decision_records(decisions: Sequence[WindowDecision]) -> tuple[list[bytes], list[bytes]]:
-    """:func:`figure_records` of the figures of ``decisions``, in order: the C encoder walks
-    the decisions itself, so no list of thousands of figures is made only to be read once.
+    """The values (:func:`encode_figures`) and keys (:func:`figure_keys`) of the figures of
+    ``decisions``, in order.
+
+    A decision's figures share its campaign and window (the engine makes them of the same
+    objects): their keys are the campaign's key part followed by one per segment and window,
+    made once per call (the live flow sends thousands of decisions of a few windows and
+    segments at a time). A figure of another campaign or window object gets its own key.
 
     >>> f = Figure("c1", "all", "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z",
     ...            1767571200, 40, 3, 0.075, "ok")
     >>> d = WindowDecision("c1", 1767571200, 1767571500, (f, f), ())
-    >>> decision_records([d, d]) == figure_records([f] * 4)
+    >>> decision_records([d]) == (encode_figures([f, f]), figure_keys([f, f]))
     True
     """
-    if decisions and _FIGURE_AS_DICT and _RECORDS is not None:
-        out = _RECORDS.decision_records(decisions, WindowDecision, Figure, _figure_record)
-        if out is not None:
-            return out
-    return figure_records([f for d in decisions for f in d.figures])
+    keys: list[bytes] = []
+    add_key = keys.append
+    #: window start -> segment -> ``b"|segment|window_start"`` (int starts and str segments
+    #: only: equal values of other types, 1.0 or True, have other keys)
+    tails_by_start: dict[int, dict[str, bytes]] = {}
+    for d in decisions:
+        campaign, start = d.campaign_id, d.window_start_s
+        tails = tails_by_start.get(start) if type(start) is int else {}
+        if tails is None:
+            tails = tails_by_start[start] = {}
+        head = key_part(campaign).encode("utf-8", "surrogatepass")
+        for f in d.figures:
+            segment = f.segment
+            if f.campaign_id is campaign and f.window_start_s is start:
+                tail = tails.get(segment)
+                if tail is None:
+                    tail = f"|{key_part(segment)}|{start}".encode("utf-8", "surrogatepass")
+                    if type(segment) is str:
+                        tails[segment] = tail
+                add_key(head + tail)
+            else:
+                add_key(figure_key(f.campaign_id, segment, f.window_start_s))
+    return encode_figures([f for d in decisions for f in d.figures]), keys
 
 
 def figure_keys(figures: Sequence[Figure]) -> list[bytes]:
     """Record keys (:func:`figure_key`): ``campaign|segment|window_start_s`` with ``%`` and
     ``|`` in campaign and segment escaped, UTF-8 with lone surrogates passed."""
     return [figure_key(f.campaign_id, f.segment, f.window_start_s) for f in figures]
-
-
-def _figure_record(f: Figure) -> tuple[bytes, bytes]:
-    """The reference record of one figure: the C encoder's fallback for a figure it does
-    not write itself."""
-    return orjson.dumps(f), figure_key(f.campaign_id, f.segment, f.window_start_s)
-
-
-def _encode_figures_py(figures: Sequence[Figure]) -> list[bytes]:
-    """:func:`encode_figures` without the C encoder (the reference it is tested against)."""
-    if figures and _FIGURE_AS_DICT and set(map(type, figures)) == {Figure}:
-        try:
-            text = orjson.dumps([
-                {"campaign_id": f.campaign_id, "segment": f.segment,
-                 "window_start": f.window_start, "window_end": f.window_end,
-                 "window_start_s": f.window_start_s, "impressions": f.impressions,
-                 "clicks": f.clicks, "ctr": f.ctr, "status": f.status,
-                 "alert_ids": f.alert_ids}
-                for f in figures])
-        except orjson.JSONEncodeError:
-            pass  # the path below raises it again, for the same figure as before
-        else:
-            # JSON text has no raw newline: every newline is one that was put in here.
-            values = text.replace(_BETWEEN, _SPLIT_AT).split(b"\n")
-            if len(values) == len(figures):
-                # The list's brackets come off the first and last piece (not a copy of the
-                # whole text).
-                values[0] = values[0][1:]
-                values[-1] = values[-1][:-1]
-                return values
-    return list(map(orjson.dumps, figures))
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,13 @@ file. So the build records a digest of each source beside it (``_native.json``),
 ``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
 
 The same build compiles the hand-written C of :data:`C_EXTENSIONS` (the event scanner,
-``ctrguard/_scan.c``, the figure encoder, ``ctrguard/_records.c``, and a shard's loops,
-``flows/_shard.c``), which is stamped
+``ctrguard/_scan.c``, and a shard's loops, ``flows/_shard.c``), which is stamped
 alike and used only when the core is ``compiled`` (:func:`load_extension`).
 
 ``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
 
 >>> MODULES, tuple(C_EXTENSIONS)
-(('detectors.stats', 'detectors.drift', 'detectors.monitor'), ('ctrguard._scan', 'ctrguard._records', 'flows._shard'))
+(('detectors.stats', 'detectors.drift', 'detectors.monitor'), ('ctrguard._scan', 'flows._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -46,8 +45,7 @@ MODULES = ("detectors.stats", "detectors.drift", "detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
 GROUP = "detectors.core"
 #: Hand-written C extensions built with the core, and their sources.
-C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "ctrguard._records": "ctrguard/_records.c",
-                "flows._shard": "flows/_shard.c"}
+C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "flows._shard": "flows/_shard.c"}
 #: Every extension a build makes: the modules, the group's shared library, the C ones.
 _BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
@@ -58,8 +56,7 @@ PURE_ENV = "CTRGUARD_PURE_PYTHON"
 #: :data:`PARTS` names), for measuring what each buys (``make bench``) and for debugging.
 OFF_ENV = "CTRGUARD_NATIVE_OFF"
 #: Short name of each compiled part: the mypyc core and each hand-written C extension.
-PARTS = {"core": MODULES, "scan": ("ctrguard._scan",), "records": ("ctrguard._records",),
-         "shard": ("flows._shard",)}
+PARTS = {"core": MODULES, "scan": ("ctrguard._scan",), "shard": ("flows._shard",)}
 _STAMP = "_native.json"
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent

@@ -24,7 +24,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
+import msgspec
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -165,7 +165,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         cached high watermark is stale (a broker restarting, a network fault) and being
         at it proves nothing."""
         try:
-            stats = orjson.loads(text)
+            stats = msgspec.json.decode(text)
             part = stats["topics"][self._topic]["partitions"][str(self._partition)]
             leader = part["leader"]
             ok = leader >= 0 and part["fetch_state"] == "active" and any(

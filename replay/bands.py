@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from ctrguard.errors import CtrGuardError
-from ctrguard.records import WindowDecision
+from ctrguard.records import WindowDecision, encode_record
 
 __all__ = ["BandedMonitor", "BandRecorder", "load_bands"]
 
@@ -91,9 +91,9 @@ class BandRecorder:
             series = notes[i][1]
             i += 1
             if series:
-                out.append(orjson.dumps({"campaign_id": d.campaign_id,
-                                         "window_start_s": d.window_start_s,
-                                         "series": series}))
+                out.append(encode_record({"campaign_id": d.campaign_id,
+                                          "window_start_s": d.window_start_s,
+                                          "series": series}))
         if i != len(notes):
             raise CtrGuardError(f"bands: {len(notes) - i} monitor calls without a decision")
         notes.clear()
@@ -110,7 +110,7 @@ def load_bands(path: str | Path, campaigns: set[str] | None = None
     prefixes = None
     if campaigns is not None:
         # (``,"window_start_s":`` cannot occur inside the id's text: its quotes are escaped)
-        prefixes = {b'{"campaign_id":' + orjson.dumps(c) for c in campaigns}
+        prefixes = {b'{"campaign_id":' + encode_record(c) for c in campaigns}
     with open_lines(path) as fh:
         for n, line in enumerate(fh, 1):
             if not line.strip():
@@ -118,7 +118,7 @@ def load_bands(path: str | Path, campaigns: set[str] | None = None
             if prefixes is not None and line[:line.find(b',"window_start_s":')] not in prefixes:
                 continue
             try:
-                rec = orjson.loads(line)
+                rec = msgspec.json.decode(line)
                 yield rec["campaign_id"], int(rec["window_start_s"]), rec["series"]
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ReplayInputError(path, n, f"bad band record: {exc!r}") from None

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
-import orjson
-
+from ctrguard.records import encode_pretty
 from replay.evaluate import ReplayInputError
 
 EXIT_OK = 0
@@ -92,7 +91,7 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ctrguard.config import load_config
-    from replay.evaluate import evaluate_many, format_table, load_labels
+    from replay.evaluate import evaluate_many, format_table, load_labels, require_eval
 
     bad = _missing({"--impressions": args.impressions, "--clicks": args.clicks,
                     "--labels": args.labels, "--traps": args.traps,
@@ -113,6 +112,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     except ReplayInputError as exc:
         _err(str(exc))
         return EXIT_USAGE
+    if labels is not None:
+        require_eval()  # before a replay that may take minutes
     from replay.run import run_replay
 
     started = time.perf_counter()
@@ -144,7 +145,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_FAILURE  # our own replay wrote it: a failure, not a usage error
     out_path = Path(args.out) / "evaluation.json"
-    out_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    out_path.write_bytes(encode_pretty(results))
     print(format_table(results))
     print(f"(evaluation: {out_path})")
     return EXIT_OK
@@ -336,7 +337,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+        args.out.write_bytes(encode_pretty(results))
     print(format_table(results))
     return EXIT_OK
 

@@ -18,8 +18,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
+from ctrguard.records import encode_pretty
 from replay.evaluate import ReplayInputError
 
 __all__ = ["register", "diff_incidents", "settings_changed", "run_diff"]
@@ -143,7 +144,7 @@ def run_diff(impressions: Path, clicks: Path, config_a: Path, config_b: Path, ou
     runs = {}
     for name, stream, settings in (("a", stream_a, sa), ("b", stream_b, sb)):
         write_run(stream, settings, out / name)
-        alerts = [orjson.loads(x) for x in (out / name / "alerts.jsonl").read_bytes()
+        alerts = [msgspec.json.decode(x) for x in (out / name / "alerts.jsonl").read_bytes()
                   .splitlines() if x.strip()]
         runs[name] = (settings, alerts, _incidents(alerts, settings.windows.length,
                                                    settings.slack.incident_gap_windows))
@@ -165,13 +166,13 @@ def run_diff(impressions: Path, clicks: Path, config_a: Path, config_b: Path, ou
         ev = evaluate_many({"B": runs["b"][1], "A": runs["a"][1]}, label_list,
                            stream_b.figure_index(), window_s=window_s, traps=trap_list,
                            oracle_budget=sb.detectors.false_alarms_per_campaign_day)
-        (out / "b" / "evaluation.json").write_bytes(orjson.dumps(ev, option=orjson.OPT_INDENT_2))
+        (out / "b" / "evaluation.json").write_bytes(encode_pretty(ev))
         for side in ("a", "b"):
             r = ev[side.upper()]
             result[side]["evaluation"] = {k: r.get(k) for k in (
                 "recall", "recall_decidable", "episode_precision",
                 "false_alarms_per_100_campaign_days", "median_delay_windows")}
-    (out / "diff.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    (out / "diff.json").write_bytes(encode_pretty(result))
     write_report(out / "b", out / "report.html", labels=labels, traps=traps, settings=sb,
                  diff=result, title=f"ctrguard diff: {config_a.name} → {config_b.name}")
     return result

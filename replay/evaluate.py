@@ -59,14 +59,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from ctrguard.errors import CtrGuardError
 from replay.generator import ABRUPT_FAULT_KINDS, LABEL_HEADER, Label
 
+#: What installs what scoring labels needs (SciPy), for offline evaluation only.
+EVAL_INSTALL = "pip install 'ctrguard[eval]'"
+
 __all__ = [
     "ReplayInputError", "FigureIndex", "load_labels", "load_alerts", "load_figures",
-    "decidability", "evaluate", "evaluate_many", "format_table",
+    "decidability", "evaluate", "evaluate_many", "format_table", "require_eval",
 ]
 
 ALL = "all"
@@ -169,8 +172,8 @@ def load_alerts(path: str | Path) -> list[dict[str, Any]]:
     out = []
     for n, line in _open_text_lines(path):
         try:
-            cid, seg, ws, sev = _alert_record(orjson.loads(line))
-        except (orjson.JSONDecodeError, ValueError) as exc:
+            cid, seg, ws, sev = _alert_record(msgspec.json.decode(line))
+        except (msgspec.DecodeError, ValueError) as exc:
             raise ReplayInputError(path, n, f"bad alert: {exc}") from None
         out.append({"campaign_id": cid, "segment": seg, "window_start_s": ws, "severity": sev})
     return out
@@ -224,10 +227,10 @@ def load_figures(path: str | Path) -> FigureIndex:
     index = FigureIndex()
     for n, line in _open_text_lines(path):
         try:
-            fig = orjson.loads(line)
+            fig = msgspec.json.decode(line)
             index.add(fig["campaign_id"], fig.get("segment", ALL), _window_start(fig),
                       int(fig["impressions"]), int(fig["clicks"]))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
             raise ReplayInputError(path, n, f"bad figure: {exc!r}") from None
     return index
 
@@ -313,15 +316,10 @@ def decidability(
             record["oracle_delay_windows"] = _oracle_delay(
                 index, lab, segment, window_s, ctr, obs_c / expected if expected > 0 else 1.0,
                 oracle_nats)
+        poisson = require_eval()
         if obs_c < expected:
-            # SciPy costs seconds to import: only when a label is scored, not on every
-            # ``ctrguard`` command that builds its parser.
-            from scipy.stats import poisson
-
             p = float(poisson.cdf(obs_c, expected))
         else:
-            from scipy.stats import poisson
-
             p = float(poisson.sf(obs_c - 1, expected)) if expected > 0 else (
                 1.0 if obs_c == 0 else 0.0)
         record.update(reference_ctr=ctr, expected=round(expected, 6), p_value=p,
@@ -330,6 +328,22 @@ def decidability(
             record["note"] = note
         out.append(record)
     return out
+
+
+def require_eval() -> Any:
+    """SciPy's Poisson distribution, which scoring labels needs (:func:`decidability`); a
+    :class:`CtrGuardError` naming the ``eval`` extra where SciPy is not installed.
+
+    Imported when a label is scored, not on every ``ctrguard`` command that builds its
+    parser (SciPy costs seconds to import); commands that replay before they score call it
+    first, so a missing extra stops them before the replay.
+    """
+    try:
+        from scipy.stats import poisson
+    except ImportError as exc:
+        raise CtrGuardError(f"scoring labels needs SciPy ({exc}); install the evaluation "
+                            f"extra: {EVAL_INSTALL}") from None
+    return poisson
 
 
 def _oracle_delay(index: FigureIndex, lab: Label, segment: str, window_s: int, ctr: float,

@@ -857,7 +857,7 @@ def generate(
     ``progress`` is an optional callable taking a message. Other keyword arguments go to
     :func:`simulate`.
     """
-    import orjson
+    from ctrguard.records import encode_pretty
 
     say = progress or (lambda _msg: None)
     out = Path(out_dir)
@@ -876,7 +876,7 @@ def generate(
     meta = {"seed": seed, "start": _iso(sim.start_s), "end": _iso(sim.end_s),
             "campaign_ids": list(sim.campaign_ids), "impressions": sim.impressions.size,
             "clicks": sim.clicks.size, **sim.params}
-    (out / "scenario.json").write_bytes(orjson.dumps(meta, option=orjson.OPT_INDENT_2))
+    (out / "scenario.json").write_bytes(encode_pretty(meta))
     return GeneratedScenario(out, imp_path, clk_path, out / "incidents.csv", out / "traps.csv",
                              tuple(sim.incidents), tuple(sim.traps), sim.impressions.size,
                              sim.clicks.size, sim.start_s, sim.end_s, sim.campaign_ids, seed)

@@ -18,11 +18,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from ctrguard.config import Settings
 from ctrguard.errors import CtrGuardError
-from ctrguard.records import STATUS_QUARANTINED, Alert, WindowDecision, encode_figures
+from ctrguard.records import (
+    STATUS_QUARANTINED,
+    Alert,
+    WindowDecision,
+    encode_lines,
+    encode_pretty,
+    encode_record,
+)
 
 __all__ = ["RecordedStream", "Detection", "record", "detect", "write_run", "WINDOWING"]
 
@@ -165,9 +170,9 @@ def detect(stream: RecordedStream, settings: Settings, *, keep_decisions: bool =
             if band_lines is not None:
                 expected = monitor.expectations(window, counts)
                 if expected:
-                    band_lines.append(orjson.dumps({"campaign_id": cid,
-                                                    "window_start_s": window.start,
-                                                    "series": expected}))
+                    band_lines.append(encode_record({"campaign_id": cid,
+                                                     "window_start_s": window.start,
+                                                     "series": expected}))
             verdicts = monitor.update(window, counts)
             if not verdicts and decisions is None:
                 continue
@@ -208,16 +213,16 @@ def write_run(stream: RecordedStream, settings: Settings, out_dir: str | Path, *
     with open(out / "figures.jsonl", "wb") as figs, open(out / "alerts.jsonl", "wb") as al:
         for dec in d.decisions:
             if dec.figures:
-                figs.write(b"\n".join(encode_figures(dec.figures)) + b"\n")
+                figs.write(encode_lines(dec.figures))
                 n_figures += len(dec.figures)
                 n_quarantined += sum(f.status == STATUS_QUARANTINED for f in dec.figures)
             if dec.alerts:
-                al.write(b"\n".join(orjson.dumps(a) for a in dec.alerts) + b"\n")
+                al.write(encode_lines(dec.alerts))
     (out / "deadletter.jsonl").write_bytes(stream.deadletter)
     if d.bands is not None:
         (out / "bands.jsonl").write_bytes(b"\n".join(d.bands) + b"\n" if d.bands else b"")
     summary = dict(stream.summary)
     summary.update(windows=n_figures, quarantined_windows=n_quarantined,
                    alerts=len(d.alerts), baseline_alerts={})
-    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    (out / "summary.json").write_bytes(encode_pretty(summary))
     return summary

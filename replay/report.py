@@ -34,8 +34,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import numpy as np
-import orjson
 
 from replay.evaluate import ReplayInputError
 
@@ -99,8 +99,8 @@ def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
-                    yield n, orjson.loads(line)
-                except orjson.JSONDecodeError as exc:
+                    yield n, msgspec.json.decode(line)
+                except msgspec.DecodeError as exc:
                     raise ReplayInputError(path, n, f"not JSON: {exc}") from None
 
 
@@ -216,8 +216,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
     if not summary_path.is_file():
         raise ReplayInputError(run, None, "not a replay output directory (no summary.json)")
     try:
-        summary = orjson.loads(summary_path.read_bytes())
-    except orjson.JSONDecodeError as exc:
+        summary = msgspec.json.decode(summary_path.read_bytes())
+    except msgspec.DecodeError as exc:
         raise ReplayInputError(summary_path, None, f"not JSON: {exc}") from None
     say("reading alerts")
     alerts = [a for _, a in _jsonl(run / "alerts.jsonl")] if (run / "alerts.jsonl").is_file() \
@@ -256,8 +256,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
 
     say("reading figures")
     series: dict[str, dict[str, _Series]] = defaultdict(dict)
-    want = {orjson.dumps(c) for c in detailed}
-    all_text = orjson.dumps(ALL)
+    want = {msgspec.json.encode(c) for c in detailed}
+    all_text = msgspec.json.encode(ALL)
     figures_path = run / "figures.jsonl"
     if not figures_path.is_file():
         raise ReplayInputError(run, None, "no figures.jsonl")
@@ -273,11 +273,11 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
             if seg_text != all_text and cid_text not in want:
                 continue  # counted, not parsed
             try:
-                f = orjson.loads(line)
+                f = msgspec.json.decode(line)
                 cid, seg = f["campaign_id"], f["segment"]
                 ws = int(f["window_start_s"])
                 rec = (int(f["impressions"]), int(f["clicks"]), f["status"] == "quarantined")
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
                 raise ReplayInputError(figures_path, n, f"bad figure: {exc!r}") from None
             s = series[cid].get(seg)
             if s is None:
@@ -285,8 +285,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
             s.counts[ws] = rec
     for cid_text, windows in raw_windows.items():
         try:
-            pc = per_campaign[orjson.loads(cid_text)]
-        except orjson.JSONDecodeError:
+            pc = per_campaign[msgspec.json.decode(cid_text)]
+        except msgspec.DecodeError:
             raise ReplayInputError(figures_path, None, "a line does not start with "
                                    '{"campaign_id":...,"segment":... as replay writes '
                                    "figures") from None
@@ -324,7 +324,7 @@ def _evaluation(run: Path, labels: Any, traps: Any, label_list: list[Any], setti
 
     path = run / "evaluation.json"
     if path.is_file():
-        return orjson.loads(path.read_bytes())
+        return msgspec.json.decode(path.read_bytes())
     say("evaluating against the labels")
     sets: dict[str, Path] = {"ctrguard": run / "alerts.jsonl"}
     for p in sorted(run.glob("alerts_*.jsonl")):
@@ -377,6 +377,18 @@ def _campaign_data(camp: dict[str, _Series], alerts: list[dict[str, Any]],
             rec["m"] = _round(b[:, 3], 1)
         out[seg] = rec
     return {"t0": t0, "series": out}
+
+
+def _numpy_as_json(obj: Any) -> Any:
+    """Arrays as lists and numpy numbers as Python's (what JSON of the page data needs)."""
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise NotImplementedError(f"{type(obj).__name__} in the report's data")
+
+
+_PAGE_ENCODER = msgspec.json.Encoder(enc_hook=_numpy_as_json)
 
 
 def page_data(r: RunReport, eager_charts: int) -> dict[str, Any]:
@@ -655,8 +667,7 @@ def _chart_cards(r: RunReport) -> tuple[str, str]:
 def render_html(r: RunReport, *, eager_charts: int = 4, title: str | None = None) -> str:
     """The page: overview tables, evaluation, diff, charts; scripts and data inline."""
     js, js_version = plotly_js()
-    data = orjson.dumps(page_data(r, eager_charts), option=orjson.OPT_SERIALIZE_NUMPY
-                        | orjson.OPT_NON_STR_KEYS)
+    data = _PAGE_ENCODER.encode(page_data(r, eager_charts))
     # "<" only occurs inside JSON strings, where \u003c means the same: no "</script>".
     data_text = data.replace(b"<", b"\\u003c").decode("utf-8")
     own_js = (ASSETS / "report.js").read_text(encoding="utf-8")

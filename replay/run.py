@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+import msgspec
 import numpy as np
-import orjson
 
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
 from ctrguard.reasons import reason_code
-from ctrguard.records import WindowDecision, encode_figures
+from ctrguard.records import WindowDecision, encode_lines, encode_pretty
 from flows.engine import (
     DeadLetter,
     EventPreparer,
@@ -158,7 +158,7 @@ class _FileSource:
 def _write_lines(fh: IO[bytes], records: Sequence[Any]) -> None:
     """Write ``records`` as JSON lines in one write."""
     if records:
-        fh.write(b"\n".join(map(orjson.dumps, records)) + b"\n")
+        fh.write(encode_lines(records))
 
 
 def dead_letter_record(d: DeadLetter) -> dict[str, Any]:
@@ -276,8 +276,8 @@ def run_replay(
                 else:
                     dead_by_stage[item.stage] += 1
                     dead.append(dead_letter_record(item))
-            if figures:  # one line each: orjson.dumps(figure), in one orjson call
-                files["figures"].write(b"\n".join(encode_figures(figures)) + b"\n")
+            if figures:
+                files["figures"].write(encode_lines(figures))
             _write_lines(files["alerts"], alerts)
             _write_lines(files["deadletter"], dead)
             if recorder is not None:
@@ -350,7 +350,7 @@ def run_replay(
     }
     if expected.annotations:
         summary["expected_alerts"] = expected.alerts
-    paths["summary"].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    paths["summary"].write_bytes(encode_pretty(summary))
     return ReplayResult(out, paths["alerts"], paths["figures"], paths["deadletter"],
                         paths["summary"], summary, baseline_paths)
 
@@ -359,4 +359,4 @@ def iter_jsonl(path: str | Path) -> Iterator[dict]:
     with open_lines(path) as fh:
         for line in fh:
             if line.strip():
-                yield orjson.loads(line)
+                yield msgspec.json.decode(line)

@@ -47,17 +47,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 import yaml
 
 from ctrguard.config import Settings, load_config
 from ctrguard.errors import ConfigError, ConfigIssue
+from ctrguard.records import encode_pretty, encode_record
 from replay.evaluate import ReplayInputError
 
 __all__ = ["register", "parse_values", "expand_grid", "apply_setting", "pareto_front",
            "choose", "run_tune", "TuneInput"]
 
 PREFIX = "detectors."
+#: A setting's identity: its JSON with keys sorted.
+_SORTED_KEYS = msgspec.json.Encoder(order="sorted").encode
 #: Recall measures ``--recall`` can choose and the Pareto front is drawn over.
 RECALL_KEYS = {"all": "recall", "decidable": "recall_decidable"}
 
@@ -113,7 +116,7 @@ def expand_grid(grid: Mapping[str, Sequence[Any]],
     combos = [dict(zip(keys, values, strict=True))
               for values in itertools.product(*(grid[k] for k in keys))] if keys else []
     for setting in [*combos, *(dict(s) for s in explicit)]:
-        key = orjson.dumps(setting, option=orjson.OPT_SORT_KEYS)
+        key = _SORTED_KEYS(setting)
         if key not in seen:
             seen.add(key)
             out.append(setting)
@@ -338,9 +341,10 @@ def run_tune(inputs: Sequence[TuneInput], base: Settings, settings: Sequence[dic
              *, processes: int | None = None, say: Callable[[str], None] = lambda m: None,
              ) -> list[dict[str, Any]]:
     """Score every setting on every input; one pooled row per setting, in order."""
-    from replay.evaluate import load_labels
+    from replay.evaluate import load_labels, require_eval
     from replay.recorded import record
 
+    require_eval()  # every setting is scored: stop before the recording if it cannot be
     resolved = [apply_setting(base, s) for s in settings]
     recorded = []
     for inp in inputs:
@@ -427,12 +431,12 @@ def write_outputs(out: Path, rows: list[dict[str, Any]], front: list[int], chose
         w = csv.writer(fh, lineterminator="\n")
         w.writerow(["n", *keys, *cols, "pareto", "chosen"])
         for i, r in enumerate(rows):
-            w.writerow([i + 1, *(orjson.dumps(r["setting"].get(k)).decode() for k in keys),
+            w.writerow([i + 1, *(encode_record(r["setting"].get(k)).decode() for k in keys),
                         *("" if r.get(c) is None else r.get(c) for c in cols),
                         int(i in front), int(i == chosen)])
-    (out / "tune.json").write_bytes(orjson.dumps(
+    (out / "tune.json").write_bytes(encode_pretty(
         {**meta, "recall_measure": recall_key, "rows": rows, "pareto": front,
-         "chosen": chosen}, option=orjson.OPT_INDENT_2))
+         "chosen": chosen}))
     (out / "tune.html").write_text(_chart_html(rows, front, chosen, recall_key, meta),
                                    encoding="utf-8")
     return _write_chosen(out / "chosen.yaml", rows[chosen], base_path)
@@ -472,7 +476,7 @@ def _chart_html(rows: Sequence[Mapping[str, Any]], front: list[int], chosen: int
     pts = [{"i": i + 1, "fa": r["false_alarms_per_100_campaign_days"], "recall": r[recall_key],
             "excess": r["median_excess_delay_windows"], "label": _label(r["setting"]),
             "front": i in front, "chosen": i == chosen} for i, r in enumerate(rows)]
-    data = orjson.dumps({"points": pts, "recall": recall_key}).replace(b"<", b"\\u003c")
+    data = encode_record({"points": pts, "recall": recall_key}).replace(b"<", b"\\u003c")
     script = """
 var D = JSON.parse(document.getElementById("tune-data").textContent);
 var P = D.points, F = P.filter(function (p) { return p.front; })

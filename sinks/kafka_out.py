@@ -31,7 +31,6 @@ from itertools import repeat
 from operator import length_hint
 from typing import Any
 
-import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -39,6 +38,7 @@ from ctrguard import faults
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
 from ctrguard.reasons import reason_code
+from ctrguard.records import encode_record
 from flows.engine import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -119,8 +119,8 @@ def produce(producer: Producer, topic: str, value: bytes, key: bytes | None,
 
 
 def produce_json(producer: Producer, topic: str, key: str, obj: Any) -> None:
-    """Produce ``obj`` (a dict or a record dataclass, which orjson serialises natively)."""
-    produce(producer, topic, orjson.dumps(obj), key.encode("utf-8", "surrogatepass"))
+    """Produce ``obj`` (a dict or a record dataclass: :func:`ctrguard.records.encode_record`)."""
+    produce(producer, topic, encode_record(obj), key.encode("utf-8", "surrogatepass"))
 
 
 def produce_many(producer: Producer, topic: str, values: list[bytes],

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import main as cli_main
@@ -107,7 +107,7 @@ def test_replay_marks_alerts_inside_planned_changes_from_a_file_and_from_config(
     base = tmp_path / "plain"
     assert cli_main(["replay", "--impressions", str(ip), "--clicks", str(cp), "--out",
                      str(base), "--no-baselines", "--quiet"]) == 0
-    plain = [orjson.loads(x) for x in (base / "alerts.jsonl").read_bytes().splitlines()]
+    plain = [msgspec.json.decode(x) for x in (base / "alerts.jsonl").read_bytes().splitlines()]
     assert any(a["campaign_id"] == "promo-7" and a["quarantine"] for a in plain)
 
     ann = tmp_path / "planned.yaml"
@@ -123,8 +123,8 @@ def test_replay_marks_alerts_inside_planned_changes_from_a_file_and_from_config(
         out = tmp_path / name
         assert cli_main(["replay", "--impressions", str(ip), "--clicks", str(cp), "--out",
                          str(out), "--no-baselines", "--quiet", *extra]) == 0
-        alerts = [orjson.loads(x) for x in (out / "alerts.jsonl").read_bytes().splitlines()]
-        figures = [orjson.loads(x) for x in (out / "figures.jsonl").read_bytes().splitlines()]
+        alerts = [msgspec.json.decode(x) for x in (out / "alerts.jsonl").read_bytes().splitlines()]
+        figures = [msgspec.json.decode(x) for x in (out / "figures.jsonl").read_bytes().splitlines()]
         summary = json.loads((out / "summary.json").read_text())
         # Same alerts as without annotations (same ids), only marked.
         assert sorted(a["alert_id"] for a in alerts) == sorted(a["alert_id"] for a in plain)

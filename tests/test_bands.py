@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_OK, main
@@ -31,7 +31,7 @@ def runs(scenario, tmp_path_factory):
 
 
 def _lines(path):
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+    return [msgspec.json.decode(x) for x in path.read_bytes().splitlines() if x.strip()]
 
 
 def test_bands_are_opt_in_and_change_no_output(runs):
@@ -81,6 +81,6 @@ def test_load_bands_filters_campaigns_with_awkward_ids(tmp_path):
     path = tmp_path / "bands.jsonl"
     recs = [{"campaign_id": cid, "window_start_s": 300, "series": {"all": [0.1, 0, 0.2, 5.0]}}
             for cid in ("a,b", 'q"x', "c")]
-    path.write_bytes(b"\n".join(orjson.dumps(r) for r in recs) + b"\n")
+    path.write_bytes(b"\n".join(msgspec.json.encode(r) for r in recs) + b"\n")
     assert [c for c, _, _ in load_bands(path, {"a,b", 'q"x'})] == ["a,b", 'q"x']
     assert [c for c, _, _ in load_bands(path)] == ["a,b", 'q"x', "c"]

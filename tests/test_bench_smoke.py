@@ -89,3 +89,87 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert d["tune"]["settings"] == 20 and r["tune_s"] == d["tune"]["wall_s"] > 0
     assert "10. ctrguard tune: 20 settings" in text
     assert "speed-up" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- bench.ab
+
+#: Each step on a tiny input: the committed tree against the working tree, Python source
+#: on both sides (building the compiled parts twice would take minutes).
+AB_STEPS = {
+    "replay": ["--events", "3000", "--campaigns", "30"],
+    "live": ["--events", "3000", "--campaigns", "30"],
+    "engine": ["--events", "3000", "--campaigns", "30", "--detector", "default"],
+    "monitor": ["--events", "3000", "--campaigns", "30", "--no-synthetic"],
+    "release": ["--campaigns", "40", "--windows", "4", "--shards", "3", "--alert-rate", "0.2"],
+    "slack": ["--campaigns", "200", "--windows", "12"],
+    "chart": ["--campaigns", "40", "--windows", "40"],
+}
+
+
+def _ab(step: str, tmp_path, *extra: str) -> list[str]:
+    return ["--step", step, "--base", "HEAD", "--rounds", "1", "--warmup", "1", "--no-native",
+            "--cache", str(tmp_path / "cache"), *AB_STEPS[step], *extra]
+
+
+@pytest.mark.parametrize("step", sorted(AB_STEPS))
+def test_ab_runs_each_step_on_both_sides_and_finds_the_same_outputs(step, tmp_path, capsys):
+    from bench import ab
+
+    assert ab.main(_ab(step, tmp_path)) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["step"] == step and out["identical_outputs"] is True
+    for side in ("base", "new"):
+        assert out[side]["units"] > 0 and out[side]["median"] > 0
+        assert out[side]["detector_core"].split("/")[0] == "pure"
+    assert out["base"]["rev"] == "HEAD" and out["new"]["rev"] == ab.WORKTREE
+    assert out["base"]["units"] == out["new"]["units"]   # the same inputs
+    assert len(out["ratio_new_to_base_per_round"]) == 1
+
+
+@pytest.mark.parametrize("step", ["engine", "release"])
+def test_ab_exits_1_when_one_side_produces_something_else(step, tmp_path, monkeypatch,
+                                                          capsys):
+    """The new side's runs report other outputs (a digest, or records the harness reads
+    back, tampered with here after the real run): exit 1 and the runs named."""
+    from bench import ab
+
+    real_run, real_digest = ab.Side.run, ab.digest_of
+
+    def run(self, step_name, spec, timeout):
+        res = real_run(self, step_name, spec, timeout)
+        if self.label == "new" and res.get("digest"):
+            res["digest"] = "0" * 64
+        return res
+
+    def digest_of(obj):
+        text = real_digest(obj)
+        return "f" * 64 if tampered["next"] else text
+
+    tampered = {"next": False}
+    real_collect = ab.Step.collect if step == "engine" else ab.ReleaseStep.collect
+
+    def collect(self, run_id, result):
+        tampered["next"] = run_id.startswith("new")
+        try:
+            return real_collect(self, run_id, result)
+        finally:
+            tampered["next"] = False
+
+    monkeypatch.setattr(ab.Side, "run", run)
+    monkeypatch.setattr(ab, "digest_of", digest_of)
+    monkeypatch.setattr(ab.ReleaseStep if step == "release" else ab.Step, "collect", collect)
+    assert ab.main(_ab(step, tmp_path)) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["identical_outputs"] is False
+    # Every run of one side differs from the first run of the other (warm-up and round).
+    sides = {d.split()[0] for d in out["differences"]}
+    assert len(out["differences"]) == 2 and len(sides) == 1
+
+
+def test_ab_refuses_an_unknown_revision(tmp_path, capsys):
+    from bench import ab
+
+    with pytest.raises(SystemExit) as exc:
+        ab.main(["--step", "chart", "--base", "no-such-rev-xyz", "--cache",
+                 str(tmp_path / "cache")])
+    assert exc.value.code == 2 and "not a git revision" in capsys.readouterr().err

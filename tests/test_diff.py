@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_OK, EXIT_USAGE, main
@@ -26,7 +26,7 @@ def configs(tmp_path_factory):
 
 
 def _lines(path):
-    return [orjson.loads(x) for x in path.read_bytes().splitlines() if x.strip()]
+    return [msgspec.json.decode(x) for x in path.read_bytes().splitlines() if x.strip()]
 
 
 def _held(run):
@@ -41,7 +41,7 @@ def test_diff_tells_what_the_second_config_would_have_fired(scenario, configs, t
     assert main(["diff", "--config", str(a), "--config", str(b), "--scenario", str(scenario),
                  "--out", str(out), "--quiet"]) == EXIT_OK
     table = capsys.readouterr().out
-    d = orjson.loads((out / "diff.json").read_bytes())
+    d = msgspec.json.decode((out / "diff.json").read_bytes())
     assert d["settings_changed"] == {"detectors.cooldown_windows": [6, 1],
                                      "detectors.false_alarms_per_campaign_day": [0.02, 1.0]}
     inc = d["incidents"]
@@ -60,7 +60,7 @@ def test_diff_tells_what_the_second_config_would_have_fired(scenario, configs, t
     page = (out / "report.html").read_text()
     assert 'id="diff"' in page and page.count('<tr class="added">') == len(inc["added"])
     # With the scenario's labels both configurations are evaluated, side by side.
-    ev = orjson.loads((out / "b" / "evaluation.json").read_bytes())
+    ev = msgspec.json.decode((out / "b" / "evaluation.json").read_bytes())
     assert set(ev) == {"A", "B"}
     assert d["b"]["evaluation"]["false_alarms_per_100_campaign_days"] >= \
         d["a"]["evaluation"]["false_alarms_per_100_campaign_days"]
@@ -71,7 +71,7 @@ def test_the_same_config_twice_changes_nothing(scenario, configs, tmp_path, caps
     out = tmp_path / "same"
     assert main(["diff", "--config", str(a), "--config", str(a), "--scenario", str(scenario),
                  "--out", str(out), "--quiet"]) == EXIT_OK
-    d = orjson.loads((out / "diff.json").read_bytes())
+    d = msgspec.json.decode((out / "diff.json").read_bytes())
     assert d["settings_changed"] == {}
     assert (d["incidents"]["added"], d["incidents"]["removed"], d["incidents"]["changed"]) == \
         ([], [], [])

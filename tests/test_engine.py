@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickle
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.config import Settings, load_config_text
@@ -33,7 +33,7 @@ class ZeroClickMonitor:
 
 
 def ev(eid, ts, campaign="c1", **extra):
-    return orjson.dumps({"event_id": eid, "ts": ts, "campaign_id": campaign, **extra})
+    return msgspec.json.encode({"event_id": eid, "ts": ts, "campaign_id": campaign, **extra})
 
 
 def settings(**windows) -> Settings:

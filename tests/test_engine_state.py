@@ -8,8 +8,8 @@ import pickle
 import random
 from collections import Counter
 
+import msgspec
 import numpy as np
-import orjson
 import pytest
 
 from ctrguard.config import load_config_text
@@ -51,7 +51,7 @@ def _settings(dims="device", cap=50):
 
 
 def _ev(eid, ts, campaign="c1", **extra):
-    return orjson.dumps({"event_id": eid, "ts": ts, "campaign_id": campaign, **extra})
+    return msgspec.json.encode({"event_id": eid, "ts": ts, "campaign_id": campaign, **extra})
 
 
 def _batch(kind, lines, idle=False, partition=0):
@@ -297,7 +297,7 @@ def test_segments_with_a_value_cap_match_the_per_campaign_rules(seed):
     done: set = set()
     counted = []
     for kind, line in seen_order:
-        ev = orjson.loads(line)
+        ev = msgspec.json.decode(line)
         key = (ev["campaign_id"], ev["ts"] // 300_000, kind, ev["event_id"])
         if key not in done:
             done.add(key)

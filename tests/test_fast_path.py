@@ -15,7 +15,7 @@ import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -81,7 +81,7 @@ odd_times = st.sampled_from([
     "2026-04-31T00:00:00Z", "2026-1a-01T00:00:00Z", "0000-00-00T00:00:00.000Z",
 ])
 well_formed = st.builds(
-    lambda i, ts, dev, extra: orjson.dumps({"event_id": f"e{i}", "ts": ts,
+    lambda i, ts, dev, extra: msgspec.json.encode({"event_id": f"e{i}", "ts": ts,
                                             "campaign_id": "c1", "device": dev, **extra}),
     st.integers(0, 10**6), st.one_of(good_times, odd_times),
     st.sampled_from(["mobile", "tab\u00e9", "a\\b", None, "x" * 1100]),
@@ -101,7 +101,7 @@ def test_decode_batch_equals_decode_event_message_by_message(values, max_bytes):
 
 
 def test_decode_batch_common_case_takes_the_bulk_path():
-    values = [orjson.dumps({"event_id": f"e{i}", "ts": "2026-01-01T00:00:01.500Z" if i % 2 else
+    values = [msgspec.json.encode({"event_id": f"e{i}", "ts": "2026-01-01T00:00:01.500Z" if i % 2 else
                             T0 + i, "campaign_id": "c"}) for i in range(10)]
     got, out = _batch(values, 65536)
     assert out.positions is None and not out.errors
@@ -151,13 +151,13 @@ def _random_stream(rng: random.Random, n: int):
         ev = {"event_id": f"i{i}", "ts": t if i % 3 else datetime.fromtimestamp(
             t / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z", "campaign_id": camp,
               **extra}
-        imps.append(orjson.dumps(ev))
+        imps.append(msgspec.json.encode(ev))
         if rng.random() < 0.1:
-            imps.append(orjson.dumps(ev))                      # redelivered
+            imps.append(msgspec.json.encode(ev))                      # redelivered
         if rng.random() < 0.05:
-            clicks.append(orjson.dumps({**ev, "event_id": f"k{i}"}))
+            clicks.append(msgspec.json.encode({**ev, "event_id": f"k{i}"}))
             if rng.random() < 0.3:
-                clicks.append(orjson.dumps({**ev, "event_id": f"k{i}"}))
+                clicks.append(msgspec.json.encode({**ev, "event_id": f"k{i}"}))
     return imps, clicks
 
 
@@ -239,7 +239,7 @@ def test_engine_figures_equal_hand_count_under_any_batching_and_sharding(seed):
 def test_chunk_crosses_processes_with_its_own_rows_and_without_raw_bytes():
     s = _settings(16, "device")
     prep = EventPreparer(s)
-    lines = [orjson.dumps({"event_id": f"e{i}", "ts": T0 + i, "campaign_id": f"c{i}",
+    lines = [msgspec.json.encode({"event_id": f"e{i}", "ts": T0 + i, "campaign_id": f"c{i}",
                            "device": "mobile", "pad": "x" * 200}) for i in range(400)]
     pb = prep.prepare(RawBatch("imp", 0, IMPRESSION, lines, list(range(400))), now_ms=NOW)
     for c in pb.chunks.values():
@@ -257,10 +257,10 @@ def test_late_event_of_a_chunk_from_another_process_names_its_message():
     s = _settings(1, "device")
     prep = EventPreparer(s)
     state = ShardState(s, ["imp:3", "clk:0"], Recorder)
-    late = orjson.dumps({"event_id": "late", "ts": T0 + 1000, "campaign_id": "c1"})
+    late = msgspec.json.encode({"event_id": "late", "ts": T0 + 1000, "campaign_id": "c1"})
     batches = [RawBatch("imp", 3, IMPRESSION, [
-                   orjson.dumps({"event_id": "a", "ts": T0, "campaign_id": "c1"}),
-                   orjson.dumps({"event_id": "b", "ts": T0 + 20 * 60_000, "campaign_id": "c1"})],
+                   msgspec.json.encode({"event_id": "a", "ts": T0, "campaign_id": "c1"}),
+                   msgspec.json.encode({"event_id": "b", "ts": T0 + 20 * 60_000, "campaign_id": "c1"})],
                    [9, 10]),
                RawBatch("clk", 0, CLICK, [], [], True),
                RawBatch("imp", 3, IMPRESSION, [late], [11])]

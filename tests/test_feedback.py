@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 import pytest
 import redis
 from slack_sdk.signature import SignatureVerifier
@@ -256,9 +256,9 @@ def test_buttons_signed_votes_message_update_and_labels_read_by_evaluate(
     assert traps.read_text().splitlines()[1:] == [
         "c2,*,false_alarm,2026-01-01T02:30:00Z,2026-01-01T02:45:00Z"]
     alerts, figures = tmp_path / "alerts.jsonl", tmp_path / "figures.jsonl"
-    alerts.write_bytes(b"".join(orjson.dumps(a) + b"\n" for d in env["decisions"]
+    alerts.write_bytes(b"".join(msgspec.json.encode(a) + b"\n" for d in env["decisions"]
                                 for a in d.alerts))
-    figures.write_bytes(b"".join(orjson.dumps(f) + b"\n" for d in env["decisions"]
+    figures.write_bytes(b"".join(msgspec.json.encode(f) + b"\n" for d in env["decisions"]
                                  for f in d.figures))
     out = tmp_path / "evaluation.json"
     assert cli_main(["evaluate", "--alerts", str(alerts), "--figures", str(figures),

@@ -14,7 +14,7 @@ import json
 import sys
 import unicodedata
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -104,7 +104,7 @@ def test_each_range_is_refused_at_both_ends_and_its_neighbours_are_not():
             if 0xD800 <= cp <= 0xDFFF:
                 continue  # a lone surrogate is not valid JSON at all (below)
             with pytest.raises(EventError):
-                decode_event(orjson.dumps(_obj("campaign_id", "c" + chr(cp))))
+                decode_event(msgspec.json.encode(_obj("campaign_id", "c" + chr(cp))))
         for cp in (lo - 1, hi + 1):
             if 0 <= cp <= sys.maxunicode and not is_refused_char(chr(cp)) \
                     and not 0xD800 <= cp <= 0xDFFF:
@@ -123,7 +123,7 @@ def test_unpaired_surrogates_are_refused(escape):
 def test_user_agents_are_free_text():
     # Not an id nor a segment value: matched against bot patterns only.
     ua = "Mozilla/5.0 \u061c\u200b"
-    assert decode_event(orjson.dumps(_obj("user_agent", ua))).user_agent == ua
+    assert decode_event(msgspec.json.encode(_obj("user_agent", ua))).user_agent == ua
 
 
 @settings(max_examples=600, deadline=None)
@@ -163,7 +163,7 @@ def test_the_flow_dead_letters_every_format_control_and_counts_the_rest(
     dead = consume_to_eof(broker.bootstrap, unique_topics["deadletter"])
     assert sorted(m.value() for m in dead) == sorted(bad)
     assert {dict(m.headers())["ctrguard-reason-code"] for m in dead} == {b"bad_text"}
-    figs = [orjson.loads(m.value()) for m in consume_to_eof(broker.bootstrap,
+    figs = [msgspec.json.decode(m.value()) for m in consume_to_eof(broker.bootstrap,
                                                              unique_topics["figures"])]
     counted = {(f["campaign_id"], f["window_start_s"]): f["impressions"] for f in figs
                if f["segment"] == "all"}

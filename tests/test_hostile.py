@@ -16,7 +16,7 @@ import json
 import random
 from collections import Counter
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -231,7 +231,7 @@ def test_flow_dead_letters_every_hostile_message_and_counts_the_rest_exactly(
     s = flow_settings(broker, redis_url, unique_topics)
     run_flow(s, "run_main", slack=False)
 
-    figs = [orjson.loads(m.value()) for m in consume_to_eof(broker.bootstrap,
+    figs = [msgspec.json.decode(m.value()) for m in consume_to_eof(broker.bootstrap,
                                                              unique_topics["figures"])]
     all_c1 = {f["window_start_s"]: f for f in figs if f["campaign_id"] == "c1"
               and f["segment"] == "all"}

@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import msgspec
 import numpy as np
-import orjson
 import pytest
 from bytewax.testing import cluster_main, run_main
 
@@ -72,7 +72,7 @@ RUNNERS = ["run_main", "cluster1", "cluster2"]
 
 
 def ev(eid, ts_s, campaign="c1", **extra) -> bytes:
-    return orjson.dumps({"event_id": eid, "ts": int(ts_s * 1000), "campaign_id": campaign, **extra})
+    return msgspec.json.encode({"event_id": eid, "ts": int(ts_s * 1000), "campaign_id": campaign, **extra})
 
 
 def read_values(broker, topic) -> list[bytes]:
@@ -80,7 +80,7 @@ def read_values(broker, topic) -> list[bytes]:
 
 
 def read_json(broker, topic):
-    return [orjson.loads(v) for v in read_values(broker, topic)]
+    return [msgspec.json.decode(v) for v in read_values(broker, topic)]
 
 
 # ----------------------------------------------------------------------------- hand count
@@ -226,7 +226,7 @@ def test_click_outage_quarantines_windows_and_posts_one_slack_message(
             for msg in c.consume(500, 0.1):
                 if msg.error():
                     continue
-                fig = orjson.loads(msg.value())
+                fig = msgspec.json.decode(msg.value())
                 seen.append(fig)
                 st = store.status(fig["campaign_id"], fig["segment"], fig["window_start_s"])
                 expected = "quarantined" if fig["status"] == "quarantined" else "clean"
@@ -266,7 +266,7 @@ def test_click_outage_quarantines_windows_and_posts_one_slack_message(
     imp_path.write_bytes(b"\n".join(imps) + b"\n")
     clk_path.write_bytes(b"\n".join(clicks) + b"\n")
     result = run_replay(imp_path, clk_path, settings, tmp_path / "replay")
-    replay_alerts = [orjson.loads(line) for line in result.alerts_path.read_bytes().splitlines()]
+    replay_alerts = [msgspec.json.decode(line) for line in result.alerts_path.read_bytes().splitlines()]
     assert sorted(a["alert_id"] for a in replay_alerts) == sorted(a["alert_id"] for a in alerts)
 
 

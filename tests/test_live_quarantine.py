@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.records import parse_figure_key
@@ -33,7 +33,7 @@ def test_ids_holding_the_key_separator_get_their_own_figure_keys(broker, redis_u
     run_flow(settings, "run_main", slack=False)
 
     records = consume_to_eof(broker.bootstrap, unique_topics["figures"])
-    figures = [(m.key(), orjson.loads(m.value())) for m in records]
+    figures = [(m.key(), msgspec.json.decode(m.value())) for m in records]
     w0 = [(k, f) for k, f in figures if f["window_start_s"] == T0]
     by_series = {(f["campaign_id"], f["segment"]): (k, f["impressions"]) for k, f in w0}
     assert by_series[("x|device=mobile", "all")] == (b"x%7Cdevice=mobile|all|" + str(T0).encode(), 2)

@@ -21,7 +21,7 @@ import hashlib
 import json
 from collections import Counter
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.config import load_config_text
@@ -57,7 +57,7 @@ def _expected_all(values: list[bytes]) -> dict[int, int]:
 def _figures_all(bootstrap: str, topic: str) -> dict[int, int]:
     out = {}
     for m in consume_to_eof(bootstrap, topic):
-        f = orjson.loads(m.value())
+        f = msgspec.json.decode(m.value())
         if f["segment"] == "all":
             out[f["window_start_s"]] = f["impressions"]
     return out

@@ -1,8 +1,9 @@
-"""The release sink's batched encoding writes exactly what the one-figure-at-a-time code wrote,
-and still writes Redis before Kafka (real redis-server and tansu broker from conftest.py).
+"""The release sink's encoding (msgspec) writes exactly what the previous implementation
+wrote for every record a run can produce, and still writes Redis before Kafka (real
+redis-server and tansu broker from conftest.py).
 
 The references below are the previous implementation, written out: ``orjson.dumps`` of each
-figure and alert, keys ``campaign|segment|window_start_s`` as UTF-8 with surrogates passed
+figure and alert (orjson stays a development dependency for this comparison only), keys ``campaign|segment|window_start_s`` as UTF-8 with surrogates passed
 (``%`` and ``|`` in campaign and segment escaped as ``%25`` and ``%7C``),
 and the record script's payload written by ``json.dumps``.
 """
@@ -11,9 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-import types
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -22,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sinks.quarantine as quarantine
-from bench.release_sink import Scenario
+from bench.workloads import ReleaseScenario as Scenario
 from ctrguard import faults, records
 from ctrguard.config import Settings
 from ctrguard.errors import QuarantineError, RedisUnavailable
@@ -74,37 +73,16 @@ def fig(cid: str = "c1", segment: str = "all", *, start: int = T0, impressions: 
                   clicks, ctr, status, alert_ids)
 
 
-class CountingOrjson(types.SimpleNamespace):
-    """Stands in for the orjson module in sinks.release and counts ``dumps`` calls."""
-
-    def __init__(self) -> None:
-        super().__init__(JSONEncodeError=orjson.JSONEncodeError, calls=0)
-
-    def dumps(self, obj, *args, **kwargs):
-        self.calls += 1
-        return orjson.dumps(obj, *args, **kwargs)
-
-
 # --------------------------------------------------------------------------- figures
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
-def test_live_shaped_figures_are_encoded_byte_for_byte_in_c_or_one_orjson_call(
-        monkeypatch, native):
-    if native and records._RECORDS is None:
-        pytest.skip("ctrguard._records not built")
-    if not native:
-        monkeypatch.setattr(records, "_RECORDS", None)
+def test_live_shaped_figures_are_encoded_as_before():
     scenario = Scenario(300, 4, 4, seed=3, alert_rate=0.05)
     decisions = [d for i in range(len(scenario)) for batch in scenario.call(i) for d in batch]
     figures = [f for d in decisions for f in d.figures]
     assert len(figures) > 800 and any(f.alert_ids for f in figures)
     assert any(not f.campaign_id.isascii() for f in figures)
-    counting = CountingOrjson()
-    monkeypatch.setattr(records, "orjson", counting)
     assert encode_figures(figures) == reference_values(figures)
-    # In C every figure, non-ASCII ids too; else the batched path, not figure by figure.
-    assert counting.calls == (0 if native else 1)
     assert records.decision_records(decisions) == (reference_values(figures),
                                                    reference_keys(figures))
 
@@ -112,6 +90,7 @@ def test_live_shaped_figures_are_encoded_byte_for_byte_in_c_or_one_orjson_call(
 HOSTILE_TEXT = [
     '},{"campaign_id":', '"},{"campaign_id":"x', "\n", "a\nb", '\\', '\\"', '"', "{}", "[]",
     "\u2028", "\x00", "\x1f", "\x7f", "é", "日本", "🎉", "", " ", "%", "|", ",", "null",
+    "%7C", "a|b%c",
 ]
 
 
@@ -121,16 +100,41 @@ def test_any_text_in_any_string_field_gives_the_same_bytes(text):
                fig("c4", alert_ids=(text, text + "x")), fig("c5"),
                Figure(text, text, text, text, T0, 1, 1, 1.0, text, (text,))]
     assert encode_figures(figures) == reference_values(figures)
+    decision = WindowDecision(text, T0, T0 + LENGTH, tuple(
+        Figure(text, seg, "a", "b", T0, 1, 1, 0.5, "ok") for seg in (text, "all", text)), ())
+    assert records.decision_records([decision]) == (reference_values(decision.figures),
+                                                    reference_keys(decision.figures))
 
 
 @pytest.mark.parametrize("value", [
-    0.0, -0.0, 1e-7, 5e-324, 1 / 3, 0.1 + 0.2, 1e15, 1e16, 1.5e300, -2.5e17,
+    0.0, -0.0, 1e-7, 5e-324, 1 / 3, 0.1 + 0.2, 1e15, 9999999999999998.0, 1.5e-300,
     math.inf, -math.inf, math.nan, 0, 1, True, None, 2**63 - 1, 2**64 - 1, -(2**63),
 ])
 def test_numbers_of_every_form_give_the_same_bytes(value):
     figures = [fig(ctr=value), fig("c2", impressions=value, clicks=value),
                Figure("c3", "all", "a", "b", value, 1, 1, 0.5, "ok")]
     assert encode_figures(figures) == reference_values(figures)
+
+
+def test_what_msgspec_writes_otherwise_no_run_produces():
+    """Where the text differs from orjson's (or an error replaces another): values no count,
+    CTR or window of a run reaches. A float from 1e16 on has no ``+`` in its exponent; an
+    integer beyond 64 bits is written where orjson refused it; a lone surrogate (which the
+    event decoder refuses) raises UnicodeEncodeError where orjson raised its own TypeError;
+    a subclass of str (the decoder makes plain ones) is refused where orjson wrote it."""
+    assert encode_figures([fig(ctr=1e16)]) == [orjson.dumps(fig(ctr=1e16)).replace(
+        b"1e+16", b"1e16")]
+    assert encode_figures([fig(ctr=-2.5e17)])[0].endswith(b'"ctr":-2.5e17,"status":"ok",'
+                                                          b'"alert_ids":[]}')
+    assert b'"impressions":18446744073709551616' in encode_figures([fig(impressions=2**64)])[0]
+    with pytest.raises(UnicodeEncodeError):
+        encode_figures([fig("x\udc80")])
+
+    class Name(str):
+        pass
+
+    with pytest.raises(TypeError):
+        encode_figures([fig(Name("c1"))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +148,6 @@ class Nested:
     ({"campaign_id": "x", "y": [1, 2]},),
     (Nested("c9", "all"), Nested("c8", "all")),
     ["a", 1, 2.5, None, [True]],
-    datetime(2026, 1, 1, tzinfo=UTC),
 ])
 def test_fields_holding_objects_give_the_same_bytes(odd):
     figures = [fig(), fig("c2", alert_ids=odd), fig("c3"),
@@ -152,44 +155,82 @@ def test_fields_holding_objects_give_the_same_bytes(odd):
     assert encode_figures(figures) == reference_values(figures)
 
 
-@pytest.mark.parametrize("bad", ["x\udc80", 2**64, -(2**63) - 1, object(), b"bytes"])
-def test_what_orjson_refuses_raises_as_before(bad):
-    figures = [fig(), fig("c2", segment=bad), fig("c3")]
-    expected = outcome(reference_values, figures)
-    assert expected[0] == "raised"
-    assert outcome(encode_figures, figures) == expected
+@pytest.mark.parametrize("bad", [object(), 2.5j, len])
+def test_what_cannot_be_written_raises(bad):
+    figures = [fig(), fig("c2", segment="all", alert_ids=(bad,)), fig("c3")]
+    assert outcome(reference_values, figures)[0] == "raised"
+    assert outcome(encode_figures, figures)[0] == "raised"
 
 
-def test_other_types_than_figure_take_the_old_path():
+def test_other_types_than_figure_are_written_as_before():
     @dataclass(frozen=True, slots=True)
     class Wider(Figure):  # one more field
         extra: str = "x"
 
     items = [fig(), Wider("c2", "all", "a", "b", T0, 1, 1, 0.5, "ok"), {"campaign_id": "c3"}]
     assert encode_figures(items) == reference_values(items)
-    assert encode_figures([]) == []
+    assert encode_figures([]) == [] and records.decision_records([]) == ([], [])
+    # Equal segments of other types (1 and True) have other keys.
+    odd = [Figure("c", seg, "a", "b", T0, 1, 1, 0.5, "ok") for seg in ("1", 1, True, "1")]
+    decisions = [WindowDecision("c", T0, T0 + LENGTH, (f,), ()) for f in odd]
+    assert records.decision_records(decisions)[1] == reference_keys(odd)
 
 
-figure_strategy = st.builds(
-    Figure,
-    campaign_id=st.text(max_size=12), segment=st.text(max_size=12),
-    window_start=st.text(max_size=25), window_end=st.text(max_size=25),
-    window_start_s=st.integers(-(2**63), 2**64 - 1),
-    impressions=st.integers(-(2**63), 2**64 - 1), clicks=st.integers(0, 10**9),
-    ctr=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(0, 10)),
-    status=st.sampled_from(["ok", "quarantined"]) | st.text(max_size=5),
-    alert_ids=st.lists(st.text(max_size=20), max_size=3).map(tuple),
-)
+#: Text a run can put in a record: anything but a lone surrogate (the event decoder refuses
+#: those, and Python cannot encode one as UTF-8).
+run_text = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)
+#: A float as a run writes it (CTRs, scores, expectations): never 1e16 or beyond.
+run_float = st.floats(allow_nan=True, allow_infinity=True).filter(
+    lambda x: not abs(x) >= 1e16 or math.isinf(x))
+run_int = st.integers(-(2**63), 2**63 - 1)
+
+
+def figure_strategy(campaign_id=run_text, window_start_s=run_int):
+    return st.builds(
+        Figure, campaign_id=campaign_id, segment=run_text | st.sampled_from(["all", "device=m"]),
+        window_start=run_text, window_end=run_text, window_start_s=window_start_s,
+        impressions=st.integers(0, 2**63 - 1), clicks=st.integers(0, 2**63 - 1),
+        ctr=run_float | st.integers(0, 10), status=st.sampled_from(["ok", "quarantined"]),
+        alert_ids=st.lists(run_text, max_size=3).map(tuple))
+
+
+@st.composite
+def decisions_strategy(draw):
+    """A decision's figures are made of its campaign and window objects (as the engine makes
+    them), now and then one of an equal copy, an equal value of another type (a float
+    window start: another key), of another campaign or window."""
+    cid = draw(run_text)
+    start = draw(run_int | st.integers(-3, 3))
+    same = figure_strategy(st.just(cid), st.just(start))
+    other = figure_strategy(run_text | st.just("".join(["", cid])),
+                            run_int | st.just(int(str(start)))
+                            | st.just(float(start) if abs(start) < 1e15 else start))
+    figures = draw(st.lists(same | other, max_size=5))
+    alerts = draw(st.lists(alert_strategy, max_size=2))
+    return WindowDecision(cid, start, start + LENGTH, tuple(figures), tuple(alerts))
+
+
+alert_strategy = st.builds(
+    Alert, alert_id=run_text, campaign_id=run_text, segment=run_text, window_start=run_text,
+    window_end=run_text, window_start_s=run_int, impressions=st.integers(0, 2**63 - 1),
+    clicks=st.integers(0, 2**63 - 1), ctr=run_float, kind=run_text, severity=run_text,
+    detector=run_text, baseline_ctr=run_float, score=run_float, confidence=run_float,
+    ctr_low=run_float, ctr_high=run_float, expected_clicks=run_float,
+    expected_impressions=run_float, suspected_cause=run_text, quarantine=st.booleans(),
+    incident=run_text, expected=run_text)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(figure_strategy, max_size=20))
-def test_encoding_equals_orjson_figure_by_figure(figures):
-    assert outcome(encode_figures, figures) == outcome(reference_values, figures)
-    # The path without the C encoder (most of these figures never reach it with one).
-    assert outcome(records._encode_figures_py, figures) == outcome(reference_values, figures)
-    if outcome(reference_keys, figures)[0] == "ok":
-        assert figure_keys(figures) == reference_keys(figures)
+@given(st.lists(decisions_strategy(), max_size=12))
+def test_records_equal_the_previous_implementation(decisions):
+    """Values and keys of figures, and alerts, as orjson and the old key code wrote them."""
+    figures = [f for d in decisions for f in d.figures]
+    assert encode_figures(figures) == reference_values(figures)
+    assert records.decision_records(decisions) == (reference_values(figures),
+                                                   reference_keys(figures))
+    assert figure_keys(figures) == reference_keys(figures)
+    alerts = [a for d in decisions for a in d.alerts]
+    assert [records.encode_record(a) for a in alerts] == [orjson.dumps(a) for a in alerts]
 
 
 # --------------------------------------------------------------------------- produce_many
@@ -306,7 +347,7 @@ def test_payload_decodes_in_the_script_to_what_json_text_decodes_to(redis_url):
                "checked": [x for i, c in enumerate(ODD_IDS) for x in (str(T0 + i), c)],
                "max_end": T0 + 9, "now": "2026-01-01T00:00:00Z", "actor": "ctrguard ü"}
     fast = quarantine._payload_json(payload)
-    assert isinstance(fast, bytes)   # orjson wrote it
+    assert isinstance(fast, bytes)   # msgspec wrote it
     assert canonical(args=[fast]) == canonical(args=[json.dumps(payload)])
     client.close()
 

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import Counter
 
-import orjson
+import msgspec
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
@@ -54,7 +54,7 @@ class FigureWatcher(threading.Thread):
         while not self._stop_event.is_set():
             for m in self._consumer.consume(500, 0.02):
                 if not m.error():
-                    self.arrivals.append((time.monotonic(), orjson.loads(m.value())))
+                    self.arrivals.append((time.monotonic(), msgspec.json.decode(m.value())))
         self._consumer.close()
 
     def stop(self) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
+import msgspec
 
 from ctrguard.config import Settings
 from ctrguard.services import consume_to_eof, ensure_topics
@@ -36,7 +36,7 @@ OUTPUT_KEYS = ("figures", "alerts", "deadletter")
 
 
 def ev(eid: str, ts_s: float, campaign: str = "c1", **extra: Any) -> bytes:
-    return orjson.dumps({"event_id": eid, "ts": int(ts_s * 1000), "campaign_id": campaign,
+    return msgspec.json.encode({"event_id": eid, "ts": int(ts_s * 1000), "campaign_id": campaign,
                          **extra})
 
 
@@ -175,7 +175,7 @@ class Outcome:
 
 
 def _figure_key(value: bytes) -> tuple:
-    f = orjson.loads(value)
+    f = msgspec.json.decode(value)
     return (f["campaign_id"], f["segment"], f["window_start_s"])
 
 
@@ -187,7 +187,7 @@ def collect(bootstrap: str, topics: dict[str, str], settings: Settings,
         figures.setdefault(_figure_key(m.value()), set()).add(m.value())
     alerts: dict[str, set[bytes]] = {}
     for m in consume_to_eof(bootstrap, topics["alerts"]):
-        alerts.setdefault(orjson.loads(m.value())["alert_id"], set()).add(m.value())
+        alerts.setdefault(msgspec.json.decode(m.value())["alert_id"], set()).add(m.value())
     dead: Counter = Counter()
     for m in consume_to_eof(bootstrap, topics["deadletter"]):
         dead[(m.value(), tuple(sorted((k, v) for k, v in (m.headers() or []))))] += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, main
@@ -96,7 +96,7 @@ def test_replay_with_labels_writes_the_evaluation(scenario, tmp_path, capsys):
     assert code == EXIT_OK
     for name in ("alerts.jsonl", "figures.jsonl", "summary.json", "evaluation.json"):
         assert (out / name).is_file()
-    ev = orjson.loads((out / "evaluation.json").read_bytes())
+    ev = msgspec.json.decode((out / "evaluation.json").read_bytes())
     assert list(ev) == ["ctrguard"]
     n_labels = len((scenario / "incidents.csv").read_text().splitlines()) - 1
     assert ev["ctrguard"]["incidents"] == n_labels
@@ -107,7 +107,7 @@ def test_replay_with_labels_writes_the_evaluation(scenario, tmp_path, capsys):
     assert main(["evaluate", "--alerts", str(out / "alerts.jsonl"), "--figures",
                  str(out / "figures.jsonl"), "--labels", str(scenario / "incidents.csv"),
                  "--traps", str(scenario / "traps.csv"), "--out", str(again)]) == EXIT_OK
-    assert orjson.loads(again.read_bytes()) == ev
+    assert msgspec.json.decode(again.read_bytes()) == ev
 
 
 @pytest.mark.skipif(importlib.util.find_spec("detectors.baselines") is None,
@@ -117,13 +117,13 @@ def test_replay_runs_the_baselines_side_by_side(scenario, tmp_path):
     assert main(["replay", "--impressions", str(scenario / "impressions.jsonl.gz"),
                  "--clicks", str(scenario / "clicks.jsonl.gz"), "--out", str(out),
                  "--labels", str(scenario / "incidents.csv"), "--quiet"]) == EXIT_OK
-    ev = orjson.loads((out / "evaluation.json").read_bytes())
+    ev = msgspec.json.decode((out / "evaluation.json").read_bytes())
     assert list(ev) == ["ctrguard", "raw_river", "ztest"]
 
 
 def _write_eval_inputs(tmp_path):
     figures = tmp_path / "figures.jsonl"
-    figures.write_bytes(b"".join(orjson.dumps(
+    figures.write_bytes(b"".join(msgspec.json.encode(
         {"campaign_id": "c1", "segment": "all", "window_start_s": w * 300,
          "impressions": 1000, "clicks": 0 if 10 <= w < 14 else 20}) + b"\n" for w in range(40)))
     labels = tmp_path / "incidents.csv"
@@ -142,7 +142,7 @@ def test_evaluate_compares_named_alert_sets(tmp_path, capsys):
                  f"mine={alerts}", "--figures", str(figures), "--labels", str(labels),
                  "--out", str(out)])
     assert code == EXIT_OK
-    ev = orjson.loads(out.read_bytes())
+    ev = msgspec.json.decode(out.read_bytes())
     assert list(ev) == ["ctrguard", "ztest", "mine"]
     assert ev["ctrguard"]["recall"] == 1.0 and ev["ctrguard"]["recall_decidable"] == 1.0
     assert ev["ctrguard"]["median_delay_windows"] == 1.0

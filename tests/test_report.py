@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_OK, EXIT_USAGE, main
@@ -41,18 +41,18 @@ def _write_run(d, campaigns, hostile="<img src=x onerror=alert(1)>", bands=True)
                                     0.99, 0.01, 0.03, 20.0, 1000.0, "click_tracking", True,
                                     f"{ws}:click_tracking"))
             if w and bands:
-                band_lines.append(orjson.dumps({"campaign_id": cid, "window_start_s": ws,
+                band_lines.append(msgspec.json.encode({"campaign_id": cid, "window_start_s": ws,
                                                 "series": {"all": [0.02, 0.015, 0.025, 990.0],
                                                            "device=mobile": [0.02, 0.01, 0.03,
                                                                              590.0]}}))
     (d / "figures.jsonl").write_bytes(b"\n".join(encode_figures(figures)) + b"\n")
-    (d / "alerts.jsonl").write_bytes(b"\n".join(orjson.dumps(a) for a in alerts) + b"\n")
+    (d / "alerts.jsonl").write_bytes(b"\n".join(msgspec.json.encode(a) for a in alerts) + b"\n")
     if bands:
         (d / "bands.jsonl").write_bytes(b"\n".join(band_lines) + b"\n")
     (d / "deadletter.jsonl").write_bytes(
         b'{"stage":"parse","reason":"invalid JSON at byte 3","source":"clicks","line":7,'
         b'"raw":"{x"}\n')
-    (d / "summary.json").write_bytes(orjson.dumps({
+    (d / "summary.json").write_bytes(msgspec.json.encode({
         "events_read": 1, "events_counted": 1, "excluded": {"internal": 3},
         "excluded_total": 3, "duplicates": 0, "dead_lettered": 1, "windows": len(figures),
         "quarantined_windows": 4, "alerts": len(alerts), "campaigns": campaigns}))
@@ -70,7 +70,7 @@ def test_the_page_holds_the_incident_escaped(tmp_path, capsys):
     assert "&lt;img src=x onerror=alert(1)&gt;" in page
     data = page.split('id="ctrguard-data">', 1)[1].split("</script>", 1)[0]
     assert "<" not in data
-    assert hostile in orjson.loads(data)["campaigns"]
+    assert hostile in msgspec.json.decode(data)["campaigns"]
     # The overview: one incident of 4 windows, the dead letter's reason folded, exclusions.
     incidents = page.split("<h3>Incidents</h3>", 1)[1].split("</table>", 1)[0]
     assert incidents.count('<a href="#inc-') == 1 and ">click_outage<" in incidents
@@ -83,7 +83,7 @@ def test_without_bands_the_page_says_so(tmp_path):
     assert main(["report", str(run), "--quiet"]) == EXIT_OK
     page = (run / "report.html").read_text()
     assert "no bands.jsonl" in page
-    data = orjson.loads(page.split('id="ctrguard-data">', 1)[1].split("</script>", 1)[0])
+    data = msgspec.json.decode(page.split('id="ctrguard-data">', 1)[1].split("</script>", 1)[0])
     assert all("e" not in s for c in data["campaigns"].values() for s in c["series"].values())
 
 
@@ -149,7 +149,7 @@ def test_an_ingestion_stall_is_one_incident_as_in_slack(tmp_path, capsys):
                                30.0, 1.0, 0.0, 1.0, 20.0, 1000.0, "ingestion_stall", True,
                                stall_id))
     with (run / "alerts.jsonl").open("ab") as fh:
-        fh.write(b"\n".join(orjson.dumps(a) for a in extra) + b"\n")
+        fh.write(b"\n".join(msgspec.json.encode(a) for a in extra) + b"\n")
     assert main(["report", str(run), "--quiet"]) == EXIT_OK
     page = (run / "report.html").read_text()
     incidents = page.split("<h3>Incidents</h3>", 1)[1].split("</table>", 1)[0]

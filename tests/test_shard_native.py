@@ -6,8 +6,8 @@ from __future__ import annotations
 import pickle
 import sys
 
+import msgspec
 import numpy as np
-import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -46,7 +46,7 @@ def _message(i: int, ts: int, campaign: int, device: int | None, geo: int | None
         event["user_agent"] = "Mozilla/5.0"
     if i % 17 == 9:     # far in the future: a dead letter
         event["ts"] = ts + 10**12
-    return orjson.dumps(event)
+    return msgspec.json.encode(event)
 
 
 _event = st.tuples(

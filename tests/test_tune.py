@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 
-import orjson
+import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_OK, EXIT_USAGE, main
@@ -38,7 +38,7 @@ def test_detectors_over_a_recording_give_the_replay_line_for_line(scenario, tmp_
     summary = write_run(stream, load_config(cfg), tmp_path / "detected")
     for name in ("alerts.jsonl", "figures.jsonl", "bands.jsonl", "deadletter.jsonl"):
         assert _sorted_lines(tmp_path / "detected" / name) == _sorted_lines(replayed / name), name
-    expected = orjson.loads((replayed / "summary.json").read_bytes())
+    expected = msgspec.json.decode((replayed / "summary.json").read_bytes())
     for key in ("events_read", "windows", "quarantined_windows", "alerts", "excluded"):
         assert summary[key] == expected[key], key
     assert expected["alerts"] > 0
@@ -56,7 +56,7 @@ def test_tune_sweeps_scores_and_writes_a_config_that_replays_to_its_numbers(scen
                  "--set", "detectors.cooldown_windows=2,6", "--processes", "2",
                  "--out", str(out), "--quiet"]) == EXIT_OK
     table = capsys.readouterr().out
-    result = orjson.loads((out / "tune.json").read_bytes())
+    result = msgspec.json.decode((out / "tune.json").read_bytes())
     rows = result["rows"]
     assert len(rows) == 3 * 2 + 1
     assert "Pareto" in table and len(table.splitlines()) == len(rows) + 3
@@ -78,7 +78,7 @@ def test_tune_sweeps_scores_and_writes_a_config_that_replays_to_its_numbers(scen
                  str(scenario / "incidents.csv"), "--traps", str(scenario / "traps.csv"),
                  "--config", str(out / "chosen.yaml"), "--out", str(run), "--no-baselines",
                  "--quiet"]) == EXIT_OK
-    ev = orjson.loads((run / "evaluation.json").read_bytes())["ctrguard"]
+    ev = msgspec.json.decode((run / "evaluation.json").read_bytes())["ctrguard"]
     for key in ("recall", "recall_decidable", "episode_precision",
                 "false_alarms_per_100_campaign_days", "median_delay_windows"):
         assert chosen[key] == pytest.approx(ev[key]), key
@@ -91,7 +91,7 @@ def test_tune_in_one_process_scores_the_same(scenario, tmp_path):
         assert main(["tune", "--scenario", str(scenario), "--set",
                      "detectors.false_alarms_per_campaign_day=0.01,0.1", "--processes", procs,
                      "--out", str(out), "--quiet"]) == EXIT_OK
-        rows = orjson.loads((out / "tune.json").read_bytes())["rows"]
+        rows = msgspec.json.decode((out / "tune.json").read_bytes())["rows"]
         outs.append([{k: v for k, v in r.items() if k != "cpu_s"} for r in rows])
     assert outs[0] == outs[1]
 

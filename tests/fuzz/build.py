@@ -18,8 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "build" / "fuzz"
 #: Module name -> source, the extensions fuzzed (see tests/fuzz/targets.py).
-SOURCES = {"ctrguard._scan": ROOT / "ctrguard" / "_scan.c",
-           "ctrguard._records": ROOT / "ctrguard" / "_records.c"}
+SOURCES = {"ctrguard._scan": ROOT / "ctrguard" / "_scan.c"}
 SANITIZERS = "address,undefined"
 
 

@@ -9,14 +9,11 @@ Oracles:
              de-duplication keys; the same batch read in place from a buffer of lines
              (``line_bounds`` + ``LineBlock``) must give the same answer as the list.
 ``lines``    ``line_bounds`` (C) against ``_line_bounds_py``, from any position and limit.
-``records``  the figure records (JSON text and key) and window-decision records written in
-             C against the same functions without the extension (orjson).
 """
 
 from __future__ import annotations
 
 import importlib.util
-import math
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -24,9 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from ctrguard import events, records
+from ctrguard import events
 from ctrguard.events import LineBlock, decode_batch, scan_batch
-from ctrguard.records import Figure, WindowDecision
 from flows.engine import dedup_keys
 
 #: Dimension sets the scanner is asked for (it reads only the ones asked).
@@ -42,12 +38,10 @@ def load(module: str, path: Path) -> ModuleType:
     return mod
 
 
-def use(scan: ModuleType | None = None, recs: ModuleType | None = None) -> None:
-    """Make ``ctrguard.events`` and ``ctrguard.records`` call these builds."""
+def use(scan: ModuleType | None = None) -> None:
+    """Make ``ctrguard.events`` call this build."""
     if scan is not None:
         events._SCANNER = events._LINES = scan
-    if recs is not None:
-        records._RECORDS = recs
 
 
 # ------------------------------------------------------------------------- scanner
@@ -110,59 +104,5 @@ def lines(data: bytes) -> None:
     assert got == want, (buffer, pos, limit)
 
 
-# ------------------------------------------------------------------------- records
-
-def _figures(fdp: Any) -> list[Figure]:
-    figures = []
-    for _ in range(fdp.ConsumeIntInRange(1, 6)):
-        text: Callable[[], str] = lambda: fdp.ConsumeUnicode(fdp.ConsumeIntInRange(0, 24))
-        ctr = fdp.ConsumeRegularFloat() if fdp.ConsumeBool() else fdp.ConsumeProbability()
-        if fdp.ConsumeIntInRange(0, 15) == 0:
-            ctr = fdp.PickValueInList([math.nan, math.inf, -0.0, 5e-324, 1e16, 1e-7])
-        figures.append(Figure(
-            campaign_id=text(), segment=text(), window_start=text(), window_end=text(),
-            window_start_s=fdp.ConsumeIntInRange(-2**63, 2**63 - 1),
-            impressions=fdp.ConsumeIntInRange(0, 2**62), clicks=fdp.ConsumeIntInRange(0, 2**62),
-            ctr=ctr, status=fdp.PickValueInList(["ok", "quarantined", text()]),
-            alert_ids=tuple(text() for _ in range(fdp.ConsumeIntInRange(0, 3)))))
-    return figures
-
-
-def _both(fn: Callable[[], Any]) -> tuple[Any, Any]:
-    """``fn()`` through the C encoder and through the reference (no extension)."""
-    compiled = records._RECORDS
-    try:
-        got = _outcome(fn)
-        records._RECORDS = None
-        want = _outcome(fn)
-    finally:
-        records._RECORDS = compiled
-    return got, want
-
-
-def _outcome(fn: Callable[[], Any]) -> Any:
-    try:
-        return fn()
-    except (TypeError, ValueError, OverflowError) as exc:  # orjson's refusals
-        return type(exc).__name__
-
-
-def records_target(data: bytes) -> None:
-    import atheris
-
-    fdp = atheris.FuzzedDataProvider(data)
-    figures = _figures(fdp)
-    got, want = _both(lambda: records.figure_records(figures))
-    assert got == want, figures
-    got, want = _both(lambda: records.encode_figures(figures))
-    assert got == want, figures
-    decisions = [WindowDecision(campaign_id=f.campaign_id, window_start_s=f.window_start_s,
-                                window_end_s=f.window_start_s, figures=(f,), alerts=())
-                 for f in figures]
-    got, want = _both(lambda: records.decision_records(decisions))
-    assert got == want, decisions
-
-
-TARGETS: dict[str, Callable[[bytes], None]] = {"scan": scan, "lines": lines,
-                                               "records": records_target}
+TARGETS: dict[str, Callable[[bytes], None]] = {"scan": scan, "lines": lines}
 __all__ = ["TARGETS", "load", "use", "np"]
