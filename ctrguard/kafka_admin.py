@@ -37,3 +37,14 @@ def ensure_topics(kafka: KafkaSettings, topics: list[str], partitions: int | Non
         if time.monotonic() > deadline:
             raise KafkaUnavailable(f"topics not visible after {timeout}s: {topics}")
         time.sleep(0.1)
+
+
+def missing_topics(kafka: KafkaSettings, topics: list[str], timeout: float = 30.0) -> list[str]:
+    """Which of ``topics`` the cluster does not have (exit code 3 if it cannot be asked)."""
+    admin = AdminClient(kafka.client_config())
+    try:
+        meta = admin.list_topics(timeout=timeout).topics
+    except Exception as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {','.join(kafka.brokers)}: {exc}") from None
+    return [t for t in dict.fromkeys(topics)
+            if t not in meta or meta[t].error is not None or not meta[t].partitions]

@@ -26,6 +26,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulBatchLogic
 
+from ctrguard import metrics
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
 from flows.engine import Chunk, EventPreparer, RawBatch, ShardState, tune_gc
@@ -126,6 +127,8 @@ class PrepareStep:
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
         prepared = self._preparer.prepare(batch, now_ms=int(time.time() * 1000))
+        metrics.prepared(batch.kind, batch.topic, batch.partition, len(batch.values),
+                         prepared.excluded, prepared.dead_letters, prepared.frontier_ms)
         for reason, n in prepared.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + n
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]
@@ -188,27 +191,41 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         self.state = state
         self._snapshots = snapshots
         self._last_log = time.monotonic()
+        # Counts per batch and source for Prometheus (never per event).
+        self._meter = metrics.ShardMeter()
+        state.window_timer = metrics.window_closed
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        ingest = self._meter.ingest
         for chunk in values:
-            out.extend(self.state.ingest(chunk))
+            out.extend(ingest(self.state, chunk))
+        self._meter.batch_done(self.state)
         now = time.monotonic()
         if now - self._last_log > STATS_LOG_INTERVAL_S:
             self._last_log = now
             log.info("shard: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
-        return _pack(out), StatefulBatchLogic.RETAIN
+        return self._packed(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
-        return _pack(out), StatefulBatchLogic.RETAIN
+        return self._packed(out), StatefulBatchLogic.RETAIN
+
+    def _packed(self, out: list[Any]) -> list[Any]:
+        packed = _pack(out)
+        if packed and type(packed[-1]) is DecisionBatch:
+            self._meter.windows_closed(len(packed[-1]))
+        return packed
 
     def snapshot(self) -> bytes | None:
         if not self._snapshots:
             return None
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        started = time.perf_counter()
+        blob = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+        return blob
 
 
 def build_monitor_for(settings: Settings) -> Any:
@@ -240,6 +257,7 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     if partitions is None:
         partitions = list_partitions(settings.kafka)
     sources = [source_id(t, p) for t, p in partitions]
+    metrics.FLOW.reset()
 
     flow = Dataflow("ctrguard")
     raw = op.input("kafka_in", flow, KafkaBatchSource(settings.kafka, partitions))

@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -957,11 +958,14 @@ class ShardState:
         self.stats = ShardStats()
         self._derived()
 
-    _DERIVED = ("_iso", "_click_keys", "_interned", "_dim_states", "_root_series", "_root_dims")
+    _DERIVED = ("_iso", "_click_keys", "_interned", "_dim_states", "_root_series", "_root_dims",
+                "window_timer")
 
     def _derived(self) -> None:
         """Caches and interning tables: not pickled, rebuilt after unpickling."""
         self._iso: dict[int, str] = {}
+        #: Called with the seconds each window took to close (metrics); not pickled.
+        self.window_timer: Callable[[float], None] | None = None
         self._click_keys: dict[Any, tuple] = {}
         self._interned: dict[Any, Any] = {}
         self._dim_states: dict[tuple, _Dims] = {}
@@ -1319,6 +1323,7 @@ class ShardState:
             end_s = start_s + length_s
             # One Window (immutable) and one pair of ISO texts for every campaign's decision.
             when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
+            started = perf_counter()
             by_campaign = self._open.pop(wid, None) or {}
             stale = wid - self._grace_windows
             for seen in self._seen:
@@ -1348,6 +1353,8 @@ class ShardState:
             for cid in evict:
                 del self._campaigns[cid]
                 self.stats.evicted_campaigns += 1
+            if self.window_timer is not None:
+                self.window_timer(perf_counter() - started)
 
     def _window_iso(self, start_s: int) -> str:
         text = self._iso.get(start_s)

@@ -1,0 +1,288 @@
+"""Metrics, health and logs of ``ctrguard run``: a real process against the tansu broker, a
+real ``redis-server`` and the Slack emulator, its ``/metrics`` scraped over HTTP while it runs.
+
+Every count the endpoint reports is checked against what the run left behind, read
+independently: the events produced, the records on the figures, alerts and dead-letter
+topics, the flags and incidents in Redis, the Slack emulator's calls, the offsets committed
+for the consumer group. Then every metric ``deploy/prometheus-rules.yaml`` and
+``deploy/grafana-dashboard.json`` read is looked for in the same scrape.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from ctrguard.config import load_config_text
+from ctrguard.services import consume_to_eof, ensure_topics, free_port, produce_all
+from ctrguard.slack_emulator import SlackEmulator
+from sinks.quarantine import QuarantineReader
+from sinks.redis_client import make_redis
+from tests.metrics_support import deploy_metric_names, http_get, scrape, wait_for
+from tests.slack_fixtures import TOKEN as SLACK_TOKEN
+from tests.test_reliability_crash import HOURS, crash_stream
+from tests.test_reliability_support import (
+    T0,
+    W,
+    config_yaml,
+    ev,
+    init_recovery,
+    output_topics,
+    start_run,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+LATENESS_S = 120
+#: One impression far after the stream: closes every window of the stream (the click
+#: topic, read to its end, holds nothing back).
+TICK_S = T0 + HOURS * 3600 + 3600
+
+
+def metrics_stream():
+    """crash_stream (an incident, malformed messages, late events) plus two duplicates, an
+    internal and a bot impression, and the closing tick."""
+    imps, clicks = crash_stream()
+    imps = imps[:12] + [imps[10], imps[11]] + imps[12:]
+    imps += [ev("q1", T0 + 100, campaign="small", is_internal=True),
+             ev("b1", T0 + 100, campaign="small",
+                user_agent="Mozilla/5.0 (compatible; Googlebot/2.1)"),
+             ev("tick", TICK_S, campaign="tick")]
+    return imps, clicks
+
+
+class Run:
+    """The module's running flow: started once, scraped by every test below."""
+
+    def __init__(self, broker, redis_server, tmp: Path):
+        self.broker = broker
+        prefix = f"t-{uuid.uuid4().hex[:12]}"
+        self.inputs = {"impressions": f"{prefix}-impressions", "clicks": f"{prefix}-clicks"}
+        ensure_topics(broker.bootstrap, list(self.inputs.values()))
+        self.imps, self.clicks = metrics_stream()
+        produce_all(broker.bootstrap, self.inputs["impressions"], self.imps)
+        produce_all(broker.bootstrap, self.inputs["clicks"], self.clicks)
+        self.topics = output_topics(broker.bootstrap, self.inputs)
+        self.group = f"g-{uuid.uuid4().hex[:8]}"
+        self.slack = SlackEmulator(token=SLACK_TOKEN).start()
+        text = config_yaml(broker.bootstrap, self.topics, redis_server.url,
+                           prefix=f"m{uuid.uuid4().hex[:8]}", slack_base_url=self.slack.base_url,
+                           extra="metrics:\n  probe_interval: 1s\nlogging:\n  heartbeat: 1s\n")
+        # Tail the topics (the run is scraped while it runs), under a group of its own.
+        text = text.replace("  tail: false\n", f"  tail: true\n  group_id: {self.group}\n")
+        self.config = tmp / "run.yaml"
+        self.config.write_text(text)
+        self.settings = load_config_text(text, env={"SLACK_BOT_TOKEN": SLACK_TOKEN})
+        recovery = tmp / "recovery"
+        init_recovery(recovery)
+        self.port = free_port()
+        self.proc = start_run(
+            self.config, tmp / "run.log", recovery_dir=recovery, drain=False,
+            extra_args=["--metrics-port", str(self.port), "--log-format", "json"])
+        self.final = self._settle()
+
+    def _settle(self):
+        """Scrape until the whole input is read, the figures are out and Slack is done."""
+        n_imps, n_clicks = len(self.imps), len(self.clicks)
+        figures = []
+
+        def settled():
+            m = scrape(self.port)
+            consumed = m.by("ctrguard_events_total", "source")
+            done = (m.get("ctrguard_events_total", source="impressions", outcome="consumed")
+                    == n_imps
+                    and m.get("ctrguard_events_total", source="clicks", outcome="consumed")
+                    == n_clicks)
+            if not done:
+                return None
+            figures[:] = consume_to_eof(self.broker.bootstrap, self.topics["figures"])
+            published = m.total("ctrguard_figures_published_total")
+            outbox = m.get("ctrguard_slack_outbox_messages")
+            return m if (consumed and published == len(figures) and figures
+                         and outbox == 0 and m.get("ctrguard_quarantined_windows")) else None
+
+        m = wait_for(settled, 180, "the run to read everything and publish its figures",
+                     interval=0.5, alive=lambda: self.proc.popen.poll() is None)
+        self.figures = [orjson.loads(f.value()) for f in figures]
+        return m
+
+    def stop(self) -> int:
+        if self.proc.popen.poll() is None:
+            self.proc.popen.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(60)
+        finally:
+            self.slack.stop()
+
+
+@pytest.fixture(scope="module")
+def run(broker, redis_server, tmp_path_factory):
+    if not redis_server.is_running():
+        redis_server.restart()
+    r = Run(broker, redis_server, tmp_path_factory.mktemp("metrics"))
+    yield r
+    r.stop()
+
+
+def test_event_counts_match_the_input_and_the_outputs(run):
+    m = run.final
+    ev_ = {(dict(ls)["source"], dict(ls)["outcome"]): v
+           for (n, ls), v in m.samples.items() if n == "ctrguard_events_total"}
+    assert ev_[("impressions", "consumed")] == len(run.imps)
+    assert ev_[("clicks", "consumed")] == len(run.clicks)
+    assert ev_[("impressions", "duplicate")] == 2
+    assert ev_[("clicks", "duplicate")] == 0
+    assert m.get("ctrguard_events_excluded_total", source="impressions", reason="internal") == 1
+    assert m.get("ctrguard_events_excluded_total", source="impressions",
+                 reason="bot_user_agent") == 1
+    assert ev_[("impressions", "excluded")] == 2
+
+    # Dead letters by stage, as the dead-letter topic holds them.
+    stages = Counter(dict(msg.headers())["ctrguard-stage"].decode()
+                     for msg in consume_to_eof(run.broker.bootstrap, run.topics["deadletter"]))
+    assert stages["late"] == 5 and stages["parse"] > 20
+    by_reason = {dict(ls)["reason"]: v for (n, ls), v in m.samples.items()
+                 if n == "ctrguard_events_dead_lettered_total" and v}
+    assert by_reason == dict(stages)
+    assert ev_[("impressions", "dead_lettered")] + ev_[("clicks", "dead_lettered")] \
+        == sum(stages.values())
+
+    # Counted: what the figures of the "all" series add up to, plus the open tick window.
+    all_series = [f for f in run.figures if f["segment"] == "all"]
+    assert ev_[("impressions", "counted")] == sum(f["impressions"] for f in all_series) + 1
+    assert ev_[("clicks", "counted")] == sum(f["clicks"] for f in all_series)
+    # Every consumed event has exactly one outcome.
+    for source in ("impressions", "clicks"):
+        assert ev_[(source, "consumed")] == sum(
+            ev_[(source, o)] for o in ("counted", "excluded", "duplicate", "dead_lettered"))
+
+
+def test_window_figure_and_alert_counts_match_the_topics(run):
+    m = run.final
+    windows = {(f["campaign_id"], f["window_start_s"]) for f in run.figures}
+    assert m.get("ctrguard_windows_closed_total") == len(windows)
+    status = Counter(f["status"] for f in run.figures)
+    assert status["quarantined"] > 0
+    assert m.by("ctrguard_figures_published_total", "status") == {
+        "ok": status["ok"], "quarantined": status["quarantined"]}
+    alerts = [orjson.loads(a.value()) for a in consume_to_eof(run.broker.bootstrap,
+                                                              run.topics["alerts"])]
+    severities = Counter(a["severity"] for a in alerts)
+    assert alerts
+    assert {k: v for k, v in m.by("ctrguard_alerts_published_total", "severity").items()
+            if v} == dict(severities)
+    assert m.get("ctrguard_figures_held_back") == 0
+    assert m.get("ctrguard_release_redis_failures_total") == 0
+    assert m.get("ctrguard_window_close_duration_seconds_count") >= len(
+        {f["window_start_s"] for f in run.figures})
+    assert m.get("ctrguard_release_duration_seconds_count") > 0
+    assert m.get("ctrguard_snapshot_duration_seconds_count") > 0
+
+
+def test_watermark_and_lags(run):
+    m = run.final
+    assert m.get("ctrguard_watermark_seconds") == TICK_S - LATENESS_S
+    imp, clk = run.inputs["impressions"], run.inputs["clicks"]
+    assert m.get("ctrguard_source_event_time_seconds", topic=imp, partition="0") == TICK_S
+    last_click = max(orjson.loads(c)["ts"] for c in run.clicks) / 1000
+    assert m.get("ctrguard_source_event_time_seconds", topic=clk, partition="0") == last_click
+    lag = m.get("ctrguard_event_time_lag_seconds", topic=imp, partition="0")
+    assert lag is not None and lag > 0
+    assert wait_for(lambda: all(
+        scrape(run.port).get("ctrguard_consumer_lag_messages", topic=t, partition="0") == 0
+        for t in (imp, clk)), 10, "consumer lag 0 on both inputs")
+
+
+def test_offsets_are_committed_for_the_consumer_group(run):
+    tps = [TopicPartition(run.inputs["impressions"], 0), TopicPartition(run.inputs["clicks"], 0)]
+    want = [len(run.imps), len(run.clicks)]
+    consumer = Consumer({"bootstrap.servers": run.broker.bootstrap, "group.id": run.group,
+                         "enable.auto.commit": False})
+    try:
+        got = wait_for(lambda: (lambda c: c if [tp.offset for tp in c] == want else None)(
+            consumer.committed(tps, timeout=10)), 30, f"committed offsets {want}")
+    finally:
+        consumer.close()
+    assert [tp.offset for tp in got] == want
+    assert scrape(run.port).get("ctrguard_offset_commits_total", outcome="ok") >= 2
+
+
+def test_slack_and_redis_figures(run):
+    m = run.final
+    updates = m.by("ctrguard_slack_updates_total", "outcome")
+    posts = [c for c in run.slack.calls if c.ok and c.method == "chat.postMessage"]
+    assert posts and updates["submitted"] >= 1
+    assert updates["delivered"] == updates["submitted"] and updates["failed"] == 0
+    assert m.get("ctrguard_slack_outbox_messages") == 0
+    client = make_redis(run.settings.redis)
+    try:
+        prefix = run.settings.redis.key_prefix
+        reader = QuarantineReader(client, prefix, window_length_s=W)
+        quarantined = reader.list_flags(state="quarantined", limit=100_000)
+        assert quarantined
+        assert m.get("ctrguard_quarantined_windows") == len(quarantined)
+        assert m.get("ctrguard_incidents_open") == client.zcard(f"{prefix}:slack:open")
+    finally:
+        client.close()
+    assert m.get("ctrguard_redis_up") == 1 and m.get("ctrguard_kafka_up") == 1
+
+
+def test_health_and_readiness(run):
+    assert http_get(run.port, "/healthz") == (200, "ok\n")
+    status, body = http_get(run.port, "/readyz")
+    verdict = json.loads(body)
+    assert status == 200 and verdict["ready"], verdict
+    assert set(verdict["checks"]) == {"kafka", "redis", "watermark"}
+    assert http_get(run.port, "/nope")[0] == 404
+    info = scrape(run.port).samples
+    assert any(n == "ctrguard_build_info" for n, _ in info)
+
+
+def test_every_metric_of_the_rules_and_the_dashboard_is_exported(run):
+    names = scrape(run.port).names
+    wanted = deploy_metric_names()
+    assert len(wanted) > 15
+    missing = sorted(wanted - names)
+    assert not missing, f"deploy/ reads metrics the flow does not export: {missing}"
+
+
+def test_json_logs_and_heartbeat(run):
+    def heartbeats():
+        lines = [line for line in run.proc.log().splitlines() if line.strip()]
+        docs = []
+        for line in lines:
+            if line.startswith("%"):   # librdkafka's own log lines
+                continue
+            doc = json.loads(line)     # every other line is one JSON object
+            assert set(doc) == {"time", "level", "logger", "message", "fields"}, doc
+            assert doc["time"].endswith("Z")
+            docs.append(doc)
+        beats = [d for d in docs if d["message"].startswith("heartbeat:")]
+        return [b for b in beats if b["fields"]["events_total"] == len(run.imps) + len(
+            run.clicks)] or None
+
+    beat = wait_for(heartbeats, 10, "a heartbeat after the whole input was read")[-1]
+    f = beat["fields"]
+    assert f["consumer_lag"] == 0 and f["figures_held_back"] == 0 and f["slack_outbox"] == 0
+    assert f["watermark"] == "2026-01-01T05:58:00Z"  # the tick, less the allowed lateness
+    assert {"events_per_s", "event_time_lag_s", "incidents_open"} <= set(f)
+
+
+def test_interrupt_stops_the_run_with_exit_code_130(run):
+    assert run.stop() == 130
+    assert http_get_refused(run.port)
+
+
+def http_get_refused(port: int) -> bool:
+    try:
+        http_get(port, "/healthz", timeout=2)
+    except OSError:
+        return True
+    return False
