@@ -219,15 +219,29 @@ class Monitoring:
         return result
 
     def _kafka_reachable(self) -> bool:
-        from confluent_kafka.admin import AdminClient
+        """Metadata from the cluster; then the latest offsets of the partitions this
+        process reads, for the consumer lag (one request)."""
+        from confluent_kafka import TopicPartition
+        from confluent_kafka.admin import AdminClient, OffsetSpec
 
         if self._admin is None:
             self._admin = AdminClient({**self.settings.kafka.client_config(),
                                        "log.connection.close": False})
+        timeout = min(5.0, self.settings.kafka.connect_timeout_s)
         try:
-            self._admin.list_topics(timeout=min(5.0, self.settings.kafka.connect_timeout_s))
+            self._admin.list_topics(timeout=timeout)
         except Exception:  # noqa: BLE001 - KafkaException and timeouts alike
             return False
+        keys = {m.key for m in list(metrics.FLOW.sources)}
+        if keys:
+            try:
+                futures = self._admin.list_offsets(
+                    {TopicPartition(t, p): OffsetSpec.latest() for t, p in keys},
+                    request_timeout=timeout)
+                for tp, fut in futures.items():
+                    metrics.FLOW.latest[(tp.topic, tp.partition)] = fut.result(timeout).offset
+            except Exception as exc:  # noqa: BLE001 - the lag then uses cached offsets only
+                log.debug("health probe: latest offsets: %s", exc)
         return True
 
     def _redis_figures(self) -> dict[str, Any]:

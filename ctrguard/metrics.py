@@ -142,14 +142,17 @@ class FlowState:
     def __init__(self) -> None:
         self.notifier_stats: list[Any] = []     # SlackNotifier.stats, kept for the totals
         self.releases: weakref.WeakSet[Any] = weakref.WeakSet()
+        self.sources: weakref.WeakSet[SourceMeter] = weakref.WeakSet()
         self.probe: dict[str, Any] = {}
+        #: Latest offset of each input partition, as the probe last asked the cluster.
+        self.latest: dict[tuple[str, int], int] = {}
         self.reset()
 
     def reset(self) -> None:
         """Forget the gauges of an earlier flow in this process (counters stay)."""
         self.watermarks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.frontiers: dict[tuple[str, int], int] = {}
-        self.lags: dict[tuple[str, int], int] = {}
+        self.latest.clear()
         self.consumed = 0
         now = time.monotonic()
         self.last_event = 0.0        # monotonic time of the last batch with events
@@ -159,13 +162,23 @@ class FlowState:
         """Figures waiting in release sinks because Redis cannot be written."""
         return sum(part.held_back() for part in list(self.releases))
 
+    def lags(self) -> dict[tuple[str, int], int]:
+        """Consumer lag of every input partition this process reads (and knows)."""
+        out = {}
+        for meter in list(self.sources):
+            lag = meter.lag()
+            if lag is not None:
+                out[meter.key] = lag
+        return out
+
     def summary(self) -> dict[str, Any]:
         wms = list(self.watermarks.values())  # one per live shard
         fronts = list(self.frontiers.values())
+        lags = self.lags()
         return {"consumed": self.consumed,
                 "watermark_ms": min(wms) if wms else None,
                 "frontier_ms": min(fronts) if fronts else None,
-                "consumer_lag": sum(self.lags.values()) if self.lags else None,
+                "consumer_lag": sum(lags.values()) if lags else None,
                 "held_back": self.held_back(),
                 "slack_outbox": self.probe.get("slack_outbox_messages"),
                 "incidents_open": self.probe.get("incidents_open"),
@@ -279,39 +292,51 @@ def released(figures: int, flagged: Iterable[Any], seconds: float | None = None)
 
 
 class SourceMeter:
-    """Consumer lag of one input partition from offsets: the high watermark of the last
-    fetch (no broker request) minus the next offset to read, at most once a second.
+    """Consumer lag of one input partition, from offsets: the high watermark minus the next
+    offset to read, computed when Prometheus scrapes (so it keeps growing while a worker
+    waits, e.g. for Redis, and does not poll). The high watermark is the larger of the
+    consumer's cached one (from its last fetch, no request) and the one the health probe
+    asked the cluster for (``FLOW.latest``).
 
     tansu (the development broker) reports a high watermark up to a producer batch short
     of the log's end, so against it the lag can read low, never high; it is clamped at 0.
     """
 
-    __slots__ = ("_consumer", "_tp", "_key", "_due", "_interval")
+    __slots__ = ("_consumer", "_tp", "key", "offset", "_final", "__weakref__")
 
-    def __init__(self, consumer: Any, topic: str, partition: int, interval_s: float = 1.0):
+    def __init__(self, consumer: Any, topic: str, partition: int):
         from confluent_kafka import TopicPartition
 
         self._consumer = consumer
         self._tp = TopicPartition(topic, partition)
-        self._key = (topic, partition)
-        self._due = 0.0
-        self._interval = interval_s
+        self.key = (topic, partition)
+        self.offset = -1
+        self._final: int | None = None
+        FLOW.sources.add(self)
 
     def poll(self, offset: int, final: bool = False) -> None:
         """Called on every poll with the next offset to read (negative: none read yet), and
-        with ``final`` when the partition closes."""
-        now = time.monotonic()
-        if now < self._due and not final:
-            return
-        self._due = now + self._interval
+        with ``final`` when the partition closes (its consumer is not asked again)."""
+        self.offset = offset
+        if final:
+            self._final = self.lag()
+            self._consumer = None
+
+    def lag(self) -> int | None:
+        consumer = self._consumer
+        if consumer is None:
+            return self._final
+        offset = self.offset
         try:
-            _low, high = self._consumer.get_watermark_offsets(self._tp, cached=True)
+            _low, high = consumer.get_watermark_offsets(self._tp, cached=True)
             if offset < 0:
-                offset = self._consumer.position([self._tp])[0].offset
-        except Exception:  # noqa: BLE001 - a metric must never stop the flow
-            return
-        if high >= 0 and offset >= 0:
-            FLOW.lags[self._key] = max(0, high - offset)
+                offset = consumer.position([self._tp])[0].offset
+        except Exception:  # noqa: BLE001 - closed meanwhile, or the broker is gone
+            return None
+        high = max(high, FLOW.latest.get(self.key, -1))
+        if high < 0 or offset < 0:
+            return None
+        return max(0, high - offset)
 
 
 def on_commit(err: Any, partitions: list[Any]) -> None:
@@ -384,7 +409,7 @@ class _FlowCollector:
             for (topic, part), ms in sorted(FLOW.frontiers.items()):
                 front.add_metric([topic, str(part)], ms / 1000)
                 lag_t.add_metric([topic, str(part)], max(0.0, now_s - ms / 1000))
-            for (topic, part), n in sorted(FLOW.lags.items()):
+            for (topic, part), n in sorted(FLOW.lags().items()):
                 lag_m.add_metric([topic, str(part)], n)
             held.add_metric([], FLOW.held_back())
             for name, fam in probe.items():

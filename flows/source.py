@@ -84,13 +84,14 @@ def commit_offset(consumer: Consumer, topic: str, partition: int, offset: int,
     Called at every snapshot (epoch end), so the group's offsets follow what the flow has
     read, for lag tools (``kafka-consumer-groups --describe``, Burrow, exporters). A run
     resumes from Bytewax recovery, not from these. The outcome is counted in
-    ``ctrguard_offset_commits_total`` (the consumer's ``on_commit`` callback).
+    ``ctrguard_offset_commits_total`` (the consumer's ``on_commit`` callback); an offset
+    whose commit failed there is committed again only once the partition reads on.
     """
-    if offset < 0:  # nothing read yet: where the consumer stands (an empty partition)
-        offset = consumer.position([TopicPartition(topic, partition)])[0].offset
-    if offset < 0 or offset == committed:
-        return committed
     try:
+        if offset < 0:  # nothing read yet: where the consumer stands (an empty partition)
+            offset = consumer.position([TopicPartition(topic, partition)])[0].offset
+        if offset < 0 or offset == committed:
+            return committed
         consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=True)
     except KafkaException as exc:
         metrics.COMMITS.labels("failed").inc()

@@ -286,3 +286,62 @@ def http_get_refused(port: int) -> bool:
     except OSError:
         return True
     return False
+
+
+def test_figures_held_back_while_redis_is_down(broker, redis_factory, topic_factory, tmp_path):
+    """Redis stops mid-run: /metrics shows the figures waiting and Redis unreachable,
+    /readyz fails on Redis; once it is back, the figures go out and the gauge is 0."""
+    server = redis_factory()
+    topics = topic_factory()
+    imps, clicks = crash_stream()
+    before, after = imps[:len(imps) * 2 // 5], imps[len(imps) * 2 // 5:]
+    last_ts = max(orjson.loads(v)["ts"] for v in before if v.startswith(b'{"event_id":"i'))
+    clicks_before = [c for c in clicks if orjson.loads(c)["ts"] <= last_ts]
+    produce_all(broker.bootstrap, topics["impressions"], before)
+    produce_all(broker.bootstrap, topics["clicks"], clicks_before)
+    text = config_yaml(broker.bootstrap, topics, server.url,
+                       extra="metrics:\n  probe_interval: 1s\nlogging:\n  heartbeat: null\n")
+    path = tmp_path / "outage.yaml"
+    path.write_text(text.replace("  tail: false\n", "  tail: true\n"))
+    port = free_port()
+    proc = start_run(path, tmp_path / "outage.log", drain=False,
+                     extra_args=["--metrics-port", str(port), "--no-slack"])
+    alive = lambda: proc.popen.poll() is None  # noqa: E731
+    try:
+        wait_for(lambda: scrape(port).total("ctrguard_figures_published_total"), 120,
+                 "the first figures", alive=alive)
+        server.stop()
+        produce_all(broker.bootstrap, topics["impressions"], after)
+        produce_all(broker.bootstrap, topics["clicks"], clicks[len(clicks_before):])
+
+        def held():
+            m = scrape(port)
+            # The worker waits for Redis and reads nothing: the lag grows meanwhile.
+            return m if (m.get("ctrguard_figures_held_back") and m.get("ctrguard_redis_up") == 0
+                         and m.get("ctrguard_release_redis_failures_total")
+                         and m.total("ctrguard_consumer_lag_messages") > 0) else None
+
+        m = wait_for(held, 60, "figures held back while Redis is down", alive=alive)
+        status, body = http_get(port, "/readyz")
+        verdict = json.loads(body)
+        assert status == 503 and not verdict["ready"]
+        assert not verdict["checks"]["redis"]["ok"] and verdict["checks"]["kafka"]["ok"]
+        # Nothing held back was published meanwhile (fail closed).
+        on_topic = len(consume_to_eof(broker.bootstrap, topics["figures"]))
+        assert m.total("ctrguard_figures_published_total") == on_topic
+
+        server.restart()
+
+        def released():
+            m = scrape(port)
+            published = m.total("ctrguard_figures_published_total")
+            return (m.get("ctrguard_figures_held_back") == 0 and m.get("ctrguard_redis_up") == 1
+                    and published > on_topic
+                    and published == len(consume_to_eof(broker.bootstrap, topics["figures"])))
+
+        wait_for(released, 120, "the held figures to go out once Redis is back", alive=alive)
+        assert wait_for(lambda: http_get(port, "/readyz")[0] == 200, 10, "ready again")
+    finally:
+        if alive():
+            proc.popen.send_signal(signal.SIGINT)
+        proc.wait(60)
