@@ -11,7 +11,10 @@ for the consumer group. Then every metric ``deploy/prometheus-rules.yaml`` and
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -29,6 +32,7 @@ from tests.metrics_support import deploy_metric_names, http_get, scrape, wait_fo
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_crash import HOURS, crash_stream
 from tests.test_reliability_support import (
+    REPO,
     T0,
     W,
     config_yaml,
@@ -345,3 +349,34 @@ def test_figures_held_back_while_redis_is_down(broker, redis_factory, topic_fact
         if alive():
             proc.popen.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+def test_demo_prints_the_metrics_url_and_serves_it_while_it_runs():
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CTRGUARD_KAFKA_BROKERS", "CTRGUARD_REDIS_URL")}
+    proc = subprocess.Popen([sys.executable, "-m", "ctrguard", "demo", "--campaigns", "2",
+                             "--hours", "3", "--volume-scale", "0.5"], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = None
+        for line in proc.stdout:
+            if "metrics while the demo runs:" in line:
+                url = line.split("runs: ", 1)[1].split()[0]
+                break
+        assert url and url.endswith("/metrics"), url
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        consumed = 0.0
+        while proc.poll() is None:
+            try:
+                consumed = max(consumed, scrape(port).total("ctrguard_events_total",
+                                                            outcome="consumed"))
+            except OSError:
+                break  # the demo is stopping its services
+        rest = proc.stdout.read()
+        assert proc.wait(120) == 0, rest[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert consumed > 0
+    assert http_get_refused(port)  # stopped with the demo
