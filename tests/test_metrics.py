@@ -380,3 +380,25 @@ def test_demo_prints_the_metrics_url_and_serves_it_while_it_runs():
             proc.wait()
     assert consumed > 0
     assert http_get_refused(port)  # stopped with the demo
+
+
+def test_each_process_of_a_cluster_serves_its_own_port():
+    from flows.run_cmd import metrics_port
+
+    from ctrguard.cli import build_parser
+
+    parser = build_parser()
+    settings = load_config_text("metrics:\n  port: 9500\n", env={})
+
+    def port(*argv: str):
+        return metrics_port(settings, parser.parse_args(["run", *argv]))
+
+    assert port() == 9500
+    assert [port("--process-id", str(i), "--addresses", "a:1;b:1") for i in (0, 1)] \
+        == [9500, 9501]
+    assert port("--process-id", "1", "--metrics-port", "9600") == 9600
+    assert port("--metrics-port", "off") is None
+    assert metrics_port(load_config_text("metrics:\n  port: null\n", env={}),
+                        parser.parse_args(["run", "--process-id", "1"])) is None
+    with pytest.raises(SystemExit):
+        parser.parse_args(["run", "--metrics-port", "70000"])
