@@ -276,7 +276,7 @@ class Monitoring:
 
     def _heartbeat_loop(self) -> None:
         every = float(self.settings.logging.heartbeat or 60)
-        last_t, last_n = time.monotonic(), metrics.FLOW.consumed
+        last_t, last_n = time.monotonic(), metrics.consumed_total()
         while not self._stop.wait(every):
             now, summary = time.monotonic(), metrics.FLOW.summary()
             rate = (summary["consumed"] - last_n) / max(now - last_t, 1e-9)

@@ -59,8 +59,8 @@ deployment: every process reports the same value, so aggregate them with ``max``
 >>> REGISTRY.get_sample_value("ctrguard_events_total",
 ...                           {"source": "clicks", "outcome": "consumed"}) - before
 500.0
->>> FLOW.frontiers[("ctr.clicks", 0)] >= 1767225600000
-True
+>>> FLOW.frontiers[("ctr.clicks", 0)] >= 1767225600000, consumed_total() >= 500
+(True, True)
 """
 
 from __future__ import annotations
@@ -153,7 +153,6 @@ class FlowState:
         self.watermarks: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.frontiers: dict[tuple[str, int], int] = {}
         self.latest.clear()
-        self.consumed = 0
         now = time.monotonic()
         self.last_event = 0.0        # monotonic time of the last batch with events
         self.last_move = now         # ... of the last advance of a shard's watermark
@@ -175,7 +174,7 @@ class FlowState:
         wms = list(self.watermarks.values())  # one per live shard
         fronts = list(self.frontiers.values())
         lags = self.lags()
-        return {"consumed": self.consumed,
+        return {"consumed": consumed_total(),
                 "watermark_ms": min(wms) if wms else None,
                 "frontier_ms": min(fronts) if fronts else None,
                 "consumer_lag": sum(lags.values()) if lags else None,
@@ -198,7 +197,6 @@ def prepared(source: int, topic: str, partition: int, n: int, excluded: dict[str
     src = SOURCES.get(source, "impressions")
     if n:
         EVENTS.labels(src, "consumed").inc(n)
-        FLOW.consumed += n
         FLOW.last_event = time.monotonic()
     if excluded:
         total = 0
@@ -220,6 +218,12 @@ def prepared(source: int, topic: str, partition: int, n: int, excluded: dict[str
             FLOW.frontiers[key] = frontier_ms
 
 
+def consumed_total() -> int:
+    """Events consumed by this process so far (every source)."""
+    return int(sum(sample.value for family in EVENTS.collect() for sample in family.samples
+                   if sample.labels.get("outcome") == "consumed"))
+
+
 class ShardMeter:
     """Counts of one shard, taken from its :class:`~flows.engine.ShardStats` before and
     after each chunk (so they can be told apart by source) and pushed once per batch."""
@@ -227,11 +231,12 @@ class ShardMeter:
     __slots__ = ("_pending", "_counted", "_duplicate", "_late", "_late_all", "__weakref__")
 
     def __init__(self) -> None:
-        self._pending = [0, 0, 0, 0, 0, 0]  # counted, duplicate, late per kind (0, 1)
-        self._counted = [EVENTS.labels(SOURCES[k], "counted") for k in (0, 1)]
-        self._duplicate = [EVENTS.labels(SOURCES[k], "duplicate") for k in (0, 1)]
-        self._late = [DEAD_LETTERED.labels(SOURCES[k], "late") for k in (0, 1)]
-        self._late_all = [EVENTS.labels(SOURCES[k], "dead_lettered") for k in (0, 1)]
+        self._pending = [0, 0, 0, 0, 0, 0]  # counted, duplicate, late: impressions, clicks
+        kinds = (IMPRESSION, CLICK)  # the order of _pending's halves
+        self._counted = [EVENTS.labels(SOURCES[k], "counted") for k in kinds]
+        self._duplicate = [EVENTS.labels(SOURCES[k], "duplicate") for k in kinds]
+        self._late = [DEAD_LETTERED.labels(SOURCES[k], "late") for k in kinds]
+        self._late_all = [EVENTS.labels(SOURCES[k], "dead_lettered") for k in kinds]
 
     def ingest(self, state: Any, chunk: Any) -> list[Any]:
         """``state.ingest(chunk)``, noting what it counted, found duplicate or late."""

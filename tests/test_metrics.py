@@ -383,9 +383,8 @@ def test_demo_prints_the_metrics_url_and_serves_it_while_it_runs():
 
 
 def test_each_process_of_a_cluster_serves_its_own_port():
-    from flows.run_cmd import metrics_port
-
     from ctrguard.cli import build_parser
+    from flows.run_cmd import metrics_port
 
     parser = build_parser()
     settings = load_config_text("metrics:\n  port: 9500\n", env={})
