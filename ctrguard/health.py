@@ -148,9 +148,10 @@ class Monitoring:
         host = self.host if self.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
         return f"http://{host}:{self._server.server_address[1]}"
 
-    def start(self) -> Monitoring:
+    def start(self, probe: bool = True) -> Monitoring:
         """Listen (a port that cannot be bound is a configuration error, exit code 2), then
-        start the probe and heartbeat threads."""
+        start the heartbeat and (with ``probe``; else :meth:`start_probe` later) the probe
+        threads."""
         metrics.set_build_info()
         if self.port is not None:
             handler = type("Handler", (_Handler,), {"monitoring": self})
@@ -164,10 +165,15 @@ class Monitoring:
             self._spawn("ctrguard-metrics-http", self._server.serve_forever)
             log.info("metrics on %s/metrics, health on /healthz and /readyz", self.url,
                      extra={"url": self.url})
-        self._spawn("ctrguard-probe", self._probe_loop)
+        if probe:
+            self.start_probe()
         if self.settings.logging.heartbeat:
             self._spawn("ctrguard-heartbeat", self._heartbeat_loop)
         return self
+
+    def start_probe(self) -> None:
+        """Start asking Kafka and Redis (see :meth:`probe`) every ``probe_interval``."""
+        self._spawn("ctrguard-probe", self._probe_loop)
 
     def stop(self) -> None:
         self._stop.set()

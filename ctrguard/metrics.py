@@ -18,7 +18,7 @@ metric                                         type       what
 ctrguard_events_total{source,outcome}          counter    consumed, counted, excluded,
                                                           duplicate, dead_lettered
 ctrguard_events_excluded_total{source,reason}  counter    internal, bot_user_agent
-ctrguard_events_dead_lettered_total            counter    by dead-letter stage or code
+ctrguard_events_dead_lettered_total            counter    by reason code (ctrguard.reasons)
 {source,reason}
 ctrguard_windows_closed_total                  counter    campaign windows decided
 ctrguard_figures_published_total{status}       counter    figure records sent to Kafka
@@ -75,6 +75,7 @@ from prometheus_client import REGISTRY, Counter, Histogram, Info, disable_create
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from ctrguard.events import CLICK, IMPRESSION
+from ctrguard.reasons import LATE, REASON_CODES, reason_code
 
 # A ``_created`` series per counter doubles the output and no dashboard here reads it.
 disable_created_metrics()
@@ -83,7 +84,6 @@ disable_created_metrics()
 SOURCES = {IMPRESSION: "impressions", CLICK: "clicks"}
 OUTCOMES = ("consumed", "counted", "excluded", "duplicate", "dead_lettered")
 EXCLUSION_REASONS = ("internal", "bot_user_agent")
-DEAD_LETTER_STAGES = ("parse", "future", "past", "late")
 
 EVENTS = Counter("ctrguard_events_total", "Input events by source and outcome: consumed "
                  "from Kafka, then counted, excluded, duplicate or dead-lettered.",
@@ -92,8 +92,8 @@ EXCLUDED = Counter("ctrguard_events_excluded_total",
                    "Events excluded from the counts (internal, bot traffic).",
                    ["source", "reason"])
 DEAD_LETTERED = Counter("ctrguard_events_dead_lettered_total",
-                        "Events sent to the dead-letter topic, by stage (or reason code).",
-                        ["source", "reason"])
+                        "Events sent to the dead-letter topic, by reason code (the "
+                        "ctrguard-reason-code header).", ["source", "reason"])
 WINDOWS_CLOSED = Counter("ctrguard_windows_closed_total",
                          "Campaign windows closed and decided (one per campaign and window).")
 FIGURES = Counter("ctrguard_figures_published_total",
@@ -124,7 +124,7 @@ for _src in SOURCES.values():
         EVENTS.labels(_src, _o)
     for _r in EXCLUSION_REASONS:
         EXCLUDED.labels(_src, _r)
-    for _r in DEAD_LETTER_STAGES:
+    for _r in REASON_CODES:
         DEAD_LETTERED.labels(_src, _r)
 for _s in ("ok", "quarantined"):
     FIGURES.labels(_s)
@@ -207,7 +207,7 @@ def prepared(source: int, topic: str, partition: int, n: int, excluded: dict[str
     if dead:
         by_reason: dict[str, int] = {}
         for d in dead:
-            reason = getattr(d, "code", None) or d.stage
+            reason = reason_code(d.stage, d.code)
             by_reason[reason] = by_reason.get(reason, 0) + 1
         for reason, k in by_reason.items():
             DEAD_LETTERED.labels(src, reason).inc(k)
@@ -235,7 +235,7 @@ class ShardMeter:
         kinds = (IMPRESSION, CLICK)  # the order of _pending's halves
         self._counted = [EVENTS.labels(SOURCES[k], "counted") for k in kinds]
         self._duplicate = [EVENTS.labels(SOURCES[k], "duplicate") for k in kinds]
-        self._late = [DEAD_LETTERED.labels(SOURCES[k], "late") for k in kinds]
+        self._late = [DEAD_LETTERED.labels(SOURCES[k], LATE) for k in kinds]
         self._late_all = [EVENTS.labels(SOURCES[k], "dead_lettered") for k in kinds]
 
     def ingest(self, state: Any, chunk: Any) -> list[Any]:

@@ -6,9 +6,10 @@ import argparse
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from ctrguard.config import Settings, load_config
-from ctrguard.errors import KafkaUnavailable, RedisUnavailable
+from ctrguard.errors import ConfigError, CtrGuardError, KafkaUnavailable, RedisUnavailable
 
 log = logging.getLogger("ctrguard.run")
 
@@ -17,8 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the live dataflow (Kafka in; Redis flags, figures, alerts, Slack out)",
-        description="Run the live ctrguard dataflow. The configuration is validated first; "
-        "Kafka and Redis must be reachable (exit code 3 otherwise).",
+        description="Run the live ctrguard dataflow. The configuration is validated first "
+        "(exit code 2); Kafka and Redis must be reachable (exit code 3 otherwise). Ctrl-C "
+        "stops at a batch boundary and snapshots (exit 130), SIGTERM likewise (exit 0); a "
+        "second signal exits at once.",
     )
     p.add_argument("--config", type=Path, default=None,
                    help="YAML configuration (default: the embedded config/default.yaml)")
@@ -43,17 +46,34 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def check_kafka_client_settings(settings: Settings) -> None:
+    """Raise :class:`ConfigError` (exit 2, ``file:line: field: message``) for every
+    ``kafka.client`` setting librdkafka refuses: an unknown key, a bad value, a combination
+    it rejects. Checked before any service is touched."""
+    from ctrguard.config import issue_at
+    from ctrguard.kafka_admin import client_setting_issues
+
+    found = client_setting_issues(settings.kafka)
+    if found:
+        raise ConfigError([issue_at(settings, ("kafka", "client", key) if key else
+                                    ("kafka", "client"), f"librdkafka: {message}")
+                           for key, message in found])
+
+
 def preflight(settings: Settings) -> list[tuple[str, int]]:
     """Fail fast (exit 3) when Redis or Kafka cannot be reached or a topic is missing.
 
     Input topics are never created: a missing one is an error that names it (a misspelt
     name must not start an empty topic and a flow that waits for it forever). Missing
     output topics are created only with ``kafka.create_topics: true`` (development).
-    Redis is checked first, so an unreachable Redis leaves no topics behind.
+    librdkafka settings are checked first (exit 2), then Redis, so an unreachable Redis
+    leaves no topics behind; an unreachable Kafka is one line with the attempts made.
     """
+    from ctrguard.kafka_admin import check_reachable, ensure_topics, missing_topics
     from flows.source import list_partitions
     from sinks.redis_client import make_redis
 
+    check_kafka_client_settings(settings)
     client = make_redis(settings.redis)
     try:
         client.ping()
@@ -61,8 +81,9 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
         raise RedisUnavailable(f"cannot reach Redis: {type(exc).__name__}") from None
     finally:
         client.close()
-    from ctrguard.kafka_admin import ensure_topics, missing_topics
-
+    log.info("connecting to Kafka at %s (up to %gs)", ",".join(settings.kafka.brokers),
+             settings.kafka.connect_timeout_s)
+    check_reachable(settings.kafka, timeout=settings.kafka.connect_timeout_s)
     topics = settings.kafka.topics
     timeout = settings.kafka.connect_timeout_s
     inputs = {"impressions": topics.impressions, "clicks": topics.clicks}
@@ -110,6 +131,17 @@ def _port(text: str) -> str:
     return str(port)
 
 
+def ctrguard_cause(exc: BaseException) -> CtrGuardError | None:
+    """The first :class:`CtrGuardError` in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CtrGuardError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from ctrguard.health import Monitoring
 
@@ -117,18 +149,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.drain:
         settings = settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"tail": False})})
-    with Monitoring(settings, port=metrics_port(settings, args)):
-        _run(settings, args)
-    return 0
+    # The endpoint answers from the start (/readyz: not ready); the probe, which talks to
+    # Redis and Kafka, starts once the checks before any service is touched have passed.
+    monitoring = Monitoring(settings, port=metrics_port(settings, args)).start(probe=False)
+    try:
+        return _run(settings, args, monitoring)
+    finally:
+        monitoring.stop()
 
 
-def _run(settings: Settings, args: argparse.Namespace) -> None:
+def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
     from bytewax.recovery import RecoveryConfig
     from bytewax.run import cli_main
 
     partitions = preflight(settings)
     if not partitions:
         raise KafkaUnavailable("no input partitions", retryable=False)
+    monitoring.start_probe()
     from flows.ctr_flow import get_flow
 
     # Without a recovery directory Bytewax drops every snapshot: don't pickle the state.
@@ -146,6 +183,23 @@ def _run(settings: Settings, args: argparse.Namespace) -> None:
              " event scanner: %s", len(partitions), settings.source, args.workers,
              f", recovery in {args.recovery_dir}" if recovery else "", native.status(),
              "on" if events._SCANNER is not None else "off")
-    cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
-             addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
-             recovery_config=recovery)
+    from ctrguard import stopping
+
+    # Ctrl-C and SIGTERM stop the flow at a batch boundary (and snapshot), not mid-batch.
+    with stopping.install() as stop:
+        try:
+            cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
+                     addresses=addresses,
+                     epoch_interval=timedelta(seconds=args.snapshot_interval),
+                     recovery_config=recovery)
+        except Exception as exc:
+            # Bytewax wraps what a step raised (BytewaxRuntimeError, the original as a
+            # cause): one of ours is reported as such, with its exit code (cli.main).
+            cause = ctrguard_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
+    if stop.requested is not None:
+        log.info("stopped on %s%s", stop.requested,
+                 "; state snapshotted" if recovery is not None else "")
+    return stop.exit_code
