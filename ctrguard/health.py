@@ -163,8 +163,6 @@ class Monitoring:
                     f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}")]) from None
             self._server.daemon_threads = True
             self._spawn("ctrguard-metrics-http", self._server.serve_forever)
-            log.info("metrics on %s/metrics, health on /healthz and /readyz", self.url,
-                     extra={"url": self.url})
         if probe:
             self.start_probe()
         if self.settings.logging.heartbeat:
@@ -172,7 +170,11 @@ class Monitoring:
         return self
 
     def start_probe(self) -> None:
-        """Start asking Kafka and Redis (see :meth:`probe`) every ``probe_interval``."""
+        """Start asking Kafka and Redis (see :meth:`probe`) every ``probe_interval``; say
+        where the endpoint is (once the run is past its start-up checks)."""
+        if self._server is not None:
+            log.info("metrics on %s/metrics, health on /healthz and /readyz", self.url,
+                     extra={"url": self.url})
         self._spawn("ctrguard-probe", self._probe_loop)
 
     def stop(self) -> None:
