@@ -30,8 +30,9 @@ ctrguard_slack_updates_total{outcome}          counter    submitted, delivered, 
 ctrguard_slack_retries_total{reason}           counter    error, rate_limited
 ctrguard_watermark_seconds                     gauge      event time up to which every
                                                           window is final (lowest shard)
-ctrguard_source_event_time_seconds             gauge      latest event time read, per input
-{topic,partition}                                         partition
+ctrguard_source_event_time_seconds             gauge      frontier of each input partition
+{topic,partition}                                         (event_time.frontier_quorum-th
+                                                          latest time of its batches)
 ctrguard_event_time_lag_seconds                gauge      wall clock minus that, at scrape
 {topic,partition}
 ctrguard_consumer_lag_messages                 gauge      high watermark minus position
@@ -381,11 +382,12 @@ class _FlowCollector:
         wm = GaugeMetricFamily("ctrguard_watermark_seconds", "Event time (seconds since "
                                "the epoch) up to which every window of this process's "
                                "shards is final (the lowest shard watermark).")
-        front = GaugeMetricFamily("ctrguard_source_event_time_seconds", "Latest event "
-                                  "time read from the input partition (seconds since the "
-                                  "epoch).", labels=["topic", "partition"])
+        front = GaugeMetricFamily("ctrguard_source_event_time_seconds", "Frontier of the "
+                                  "input partition: the frontier_quorum-th latest event "
+                                  "time of a batch read (seconds since the epoch).",
+                                  labels=["topic", "partition"])
         lag_t = GaugeMetricFamily("ctrguard_event_time_lag_seconds", "Wall clock minus "
-                                  "the latest event time read from the input partition.",
+                                  "the input partition's frontier.",
                                   labels=["topic", "partition"])
         lag_m = GaugeMetricFamily("ctrguard_consumer_lag_messages", "High watermark minus "
                                   "the next offset to read, per input partition.",

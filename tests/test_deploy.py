@@ -222,7 +222,8 @@ def test_the_two_process_cluster_of_compose_runs_here(redis_url, tmp_path):
     imps, clicks = crash_stream()
     imps = [v for v in imps if not v.startswith(b'{"event_id":"late')]
     tick = T0 + HOURS * 3600 + 3600
-    imps.append(ev("tick", tick, campaign="tick"))  # closes every window of the stream
+    # Close every window of the stream: five, so that a batch holds the frontier quorum (3).
+    imps += [ev(f"tick{i}", tick, campaign="tick") for i in range(5)]
     n_events = len(imps) + len(clicks)
 
     with start_broker(log_dir=tmp_path) as broker:
