@@ -46,6 +46,9 @@ RUN apt-get update \
 WORKDIR /var/lib/ctrguard
 USER ctrguard:ctrguard
 VOLUME ["/var/lib/ctrguard"]
+# /metrics, /healthz, /readyz (metrics.port); 2101 is the usual Bytewax cluster port
+# (--addresses).
+EXPOSE 9464 2101
 
 ENTRYPOINT ["/usr/bin/tini", "--", "/usr/local/bin/ctrguard-entrypoint"]
 CMD []

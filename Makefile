@@ -35,11 +35,13 @@ venv: $(STAMP) ## create .venv with ctrguard (editable) and dev tools, redis-ser
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "ctrguard needs Python >= 3.11; set PYTHON=python3.11 or newer" >&2; exit 1; }
-# Debian splits venv/ensurepip and redis-server into packages of their own.
+# Debian splits venv/ensurepip and redis-server into packages of their own; promtool (Debian's
+# prometheus package) checks deploy/prometheus-rules.yaml in the tests.
 	@missing=""; \
 	  $(PYTHON) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	  command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	  command -v gcc >/dev/null || missing="$$missing gcc"; \
+	  command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	  $(PYTHON) -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
 	    || missing="$$missing python3-dev"; \
 	  if [ -n "$$missing" ]; then \
@@ -68,6 +70,8 @@ $(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
 	$(VPY) -W ignore::RuntimeWarning -m detectors build --quiet
 
 test: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## run the test suite (PYTEST_ARGS=...)
+	@command -v promtool >/dev/null || { echo "installing system packages: prometheus (promtool)"; \
+	  $(SUDO) apt-get update && $(APT_INSTALL) prometheus; }
 	@state=$$($(VPY) -m detectors status) || \
 	  { echo "detector core: $$state, not compiled (make native)" >&2; exit 1; }; \
 	  echo "detector core: $$state"

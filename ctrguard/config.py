@@ -4,6 +4,7 @@ Secrets come from the environment, never from the file in production:
 ``CTRGUARD_KAFKA_BROKERS``, ``CTRGUARD_KAFKA_SASL_USERNAME``, ``CTRGUARD_KAFKA_SASL_PASSWORD``,
 ``CTRGUARD_REDIS_URL``, ``CTRGUARD_REDIS_PASSWORD``, ``SLACK_BOT_TOKEN``, ``SLACK_WEBHOOK_URL``,
 ``SLACK_SIGNING_SECRET``.
+``CTRGUARD_METRICS_PORT`` (a port, or ``off``) overrides ``metrics.port``.
 
 >>> cfg = load_config_text("windows:\\n  length: 10m\\n", source="inline.yaml")
 >>> cfg.windows.length_s, cfg.windows.allowed_lateness_s
@@ -94,7 +95,13 @@ class KafkaSettings(StrictModel):
     #: Producer settings stated explicitly rather than trusting librdkafka defaults.
     producer_linger_ms: int = Field(20, ge=0, le=10_000)
     producer_acks: Literal["all", "1", "0"] = "all"
-    create_topics: bool = True
+    #: Create missing *output* topics (figures, alerts, dead letters) at start-up: a
+    #: convenience for development. Input topics are never created: a missing one stops
+    #: ``ctrguard run`` (exit code 3), so a misspelt name cannot start an empty topic.
+    create_topics: bool = False
+    #: Consumer group under which the read offsets are committed after every snapshot
+    #: (epoch), for lag tools; Bytewax recovery, not the group, decides where a run resumes.
+    group_id: str = Field("ctrguard", min_length=1, max_length=249)
     #: How long start-up waits for the cluster before giving up (exit code 3).
     connect_timeout_s: float = Field(15.0, gt=0, le=600)
     partitions: int = Field(1, ge=1, le=1024)
@@ -176,6 +183,27 @@ class EventTimeSettings(StrictModel):
     frontier_quorum: int = Field(3, ge=1, le=1000)
 
 
+class MetricsSettings(StrictModel):
+    """The HTTP endpoint of ``ctrguard run``: ``/metrics`` (Prometheus), ``/healthz``,
+    ``/readyz``. Process ``I`` of a cluster (``--process-id I``) serves ``port + I``."""
+
+    #: null (or ``CTRGUARD_METRICS_PORT=off``) turns the endpoint off.
+    port: int | None = Field(9464, ge=1, le=65535)
+    host: str = "0.0.0.0"
+    #: How often Redis and Kafka are asked for what the flow itself does not know (outbox
+    #: depth, open incidents, quarantined windows, reachability for ``/readyz``).
+    probe_interval: Duration = 15
+    #: ``/readyz`` fails when events keep arriving but no shard's watermark has moved
+    #: for this long.
+    watermark_stall: Duration = 600
+
+
+class LogSettings(StrictModel):
+    #: A heartbeat line (events/s, watermark, lag, Slack outbox, figures held back) this
+    #: often while ``ctrguard run`` runs, busy or idle; null: none.
+    heartbeat: Duration | None = 60
+
+
 class Settings(StrictModel):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
@@ -189,6 +217,8 @@ class Settings(StrictModel):
     annotations: AnnotationSettings = AnnotationSettings()
     feedback: FeedbackSettings = FeedbackSettings()
     charts: ChartSettings = ChartSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LogSettings = LogSettings()
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     #: Source of this configuration, for messages.
     source: str = Field("<defaults>", exclude=True)
@@ -240,6 +270,9 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         section("redis")["url"] = env["CTRGUARD_REDIS_URL"]
     if env.get("CTRGUARD_REDIS_PASSWORD"):
         section("redis")["password"] = env["CTRGUARD_REDIS_PASSWORD"]
+    if env.get("CTRGUARD_METRICS_PORT"):
+        port = env["CTRGUARD_METRICS_PORT"].strip()
+        section("metrics")["port"] = None if port.lower() in ("off", "none", "") else port
     if env.get("SLACK_BOT_TOKEN"):
         section("slack")["bot_token"] = env["SLACK_BOT_TOKEN"]
     if env.get("SLACK_WEBHOOK_URL"):

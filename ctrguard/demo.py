@@ -83,6 +83,18 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(out)
 
 
+def _serve_metrics(stack: contextlib.ExitStack, settings: Any) -> None:
+    """The flow's /metrics, /healthz and /readyz on a free loopback port, as ``ctrguard
+    run`` serves them, for as long as the demo runs."""
+    from ctrguard import services
+    from ctrguard.health import Monitoring
+
+    monitoring = stack.enter_context(
+        Monitoring(settings, port=services.free_port(), host="127.0.0.1"))
+    say(f"metrics while the demo runs: {monitoring.url}/metrics "
+        f"(health: {monitoring.url}/healthz, {monitoring.url}/readyz)")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from bytewax.testing import run_main
 
@@ -114,6 +126,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         # The demo drains the topics and stops instead of tailing them.
         settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(
             update={"tail": False, "starting_offset": "beginning"})})
+        _serve_metrics(stack, settings)
         topics = settings.kafka.topics
         bootstrap = ",".join(settings.kafka.brokers)
         client_conf = {k: v for k, v in settings.kafka.client_config().items()

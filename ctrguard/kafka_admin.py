@@ -203,3 +203,14 @@ def _redact(text: str, client: dict[str, Any]) -> str:
         if any(w in key for w in ("password", "secret", "jaas")) and str(value):
             text = text.replace(str(value), "***")
     return text
+
+
+def missing_topics(kafka: KafkaSettings, topics: list[str], timeout: float = 30.0) -> list[str]:
+    """Which of ``topics`` the cluster does not have (exit code 3 if it cannot be asked)."""
+    admin = AdminClient(kafka.client_config())
+    try:
+        meta = admin.list_topics(timeout=timeout).topics
+    except Exception as exc:
+        raise KafkaUnavailable(f"cannot reach Kafka at {','.join(kafka.brokers)}: {exc}") from None
+    return [t for t in dict.fromkeys(topics)
+            if t not in meta or meta[t].error is not None or not meta[t].partitions]

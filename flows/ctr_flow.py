@@ -32,7 +32,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
-from ctrguard import faults, stopping
+from ctrguard import faults, metrics, stopping
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
 from flows.engine import (
@@ -158,11 +158,13 @@ class PrepareStep:
                         "dead-letter only the messages that cause it", len(batch.values),
                         batch.source, type(exc).__name__, exc, exc_info=True)
             items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
-            crashed = sum(1 for key, item in items if key == DEAD and item.stage == "crash")
+            crashed = [d for key, d in items if key == DEAD and d.stage == "crash"]
+            metrics.prepared(batch.kind, batch.topic, batch.partition, len(crashed), {},
+                             crashed, None)
             if crashed:  # into the source's account (shard 0 keeps the batches' share)
                 items.append((self._keys[0], Chunk(batch.source, None, False,
                                                    polled_ms=batch.polled_ms,
-                                                   ledger=(crashed, 0, crashed))))
+                                                   ledger=(len(crashed), 0, len(crashed)))))
             return items
 
     def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
@@ -174,6 +176,8 @@ class PrepareStep:
         # Counted once the batch is through: a batch tried again is not counted twice.
         for reason, n in prepared.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + n
+        metrics.prepared(batch.kind, batch.topic, batch.partition, len(batch.values),
+                         prepared.excluded, prepared.dead_letters, prepared.frontier_ms)
         return items
 
 
@@ -345,6 +349,9 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         self._snapshots = snapshots
         self._shards = shards
         self._last_log = time.monotonic()
+        # Counts per batch and source for Prometheus (never per event).
+        self._meter = metrics.ShardMeter()
+        state.window_timer = metrics.window_closed
         if not getattr(state, "ledger_id", None):  # names its reports (kept in snapshots)
             state.ledger_id = uuid.uuid4().hex  # type: ignore[attr-defined]
 
@@ -355,17 +362,19 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
         out: list[Any] = []
+        ingest = self._meter.ingest
         for chunk in values:
-            out.extend(self.state.ingest(chunk))
+            out.extend(ingest(self.state, chunk))
+        self._meter.batch_done(self.state)
         now = time.monotonic()
         if now - self._last_log > STATS_LOG_INTERVAL_S:
             self._last_log = now
             log.info("shard: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
-            out = _pack(out)
+            out = self._packed(out)
             out.append(self._report())
             return out, StatefulBatchLogic.RETAIN
-        return _pack(out), StatefulBatchLogic.RETAIN
+        return self._packed(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
         if stopping.requested():
@@ -376,14 +385,23 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
             return [self._report()], StatefulBatchLogic.RETAIN
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
-        packed = _pack(out)
+        packed = self._packed(out)
         packed.append(self._report(final=True))
         return packed, StatefulBatchLogic.RETAIN
+
+    def _packed(self, out: list[Any]) -> list[Any]:
+        packed = _pack(out)
+        if packed and type(packed[-1]) is DecisionBatch:
+            self._meter.windows_closed(len(packed[-1]))
+        return packed
 
     def snapshot(self) -> bytes | None:
         if not self._snapshots:
             return None
-        return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        started = time.perf_counter()
+        blob = pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
+        metrics.SNAPSHOT_SECONDS.observe(time.perf_counter() - started)
+        return blob
 
 
 class StoppableSource(FixedPartitionedSource[RawBatch, Any]):
@@ -452,6 +470,7 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     if partitions is None:
         partitions = list_partitions(settings.kafka)
     sources = [source_id(t, p) for t, p in partitions]
+    metrics.FLOW.reset()
 
     flow = Dataflow("ctrguard")
     raw = op.input("kafka_in", flow, StoppableSource(

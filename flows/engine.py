@@ -67,6 +67,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
+from time import perf_counter
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -1026,11 +1027,14 @@ class ShardState:
         self.stats = ShardStats()
         self._derived()
 
-    _DERIVED = ("_iso", "_click_keys", "_interned", "_dim_states", "_root_series", "_root_dims")
+    _DERIVED = ("_iso", "_click_keys", "_interned", "_dim_states", "_root_series", "_root_dims",
+                "window_timer")
 
     def _derived(self) -> None:
         """Caches and interning tables: not pickled, rebuilt after unpickling."""
         self._iso: dict[int, str] = {}
+        #: Called with the seconds each window took to close (metrics); not pickled.
+        self.window_timer: Callable[[float], None] | None = None
         self._click_keys: dict[Any, tuple] = {}
         self._interned: dict[Any, Any] = {}
         self._dim_states: dict[tuple, _Dims] = {}
@@ -1528,6 +1532,7 @@ class ShardState:
             end_s = start_s + length_s
             # One Window (immutable) and one pair of ISO texts for every campaign's decision.
             when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
+            started = perf_counter()
             by_campaign = self._open.pop(wid, None) or {}
             stale = wid - self._grace_windows
             for seen in self._seen:
@@ -1565,6 +1570,8 @@ class ShardState:
                 self.stats.evicted_campaigns += 1
             if evict and self._open:
                 self._note_evicted(evict)
+            if self.window_timer is not None:
+                self.window_timer(perf_counter() - started)
 
     def _nothing_at(self, wid: int) -> bool:
         """Whether no campaign of the shard is due a decision in window ``wid`` (which

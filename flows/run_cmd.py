@@ -6,6 +6,7 @@ import argparse
 import logging
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from ctrguard.config import Settings, load_config
 from ctrguard.errors import ConfigError, CtrGuardError, KafkaUnavailable, RedisUnavailable
@@ -39,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--drain", action="store_true",
                    help="stop at the end of the input topics instead of tailing them")
     p.add_argument("--no-slack", action="store_true", help="do not send escalations to Slack")
+    p.add_argument("--metrics-port", type=_port, default=None, metavar="PORT",
+                   help="serve /metrics, /healthz and /readyz on PORT ('off': not at all; "
+                   "default: metrics.port, plus --process-id in a cluster)")
     p.set_defaults(func=cmd_run)
 
 
@@ -57,12 +61,15 @@ def check_kafka_client_settings(settings: Settings) -> None:
 
 
 def preflight(settings: Settings) -> list[tuple[str, int]]:
-    """Fail fast (exit 3) when Redis or Kafka cannot be reached; create topics if allowed.
+    """Fail fast (exit 3) when Redis or Kafka cannot be reached or a topic is missing.
 
+    Input topics are never created: a missing one is an error that names it (a misspelt
+    name must not start an empty topic and a flow that waits for it forever). Missing
+    output topics are created only with ``kafka.create_topics: true`` (development).
     librdkafka settings are checked first (exit 2), then Redis, so an unreachable Redis
     leaves no topics behind; an unreachable Kafka is one line with the attempts made.
     """
-    from ctrguard.kafka_admin import check_reachable
+    from ctrguard.kafka_admin import check_reachable, ensure_topics, missing_topics
     from flows.source import list_partitions
     from sinks.redis_client import make_redis
 
@@ -77,14 +84,51 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
     log.info("connecting to Kafka at %s (up to %gs)", ",".join(settings.kafka.brokers),
              settings.kafka.connect_timeout_s)
     check_reachable(settings.kafka, timeout=settings.kafka.connect_timeout_s)
-    if settings.kafka.create_topics:
-        from ctrguard.kafka_admin import ensure_topics
+    topics = settings.kafka.topics
+    timeout = settings.kafka.connect_timeout_s
+    inputs = {"impressions": topics.impressions, "clicks": topics.clicks}
+    outputs = {"figures": topics.figures, "alerts": topics.alerts,
+               "deadletter": topics.deadletter}
+    missing = missing_topics(settings.kafka, [*inputs.values(), *outputs.values()],
+                             timeout=timeout)
+    if any(t in missing for t in inputs.values()):
+        raise KafkaUnavailable(
+            f"input topic(s) missing: {_named(inputs, missing)}; ctrguard run never creates "
+            "input topics (check the name, or create the topic)", retryable=False)
+    if missing and settings.kafka.create_topics:
+        ensure_topics(settings.kafka, list(outputs.values()), timeout=timeout)
+    elif missing:
+        raise KafkaUnavailable(
+            f"output topic(s) missing: {_named(outputs, missing)}; create them, or set "
+            "kafka.create_topics: true (development)", retryable=False)
+    return list_partitions(settings.kafka, timeout=timeout)
 
-        topics = settings.kafka.topics
-        ensure_topics(settings.kafka, [topics.impressions, topics.clicks, topics.figures,
-                                       topics.alerts, topics.deadletter],
-                      timeout=settings.kafka.connect_timeout_s)
-    return list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
+
+def _named(topics: dict[str, str], missing: list[str]) -> str:
+    return ", ".join(f"{name!r} (kafka.topics.{key})" for key, name in topics.items()
+                     if name in missing)
+
+
+def metrics_port(settings: Settings, args: argparse.Namespace) -> int | None:
+    """The endpoint's port: ``--metrics-port``, else ``metrics.port`` plus the process id,
+    so that the processes of a cluster on one host do not collide."""
+    if args.metrics_port is not None:
+        return None if args.metrics_port == "off" else int(args.metrics_port)
+    if settings.metrics.port is None:
+        return None
+    return settings.metrics.port + (args.process_id or 0)
+
+
+def _port(text: str) -> str:
+    if text.strip().lower() == "off":
+        return "off"
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port: {text!r} (a number, or 'off')") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {port}")
+    return str(port)
 
 
 def ctrguard_cause(exc: BaseException) -> CtrGuardError | None:
@@ -99,16 +143,29 @@ def ctrguard_cause(exc: BaseException) -> CtrGuardError | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from bytewax.recovery import RecoveryConfig
-    from bytewax.run import cli_main
+    from ctrguard.health import Monitoring
 
     settings = load_config(args.config)
     if args.drain:
         settings = settings.model_copy(
             update={"kafka": settings.kafka.model_copy(update={"tail": False})})
+    # The endpoint answers from the start (/readyz: not ready); the probe, which talks to
+    # Redis and Kafka, starts once the checks before any service is touched have passed.
+    monitoring = Monitoring(settings, port=metrics_port(settings, args)).start(probe=False)
+    try:
+        return _run(settings, args, monitoring)
+    finally:
+        monitoring.stop()
+
+
+def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
     partitions = preflight(settings)
     if not partitions:
         raise KafkaUnavailable("no input partitions", retryable=False)
+    monitoring.start_probe()
     from flows.ctr_flow import get_flow
 
     # Without a recovery directory Bytewax drops every snapshot: don't pickle the state.

@@ -31,11 +31,13 @@ from confluent_kafka import (
     OFFSET_END,
     Consumer,
     KafkaError,
+    KafkaException,
     Message,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
+from ctrguard import metrics
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
 from ctrguard.events import CLICK, IMPRESSION
@@ -88,6 +90,31 @@ def list_partitions(kafka: KafkaSettings, timeout: float = 15.0) -> list[tuple[s
 
 def source_id(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
+
+
+def commit_offset(consumer: Consumer, topic: str, partition: int, offset: int,
+                  committed: int | None) -> int | None:
+    """Commit ``offset`` (the next one to read) for the consumer group, without waiting,
+    unless it is already committed; return the offset now committed (or on its way).
+
+    Called at every snapshot (epoch end), so the group's offsets follow what the flow has
+    read, for lag tools (``kafka-consumer-groups --describe``, Burrow, exporters). A run
+    resumes from Bytewax recovery, not from these. The outcome is counted in
+    ``ctrguard_offset_commits_total`` (the consumer's ``on_commit`` callback); an offset
+    whose commit failed there is committed again only once the partition reads on.
+    """
+    try:
+        if offset < 0:  # nothing read yet: where the consumer stands (an empty partition)
+            offset = consumer.position([TopicPartition(topic, partition)])[0].offset
+        if offset < 0 or offset == committed:
+            return committed
+        consumer.commit(offsets=[TopicPartition(topic, partition, offset)], asynchronous=True)
+    except KafkaException as exc:
+        metrics.COMMITS.labels("failed").inc()
+        log.warning("could not commit offset %d of %s[%d] for lag tools: %s", offset, topic,
+                    partition, exc)
+        return committed
+    return offset
 
 
 class IdleClaims:
@@ -158,6 +185,8 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         # connected leader (monotonic seconds), and how often they come.
         self._fetching_at: float | None = None
         self._stats_s = conf.get("statistics.interval.ms", 0) / 1000
+        self._committed: int | None = None
+        self._meter = metrics.SourceMeter(self._consumer, topic, partition)
 
     def on_stats(self, text: str) -> None:
         """librdkafka's statistics (``stats_cb``, served within ``consume``): note whether
@@ -194,6 +223,7 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
     def next_batch(self) -> list[RawBatch]:
         if self._finished:
             raise StopIteration()
+        self._meter.poll(self._offset)
         msgs = self._consumer.consume(self._batch_size, 0.001)
         reached_end = False
         if msgs and not any(map(_ERROR, msgs)):
@@ -250,9 +280,15 @@ class _BatchPartition(StatefulSourcePartition[RawBatch, int]):
         return self._awake
 
     def snapshot(self) -> int:
+        self._committed = commit_offset(self._consumer, self._topic, self._partition,
+                                        self._offset, self._committed)
         return self._offset
 
     def close(self) -> None:
+        self._meter.poll(self._offset, final=True)
+        # close() waits for the commits still in flight (librdkafka's group terminate).
+        self._committed = commit_offset(self._consumer, self._topic, self._partition,
+                                        self._offset, self._committed)
         self._consumer.close()
 
 
@@ -274,7 +310,9 @@ class KafkaBatchSource(FixedPartitionedSource[RawBatch, int]):
         kind = CLICK if topic == self.kafka.topics.clicks else IMPRESSION
         start = OFFSET_BEGINNING if self.kafka.starting_offset == "beginning" else OFFSET_END
         conf = {
-            "group.id": "ctrguard-unused",  # offsets live in Bytewax recovery, not Kafka
+            # Offsets live in Bytewax recovery; the group's are committed for lag tools.
+            "group.id": self.kafka.group_id,
+            "on_commit": metrics.on_commit,
             "enable.auto.commit": False,
             "enable.partition.eof": True,
             **CONSUMER_TUNING,

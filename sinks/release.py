@@ -5,7 +5,7 @@ flags of the quarantined series and the "checked through" watermark of each camp
 after Redis confirmed does it publish the figures (with their status) to the figures topic
 and the alerts to the alerts topic. If Redis cannot be written the sink retries with back-off
 and publishes nothing meanwhile (fail closed): the dataflow waits, the backlog is logged, and
-``ctrguard_release_backlog`` says how many decisions wait.
+``ctrguard_figures_held_back`` (:mod:`ctrguard.metrics`) says how many figures wait.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from ctrguard import faults
+from ctrguard import faults, metrics
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
 from ctrguard.records import WindowDecision, decision_records
@@ -80,6 +80,7 @@ class ReleaseGate:
 
 class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
     _expected: Any = None   # the planned changes (sinks/annotations.py), set in __init__
+    _releasing: Any = ()    # the decisions being released (metrics: held back)
 
     def __init__(self, settings: Settings):
         from sinks.annotations import AnnotationCache
@@ -99,9 +100,26 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
             max_message_bytes=message_limit(settings.kafka, [self._figures, self._alerts]))
         # Planned changes: expected alerts do not quarantine (read at a bounded rate).
         self._expected = AnnotationCache(settings, self._store.client)
-        self._gate = ReleaseGate(self._store.record, self._publish,
+        self._gate = ReleaseGate(self._record, self._publish,
                                  backoff_s=settings.redis.retry_backoff_s,
                                  backoff_max_s=settings.redis.retry_backoff_max_s)
+        self._releasing: list[WindowDecision] = []
+        metrics.track_release(self)
+
+    def _record(self, decisions: list[WindowDecision]) -> None:
+        try:
+            self._store.record(decisions)
+        except RedisUnavailable:
+            metrics.REDIS_FAILURES.inc()
+            raise
+
+    def held_back(self) -> int:
+        """Figures of the batch waiting for Redis (0 unless a write has failed); read by
+        the metrics collector, from another thread, only when scraped."""
+        gate = self._gate
+        if gate is None or not gate.redis_failures:
+            return 0
+        return sum(len(d.figures) for d in list(self._releasing))
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
         faults.point("release.after_redis")
@@ -110,10 +128,12 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         values, keys = decision_records(decisions)
         produce_many(self._producer, self._figures, values, keys)
         # Few decisions have alerts: find them without a loop body run for every decision.
-        for alert in [a for d in decisions if d.alerts for a in d.alerts]:
+        flagged = [d for d in decisions if d.alerts]
+        for alert in [a for d in flagged for a in d.alerts]:
             produce_json(self._producer, self._alerts, alert.alert_id, alert)
         flush_or_raise(self._producer, self._tracker)
         faults.point("release.after_publish")
+        metrics.released(len(values), flagged)
 
     def write_batch(self, items: list[Any]) -> None:
         """Items are window decisions or batches of them (the live flow sends one batch per
@@ -127,7 +147,11 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                 decisions.extend(item)
         if self._expected is not None:
             decisions = self._expected.apply(decisions)
+        self._releasing = decisions
+        started = time.perf_counter()
         self._gate.release(decisions)
+        metrics.RELEASE_SECONDS.observe(time.perf_counter() - started)
+        self._releasing = []
 
     def close(self) -> None:
         self._producer.flush(30)

@@ -58,7 +58,7 @@ from typing import IO, TYPE_CHECKING, Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from ctrguard import faults
+from ctrguard import faults, metrics
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
 from ctrguard.records import Alert, WindowDecision
 from sinks.incidents import (
@@ -415,6 +415,7 @@ class SlackNotifier:
         self.deadletter_key = f"{self.prefix}:deadletter"
         self.lease_key = f"{self.prefix}:outbox:lease"
         self.stats = NotifierStats()
+        metrics.track_slack(self.stats)  # counted in ctrguard_slack_* (read when scraped)
         self._stream = stream
         self._consumer = uuid.uuid4().hex
         self._wake = threading.Event()

@@ -16,6 +16,7 @@ Tests that use any of them are marked ``integration`` automatically.
 from __future__ import annotations
 
 import contextlib
+import os
 import uuid
 
 import pytest
@@ -33,6 +34,11 @@ try:
 except ModuleNotFoundError as exc:
     if exc.name != "tests.slack_fixtures":
         raise
+
+# `ctrguard run` serves /metrics on metrics.port (9464) by default: test processes must not
+# race each other (or another checkout's tests) for it. A test that wants the endpoint
+# passes --metrics-port with a free port.
+os.environ.setdefault("CTRGUARD_METRICS_PORT", "off")
 
 #: Logical topic names of the pipeline, as used in configuration.
 TOPIC_KEYS = ("impressions", "clicks", "figures", "alerts", "deadletter")

@@ -72,7 +72,7 @@ def _connections(redis_server) -> int:
 def _run(path):
     return subprocess.run([sys.executable, "-m", "ctrguard", "run", "--config", str(path),
                            "--drain"], cwd=REPO, capture_output=True, timeout=60,
-                          env={"PATH": "/usr/bin:/bin"})
+                          env={"PATH": "/usr/bin:/bin", "CTRGUARD_METRICS_PORT": "off"})
 
 
 def _expect_rejected(broker, redis_server, path, prefix, expected: list[tuple[str, int]]):
