@@ -240,7 +240,7 @@ class _Incident:
     def cap(self, h: float, r: float) -> float:
         """The most evidence this incident banks for ratio ``r`` (see ``_CLOSE_WINDOWS``)."""
         top = h * _INCIDENT_CAP
-        if self.family != _CTR or r <= 0.0:
+        if (self.family != _CTR and self.family != _DRIFT) or r <= 0.0:
             return top
         kl = r - 1.0 - math.log(r)  # a normal window's expected evidence against r, per click
         return fmin(top, fmax(_CLOSE_FLOOR, _CLOSE_WINDOWS * self.info * kl))
@@ -641,6 +641,10 @@ class CampaignMonitor:
         total: Counts | None = None
         all_state: _Series | None = None
         segments: list[tuple[str, _Series, Counts]] = []
+        # A segment in a CTR incident (a segment break) is part of ``all``'s figure: the
+        # campaign's CTR baseline does not learn from its windows meanwhile (else it
+        # follows the break down and calls the segment's recovery a spike).
+        seg_fault = False
         for name, c in counts.items():
             st = series.get(name)
             if st is None:
@@ -650,6 +654,8 @@ class CampaignMonitor:
                 all_state = st
             else:
                 segments.append((name, st, c))
+                if st.incident is not None and st.incident.family == _CTR:
+                    seg_fault = True
         hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
@@ -680,7 +686,7 @@ class CampaignMonitor:
                 n_scale = fmin(tot_n / mu_all, 1.0)
             v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour,
                                   season_all, p_all, relvar_all, h,
-                                  n_tests, has_total, tot_n, tot_k, 1.0)
+                                  n_tests, has_total, tot_n, tot_k, 1.0, seg_fault)
             if v is not None:
                 verdicts.append(v)
                 if v.quarantine:
@@ -695,7 +701,7 @@ class CampaignMonitor:
             for name, st, c in segments:
                 v = self._series_step(name, st, c.impressions, c.clicks, window, hour,
                                       season_v, p_all, relvar_all, h, n_tests, has_total,
-                                      tot_n, tot_k, n_scale)
+                                      tot_n, tot_k, n_scale, False)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
@@ -768,12 +774,13 @@ class CampaignMonitor:
     def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
                      season_v: float, p_all: float, relvar_all: float, h: float,
                      n_tests: int, has_total: bool, tot_n: int,
-                     tot_k: int, n_scale: float) -> Verdict | None:
+                     tot_k: int, n_scale: float, hold_ctr: bool) -> Verdict | None:
         """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
         and ``tot_k``, if the window has ``all`` (``has_total``); ``season_v``, the hour's
         volume factor (``exp(_season_vol[hour])``); ``n_scale``, the campaign's impressions
         over their expectation (at most 1; 1 for ``all``), which a segment's silence is
-        judged against."""
+        judged against; ``hold_ctr``: the CTR baseline does not learn from this window (a
+        segment of the campaign is in a CTR incident)."""
         s = self._p
         is_all = name == _ALL
 
@@ -918,7 +925,11 @@ class CampaignMonitor:
             ekr = n * p_ref
             if st.drift.update(k - ekr, phi_c * ekr * (1.0 - p_ref), ekr):
                 tol = s.recovery_tolerance
-                if p > 0 and not (p_ref / tol < p < p_ref * tol):
+                # Reported only while the window itself is on the drift's side of the fast
+                # baseline: after a decline, a window back at the reference (a new creative)
+                # is the recovery the detector saw, not more drift.
+                if p > 0 and (k < n * p if p <= p_ref / tol else
+                              k > n * p if p >= p_ref * tol else False):
                     verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
 
         # ---- learning: a series building evidence of a change learns slowly and does not
@@ -927,6 +938,7 @@ class CampaignMonitor:
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
+        learn_ctr = learn_ctr and not hold_ctr
         if learn_ctr and n > 0:
             self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
         if is_all and n > 0 and rate == 1.0 and st.incident is None and learn_ctr and \
@@ -1149,6 +1161,8 @@ class CampaignMonitor:
         if inc.family == _SIL:
             inc.evidence = min(h / 4.0, st.silent) if n == 0 else -math.inf
         elif inc.family == _DRIFT:
+            if n > 0:
+                inc.info += 0.25 * (n * p - inc.info)
             inc.add(dllrs, 0, h, s.drift_ratios)
         else:
             if inc.family == _CTR and n > 0:
