@@ -994,7 +994,7 @@ class CampaignMonitor:
         ekr = n * p_ref
         if ekr > 0:
             sd = math.sqrt(fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
-            k_used = clip(k, ekr - 3.0 * sd, ekr + 3.0 * sd + 1.0)
+            k_used = clip(k, ekr - 3.0 * sd, fmax(ekr + 3.0 * sd, 1.0))
         a = clip(fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
                  s.reference_alpha)
         if 0.0 < p < p_ref:
@@ -1260,12 +1260,12 @@ class CampaignMonitor:
         ek = n * p
         k_used = float(k)
         if ek > 0:
-            # Huber: a window far from the baseline moves it as if it were 3 sd away, and by
-            # a whole click more: with 0.3 clicks expected, 3 sd is less than one click, and
-            # clipping every click a sparse series gets would drag its baseline down lull by
-            # lull (a run of zero-click windows is no evidence of a lower CTR).
+            # Huber: a window far from the baseline moves it as if it were 3 sd away, but
+            # never by less than one click: with 0.1 clicks expected, 3 sd is less than one
+            # click, and clipping every click a sparse series gets would drag its baseline
+            # down lull by lull (a run of zero-click windows is no evidence of a lower CTR).
             sd = math.sqrt(phi_c * ek * (1.0 - p))
-            k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd + 1.0)
+            k_used = clip(k, ek - 3.0 * sd, fmax(ek + 3.0 * sd, 1.0))
             if rate == 1.0:
                 excess = phi_c / fmax(st.ctr_disp, 1.0)
                 pearson = math.pow(k - ek, 2.0) / (ek * (1.0 - p) * excess)

@@ -359,7 +359,7 @@ def _sparse_stream(seed: int, n_windows: int, volume: float = 40.0,
 def test_a_sparse_baseline_does_not_follow_chance_lulls():
     """12 impressions a window at 0.7 % (0.08 clicks expected): mostly zero-click windows,
     which are no evidence of a lower CTR. The baseline stays near 0.7 % (averaged over
-    seeds: 0.0064); when every click such a series got was clipped to 3 sd above its
+    seeds: 0.0062); when every click such a series got was clipped to 3 sd above its
     baseline, it sank lull by lull (to 0.0050, one stream to 0.0032)."""
     got = []
     for seed in range(1, 7):
