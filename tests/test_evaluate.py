@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from replay import generator as g
@@ -339,3 +340,24 @@ def test_excess_delay_is_measured_against_the_clairvoyant_test():
     assert out["incident_details"][0]["oracle_delay_windows"] == 0
     assert out["recall_clairvoyant_decidable"] == 1.0
     assert out["median_excess_delay_windows"] == 3.0
+
+
+def test_pool_command_sums_runs_and_refuses_a_missing_one(tmp_path, capsys):
+    from replay import pool
+
+    figs = flat_figures("c1", 30, 1000, 20, override={w: (1000, 0) for w in range(10, 20)})
+    labels = [Label("c1", "*", "click_outage", 3000, 6000)]
+    for name, ws in (("a", 3000), ("b", 3600)):
+        out = evaluate_many({"ctrguard": [alert("c1", ws, suspected_cause="click_tracking"),
+                                          alert("c1", 8400)]},
+                            labels, figs, window_s=W, oracle_budget=0.02)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_bytes(orjson.dumps(out))
+    assert pool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "recall, clairvoyant-decidable incidents   1.00 (2/2)" in text
+    assert "median delay beyond the clairvoyant test  1.0 windows" in text
+    assert "episode precision                         0.50 (2/4)" in text
+    assert "suspected cause right                     1.00 (2/2)" in text
+    assert pool.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
