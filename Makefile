@@ -10,6 +10,7 @@ PYTHON ?= python3
 VENV := .venv
 VPY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+FUZZ_STAMP := $(VENV)/.fuzz-ready
 # apt-get needs root; use sudo only when we are not root already.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends
@@ -17,8 +18,9 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
 EVENTS ?=
+FUZZ_SECONDS ?= 60
 
-.PHONY: help venv native test demo bench lint clean distclean
+.PHONY: help venv native test demo bench fuzz fuzz-setup lint clean distclean
 
 help: ## list the targets
 	@echo "ctrguard: make <target>"
@@ -63,10 +65,13 @@ native: $(NATIVE) ## compile the detector core (mypyc) and the C extensions (pur
 $(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
 	$(VPY) -W ignore::RuntimeWarning -m detectors build --quiet
 
-test: $(STAMP) $(NATIVE) ## run the test suite (PYTEST_ARGS=...)
+test: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## run the test suite (PYTEST_ARGS=...)
 	@state=$$($(VPY) -m detectors status) || \
 	  { echo "detector core: $$state, not compiled (make native)" >&2; exit 1; }; \
 	  echo "detector core: $$state"
+# Debian's chromium opens the HTML report in tests/test_report_browser.py.
+	@command -v chromium >/dev/null || { echo "installing system packages: chromium"; \
+	  $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
@@ -74,6 +79,33 @@ demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
 
 bench: $(STAMP) $(NATIVE) ## run the benchmarks (EVENTS=n)
 	$(VPY) -m bench.run $(if $(EVENTS),--events $(EVENTS))
+
+# Fuzzing the C that reads untrusted bytes (tests/fuzz/): clang-14 with its sanitizer and
+# libFuzzer runtimes (Debian), and atheris built from source with that clang, which gives
+# the ASan runtime merged with libFuzzer (asan_with_fuzzer.so) that lets the C code's
+# coverage guide the fuzzer. make test runs a short fuzz (tests/test_fuzz.py).
+fuzz-setup: $(FUZZ_STAMP) ## install clang-14 and atheris built with it (for make fuzz)
+
+$(FUZZ_STAMP): $(STAMP)
+	@command -v clang-14 >/dev/null && [ -e /usr/lib/llvm-14/lib/libFuzzer.a ] && \
+	  ls /usr/lib/llvm-14/lib/clang/*/lib/linux/libclang_rt.asan-x86_64.so >/dev/null 2>&1 || { \
+	  echo "installing system packages: clang-14 libclang-rt-14-dev libfuzzer-14-dev"; \
+	  $(SUDO) apt-get update && $(APT_INSTALL) clang-14 libclang-rt-14-dev libfuzzer-14-dev; }
+	@$(VPY) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["purelib"], "asan_with_fuzzer.so")))' || { \
+	  echo "building atheris with clang-14 (once; pip keeps the wheel)"; \
+	  CLANG_BIN=$$(command -v clang-14) CC=clang-14 CXX=clang++-14 \
+	    $(VPY) -m pip install --quiet --no-binary atheris --force-reinstall --no-deps "atheris==3.0.0"; }
+	touch $@
+
+fuzz: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## fuzz the scanner, line splitter, record encoder (FUZZ_SECONDS=60 each)
+	$(VPY) -m tests.fuzz.build
+	@rt=$$($(VPY) -c 'from tests.fuzz import build; print(build.runtime(build.compiler()[0]))'); \
+	  for t in scan lines records; do \
+	    echo "== fuzz $$t for $(FUZZ_SECONDS)s"; \
+	    ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1 LD_PRELOAD=$$rt \
+	      $(VPY) -m tests.fuzz.run $$t -- -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	      2>&1 | grep -v "# Uses:" | tail -n 25; \
+	  done
 
 lint: $(STAMP) ## ruff
 	$(VPY) -m ruff check .

@@ -6,7 +6,7 @@ wall clock, and records, for every window end ``E``, the wall time at which it p
 first event with time >= ``E + allowed lateness`` to *each* input topic. The later of the two
 is the window's close: from then on the watermark (the minimum over the partitions) can pass
 ``E``. A consumer thread stamps the arrival of every figure (series ``all``) on the figures
-topic; a poller thread reads ``P:checked`` in Redis every ``poll_s`` and stamps when a
+topic; a poller thread reads ``P:checked:v2`` in Redis every ``poll_s`` and stamps when a
 campaign's score first reaches ``E``. Latency = stamp - close, per campaign and window.
 The first ``warmup_windows`` windows are left out (the flow is still importing and warming up).
 """
@@ -66,7 +66,7 @@ class _FigureWatcher(threading.Thread):
 
 
 class _CheckedPoller(threading.Thread):
-    """Stamps when each campaign's ``P:checked`` score first reaches each window end."""
+    """Stamps when each campaign's ``P:checked:v2`` score first reaches each window end."""
 
     def __init__(self, redis_url: str, key: str, window_s: int, poll_s: float):
         super().__init__(name="bench-redis", daemon=True)
@@ -166,7 +166,7 @@ def measure_latency(bootstrap: str, redis_url: str, slack_base_url: str | None, 
                              str(config)], cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL,
                             stderr=stderr, start_new_session=True)
     figures = _FigureWatcher(bootstrap, topics["figures"])
-    checked = _CheckedPoller(redis_url, f"{prefix}:checked", window_s, poll_s)
+    checked = _CheckedPoller(redis_url, f"{prefix}:checked:v2", window_s, poll_s)
     # linger.ms as an upstream producer would batch (librdkafka's default is 5 ms), not 1 ms:
     # tansu's fetch slows down with the number of record batches in a partition, and 1-ms
     # batches (~400/s) made the flow's input lag grow from ~30 ms to 0.1-1 s within a minute

@@ -55,6 +55,7 @@ from bench.common import (
     stop_process,
     write_config,
 )
+from bench.tune import measure_tune, tune_rows
 
 #: Targets set by the performance issue (reported against, never enforced).
 TARGETS = {
@@ -67,12 +68,13 @@ TARGETS = {
 }
 #: The collapsed stacks of the last ``--profile`` run.
 PROFILE_PATH = REPO / "bench" / "profile.collapsed.gz"
-STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "dense", "memory")
+STEPS = ("raw", "naive", "live", "two", "latency", "replay", "engine", "dense", "memory",
+         "tune")
 REQUIRED_KEYS = ("raw_eps", "naive_eps", "ctrguard_eps", "ratio_to_raw", "ratio_to_naive",
                  "latency_p50_ms", "latency_p99_ms", "bytes_per_series", "peak_rss_mb",
                  "replay_eps", "speedup_two_processes")
 #: Keys beside the issue's in results.json: step 9 (dense traffic).
-EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw")
+EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw", "tune_s")
 
 
 # --------------------------------------------------------------------------- environment
@@ -151,8 +153,8 @@ def checked_summary(redis_server, prefix: str) -> dict[str, Any]:
     """What the run left in Redis: campaigns with a watermark, the latest one, flags."""
     client = redis_server.client()
     try:
-        rows = client.zrange(f"{prefix}:checked", -1, -1, withscores=True)
-        return {"campaigns_checked": client.zcard(f"{prefix}:checked"),
+        rows = client.zrange(f"{prefix}:checked:v2", -1, -1, withscores=True)
+        return {"campaigns_checked": client.zcard(f"{prefix}:checked:v2"),
                 "latest_checked_s": int(rows[0][1]) if rows else None,
                 "flags": client.zcard(f"{prefix}:flags")}
     finally:
@@ -392,6 +394,78 @@ def budget_note(r: dict[str, Any], d: dict[str, Any]) -> str:
             f"consuming alone took {cpu['thread']:.2f}")
 
 
+#: Compiled parts measured on and off in the same run, on the live flow (step 3) and on
+#: replay (step 6): name, what is off, environment of the run without it
+#: (``detectors/native.py``: ``CTRGUARD_NATIVE_OFF``; ``all`` is ``CTRGUARD_PURE_PYTHON``).
+NATIVE_PARTS = (
+    ("all", "no compiled code at all", {"CTRGUARD_PURE_PYTHON": "1"}),
+    ("core", "detector core as Python (no mypyc)", {"CTRGUARD_NATIVE_OFF": "core"}),
+    ("scan", "event scanner off (msgspec decoding)", {"CTRGUARD_NATIVE_OFF": "scan"}),
+    ("shard", "shard loops off (numpy and Python)", {"CTRGUARD_NATIVE_OFF": "shard"}),
+    ("records", "figure encoder off (orjson)", {"CTRGUARD_NATIVE_OFF": "records"}),
+)
+#: What a compiled part must buy, on the live flow or on replay, to earn its place.
+KEEP_GAIN = 0.15
+
+
+def native_gains(d: dict[str, Any], part: str) -> dict[str, dict[str, float]]:
+    """For each row (live, replay) measured without ``part``: the gain in events/s and in
+    CPU per event of having it (``0.2``: 20 % faster / 20 % more CPU without it).
+
+    >>> native_gains({"live": {"eps": 100, "cpu_us": 4.0}, "live_off_scan":
+    ...               {"eps": 80, "cpu_us": 5.0}}, "scan")
+    {'live': {'rate': 0.25, 'cpu': 0.25}}
+    """
+    out = {}
+    for row in ("live", "replay"):
+        on, off = d.get(row), d.get(f"{row}_off_{part}")
+        if on and off and off.get("eps") and on.get("cpu_us"):
+            out[row] = {"rate": round(on["eps"] / off["eps"] - 1, 3),
+                        "cpu": round(off["cpu_us"] / on["cpu_us"] - 1, 3)}
+    return out
+
+
+def native_section(d: dict[str, Any]) -> str:
+    table = native_table(d)
+    if not table:
+        return ""
+    return f"""## What each compiled part buys
+
+Each part turned off in turn, in the same run, on the live flow (step 3, the median run
+with everything on against one run without the part) and on replay (step 6). A part earns
+its place when it buys at least {KEEP_GAIN:.0%} on either row; judged on CPU per event,
+which the other sessions sharing these 2 cores disturb less than the rate.
+
+{table}
+
+"""
+
+
+def native_table(d: dict[str, Any]) -> str:
+    """The markdown table of what each compiled part buys (empty when not measured)."""
+    lines = []
+    for part, what, _ in NATIVE_PARTS:
+        gains = native_gains(d, part)
+        if not gains:
+            continue
+        cells = []
+        for row in ("live", "replay"):
+            g = gains.get(row)
+            on, off = d.get(row, {}), d.get(f"{row}_off_{part}", {})
+            cells.append("n/a" if g is None else
+                         f"{_fmt(on['eps'])} vs {_fmt(off['eps'])}/s ({g['rate']:+.0%}); "
+                         f"{on['cpu_us']:.2f} vs {off['cpu_us']:.2f} CPU us/event "
+                         f"({g['cpu']:+.0%})")
+        best = max(g["cpu"] for g in gains.values())
+        verdict = ("keeps its place" if best >= KEEP_GAIN else
+                   f"below {KEEP_GAIN:.0%} on both rows") if part != "all" else "(all parts)"
+        lines.append(f"| {part}: {what} | {cells[0]} | {cells[1]} | {verdict} |")
+    if not lines:
+        return ""
+    return ("| part turned off | live flow: with vs without | replay: with vs without | "
+            "verdict |\n| --- | --- | --- | --- |\n" + "\n".join(lines))
+
+
 def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
     d = r["details"]
     t = r["targets"]
@@ -422,22 +496,17 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         ("3. ctrguard live flow, drain, 1 worker", f"{_fmt(r['ctrguard_eps'])} events/s",
          (runs_note(d["ctrguard_runs_eps"]) + "; " if "ctrguard_runs_eps" in d else "")
          + f"peak RSS {r['peak_rss_mb']:.0f} MiB; {cpu_note(d['ctrguard'])}"),
-        *([("   same flow, no compiled code (detectors, decoding as Python)",
-            f"{_fmt(d['ctrguard_python_core']['eps'])} events/s",
-            f"compiled code x{d['ctrguard']['speedup_vs_python_core']:.2f} "
-            f"(same run); {cpu_note(d['ctrguard_python_core'])}")]
-          if "ctrguard_python_core" in d else []),
-        *([("   same flow, event scanner off (msgspec decoding)",
-            f"{_fmt(d['ctrguard_no_scanner']['eps'])} events/s",
-            f"the scanner x{d['ctrguard']['speedup_vs_no_scanner']:.2f} "
-            f"(same run); {cpu_note(d['ctrguard_no_scanner'])}")]
-          if "ctrguard_no_scanner" in d else []),
+        *[(f"   same flow, {what}", f"{_fmt(d[f'live_off_{part}']['eps'])} events/s",
+           f"with it x{1 + native_gains(d, part)['live']['rate']:.2f} (same run), CPU per "
+           f"event x{1 + native_gains(d, part)['live']['cpu']:.2f}; "
+           f"{cpu_note(d[f'live_off_{part}'])}")
+          for part, what, _ in NATIVE_PARTS if f"live_off_{part}" in d],
         ("   ratio to raw consume", f"{r['ratio_to_raw']:.3f}",
          mark("ratio_to_raw") + budget_note(r, d)),
         ("   ratio to naive flow", f"{r['ratio_to_naive']:.2f}", mark("ratio_to_naive")),
         ("4. window close -> figure on topic, p50 / p99",
          f"{_fmt(r['latency_p50_ms'])} / {_fmt(r['latency_p99_ms'])} ms", mark("latency_p99_ms")),
-        ("   window close -> P:checked in Redis, p50 / p99",
+        ("   window close -> P:checked:v2 in Redis, p50 / p99",
          f"{_fmt(lat['redis_checked']['p50_ms'])} / {_fmt(lat['redis_checked']['p99_ms'])} ms",
          f"{lat['windows_measured']} windows x {lat['campaigns']} campaigns, "
          f"{_fmt(lat['impressions_per_s'])} imp/s"
@@ -446,6 +515,11 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
         *memory_rows,
         ("6. replay from gzip JSONL (1 core)", f"{_fmt(r['replay_eps'])} events/s",
          replay_note(d.get("replay", {})) + mark("replay_eps")),
+        *[(f"   same replay, {what}", f"{_fmt(d[f'replay_off_{part}']['eps'])} events/s",
+           f"with it x{1 + native_gains(d, part)['replay']['rate']:.2f} (same run), CPU per "
+           f"event x{1 + native_gains(d, part)['replay']['cpu']:.2f} "
+           f"({d[f'replay_off_{part}']['cpu_us']:.2f} us)")
+          for part, what, _ in NATIVE_PARTS if f"replay_off_{part}" in d],
         *engine_rows(d.get("engine")),
         ("7. live flow, 2 partitions: 1 process", f"{_fmt(d['two']['p1_eps'])} events/s",
          cpu_note({**d['two']['p1_cpu'], "elapsed_s": d['two']['p1_elapsed_s']})),
@@ -457,6 +531,7 @@ def table_rows(r: dict[str, Any]) -> list[tuple[str, str, str]]:
             if "p2_per_process" in d["two"] else "")
          + two_cpu_note(d["two"], d["scenario"]["events"])),
         *dense_rows(d.get("dense")),
+        *tune_rows(d.get("tune")),
     ]
     return rows
 
@@ -572,7 +647,7 @@ Run: {r['finished_at']}, {r['duration_s']:.0f} s in total.
 | --- | ---: | --- |
 {rows}
 
-Events are impressions plus clicks. Targets come from the performance issue; "NOT met" is
+{native_section(d)}Events are impressions plus clicks. Targets come from the performance issue; "NOT met" is
 reported as measured.
 
 ## Scenario and machine
@@ -615,10 +690,10 @@ reported as measured.
    Slack outbox drain at the end is). It runs {live_runs} time(s), each on fresh
    state (its own Redis prefix and output topics); the median run is reported (its rate
    and CPU; peak RSS is the largest of the runs, the child's `VmHWM`). With the compiled
-   code (`detectors/native.py`), the same flow runs twice more on the same topics: with
-   `CTRGUARD_PURE_PYTHON=1` (no compiled code: the Python source of the detectors, and
-   msgspec decoding instead of the C event scanner) and with `CTRGUARD_NO_SCANNER=1` (the
-   compiled detectors, msgspec decoding): what each buys, measured in the same run.
+   code (`detectors/native.py`), the same flow runs once more on the same topics for each
+   compiled part turned off (`CTRGUARD_NATIVE_OFF=core|scan|shard|records`, the Python or
+   numpy reference runs instead) and once with none (`CTRGUARD_PURE_PYTHON=1`): what each
+   buys, measured in the same run. Step 6 does the same for replay (one run each).
 4. **Latency** (`bench/latency.py`): the live flow runs in tail mode in a child process.
    This process produces a synthetic stream at {_fmt(lat['impressions_per_s'])}
    impressions/s (+ {_fmt(lat['clicks_per_s'])} clicks/s) over {lat['campaigns']} campaigns
@@ -627,7 +702,7 @@ reported as measured.
    close is the later of the wall times at which the producer produced the first event at or
    after window end + allowed lateness (2 min) to each input topic (the watermark is the
    minimum over partitions). A consumer thread stamps each figure of series `all` arriving
-   on the figures topic; a thread polling `P:checked` every {lat['redis_poll_ms']:g} ms
+   on the figures topic; a thread polling `P:checked:v2` every {lat['redis_poll_ms']:g} ms
    stamps when each campaign's score reaches the window end. Latency = stamp - close, per
    campaign and window ({lat['figures']['samples']:,} samples), leaving out the first
    windows (start-up). Redis is written before the figures are published, so the figure
@@ -708,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--live-repeats", type=int, default=3,
                    help="runs of the live flow (3); the median is reported")
     p.add_argument("--latency-seconds", type=float, default=60.0)
+    p.add_argument("--tune-hours", type=float, default=24.0,
+                   help="hours of the 40-campaign stream of step 10 (ctrguard tune)")
     p.add_argument("--latency-rate", type=float, default=20_000,
                    help="impressions/s produced during the latency run")
     p.add_argument("--memory-series", default="10000,100000",
@@ -720,8 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", type=Path, default=REPO / "BENCHMARKS.md")
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
     p.add_argument("--no-python-core", action="store_true",
-                   help="skip the live flow's runs without compiled code and without "
-                   "the event scanner (3b, 3c)")
+                   help="skip the runs with compiled parts turned off (3b, 6b)")
     p.add_argument("--only", default="",
                    help=f"comma-separated subset of {','.join(STEPS)} "
                    "(quick iterations: prints what ran, writes no report)")
@@ -819,16 +895,14 @@ def main(argv: list[str] | None = None) -> int:
             if details["ctrguard"]["campaigns_checked"] < 0.9 * args.campaigns:
                 raise RuntimeError(f"the live flow left watermarks for only "
                                    f"{details['ctrguard']['campaigns_checked']} campaigns")
+            details["live"] = {"eps": results["ctrguard_eps"],
+                               "cpu_us": round(chosen["flow_cpu_s"] / n_events * 1e6, 3)}
             if env["detector_core"] == "compiled" and not args.no_python_core:
-                # The same flow without compiled code (3b: detectors and decoding as plain
-                # Python, the source the extensions are built from) and without only the
-                # event scanner (3c: msgspec decoding): what each buys, in the same run.
-                for step, key, name, what, extra in (
-                        ("3b", "ctrguard_python_core", "live-py", "no compiled code",
-                         {"CTRGUARD_PURE_PYTHON": "1"}),
-                        ("3c", "ctrguard_no_scanner", "live-noscan", "no event scanner",
-                         {"CTRGUARD_NO_SCANNER": "1"})):
-                    log(f"{step}. ctrguard live flow, {what} ...")
+                # The same flow with each compiled part turned off in turn (3b): what each
+                # buys, in the same run.
+                for part, what, extra in NATIVE_PARTS:
+                    name = f"live-off-{part}"
+                    log(f"3b. ctrguard live flow, {what} ...")
                     cfg = ctrguard_config(workdir, name, broker, redis_server.url,
                                           slack.base_url,
                                           {**topics, **output_topics(bootstrap, name)})
@@ -837,16 +911,14 @@ def main(argv: list[str] | None = None) -> int:
                                     workdir / f"{name}.log", timeout=timeout,
                                     label=f"ctrguard flow ({what})",
                                     env=common.child_env(**extra))
-                    details[key] = {
+                    details[f"live_off_{part}"] = {
                         "eps": round(n_events / run["elapsed_s"]),
+                        "cpu_us": round(run["cpu_s"] / n_events * 1e6, 3),
                         "elapsed_s": run["elapsed_s"], "maxrss_mb": run["maxrss_mb"],
                         "flow_cpu_s": round(run["cpu_s"], 2), **meter.stop(),
                         **checked_summary(redis_server, f"bench-{name}")}
-                    speedup = "speedup_vs_" + key.removeprefix("ctrguard_")
-                    details["ctrguard"][speedup] = round(
-                        results["ctrguard_eps"] / details[key]["eps"], 2)
-                    log(f"{step}. {what}: {details[key]['eps']:,}/s; ctrguard "
-                        f"x{details['ctrguard'][speedup]}")
+                    log(f"3b. {what}: {details[f'live_off_{part}']['eps']:,}/s; "
+                        f"gains {native_gains(details, part).get('live')}")
 
         if args.profile:
             log("profiling the live flow with py-spy (a separate run) ...")
@@ -941,6 +1013,20 @@ def main(argv: list[str] | None = None) -> int:
                                  "gzip_mb": round((imp_path.stat().st_size
                                                    + clk_path.stat().st_size) / 2**20, 1)}
             log(f"6. replay: median {results['replay_eps']:,}/s ({runs_note(rates)})")
+            details["replay"]["eps"] = chosen["eps"]
+            details["replay"]["cpu_us"] = round(chosen["cpu_s"] / chosen["events_read"] * 1e6, 3)
+            if env["detector_core"] == "compiled" and not args.no_python_core:
+                for part, what, extra in NATIVE_PARTS:
+                    run = run_child(["replay", "--config", str(cfg), "--impressions",
+                                     str(imp_path), "--clicks", str(clk_path), "--out",
+                                     str(workdir / f"replay-off-{part}")],
+                                    workdir / f"replay-off-{part}.log", timeout=timeout,
+                                    label=f"replay ({what})", env=common.child_env(**extra))
+                    details[f"replay_off_{part}"] = {
+                        "eps": run["eps"], "elapsed_s": run["elapsed_s"], "cpu_s": run["cpu_s"],
+                        "cpu_us": round(run["cpu_s"] / run["events_read"] * 1e6, 3)}
+                    log(f"6b. replay, {what}: {run['eps']:,}/s; "
+                        f"gains {native_gains(details, part).get('replay')}")
         # -- 8. engine only ------------------------------------------------------------
         if want("engine"):
             from bench.engine import measure_engine
@@ -973,6 +1059,11 @@ def main(argv: list[str] | None = None) -> int:
             log(f"5. memory {label}: {memory[label]}")
         details["memory"] = memory
         results["bytes_per_series"] = memory[list(memory)[-1]]["bytes_per_series"]
+
+    # -- 10. ctrguard tune (no services) ------------------------------------------------
+    if want("tune"):
+        details["tune"] = measure_tune(hours=args.tune_hours, timeout=timeout)
+        results["tune_s"] = details["tune"]["wall_s"]
 
     if "raw_eps" in results and "ctrguard_eps" in results:
         results["ratio_to_raw"] = round(results["ctrguard_eps"] / results["raw_eps"], 3)

@@ -3,7 +3,9 @@
  * ctrguard/records.py: encode_figures, figure_records, decision_records).
  *
  * The reference is orjson.dumps of each Figure (its fields in order) and the key
- * "campaign|segment|window_start_s" in UTF-8. This code writes a figure only where it can
+ * "campaign|segment|window_start_s" in UTF-8, with '%' in campaign and segment written as
+ * "%25" and '|' as "%7C" (ctrguard.records.figure_key: the key splits into three parts
+ * whatever the ids hold). This code writes a figure only where it can
  * tell that the text is the same: every string a str (not a subclass) without lone
  * surrogates, escaped as orjson escapes (\" \\ \b \t \n \f \r, other controls as
  * \u00XX, everything else as its UTF-8), every count an int (not a bool) within 64 bits,
@@ -59,9 +61,36 @@ static Py_ssize_t str_bound(PyObject *o) {
     return 6 * PyUnicode_GET_LENGTH(o) + 2;
 }
 
+/* One ASCII character of a campaign id or segment into a record key at r: '%' and the
+ * separator '|' escaped (3 bytes), anything else as it is; returns the end. */
+static inline char *put_key_char(char *r, unsigned char c) {
+    if (c == '%') {
+        memcpy(r, "%25", 3);
+        return r + 3;
+    }
+    if (c == '|') {
+        memcpy(r, "%7C", 3);
+        return r + 3;
+    }
+    *r = (char)c;
+    return r + 1;
+}
+
+/* ASCII p[0..len) into a record key at r (see put_key_char); returns the end. Ids rarely
+ * hold either character: then one copy. */
+static char *put_key_ascii(char *r, const unsigned char *p, Py_ssize_t len) {
+    if (memchr(p, '|', len) == NULL && memchr(p, '%', len) == NULL) {
+        memcpy(r, p, len);
+        return r + len;
+    }
+    for (Py_ssize_t i = 0; i < len; i++)
+        r = put_key_char(r, p[i]);
+    return r;
+}
+
 /* Writes the JSON text of str o at *out (quoted, escaped as orjson escapes; room for
- * str_bound(o) bytes), and its UTF-8 at *raw unless raw is NULL (room for 4 bytes a
- * character); advances both. 1: done; 0: a lone surrogate (orjson refuses it, the key
+ * str_bound(o) bytes), and its record-key text (UTF-8, see put_key_char) at *raw unless
+ * raw is NULL (room for 4 bytes a character); advances both. 1: done; 0: a lone surrogate (orjson refuses it, the key
  * passes it: the fallback decides). */
 static int write_str(char **out, PyObject *o, char **raw) {
     Py_ssize_t len = PyUnicode_GET_LENGTH(o);
@@ -76,10 +105,8 @@ static int write_str(char **out, PyObject *o, char **raw) {
             memcpy(w, p, len);
             w[len] = '"';
             *out = w + len + 1;
-            if (raw != NULL) {
-                memcpy(*raw, p, len);
-                *raw += len;
-            }
+            if (raw != NULL)
+                *raw = put_key_ascii(*raw, p, len);
             return 1;
         }
     }
@@ -112,8 +139,12 @@ static int write_str(char **out, PyObject *o, char **raw) {
             n = 4;
         }
         if (r != NULL) {
-            memcpy(r, u, n);
-            r += n;
+            if (n == 1) {
+                r = put_key_char(r, (unsigned char)u[0]);
+            } else {
+                memcpy(r, u, n);
+                r += n;
+            }
         }
         if (c >= 0x20 && c != '"' && c != '\\') {
             memcpy(w, u, n);

@@ -27,8 +27,11 @@ EXIT_INTERRUPTED = 130
 SUBCOMMAND_MODULES = (
     "flows.run_cmd",          # run
     "replay.cli",             # replay, generate, score-series
+    "replay.workbench_cli",   # report, tune, diff
     "sinks.quarantine_cli",   # quarantine list | show | release
     "ctrguard.demo",          # demo
+    "sinks.annotations_cli",  # annotate add | list | remove | audit
+    "sinks.feedback_server",  # serve, feedback export | list
 )
 
 

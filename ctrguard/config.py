@@ -2,7 +2,8 @@
 
 Secrets come from the environment, never from the file in production:
 ``CTRGUARD_KAFKA_BROKERS``, ``CTRGUARD_KAFKA_SASL_USERNAME``, ``CTRGUARD_KAFKA_SASL_PASSWORD``,
-``CTRGUARD_REDIS_URL``, ``CTRGUARD_REDIS_PASSWORD``, ``SLACK_BOT_TOKEN``, ``SLACK_WEBHOOK_URL``.
+``CTRGUARD_REDIS_URL``, ``CTRGUARD_REDIS_PASSWORD``, ``SLACK_BOT_TOKEN``, ``SLACK_WEBHOOK_URL``,
+``SLACK_SIGNING_SECRET``.
 
 >>> cfg = load_config_text("windows:\\n  length: 10m\\n", source="inline.yaml")
 >>> cfg.windows.length_s, cfg.windows.allowed_lateness_s
@@ -26,7 +27,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, V
 
 from ctrguard.errors import ConfigError, ConfigIssue
 from detectors.settings import DetectorSettings
-from sinks.settings import QuarantineSettings, RedisSettings, SlackSettings
+from sinks.settings import (
+    AnnotationSettings,
+    ChartSettings,
+    FeedbackSettings,
+    QuarantineSettings,
+    RedisSettings,
+    SlackSettings,
+)
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -92,8 +100,12 @@ class KafkaSettings(StrictModel):
     partitions: int = Field(1, ge=1, le=1024)
 
     def client_config(self) -> dict[str, Any]:
-        """librdkafka configuration shared by consumers, producers and admin clients."""
-        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers)}
+        """librdkafka configuration shared by consumers, producers and admin clients (their
+        log goes through Python logging, rate-limited: :mod:`ctrguard.kafka_log`)."""
+        from ctrguard.kafka_log import client_logging
+
+        conf: dict[str, Any] = {"bootstrap.servers": ",".join(self.brokers),
+                                **client_logging()}
         conf.update(self.client)
         if self.sasl_username:
             conf["sasl.username"] = self.sasl_username
@@ -150,6 +162,9 @@ class Settings(StrictModel):
     exclusions: ExclusionSettings = ExclusionSettings()
     detectors: DetectorSettings = DetectorSettings()
     quarantine: QuarantineSettings = QuarantineSettings()
+    annotations: AnnotationSettings = AnnotationSettings()
+    feedback: FeedbackSettings = FeedbackSettings()
+    charts: ChartSettings = ChartSettings()
     max_event_bytes: int = Field(64 * 1024, ge=256, le=16 * 1024 * 1024)
     #: Source of this configuration, for messages.
     source: str = Field("<defaults>", exclude=True)
@@ -205,6 +220,8 @@ def _env_overrides(data: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
         section("slack")["bot_token"] = env["SLACK_BOT_TOKEN"]
     if env.get("SLACK_WEBHOOK_URL"):
         section("slack")["webhook_url"] = env["SLACK_WEBHOOK_URL"]
+    if env.get("SLACK_SIGNING_SECRET"):
+        section("feedback")["signing_secret"] = env["SLACK_SIGNING_SECRET"]
     return data
 
 
@@ -259,7 +276,35 @@ def load_config(path: str | Path | None = None, *, env: dict[str, str] | None = 
         return load_config_text("", source="<embedded defaults>", env=env)
     path = Path(path) if path is not None else DEFAULT_CONFIG_PATH
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError([ConfigIssue(str(path), None, "<file>", f"cannot read: {exc.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        raise ConfigError([ConfigIssue(
+            str(path), line, "<file>", f"not UTF-8: byte 0x{data[exc.start]:02x} at column "
+            f"{column} (save the file as UTF-8)")]) from None
     return load_config_text(text, source=str(path), env=env)
+
+
+def issue_at(settings: Settings, path: tuple[str, ...], message: str) -> ConfigIssue:
+    """A problem found after loading (a check against a library, at start-up), located at
+    the line of ``path`` in the file the settings came from, as load-time issues are.
+
+    >>> s = load_config_text("kafka:\\n  client:\\n    no.such: 1\\n", source="<s>", env={})
+    >>> str(issue_at(s, ("kafka", "client", "no.such"), "unknown librdkafka setting"))
+    '<s>: kafka.client.no.such: unknown librdkafka setting'
+    """
+    line = None
+    try:
+        lines = _line_index(Path(settings.source).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        lines = {}
+    for cut in range(len(path), -1, -1):
+        if path[:cut] in lines:
+            line = lines[path[:cut]]
+            break
+    return ConfigIssue(settings.source, line, ".".join(path), message)

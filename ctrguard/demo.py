@@ -8,7 +8,10 @@
 3. runs the live dataflow until the topics are drained;
 4. shows every escalation as it appears in Slack (or posts it when ``SLACK_BOT_TOKEN`` /
    ``SLACK_WEBHOOK_URL`` is set), the quarantine flags in Redis, and a table of incidents
-   injected vs detected.
+   injected vs detected;
+5. releases the windows of the incident holding the most with one command,
+   ``ctrguard quarantine release --incident ID``.
+6. writes the HTML report of the run (``ctrguard report``) and prints its path.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=3, help="random seed of the scenario")
     p.add_argument("--volume-scale", type=float, default=2.0,
                    help="multiplier of impression volumes")
+    p.add_argument("--report-dir", type=Path, default=Path(".demo"),
+                   help="where the run's files and report.html go (default .demo)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -122,8 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
         incidents = list(sim.incidents)
         print(f"{sim.impressions.size:,} impressions, {sim.clicks.size:,} clicks, "
               f"{len(incidents)} incidents injected, {len(sim.traps)} traps that must not alert")
+        rendered: dict[str, list[bytes]] = {}
         for name, topic in (("impressions", topics.impressions), ("clicks", topics.clicks)):
-            lines = render_lines(sim, name)
+            lines = rendered[name] = render_lines(sim, name)
             t0 = time.monotonic()
             n = services.produce_all(bootstrap, topic, lines, client_config=client_conf,
                                      timeout=300)
@@ -132,7 +138,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("running the dataflow until the stream is drained (Slack messages appear below)")
         partitions = list_partitions(settings.kafka)
         t0 = time.monotonic()
-        run_main(get_flow(settings, partitions=partitions))
+        from ctrguard import stopping
+
+        with stopping.install() as stop:  # Ctrl-C: stop at a batch boundary, no panic
+            run_main(get_flow(settings, partitions=partitions))
+        if stop.requested is not None:
+            print("interrupted: the demo stops here (its services are stopped too)")
+            return stop.exit_code
         flow_s = time.monotonic() - t0
         total = sim.impressions.size + sim.clicks.size
         print(f"\nflow drained {total:,} events in {flow_s:.1f}s ({total / flow_s:,.0f} events/s)")
@@ -185,8 +197,73 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"\n{detected}/{len(matched)} incidents detected; {len(alerts)} alerts, "
               f"{len(unmatched)} outside any incident; {len(figures):,} figures published; "
               f"{len(dead):,} events dead-lettered; {len(flags)} windows quarantined")
+        release_one_incident(store, args.config)
+        say("the HTML report of the run")
+        report = write_demo_report(args.report_dir, rendered, incidents, settings, alerts)
+        print(f"report: {report.resolve()}")
         print(f"demo finished in {time.monotonic() - started:.0f}s; stopping services")
     return 0
+
+
+def release_one_incident(store: Any, config: Path | None) -> None:
+    """A person looked at the incident holding the most windows and releases
+    all of them with one command (through the CLI, as a person would run it)."""
+    import shlex
+    import subprocess
+
+    from sinks.quarantine_incidents import list_incidents
+
+    say("releasing one incident's windows in one command")
+    incidents = [i for i in list_incidents(store, include_resolved=True, limit=1000) if i.held]
+    if not incidents:
+        print("no incident holds a window: nothing to release")
+        return
+    biggest = max(incidents, key=lambda i: (len(i.held), i.incident_id))
+    print(f"{len(incidents)} incidents hold windows; incident {biggest.incident_id} "
+          f"({biggest.campaign_id}, {','.join(biggest.kinds)}) holds {len(biggest.held)}")
+    argv = ["ctrguard", "quarantine", "release", "--incident", biggest.incident_id,
+            "--by", "demo", "--reason", "checked in the demo: figures verified"]
+    if config is not None:
+        argv += ["--config", str(config)]
+    print(f"$ {shlex.join(argv)}")
+    done = subprocess.run([sys.executable, "-m", *argv], check=False, text=True,
+                          capture_output=True)
+    lines = done.stdout.splitlines()
+    shown = lines if len(lines) <= 12 else [*lines[:9], "...", *lines[-2:]]
+    print("\n".join(shown))
+    if done.returncode != 0:
+        print(done.stderr.strip(), file=sys.stderr)
+    still = len(store.list_flags(state="quarantined", limit=100_000))
+    print(f"exit code {done.returncode}; {still} series-windows still quarantined "
+          "(ctrguard quarantine incidents lists the rest)")
+
+
+def write_demo_report(out: Path, rendered: dict[str, list[bytes]], incidents: list[Any],
+                      settings: Any, live_alerts: list[dict[str, Any]]) -> Path:
+    """Replay the demo's stream with bands (the same engine as the live flow) into ``out``,
+    say whether its alerts are the live flow's, and write ``out/report.html``."""
+    import gzip
+
+    from replay.generator import write_labels
+    from replay.report import write_report
+    from replay.run import run_replay
+
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, lines in rendered.items():
+        paths[name] = out / f"{name}.jsonl.gz"
+        with gzip.open(paths[name], "wb", compresslevel=1) as fh:
+            fh.write(b"\n".join(lines) + b"\n")
+    write_labels(out / "incidents.csv", incidents)
+    run = run_replay(paths["impressions"], paths["clicks"], settings, out / "run", bands=True)
+    replayed = {orjson.loads(x)["alert_id"] for x in run.alerts_path.read_bytes().splitlines()
+                if x.strip()}
+    live = {a["alert_id"] for a in live_alerts}
+    same = "the same alerts as" if replayed == live else "alerts that differ from"
+    print(f"a replay of the same stream (with the expected bands) gives {same} the live "
+          f"flow ({len(replayed)} and {len(live)})")
+    return write_report(out / "run", out / "report.html", labels=out / "incidents.csv",
+                        settings=settings, title="ctrguard demo")
 
 
 if __name__ == "__main__":  # pragma: no cover

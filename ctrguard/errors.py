@@ -53,12 +53,14 @@ class ConfigError(CtrGuardError):
 class EventError(CtrGuardError):
     """An input event is malformed or violates the event contract.
 
-    ``reason`` is a short machine-friendly sentence that goes into the dead-letter record.
+    ``reason`` is a short sentence that goes into the dead-letter record; ``code`` is one of
+    the closed set of :mod:`ctrguard.reasons` (the ``ctrguard-reason-code`` header).
     """
 
-    def __init__(self, reason: str, *, field: str | None = None):
+    def __init__(self, reason: str, *, field: str | None = None, code: str = "invalid"):
         self.reason = reason
         self.field = field
+        self.code = code
         super().__init__(reason)
 
 

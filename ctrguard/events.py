@@ -19,6 +19,7 @@ ctrguard.errors.EventError: missing required field 'campaign_id'
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -28,6 +29,7 @@ from typing import Annotated, Any, NamedTuple
 import msgspec
 import numpy as np
 
+from ctrguard import reasons
 from ctrguard.errors import EventError
 
 IMPRESSION = 0
@@ -57,10 +59,49 @@ class Event(NamedTuple):
     is_internal: bool
 
 
-# Control and format characters (C0, DEL, C1, zero-width and bidi controls, BOM): refused in
-# ids and segment values, checked in C by msgspec together with the types. msgspec runs the
-# pattern with re.search, where "$" also matches before a final "\n": "\Z" is the end.
-_NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\ufeff]*\\Z"
+#: Unicode general categories refused in ids and segment values: controls (Cc: C0, DEL, C1),
+#: format characters (Cf: bidi marks, embeddings, overrides and isolates, zero-width
+#: characters, the soft hyphen, BOM, tags, ...), surrogates (Cs: only an unpaired one can be
+#: in a ``str``) and the line and paragraph separators (Zl, Zp). This is the one predicate of
+#: the event contract (:func:`is_refused_char`); both decoding paths apply it (see
+#: :data:`_REFUSED_CLASS`).
+REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+#: The code points of :data:`REFUSED_CATEGORIES`, as inclusive ranges (Unicode 14.0, the
+#: ``unicodedata`` of Python 3.11; ``tests/test_format_controls.py`` recomputes them from
+#: the running Python's ``unicodedata`` and fails when they differ). Listed rather than
+#: computed at import, which would cost 0.2 s.
+REFUSED_RANGES = (
+    (0x0000, 0x001F), (0x007F, 0x009F), (0x00AD, 0x00AD), (0x0600, 0x0605),
+    (0x061C, 0x061C), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891),
+    (0x08E2, 0x08E2), (0x180E, 0x180E), (0x200B, 0x200F), (0x2028, 0x202E),
+    (0x2060, 0x2064), (0x2066, 0x206F), (0xD800, 0xDFFF), (0xFEFF, 0xFEFF),
+    (0xFFF9, 0xFFFB), (0x110BD, 0x110BD), (0x110CD, 0x110CD), (0x13430, 0x13438),
+    (0x1BCA0, 0x1BCA3), (0x1D173, 0x1D17A), (0xE0001, 0xE0001), (0xE0020, 0xE007F),
+)
+
+#: :data:`REFUSED_RANGES` as a regular-expression class body. msgspec checks it in C with the
+#: types (the ``_NO_CONTROL`` pattern of ids and segment values), on every message that
+#: could hold such a character; a message that cannot (printable ASCII without escapes: the
+#: C scanner's and :func:`_is_plain`'s alphabet, whose ASCII part is exactly the refused
+#: one's complement, which the tests check) skips the pattern.
+_REFUSED_CLASS = "".join(
+    f"\\U{a:08x}" if a == b else f"\\U{a:08x}-\\U{b:08x}" for a, b in REFUSED_RANGES)
+_REFUSED_RE = re.compile(f"[{_REFUSED_CLASS}]")
+
+
+def is_refused_char(ch: str) -> bool:
+    """Whether a character may not appear in an id or a segment value.
+
+    >>> [is_refused_char(c) for c in ("a", "\\n", "\\u061c", "\\u202e", "\\ud800", "\\u00e9")]
+    [False, True, True, True, True, False]
+    """
+    return _REFUSED_RE.match(ch) is not None
+
+
+# msgspec runs the pattern with re.search, where "$" also matches before a final "\n": "\Z"
+# is the end.
+_NO_CONTROL = f"^[^{_REFUSED_CLASS}]*\\Z"
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=_NO_CONTROL)]
 _Attr = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS, pattern=_NO_CONTROL)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS)]
@@ -118,34 +159,100 @@ def _wire_error(exc: msgspec.ValidationError) -> EventError:
     text = str(exc)
     if text.startswith("Object missing required field `"):
         name = text.split("`")[1]
-        return EventError(f"missing required field {name!r}", field=name)
+        return EventError(f"missing required field {name!r}", field=name,
+                          code=reasons.MISSING_FIELD)
     field = None
     if " - at `$." in text:
         field = text.rsplit("`$.", 1)[1].rstrip("`").split("[")[0].split(".")[0]
     if field is not None and "matching regex" in text:
-        return EventError(f"field {field!r} contains control characters", field=field)
+        return EventError(f"field {field!r} contains control characters", field=field,
+                          code=reasons.BAD_TEXT)
     if field is not None and "length" in text:
         return EventError(f"field {field!r} is empty or too long ({text.split(' - ')[0]})",
-                          field=field)
+                          field=field, code=reasons.BAD_LENGTH)
     if field == "ts" and ("<" in text or ">" in text):
-        return EventError("field 'ts' is out of range (2000..2100)", field="ts")
-    return EventError(f"wrong type: {text}", field=field)
+        return EventError("field 'ts' is out of range (2000..2100)", field="ts",
+                          code=reasons.BAD_TIME)
+    code = reasons.NOT_JSON if field is None else reasons.WRONG_TYPE
+    return EventError(f"wrong type: {text}", field=field, code=code)
+
+
+#: Events nested deeper than this (``{}`` is one level, ``{"a": [1]}`` two) are refused as
+#: ``too_deep``. msgspec recurses per level and raises RecursionError somewhere under
+#: Python's recursion limit, at a depth that depends on the caller's stack; a fixed bound
+#: gives every message the same verdict wherever it is decoded.
+MAX_JSON_DEPTH = 64
+
+# A JSON string, escapes included; what is left after removing them is structure.
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_OPEN = np.zeros(256, dtype=np.int8)
+_OPEN[[ord("["), ord("{")]] = 1
+_OPEN[[ord("]"), ord("}")]] = -1
+
+
+def _openings(raw: bytes) -> int:
+    return raw.count(b"{") + raw.count(b"[")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep the brackets of a JSON text nest, outside strings (an unterminated string
+    runs to the end). The text need not be valid JSON.
+
+    >>> json_depth(b'{"a":[1,{"b":"[[["}]}'), json_depth(b'{"a":"x\\\\"}]]'), json_depth(b"[[[")
+    (3, 1, 3)
+    """
+    body = _JSON_STRING.sub(b"", raw)
+    cut = body.find(b'"')
+    if cut >= 0:
+        body = body[:cut]
+    if not body:
+        return 0
+    steps = _OPEN[np.frombuffer(body, dtype=np.uint8)].astype(np.int64)
+    return max(0, int(np.cumsum(steps).max()))
+
+
+def _check_depth(raw: bytes) -> None:
+    # A text nested d levels deep has at least d opening brackets: counting them (in C)
+    # clears almost every message without looking closer.
+    if _openings(raw) > MAX_JSON_DEPTH and json_depth(raw) > MAX_JSON_DEPTH:
+        raise EventError(f"nested deeper than {MAX_JSON_DEPTH} levels", code=reasons.TOO_DEEP)
 
 
 def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> EventWire:
     r"""Decode and validate one message; ``ts`` is returned as epoch milliseconds.
 
-    The fast path used by the dataflow; :func:`parse_event` wraps it.
+    The fast path used by the dataflow; :func:`parse_event` wraps it. Raises
+    :class:`EventError` for anything that is not a valid event, and nothing else: whatever
+    else decoding raises (RecursionError included) becomes an EventError too.
 
     >>> decode_event(b'{"event_id":"a\\u0007","ts":1767225600000,"campaign_id":"c"}')
     Traceback (most recent call last):
     ...
     ctrguard.errors.EventError: field 'event_id' contains control characters
+    >>> decode_event(b'{"event_id":"a","ts":1767225600000,"campaign_id":"c","x":' + b"[" * 99)
+    Traceback (most recent call last):
+    ...
+    ctrguard.errors.EventError: nested deeper than 64 levels
     """
+    try:
+        return _decode_event(raw, max_bytes)
+    except EventError:
+        raise
+    except RecursionError:
+        raise EventError(f"nested too deeply to decode (over {MAX_JSON_DEPTH} levels)",
+                         code=reasons.TOO_DEEP) from None
+    except Exception as exc:  # noqa: BLE001 - a message must never stop the flow
+        raise EventError(f"cannot be decoded: {type(exc).__name__}: {str(exc)[:120]}",
+                         code=reasons.INVALID) from None
+
+
+def _decode_event(raw: bytes, max_bytes: int) -> EventWire:
     if raw is None:
-        raise EventError("empty message (no value)")
+        raise EventError("empty message (no value)", code=reasons.NO_VALUE)
     if len(raw) > max_bytes:
-        raise EventError(f"message is larger than {max_bytes} bytes ({len(raw)})")
+        raise EventError(f"message is larger than {max_bytes} bytes ({len(raw)})",
+                         code=reasons.TOO_LARGE)
+    _check_depth(raw)
     # JSON cannot carry a raw character below 0x20; every other refused character is either
     # non-ASCII, DEL, or written as an escape. Bytes with none of those skip the patterns.
     plain = raw.isascii() and b"\\" not in raw and b"\x7f" not in raw
@@ -159,16 +266,20 @@ def decode_event(raw: bytes, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> Eve
     except msgspec.ValidationError as exc:
         raise _wire_error(exc) from None
     except msgspec.DecodeError as exc:
-        raise EventError(f"not valid JSON: {str(exc)[:120]}") from None
+        text = str(exc)
+        code = reasons.NOT_UTF8 if "UTF-8" in text else reasons.NOT_JSON
+        raise EventError(f"not valid JSON: {text[:120]}", code=code) from None
     except UnicodeDecodeError:
-        raise EventError("not valid UTF-8") from None
+        raise EventError("not valid UTF-8", code=reasons.NOT_UTF8) from None
     ts = ev.ts
     if ts.__class__ is datetime:
         if ts.tzinfo is None:
-            raise EventError("field 'ts' has no timezone offset (use Z or +HH:MM)", field="ts")
+            raise EventError("field 'ts' has no timezone offset (use Z or +HH:MM)", field="ts",
+                             code=reasons.BAD_TIME)
         ts_ms = _epoch_ms(ts)
         if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
-            raise EventError(f"field 'ts' is out of range (2000..2100): {ts_ms}", field="ts")
+            raise EventError(f"field 'ts' is out of range (2000..2100): {ts_ms}", field="ts",
+                             code=reasons.BAD_TIME)
         ev.ts = ts_ms
     elif ts.__class__ is str:
         ev.ts = parse_ts(ts)
@@ -215,10 +326,13 @@ def decode_batch(values: Sequence[bytes | None], *,
             joined = b"".join(values)  # type: ignore[arg-type]  # None: TypeError
         except TypeError:
             joined = None
-        if joined is not None and _is_plain(joined) and max(map(len, values)) <= max_bytes:
+        # Every message decoded as an event has an opening brace; a message nested deeper
+        # than MAX_JSON_DEPTH has more than that many brackets: below this total, none does.
+        if joined is not None and _is_plain(joined) and max(map(len, values)) <= max_bytes \
+                and _openings(joined) < n + MAX_JSON_DEPTH:
             try:
                 events = list(map(_BATCH_DECODER.decode, values))
-            except (msgspec.MsgspecError, UnicodeDecodeError):
+            except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
                 events = None
     positions: list[int] | None = None
     errors: list[tuple[int, EventError]] = []
@@ -226,12 +340,13 @@ def decode_batch(values: Sequence[bytes | None], *,
         events, positions = [], []
         decode = _BATCH_DECODER.decode
         for i, raw in enumerate(values):
-            if raw is not None and len(raw) <= max_bytes and _is_plain(raw):
+            if raw is not None and len(raw) <= max_bytes and _is_plain(raw) \
+                    and _openings(raw) <= MAX_JSON_DEPTH:
                 try:
                     events.append(decode(raw))
                     positions.append(i)
                     continue
-                except (msgspec.MsgspecError, UnicodeDecodeError):
+                except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError):
                     pass  # decoded again below, for the exact reason
             try:
                 events.append(decode_event(raw, max_bytes=max_bytes))  # type: ignore[arg-type]

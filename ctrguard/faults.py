@@ -19,6 +19,11 @@ Points placed in the code (see ``docs/reliability.md``):
 
 >>> parse_spec("release.after_redis:3, slack.after_call")
 {'release.after_redis': 3, 'slack.after_call': 1}
+
+``CTRGUARD_RAISE_ON=TEXT`` makes the prepare step raise :class:`InjectedFault` on any batch
+holding a message that contains ``TEXT`` (:func:`raise_on`): a stand-in for a bug that some
+input reaches, to test that such a batch is split and only the guilty message
+dead-lettered (``flows.ctr_flow.bisect_batch``).
 """
 
 from __future__ import annotations
@@ -69,4 +74,31 @@ _spec = os.environ.get(ENV, "")
 #: ``point(name)``: crash here if ``$CTRGUARD_CRASH_AT`` names this point and count.
 point = _Crasher(parse_spec(_spec)) if _spec else _noop
 
-__all__ = ["point", "parse_spec", "ENV", "EXIT_STATUS"]
+RAISE_ENV = "CTRGUARD_RAISE_ON"
+
+
+class InjectedFault(RuntimeError):
+    """Raised by :func:`raise_on` (``$CTRGUARD_RAISE_ON``)."""
+
+
+class _Raiser:
+    def __init__(self, marker: bytes):
+        self._marker = marker
+
+    def __call__(self, values: object) -> None:
+        marker = self._marker
+        for value in values:  # type: ignore[attr-defined]
+            if value is not None and marker in value:
+                raise InjectedFault(f"injected fault: a message contains {marker!r}")
+
+
+def _noop_values(values: object) -> None:
+    return None
+
+
+_marker = os.environ.get(RAISE_ENV, "")
+#: ``raise_on(values)``: raise InjectedFault if a value contains ``$CTRGUARD_RAISE_ON``.
+raise_on = _Raiser(_marker.encode()) if _marker else _noop_values
+
+__all__ = ["point", "parse_spec", "raise_on", "InjectedFault", "ENV", "RAISE_ENV",
+           "EXIT_STATUS"]

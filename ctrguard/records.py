@@ -16,6 +16,10 @@ alert per affected campaign-window, all with ``incident`` ``stall:<impressions|c
 (True, 20)
 >>> series_key("c1", "device=mobile")
 'c1|device=mobile'
+>>> figure_key("x|device=mobile", "all", 1767225600), figure_key("x", "device=mobile|all", 1767225600)
+(b'x%7Cdevice=mobile|all|1767225600', b'x|device=mobile%7Call|1767225600')
+>>> parse_figure_key(b'x%7Cdevice=mobile|all|1767225600')
+('x|device=mobile', 'all', 1767225600)
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import orjson
 
@@ -45,6 +50,39 @@ def make_alert_id(campaign_id: str, segment: str, window_start: int, detector: s
 
 def series_key(campaign_id: str, segment: str) -> str:
     return f"{campaign_id}|{segment}"
+
+
+def key_part(text: str) -> str:
+    """A campaign id or segment as it appears in a figure's record key: ``%`` written as
+    ``%25`` and ``|`` (the separator) as ``%7C``, everything else as it is. Any
+    percent-decoder (``urllib.parse.unquote``, JavaScript's ``decodeURIComponent``) gives
+    the id back, so ``x|device=mobile`` with segment ``all`` and ``x`` with segment
+    ``device=mobile|all`` have different keys.
+
+    >>> key_part("50%|off"), key_part("device=mobile")
+    ('50%25%7Coff', 'device=mobile')
+    """
+    if type(text) is not str:
+        text = f"{text}"   # what the key's f-string made of it before it was escaped
+    if "%" in text:
+        text = text.replace("%", "%25")
+    if "|" in text:
+        text = text.replace("|", "%7C")
+    return text
+
+
+def figure_key(campaign_id: str, segment: str, window_start_s: int) -> bytes:
+    """The record key of a figure: ``campaign|segment|window_start_s``, campaign and segment
+    escaped by :func:`key_part`, UTF-8 with lone surrogates passed."""
+    return (f"{key_part(campaign_id)}|{key_part(segment)}|{window_start_s}"
+            .encode("utf-8", "surrogatepass"))
+
+
+def parse_figure_key(key: bytes) -> tuple[str, str, int]:
+    """``(campaign_id, segment, window_start_s)`` of a key made by :func:`figure_key`."""
+    campaign, segment, start = key.decode("utf-8", "surrogatepass").split("|")
+    return (unquote(campaign, errors="surrogatepass"), unquote(segment, errors="surrogatepass"),
+            int(start))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +112,9 @@ class Alert:
     quarantine: bool
     #: Id grouping the alerts of one incident of the campaign ("" if the detector has none).
     incident: str = ""
+    #: The planned change this alert falls in ("kind: reason", see ``sinks/annotations.py``),
+    #: or "" when it is unexpected. An expected alert does not quarantine.
+    expected: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,16 +213,15 @@ def decision_records(decisions: Sequence[WindowDecision]) -> tuple[list[bytes], 
 
 
 def figure_keys(figures: Sequence[Figure]) -> list[bytes]:
-    """Record keys: ``campaign|segment|window_start_s``, UTF-8 with lone surrogates passed."""
-    return [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
-            for f in figures]
+    """Record keys (:func:`figure_key`): ``campaign|segment|window_start_s`` with ``%`` and
+    ``|`` in campaign and segment escaped, UTF-8 with lone surrogates passed."""
+    return [figure_key(f.campaign_id, f.segment, f.window_start_s) for f in figures]
 
 
 def _figure_record(f: Figure) -> tuple[bytes, bytes]:
     """The reference record of one figure: the C encoder's fallback for a figure it does
     not write itself."""
-    return (orjson.dumps(f),
-            f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass"))
+    return orjson.dumps(f), figure_key(f.campaign_id, f.segment, f.window_start_s)
 
 
 def _encode_figures_py(figures: Sequence[Figure]) -> list[bytes]:

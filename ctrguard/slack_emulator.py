@@ -7,6 +7,13 @@ This is a small threaded HTTP server that speaks the same protocol:
 * Web API methods under ``/api/``: ``auth.test``, ``chat.postMessage``, ``chat.update``,
   ``conversations.info``, ``conversations.history`` and ``conversations.replies``.
   The bearer token is checked on every call.
+* File uploads as ``files_upload_v2`` makes them: ``files.getUploadURLExternal`` hands out
+  an upload URL on this server, the client POSTs the bytes there, and
+  ``files.completeUploadExternal`` shares the file (in a thread with ``thread_ts``);
+  ``files.delete`` removes it. :meth:`SlackEmulator.uploads` returns what arrived (shared
+  files are not counted among :meth:`SlackEmulator.messages`).
+* Interaction responses: ``response_url`` POSTs (:meth:`SlackEmulator.response_url`)
+  replace or add messages, as Slack does for a button's ``response_url``.
 * Incoming webhooks under ``/webhook/<path>``.
 * Messages are stored per channel with ``ts``, ``thread_ts``, text, blocks, metadata and the
   history of every ``chat.update``.
@@ -36,7 +43,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-__all__ = ["Call", "Fault", "Message", "SlackEmulator"]
+__all__ = ["Call", "Fault", "Message", "SlackEmulator", "Upload"]
 
 # Limits Slack enforces on Block Kit payloads (documented in the Block Kit reference).
 MAX_BLOCKS = 50
@@ -61,6 +68,23 @@ class Message:
     #: Earlier versions, oldest first, as ``{"text": ..., "blocks": ...}``.
     history: list[dict[str, Any]] = field(default_factory=list)
     source: str = "api"  # "api" or "webhook"
+
+
+@dataclass
+class Upload:
+    """A file uploaded through ``files.getUploadURLExternal`` + POST + complete."""
+
+    file_id: str
+    filename: str
+    length: int
+    data: bytes | None = None
+    title: str = ""
+    alt_txt: str = ""
+    channel: str | None = None
+    thread_ts: str | None = None
+    initial_comment: str = ""
+    shared: bool = False
+    deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +144,7 @@ class SlackEmulator:
         self._channels: dict[str, list[Message]] = {}     # channel id -> messages
         self._names: dict[str, str] = {}                  # channel id -> name as first used
         self._ts_counter = 0
+        self._uploads: dict[str, Upload] = {}
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -273,6 +298,19 @@ class SlackEmulator:
             self._calls.clear()
             self._channels.clear()
             self._names.clear()
+            self._uploads.clear()
+
+    def uploads(self, *, shared_only: bool = True,
+                include_deleted: bool = False) -> list[Upload]:
+        """Files uploaded, in order (shared ones, not deleted, by default)."""
+        with self._lock:
+            ups = list(self._uploads.values())
+        return [u for u in ups if (u.shared or not shared_only)
+                and (include_deleted or not u.deleted)]
+
+    def response_url(self, channel: str, ts: str) -> str:
+        """The ``response_url`` Slack would put in an interaction on message ``ts``."""
+        return f"{self.url}/response/{self.channel_id(channel)}/{ts}"
 
     # ------------------------------------------------------------------ API logic
 
@@ -320,6 +358,8 @@ class SlackEmulator:
             return self._post_message(payload)
         if method == "chat.update":
             return self._update(payload)
+        if method.startswith("files."):
+            return self._files(method, payload)
         if method == "conversations.info":
             cid, err = self._resolve_channel(payload.get("channel"))
             if err:
@@ -393,6 +433,94 @@ class SlackEmulator:
             if payload.get("metadata") is not None:
                 msg.metadata = _metadata(payload.get("metadata"))
         return {"ok": True, "channel": channel, "ts": msg.ts, "text": msg.text}
+
+    def _files(self, method: str, payload: dict[str, Any]) -> dict[str, Any]:
+        if method == "files.getUploadURLExternal":
+            try:
+                length = int(payload.get("length"))
+            except (TypeError, ValueError):
+                return {"ok": False, "error": "invalid_arguments"}
+            filename = str(payload.get("filename") or "")
+            if not filename or length <= 0:
+                return {"ok": False, "error": "invalid_arguments"}
+            with self._lock:
+                file_id = f"F{len(self._uploads) + 1:08d}"
+                self._uploads[file_id] = Upload(file_id, filename, length,
+                                                alt_txt=str(payload.get("alt_txt") or ""))
+            return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}",
+                    "file_id": file_id}
+        if method == "files.completeUploadExternal":
+            try:
+                files = json.loads(payload.get("files") or "[]")
+            except ValueError:
+                return {"ok": False, "error": "invalid_arguments"}
+            channel = payload.get("channel_id") or payload.get("channels")
+            cid = None
+            if channel:
+                cid, err = self._resolve_channel(str(channel).split(",")[0])
+                if err:
+                    return {"ok": False, "error": err}
+            thread_ts = payload.get("thread_ts") or None
+            out = []
+            with self._lock:
+                if thread_ts is not None and (cid is None or self._find(cid, thread_ts) is None):
+                    return {"ok": False, "error": "invalid_thread_ts"}
+                for f in files if isinstance(files, list) else []:
+                    up = self._uploads.get(str(f.get("id")))
+                    if up is None or up.data is None:
+                        return {"ok": False, "error": "file_not_found"}
+                    if len(up.data) != up.length:
+                        return {"ok": False, "error": "file_upload_size_mismatch"}
+                    up.title = str(f.get("title") or up.filename)
+                    up.channel, up.thread_ts, up.shared = cid, thread_ts, cid is not None
+                    up.initial_comment = str(payload.get("initial_comment") or "")
+                    # (Slack shows a shared file in the channel or thread; here it is kept
+                    # in uploads(), not among the messages, which count what was posted.)
+                    out.append({"id": up.file_id, "name": up.filename, "title": up.title})
+                if not out:
+                    return {"ok": False, "error": "invalid_arguments"}
+            return {"ok": True, "files": out}
+        if method == "files.delete":
+            with self._lock:
+                up = self._uploads.get(str(payload.get("file")))
+                if up is None or up.deleted:
+                    return {"ok": False, "error": "file_not_found"}
+                up.deleted = True
+            return {"ok": True}
+        return {"ok": False, "error": "unknown_method"}
+
+    def handle_upload(self, file_id: str, data: bytes) -> tuple[int, str]:
+        """The POST of a file's bytes to the URL ``files.getUploadURLExternal`` gave."""
+        with self._lock:
+            up = self._uploads.get(file_id)
+            if up is None or up.data is not None:
+                return 404, "not found"
+            up.data = data
+            self._lock.notify_all()
+        return 200, f"OK - {len(data)}"
+
+    def handle_response_url(self, channel: str, ts: str,
+                            payload: dict[str, Any]) -> tuple[int, str]:
+        """A POST to an interaction's ``response_url``: replace the message or add one."""
+        err = self._content_error(payload)
+        if err:
+            return 400, err
+        with self._lock:
+            msg = self._find(channel, ts)
+            if msg is None:
+                return 404, "expired_url"
+            if str(payload.get("replace_original")).lower() == "true":
+                msg.history.append({"text": msg.text, "blocks": msg.blocks})
+                msg.text = str(payload.get("text") or "")
+                msg.blocks = payload.get("blocks")
+            elif str(payload.get("delete_original")).lower() == "true":
+                self._channels[channel].remove(msg)
+            else:
+                self._channels[channel].append(Message(
+                    channel=channel, ts=self._next_ts(), text=str(payload.get("text") or ""),
+                    blocks=payload.get("blocks"), thread_ts=payload.get("thread_ts")))
+            self._lock.notify_all()
+        return 200, "ok"
 
     def handle_webhook(self, path: str, payload: dict[str, Any]) -> tuple[int, str]:
         if path.strip("/") != self.webhook_path:
@@ -544,7 +672,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802 - stdlib name
         emulator = self.emulator
         path = urlsplit(self.path).path
+        if path.startswith("/upload/"):
+            # The file's raw bytes (files_upload_v2 sends them without a content type).
+            length = int(self.headers.get("Content-Length") or 0)
+            data = self.rfile.read(length) if length else b""
+            file_id = path[len("/upload/"):]
+            status, body = emulator.handle_upload(file_id, data)
+            emulator._record("upload", {"file_id": file_id, "bytes": len(data)}, status,
+                             {"ok": status == 200})
+            self._send(status, body, "text/plain")
+            return
         payload = self._payload()
+        if path.startswith("/response/"):
+            channel, _, ts = path[len("/response/"):].partition("/")
+            status, body = emulator.handle_response_url(channel, ts, payload)
+            emulator._record("response_url", payload, status, {"ok": status == 200})
+            self._send(status, body, "text/plain")
+            return
         try:
             if path.startswith("/webhook/"):
                 fault = emulator._take_fault("webhook")

@@ -594,6 +594,58 @@ class CampaignMonitor:
         """Drop the state of one series (eviction by the flow); True if it existed."""
         return self._series.pop(segment, None) is not None
 
+    def expectations(self, window: Window,
+                     counts: dict[str, Counts]) -> dict[str, tuple[float, float, float, float]]:
+        """What the detectors expect of each series in ``window``, read before it is fed to
+        :meth:`update` (the state is not changed): ``(ctr, ctr_low, ctr_high, impressions)``,
+        the expected CTR with its 99% band at the window's impressions (as an alert reports
+        them) and the expected impressions. Series without state yet are left out.
+
+        Reports and charts read it; the detectors do not. Two approximations, both only where
+        nothing is alarming: a segment's expected impressions use the hour's volume profile
+        before ``all`` learns from this window, and skipped windows (a campaign silent for
+        whole windows, which the flow never skips) are not replayed first.
+
+        >>> from detectors.settings import DetectorSettings
+        >>> m = build_monitor(DetectorSettings())
+        >>> for t in range(12):
+        ...     _ = m.update(Window(t * 300, t * 300 + 300), {"all": Counts(1000, 20)})
+        >>> e = m.expectations(Window(3600, 3900), {"all": Counts(1000, 0)})
+        >>> [round(x, 4) for x in e["all"]]
+        [0.02, 0.008, 0.032, 1000.0]
+        """
+        start = window.start
+        hour = (start // 3600) % _HOURS
+        series = self._series
+        all_state = series.get(_ALL)
+        p_all = 0.0
+        relvar_all = math.inf
+        if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
+            p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
+            relvar_all = 1.0 / all_state.ctr_k
+        season_v = math.exp(self._season_vol[hour])
+        out: dict[str, tuple[float, float, float, float]] = {}
+        for name, c in counts.items():
+            st = series.get(name)
+            if st is None:
+                continue
+            # The same expectations as _series_step computes before its tests.
+            mu = fmax(st.vol_level + st.vol_trend, 0.0) * season_v
+            if name == _ALL:
+                p, relvar = p_all, relvar_all
+            elif p_all > 0:
+                p = p_all * self._rho(st)
+                relvar = relvar_all + 1.0 / (st.ctr_k + 1.0)
+            else:
+                p, relvar = 0.0, math.inf
+            p = fmin(p, 0.999)
+            n = c.impressions
+            ctr_ok = p > 0 and n > 0 and not (math.isinf(relvar) or math.isnan(relvar))
+            phi_c = fmax(st.ctr_disp, 1.0) * (1.0 + n * p * relvar if ctr_ok else 1.0)
+            lo, hi = ctr_interval(p, n if n > 0 else mu, phi_c)
+            out[name] = (p, lo, hi, mu)
+        return out
+
     # ------------------------------------------------------------------ internals
 
     def _threshold(self, n_series: int, length: int) -> float:

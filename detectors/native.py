@@ -54,6 +54,12 @@ _BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 _DEPENDS = (*MODULES, "detectors.base", "detectors.settings", *C_EXTENSIONS)
 #: Environment variable that forces the Python source.
 PURE_ENV = "CTRGUARD_PURE_PYTHON"
+#: Environment variable that turns single compiled parts off (comma-separated
+#: :data:`PARTS` names), for measuring what each buys (``make bench``) and for debugging.
+OFF_ENV = "CTRGUARD_NATIVE_OFF"
+#: Short name of each compiled part: the mypyc core and each hand-written C extension.
+PARTS = {"core": MODULES, "scan": ("ctrguard._scan",), "records": ("ctrguard._records",),
+         "shard": ("flows._shard",)}
 _STAMP = "_native.json"
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent
@@ -102,10 +108,28 @@ def status() -> str:
     return "compiled"
 
 
+def turned_off() -> frozenset[str]:
+    """The :data:`PARTS` that ``CTRGUARD_NATIVE_OFF`` turns off (an unknown name is an
+    error: a measurement must not silently measure the wrong thing).
+
+    >>> import os
+    >>> os.environ[OFF_ENV] = "scan, shard"; sorted(turned_off())
+    ['scan', 'shard']
+    >>> del os.environ[OFF_ENV]; turned_off()
+    frozenset()
+    """
+    names = frozenset(n.strip() for n in os.environ.get(OFF_ENV, "").split(",") if n.strip())
+    unknown = names - PARTS.keys()
+    if unknown:
+        raise ValueError(f"{OFF_ENV}: unknown part(s) {sorted(unknown)}; "
+                         f"known: {', '.join(PARTS)}")
+    return names
+
+
 def load_extension(name: str) -> Any:
     """The hand-written C extension ``name`` (a key of :data:`C_EXTENSIONS`) when the build
-    is ``compiled`` (so it matches its source and is not disabled), else ``None``: the
-    caller then runs its Python reference code.
+    is ``compiled`` (so it matches its source and is not disabled or turned off), else
+    ``None``: the caller then runs its Python reference code.
 
     >>> load_extension("flows._shard") is None or hasattr(load_extension("flows._shard"),
     ...                                                     "count")
@@ -113,7 +137,7 @@ def load_extension(name: str) -> Any:
     """
     if name not in C_EXTENSIONS:
         raise ValueError(f"not a C extension of ctrguard: {name!r}")
-    if status() != "compiled":
+    if status() != "compiled" or any(name in PARTS[p] for p in turned_off()):
         return None
     try:
         return importlib.import_module(name)
@@ -131,9 +155,10 @@ def in_use() -> str:
 
 def select() -> None:
     """Called by ``import detectors``: load the Python source where the extension must
-    not be used (stale or disabled). Leaves the import system alone otherwise."""
+    not be used (stale, disabled, or the core turned off). Leaves the import system alone
+    otherwise."""
     state = status()
-    if state not in ("stale", "disabled"):
+    if state not in ("stale", "disabled") and "core" not in turned_off():
         return
     if state == "stale":
         warnings.warn("ctrguard: the compiled detector core does not match its source; "

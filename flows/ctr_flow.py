@@ -19,16 +19,20 @@ import logging
 import os
 import pickle
 import time
+from collections.abc import Callable
+from datetime import datetime
 from functools import lru_cache, partial
 from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
+from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
+from ctrguard import faults, stopping
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
-from flows.engine import Chunk, EventPreparer, RawBatch, ShardState, tune_gc
+from flows.engine import Chunk, DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 from flows.source import KafkaBatchSource, list_partitions, source_id
 from sinks.kafka_out import DeadLetterSink
 from sinks.release import ReleaseSink
@@ -117,7 +121,16 @@ def shard_keys(shards: int) -> tuple[str, ...]:
 
 
 class PrepareStep:
-    """Stateless: one RawBatch in, one chunk per shard plus dead letters out."""
+    """Stateless: one RawBatch in, one chunk per shard plus dead letters out.
+
+    The last line of defence against a poison message: decoding turns every malformed
+    message into a dead letter, but should preparing a batch still raise (a bug that some
+    input reaches), the batch is split in halves and each half prepared again, down to
+    single messages: only the messages that make it raise are dead-lettered, with reason
+    code ``crash`` and the exception's type in the reason (:func:`bisect_batch`). A batch
+    of at least :data:`SYSTEMIC_CRASH_MIN` messages that raises on every one of them alone is
+    not poison but a fault of the step: the exception is raised again and stops the flow.
+    """
 
     def __init__(self, settings: Settings):
         self._preparer = EventPreparer(settings)
@@ -125,13 +138,67 @@ class PrepareStep:
         self.excluded: dict[str, int] = {}
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
-        prepared = self._preparer.prepare(batch, now_ms=int(time.time() * 1000))
-        for reason, n in prepared.excluded.items():
-            self.excluded[reason] = self.excluded.get(reason, 0) + n
+        now_ms = int(time.time() * 1000)
+        try:
+            return self._items(batch, now_ms)
+        except Exception as exc:  # noqa: BLE001 - isolated below, or raised again
+            log.warning("preparing %d messages of %s raised %s: %s; splitting the batch to "
+                        "dead-letter only the messages that cause it", len(batch.values),
+                        batch.source, type(exc).__name__, exc, exc_info=True)
+            return bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
+
+    def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
+        faults.raise_on(batch.values)
+        prepared = self._preparer.prepare(batch, now_ms=now_ms)
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]
         keys = self._keys
         items.extend((keys[shard], chunk) for shard, chunk in self._preparer.chunks(prepared))
+        # Counted once the batch is through: a batch tried again is not counted twice.
+        for reason, n in prepared.excluded.items():
+            self.excluded[reason] = self.excluded.get(reason, 0) + n
         return items
+
+
+#: See :class:`PrepareStep`.
+SYSTEMIC_CRASH_MIN = 16
+
+
+def bisect_batch(batch: RawBatch, step: Callable[[RawBatch], list[tuple[str, Any]]],
+                 exc: Exception) -> list[tuple[str, Any]]:
+    """``step`` over ``batch`` that raised ``exc``, run again on halves of it down to single
+    messages; a message that raises alone becomes a ``crash`` dead letter. Parts keep the
+    batch's order; only the last part carries the batch's ``idle`` flag."""
+    n = len(batch.values)
+    if n == 0:
+        raise exc  # nothing to isolate: the step itself fails
+    crashed = 0
+
+    def isolate(lo: int, hi: int, err: Exception) -> list[tuple[str, Any]]:
+        nonlocal crashed
+        if hi - lo == 1:
+            crashed += 1
+            raw = batch.values[lo]
+            return [(DEAD, DeadLetter(
+                "crash", f"prepare raised {type(err).__name__}: {str(err)[:300]}",
+                batch.topic, batch.partition, batch.offsets[lo],
+                raw if raw is not None else b"", "crash"))]
+        out: list[tuple[str, Any]] = []
+        mid = (lo + hi) // 2
+        for a, b in ((lo, mid), (mid, hi)):
+            part = batch._replace(values=batch.values[a:b], offsets=batch.offsets[a:b],
+                                  idle=batch.idle and b == n)
+            try:
+                out.extend(step(part))
+            except Exception as sub:  # noqa: BLE001 - isolated further
+                out.extend(isolate(a, b, sub))
+        return out
+
+    out = isolate(0, n, exc)
+    if crashed == n and n >= SYSTEMIC_CRASH_MIN:
+        raise exc
+    log.error("dead-lettered %d of %d messages of %s as 'crash' (%s)", crashed, n,
+              batch.source, type(exc).__name__)
+    return out
 
 
 def is_dead(item: tuple[str, Any]) -> bool:
@@ -201,6 +268,12 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         return _pack(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
+        if stopping.requested():
+            # Stopped, not drained: the open windows stay open in the snapshot and close
+            # when the flow runs again and event time gets there.
+            log.info("shard stopped: %s, %d campaigns", self.state.stats.as_dict(),
+                     self.state.campaigns)
+            return [], StatefulBatchLogic.RETAIN
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
         return _pack(out), StatefulBatchLogic.RETAIN
@@ -211,6 +284,41 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
         return pickle.dumps(self.state, protocol=pickle.HIGHEST_PROTOCOL)
 
 
+class StoppableSource(FixedPartitionedSource[RawBatch, Any]):
+    """The flow's input, ended at a batch boundary once a stop is requested
+    (:mod:`ctrguard.stopping`): each partition raises StopIteration at its next poll, after
+    the batches it already returned."""
+
+    def __init__(self, inner: FixedPartitionedSource[RawBatch, Any]):
+        self.inner = inner
+
+    def list_parts(self) -> list[str]:
+        return self.inner.list_parts()
+
+    def build_part(self, step_id: str, for_part: str, resume_state: Any
+                   ) -> _StoppablePartition:
+        return _StoppablePartition(self.inner.build_part(step_id, for_part, resume_state))
+
+
+class _StoppablePartition(StatefulSourcePartition[RawBatch, Any]):
+    def __init__(self, inner: StatefulSourcePartition[RawBatch, Any]):
+        self._inner = inner
+
+    def next_batch(self) -> list[RawBatch]:
+        if stopping.requested():
+            raise StopIteration()
+        return self._inner.next_batch()
+
+    def next_awake(self) -> datetime | None:
+        return None if stopping.requested() else self._inner.next_awake()
+
+    def snapshot(self) -> Any:
+        return self._inner.snapshot()
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 def build_monitor_for(settings: Settings) -> Any:
     from detectors.monitor import build_monitor
 
@@ -219,10 +327,12 @@ def build_monitor_for(settings: Settings) -> Any:
 
 def build_shard(settings: Settings, sources: list[str], resume: bytes | None, *,
                 snapshots: bool = True) -> ShardLogic:
+    factory = partial(build_monitor_for, settings)
     if resume is not None:
-        state = pickle.loads(resume)
+        # A snapshot holds state, not settings: the running process's are bound to it.
+        state = pickle.loads(resume).bind(settings, factory)
     else:
-        state = ShardState(settings, sources, partial(build_monitor_for, settings))
+        state = ShardState(settings, sources, factory)
     return ShardLogic(state, snapshots)
 
 
@@ -242,7 +352,8 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     sources = [source_id(t, p) for t, p in partitions]
 
     flow = Dataflow("ctrguard")
-    raw = op.input("kafka_in", flow, KafkaBatchSource(settings.kafka, partitions))
+    raw = op.input("kafka_in", flow,
+                   StoppableSource(KafkaBatchSource(settings.kafka, partitions)))
     prepared = op.flat_map("prepare", raw, PrepareStep(settings))
     split = op.branch("split_invalid", prepared, is_dead)
     invalid = op.map("invalid", split.trues, unwrap)

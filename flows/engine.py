@@ -123,12 +123,14 @@ class DeadLetter:
     for a late event whose chunk crossed processes without them (:class:`Chunk`): the
     dead-letter sink reads them back from the source partition at ``offset``."""
 
-    stage: str            # "parse" | "future" | "past" | "late"
+    stage: str            # "parse" | "future" | "past" | "late" | "crash"
     reason: str
     topic: str
     partition: int
     offset: int
     raw: bytes | None
+    #: One of :data:`ctrguard.reasons.REASON_CODES`; ``None``: the stage's own code.
+    code: str | None = None
 
 
 _NO_TIMES = np.empty(0, dtype=np.int64)
@@ -499,7 +501,7 @@ class EventPreparer:
                             scanned.keys, [], scanned.users, scanned.refs)
         decoded = decode_batch(values, max_bytes=self._max_bytes)
         dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
-                           values[i] if values[i] is not None else b"")
+                           values[i] if values[i] is not None else b"", exc.code)
                 for i, exc in decoded.errors]
         events = decoded.events
         dks = _dims_keys([list(map(g, events)) for g in self._dim_getters], len(events))
@@ -964,6 +966,11 @@ def _counts_of(n: int, k: int) -> Counts:
 _STATE_VERSION = 3
 
 
+def _unbound_monitor_factory() -> Any:
+    raise RuntimeError("a ShardState restored from a snapshot needs bind(settings, "
+                       "monitor_factory) before it meets a new campaign")
+
+
 def _restore_shard_state(version: int) -> ShardState:
     """Unpickling starts here, before the rest of the snapshot is read: a snapshot of another
     version is refused before any of its objects is rebuilt."""
@@ -977,7 +984,9 @@ class ShardState:
 
     ``ingest(chunk)`` returns what became final: :class:`WindowDecision` objects (one per
     campaign and closed window, in window order) and :class:`DeadLetter` objects (late events).
-    The whole object pickles; a restored copy continues identically.
+    The state pickles; a restored copy, given the running process's settings with
+    :meth:`bind`, continues identically. Snapshots hold state, not settings (the settings
+    carry the Slack token and the Redis password): see :meth:`bind`.
 
     Memory per campaign is kept small because a shard holds many: the event ids of a
     window are remembered as 8-byte keys in one :class:`_Seen` per window and kind (not as
@@ -989,15 +998,10 @@ class ShardState:
 
     def __init__(self, settings: Settings, sources: Iterable[str],
                  monitor_factory: Callable[[], Any]):
-        self.settings = settings
+        # The window length and the dimensions shape the state: kept in it (bind checks).
         self._length_ms = settings.windows.length * 1000
-        self._lateness_ms = settings.windows.allowed_lateness * 1000
-        self._ttl_windows = max(1, math.ceil(settings.windows.series_ttl / settings.windows.length))
         self._dims = tuple(settings.segments.dimensions)
-        self._max_values = settings.segments.max_values_per_dimension
-        self._grace_windows = max(1, math.ceil(settings.windows.allowed_lateness
-                                               / settings.windows.length))
-        self._monitor_factory = monitor_factory
+        self._configure(settings, monitor_factory)
         self._frontiers: dict[str, int | None] = {s: None for s in sources}
         self._idle: set[str] = set()
         self._campaigns: dict[str, _Campaign] = {}
@@ -1028,14 +1032,62 @@ class ShardState:
         self._root_dims = self._dims_state(tuple(frozenset() for _ in self._dims),
                                            (False,) * len(self._dims))
 
+    #: The settings and what is made of them: not state, never pickled (the settings hold
+    #: the Slack token and the Redis password; Bytewax writes snapshots to disk). A
+    #: restored shard gets the running process's from :meth:`bind`.
+    _NOT_STATE = ("settings", "_monitor_factory")
+
+    def _configure(self, settings: Settings, monitor_factory: Callable[[], Any]) -> None:
+        self.settings = settings
+        self._monitor_factory = monitor_factory
+        self._lateness_ms = settings.windows.allowed_lateness * 1000
+        self._ttl_windows = max(1, math.ceil(settings.windows.series_ttl / settings.windows.length))
+        self._max_values = settings.segments.max_values_per_dimension
+        self._grace_windows = max(1, math.ceil(settings.windows.allowed_lateness
+                                               / settings.windows.length))
+        self._quarantine_causes = dict(settings.quarantine.causes)
+
+    def bind(self, settings: Settings, monitor_factory: Callable[[], Any]) -> ShardState:
+        """Give a restored shard the running process's settings and monitor factory (a
+        snapshot holds neither); returns the shard. Settings that only tune it (allowed
+        lateness, series TTL, values per dimension, the detectors of new campaigns) take
+        effect; the window length and the segment dimensions shape the state, and a
+        snapshot taken with others is refused (:class:`~ctrguard.errors.ConfigError`, at
+        the setting's line) rather than misread.
+
+        Snapshots written before settings were left out (they still hold them) load too:
+        their settings are dropped and replaced by the running process's.
+        """
+        length_ms = settings.windows.length * 1000
+        dims = tuple(settings.segments.dimensions)
+        if (length_ms, dims) != (self._length_ms, self._dims):
+            from ctrguard.config import issue_at
+            from ctrguard.errors import ConfigError
+
+            field = ("windows", "length") if length_ms != self._length_ms else \
+                ("segments", "dimensions")
+            raise ConfigError([issue_at(
+                settings, field,
+                f"the snapshot was taken with windows.length {self._length_ms // 1000}s and "
+                f"segments.dimensions {list(self._dims)}; the configuration says "
+                f"{length_ms // 1000}s and {list(dims)}. These shape the saved state: run "
+                "with the snapshot's values, or start with a fresh recovery directory")])
+        self._configure(settings, monitor_factory)
+        return self
+
     def __reduce__(self) -> tuple:
-        state = {k: v for k, v in self.__dict__.items() if k not in self._DERIVED}
+        skip = self._DERIVED + self._NOT_STATE
+        state = {k: v for k, v in self.__dict__.items() if k not in skip}
         return _restore_shard_state, (_STATE_VERSION,), state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         if state.pop("_version", _STATE_VERSION) != _STATE_VERSION:  # version 2 kept it here
             raise ValueError(_INCOMPATIBLE)
+        for name in self._NOT_STATE:  # snapshots written before they were left out
+            state.pop(name, None)
         self.__dict__.update(state)
+        self.settings = None
+        self._monitor_factory = _unbound_monitor_factory
         self._derived()
 
     def _intern(self, obj: Any) -> Any:
@@ -1418,7 +1470,7 @@ class ShardState:
             if not self._open or min(self._open) >= end_wid:
                 return
             self._next_close = max(min(self._open), end_wid - self._ttl_windows)
-        length_s = self.settings.windows.length
+        length_s = self._length_ms // 1000
         while self._next_close < end_wid:
             wid = self._next_close
             self._next_close = wid + 1
@@ -1484,7 +1536,7 @@ class ShardState:
     def _quarantines(self, v: Verdict) -> bool:
         """Whether an alert of ``v`` holds its figure back: ``quarantine.causes`` by suspected
         cause, the detector's own call for a cause not listed."""
-        return self.settings.quarantine.causes.get(v.suspected_cause, v.quarantine)
+        return self._quarantine_causes.get(v.suspected_cause, v.quarantine)
 
     def _window_iso(self, start_s: int) -> str:
         text = self._iso.get(start_s)

@@ -8,7 +8,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ctrguard.config import Settings, load_config
-from ctrguard.errors import KafkaUnavailable, RedisUnavailable
+from ctrguard.errors import ConfigError, CtrGuardError, KafkaUnavailable, RedisUnavailable
 
 log = logging.getLogger("ctrguard.run")
 
@@ -17,8 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "run",
         help="run the live dataflow (Kafka in; Redis flags, figures, alerts, Slack out)",
-        description="Run the live ctrguard dataflow. The configuration is validated first; "
-        "Kafka and Redis must be reachable (exit code 3 otherwise).",
+        description="Run the live ctrguard dataflow. The configuration is validated first "
+        "(exit code 2); Kafka and Redis must be reachable (exit code 3 otherwise). Ctrl-C "
+        "stops at a batch boundary and snapshots (exit 130), SIGTERM likewise (exit 0); a "
+        "second signal exits at once.",
     )
     p.add_argument("--config", type=Path, default=None,
                    help="YAML configuration (default: the embedded config/default.yaml)")
@@ -40,14 +42,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_run)
 
 
+def check_kafka_client_settings(settings: Settings) -> None:
+    """Raise :class:`ConfigError` (exit 2, ``file:line: field: message``) for every
+    ``kafka.client`` setting librdkafka refuses: an unknown key, a bad value, a combination
+    it rejects. Checked before any service is touched."""
+    from ctrguard.config import issue_at
+    from ctrguard.kafka_admin import client_setting_issues
+
+    found = client_setting_issues(settings.kafka)
+    if found:
+        raise ConfigError([issue_at(settings, ("kafka", "client", key) if key else
+                                    ("kafka", "client"), f"librdkafka: {message}")
+                           for key, message in found])
+
+
 def preflight(settings: Settings) -> list[tuple[str, int]]:
     """Fail fast (exit 3) when Redis or Kafka cannot be reached; create topics if allowed.
 
-    Redis is checked first, so an unreachable Redis leaves no topics behind.
+    librdkafka settings are checked first (exit 2), then Redis, so an unreachable Redis
+    leaves no topics behind; an unreachable Kafka is one line with the attempts made.
     """
+    from ctrguard.kafka_admin import check_reachable
     from flows.source import list_partitions
     from sinks.redis_client import make_redis
 
+    check_kafka_client_settings(settings)
     client = make_redis(settings.redis)
     try:
         client.ping()
@@ -55,6 +74,9 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
         raise RedisUnavailable(f"cannot reach Redis: {type(exc).__name__}") from None
     finally:
         client.close()
+    log.info("connecting to Kafka at %s (up to %gs)", ",".join(settings.kafka.brokers),
+             settings.kafka.connect_timeout_s)
+    check_reachable(settings.kafka, timeout=settings.kafka.connect_timeout_s)
     if settings.kafka.create_topics:
         from ctrguard.kafka_admin import ensure_topics
 
@@ -63,6 +85,17 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
                                        topics.alerts, topics.deadletter],
                       timeout=settings.kafka.connect_timeout_s)
     return list_partitions(settings.kafka, timeout=settings.kafka.connect_timeout_s)
+
+
+def ctrguard_cause(exc: BaseException) -> CtrGuardError | None:
+    """The first :class:`CtrGuardError` in ``exc``'s chain of causes, if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, CtrGuardError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return None
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -93,7 +126,23 @@ def cmd_run(args: argparse.Namespace) -> int:
              " event scanner: %s", len(partitions), settings.source, args.workers,
              f", recovery in {args.recovery_dir}" if recovery else "", native.status(),
              "on" if events._SCANNER is not None else "off")
-    cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
-             addresses=addresses, epoch_interval=timedelta(seconds=args.snapshot_interval),
-             recovery_config=recovery)
-    return 0
+    from ctrguard import stopping
+
+    # Ctrl-C and SIGTERM stop the flow at a batch boundary (and snapshot), not mid-batch.
+    with stopping.install() as stop:
+        try:
+            cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
+                     addresses=addresses,
+                     epoch_interval=timedelta(seconds=args.snapshot_interval),
+                     recovery_config=recovery)
+        except Exception as exc:
+            # Bytewax wraps what a step raised (BytewaxRuntimeError, the original as a
+            # cause): one of ours is reported as such, with its exit code (cli.main).
+            cause = ctrguard_cause(exc)
+            if cause is None:
+                raise
+            raise cause from None
+    if stop.requested is not None:
+        log.info("stopped on %s%s", stop.requested,
+                 "; state snapshotted" if recovery is not None else "")
+    return stop.exit_code

@@ -78,6 +78,14 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
                    help="traps.csv: report which traps false alarms fell on (with --labels)")
     p.add_argument("--no-baselines", action="store_true",
                    help="do not run the raw-River and z-test baselines")
+    p.add_argument("--annotations", type=Path, default=None, metavar="PATH",
+                   help="planned changes (YAML/JSON list of campaigns, start, end, kind, "
+                   "reason): alerts inside them are marked expected and do not quarantine "
+                   "(besides the configuration's annotations.planned_changes)")
+    p.add_argument("--bands", action="store_true",
+                   help="also write bands.jsonl, the expected CTR and its band per "
+                   "series-window, for 'ctrguard report' (costs about a fifth more CPU on "
+                   "streams of many small campaigns)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_replay)
 
@@ -87,9 +95,13 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from replay.evaluate import evaluate_many, format_table, load_labels
 
     bad = _missing({"--impressions": args.impressions, "--clicks": args.clicks,
-                    "--labels": args.labels, "--traps": args.traps})
+                    "--labels": args.labels, "--traps": args.traps,
+                    "--annotations": args.annotations})
     if bad is not None:
         return bad
+    planned = _planned_changes(args.annotations)
+    if planned is None:
+        return EXIT_USAGE
     if args.traps is not None and args.labels is None:
         _err("--traps needs --labels")
         return EXIT_USAGE
@@ -105,7 +117,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     result = run_replay(args.impressions, args.clicks, settings, args.out,
-                        baselines=not args.no_baselines, progress=not args.quiet)
+                        baselines=not args.no_baselines, progress=not args.quiet,
+                        annotations=planned, bands=args.bands)
     s = result.summary
     if not args.quiet:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "
@@ -127,6 +140,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(format_table(results))
     print(f"(evaluation: {out_path})")
     return EXIT_OK
+
+
+def _planned_changes(path: Path | None) -> list[Any] | None:
+    """The planned changes of ``--annotations`` (None after printing an error)."""
+    if path is None:
+        return []
+    from sinks.annotations import AnnotationError, load_annotation_file
+
+    try:
+        return load_annotation_file(str(path))
+    except AnnotationError as exc:
+        _err(str(exc))
+        return None
 
 
 # --------------------------------------------------------------------------- generate
@@ -316,8 +342,12 @@ def _register_score_series(sub: argparse._SubParsersAction) -> None:
         help="score a single numeric time series (CSV timestamp,value) for anomalies",
         description="Read a CSV with a header containing 'timestamp' and 'value' (timestamps "
         "ISO-8601 with an offset or epoch seconds, non-decreasing; values finite numbers) and "
-        "write the same rows with two more columns, anomaly_score and alert (0/1). Malformed "
-        "rows are reported with their line number.",
+        "write the same rows with two more columns, anomaly_score and alert (0/1). "
+        "anomaly_score is 1 - p, p the tail probability of the point's residual under a robust "
+        "model with daily and weekly cycles, measured against the recent residuals (uniform on "
+        "[0, 1] for normal points; near 1 only as far as the tail allows, never a tie at 1); "
+        "alert is p <= 1e-4. The first 48 points score 0 (warm-up). Malformed rows are "
+        "reported with their line number.",
         epilog=_EPILOG,
     )
     p.add_argument("--csv", type=Path, required=True, metavar="PATH", help="input CSV")
@@ -439,10 +469,21 @@ def cmd_score_series(args: argparse.Namespace) -> int:
 
 
 def _fmt_score(score: Any) -> str:
+    """A score as text, with enough digits that scores near 1 stay apart: ``1 - score``
+    keeps three significant digits.
+
+    >>> _fmt_score(0.5), _fmt_score(1 - 2.345e-9), _fmt_score(None)
+    ('0.5', '0.999999997655', '')
+    """
     if score is None:
         return ""
     value = float(score)
-    return "" if math.isnan(value) else f"{value:.6g}"
+    if math.isnan(value):
+        return ""
+    if not 0.999 < value < 1.0:
+        return f"{value:.6g}"
+    digits = min(17, 3 - math.floor(math.log10(1.0 - value)))
+    return f"{value:.{digits}f}"
 
 
 __all__ = ["register", "cmd_replay", "cmd_generate", "cmd_evaluate", "cmd_score_series",

@@ -6,7 +6,8 @@ frontier exactly as a Kafka partition batch does in the live flow.
 
 Outputs in ``out_dir``: ``alerts.jsonl`` (one escalation a line), ``figures.jsonl`` (every
 decided series-window with its status), ``deadletter.jsonl`` (rejected and late events with
-the reason), ``summary.json`` (counts), and with baselines ``alerts_<name>.jsonl``.
+the reason), ``summary.json`` (counts), with baselines ``alerts_<name>.jsonl``, and with
+bands ``bands.jsonl`` (the expected CTR and its band per series-window: :mod:`replay.bands`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import orjson
 
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
+from ctrguard.reasons import reason_code
 from ctrguard.records import WindowDecision, encode_figures
 from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
 from replay.evaluate import ReplayInputError
@@ -158,7 +160,8 @@ def dead_letter_record(d: DeadLetter) -> dict[str, Any]:
         raw_field = {"raw": text}
     except UnicodeDecodeError:
         raw_field = {"raw_base64": base64.b64encode(d.raw).decode("ascii")}
-    return {"stage": d.stage, "reason": d.reason, "source": d.topic, "line": d.offset, **raw_field}
+    return {"stage": d.stage, "reason": d.reason, "reason_code": reason_code(d.stage, d.code),
+            "source": d.topic, "line": d.offset, **raw_field}
 
 
 class _Progress:
@@ -191,13 +194,32 @@ def run_replay(
     progress: bool = False,
     chunk_lines: int = 5000,
     monitor_factory: Callable[[], Any] | None = None,
+    annotations: Sequence[Any] = (),
+    bands: bool = False,
+    decisions: Callable[[list[Any]], None] | None = None,
 ) -> ReplayResult:
-    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary."""
+    """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary
+    (and with ``bands``, the expected CTR and band of every series-window).
+
+    ``annotations``: planned changes (:class:`sinks.annotations.Annotation`) besides the
+    configuration's; alerts inside them are marked expected and do not quarantine.
+    ``decisions``, if given, sees what the main detector state returns, as it returns it
+    (before planned changes mark alerts expected).
+    """
     from detectors.monitor import build_monitor
+    from replay.expected import ExpectedMarker
+
+    expected = ExpectedMarker(settings, annotations)
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     factory = monitor_factory or (lambda: build_monitor(settings.detectors))
+    recorder = None
+    if bands:
+        from replay.bands import BandRecorder
+
+        recorder = BandRecorder()
+        factory = recorder.factory(factory)
     sources = [
         _FileSource(impressions, IMPRESSIONS_SOURCE, IMPRESSION, chunk_lines),
         _FileSource(clicks, CLICKS_SOURCE, CLICK, chunk_lines),
@@ -219,6 +241,8 @@ def run_replay(
         "summary": out / "summary.json",
     }
     baseline_paths = {name: out / f"alerts_{name}.jsonl" for name in states if name != "ctrguard"}
+    if recorder is not None:
+        paths["bands"] = out / "bands.jsonl"
     files = {name: open(path, "wb") for name, path in paths.items() if name != "summary"}  # noqa: SIM115
     baseline_files = {name: open(path, "wb") for name, path in baseline_paths.items()}  # noqa: SIM115
     read = 0
@@ -232,6 +256,9 @@ def run_replay(
 
     def emit(name: str, items: list[WindowDecision | DeadLetter]) -> None:
         if name == "ctrguard":
+            if decisions is not None:
+                decisions(items)
+            items = expected(items)
             figures: list[Any] = []
             alerts: list[Any] = []
             dead: list[dict[str, Any]] = []
@@ -246,6 +273,10 @@ def run_replay(
                 files["figures"].write(b"\n".join(encode_figures(figures)) + b"\n")
             _write_lines(files["alerts"], alerts)
             _write_lines(files["deadletter"], dead)
+            if recorder is not None:
+                band_lines = recorder.lines(items)
+                if band_lines:
+                    files["bands"].write(b"\n".join(band_lines) + b"\n")
         else:
             _write_lines(baseline_files[name], [alert for item in items
                                                 if isinstance(item, WindowDecision)
@@ -301,12 +332,14 @@ def run_replay(
         "dead_lettered_by_stage": dict(sorted(dead_by_stage.items())),
         "invalid": parse_errors,
         "windows": stats["windows"],
-        "quarantined_windows": stats["quarantined"],
+        "quarantined_windows": stats["quarantined"] - expected.figures_released,
         "alerts": stats["alerts"],
         "campaigns": main.campaigns,
         "series": main.series(),
         "baseline_alerts": {name: s.stats.alerts for name, s in states.items() if name != "ctrguard"},
     }
+    if expected.annotations:
+        summary["expected_alerts"] = expected.alerts
     paths["summary"].write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     return ReplayResult(out, paths["alerts"], paths["figures"], paths["deadletter"],
                         paths["summary"], summary, baseline_paths)

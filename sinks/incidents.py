@@ -13,12 +13,17 @@ Rules
 * Re-delivered alerts (same ``alert_id``) change nothing. Alerts older than what the
   tracker still remembers (an already resolved stretch, or beyond ``keep_windows`` of an
   open incident) are *stale*: ignored and counted.
-* Impact of a window = observed - expected clicks of segment ``all`` when it alerted,
-  otherwise of the alerting segment with the largest deviation (segments of different
-  dimensions overlap, so they are never summed). The incident's impact is the sum over its
-  windows; negative means clicks lost.
+* One consistent block of numbers (:class:`SeriesTotals`): the *block series* is the
+  alerting series (``all`` or a segment) with the largest summed ``|observed - expected|``
+  clicks (ties: ``all``), and its observed clicks and impressions, expected clicks and
+  impressions and the click difference are all summed over the same windows, those in
+  which that series alerted. Segments of different dimensions overlap, so series are never
+  summed with each other. ``Incident.clicks_delta`` is that block's ``clicks -
+  expected_clicks`` (negative: clicks lost).
 * The driving segment is the non-``all`` segment with the largest summed
   ``|observed - expected|`` clicks (``all`` when no other segment alerted).
+* Evidence: the largest likelihood-ratio score (nats) of the incident's alerts, stated as
+  how rarely chance alone produces it (:func:`chance_days`).
 * The suspected cause is the cause with the largest summed ``|observed - expected|`` over
   the series that gave each window its impact.
 
@@ -38,6 +43,9 @@ Rules
 >>> u, = t.observe([alert(300, severity="critical")])
 >>> u.kind, u.revision, u.changes, u.incident.clicks_delta
 ('update', 2, (('severity', 'critical'),), -30.0)
+>>> b = u.incident.totals                              # segment all, both windows
+>>> b.segment, b.windows, b.clicks, b.impressions, b.expected_clicks, b.clicks_delta
+('all', 2, 10, 2000, 40.0, -30.0)
 >>> t.advance(600 + 2 * 300)                           # two quiet windows: still open
 []
 >>> u, = t.advance(600 + 3 * 300)
@@ -48,7 +56,8 @@ Rules
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -60,7 +69,9 @@ __all__ = [
     "IncidentTracker",
     "IncidentUpdate",
     "SeriesFigure",
+    "SeriesTotals",
     "SEVERITY_RANK",
+    "chance_days",
     "iso",
     "make_incident_id",
     "update_from_json",
@@ -69,7 +80,17 @@ __all__ = [
 
 ALL = "all"
 SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-STATE_VERSION = 1
+STATE_VERSION = 2
+#: Two-sided 99% normal quantile (the detectors' intervals are 99%).
+Z99 = 2.5758293035489
+#: Detectors whose ``score`` is a sequential log-likelihood ratio (nats) of one series,
+#: checked every window against the threshold the false-alarm budget sets.
+SEQUENTIAL_DETECTORS = frozenset({"binomial_cusum", "poisson_cusum", "silence",
+                                  "drift_cusum"})
+#: Detectors whose ``score`` is a log-likelihood ratio (nats) of a one-off test, run only
+#: after a sequential test found a volume jump (impression logging vs real traffic).
+FOLLOW_UP_DETECTORS = frozenset({"volume_ctr_test"})
+_DAY = 86_400
 
 
 def iso(epoch_s: int) -> str:
@@ -85,6 +106,71 @@ def make_incident_id(campaign_id: str, opened_window_start_s: int) -> str:
     """Deterministic: the same first alert window gives the same incident on a replay."""
     return hashlib.blake2b(f"incident\x1f{campaign_id}\x1f{opened_window_start_s}".encode(),
                            digest_size=10).hexdigest()
+
+
+def chance_days(score_nats: float, *, window_s: int, n_series: int,
+                budget: float | None = None, follow_up: bool = False) -> float:
+    """How many days pass, on average, before chance alone gives a campaign this evidence.
+
+    The detectors' tests are CUSUMs of log-likelihood ratios (nats). Under "nothing is
+    wrong" the likelihood ratio of each is a non-negative martingale, so by Ville's
+    inequality one test crosses a level ``s`` with probability at most ``exp(-s)`` per
+    restart, and a CUSUM (restarted every window) at most ``exp(-s)`` times per window
+    (Lorden 1971: its average run length to a false alarm is at least ``exp(s)``
+    windows). A campaign runs one test per series (``n_series``: the detectors count the
+    ratios of one series as one test, they watch the same counts) in ``W = 86400 /
+    window_s`` windows a day, so chance reaches ``s`` at most ``W * n_series * exp(-s)``
+    times a day::
+
+        N = exp(s) / (W * n_series)          days between chance occurrences
+
+    The threshold is set from the false-alarm budget ``B``
+    (``detectors.false_alarms_per_campaign_day``) as ``h = log(W * n_series / B)``, so
+    at the threshold ``N = 1 / B`` (50 days at the default 0.02), and each nat beyond
+    it multiplies ``N`` by ``e``: ``N = exp(s - h) / B``. The score depends on the
+    counts, so the same CTR change is far stronger evidence on a large campaign than on
+    a small one: ``N`` is "at this campaign's volume".
+
+    ``follow_up``: a one-off test run only after a sequential test found a volume jump
+    (``volume_ctr_test``). Chance gives such a jump at most ``B`` times a campaign-day and
+    the follow-up then passes ``s`` with probability at most ``exp(-s)``: ``N =
+    exp(s) / B`` (needs ``budget``).
+
+    Parameters
+    ----------
+    score_nats
+        The detector's score (log-likelihood ratio, nats).
+    window_s
+        Window length in seconds.
+    n_series
+        Series the campaign's detectors test (``all`` plus its segments).
+    budget
+        False alarms per campaign-day (only for ``follow_up``).
+
+    Examples
+    --------
+    5-minute windows (288 a day), ``all`` and 7 segments, at the threshold of the default
+    budget 0.02 (``h = log(288 * 8 / 0.02) = 11.65`` nats), then 3 nats beyond it:
+
+    >>> h = math.log(288 * 8 / 0.02)
+    >>> round(h, 2)
+    11.65
+    >>> round(chance_days(h, window_s=300, n_series=8))
+    50
+    >>> round(chance_days(h + 3.0, window_s=300, n_series=8))
+    1004
+    >>> round(chance_days(h / 2, window_s=300, n_series=8, budget=0.02, follow_up=True))
+    16971
+    """
+    if n_series < 1 or window_s <= 0:
+        raise ValueError("n_series and window_s must be positive")
+    log_n = min(float(score_nats), 700.0)      # beyond e**700 days nothing changes
+    if follow_up:
+        if budget is None or budget <= 0:
+            raise ValueError("a follow-up test needs the false-alarm budget")
+        return math.exp(log_n) / budget
+    per_day = max(_DAY / window_s, 1.0) * n_series
+    return math.exp(log_n) / per_day
 
 
 def _rank(severity: str) -> int:
@@ -119,6 +205,48 @@ class SeriesFigure:
 
 
 @dataclass(frozen=True, slots=True)
+class SeriesTotals:
+    """One series of an incident, summed over the windows in which it alerted.
+
+    Every number a message shows comes from here, so they describe the same series and
+    windows: ``clicks_delta == clicks - expected_clicks`` and ``ctr == clicks /
+    impressions`` hold exactly.
+    """
+
+    segment: str
+    windows: int
+    impressions: int
+    clicks: int
+    #: The detectors' expected impressions (their volume baseline).
+    expected_impressions: float
+    #: Expected clicks: the expected CTR times the observed impressions of each window (the
+    #: expected impressions for a window that had none: a silent window's lost clicks).
+    expected_clicks: float
+    #: The impressions the expected clicks were computed at (see ``expected_clicks``).
+    expected_basis: float
+    #: Standard deviation of the clicks about ``expected_clicks`` (the detectors' 99%
+    #: intervals, window by window, combined as independent).
+    clicks_sd: float
+
+    @property
+    def clicks_delta(self) -> float:
+        return self.clicks - self.expected_clicks
+
+    @property
+    def ctr(self) -> float | None:
+        return self.clicks / self.impressions if self.impressions > 0 else None
+
+    @property
+    def expected_ctr(self) -> float | None:
+        return self.expected_clicks / self.expected_basis if self.expected_basis > 0 else None
+
+    def clicks_range(self, z: float = Z99) -> tuple[float, float]:
+        """99% range of the clicks if nothing were wrong."""
+        half = z * self.clicks_sd
+        return max(self.expected_clicks - half, 0.0), self.expected_clicks + half
+
+
+@dataclass(frozen=True, slots=True)
 class Incident:
     """A snapshot of one incident, everything a message needs."""
 
@@ -146,6 +274,21 @@ class Incident:
     resolved_at: str | None = None
     #: Alerting span, first window start to last window end.
     duration_s: int = 0
+    #: The numbers to show, all of one series over the same windows (see the module rules).
+    totals: SeriesTotals | None = None
+    #: Largest likelihood-ratio score (nats) of the incident's alerts, None if no alert
+    #: had one, and how many days chance alone needs, on average, to give it.
+    evidence_nats: float | None = None
+    chance_days: float | None = None
+    #: Series the campaign's detectors test (for ``chance_days``).
+    n_series: int = 0
+    #: ``campaign`` (one campaign's incident) or ``pipeline`` (a stalled source).
+    scope: str = "campaign"
+    #: For a pipeline incident: the Kafka topic that stalled, and its source name.
+    topic: str = ""
+    source: str = ""
+    #: For a pipeline incident: campaigns whose windows it covers.
+    campaigns_affected: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,19 +332,25 @@ class _Open:
     last_window_end: str
     severity: str
     alert_count: int = 0
-    #: window start -> {segment: [observed - expected clicks, cause]}; recent windows only.
+    #: window start -> {segment: [clicks, impressions, expected clicks, expected
+    #: impressions, clicks variance, cause, expected basis]}; recent windows only.
     windows: dict[int, dict[str, list[Any]]] = field(default_factory=dict)
     #: window start -> alert ids seen; recent windows only.
     seen: dict[int, list[str]] = field(default_factory=dict)
-    #: Sums over windows no longer kept in ``windows``.
-    closed_delta: float = 0.0
-    closed_seg_abs: dict[str, float] = field(default_factory=dict)
+    #: Sums over windows no longer kept in ``windows``: segment -> [clicks, impressions,
+    #: expected clicks, expected impressions, clicks variance, windows, |delta| summed,
+    #: expected basis].
+    closed: dict[str, list[float]] = field(default_factory=dict)
     cause_weight: dict[str, float] = field(default_factory=dict)
     latest: dict[str, dict[str, Any]] = field(default_factory=dict)   # segment -> figure
     kinds: list[str] = field(default_factory=list)
     detectors: list[str] = field(default_factory=list)
     #: The last values announced, to tell notable changes.
     announced: dict[str, Any] = field(default_factory=dict)
+    #: Largest likelihood-ratio evidence seen, as ``[nats, follow_up]``, or None.
+    evidence: list[Any] | None = None
+    #: Most series the campaign had in an alerted window (0: not known).
+    n_series: int = 0
 
     def to_json(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -210,8 +359,14 @@ class _Open:
         return d
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> _Open:
+    def from_json(cls, d: dict[str, Any], version: int = STATE_VERSION) -> _Open:
         d = dict(d)
+        if version == 1:
+            # Version 1 kept only [delta, cause] per series and window: the counts of those
+            # windows are unknown, so the numbers shown start with the next window.
+            for key in ("closed_delta", "closed_seg_abs"):
+                d.pop(key, None)
+            d["windows"] = {}
         d["windows"] = {int(k): v for k, v in d["windows"].items()}
         d["seen"] = {int(k): v for k, v in d["seen"].items()}
         return cls(**d)
@@ -233,10 +388,11 @@ class _Campaign:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> _Campaign:
-        if d.get("v") != STATE_VERSION:
-            raise ValueError(f"unsupported incident state version {d.get('v')!r}")
+        version = d.get("v")
+        if version not in (1, STATE_VERSION):
+            raise ValueError(f"unsupported incident state version {version!r}")
         return cls(campaign_id=d["campaign_id"], floor_s=d["floor_s"],
-                   open=None if d["open"] is None else _Open.from_json(d["open"]),
+                   open=None if d["open"] is None else _Open.from_json(d["open"], version),
                    last_resolved=d.get("last_resolved"))
 
 
@@ -255,18 +411,27 @@ class IncidentTracker:
     keep_windows
         How many recent windows of an open incident keep their alert ids (for de-duplication
         of re-delivered alerts) and per-segment figures; older windows are folded into sums.
+    false_alarm_budget
+        ``detectors.false_alarms_per_campaign_day``, for the evidence of follow-up tests
+        (:func:`chance_days`).
     """
 
     def __init__(self, window_s: int = 300, gap_windows: int = 3,
-                 value_per_click: float | None = None, keep_windows: int = 12):
-        if window_s <= 0 or gap_windows < 1 or keep_windows < 1:
-            raise ValueError("window_s, gap_windows and keep_windows must be positive")
+                 value_per_click: float | None = None, keep_windows: int = 12,
+                 false_alarm_budget: float = 0.02):
+        if window_s <= 0 or gap_windows < 1 or keep_windows < 1 or not false_alarm_budget > 0:
+            raise ValueError("window_s, gap_windows, keep_windows and false_alarm_budget "
+                             "must be positive")
         self.window_s = window_s
         self.gap_windows = gap_windows
         self.value_per_click = value_per_click
         self.keep_windows = max(keep_windows, gap_windows + 1)
+        self.false_alarm_budget = false_alarm_budget
         self._campaigns: dict[str, _Campaign] = {}
         self._stale = 0
+        #: ``(alert, incident_id)`` of every alert this tracker put in an incident, for the
+        #: quarantine flags (:meth:`sinks.quarantine.QuarantineStore.link`).
+        self.assigned: list[tuple[Alert, str]] = []
 
     # ------------------------------------------------------------------ state
 
@@ -311,11 +476,16 @@ class IncidentTracker:
 
     # ------------------------------------------------------------------ updates
 
-    def observe(self, alerts: Iterable[Alert]) -> list[IncidentUpdate]:
+    def observe(self, alerts: Iterable[Alert],
+                series_counts: Mapping[tuple[str, int], int] | None = None
+                ) -> list[IncidentUpdate]:
         """Feed alerts (any order, any campaigns); return at most one update per incident.
 
         An alert too far after its campaign's open incident first resolves that incident
-        (``resolve`` update) and then opens a new one.
+        (``resolve`` update) and then opens a new one. ``series_counts`` maps ``(campaign,
+        window_start_s)`` to the number of series of that campaign-window (the figures of
+        its decision), for the evidence statement; without it the incident's own segments
+        are counted.
         """
         by_campaign: dict[str, list[Alert]] = {}
         for a in alerts:
@@ -323,7 +493,7 @@ class IncidentTracker:
         updates: list[IncidentUpdate] = []
         for cid in sorted(by_campaign):
             batch = sorted(by_campaign[cid], key=lambda a: (a.window_start_s, a.alert_id))
-            updates.extend(self._observe_campaign(cid, batch))
+            updates.extend(self._observe_campaign(cid, batch, series_counts or {}))
         return updates
 
     def advance(self, clock_end_s: int,
@@ -339,7 +509,8 @@ class IncidentTracker:
                 updates.append(self._resolve(c))
         return updates
 
-    def _observe_campaign(self, cid: str, batch: list[Alert]) -> list[IncidentUpdate]:
+    def _observe_campaign(self, cid: str, batch: list[Alert],
+                          series_counts: Mapping[tuple[str, int], int]) -> list[IncidentUpdate]:
         c = self._campaigns.setdefault(cid, _Campaign(campaign_id=cid))
         updates: list[IncidentUpdate] = []
         opened = False
@@ -367,13 +538,13 @@ class IncidentTracker:
                 before = {}
             elif not changed and not opened:
                 before = dict(o.announced)
-            if self._add(o, a):
+            if self._add(o, a, series_counts.get((cid, a.window_start_s), 0)):
                 changed = True
         if c.open is not None and (opened or changed):
             updates.append(self._emit(c, opened, before))
         return updates
 
-    def _add(self, o: _Open, a: Alert) -> bool:
+    def _add(self, o: _Open, a: Alert, n_series: int = 0) -> bool:
         """Fold one alert into an open incident; False if it was already there or stale."""
         ws = a.window_start_s
         if ws < self._keep_floor(o):
@@ -384,12 +555,20 @@ class IncidentTracker:
             return False
         ids.append(a.alert_id)
         ids.sort()
+        self.assigned.append((a, o.incident_id))
         o.alert_count += 1
         delta = float(a.clicks) - float(a.expected_clicks)
         segs = o.windows.setdefault(ws, {})
         # Several detectors on one series and window see the same counts; keep the largest.
-        if a.segment not in segs or abs(delta) > abs(segs[a.segment][0]):
-            segs[a.segment] = [delta, a.suspected_cause]
+        prev_w = segs.get(a.segment)
+        if prev_w is None or abs(delta) > abs(prev_w[0] - prev_w[2]):
+            segs[a.segment] = _window_entry(a)
+        o.n_series = max(o.n_series, n_series)
+        if a.detector in SEQUENTIAL_DETECTORS or a.detector in FOLLOW_UP_DETECTORS:
+            follow_up = a.detector in FOLLOW_UP_DETECTORS
+            if math.isfinite(a.score) and (o.evidence is None or self._chance(
+                    a.score, follow_up, 1) > self._chance(o.evidence[0], o.evidence[1], 1)):
+                o.evidence = [float(a.score), follow_up]
         if _rank(a.severity) > _rank(o.severity):
             o.severity = a.severity
         prev = o.latest.get(a.segment)
@@ -419,13 +598,17 @@ class IncidentTracker:
         floor = self._keep_floor(o)
         for ws in [w for w in o.windows if w < floor]:
             segs = o.windows.pop(ws)
-            seg, (d, cause) = _impact_series(segs)
-            o.closed_delta += d
+            _, entry = _impact_series(segs)
+            d, cause = entry[0] - entry[2], entry[5]
             o.cause_weight[cause] = o.cause_weight.get(cause, 0.0) + abs(d)
-            for seg, (d, _) in segs.items():
-                o.closed_seg_abs[seg] = o.closed_seg_abs.get(seg, 0.0) + abs(d)
+            for seg, e in segs.items():
+                _fold(o.closed.setdefault(seg, [0.0] * 8), e)
         for ws in [w for w in o.seen if w < floor]:
             del o.seen[ws]
+
+    def _chance(self, score: float, follow_up: bool, n_series: int) -> float:
+        return chance_days(score, window_s=self.window_s, n_series=max(n_series, 1),
+                           budget=self.false_alarm_budget, follow_up=follow_up)
 
     def _resolve(self, c: _Campaign) -> IncidentUpdate:
         o = c.open
@@ -462,15 +645,15 @@ class IncidentTracker:
     def _snapshot(self, c: _Campaign, status: str, resolved_at: str | None = None) -> Incident:
         o = c.open
         assert o is not None
-        seg_abs = dict(o.closed_seg_abs)
-        delta = o.closed_delta
+        sums = {seg: list(v) for seg, v in o.closed.items()}
         cause_weight = dict(o.cause_weight)
         for segs in o.windows.values():
-            _, (d, cause) = _impact_series(segs)
-            delta += d
+            _, entry = _impact_series(segs)
+            d, cause = entry[0] - entry[2], entry[5]
             cause_weight[cause] = cause_weight.get(cause, 0.0) + abs(d)
-            for seg, (d, _) in segs.items():
-                seg_abs[seg] = seg_abs.get(seg, 0.0) + abs(d)
+            for seg, e in segs.items():
+                _fold(sums.setdefault(seg, [0.0] * 8), e)
+        seg_abs = {seg: v[6] for seg, v in sums.items()}
         segments = tuple(sorted(set(seg_abs) | set(o.latest)))
         candidates = {s: v for s, v in seg_abs.items() if s != ALL} or seg_abs
         driving = min(candidates, key=lambda s: (-candidates[s], s)) if candidates else ALL
@@ -479,9 +662,23 @@ class IncidentTracker:
         head_seg = ALL if ALL in o.latest else driving
         head = o.latest.get(head_seg) or next(iter(o.latest.values()))
         headline = SeriesFigure(**{k: v for k, v in head.items() if not k.startswith("_")})
-        delta = round(delta, 6)
+        totals = None
+        if sums:
+            block = min(sums, key=lambda s: (-round(sums[s][6], 9), s != ALL, s))
+            k, n, e, m, var, w, _, basis = sums[block]
+            totals = SeriesTotals(segment=block, windows=int(w), impressions=int(n),
+                                  clicks=int(k), expected_impressions=round(m, 6),
+                                  expected_clicks=round(e, 6),
+                                  expected_basis=round(basis, 6),
+                                  clicks_sd=round(math.sqrt(max(var, 0.0)), 6))
+        delta = 0.0 if totals is None else round(totals.clicks - totals.expected_clicks, 6)
         revenue = None if self.value_per_click is None \
             else round(delta * self.value_per_click, 2)
+        n_series = max(o.n_series, len(segments), 1)
+        evidence = chance = None
+        if o.evidence is not None:
+            evidence = round(float(o.evidence[0]), 4)
+            chance = self._chance(evidence, bool(o.evidence[1]), n_series)
         return Incident(
             incident_id=o.incident_id, campaign_id=c.campaign_id, status=status,
             revision=o.revision, severity=o.severity, suspected_cause=cause,
@@ -490,7 +687,8 @@ class IncidentTracker:
             first_window_start=o.first_window_start, last_window_end=o.last_window_end,
             first_window_start_s=o.first_s, last_window_end_s=o.last_end_s,
             clicks_delta=delta, revenue_delta=revenue, headline=headline,
-            resolved_at=resolved_at, duration_s=o.last_end_s - o.first_s)
+            resolved_at=resolved_at, duration_s=o.last_end_s - o.first_s, totals=totals,
+            evidence_nats=evidence, chance_days=chance, n_series=n_series)
 
 
 def _end_s(a: Alert) -> int:
@@ -502,17 +700,46 @@ def _end_s(a: Alert) -> int:
     return a.window_start_s + int(length.total_seconds())
 
 
+def _window_entry(a: Alert) -> list[Any]:
+    """What an incident keeps of one series-window: ``[clicks, impressions, expected clicks,
+    expected impressions, clicks variance, cause, expected basis]``.
+
+    The detectors compute expected clicks at the observed impressions, or at the expected
+    ones when a window had none (``basis``), and give a 99% interval of the expected CTR at
+    that basis; its half-width in clicks over ``Z99`` is the clicks' standard deviation.
+    """
+    basis = a.impressions if a.impressions > 0 else max(a.expected_impressions, 0.0)
+    p = a.baseline_ctr
+    half = max(a.ctr_high - p, p - a.ctr_low, 0.0) if math.isfinite(a.ctr_high + a.ctr_low) \
+        else 0.0
+    sd = half / Z99 * basis
+    return [int(a.clicks), int(a.impressions), float(a.expected_clicks),
+            float(a.expected_impressions), sd * sd, a.suspected_cause, float(basis)]
+
+
+def _fold(acc: list[float], e: list[Any]) -> None:
+    """Add one window entry to a segment's sums (see ``_Open.closed``)."""
+    acc[0] += e[0]
+    acc[1] += e[1]
+    acc[2] += e[2]
+    acc[3] += e[3]
+    acc[4] += e[4]
+    acc[5] += 1
+    acc[6] += abs(e[0] - e[2])
+    acc[7] += e[6]
+
+
 def _impact_series(segs: dict[str, list[Any]]) -> tuple[str, list[Any]]:
-    """The series that gives a window its impact: ``all``, else the largest deviation."""
+    """The series that names a window's cause: ``all``, else the largest deviation."""
     if ALL in segs:
         return ALL, segs[ALL]
     if not segs:
-        return ALL, [0.0, "unknown"]
-    seg = min(segs, key=lambda s: (-abs(segs[s][0]), s))
+        return ALL, [0, 0, 0.0, 0.0, 0.0, "unknown", 0.0]
+    seg = min(segs, key=lambda s: (-abs(segs[s][0] - segs[s][2]), s))
     return seg, segs[seg]
 
 
-def _figure_json(f: SeriesFigure) -> dict[str, Any]:
+def _figure_json(f: SeriesFigure | SeriesTotals) -> dict[str, Any]:
     return {k: getattr(f, k) for k in f.__slots__}
 
 
@@ -521,6 +748,7 @@ def update_to_json(update: IncidentUpdate) -> dict[str, Any]:
     inc = update.incident
     d = {k: getattr(inc, k) for k in inc.__slots__}
     d["headline"] = _figure_json(inc.headline)
+    d["totals"] = None if inc.totals is None else _figure_json(inc.totals)
     d["segments"], d["kinds"], d["detectors"] = list(inc.segments), list(inc.kinds), \
         list(inc.detectors)
     return {"kind": update.kind, "incident": d, "changes": [list(c) for c in update.changes]}
@@ -539,6 +767,8 @@ def update_from_json(data: dict[str, Any]) -> IncidentUpdate:
     """
     d = dict(data["incident"])
     d["headline"] = SeriesFigure(**d["headline"])
+    if d.get("totals") is not None:
+        d["totals"] = SeriesTotals(**d["totals"])
     d["segments"], d["kinds"], d["detectors"] = tuple(d["segments"]), tuple(d["kinds"]), \
         tuple(d["detectors"])
     return IncidentUpdate(kind=data["kind"], incident=Incident(**d),

@@ -1,8 +1,16 @@
 """Kafka outputs: figures, alerts and dead letters.
 
 Dead letters keep the original message bytes as the record value, untouched, so nothing is
-lost; the reason and origin travel in headers (``ctrguard-reason``, ``ctrguard-stage``,
+lost; the reason and origin travel in headers (``ctrguard-reason``, free text;
+``ctrguard-reason-code``, one of :data:`ctrguard.reasons.REASON_CODES`; ``ctrguard-stage``,
 ``ctrguard-source-topic``, ``ctrguard-source-partition``, ``ctrguard-source-offset``).
+
+A message as large as the input topic accepts may not fit in the dead-letter topic with its
+headers. Such a value is cut to what fits, and the record says so: ``ctrguard-truncated:
+true``, ``ctrguard-original-size`` (bytes), ``ctrguard-original-sha256`` (hex SHA-256 of the
+whole original value); the original stays in its source partition at the source offset.
+Producers are configured with the cluster's own record limit
+(:func:`ctrguard.kafka_admin.message_limit`), not librdkafka's default.
 
 A restart re-reads input that an earlier run already dead-lettered (from the last Bytewax
 snapshot, or from the beginning without recovery). So that the dead-letter topic holds each
@@ -13,6 +21,7 @@ letter whose (source topic, partition, offset, stage, CRC of the bytes) is among
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import zlib
@@ -24,11 +33,12 @@ from typing import Any
 
 import orjson
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ctrguard import faults
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
+from ctrguard.reasons import reason_code
 from flows.engine import DeadLetter
 
 log = logging.getLogger(__name__)
@@ -51,9 +61,17 @@ class DeliveryTracker:
 
 
 def make_producer(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
-                  **overrides: Any) -> Producer:
+                  max_message_bytes: int | None = None, **overrides: Any) -> Producer:
     """A producer with our settings; ``tracker`` collects every delivery failure (one
-    callback for the producer, not an argument and a reference per message)."""
+    callback for the producer, not an argument and a reference per message);
+    ``max_message_bytes``: the largest record the target topics take
+    (:func:`ctrguard.kafka_admin.message_limit`)."""
+    return Producer(producer_config(kafka, tracker, max_message_bytes, **overrides))
+
+
+def producer_config(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
+                    max_message_bytes: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """The librdkafka settings of :func:`make_producer` (also checked at start-up)."""
     conf: dict[str, Any] = {
         "linger.ms": kafka.producer_linger_ms,
         "acks": kafka.producer_acks,
@@ -69,9 +87,11 @@ def make_producer(kafka: KafkaSettings, tracker: DeliveryTracker | None = None,
     }
     if tracker is not None:
         conf["on_delivery"] = tracker
+    if max_message_bytes is not None:
+        conf["message.max.bytes"] = max_message_bytes
     conf.update(kafka.client_config())
     conf.update(overrides)
-    return Producer(conf)
+    return conf
 
 
 def flush_or_raise(producer: Producer, tracker: DeliveryTracker) -> None:
@@ -133,9 +153,19 @@ def _produce_each(producer: Producer, topic: str, values: list[bytes],
             return
 
 
+#: Longest ``ctrguard-reason`` header, in bytes (reasons quote parts of the message).
+MAX_REASON_BYTES = 1024
+#: Bytes of a record beyond its value and headers (Kafka's record batch header, 61 bytes,
+#: and the record's own length fields, with room to spare).
+RECORD_OVERHEAD = 512
+#: Per header beyond its name and value (two varint lengths).
+HEADER_OVERHEAD = 10
+
+
 def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     return [
-        ("ctrguard-reason", d.reason.encode("utf-8", "replace")),
+        ("ctrguard-reason", d.reason.encode("utf-8", "replace")[:MAX_REASON_BYTES]),
+        ("ctrguard-reason-code", reason_code(d.stage, d.code).encode()),
         ("ctrguard-stage", d.stage.encode()),
         ("ctrguard-source-topic", d.topic.encode("utf-8", "replace")),
         ("ctrguard-source-partition", str(d.partition).encode()),
@@ -143,12 +173,43 @@ def dead_letter_headers(d: DeadLetter) -> list[tuple[str, bytes]]:
     ]
 
 
+def _size(headers: list[tuple[str, bytes]]) -> int:
+    return sum(len(k) + len(v) + HEADER_OVERHEAD for k, v in headers)
+
+
+def truncated(value: bytes, headers: list[tuple[str, bytes]], limit: int
+              ) -> tuple[bytes, list[tuple[str, bytes]]]:
+    """``(value, headers)`` of a dead-letter record that fits in ``limit`` bytes: unchanged
+    when it fits; else the value cut to what fits, and headers saying so (the original's
+    size and SHA-256; an already cut value keeps the first ones).
+
+    >>> v, h = truncated(b"x" * 5000, [("ctrguard-stage", b"parse")], 2000)
+    >>> len(v), dict(h)["ctrguard-original-size"], dict(h)["ctrguard-truncated"]
+    (1293, b'5000', b'true')
+    >>> truncated(b"abc", [], 2000)
+    (b'abc', [])
+    """
+    if len(value) + _size(headers) + RECORD_OVERHEAD <= limit:
+        return value, headers
+    names = {k for k, _ in headers}
+    if "ctrguard-original-size" not in names:
+        headers = headers + [
+            ("ctrguard-truncated", b"true"),
+            ("ctrguard-original-size", str(len(value)).encode()),
+            ("ctrguard-original-sha256", hashlib.sha256(value).hexdigest().encode()),
+        ]
+    room = max(0, limit - _size(headers) - RECORD_OVERHEAD)
+    return value[:room], headers
+
+
 DeadLetterKey = tuple[str, int, int, str, int]
 
 
-def dead_letter_key(d: DeadLetter) -> DeadLetterKey:
-    """What identifies a dead letter across runs: its origin, stage and content."""
-    return (d.topic, d.partition, d.offset, d.stage, zlib.crc32(d.raw))
+def dead_letter_key(d: DeadLetter, value: bytes | None = None) -> DeadLetterKey:
+    """What identifies a dead letter across runs: its origin, stage and content (the value
+    as written: cut when it did not fit)."""
+    return (d.topic, d.partition, d.offset, d.stage,
+            zlib.crc32(d.raw if value is None else value))
 
 
 def _key_of_record(headers: list[tuple[str, bytes]] | None, value: bytes | None
@@ -263,12 +324,33 @@ def read_messages(kafka: KafkaSettings, wanted: dict[tuple[str, int], set[int]],
     return found
 
 
+class _DeadLetterTracker(DeliveryTracker):
+    """Keeps the records the broker refused as too large (they are cut and sent again)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.too_large: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+
+    def __call__(self, err: Any, msg: Any) -> None:
+        if err is not None and err.code() == KafkaError.MSG_SIZE_TOO_LARGE:
+            self.too_large.append((msg.value() or b"", list(msg.headers() or ())))
+        else:
+            super().__call__(err, msg)
+
+
+#: A dead letter the broker refuses at every size down to this is not a size problem.
+MIN_DEAD_LETTER_LIMIT = 4096
+
+
 class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def __init__(self, kafka: KafkaSettings):
+        from ctrguard.kafka_admin import message_limit
+
         self._kafka = kafka
-        self._tracker = DeliveryTracker()
-        self._producer = make_producer(kafka, self._tracker)
         self._topic = kafka.topics.deadletter
+        self._limit = message_limit(kafka, [self._topic])
+        self._tracker = _DeadLetterTracker()
+        self._producer = make_producer(kafka, self._tracker, max_message_bytes=self._limit)
         try:
             self._written = written_dead_letters(kafka)
         except KafkaUnavailable as exc:
@@ -302,21 +384,52 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def write_batch(self, items: list[DeadLetter]) -> None:
         if any(d.raw is None for d in items):
             items = self._with_raw(items)
+        records = [truncated(d.raw, dead_letter_headers(d), self._limit)  # type: ignore[arg-type]
+                   for d in items]
         if self._written:
-            fresh = [d for d in items if dead_letter_key(d) not in self._written]
+            fresh = [(d, r) for d, r in zip(items, records, strict=True)
+                     if dead_letter_key(d, r[0]) not in self._written]
             self.skipped += len(items) - len(fresh)
             if len(fresh) < len(items):
                 log.info("skipped %d dead letters an earlier run already wrote",
                          len(items) - len(fresh))
-            items = fresh
+            items = [d for d, _ in fresh]
+            records = [r for _, r in fresh]
             if not items:
                 return
-        for d in items:
-            produce(self._producer, self._topic, d.raw, None, headers=dead_letter_headers(d))
+        self._send(records)
         flush_or_raise(self._producer, self._tracker)
         faults.point("deadletter.after_produce")
         log.info("dead-lettered %d messages (%s)", len(items),
                  ", ".join(sorted({d.stage for d in items})))
+
+    def _send(self, records: list[tuple[bytes, list[tuple[str, bytes]]]]) -> None:
+        """Produce and flush; a record refused as too large (by librdkafka or the broker,
+        whose limit may be lower than the one it reported) is cut to half its size and sent
+        again, down to :data:`MIN_DEAD_LETTER_LIMIT`."""
+        limit = self._limit
+        while records:
+            for value, headers in records:
+                try:
+                    produce(self._producer, self._topic, value, None, headers=headers)
+                except KafkaException as exc:
+                    if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                        raise
+                    self._tracker.too_large.append((value, headers))
+            self._producer.flush(FLUSH_TIMEOUT_S)
+            refused, self._tracker.too_large = self._tracker.too_large, []
+            if not refused:
+                return
+            size = max(len(v) + _size(h) + RECORD_OVERHEAD for v, h in refused)
+            limit = min(limit, size) // 2
+            if limit < MIN_DEAD_LETTER_LIMIT:
+                raise KafkaUnavailable(f"dead-letter topic {self._topic!r} refuses records of "
+                                       f"{size} bytes and every smaller size tried",
+                                       retryable=False)
+            log.warning("dead-letter topic %r refused %d records as too large; sending them "
+                        "cut to %d bytes", self._topic, len(refused), limit)
+            self._limit = limit
+            records = [truncated(v, h, limit) for v, h in refused]
 
     def close(self) -> None:
         self._producer.flush(FLUSH_TIMEOUT_S)

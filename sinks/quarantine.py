@@ -31,13 +31,20 @@ see :func:`encode_key_part`):
 - ``P:flag:C:S:WINDOW_START_S`` hash, one per flagged series and window, expires after
   the retention period;
 - ``P:flags`` sorted set of flag keys scored by window start (listing);
-- ``P:checked`` sorted set, member campaign id (raw), score window end in epoch seconds:
-  every window of the campaign ending at or before it is decided. Only ever increases
-  (``ZADD GT``);
+- ``P:checked:v2`` sorted set, member campaign id **encoded as in flag keys**, score window
+  end in epoch seconds: every window of the campaign ending at or before it is decided.
+  Only ever increases (``ZADD GT``). A reader that encodes a campaign id differently from
+  the writer finds neither the flag nor the watermark, so its answer is ``pending``, never
+  ``clean`` (key layout version 2; version 1 kept raw ids in ``P:checked``);
 - ``P:audit`` stream of every change (``XADD ... MINID``), trimmed to the retention period;
-- ``P:meta`` hash with ``retention_s``, ``window_length_s`` and ``min_lag_s`` for readers.
+- ``P:meta`` hash with ``key_version``, ``retention_s``, ``window_length_s`` and
+  ``min_lag_s`` for readers;
+- incidents (written by the Slack step, see :mod:`sinks.quarantine_incidents`):
+  ``P:link:ALERT_ID`` (the incident of a quarantining alert), ``P:incident:ID`` (hash:
+  status, campaign, windows), ``P:incflags:ID`` (set of the incident's flag keys) and
+  ``P:incidents`` (sorted set of incident ids by last update).
 
-``P:flags``, ``P:checked``, ``P:audit`` and ``P:meta`` expire after the retention period
+``P:flags``, ``P:checked:v2``, ``P:audit`` and ``P:meta`` expire after the retention period
 with no write, so a deployment that stops leaves nothing behind.
 
 >>> encode_key_part("acme:spring 25%")
@@ -54,7 +61,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -97,6 +104,11 @@ FLAG_STATES = (QUARANTINED, RELEASED)
 STATES = (QUARANTINED, RELEASED, CLEAN, PENDING, EXPIRED)
 
 DEFAULT_KEY_PREFIX = "ctrguard"
+#: The key layout written (``P:meta`` ``key_version``). 2: ``P:checked:v2`` holds encoded
+#: campaign ids, flags carry incident links. Readers refuse a version they do not know.
+KEY_VERSION = 2
+#: Figures a reader checks in one MULTI/EXEC round trip (:meth:`QuarantineReader.check_many`).
+CHECK_CHUNK = 1000
 #: Used by readers when ``P:meta`` holds no retention (nothing was ever recorded).
 DEFAULT_RETENTION_S = 30 * 86400
 DEFAULT_ACTOR = "ctrguard"
@@ -183,6 +195,8 @@ class FlagStatus:
     release_reason: str | None = None
     released_at: str | None = None
     checked_through_s: int | None = None
+    #: Every incident an alert on the flag belongs to (``incident_id`` is the first).
+    incident_ids: tuple[str, ...] = ()
 
     @property
     def publishable(self) -> bool:
@@ -191,6 +205,7 @@ class FlagStatus:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["alert_ids"] = list(self.alert_ids)
+        d["incident_ids"] = list(self.incident_ids)
         d["publishable"] = self.publishable
         return d
 
@@ -219,10 +234,72 @@ class AuditEntry:
 
 # --------------------------------------------------------------------------- scripts
 
+# Shared by the record and link scripts. A flag's ``links`` field maps each of its alerts
+# that belongs to an incident to that incident ("alert=incident,..."). Either side may run
+# first: the Slack step links alerts to incidents (P:link:ALERT) and links the flags it
+# finds; the release step, writing a flag, links the alerts that are already linked.
+_LINK_HELPERS_LUA = r"""
+local function links_of(s)
+  local t = {}
+  if s then for a, i in string.gmatch(s, '([^,=]+)=([^,]+)') do t[a] = i end end
+  return t
+end
+local function links_text(t)
+  local parts = {}
+  for a, i in pairs(t) do parts[#parts + 1] = a .. '=' .. i end
+  table.sort(parts)
+  return table.concat(parts, ',')
+end
+-- Link alert -> incident on the flag at key (which holds that alert).
+local function link_flag(P, key, alert, incident, ttl)
+  local cur = redis.call('HMGET', key, 'links', 'incident_id')
+  local t = links_of(cur[1])
+  if t[alert] == incident then return false end
+  t[alert] = incident
+  redis.call('HSET', key, 'links', links_text(t))
+  if not cur[2] or cur[2] == '' then redis.call('HSET', key, 'incident_id', incident) end
+  local set = P .. ':incflags:' .. incident
+  redis.call('SADD', set, key)
+  redis.call('EXPIRE', set, ttl)
+  return true
+end
+-- Release the flag at key when every alert on it belongs to an incident and every one of
+-- those incidents is resolved: an alarm outside them keeps the figure held.
+local function try_auto_release(P, key, trigger, now, ttl, minid)
+  local cur = redis.call('HMGET', key, 'state', 'alert_ids', 'links', 'campaign_id',
+                         'segment', 'window_start_s')
+  if cur[1] ~= 'quarantined' then return false end
+  local t = links_of(cur[3])
+  local seen, any = {}, false
+  for id in string.gmatch(cur[2] or '', '[^,]+') do
+    local inc = t[id]
+    if not inc then return false end
+    if not seen[inc] then
+      seen[inc] = true
+      any = true
+      if redis.call('HGET', P .. ':incident:' .. inc, 'status') ~= 'resolved' then
+        return false
+      end
+    end
+  end
+  if not any then return false end
+  local who, why = 'auto:incident:' .. trigger, 'incident ' .. trigger .. ' resolved'
+  redis.call('HSET', key, 'state', 'released', 'released_by', who, 'release_reason', why,
+             'released_at', now, 'updated_at', now)
+  redis.call('EXPIRE', key, ttl)
+  local audit = P .. ':audit'
+  redis.call('XADD', audit, 'MINID', '=', minid, '*', 'action', 'auto_released', 'key', key,
+             'campaign_id', cur[4], 'segment', cur[5], 'window_start_s', cur[6], 'who', who,
+             'why', why, 'alert_ids', cur[2] or '', 'incident_id', trigger, 'at', now)
+  redis.call('EXPIRE', audit, ttl)
+  return true
+end
+"""
+
 # Everything a record() call writes, in one script so that a failure writing a flag stops
 # the script before any watermark moves: a window is never reported clean because its flag
 # could not be written. Re-running the same payload changes nothing (at-least-once input).
-_RECORD_LUA = r"""
+_RECORD_LUA = _LINK_HELPERS_LUA + r"""
 local p = cjson.decode(ARGV[1])
 local index, audit, checked, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rank = {info = 1, warning = 2, critical = 3}
@@ -291,6 +368,19 @@ for _, f in ipairs(p.flags) do
                'campaign_id', f.campaign, 'segment', f.segment, 'window_start_s', f.ws,
                'who', p.actor, 'why', added_reason, 'alert_ids', table.concat(added, ','),
                'incident_id', '', 'at', p.now)
+    -- The Slack step may have put these alerts in an incident already (it runs beside
+    -- this step, in either order): link them now, and release when that incident is over.
+    local linked
+    for _, id in ipairs(added) do
+      local inc = redis.call('GET', p.P .. ':link:' .. id)
+      if inc then
+        link_flag(p.P, key, id, inc, p.ttl)
+        linked = inc
+      end
+    end
+    if linked and p.auto_release then
+      try_auto_release(p.P, key, linked, p.now, p.ttl, minid)
+    end
   end
 end
 -- p.checked is end, campaign, end, campaign, ...: ZADD's arguments as they are (a call per
@@ -311,7 +401,7 @@ redis.call('ZREMRANGEBYSCORE', checked, '-inf', '(' .. string.format('%.0f', cut
 redis.call('ZREMRANGEBYSCORE', index, '-inf',
            '(' .. string.format('%.0f', cutoff - p.window_length_s))
 redis.call('HSET', meta, 'retention_s', p.retention_s, 'min_lag_s', string.format('%.0f', lag),
-           'updated_at', p.now)
+           'updated_at', p.now, 'key_version', p.key_version)
 if p.window_length_s > 0 then
   redis.call('HSET', meta, 'window_length_s', p.window_length_s)
 end
@@ -352,11 +442,55 @@ redis.call('EXPIRE', audit, ARGV[4])
 return {'ok'}
 """
 
-# Attach an incident id to an existing flag (no state change, no audit entry).
-_LINK_LUA = r"""
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], 'incident_id', ARGV[1])
-return 1
+# Incidents and their alerts, from the Slack step (or QuarantineStore.link): records each
+# incident (a newer revision wins, so a late older update cannot reopen a resolved one),
+# links each quarantining alert to its incident and the flag holding it, and with
+# auto_release releases the flags whose incidents are all resolved. Returns
+# {flags linked, keys released}. No state change but releases, so no audit entry but theirs.
+_LINK_LUA = _LINK_HELPERS_LUA + r"""
+local p = cjson.decode(ARGV[1])
+local P = p.P
+local minid = string.format('%.0f', (tonumber(redis.call('TIME')[1]) - p.retention_s) * 1000)
+local index = P .. ':incidents'
+for _, inc in ipairs(p.incidents) do
+  local k = P .. ':incident:' .. inc.id
+  local rev = tonumber(redis.call('HGET', k, 'revision') or '-1')
+  if inc.revision >= rev then
+    redis.call('HSET', k, 'incident_id', inc.id, 'status', inc.status, 'revision', inc.revision,
+               'campaign_id', inc.campaign_id, 'first_window_start_s', inc.first_s,
+               'last_window_end_s', inc.last_end_s, 'severity', inc.severity,
+               'kinds', inc.kinds, 'resolved_at', inc.resolved_at, 'updated_at', p.now)
+  end
+  redis.call('EXPIRE', k, p.ttl)
+  redis.call('ZADD', index, p.now_s, inc.id)
+end
+local linked, released = 0, {}
+for _, l in ipairs(p.links) do
+  redis.call('SET', P .. ':link:' .. l.a, l.i, 'EX', p.ttl)
+  local ids = redis.call('HGET', l.k, 'alert_ids')
+  -- (Not written yet, or not with this alert: the record script links it when it is.)
+  if ids and string.find(',' .. ids .. ',', ',' .. l.a .. ',', 1, true) then
+    link_flag(P, l.k, l.a, l.i, p.ttl)
+    linked = linked + 1
+    if p.auto_release and try_auto_release(P, l.k, l.i, p.now, p.ttl, minid) then
+      released[#released + 1] = l.k
+    end
+  end
+end
+if p.auto_release then
+  for _, inc in ipairs(p.incidents) do
+    if inc.status == 'resolved' then
+      for _, key in ipairs(redis.call('SMEMBERS', P .. ':incflags:' .. inc.id)) do
+        if try_auto_release(P, key, inc.id, p.now, p.ttl, minid) then
+          released[#released + 1] = key
+        end
+      end
+    end
+  end
+end
+redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.format('%.0f', p.now_s - p.retention_s))
+if redis.call('EXISTS', index) == 1 then redis.call('EXPIRE', index, p.retention_s) end
+return {linked, released}
 """
 
 
@@ -452,8 +586,12 @@ class QuarantineReader:
         self.clock = clock
         self.index_key = f"{key_prefix}:flags"
         self.audit_key = f"{key_prefix}:audit"
-        self.checked_key = f"{key_prefix}:checked"
+        self.checked_key = f"{key_prefix}:checked:v2"
+        #: Key layout 1 (no ``key_version`` in ``P:meta``): raw campaign ids. Read only
+        #: where a writer of that version wrote, so a reader can be upgraded first.
+        self.legacy_checked_key = f"{key_prefix}:checked"
         self.meta_key = f"{key_prefix}:meta"
+        self._encoded: dict[str, str] = {}
 
     # -- keys --------------------------------------------------------------------------
 
@@ -461,6 +599,16 @@ class QuarantineReader:
         return flag_key(self.key_prefix, campaign_id, segment, window_start_s)
 
     # -- status ------------------------------------------------------------------------
+
+    def encode(self, campaign_id: str) -> str:
+        """:func:`encode_key_part` of a campaign id, remembered (the writer encodes the
+        same few thousand ids at every window close)."""
+        enc = self._encoded.get(campaign_id)
+        if enc is None:
+            if len(self._encoded) >= 200_000:
+                self._encoded.clear()
+            enc = self._encoded[campaign_id] = encode_key_part(campaign_id)
+        return enc
 
     def status(self, campaign_id: str, segment: str, window_start_s: int,
                window_end_s: int | None = None) -> FlagStatus:
@@ -470,42 +618,87 @@ class QuarantineReader:
         the constructor or stored by the writer). Raises :class:`RedisUnavailable` when
         Redis cannot be read: the caller must not publish then (fail closed).
         """
-        window_start_s = int(window_start_s)
-        key = self.flag_key(campaign_id, segment, window_start_s)
-        with _redis_errors(self.client, f"status of {key}"):
+        return self._check_chunk([(campaign_id, segment, int(window_start_s), window_end_s)])[0]
+
+    def check_many(self, figures: Iterable[Any], *, chunk_size: int = CHECK_CHUNK
+                   ) -> list[FlagStatus]:
+        """Statuses of many figures, in their order: one ``MULTI``/``EXEC`` round trip per
+        ``chunk_size`` figures (each answer as consistent as :meth:`status`'s).
+
+        A figure is a tuple ``(campaign_id, segment, window_start_s)`` (or with
+        ``window_end_s`` after it), a mapping with those keys, or an object with those
+        attributes (a :class:`~ctrguard.records.Figure`). Raises :class:`RedisUnavailable`
+        when Redis cannot be read (publish nothing then), ``ValueError`` for a window
+        start that is not aligned to the window length.
+        """
+        if chunk_size <= 0:
+            raise ValueError("chunk_size must be positive")
+        items = [_figure_args(f) for f in figures]
+        out: list[FlagStatus] = []
+        for i in range(0, len(items), chunk_size):
+            out.extend(self._check_chunk(items[i:i + chunk_size]))
+        return out
+
+    def _check_chunk(self, items: list[tuple[str, str, int, int | None]]) -> list[FlagStatus]:
+        keys = [self.flag_key(c, s, ws) for c, s, ws, _ in items]
+        unique = list(dict.fromkeys(keys))
+        campaigns = list(dict.fromkeys(c for c, *_ in items))
+        what = f"status of {keys[0]}" if len(items) == 1 else f"status of {len(items)} figures"
+        with _redis_errors(self.client, what):
+            # Flags and watermarks in one transaction: the record script writes a window's
+            # flags before (and atomically with) its watermark.
             pipe = self.client.pipeline(transaction=True)
-            pipe.hgetall(key)
-            pipe.zscore(self.checked_key, campaign_id)
             pipe.hgetall(self.meta_key)
-            flag, checked, meta = pipe.execute()
+            pipe.zmscore(self.checked_key, [self.encode(c) for c in campaigns])
+            pipe.zmscore(self.legacy_checked_key, campaigns)
+            for k in unique:
+                pipe.hgetall(k)
+            meta, scores, legacy, *flags = pipe.execute()
         meta = {_text(k): _text(v) for k, v in meta.items()}
-        checked_s = int(checked) if checked is not None else None
-        if flag:
-            return self._flag_status(key, flag)
-        if window_end_s is None:
-            length = self.window_length_s or _int_or_none(meta.get("window_length_s"))
-            if length is None:
-                raise ValueError("window_end_s is needed: no window length is known")
-            if window_start_s % length:
-                raise ValueError(
-                    f"window start {window_start_s} is not aligned to the window length "
-                    f"{length}s"
-                )
-            window_end_s = window_start_s + length
+        version = meta.get("key_version")
+        if version is None:
+            scores = legacy    # written by a writer of layout 1 (or nothing written at all)
+        elif version != str(KEY_VERSION):
+            raise QuarantineError(
+                f"{self.meta_key} says key layout version {version}; this reader knows "
+                f"{KEY_VERSION}: upgrade it (nothing is reported publishable meanwhile)")
+        checked = {c: (int(v) if v is not None else None)
+                   for c, v in zip(campaigns, scores, strict=True)}
+        flag_of = dict(zip(unique, flags, strict=True))
+        length = self.window_length_s or _int_or_none(meta.get("window_length_s"))
         if self.retention_days is not None:
             retention_s = self.retention_days * 86400
         else:
             retention_s = _int_or_none(meta.get("retention_s")) or DEFAULT_RETENTION_S
         lag_s = _int_or_none(meta.get("min_lag_s")) or 0
-        if window_end_s + lag_s + retention_s < self.clock():
-            state: State = EXPIRED
-        elif checked_s is not None and checked_s >= window_end_s:
-            state = CLEAN
-        else:
-            state = PENDING
-        return FlagStatus(state=state, campaign_id=campaign_id, segment=segment,
-                          window_start_s=window_start_s, window_end_s=int(window_end_s),
-                          checked_through_s=checked_s)
+        now = self.clock()
+        out = []
+        for (campaign_id, segment, window_start_s, window_end_s), key in zip(items, keys,
+                                                                             strict=True):
+            flag = flag_of[key]
+            if flag:
+                out.append(self._flag_status(key, flag))
+                continue
+            if window_end_s is None:
+                if length is None:
+                    raise ValueError("window_end_s is needed: no window length is known")
+                if window_start_s % length:
+                    raise ValueError(
+                        f"window start {window_start_s} is not aligned to the window length "
+                        f"{length}s"
+                    )
+                window_end_s = window_start_s + length
+            checked_s = checked[campaign_id]
+            if window_end_s + lag_s + retention_s < now:
+                state: State = EXPIRED
+            elif checked_s is not None and checked_s >= window_end_s:
+                state = CLEAN
+            else:
+                state = PENDING
+            out.append(FlagStatus(state=state, campaign_id=campaign_id, segment=segment,
+                                  window_start_s=window_start_s, window_end_s=int(window_end_s),
+                                  checked_through_s=checked_s))
+        return out
 
     def is_released(self, campaign_id: str, segment: str, window_start_s: int,
                     window_end_s: int | None = None) -> tuple[bool, FlagStatus]:
@@ -525,7 +718,13 @@ class QuarantineReader:
     def checked_through(self, campaign_id: str) -> int | None:
         """The campaign's watermark: every window ending at or before it is decided."""
         with _redis_errors(self.client, "reading watermark"):
-            score = self.client.zscore(self.checked_key, campaign_id)
+            pipe = self.client.pipeline(transaction=True)
+            pipe.hget(self.meta_key, "key_version")
+            pipe.zscore(self.checked_key, self.encode(campaign_id))
+            pipe.zscore(self.legacy_checked_key, campaign_id)
+            version, score, legacy = pipe.execute()
+        if version is None:
+            score = legacy
         return int(score) if score is not None else None
 
     # -- listing -----------------------------------------------------------------------
@@ -597,6 +796,7 @@ class QuarantineReader:
         state = f.get("state")
         if state not in FLAG_STATES:
             raise QuarantineError(f"flag {key} has an unknown state {state!r}", key=key)
+        links = dict(link.split("=", 1) for link in f.get("links", "").split(",") if "=" in link)
         return FlagStatus(
             state=state,  # type: ignore[arg-type]
             campaign_id=f.get("campaign_id", ""),
@@ -615,7 +815,27 @@ class QuarantineReader:
             released_by=f.get("released_by") or None,
             release_reason=f.get("release_reason") or None,
             released_at=f.get("released_at") or None,
+            incident_ids=tuple(sorted(set(links.values()))),
         )
+
+
+def _figure_args(figure: Any) -> tuple[str, str, int, int | None]:
+    """``(campaign_id, segment, window_start_s, window_end_s or None)`` of a figure given
+    as a tuple, a mapping or an object with those attributes."""
+    if isinstance(figure, tuple | list):
+        if len(figure) not in (3, 4):
+            raise ValueError(f"a figure is (campaign_id, segment, window_start_s[, "
+                             f"window_end_s]), not {figure!r}")
+        campaign, segment, start, *end = figure
+    elif isinstance(figure, Mapping):
+        campaign, segment, start = (figure["campaign_id"], figure["segment"],
+                                    figure["window_start_s"])
+        end = [figure.get("window_end_s")]
+    else:
+        campaign, segment, start = figure.campaign_id, figure.segment, figure.window_start_s
+        end = [getattr(figure, "window_end_s", None)]
+    stop = end[0] if end else None
+    return str(campaign), str(segment), int(start), None if stop is None else int(stop)
 
 
 def _int_or_none(value: Any) -> int | None:
@@ -696,6 +916,21 @@ class QuarantineStore(QuarantineReader):
         """
         if not decisions:
             return
+        try:
+            keys, payload = self._record_payload(decisions)
+        except UnicodeEncodeError as exc:
+            # (msgspec refuses lone surrogates in events: only a caller of this API has one)
+            raise QuarantineError(f"a campaign id or segment is not valid Unicode: {exc}") \
+                from None
+        with _redis_errors(self.client, f"recording {len(decisions)} window decision(s)"):
+            pipe = self.client.pipeline(transaction=True)
+            self._record_script(keys=keys, args=[_payload_json(payload)], client=pipe)
+            (changed,) = pipe.execute()
+        if changed:
+            log.debug("quarantine: %d flag(s) written or changed", changed)
+
+    def _record_payload(self, decisions: Sequence[WindowDecision]
+                        ) -> tuple[list[str], dict[str, Any]]:
         keys = [self.index_key, self.audit_key, self.checked_key, self.meta_key]
         slots: dict[str, dict[str, Any]] = {}
         # Usually one decision per campaign: then its window end is the watermark.
@@ -725,10 +960,15 @@ class QuarantineStore(QuarantineReader):
                     "id": a.alert_id, "detector": a.detector, "kind": a.kind,
                     "severity": a.severity, "reason": _alert_reason(a),
                 })
-        # The script's ZADD arguments: end, campaign, end, campaign, ...
+        # The script's ZADD arguments: end, campaign, end, campaign, ... (campaigns encoded
+        # as in flag keys: a reader that encodes otherwise finds no watermark either).
         watermarks: list[str] = [""] * (2 * len(checked))
         watermarks[0::2] = map(str, checked.values())
-        watermarks[1::2] = checked
+        members = list(map(self._encoded.get, checked))   # (a C loop: ~2,000 a window)
+        if None in members:
+            members = [m if m is not None else self.encode(c)
+                       for m, c in zip(members, checked, strict=True)]
+        watermarks[1::2] = members
         now = self.clock()
         payload = {
             "flags": list(slots.values()),
@@ -740,13 +980,11 @@ class QuarantineStore(QuarantineReader):
             "actor": self.actor,
             "retention_s": self.retention_s,
             "window_length_s": self.window_length_s or 0,
+            "P": self.key_prefix,
+            "auto_release": bool(self.settings.auto_release),
+            "key_version": KEY_VERSION,
         }
-        with _redis_errors(self.client, f"recording {len(decisions)} window decision(s)"):
-            pipe = self.client.pipeline(transaction=True)
-            self._record_script(keys=keys, args=[_payload_json(payload)], client=pipe)
-            (changed,) = pipe.execute()
-        if changed:
-            log.debug("quarantine: %d flag(s) written or changed", changed)
+        return keys, payload
 
     def release(self, campaign_id: str, segment: str, window_start_s: int, *, by: str,
                 reason: str) -> FlagStatus:
@@ -768,38 +1006,104 @@ class QuarantineStore(QuarantineReader):
         log.info("quarantine: released %s by %s", key, by)
         return self.status(campaign_id, segment, window_start_s)
 
+    def link(self, links: Sequence[tuple[Any, str]], incidents: Sequence[Any] = (), *,
+             pipeline: redis.client.Pipeline | None = None) -> tuple[int, list[str]] | None:
+        """Record incidents and which incident each quarantining alert belongs to.
+
+        ``links`` are ``(alert, incident_id)`` pairs (alerts as :class:`~ctrguard.records.
+        Alert`; those with ``quarantine`` false are skipped), ``incidents`` are
+        :class:`~sinks.incidents.Incident` snapshots (the newest revision of each is kept).
+        Flags holding a linked alert get the link now; a flag written later gets it when
+        it is written. With ``quarantine.auto_release``, a flag whose alerts all belong to
+        resolved incidents is released (``released_by`` ``auto:incident:<id>``, one audit
+        entry each). Idempotent.
+
+        With ``pipeline`` the script is queued on it (in the Slack step's transaction) and
+        None is returned; otherwise it runs now and ``(flags linked, keys released)`` is
+        returned.
+        """
+        payload = self._link_payload(links, incidents)
+        if payload is None:
+            return None if pipeline is not None else (0, [])
+        if pipeline is not None:
+            self._link_script(keys=[self.index_key, self.audit_key], args=[payload],
+                              client=pipeline)
+            return None
+        with _redis_errors(self.client, "linking incidents to flags"):
+            linked, released = self._link_script(keys=[self.index_key, self.audit_key],
+                                                 args=[payload])
+        return int(linked), [_text(k) for k in released]
+
+    def _link_payload(self, links: Sequence[tuple[Any, str]],
+                      incidents: Sequence[Any]) -> str | None:
+        latest: dict[str, Any] = {}
+        for inc in incidents:
+            if not _valid_incident_id(inc.incident_id):
+                continue
+            prev = latest.get(inc.incident_id)
+            if prev is None or inc.revision >= prev.revision:
+                latest[inc.incident_id] = inc
+        rows = [{"a": a.alert_id, "i": inc_id,
+                 "k": self.flag_key(a.campaign_id, a.segment, a.window_start_s)}
+                for a, inc_id in links
+                if getattr(a, "quarantine", True) and _valid_incident_id(inc_id)]
+        if not rows and not latest:
+            return None
+        now = self.clock()
+        return json.dumps({
+            "P": self.key_prefix, "now": iso_utc(now), "now_s": math.floor(now),
+            "ttl": self.retention_s, "retention_s": self.retention_s,
+            "auto_release": bool(self.settings.auto_release),
+            "links": rows,
+            "incidents": [{
+                "id": i.incident_id, "status": i.status, "revision": int(i.revision),
+                "campaign_id": i.campaign_id, "first_s": int(i.first_window_start_s),
+                "last_end_s": int(i.last_window_end_s), "severity": i.severity or "",
+                "kinds": ",".join(i.kinds), "resolved_at": i.resolved_at or ""}
+                for i in latest.values()],
+        })
+
     def link_incident(self, incident_id: str, alerts: Iterable[Any]) -> int:
-        """Record ``incident_id`` on the flags of ``alerts``; returns how many exist."""
-        linked = 0
-        for key in {self.flag_key(a.campaign_id, a.segment, a.window_start_s) for a in alerts}:
-            with _redis_errors(self.client, f"linking incident to {key}"):
-                linked += int(self._link_script(keys=[key], args=[incident_id]))
-        return linked
+        """Link the quarantining ``alerts`` to ``incident_id``; returns how many of their
+        flags exist (the others are linked when they are written)."""
+        result = self.link([(a, incident_id) for a in alerts])
+        assert result is not None
+        return result[0]
 
     def auto_release(self, incident_id: str, alerts: Iterable[Any], *,
                      reason: str = "incident resolved") -> list[str]:
-        """Release the flags of a resolved incident, when ``auto_release`` is configured.
-
-        ``alerts`` are the incident's alerts (anything with ``alert_id``, ``campaign_id``,
-        ``segment`` and ``window_start_s``). A flag is released only when every alert on it
-        belongs to the incident, so an unrelated alarm on the same window keeps it
-        quarantined. Returns the keys released (none when auto-release is off).
+        """Mark ``incident_id`` resolved with ``alerts`` as its alerts and, when
+        ``auto_release`` is configured, release its flags (see :meth:`link`): a flag is
+        released only when every alert on it belongs to a resolved incident, so an
+        unrelated alarm on the same window keeps it quarantined. Returns the keys released
+        (none when auto-release is off). ``reason`` is kept for compatibility; the audit
+        says ``incident <id> resolved``.
         """
         alerts = list(alerts)
+        if not _valid_incident_id(incident_id):
+            raise ValueError(f"invalid incident id {incident_id!r}")
+        starts = [a.window_start_s for a in alerts] or [0]
+        resolved = _ResolvedIncident(
+            incident_id=incident_id, status="resolved", revision=2**31,
+            campaign_id=alerts[0].campaign_id if alerts else "",
+            first_window_start_s=min(starts),
+            last_window_end_s=max(starts) + (self.window_length_s or 0),
+            severity="", kinds=(), resolved_at=iso_utc(self.clock()))
+        result = self.link([(a, incident_id) for a in alerts], [resolved])
+        assert result is not None
         if not self.settings.auto_release:
             log.debug("quarantine: auto-release is off; incident %s leaves flags as they are",
                       incident_id)
-            return []
-        covering = tuple(sorted({a.alert_id for a in alerts}))
-        released = []
-        for key in sorted({self.flag_key(a.campaign_id, a.segment, a.window_start_s)
-                           for a in alerts}):
-            result = self._release(key, by=f"auto:incident:{incident_id}", reason=reason,
-                                   action="auto_released", incident_id=incident_id,
-                                   covering=covering)
-            if result[0] == "ok":
-                released.append(key)
-        return released
+        return sorted(set(result[1]))
+
+    def _release_pipelined(self, pipe: redis.client.Pipeline, key: str, *, by: str,
+                           reason: str, incident_id: str, covering: Sequence[str]) -> None:
+        """Queue a person's release of one flag on ``pipe`` (answers as :meth:`_release`)."""
+        self._release_script(
+            keys=[key, self.audit_key],
+            args=[by, reason, iso_utc(self.clock()), self.retention_s, "released",
+                  incident_id, ",".join(covering)],
+            client=pipe)
 
     def _release(self, key: str, *, by: str, reason: str, action: str, incident_id: str,
                  covering: Sequence[str]) -> list[str]:
@@ -811,6 +1115,37 @@ class QuarantineStore(QuarantineReader):
                       ",".join(covering)],
             )
         return [_text(r) for r in result]
+
+
+@dataclass(frozen=True, slots=True)
+class _ResolvedIncident:
+    """The fields of :class:`~sinks.incidents.Incident` that :meth:`QuarantineStore.link`
+    reads, for an incident resolved through :meth:`QuarantineStore.auto_release`."""
+
+    incident_id: str
+    status: str
+    revision: int
+    campaign_id: str
+    first_window_start_s: int
+    last_window_end_s: int
+    severity: str
+    kinds: tuple[str, ...]
+    resolved_at: str
+
+
+_INCIDENT_ID_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              "0123456789-._:")
+
+
+def _valid_incident_id(incident_id: str) -> bool:
+    """Incident ids go into key names and the flags' ``links`` field as they are: ours are
+    hex digests (or ``stall:<kind>:<start>``); anything else is not linked (its flags stay
+    held), with a warning."""
+    ok = 0 < len(incident_id) <= 200 and set(incident_id) <= _INCIDENT_ID_SAFE
+    if not ok:
+        log.warning("quarantine: incident id %r is not linked to flags (unexpected "
+                    "characters); its windows stay held", incident_id)
+    return ok
 
 
 #: orjson options that make it refuse what json would write differently or not at all.

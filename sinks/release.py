@@ -79,17 +79,26 @@ class ReleaseGate:
 
 
 class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
+    _expected: Any = None   # the planned changes (sinks/annotations.py), set in __init__
+
     def __init__(self, settings: Settings):
+        from sinks.annotations import AnnotationCache
         from sinks.quarantine import QuarantineStore
         from sinks.redis_client import make_redis
 
         self._store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
                                       settings.redis.key_prefix,
                                       window_length_s=settings.windows.length)
-        self._tracker = DeliveryTracker()
-        self._producer = make_producer(settings.kafka, self._tracker)
+        from ctrguard.kafka_admin import message_limit
+
         self._figures = settings.kafka.topics.figures
         self._alerts = settings.kafka.topics.alerts
+        self._tracker = DeliveryTracker()
+        self._producer = make_producer(
+            settings.kafka, self._tracker,
+            max_message_bytes=message_limit(settings.kafka, [self._figures, self._alerts]))
+        # Planned changes: expected alerts do not quarantine (read at a bounded rate).
+        self._expected = AnnotationCache(settings, self._store.client)
         self._gate = ReleaseGate(self._store.record, self._publish,
                                  backoff_s=settings.redis.retry_backoff_s,
                                  backoff_max_s=settings.redis.retry_backoff_max_s)
@@ -116,6 +125,8 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
                 decisions.append(item)
             else:
                 decisions.extend(item)
+        if self._expected is not None:
+            decisions = self._expected.apply(decisions)
         self._gate.release(decisions)
 
     def close(self) -> None:

@@ -34,6 +34,20 @@ class RedisSettings(_Strict):
     #: then restarts from its last snapshot. Figures never wait-and-fail: they wait.
     slack_outage_wait_s: float = Field(600.0, gt=0, le=86400)
 
+    @field_validator("url")
+    @classmethod
+    def _a_redis_url(cls, url: str) -> str:
+        # Checked at load (exit 2 with the line), not when the first client is made.
+        from redis.connection import parse_url
+
+        from sinks.redis_client import redact_url
+
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            raise ValueError(f"not a Redis URL ({redact_url(url)}): {exc}") from None
+        return url
+
 
 #: Severities in increasing order (the detectors' ``SEVERITIES``).
 SlackSeverity = Literal["info", "warning", "critical"]
@@ -180,3 +194,61 @@ class QuarantineSettings(_Strict):
             raise ValueError(f"unknown cause {unknown[0]!r} (known: "
                              f"{', '.join(sorted(DEFAULT_QUARANTINE_CAUSES))})")
         return {**DEFAULT_QUARANTINE_CAUSES, **v}
+
+
+# --------------------------------------------------------------------------- feedback
+
+#: What a planned change is, for people and for the labels exported from feedback.
+PlannedChangeKind = Literal["launch", "budget_change", "promotion", "holiday", "other"]
+
+
+class PlannedChange(_Strict):
+    """A change people expect to move the CTR: alerts of matching campaigns whose window
+    overlaps ``[start, end)`` (event time) are marked expected and do not quarantine."""
+
+    #: Glob patterns (``fnmatch``, case-sensitive) on ``campaign_id``, as in ``slack.routes``.
+    campaigns: list[str] = Field(min_length=1)
+    start: AwareDatetime
+    end: AwareDatetime
+    kind: PlannedChangeKind = "other"
+    reason: str = Field("", max_length=200)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PlannedChange:
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        if any(not p.strip() for p in self.campaigns):
+            raise ValueError("campaign patterns must not be empty")
+        return self
+
+
+class AnnotationSettings(_Strict):
+    #: Planned changes declared in the configuration (``ctrguard annotate`` adds more in
+    #: Redis; both apply).
+    planned_changes: list[PlannedChange] = Field(default_factory=list)
+    #: How often the sinks re-read the planned changes declared in Redis (one read per
+    #: period and process, never one per event or window).
+    refresh_s: float = Field(30.0, gt=0, le=3600)
+
+
+class FeedbackSettings(_Strict):
+    #: Add the *Confirmed* / *False alarm* / *Expected* buttons to incident messages.
+    buttons: bool = True
+    #: The Slack app's signing secret (``SLACK_SIGNING_SECRET``); ``ctrguard serve`` needs it.
+    signing_secret: SecretStr | None = None
+    #: Where ``ctrguard serve`` listens for Slack's interaction requests.
+    host: str = "127.0.0.1"
+    port: int = Field(3000, ge=0, le=65535)
+    path: str = Field("/slack/interactions", pattern=r"^/[A-Za-z0-9/_.-]{0,200}$")
+    #: Larger request bodies are refused (413) before they are read.
+    max_body_bytes: int = Field(1 << 20, ge=1024, le=16 << 20)
+    #: How long feedback entries are kept in Redis, in days.
+    retention_days: int = Field(365, ge=1, le=3650)
+
+
+class ChartSettings(_Strict):
+    #: Post a PNG chart of the driving series in each incident's thread (Web API mode only:
+    #: ``files_upload_v2`` needs the bot token and the ``files:write`` scope).
+    enabled: bool = True
+    #: Windows of the series shown (and kept per campaign by the Slack sink to draw it).
+    windows: int = Field(24, ge=4, le=288)

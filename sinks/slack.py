@@ -25,13 +25,17 @@ Redis keys (``P`` = ``redis.key_prefix``)
 ``P:slack:outbox:lease``           which delivery thread may drain the outbox (one at a time)
 ``P:slack:done:<key>``             "delivered" mark per idempotency key (incident:revision)
 ``P:slack:step:<key>:<step>``      "done" mark per Slack call of an update (post/edit/reply)
-``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message
+``P:slack:msg:<incident_id>``      hash: channel id and ts of the incident's message (and
+                                   ``chart_file``, its chart's file id; sinks/slack_extras.py)
 ``P:slack:state:<campaign hash>``  JSON incident state of one campaign (with a TTL)
 ``P:slack:open``                   sorted set: campaigns with an open incident, by last end
 ``P:slack:known``                  set: every campaign with a state key (and a few whose
                                    state expired, removed when they next tick)
 ``P:slack:known:ready``            "the known set holds the states written before it existed"
 ``P:slack:clock``                  sorted set, member ``clock``: the latest window end seen
+``P:slack:stall:<id hash>``        JSON state of one pipeline-level stall incident
+``P:slack:stall:<id hash>:campaigns``  set: the campaigns it has counted
+``P:slack:stalls``                 sorted set: open stall ids, by the end of their last window
 """
 
 from __future__ import annotations
@@ -64,8 +68,12 @@ from sinks.incidents import (
     update_from_json,
     update_to_json,
 )
+from sinks.quarantine_incidents import IncidentFlagLinks
 from sinks.redis_client import make_redis
+from sinks.slack_chart import SeriesHistory
+from sinks.slack_extras import IncidentExtras
 from sinks.slack_render import render_console, render_incident, render_thread_reply
+from sinks.stalls import StallTracker, is_stall
 
 if TYPE_CHECKING:
     from ctrguard.config import Settings
@@ -126,6 +134,12 @@ def _message_digest(message: Any) -> str:
     blocks = getattr(message, "blocks", None)
     raw = _REVISION.sub("revision", json.dumps([text, blocks], sort_keys=True, default=str))
     return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()
+
+
+def _series_field(history: SeriesHistory, u: IncidentUpdate) -> dict[str, str]:
+    """The chart data of an update's driving series, as an outbox field (bounded)."""
+    doc = history.series_for(u.incident)
+    return {} if doc is None else {"series": json.dumps(doc, separators=(",", ":"))}
 
 
 def _campaign_hash(campaign_id: str) -> str:
@@ -309,6 +323,23 @@ class _WebApi:
         except Exception as exc:  # noqa: BLE001
             raise _slack_error(exc, "chat.update") from None
 
+    def upload_png(self, channel: str, thread_ts: str, data: bytes, *, filename: str,
+                   title: str, alt_text: str) -> str:
+        """Share a PNG in a thread with ``files_upload_v2``; returns the file id."""
+        try:
+            resp = self._client.files_upload_v2(
+                channel=channel, thread_ts=thread_ts, file=data, filename=filename,
+                title=title, alt_txt=alt_text)
+        except Exception as exc:  # noqa: BLE001
+            raise _slack_error(exc, "files_upload_v2") from None
+        return str((resp.get("file") or {}).get("id") or "")
+
+    def delete_file(self, file_id: str) -> None:
+        try:
+            self._client.files_delete(file=file_id)
+        except Exception as exc:  # noqa: BLE001
+            raise _slack_error(exc, "files.delete") from None
+
 
 class _Webhook:
     def __init__(self, settings: SlackSettings):
@@ -391,6 +422,10 @@ class SlackNotifier:
         self._idle = threading.Event()
         self._thread: threading.Thread | None = None
         self._transport: Any = None
+        #: Feedback buttons, planned-change notes and charts (Web API mode only).
+        self.extras = IncidentExtras(settings, self.redis) if self.mode == "web" else None
+        #: Set by the sink when charts are on: the chart data sent with each update.
+        self.series: SeriesHistory | None = None
         for secret in (self.slack.bot_token, self.slack.webhook_url):
             if secret is not None:
                 _redact.secrets.add(secret.get_secret_value())
@@ -418,6 +453,8 @@ class SlackNotifier:
                       "kind": u.kind, "channel": d.channel, "owner": d.owner or "",
                       "notify": "1" if d.notify else "0", "why": d.reason,
                       "update": json.dumps(update_to_json(u), separators=(",", ":"))}
+            if self.series is not None:
+                fields.update(_series_field(self.series, u))
             pipe.xadd(self.outbox_key, fields)
         if own:
             try:
@@ -680,6 +717,8 @@ class SlackNotifier:
 
         if self.mode == "web":
             api = self._transport_for_mode()
+            if self.extras is not None:
+                message = self.extras.decorate(message, inc)
             if not ref:
                 if notify and u.kind != "resolve":
                     meta = {"event_type": "ctrguard_incident",
@@ -691,6 +730,7 @@ class SlackNotifier:
                     remember(channel, ts)
                     self.redis.hset(msg_key, "digest", _message_digest(message))
                     actions.append("post")
+                    actions += self._delivered(api, u, fields, channel, ts, msg_key, True)
                 return {"actions": actions}
             channel, ts = ref["channel"], ref["ts"]
             digest = _message_digest(message)
@@ -707,6 +747,7 @@ class SlackNotifier:
                     # Someone deleted the message: forget it; the next notable update posts.
                     self.redis.delete(msg_key)
                     return {"actions": ["gone"]}
+            actions += self._delivered(api, u, fields, channel, ts, msg_key, False)
             if notify and reply is not None:
                 reply_meta = {"event_type": "ctrguard_incident_reply",
                               "event_payload": {"incident_id": inc.incident_id, "key": key}}
@@ -732,6 +773,13 @@ class SlackNotifier:
             self._step(key, "reply", lambda: self._print(reply, thread=True))
             actions.append("reply")
         return {"actions": actions}
+
+    def _delivered(self, api: _WebApi, u: IncidentUpdate, fields: dict[str, str],
+                   channel: str, ts: str, msg_key: str, posted: bool) -> list[str]:
+        if self.extras is None:
+            return []
+        return self.extras.delivered(api, self._step, u, fields, channel, ts, posted=posted,
+                                     msg_key=msg_key, client=self.redis)
 
     def _edit(self, api: _WebApi, channel: str, ts: str, message: Any) -> bool:
         try:
@@ -777,11 +825,25 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         self.clock_key = f"{self.prefix}:clock"
         self.known_key = f"{self.prefix}:known"
         self.known_ready_key = f"{self.prefix}:known:ready"
+        self.stalls_key = f"{self.prefix}:stalls"
+        topics = settings.kafka.topics
+        self._stall_args = {"window_s": self.window_s, "gap_windows": slack.incident_gap_windows,
+                            "topics": {"impressions": topics.impressions,
+                                       "clicks": topics.clicks}}
         self._index_ready = False
         self._known_size_hint: int | None = None
         self._tracker_args = {"window_s": self.window_s, "gap_windows": slack.incident_gap_windows,
-                              "value_per_click": slack.value_per_click}
+                              "value_per_click": slack.value_per_click,
+                              "false_alarm_budget":
+                                  settings.detectors.false_alarms_per_campaign_day}
         self.stale_alerts = 0
+        # Flags carry their incident's id; auto-release (console mode too) follows it.
+        self._flag_links = IncidentFlagLinks(settings, self.redis)
+        #: Recent windows of every series, for the charts (Web API mode with charts on).
+        self.history = None
+        if settings.charts.enabled and self.notifier.mode == "web":
+            self.history = self.notifier.series = SeriesHistory(settings.charts.windows,
+                                                                self.window_s)
 
     def _state_key(self, campaign_id: str) -> str:
         return f"{self.prefix}:state:{_campaign_hash(campaign_id)}"
@@ -791,12 +853,15 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         queue the resulting updates: one Redis transaction, no Slack call here."""
         alerts: list[Alert] = []
         ticks: dict[str, int] = {}
+        series: dict[tuple[str, int], int] = {}
         tick_of = ticks.get
         for item in items:
             # Thousands of records a batch, almost none with alerts: keep this loop lean.
             if isinstance(item, WindowDecision):
                 if item.alerts:
                     alerts.extend(item.alerts)
+                    # The series of an alerted campaign-window, for the evidence statement.
+                    series[(item.campaign_id, item.window_start_s)] = len(item.figures)
                 cid, end = item.campaign_id, item.window_end_s
                 prev = tick_of(cid)
                 if prev is None:
@@ -808,11 +873,14 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             else:
                 raise TypeError(f"SlackSink takes Alert or WindowDecision, not "
                                 f"{type(item).__name__}")
+        if self.history is not None:
+            self.history.observe(items)
         if not alerts and not ticks:
             return
-        self._write_with_retries(alerts, ticks)
+        self._write_with_retries(alerts, ticks, series)
 
-    def _write_with_retries(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
+    def _write_with_retries(self, alerts: list[Alert], ticks: dict[str, int],
+                            series: dict[tuple[str, int], int] | None = None) -> None:
         # Like the release sink, wait for Redis rather than crash or drop: the incident state
         # and outbox live there, and the alerts of this batch must not be lost.
         r = self.settings.redis
@@ -821,7 +889,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         deadline = time.monotonic() + r.slack_outage_wait_s
         while True:
             try:
-                self._write(alerts, ticks)
+                self._write(alerts, ticks, series)
                 return
             except redis.WatchError:
                 conflicts += 1  # another worker changed one of these campaigns; recompute
@@ -837,7 +905,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 time.sleep(delay)
                 delay = min(delay * 2, r.retry_backoff_max_s)
 
-    def _write(self, alerts: list[Alert], ticks: dict[str, int]) -> None:
+    def _write(self, alerts: list[Alert], ticks: dict[str, int],
+               series: dict[tuple[str, int], int] | None = None) -> None:
         """One transaction for the batch, touching only the campaigns that can change.
 
         A campaign is *relevant* when it has alerts in the batch, is a member of the open
@@ -855,6 +924,12 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
         batch_clock = max(ticks.values(), default=0)
         lengths: dict[tuple[str, str], int] = {}
         alert_cids: set[str] = set()
+        stall_alerts = [a for a in alerts if is_stall(a)]
+        if stall_alerts:
+            # One pipeline incident per stall, never one per campaign.
+            alerts = [a for a in alerts if not is_stall(a)]
+        for a in stall_alerts:
+            batch_clock = max(batch_clock, a.window_start_s + _length_s(a, self.window_s))
         for a in alerts:
             alert_cids.add(a.campaign_id)
             span = (a.window_start, a.window_end)
@@ -864,13 +939,14 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             batch_clock = max(batch_clock, a.window_start_s + length)
         gap_s = self._tracker_args["gap_windows"] * self.window_s
         with self.redis.pipeline(transaction=True) as pipe:
-            pipe.watch(self.open_key, self.known_key)
+            pipe.watch(self.open_key, self.known_key, self.stalls_key)
             # Read after the WATCH (on another pooled connection, in one round trip): a
             # change to either set from now on makes EXEC fail and the batch recompute.
             reads = self.redis.pipeline(transaction=False)
             reads.zscore(self.clock_key, "clock")
             reads.zrange(self.open_key, 0, -1, withscores=True)
             reads.scard(self.known_key)
+            reads.zrange(self.stalls_key, 0, -1, withscores=True)
             candidates = [c for c in ticks if c not in alert_cids]
             by_members = self._known_size_hint is not None \
                 and self._known_size_hint <= len(candidates)
@@ -879,7 +955,7 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                     reads.smembers(self.known_key)
                 else:
                     reads.smismember(self.known_key, candidates)
-            raw_clock, open_set, known_size, *known = reads.execute()
+            raw_clock, open_set, known_size, stall_set, *known = reads.execute()
             self._known_size_hint = int(known_size)
             # The clock is not watched: every worker moves it (ZADD GT keeps the maximum).
             clock = max(int(raw_clock or 0), batch_clock)
@@ -906,13 +982,18 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                 if raw is not None:
                     tracker.import_state(cid, json.loads(raw))
             before_stale = tracker.stale_alerts
-            updates = tracker.observe(alerts)
+            updates = tracker.observe(alerts, series)
             for cid in campaigns:
                 end = ticks.get(cid)
                 if end is not None:
                     updates += tracker.advance(end, [cid])
             updates += tracker.advance(clock, campaigns)
             self.stale_alerts += tracker.stale_alerts - before_stale
+            stalls, stall_added = None, {}
+            if stall_alerts or stall_set:
+                stalls, stall_updates, stall_added = self._stalls(
+                    pipe, stall_alerts, stall_set, clock, gap_s)
+                updates += stall_updates
             pipe.multi()
             open_now = tracker.open_campaigns()
             for cid, key in zip(campaigns, keys, strict=True):
@@ -931,10 +1012,60 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
                     pipe.zrem(self.open_key, cid)
             if clock > 0:
                 pipe.zadd(self.clock_key, {"clock": clock}, gt=True)
+            if stalls is not None:
+                self._store_stalls(pipe, stalls, stall_added)
             self.notifier.submit(updates, pipeline=pipe)
+            self._flag_links.queue(pipe, tracker, updates)
             pipe.execute()
         if updates:
             self.notifier.wake()
+
+    def _stall_key(self, stall_id: str) -> str:
+        return f"{self.prefix}:stall:{_campaign_hash(stall_id)}"
+
+    def _stalls(self, pipe: Any, stall_alerts: list[Alert], stall_set: list[Any], clock: int,
+                gap_s: int) -> tuple[StallTracker, list[IncidentUpdate], dict[str, list[str]]]:
+        """Fold the batch's stall alerts into their pipeline incidents and resolve the due
+        ones (reads under WATCH, like the campaign states)."""
+        ids = {a.incident for a in stall_alerts}
+        ids.update(sid for sid, last_end in stall_set if last_end <= clock - gap_s)
+        tracker = StallTracker(**self._stall_args)
+        if not ids:
+            return tracker, [], {}
+        order = sorted(ids)
+        keys = [self._stall_key(s) for s in order]
+        pipe.watch(*keys, *[k + ":campaigns" for k in keys])
+        for sid, raw in zip(order, pipe.mget(keys), strict=True):
+            if raw is not None:
+                tracker.import_state(sid, json.loads(raw))
+        counted: dict[str, set[str]] = {}
+        by_id: dict[str, set[str]] = {}
+        for a in stall_alerts:
+            by_id.setdefault(a.incident, set()).add(a.campaign_id)
+        for sid, cids in by_id.items():
+            names = sorted(cids)
+            flags = pipe.smismember(self._stall_key(sid) + ":campaigns", names)
+            counted[sid] = {c for c, f in zip(names, flags, strict=True) if f}
+        before = tracker.stale_alerts
+        updates, added = tracker.observe(stall_alerts, counted)
+        updates += tracker.advance(clock, order)
+        self.stale_alerts += tracker.stale_alerts - before
+        return tracker, updates, added
+
+    def _store_stalls(self, pipe: Any, tracker: StallTracker,
+                      added: dict[str, list[str]]) -> None:
+        ttl = self.settings.slack.state_ttl_s
+        open_now = tracker.open_stalls()
+        for sid in tracker.stall_ids():
+            key = self._stall_key(sid)
+            pipe.set(key, json.dumps(tracker.export_state(sid), separators=(",", ":")), ex=ttl)
+            if added.get(sid):
+                pipe.sadd(key + ":campaigns", *added[sid])
+            pipe.expire(key + ":campaigns", ttl)
+            if sid in open_now:
+                pipe.zadd(self.stalls_key, {sid: open_now[sid]})
+            else:
+                pipe.zrem(self.stalls_key, sid)
 
     def _build_known_index(self) -> None:
         """Once per Redis: add the campaigns of states written before the known set existed.

@@ -73,7 +73,7 @@ def _cases() -> list[Case]:
              [{"alpha": 0.0}, {"alpha": 1.5}, {"settings": None}]),
         Case(ScalarScorer, {}, scalar_feed,
              [{"alpha": 0.0}, {"warmup": 1}, {"drift_detector": "kswin"}, {"season_bins": 0},
-              {"alert_z": -1.0}]),
+              {"alert_p": 0.0}, {"calibration": 5}, {"week_bins": 0}]),
         Case(ScalarScorer, {"drift_detector": "adwin", "season_alpha": 0.0}, scalar_feed, []),
     ]
     return cases

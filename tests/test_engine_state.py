@@ -13,6 +13,7 @@ import orjson
 import pytest
 
 from ctrguard.config import load_config_text
+from ctrguard.errors import ConfigError
 from ctrguard.records import WindowDecision
 from detectors.base import ALL
 from flows import engine
@@ -161,7 +162,8 @@ def test_restored_snapshot_still_knows_the_counted_events():
     out = _feed(state, prep, [_batch(IMPRESSION, later), _batch(CLICK, [_ev("k2", T0 + 8 * MIN)])])
     assert _figures(out)[("c1", ALL, T0 // 1000)] == (10, 1)
 
-    restored = pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
+    restored = pickle.loads(pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)).bind(
+        s, Recorder)
     assert restored.series() == state.series()
     # Repeats of counted events: of the closed window (within the allowed lateness: a
     # duplicate, not late) and of the open one; then one new event of each.
@@ -319,10 +321,65 @@ def test_campaigns_with_the_same_segments_share_series_and_dims():
     camps = list(state._campaigns.values())
     assert camps[0].series == (ALL, "device=mobile", "device=desktop")
     assert all(c.series is camps[0].series and c.dims is camps[0].dims for c in camps)
-    restored = pickle.loads(pickle.dumps(state))
+    restored = pickle.loads(pickle.dumps(state)).bind(s, Recorder)
     camps = list(restored._campaigns.values())
     assert all(c.series is camps[0].series and c.dims is camps[0].dims for c in camps)
     # New campaigns after a restore join the restored shared objects.
     _feed(restored, prep, [_batch(IMPRESSION, [_ev("n1", T0 + 2, "new", device="mobile"),
                                                _ev("n2", T0 + 2, "new", device="desktop")])])
     assert restored._campaigns["new"].series is camps[0].series
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def _secret_settings(length="5m", dims="device"):
+    return load_config_text(
+        f"windows:\n  length: {length}\n  shards: 1\nsegments:\n  dimensions: [{dims}]\n",
+        env={"SLACK_BOT_TOKEN": "xoxb-snap-secret", "CTRGUARD_REDIS_PASSWORD": "redis-snap-pw"})
+
+
+def _fed_state(s):
+    state = ShardState(s, ["imp:0", "clk:0"], Recorder)
+    prep = EventPreparer(s)
+    _feed(state, prep, [_batch(IMPRESSION, [_ev(f"i{i}", T0 + i * 1000, device="mobile")
+                                            for i in range(20)])])
+    return state, prep
+
+
+def test_a_snapshot_holds_state_not_settings():
+    s = _secret_settings()
+    state, prep = _fed_state(s)
+    data = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+    for secret in (b"xoxb-snap-secret", b"redis-snap-pw", b"Settings", b"SecretStr"):
+        assert secret not in data
+    restored = pickle.loads(data).bind(s, Recorder)
+    assert restored.settings is s
+    more = [_ev("n1", T0 + 2, "new", device="mobile"), _ev("i1", T0 + 1000, device="mobile")]
+    out_a = _feed(state, prep, [_batch(IMPRESSION, more)]) + state.flush()
+    out_b = _feed(restored, prep, [_batch(IMPRESSION, more)]) + restored.flush()
+    assert _figures(out_a) == _figures(out_b) and state.stats == restored.stats
+
+
+def test_a_snapshot_written_with_its_settings_still_loads_without_them(monkeypatch):
+    s = _secret_settings()
+    state, _ = _fed_state(s)
+    with monkeypatch.context() as m:  # what snapshots held before settings were left out
+        m.setattr(ShardState, "_NOT_STATE", ())
+        old = pickle.dumps(state)
+    assert b"xoxb-snap-secret" in old
+    restored = pickle.loads(old)
+    assert restored.settings is None
+    other = _secret_settings()
+    assert restored.bind(other, Recorder).settings is other
+    assert b"xoxb-snap-secret" not in pickle.dumps(restored)
+
+
+@pytest.mark.parametrize("length, dims", [("10m", "device"), ("5m", "channel")])
+def test_a_snapshot_of_another_window_length_or_dimensions_is_refused_clearly(length, dims):
+    state, _ = _fed_state(_secret_settings())
+    restored = pickle.loads(pickle.dumps(state))
+    with pytest.raises(ConfigError, match="snapshot was taken with windows.length 300s"):
+        restored.bind(_secret_settings(length, dims), Recorder)
+    with pytest.raises(RuntimeError, match="needs bind"):
+        restored._monitor_factory()

@@ -212,7 +212,7 @@ def _run_engine(s, imps, clicks, rng, batch_sizes):
                 state = states[shard] = ShardState(s, sources, Recorder)
             out += state.ingest(chunk)
             if rng.random() < 0.05:  # a snapshot and restore in the middle
-                states[shard] = pickle.loads(pickle.dumps(states[shard]))
+                states[shard] = pickle.loads(pickle.dumps(states[shard])).bind(s, Recorder)
     for state in states.values():
         out += state.flush()
     return out, states

@@ -17,7 +17,9 @@ from sinks.quarantine import (
     QuarantineStore,
     iso_utc,
 )
+from sinks.quarantine_cli import EXIT_HELD, EXIT_PENDING, _release_mode
 from sinks.redis_client import make_redis
+from tests.slack_fixtures import T0 as T0_SLACK
 from tests.test_quarantine import LENGTH, T0, decision, make_alert
 
 PREFIX = "clitest"
@@ -145,9 +147,222 @@ def test_redis_unreachable_exits_3(tmp_path, capsys):
     assert err.startswith("error: redis:") and "hunter2" not in err
 
 
-@pytest.mark.parametrize("action", ["list", "show", "release", "audit"])
+@pytest.mark.parametrize("action", ["list", "show", "release", "incidents", "check", "audit"])
 def test_every_action_has_help(action, capsys):
     with pytest.raises(SystemExit) as info:
         main(["quarantine", action, "--help"])
     assert info.value.code == 0
     assert "--config" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- unknown
+
+
+def test_show_of_an_unknown_campaign_says_so_and_exits_1(flagged, capsys):
+    config, _store, campaign = flagged
+    code, out, err = run(capsys, "quarantine", "show", "no-such-campaign", "all", str(T0),
+                         "--config", config)
+    assert code == EXIT_FAILURE and out == ""
+    assert err.startswith("unknown:") and "no-such-campaign" in err
+    # A known campaign's window not decided yet is pending, not unknown.
+    code, out, _ = run(capsys, "quarantine", "show", campaign, "all", str(T0 + 50 * LENGTH),
+                       "--config", config)
+    assert code == EXIT_OK and "state:          pending" in out
+
+
+# --------------------------------------------------------------------------- bulk release
+
+
+def incident_config(tmp_path, url: str) -> str:
+    from tests.test_quarantine_incidents import PREFIX as INCIDENT_PREFIX
+
+    path = tmp_path / "incidents.yaml"
+    path.write_text(f"redis:\n  url: {url}\n  key_prefix: {INCIDENT_PREFIX}\n"
+                    "quarantine:\n  auto_release: true\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.fixture
+def incident(redis_url, tmp_path):
+    """An open incident of c1 holding 6 series-windows; c2 has flags in no incident."""
+    from sinks.incidents import make_incident_id
+    from tests.test_quarantine_incidents import Flow, settings_for, window
+
+    flow = Flow(settings_for(redis_url, auto_release=True))
+    for w in range(3):
+        flow.release(w)
+        flow.slack(w)
+    flow.close()
+    flow.store.record([window(w, "c2") for w in range(3)])
+    return incident_config(tmp_path, redis_url), flow.store, make_incident_id("c1", T0_SLACK)
+
+
+def test_incidents_lists_open_incidents_with_their_held_windows(incident, capsys):
+    config, _store, incident_id = incident
+    code, out, _ = run(capsys, "quarantine", "incidents", "--windows", "--config", config)
+    assert code == EXIT_OK
+    header, row = out.splitlines()[:2]
+    assert header.split()[:6] == ["INCIDENT", "STATUS", "CAMPAIGN", "FROM", "TO", "HELD"]
+    assert row.split()[:3] == [incident_id, "open", "c1"] and row.split()[5] == "6"
+    assert f"{incident_id} holds:" in out and "device=mobile" in out
+    code, out, _ = run(capsys, "quarantine", "incidents", "--json", "--config", config)
+    (listed,) = json.loads(out)
+    assert (listed["incident_id"], listed["held_count"], len(listed["held"])) == (
+        incident_id, 6, 6)
+
+
+def test_release_by_incident_in_one_command(incident, capsys):
+    config, store, incident_id = incident
+    base = ["--by", "ana", "--reason", "tag fixed", "--config", config]
+    code, out, _ = run(capsys, "quarantine", "release", "--incident", incident_id,
+                       "--dry-run", *base)
+    assert code == EXIT_OK and out.count("would release") == 7     # 6 rows and the total
+    assert {f.state for f in store.list_flags(campaign="c1")} == {QUARANTINED}
+
+    code, out, _ = run(capsys, "quarantine", "release", "--incident", incident_id, *base)
+    assert code == EXIT_OK
+    assert out.splitlines()[-1] == f"released 6 series-window(s) of incident {incident_id}"
+    assert {(f.state, f.released_by) for f in store.list_flags(campaign="c1")} == {
+        (RELEASED, "ana")}
+    assert sum(e.action == "released" for e in store.audit(limit=100)) == 6
+    # Nothing left: exit 1; an unknown incident: exit 1.
+    assert run(capsys, "quarantine", "release", "--incident", incident_id, *base)[0] \
+        == EXIT_FAILURE
+    code, _, err = run(capsys, "quarantine", "release", "--incident", "nope", *base)
+    assert code == EXIT_FAILURE and "no incident 'nope'" in err
+
+
+def test_release_by_campaign_and_range(incident, capsys):
+    config, store, _ = incident
+    base = ["--by", "bo", "--reason", "test traffic", "--config", config, "--json"]
+    code, out, _ = run(capsys, "quarantine", "release", "--campaign", "c2", "--segment", "all",
+                       "--from", iso_utc(T0_SLACK), "--to", str(T0_SLACK + 2 * LENGTH), *base)
+    assert code == EXIT_OK
+    done = json.loads(out)
+    assert [(f["segment"], f["window_start_s"]) for f in done["released"]] == [
+        ("all", T0_SLACK), ("all", T0_SLACK + LENGTH)]
+    assert store.status("c2", "all", T0_SLACK + 2 * LENGTH).state == QUARANTINED
+    assert store.status("c2", "device=mobile", T0_SLACK).state == QUARANTINED
+
+
+@pytest.mark.parametrize("argv", [
+    [],                                                        # nothing to release
+    ["c1", "all"],                                             # one flag, incomplete
+    ["--incident", "x", "--campaign", "c1"],                   # two modes
+    ["c1", "all", "1767225600", "--incident", "x"],
+    ["--campaign", "c1", "--from", "1767225600"],              # no --to
+    ["--segment", "all"],                                      # --segment alone
+    ["--campaign", "c1", "--from", "yesterday", "--to", "1767225600"],
+])
+def test_release_usage_errors_exit_2(incident, capsys, argv):
+    config, _store, _ = incident
+    code, _, err = run(capsys, "quarantine", "release", *argv, "--by", "a", "--reason", "r",
+                       "--config", config)
+    assert code == EXIT_USAGE and err.startswith("error:")
+
+
+# --------------------------------------------------------------------------- check --csv
+
+
+def write_csv(tmp_path, rows, header="campaign_id,segment,window_start,extra") -> str:
+    path = tmp_path / "figures.csv"
+    path.write_text(header + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows),
+                    encoding="utf-8")
+    return str(path)
+
+
+def test_check_csv_exit_codes_and_output(flagged, capsys, tmp_path):
+    config, store, campaign = flagged
+    quoted = f'"{campaign}"'
+    clean = [(quoted, "device=mobile", iso_utc(T0), "x"), (quoted, "all", T0 - LENGTH, "y")]
+    path = write_csv(tmp_path, clean)
+    code, out, err = run(capsys, "quarantine", "check", "--csv", path, "--config", config)
+    assert code == EXIT_OK, err
+    lines = out.splitlines()
+    assert lines[0] == ",".join(("campaign_id", "segment", "window_start_s", "window_start",
+                                 "state", "publishable", "incident_id"))
+    assert lines[1] == f'{campaign},device=mobile,{T0},{iso_utc(T0)},clean,true,'
+    assert "2 publishable" in err
+
+    pending = [*clean, (quoted, "all", T0 + 40 * LENGTH, "")]
+    code, out, _ = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, pending),
+                       "--config", config)
+    assert code == EXIT_PENDING and out.splitlines()[3].endswith(",pending,false,")
+
+    held = [*pending, (quoted, "all", T0, "")]
+    out_path = tmp_path / "result.csv"
+    code, out, err = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, held),
+                         "--only-held", "--out", str(out_path), "--config", config)
+    assert code == EXIT_HELD and out == ""
+    written = out_path.read_text(encoding="utf-8").splitlines()
+    assert [r.split(",")[4] for r in written[1:]] == ["pending", "quarantined"]
+    assert "1 quarantined" in err and "1 pending" in err
+
+    store.release(campaign, "all", T0, by="ana", reason="ok")
+    code, _, _ = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, held),
+                     "--config", config)
+    assert code == EXIT_PENDING            # released now; the future window still pending
+    code, _, err = run(capsys, "quarantine", "check", "--csv", write_csv(tmp_path, held),
+                       "--out", str(tmp_path / "no" / "such" / "dir.csv"), "--config", config)
+    assert code == EXIT_FAILURE and err.startswith("error: cannot write")
+
+
+def test_check_csv_problems_are_reported_with_line_and_column(flagged, capsys, tmp_path):
+    config, _store, _ = flagged
+    path = write_csv(tmp_path, [("c1", "all", T0, ""), ("c1", "", T0, ""),
+                                ("c1", "all", "yesterday", ""), ("c1", "all", T0 + 7, "")])
+    code, out, err = run(capsys, "quarantine", "check", "--csv", path, "--config", config)
+    assert code == EXIT_USAGE and out == ""
+    assert f"{path}:3: segment: missing value" in err
+    assert f"{path}:4: window_start: not epoch seconds or ISO-8601" in err
+    bad_header = write_csv(tmp_path, [("c1", "all")], header="campaign,segment")
+    code, _, err = run(capsys, "quarantine", "check", "--csv", bad_header, "--config", config)
+    assert code == EXIT_USAGE and "missing column(s) campaign_id, window_start" in err
+    aligned = write_csv(tmp_path, [("c1", "all", T0 + 7, "")])
+    code, _, err = run(capsys, "quarantine", "check", "--csv", aligned, "--config", config)
+    assert code == EXIT_USAGE and "is not the start of a window" in err
+
+
+def test_check_csv_with_redis_down_exits_3(tmp_path, capsys):
+    config = write_config(tmp_path, f"redis://127.0.0.1:{free_port()}/0")
+    path = write_csv(tmp_path, [("c1", "all", T0, "")])
+    code, out, err = run(capsys, "quarantine", "check", "--csv", path, "--config", config)
+    assert code == EXIT_SERVICE and out == "" and err.startswith("error: redis:")
+
+
+def test_the_demos_last_step_releases_one_incident_in_one_command(incident, capsys):
+    from pathlib import Path
+
+    from ctrguard.demo import release_one_incident
+
+    config, store, incident_id = incident
+    release_one_incident(store, Path(config))
+    out = capsys.readouterr().out
+    assert f"$ ctrguard quarantine release --incident {incident_id} --by demo" in out
+    assert f"released 6 series-window(s) of incident {incident_id}" in out
+    assert "exit code 0; 6 series-windows still quarantined" in out      # c2's
+    assert {f.state for f in store.list_flags(campaign="c1")} == {RELEASED}
+
+
+def test_every_documented_quarantine_command_parses():
+    import re
+    import shlex
+    from pathlib import Path
+
+    from ctrguard.cli import build_parser
+
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for doc in ("README.md", "docs/redis-keys.md"):
+        text = (root / doc).read_text(encoding="utf-8").replace("\\\n", " ")
+        for block in re.findall(r"```(?:sh|console)\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                line = line.strip().removeprefix("$ ")
+                if line.startswith("ctrguard quarantine "):
+                    found.append(shlex.split(line, comments=True))
+    assert len(found) >= 10
+    parser = build_parser()
+    for argv in found:
+        args = parser.parse_args(argv[1:])          # exits 2 on an unknown flag
+        if args.quarantine_action == "release":
+            assert _release_mode(args) is not None, argv

@@ -1,5 +1,6 @@
 """The C figure encoder (``ctrguard/_records.c``) against its reference, ``orjson.dumps``
-of each figure and the key ``campaign|segment|window_start_s`` (UTF-8, surrogates passed).
+of each figure and the key ``campaign|segment|window_start_s`` (UTF-8, surrogates passed,
+``%`` and ``|`` in campaign and segment escaped as ``%25`` and ``%7C``).
 A figure it cannot tell that it writes the same must go to the fallback (the reference),
 in its place, and only that figure (every kind of value is also tested through
 ``encode_figures`` in tests/test_release_sink_fast.py)."""
@@ -30,10 +31,15 @@ pytestmark = pytest.mark.skipif(records._RECORDS is None,
 PLAIN = "".join(c for c in string.printable if c not in '"\\' and 0x20 <= ord(c) < 0x7f)
 
 
+def key_text(text):
+    """A campaign id or segment in a record key: ``%`` and the separator ``|`` escaped."""
+    return f"{text}".replace("%", "%25").replace("|", "%7C")
+
+
 def reference(figures):
     return ([orjson.dumps(f) for f in figures],
-            [f"{f.campaign_id}|{f.segment}|{f.window_start_s}".encode("utf-8", "surrogatepass")
-             for f in figures])
+            [f"{key_text(f.campaign_id)}|{key_text(f.segment)}|{f.window_start_s}"
+             .encode("utf-8", "surrogatepass") for f in figures])
 
 
 class Fallback:
@@ -170,3 +176,26 @@ def test_decisions_are_walked_in_order_and_odd_ones_leave_it_to_python():
     assert records._RECORDS.decision_records([f[0]], WindowDecision, Figure, None) is None
     with pytest.raises(AttributeError):
         decision_records([f[0]])   # (as the list of figures raised before)
+
+
+SEPARATORS = st.text(alphabet="|%7Cae\u00e9\U0001f389", max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(SEPARATORS, SEPARATORS), min_size=1, max_size=20))
+def test_keys_with_separators_in_ids_are_unambiguous_in_c_and_python(ids):
+    figures = [Figure(c, s, "a", "b", 1767225600, 1, 1, 0.5, "ok") for c, s in ids]
+    (_, keys), asked = c_encode(figures)
+    assert asked == [] and keys == reference(figures)[1] == figure_keys(figures)
+    # One key per series, and each splits at "|" into exactly what it was made of.
+    assert len(set(keys)) == len(set(ids))
+    assert [records.parse_figure_key(k) for k in keys] == [(c, s, 1767225600) for c, s in ids]
+
+
+def test_the_ambiguous_pair_of_the_issue_gets_two_keys(monkeypatch):
+    pair = [Figure("x|device=mobile", "all", "a", "b", 300, 1, 1, 0.5, "ok"),
+            Figure("x", "device=mobile|all", "a", "b", 300, 2, 1, 0.5, "ok")]
+    expected = [b"x%7Cdevice=mobile|all|300", b"x|device=mobile%7Call|300"]
+    assert figure_records(pair)[1] == expected
+    monkeypatch.setattr(records, "_RECORDS", None)     # the Python path writes the same
+    assert figure_records(pair)[1] == expected == figure_keys(pair)

@@ -117,3 +117,86 @@ def test_all_invalid_settings_reported_at_once(broker, redis_server, tmp_path):
     expected = [(f, lines.index(line) + 1) for s, line, f in INVALID if f != "slack"]
     err = _expect_rejected(broker, redis_server, path, prefix, expected)
     assert len(expected) == 14 and err.count(str(path)) >= 14
+
+
+# ------------------------------------------------- issue 15, item 7: errors of other kinds
+#
+# Reproduced on main: each of these ended in a Python traceback and exit 1, after the
+# Redis check (so Redis was contacted): librdkafka refused the kafka.client settings when
+# the first admin client was built, redis-py the URL when the first client was made, and
+# the file was read with a strict UTF-8 decode nobody caught.
+
+#: (lines added under kafka:, the field reported, the line that is reported, the words)
+CLIENT_INVALID = [
+    (["  client:", "    no.such.key: 5"], "kafka.client.no.such.key", 1,
+     "No such configuration property"),
+    (["  client:", "    security.protocol: bogus"], "kafka.client.security.protocol", 1,
+     'Invalid value "bogus"'),
+    (["  client:", "    fetch.wait.max.ms: 10", "    linger.ms: lots"], "kafka.client.linger.ms",
+     2, "Invalid value for configuration property"),   # named by its alias's target
+    (["  client:", "    acks: 1"], "kafka.client.acks", 1, "`acks` must be set to `all`"),
+]
+
+
+@pytest.mark.parametrize("lines,field,at,words", CLIENT_INVALID, ids=[c[1] for c in CLIENT_INVALID])
+def test_a_librdkafka_setting_it_refuses_stops_with_its_line(broker, redis_server, tmp_path,
+                                                             lines, field, at, words):
+    prefix = f"cfg-{uuid.uuid4().hex[:10]}"
+    text = _config(broker.bootstrap, prefix, redis_server.url, {"kafka": lines})
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    lineno = text.splitlines().index(lines[at]) + 1
+    err = _expect_rejected(broker, redis_server, path, prefix, [(field, lineno)])
+    assert words in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("url,words", [("http//cache:6379", "must specify one of the following"),
+                                       ("redis://cache:notaport/0", "Port could not be cast"),
+                                       ("redis://:s3cr3t@cache:99999/0", "Port out of range")])
+def test_a_malformed_redis_url_stops_with_its_line_and_no_password(broker, redis_server,
+                                                                   tmp_path, url, words):
+    prefix = f"cfg-{uuid.uuid4().hex[:10]}"
+    text = _config(broker.bootstrap, prefix, redis_server.url, {})
+    text = text.replace(f'  url: "{redis_server.url}"', f'  url: "{url}"')
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    lineno = text.splitlines().index(f'  url: "{url}"') + 1
+    err = _expect_rejected(broker, redis_server, path, prefix, [("redis.url", lineno)])
+    assert words in err and "Traceback" not in err and "s3cr3t" not in err
+
+
+def test_a_file_that_is_not_utf8_stops_with_its_line(broker, redis_server, tmp_path):
+    prefix = f"cfg-{uuid.uuid4().hex[:10]}"
+    text = _config(broker.bootstrap, prefix, redis_server.url, {"windows": ["  length: 5m"]})
+    data = text.encode().replace(b"  length: 5m", b"  length: 5m  # caf\xe9 au lait")
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(data)
+    lineno = text.splitlines().index("  length: 5m") + 1
+    err = _expect_rejected(broker, redis_server, path, prefix, [("<file>", lineno)])
+    assert "not UTF-8: byte 0xe9 at column 20" in err and "Traceback" not in err
+
+
+def test_an_unreachable_broker_is_one_line_with_the_attempts(redis_server, tmp_path):
+    """Reproduced on main: ~98 librdkafka lines in 5 s (about 290 in 15 s) before the
+    message, which was a KafkaError repr."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    text = _config(f"127.0.0.1:{port}", "cfg-x", redis_server.url,
+                   {"kafka": ["  connect_timeout_s: 5"]})
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    proc = _run(path)
+    err = proc.stderr.decode()
+    assert proc.returncode == 3, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) <= 2, err
+    assert "%3|" not in err and "FAIL" not in err
+    match = re.search(rf"error: kafka: cannot reach Kafka at 127.0.0.1:{port} within \d+s: "
+                      r"(\d+) connection attempts failed \(.*Connection refused\)", lines[-1])
+    assert match, err
+    assert int(match.group(1)) >= 5
+    print(f"[measure] unreachable broker: {len(lines)} lines on stderr in 5 s, "
+          f"{match.group(1)} connection attempts counted")

@@ -437,3 +437,28 @@ def test_the_kept_values_are_bounded():
         assert scanner.kept_count() <= 2**17 + 5000
     assert scanner.kept_count() < 30 * 5000
     scanner.kept_clear()
+
+
+# -- format controls: one predicate for both paths (ctrguard.events.is_refused_char)
+
+#: Text mixing printable ASCII with characters of every refused category and non-ASCII
+#: characters that are allowed, raw or written as JSON escapes.
+_MIXED_TEXT = st.lists(st.one_of(
+    st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters='"\\'),
+    st.sampled_from([chr(a) for r in events.REFUSED_RANGES for a in r if not 0xD800 <= a <= 0xDFFF]),
+    st.characters(codec="utf-8")), max_size=12).map("".join)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.sampled_from(["event_id", "campaign_id", "device", "geo"]),
+                          _MIXED_TEXT, st.booleans()), min_size=1, max_size=4))
+def test_scanner_and_msgspec_agree_on_format_controls(fields):
+    values = []
+    for field, text, escaped in fields:
+        obj = {"event_id": "e", "ts": 1767225600000, "campaign_id": "c", field: text or "x"}
+        values.append(json.dumps(obj, ensure_ascii=escaped).encode())
+    _check(values, DIMS)
+    decoded = decode_batch(values)
+    for i, (field, text, _) in enumerate(fields):
+        clean = not any(map(events.is_refused_char, text or "x"))
+        assert (i not in {j for j, _ in decoded.errors}) == clean, (field, text)

@@ -14,7 +14,7 @@ from ctrguard.services import consume_to_eof, produce_all
 from ctrguard.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_hostile_slack import evil_stream
-from tests.test_reliability_support import REPO, config_yaml
+from tests.test_reliability_support import REPO, config_yaml, init_recovery, start_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,3 +111,51 @@ def test_slack_refusing_the_token_logs_no_token(broker, unique_topics, redis_fac
         client.close()
     assert dead, "the refused update should be kept in the Slack dead-letter stream"
     _assert_clean("Slack dead-letter stream", repr(dead))
+
+
+def test_no_secret_in_any_recovery_store(broker, unique_topics, redis_factory, tmp_path):
+    """Reproduction (issue 15, item 5): with SLACK_BOT_TOKEN and CTRGUARD_REDIS_PASSWORD
+    set, every Bytewax recovery store held both, 31-381 times each: the pickled shard state
+    kept the whole Settings. The live flow runs with recovery (snapshots every 0.2 s, two
+    workers: two stores), then every file of the recovery directory, the log and every
+    output topic is searched for each secret."""
+    server = redis_factory(password=REDIS_PASSWORD)
+    imps, clicks = evil_stream(hours=5)
+    produce_all(broker.bootstrap, unique_topics["impressions"], imps + [b"{broken"])
+    produce_all(broker.bootstrap, unique_topics["clicks"], clicks)
+    recovery = tmp_path / "recovery"
+    init_recovery(recovery, workers=2)
+    env = {"CTRGUARD_REDIS_PASSWORD": REDIS_PASSWORD,
+           "CTRGUARD_KAFKA_SASL_PASSWORD": SASL_PASSWORD, "CTRGUARD_KAFKA_SASL_USERNAME": "svc"}
+    with SlackEmulator(token=SLACK_TOKEN) as slack:
+        path = tmp_path / "c.yaml"
+        path.write_text(config_yaml(broker.bootstrap, unique_topics, server.url_without_password,
+                                    slack_base_url=slack.base_url, batch_size=50))
+        proc = start_run(path, tmp_path / "run.log", recovery_dir=recovery, snapshot_s=0.2,
+                         extra_args=["--workers", "2"], env=env)
+        assert proc.wait(240) == 0, proc.log()[-3000:]
+        assert any(c.method == "chat.postMessage" and c.ok for c in slack.calls)
+    stores = sorted(p for p in recovery.rglob("*") if p.is_file())
+    assert len(stores) >= 2 and sum(p.stat().st_size for p in stores) > 50_000
+    snapshots = 0
+    for store in stores:
+        _assert_clean(f"recovery store {store.name}", store.read_bytes())
+        snapshots += store.read_bytes().count(b"_restore_shard_state")
+    assert snapshots > 0, "no shard snapshot was written: the test would prove nothing"
+    _assert_clean("log", proc.log())
+    for key in ("figures", "alerts", "deadletter"):
+        for m in consume_to_eof(broker.bootstrap, unique_topics[key]):
+            _assert_clean(f"{key} topic", (m.value() or b"") + repr(m.headers()).encode())
+    print(f"[measure] secrets: {len(stores)} recovery files, "
+          f"{sum(p.stat().st_size for p in stores):,} bytes, {snapshots} shard snapshots")
+
+    # The same recovery directory with another window length: refused at restore with the
+    # setting's line and both values, exit 2 (not a traceback, not a misread state).
+    path.write_text(path.read_text().replace("  length: 5m", "  length: 10m"))
+    proc = start_run(path, tmp_path / "run2.log", recovery_dir=recovery, snapshot_s=0.2,
+                     extra_args=["--workers", "2", "--no-slack"], env=env)
+    assert proc.wait(120) == 2, proc.log()[-3000:]
+    lineno = path.read_text().splitlines().index("  length: 10m") + 1
+    assert (f"{path}:{lineno}: windows.length: the snapshot was taken with windows.length "
+            "300s") in proc.log()
+    _assert_clean("log of the refused restore", proc.log())

@@ -63,8 +63,13 @@ def test_impact_driving_segment_cause_and_revenue():
                    cause="bot_clicks", severity="critical"),                     # +40, no "all"
     ])
     inc = ups[-1].incident
-    assert inc.clicks_delta == -15 + 40          # segments of one window are never summed
-    assert inc.revenue_delta == 12.5
+    # One series, never a mix: channel=search has the largest summed |observed - expected|
+    # (40 against 15 for all), so its numbers are the incident's.
+    b = inc.totals
+    assert (b.segment, b.windows, b.clicks, b.impressions, b.expected_clicks) == \
+        ("channel=search", 1, 50, 1000, 10.0)
+    assert inc.clicks_delta == b.clicks - b.expected_clicks == 40
+    assert inc.revenue_delta == 20.0
     assert inc.driving_segment == "channel=search"
     assert inc.suspected_cause == "bot_clicks"
     assert inc.severity == "critical"
