@@ -182,6 +182,10 @@ class WindowClicks:
         self.users = users
         self.unmatched = unmatched
 
+    def campaigns(self) -> int:
+        """How many campaigns have clicks in this window."""
+        return len(set(self.cids.tolist()))
+
     def evidence(self, campaign_id: str, segments: Callable[[Any], Sequence[str]]
                  ) -> dict[str, tuple[float, int]] | None:
         """Per series of the campaign (``segments``: a dims key's series), its suspicious

@@ -1479,8 +1479,8 @@ class ShardState:
             # One Window (immutable) and one pair of ISO texts for every campaign's decision.
             when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
             by_campaign = self._open.pop(wid, None) or {}
-            self._observe_stall(wid, start_s)
             self._close_clicks(wid)
+            self._observe_stall(wid, start_s, len(by_campaign))
             stale = wid - self._grace_windows
             for seen in self._seen:
                 ks = seen.get(wid)
@@ -1510,9 +1510,10 @@ class ShardState:
                 del self._campaigns[cid]
                 self.stats.evicted_campaigns += 1
 
-    def _observe_stall(self, wid: int, start_s: int) -> None:
+    def _observe_stall(self, wid: int, start_s: int, campaigns: int) -> None:
         """Judge whether window ``wid`` belongs to an ingestion stall, from the events of each
-        kind this shard admitted in it (:class:`flows.stall.StallWatch`); a window a drain
+        kind this shard admitted in it and the campaigns that had any (``campaigns``; with
+        clicks: from the click log) (:class:`flows.stall.StallWatch`); a window a drain
         closes is not judged. Per window, not per event."""
         watch = self._stalls
         if watch is None:
@@ -1521,8 +1522,12 @@ class ShardState:
             watch.current = (None, None, False, False)
             return
         imps, clicks = (seen.get(wid) for seen in self._seen)
-        watch.current = watch.observe(start_s, (len(imps) if imps is not None else 0,
-                                                len(clicks) if clicks is not None else 0))
+        log = self._clicks
+        closing = log.closing if log is not None else None
+        watch.current = watch.observe(
+            start_s, (len(imps) if imps is not None else 0,
+                      len(clicks) if clicks is not None else 0),
+            (campaigns, closing.campaigns() if closing is not None else 0))
 
     def _scope(self, verdicts: list[Verdict]) -> list[Verdict]:
         """A campaign-window's verdicts in their scope: a drained window's silences go, a
@@ -1532,6 +1537,27 @@ class ShardState:
         if not self._draining and stalled == (None, None, False, False):
             return verdicts
         return scope_verdicts(verdicts, stalled, self._draining)
+
+    def closing_context(self) -> tuple[tuple, bool, dict[str, dict[str, tuple[float, int]]]]:
+        """What the decisions of the window being closed take besides its monitors'
+        verdicts (for a recording of the detectors' input, ``replay/recorded.py``): the
+        stall judgement (:meth:`StallWatch.observe`), whether a drain closes it, and the
+        click evidence of every campaign with clicks in it (:meth:`WindowClicks.evidence`).
+        Per window and campaign with clicks: not for the running flow."""
+        watch = self._stalls
+        stalled = watch.current if watch is not None else (None, None, False, False)
+        evidence: dict[str, dict[str, tuple[float, int]]] = {}
+        log = self._clicks
+        if log is not None and log.closing is not None:
+            for cid in sorted(set(log.closing.cids.tolist())):
+                camp = self._campaigns.get(cid)
+                if camp is None:
+                    continue
+                got = log.closing.evidence(
+                    cid, lambda dk, camp=camp: self._segments_for(camp, dk))  # type: ignore[misc]
+                if got is not None:
+                    evidence[cid] = got
+        return stalled, self._draining, evidence
 
     def _quarantines(self, v: Verdict) -> bool:
         """Whether an alert of ``v`` holds its figure back: ``quarantine.causes`` by suspected

@@ -62,10 +62,10 @@ SOURCE_NAMES = ("impressions", "clicks")
 class StallWatch:
     """Per shard: the usual events per window of each kind, and the stall open on each.
 
-    Pickles with the shard's state (five small lists) and continues identically.
+    Pickles with the shard's state (six small lists) and continues identically.
     """
 
-    __slots__ = ("usual", "seen", "first", "tail", "low", "current")
+    __slots__ = ("usual", "seen", "first", "tail", "low", "spread", "current")
 
     def __init__(self) -> None:
         self.usual = [0.0, 0.0]     # per kind: events a window, slow average
@@ -73,27 +73,33 @@ class StallWatch:
         self.first: list[int | None] = [None, None]  # per kind: first window of the stall
         self.tail = [False, False]  # per kind: the last window judged was a resume window
         self.low = [False, False]   # per kind: the last window held at most DIP_FRACTION
+        self.spread = [0, 0]        # per kind: campaigns with events in the last usual window
         #: The judgement of the window being closed (not pickled: it lives for one close):
         #: per kind the first window of its stall or None, then per kind whether it dips.
         self.current: tuple = _QUIET
 
     def __getstate__(self) -> tuple:
-        return self.usual, self.seen, self.first, self.tail, self.low
+        return self.usual, self.seen, self.first, self.tail, self.low, self.spread
 
     def __setstate__(self, state: tuple) -> None:
-        self.usual, self.seen, self.first, self.tail, self.low = (list(x) for x in state)
+        self.usual, self.seen, self.first, self.tail, self.low, self.spread = (
+            list(x) for x in state)
         self.current = _QUIET
 
-    def observe(self, start_s: int, events: tuple[int, int]
+    def observe(self, start_s: int, events: tuple[int, int],
+                campaigns: tuple[int, int] = (2, 2)
                 ) -> tuple[int | None, int | None, bool, bool]:
-        """Judge one closing window (its start, events admitted per kind): per kind, the
-        first window of the stall it belongs to (or ``None``), then per kind whether the
-        window is the first to dip below :data:`DIP_FRACTION` of the usual volume."""
+        """Judge one closing window (its start, events admitted per kind, campaigns with
+        events per kind): per kind, the first window of the stall it belongs to (or
+        ``None``), then per kind whether the window is the first to dip below
+        :data:`DIP_FRACTION` of the usual volume. A shard whose usual window had events of
+        fewer than two campaigns judges no stall: one campaign's silence is its own."""
         out: list[Any] = [None, None, False, False]
         for kind in (0, 1):
             n = events[kind]
             usual = self.usual[kind]
-            judged = self.seen[kind] >= _WARMUP and usual >= MIN_EVENTS
+            judged = (self.seen[kind] >= _WARMUP and usual >= MIN_EVENTS
+                      and self.spread[kind] >= 2)
             low = judged and n <= DIP_FRACTION * usual
             if judged and n <= STALL_FRACTION * usual:
                 if self.first[kind] is None:
@@ -115,6 +121,8 @@ class StallWatch:
             # with the next window, as the stall's or as its own).
             out[2 + kind] = low and not self.low[kind]
             self.low[kind] = low
+            if not low:
+                self.spread[kind] = campaigns[kind]
             self.first[kind] = None
             self.tail[kind] = False
             if self.seen[kind] == 0:
