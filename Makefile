@@ -17,10 +17,11 @@ APT_INSTALL := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y --n
 
 PYTEST_ARGS ?=
 DEMO_ARGS ?=
+CHAOS_ARGS ?=
 EVENTS ?=
 FUZZ_SECONDS ?= 60
 
-.PHONY: help venv native test demo bench fuzz fuzz-setup lint clean distclean
+.PHONY: help venv native test demo bench chaos fuzz fuzz-setup lint clean distclean
 
 help: ## list the targets
 	@echo "ctrguard: make <target>"
@@ -79,6 +80,9 @@ demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
 
 bench: $(STAMP) $(NATIVE) ## run the benchmarks (EVENTS=n)
 	$(VPY) -m bench.run $(if $(EVENTS),--events $(EVENTS))
+
+chaos: $(STAMP) $(NATIVE) ## chaos run: a day of traffic while everything fails, vs a clean run (CHAOS_ARGS=--short)
+	$(VPY) -m tests.chaos $(CHAOS_ARGS)
 
 # Fuzzing the C that reads untrusted bytes (tests/fuzz/): clang-14 with its sanitizer and
 # libFuzzer runtimes (Debian), and atheris built from source with that clang, which gives

@@ -117,7 +117,10 @@ class KafkaSettings(StrictModel):
 class WindowSettings(StrictModel):
     length: Duration = 300
     allowed_lateness: Duration = 120
-    #: Events further ahead than this of the rest of their batch are dead-lettered.
+    #: Events further ahead than this of the wall clock are dead-lettered as ``future``
+    #: (an event time beyond the present is impossible). An event far ahead of its *stream*
+    #: but not of the wall clock is counted in its window and cannot move the watermark on
+    #: its own: see ``event_time.frontier_quorum``.
     future_tolerance: Duration = 3600
     #: Windows of a campaign with no events for this long (event time) are forgotten.
     series_ttl: Duration = 86400
@@ -153,11 +156,32 @@ class ExclusionSettings(StrictModel):
     )
 
 
+class EventTimeSettings(StrictModel):
+    """How sources prove their progress in event time (README, "Event time and idle
+    sources").
+
+    A source's frontier is the ``frontier_quorum``-th largest event time it has delivered:
+    fewer events than that far ahead of the rest (one forward-dated event in a back-filled
+    stream) cannot move it, and so cannot move the watermark; they are counted in their
+    windows when the stream gets there. A live partition is idle (holds no watermark back)
+    only after its consumer position has been at the log end, with no message returned,
+    for ``idle_timeout`` of wall-clock time, polled without a gap of more than a quarter of
+    it; it renews that claim every quarter of ``idle_timeout``, and a shard honours a claim
+    only while it is at most half of ``idle_timeout`` older than the newest poll the shard
+    has seen from any source (a pause, a blocked sink or a slow exchange makes the claim
+    stale: the partition holds the watermark at its frontier again).
+    """
+
+    idle_timeout: Duration = 5
+    frontier_quorum: int = Field(3, ge=1, le=1000)
+
+
 class Settings(StrictModel):
     kafka: KafkaSettings = KafkaSettings()
     redis: RedisSettings = RedisSettings()
     slack: SlackSettings = SlackSettings()
     windows: WindowSettings = WindowSettings()
+    event_time: EventTimeSettings = EventTimeSettings()
     segments: SegmentSettings = SegmentSettings()
     exclusions: ExclusionSettings = ExclusionSettings()
     detectors: DetectorSettings = DetectorSettings()

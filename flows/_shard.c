@@ -30,7 +30,7 @@ static PyObject *put_new(PyObject *dict, PyObject *key, PyObject *made) {
 }
 
 /* flows.engine.ShardState._open_window for a campaign the shard has (``camp``): the
- * window ``wid`` widens its first_wid and last_event_wid, and its counts in the window
+ * window ``wid`` lowers its first_wid and last_event_wid if earlier, and its counts in the window
  * start as an empty dict, stored at by_campaign[cid] and returned (borrowed). NULL on
  * error. */
 static PyObject *open_known(PyObject *camp, PyObject *cid, PyObject *wid,
@@ -42,12 +42,16 @@ static PyObject *open_known(PyObject *camp, PyObject *cid, PyObject *wid,
     Py_DECREF(first);
     if (before < 0 || (before && PyObject_SetAttr(camp, str_first_wid, wid) < 0))
         return NULL;
+    /* last_event_wid is the last *closed* window with events (close_campaign sets it): a
+     * window opened ahead of it (an event far ahead of its stream) must not keep the
+     * campaign alive through the windows in between. Only a campaign created by such a
+     * window has it ahead: lower it. */
     PyObject *last = PyObject_GetAttr(camp, str_last_event_wid);
     if (last == NULL)
         return NULL;
-    int after = PyObject_RichCompareBool(wid, last, Py_GT);
+    int ahead = PyObject_RichCompareBool(wid, last, Py_LT);
     Py_DECREF(last);
-    if (after < 0 || (after && PyObject_SetAttr(camp, str_last_event_wid, wid) < 0))
+    if (ahead < 0 || (ahead && PyObject_SetAttr(camp, str_last_event_wid, wid) < 0))
         return NULL;
     return put_new(by_campaign, cid, PyDict_New());
 }
@@ -73,8 +77,8 @@ static int is_int64(const Py_buffer *b) {
  * impressions). ``open[wid]`` is made when missing. When the campaign has no counts in the
  * window yet, on_window(cid, wid, open[wid]) makes them (and returns the dict), or, for a
  * campaign in ``campaigns`` already, this does what on_window does for one without the call
- * (a tenth of its cost; once per campaign and window): widens the campaign's first_wid and
- * last_event_wid to take wid in and stores an empty dict at open[wid][cid]. When the key
+ * (a tenth of its cost; once per campaign and window): lowers the campaign's first_wid and
+ * last_event_wid to wid if earlier and stores an empty dict at open[wid][cid]. When the key
  * is new in them and not in campaigns[cid].dims.segs (the segments of each dims key the
  * campaign knows), on_key(cid, dk) is called after it is counted, dk being keys[i] for
  * impressions and the element of the shared 1-tuple for clicks.
@@ -1166,6 +1170,7 @@ typedef struct {
     PyObject *by_campaign, *window, *start_iso, *end_iso, *start_s, *end_s, *evict, *take_in,
         *table, *make_counts, *zero, *status, *make_figure, *make_decision, *on_verdicts, *when,
         *no_alerts;
+    PyObject *wid_obj;
     long long wid, ttl;
     Py_ssize_t windows;
     CountsSlots slots;
@@ -1188,6 +1193,8 @@ static int close_campaign(Closing *w, PyObject *cid, PyObject *camp, PyObject **
         PyErr_SetString(PyExc_TypeError, "a campaign's window counts must be a dict");
         return -1;
     }
+    else if (PyObject_SetAttr(camp, str_last_event_wid, w->wid_obj) < 0)
+        return -1;
     PyObject *counts = NULL, *monitor = NULL, *verdicts = NULL, *figures = NULL;
     int rc = -1;
     if (win == NULL) {  /* dict.fromkeys(camp.series, zero) */
@@ -1272,6 +1279,7 @@ static PyObject *close_window(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_TypeError, "when must be (window, start_iso, end_iso)");
         return NULL;
     }
+    w.wid_obj = wid;
     w.wid = PyLong_AsLongLong(wid);
     if (w.wid == -1 && PyErr_Occurred())
         return NULL;

@@ -8,6 +8,8 @@
       -> release      Redis flags + watermark, THEN figures/alerts to Kafka
       -> slack        incidents to Slack (non-blocking outbox)
       -> deadletter   rejected and late events with the reason, original bytes kept
+      -> conservation the shards' per-partition accounts, added up and logged (every read
+                      event counted, excluded, a duplicate or dead-lettered)
 
 Run with ``ctrguard run --config PATH`` or
 ``python -m bytewax.run "flows.ctr_flow:get_flow()"`` (config from ``CTRGUARD_CONFIG``).
@@ -19,10 +21,11 @@ import logging
 import os
 import pickle
 import time
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 from functools import lru_cache, partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
@@ -32,7 +35,16 @@ from bytewax.operators import StatefulBatchLogic
 from ctrguard import faults, stopping
 from ctrguard.config import Settings, load_config
 from ctrguard.records import WindowDecision
-from flows.engine import Chunk, DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
+from flows.engine import (
+    Chunk,
+    DeadLetter,
+    EventPreparer,
+    RawBatch,
+    ShardState,
+    conservation_line,
+    sum_tallies,
+    tune_gc,
+)
 from flows.source import KafkaBatchSource, list_partitions, source_id
 from sinks.kafka_out import DeadLetterSink
 from sinks.release import ReleaseSink
@@ -145,7 +157,13 @@ class PrepareStep:
             log.warning("preparing %d messages of %s raised %s: %s; splitting the batch to "
                         "dead-letter only the messages that cause it", len(batch.values),
                         batch.source, type(exc).__name__, exc, exc_info=True)
-            return bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
+            items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
+            crashed = sum(1 for key, item in items if key == DEAD and item.stage == "crash")
+            if crashed:  # into the source's account (shard 0 keeps the batches' share)
+                items.append((self._keys[0], Chunk(batch.source, None, False,
+                                                   polled_ms=batch.polled_ms,
+                                                   ledger=(crashed, 0, crashed))))
+            return items
 
     def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
         faults.raise_on(batch.values)
@@ -242,6 +260,77 @@ def _pack(out: list[Any]) -> list[Any]:
     return emit
 
 
+class TallyReport(NamedTuple):
+    """A shard's conservation account so far (cumulative: a repeat after a restart
+    replaces the earlier report), for the ``conservation`` step."""
+
+    shard: str
+    tally: dict[str, list[int]]
+    final: bool = False   # sent at the end of the input
+    shards: int = 0       # how many shards report
+
+
+def is_tally(item: Any) -> bool:
+    return isinstance(item, TallyReport)
+
+
+def tally_key(_report: TallyReport) -> str:
+    return "all"
+
+
+class ConservationLogic(StatefulBatchLogic[TallyReport, Any, dict]):
+    """Adds up the shards' accounts; logs the balance per source every
+    ``STATS_LOG_INTERVAL_S`` while it changes (events still in flight between the steps
+    then) and once at the end of the input, when it must balance."""
+
+    def __init__(self, resume: dict | None):
+        self.latest: dict[str, dict[str, list[int]]] = resume or {}
+        self._final: set[str] = set()
+        self._last_log = 0.0
+        self._ended = False
+
+    def on_batch(self, values: list[TallyReport]) -> tuple[list[Any], bool]:
+        shards = 0
+        for report in values:
+            self.latest[report.shard] = report.tally
+            if report.final:
+                self._final.add(report.shard)
+                shards = report.shards
+        if shards and len(self._final) >= shards:
+            # (Bytewax may not call on_eof of a logic made in the activation of the end)
+            self._end()
+            return [], StatefulBatchLogic.RETAIN
+        now = time.monotonic()
+        if now - self._last_log > STATS_LOG_INTERVAL_S:
+            self._last_log = now
+            log.info("so far (in flight not included): %s",
+                     conservation_line(sum_tallies(self.latest.values())))
+        return [], StatefulBatchLogic.RETAIN
+
+    def _end(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        line = conservation_line(sum_tallies(self.latest.values()))
+        (log.info if line.startswith("conservation balanced") else log.error)(
+            "end of input: %s", line)
+
+    def on_eof(self) -> tuple[list[Any], bool]:
+        if stopping.requested():  # stopped, not drained: events may be in flight
+            log.info("stopped; so far (in flight not included): %s",
+                     conservation_line(sum_tallies(self.latest.values())))
+        else:
+            self._end()
+        return [], StatefulBatchLogic.RETAIN
+
+    def snapshot(self) -> dict:
+        return self.latest
+
+
+def build_conservation(resume: dict | None) -> ConservationLogic:
+    return ConservationLogic(resume)
+
+
 class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
     """Bytewax adapter around :class:`ShardState`: snapshots are the pickled state.
 
@@ -251,10 +340,18 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
     ``None`` and costs nothing.
     """
 
-    def __init__(self, state: ShardState, snapshots: bool = True):
+    def __init__(self, state: ShardState, snapshots: bool = True, shards: int = 0):
         self.state = state
         self._snapshots = snapshots
+        self._shards = shards
         self._last_log = time.monotonic()
+        if not getattr(state, "ledger_id", None):  # names its reports (kept in snapshots)
+            state.ledger_id = uuid.uuid4().hex  # type: ignore[attr-defined]
+
+    def _report(self, final: bool = False) -> TallyReport:
+        return TallyReport(self.state.ledger_id,  # type: ignore[attr-defined]
+                           {s: list(row) for s, row in self.state.tally.items()},
+                           final, self._shards)
 
     def on_batch(self, values: list[Chunk]) -> tuple[list[Any], bool]:
         out: list[Any] = []
@@ -265,6 +362,9 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
             self._last_log = now
             log.info("shard: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
+            out = _pack(out)
+            out.append(self._report())
+            return out, StatefulBatchLogic.RETAIN
         return _pack(out), StatefulBatchLogic.RETAIN
 
     def on_eof(self) -> tuple[list[Any], bool]:
@@ -273,10 +373,12 @@ class ShardLogic(StatefulBatchLogic[Chunk, Any, bytes | None]):
             # when the flow runs again and event time gets there.
             log.info("shard stopped: %s, %d campaigns", self.state.stats.as_dict(),
                      self.state.campaigns)
-            return [], StatefulBatchLogic.RETAIN
+            return [self._report()], StatefulBatchLogic.RETAIN
         out = self.state.flush()
         log.info("shard drained: %s", self.state.stats.as_dict())
-        return _pack(out), StatefulBatchLogic.RETAIN
+        packed = _pack(out)
+        packed.append(self._report(final=True))
+        return packed, StatefulBatchLogic.RETAIN
 
     def snapshot(self) -> bytes | None:
         if not self._snapshots:
@@ -333,7 +435,7 @@ def build_shard(settings: Settings, sources: list[str], resume: bytes | None, *,
         state = pickle.loads(resume).bind(settings, factory)
     else:
         state = ShardState(settings, sources, factory)
-    return ShardLogic(state, snapshots)
+    return ShardLogic(state, snapshots, settings.windows.shards)
 
 
 def get_flow(settings: Settings | None = None, *, slack: bool = True,
@@ -352,15 +454,20 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     sources = [source_id(t, p) for t, p in partitions]
 
     flow = Dataflow("ctrguard")
-    raw = op.input("kafka_in", flow,
-                   StoppableSource(KafkaBatchSource(settings.kafka, partitions)))
+    raw = op.input("kafka_in", flow, StoppableSource(
+        KafkaBatchSource(settings.kafka, partitions, settings.event_time.idle_timeout)))
     prepared = op.flat_map("prepare", raw, PrepareStep(settings))
     split = op.branch("split_invalid", prepared, is_dead)
     invalid = op.map("invalid", split.trues, unwrap)
     decided = op.stateful_batch("detect", split.falses,
                                 partial(build_shard, settings, sources, snapshots=snapshots))
     results = op.map("results", decided, unwrap)
-    by_type = op.branch("split_late", results, is_decision)
+    tallies = op.branch("split_tally", results, is_tally)
+    # Every event read ends in a window, an exclusion, a duplicate or a dead letter: the
+    # shards' accounts, added up and logged (README, "Nothing vanishes").
+    op.stateful_batch("conservation", op.key_on("tally_key", tallies.trues, tally_key),
+                      build_conservation)
+    by_type = op.branch("split_late", tallies.falses, is_decision)
     batches = by_type.trues
     late = by_type.falses
     # One item per shard and activation: a closed window is released in one Redis

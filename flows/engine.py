@@ -7,12 +7,18 @@ same figures and alerts for the same input order.
 Event time and watermarks
 -------------------------
 Every input source (a Kafka topic partition, or a replay file) reports a *frontier*: the
-largest plausible event time it has delivered. A shard's watermark is the minimum frontier
-over the sources that are not idle (a source is idle when it has been read to its end), less
-the allowed lateness. A window closes when the watermark passes its end. Taking the minimum
-is what keeps a click partition that runs ahead of the impression partition from closing
-windows early; treating caught-up sources as idle is what lets windows close during a click
-tracking outage, when the click topic is silent.
+``event_time.frontier_quorum``-th largest event time it has delivered, so that fewer events
+than that far ahead of their stream cannot move it (they are counted in their windows when
+the stream gets there). A shard's watermark is the minimum frontier over the sources that
+are not idle, less the allowed lateness. A window closes when the watermark passes its end.
+Taking the minimum is what keeps a click partition that runs ahead of the impression
+partition from closing windows early; honouring idle claims is what lets windows close
+during a click tracking outage, when the click topic is silent. A claim is evidence that a
+source has nothing unread: a file at its end, or a partition at its log end for an idle
+timeout (``flows/source.py``); a live claim counts only while fresh
+(:meth:`ShardState.idle_sources`), so a pause cannot turn a backlog into late events.
+Every event read ends in a window, an exclusion, a duplicate or a dead letter; each shard
+keeps the per-source account (:attr:`ShardState.tally`, :func:`conservation`).
 
 >>> from ctrguard.config import Settings
 >>> settings = Settings()
@@ -21,8 +27,10 @@ tracking outage, when the click topic is silent.
 ...        b'{"event_id":"i1","ts":1767225601000,"campaign_id":"c1","device":"mobile"}',
 ...        b'not json']
 >>> batch = prep.prepare(RawBatch("imp", 0, IMPRESSION, raw, list(range(3))))
->>> len(batch.dead_letters), batch.dead_letters[0].reason[:14], batch.frontier_ms
-(1, 'not valid JSON', 1767225601000)
+>>> len(batch.dead_letters), batch.dead_letters[0].reason[:14]
+(1, 'not valid JSON')
+>>> batch.frontier_ms, batch.recent  # two events, fewer than the quorum (3): no frontier yet
+(None, (1767225600000, 1767225601000))
 
 Cost
 ----
@@ -81,13 +89,19 @@ from flows.stall import StallWatch, scope_verdicts
 __all__ = [
     "CLICK", "IMPRESSION", "RawBatch", "Prepared", "Chunk", "DeadLetter", "PreparedBatch",
     "EventPreparer", "ShardState", "ShardStats", "dedup_keys", "shard_of", "tune_gc",
+    "TALLY_COLUMNS", "conservation", "conservation_line", "format_conservation",
+    "sum_tallies",
 ]
 
 
 class RawBatch(NamedTuple):
     """Raw messages read from one source (topic partition or file) in one go.
 
-    ``idle`` marks a source that has been read to its end: it holds back no watermark.
+    ``idle`` is a claim that the source has nothing unread: it then holds back no
+    watermark. Without ``polled_ms`` the claim is for good (a file at its end, a drained
+    partition); with it, the claim was made at that wall-clock time and holds only while
+    fresh (see :meth:`ShardState.watermark_ms`). ``polled_ms`` is the wall-clock time of
+    the poll (``None`` in replay: no wall clock there).
     """
 
     topic: str
@@ -96,6 +110,7 @@ class RawBatch(NamedTuple):
     values: Sequence[bytes]
     offsets: Sequence[int]
     idle: bool = False
+    polled_ms: int | None = None
 
     @property
     def source(self) -> str:
@@ -301,6 +316,9 @@ class Chunk:
     raws: Sequence[bytes] | None = ()
     keys: np.ndarray = field(default_factory=_no_keys)  # :func:`dedup_keys`; empty: not yet
     at: np.ndarray | None = None      # positions in event_ids/offsets/raws; None: i is i
+    polled_ms: int | None = None      # the batch's RawBatch.polled_ms
+    recent: tuple[int, ...] = ()      # a batch too small for a frontier: its times (sorted)
+    ledger: tuple[int, int, int] | None = None  # (read, excluded, dead-lettered) of its batch
     #: Clicks only (empty otherwise, or when not known): :func:`ref_keys` of each event's
     #: ``user_id`` and ``impression_id``, the evidence of bot clicks (flows/clicklog.py).
     users: np.ndarray = field(default_factory=_no_keys)
@@ -312,12 +330,14 @@ class Chunk:
     def __getstate__(self) -> tuple:
         eids, offsets, _ = self.row_columns(raws=False)
         return (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms,
-                self.campaign_ids, eids, self.dims, offsets, self.keys, self.users, self.refs)
+                self.campaign_ids, eids, self.dims, offsets, self.keys, self.polled_ms,
+                self.recent, self.ledger, self.users, self.refs)
 
     def __setstate__(self, state: tuple) -> None:
         (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms, self.campaign_ids,
-         self.event_ids, self.dims, self.offsets, self.keys) = state[:10]
-        self.users, self.refs = state[10:] if len(state) > 10 else (_NO_KEYS, _NO_KEYS)
+         self.event_ids, self.dims, self.offsets, self.keys, self.polled_ms, self.recent,
+         self.ledger) = state[:13]
+        self.users, self.refs = state[13:] if len(state) > 13 else (_NO_KEYS, _NO_KEYS)
         self.raws = None  # type: ignore[assignment]
         self.at = None
 
@@ -373,6 +393,14 @@ class PreparedBatch:
     excluded: Counter
     read: int
     n_dims: int = 0
+    polled_ms: int | None = None
+    recent: tuple[int, ...] = ()
+
+    @property
+    def ledger(self) -> tuple[int, int, int]:
+        """(read, excluded, dead-lettered) of this batch: what it adds to its source's
+        conservation account besides its events (:class:`ShardState`, ``tally``)."""
+        return self.read, sum(self.excluded.values()), len(self.dead_letters)
 
     @property
     def by_shard(self) -> dict[int, list[Prepared]]:
@@ -448,6 +476,7 @@ class EventPreparer:
         self._dims = tuple(settings.segments.dimensions)
         self._shards = settings.windows.shards
         self._future_ms = settings.windows.future_tolerance * 1000
+        self._quorum = settings.event_time.frontier_quorum
         self._max_bytes = settings.max_event_bytes
         patterns = settings.exclusions.bot_user_agents
         self._bot_re = re.compile("|".join(f"(?:{p})" for p in patterns), re.IGNORECASE) if patterns else None
@@ -548,13 +577,15 @@ class EventPreparer:
                     drop.add(j)
         chunks: dict[int, Chunk] = {}
         frontier = None
+        recent: tuple[int, ...] = ()
+        polled = batch.polled_ms
         if len(drop) < n:
             if drop:
                 mask = np.ones(n, dtype=bool)
                 mask[list(drop)] = False
-                frontier = int(ts[mask].max())
+                frontier, recent = self._frontier(ts[mask])
             else:
-                frontier = int(ts.max())
+                frontier, recent = self._frontier(ts)
             keys = cols.keys if cols.keys is not None else dedup_keys(cids, eids)
             # Event ids, offsets and raw bytes, aligned with the valid events: needed only
             # for the rare late event (and tests), so chunks point into them (Chunk.at).
@@ -567,7 +598,8 @@ class EventPreparer:
             if order is None:  # one shard, every event
                 (s, (_, _, columns)), = routed.items()
                 chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, ts,
-                                  columns[0], rows[0], columns[1], rows[1], rows[2], keys)
+                                  columns[0], rows[0], columns[1], rows[1], rows[2], keys,
+                                  None, polled, recent)
                 if users is not None and refs is not None:
                     chunks[s].users, chunks[s].refs = users, refs
             else:
@@ -580,12 +612,34 @@ class EventPreparer:
                 for s, (start, stop, columns) in routed.items():
                     chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
                                       ts_by[start:stop], columns[0], rows[0], columns[1],
-                                      rows[1], rows[2], keys_by[start:stop], order[start:stop])
+                                      rows[1], rows[2], keys_by[start:stop], order[start:stop],
+                                      polled, recent)
                     if users_by is not None and refs_by is not None:
                         chunks[s].users = users_by[start:stop]
                         chunks[s].refs = refs_by[start:stop]
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
-                             len(values), len(self._dims))
+                             len(values), len(self._dims), polled, recent)
+
+    def _frontier(self, ts: np.ndarray) -> tuple[int | None, tuple[int, ...]]:
+        """A batch's contribution to its source's frontier: ``(frontier, recent)``. The
+        frontier is the ``frontier_quorum``-th largest time of the batch (the largest with a
+        quorum of 1): fewer events than that far ahead of the rest do not move it. A batch
+        with fewer events gives ``(None, its times sorted)``: the shard combines them with
+        the source's earlier small batches (:meth:`ShardState._note_recent`).
+
+        >>> prep = EventPreparer(Settings())
+        >>> prep._frontier(np.array([5, 9_000, 7, 6], dtype=np.int64))
+        (6, ())
+        >>> prep._frontier(np.array([9_000, 5], dtype=np.int64))
+        (None, (5, 9000))
+        """
+        k = self._quorum
+        n = len(ts)
+        if k == 1:
+            return int(ts.max()), ()
+        if n < k:
+            return None, tuple(sorted(ts.tolist()))
+        return int(np.partition(ts, n - k)[n - k]), ()
 
     def _route(self, cids: Sequence[str], dks: Sequence[Any], drop: set[int]
                ) -> tuple[np.ndarray | None,
@@ -654,20 +708,30 @@ class EventPreparer:
         for s in range(self._shards):
             chunk = prepared.chunks.get(s)
             if chunk is None:
-                if empty is None:
-                    empty = Chunk(prepared.source, prepared.frontier_ms, prepared.idle)
+                if empty is None or s == 0:
+                    empty = Chunk(prepared.source, prepared.frontier_ms, prepared.idle,
+                                  polled_ms=prepared.polled_ms, recent=prepared.recent)
                 chunk = empty
+            if s == 0:  # shard 0 keeps the batch's account (consumed, excluded, dead)
+                chunk.ledger = prepared.ledger
+                empty = None
             out.append((s, chunk))
         return out
 
     def merged(self, prepared: PreparedBatch, kind: int) -> Chunk:
         """All shards' events in one chunk, in shard order (as the shards of the flow see
         them), for a single state holding every campaign (replay)."""
+        merged = self._merged(prepared, kind)
+        merged.ledger = prepared.ledger
+        return merged
+
+    def _merged(self, prepared: PreparedBatch, kind: int) -> Chunk:
         parts = [prepared.chunks[s] for s in sorted(prepared.chunks)]
         if len(parts) == 1:
             return parts[0]
         if not parts:
-            return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind)
+            return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind,
+                         polled_ms=prepared.polled_ms, recent=prepared.recent)
         ts = np.concatenate([p.ts_ms for p in parts])
         cids, dks = (list(chain.from_iterable(getattr(p, name) for p in parts))
                      for name in ("campaign_ids", "dims"))
@@ -677,14 +741,16 @@ class EventPreparer:
             # Parts of one batch: the merged chunk points into the same columns.
             out = Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
                         first.event_ids, dks, first.offsets, first.raws, keys,
-                        np.concatenate([p.at for p in parts]))  # type: ignore[misc]
+                        np.concatenate([p.at for p in parts]),  # type: ignore[misc]
+                        prepared.polled_ms, prepared.recent)
         else:
             rows = [p.row_columns() for p in parts]
             eids, offsets = (list(chain.from_iterable(r[i] for r in rows)) for i in (0, 1))
             raws = None if any(r[2] is None for r in rows) else \
                 list(chain.from_iterable(r[2] for r in rows))  # type: ignore[misc]
             out = Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
-                        eids, dks, offsets, raws, keys)
+                        eids, dks, offsets, raws, keys, None, prepared.polled_ms,
+                        prepared.recent)
         if all(len(p.users) == len(p) for p in parts):  # (clicks with their evidence)
             out.users = np.concatenate([p.users for p in parts])
             out.refs = np.concatenate([p.refs for p in parts])
@@ -1003,7 +1069,7 @@ class ShardState:
         self._dims = tuple(settings.segments.dimensions)
         self._configure(settings, monitor_factory)
         self._frontiers: dict[str, int | None] = {s: None for s in sources}
-        self._idle: set[str] = set()
+        self._init_event_time()
         self._campaigns: dict[str, _Campaign] = {}
         # Open windows: window id -> campaign -> counts (dims key -> impressions,
         # (dims key,) -> clicks; a 1-tuple is never a dims key).
@@ -1046,6 +1112,9 @@ class ShardState:
         self._grace_windows = max(1, math.ceil(settings.windows.allowed_lateness
                                                / settings.windows.length))
         self._quarantine_causes = dict(settings.quarantine.causes)
+        # A live idle claim counts while at most half an idle_timeout old (idle_sources).
+        self._claim_ttl_ms = settings.event_time.idle_timeout * 500
+        self._quorum = settings.event_time.frontier_quorum
 
     def bind(self, settings: Settings, monitor_factory: Callable[[], Any]) -> ShardState:
         """Give a restored shard the running process's settings and monitor factory (a
@@ -1088,7 +1157,21 @@ class ShardState:
         self.__dict__.update(state)
         self.settings = None
         self._monitor_factory = _unbound_monitor_factory
+        if "_claims" not in state:  # a snapshot from before idle claims: claims dropped
+            self.__dict__.pop("_idle", None)  # (fails safe: a source holds back until it
+            self._init_event_time()          # claims again)
         self._derived()
+
+    def _init_event_time(self) -> None:
+        """Idle claims, the shard's clock, small batches' times and the sources' accounts."""
+        # Source -> wall-clock time of its idle claim (None: for good). See watermark_ms.
+        self._claims: dict[str, int | None] = {}
+        self._clock_ms: int | None = None  # the newest poll time seen from any source
+        # Source -> the largest times of its small batches (fewer than the quorum each).
+        self._recent: dict[str, list[int]] = {}
+        # Source -> [read, excluded, dead-lettered before the shards, counted, duplicates,
+        # late]: each event of the source ends in exactly one (see conservation()).
+        self.tally: dict[str, list[int]] = {}
 
     def _intern(self, obj: Any) -> Any:
         table = self._interned
@@ -1107,9 +1190,25 @@ class ShardState:
 
     # -- watermark ---------------------------------------------------------------------
 
+    def idle_sources(self) -> set[str]:
+        """The sources whose idle claim the shard honours: claims for good (a finished
+        source), and claims made at most half an ``idle_timeout`` before the newest poll
+        the shard has seen from any source. A claim older than that (the process or its
+        sink was paused, another worker is slow) no longer counts: the source holds the
+        watermark at its frontier again until it renews the claim."""
+        claims = self._claims
+        if not claims:
+            return set()
+        clock = self._clock_ms
+        if clock is None:
+            return set(claims)
+        oldest = clock - self._claim_ttl_ms
+        return {s for s, t in claims.items() if t is None or t >= oldest}
+
     def watermark_ms(self) -> int | None:
         """Event time up to which every window is final (frontier minimum less lateness)."""
-        active = [f for s, f in self._frontiers.items() if s not in self._idle]
+        idle = self.idle_sources()
+        active = [f for s, f in self._frontiers.items() if s not in idle]
         if active:
             if any(f is None for f in active):
                 return None  # a source that has delivered nothing yet may hold old events
@@ -1126,18 +1225,25 @@ class ShardState:
     def ingest(self, chunk: Chunk) -> list[WindowDecision | DeadLetter]:
         out: list[WindowDecision | DeadLetter] = []
         source = chunk.source
-        if chunk.frontier_ms is not None:
+        frontier = chunk.frontier_ms
+        if frontier is None and chunk.recent:
+            frontier = self._note_recent(source, chunk.recent)
+        if frontier is not None:
             prev = self._frontiers.get(source)
-            if prev is None or chunk.frontier_ms > prev:
-                self._frontiers[source] = chunk.frontier_ms
+            if prev is None or frontier > prev:
+                self._frontiers[source] = frontier
         elif source not in self._frontiers:
             self._frontiers[source] = None
-        has_events = len(chunk.campaign_ids) > 0
+        polled = chunk.polled_ms
+        if polled is not None and (self._clock_ms is None or polled > self._clock_ms):
+            self._clock_ms = polled
         if chunk.idle:
-            self._idle.add(source)
-        elif has_events or chunk.frontier_ms is not None:
-            self._idle.discard(source)
-        if has_events:
+            self._claims[source] = polled
+        elif self._claims:  # a message was read (or the claim withdrawn): not idle
+            self._claims.pop(source, None)
+        if chunk.ledger is not None:
+            self._account(source, chunk.ledger)
+        if len(chunk.campaign_ids) > 0:
             self._add_events(chunk, out)
             if chunk.kind == CLICK and len(chunk.users):
                 self._log_clicks(chunk)
@@ -1189,8 +1295,39 @@ class ShardState:
         evidence = log.closing.evidence(cid, lambda dk: self._segments_for(camp, dk))
         return verdicts if evidence is None else revise(verdicts, evidence)
 
+    def _note_recent(self, source: str, times: tuple[int, ...]) -> int | None:
+        """The frontier a small batch (fewer events than the quorum) allows, from the
+        largest times of the source's small batches so far: their ``quorum``-th largest,
+        or ``None`` while there are fewer. (Batches of the quorum or more report their own
+        quorum-th largest instead; this list may then be behind, which only delays.)"""
+        kept = self._recent.get(source)
+        kept = sorted((kept or []) + list(times))[-self._quorum:]
+        self._recent[source] = kept
+        return kept[0] if len(kept) == self._quorum else None
+
+    def _account(self, source: str, ledger: tuple[int, int, int]) -> None:
+        """Add a batch's read, excluded and dead-lettered counts to its source's account."""
+        row = self.tally.get(source)
+        if row is None:
+            row = self.tally[source] = [0] * 6
+        row[0] += ledger[0]
+        row[1] += ledger[1]
+        row[2] += ledger[2]
+
+    def _tally_events(self, source: str, counted: int, duplicates: int, late: int) -> None:
+        row = self.tally.get(source)
+        if row is None:
+            row = self.tally[source] = [0] * 6
+        row[3] += counted
+        row[4] += duplicates
+        row[5] += late
+
     def flush(self) -> list[WindowDecision | DeadLetter]:
-        """Close every open window (end of a drained stream).
+        """Close every open window (end of a drained stream): up to the largest frontier as
+        the watermark would, then the windows beyond every frontier (events ahead of their
+        stream, fewer than the quorum) alone: only their own campaigns are decided there,
+        rather than every campaign in every window up to them (a day of empty windows
+        after the end, or years).
 
         The windows the watermark had not passed are partial (the clicks that follow the
         last impressions open one more window, with no impressions at all): they are not
@@ -1199,7 +1336,15 @@ class ShardState:
         if self._open:
             self._draining = True
             try:
-                self._close_through(max(self._open) + 1, out)
+                known = [f for f in self._frontiers.values() if f is not None]
+                end = max(self._open) + 1
+                if known:
+                    end = min(end, max(known) // self._length_ms + 1)
+                self._close_through(end, out)
+                if self._open:
+                    if self._next_close is None:
+                        self._next_close = min(self._open)
+                    self._close_through(max(self._open) + 1, out, alone=True)
             finally:
                 del self._draining
         return out
@@ -1243,6 +1388,7 @@ class ShardState:
             counted = len(cids)
         self.stats.duplicates += n - counted
         self.stats.events += counted
+        self._tally_events(chunk.source, counted, n - counted, 0)
 
     def _window_keys(self, kind: int, wid: int) -> _Seen:
         """The de-duplication keys of window ``wid`` for events of ``kind``, made when
@@ -1327,6 +1473,7 @@ class ShardState:
             counted = len(cids)
         self.stats.duplicates += n - counted
         self.stats.events += counted
+        self._tally_events(chunk.source, counted, n - counted, 0)
 
     def _click_key_cache(self) -> dict[Any, tuple]:
         """Dims key -> its shared 1-tuple (a click's counts dict key); bounded."""
@@ -1401,8 +1548,10 @@ class ShardState:
             if (ks is not None and chunk.campaign_ids[i] in self._campaigns
                     and keys[i] in ks):
                 stats.duplicates += 1
+                self._tally_events(chunk.source, 0, 1, 0)
                 continue
             stats.late += 1
+            self._tally_events(chunk.source, 0, 0, 1)
             offset, raw = chunk.source_of(i)
             out.append(DeadLetter(
                 "late", f"window {ms_to_iso(wid * length)} already closed "
@@ -1418,7 +1567,9 @@ class ShardState:
                                                     self._root_series, self._root_dims)
         elif wid < camp.first_wid:
             camp.first_wid = wid
-        if wid > camp.last_event_wid:
+        # last_event_wid is the last closed window with events (set when it closes), or
+        # the first window while none has closed: never a window ahead of the stream.
+        if wid < camp.last_event_wid:
             camp.last_event_wid = wid
         counts = by_campaign[cid] = {}
         return counts
@@ -1460,7 +1611,7 @@ class ShardState:
 
     # -- closing -----------------------------------------------------------------------
 
-    def _close_through(self, end_wid: int, out: list) -> None:
+    def _close_through(self, end_wid: int, out: list, alone: bool = False) -> None:
         """Close every window with id < end_wid. Per window, the campaign loop runs in C
         where built: in Python, the calls, attribute loads and tuples around each monitor
         call were about 8% of the engine's instructions. The Python loop is its reference."""
@@ -1469,10 +1620,18 @@ class ShardState:
             # source may be far ahead of the others): windows up to there are not late.
             if not self._open or min(self._open) >= end_wid:
                 return
-            self._next_close = max(min(self._open), end_wid - self._ttl_windows)
+            # From the first open window, however old: its events were counted, and
+            # starting later would leave them in no window and no dead letter.
+            self._next_close = min(self._open)
         length_s = self._length_ms // 1000
         while self._next_close < end_wid:
             wid = self._next_close
+            if wid not in self._open and (alone or self._nothing_at(wid)):
+                # No campaign has events or a decision due here: jump to the next window
+                # with events (a stream may span years between two of its windows).
+                self._next_close = min((w for w in self._open if w > wid), default=end_wid)
+                self._next_close = min(self._next_close, end_wid)
+                continue
             self._next_close = wid + 1
             start_s = wid * length_s
             end_s = start_s + length_s
@@ -1489,26 +1648,55 @@ class ShardState:
                 for old in [w for w in seen if w <= stale]:
                     del seen[old]
             evict: list[str] = []
+            campaigns = self._campaigns
+            if alone:  # (flush: windows beyond the end of the stream)
+                campaigns = {cid: campaigns[cid] for cid in by_campaign if cid in campaigns}
             shard = _SHARD
             if shard is not None:
                 # The same loop in C (flows/_shard.c), the monitors called from there: back
                 # in Python only for a campaign with verdicts (_decide_verdicts).
-                shard.close_window(self._campaigns, by_campaign, wid, self._ttl_windows, when,
+                shard.close_window(campaigns, by_campaign, wid, self._ttl_windows, when,
                                    out, evict, self.stats, self._segments_for, _SMALL_COUNTS,
                                    _counts, _ZERO, STATUS_OK, _figure, _decision,
                                    self._decide_verdicts)
             else:
-                for cid, camp in self._campaigns.items():
+                for cid, camp in campaigns.items():
                     if wid < camp.first_wid:
                         continue
                     counts = by_campaign.get(cid)
-                    if counts is None and wid - camp.last_event_wid > self._ttl_windows:
-                        evict.append(cid)  # (no window after this one: that would be later)
-                        continue
+                    if counts is None:
+                        if wid - camp.last_event_wid > self._ttl_windows:
+                            evict.append(cid)
+                            continue
+                    else:
+                        camp.last_event_wid = wid
                     out.append(self._decide(cid, camp, counts, when))
             for cid in evict:
                 del self._campaigns[cid]
                 self.stats.evicted_campaigns += 1
+            if evict and self._open:
+                self._note_evicted(evict)
+
+    def _nothing_at(self, wid: int) -> bool:
+        """Whether no campaign of the shard is due a decision in window ``wid`` (which
+        has no events): every campaign starts later. (Campaigns without events are evicted
+        after ``series_ttl``, so a gap in the stream is crossed in at most that many
+        windows.)"""
+        return all(camp.first_wid > wid for camp in self._campaigns.values())
+
+    def _note_evicted(self, evicted: list[str]) -> None:
+        """Campaigns evicted while they have counts in open windows (events far ahead of
+        the stream) are made again at once, as their first event after the eviction
+        would make them: a new monitor, first window the earliest of those windows."""
+        for wid in sorted(self._open):
+            by_campaign = self._open[wid]
+            for cid in evicted:
+                if cid in by_campaign and cid not in self._campaigns:
+                    self._campaigns[cid] = camp = _Campaign(
+                        self._monitor_factory(), wid, self._root_series, self._root_dims)
+                    for dk in by_campaign[cid]:
+                        self._segments_for(camp, dk[0] if dk.__class__ is tuple
+                                           and len(dk) == 1 else dk)
 
     def _observe_stall(self, wid: int, start_s: int, campaigns: int) -> None:
         """Judge whether window ``wid`` belongs to an ingestion stall, from the events of each
@@ -1671,3 +1859,65 @@ class ShardState:
 
     def series(self) -> int:
         return sum(len(c.series) for c in self._campaigns.values())
+
+
+#: The columns of a source's account (:attr:`ShardState.tally`), in order.
+TALLY_COLUMNS = ("consumed", "excluded", "dead_lettered_early", "counted", "duplicates", "late")
+
+
+def sum_tallies(tallies: Iterable[dict[str, Sequence[int]]]) -> dict[str, list[int]]:
+    """Add the per-source accounts of several shards (or deltas of them).
+
+    >>> sum_tallies([{"a": [3, 1, 0, 2, 0, 0]}, {"a": [0, 0, 0, 0, 0, 0], "b": [1] * 6}])
+    {'a': [3, 1, 0, 2, 0, 0], 'b': [1, 1, 1, 1, 1, 1]}
+    """
+    total: dict[str, list[int]] = {}
+    for tally in tallies:
+        for source, row in tally.items():
+            have = total.get(source)
+            if have is None:
+                total[source] = list(row)
+            else:
+                for i, n in enumerate(row):
+                    have[i] += n
+    return total
+
+
+def conservation(tally: dict[str, Sequence[int]]) -> dict[str, dict[str, Any]]:
+    """Per source: consumed = counted + excluded + duplicates + dead-lettered, where
+    dead-lettered is what preparation refused (parse, ``future``) plus what the shards
+    found ``late``. Every message read ends in exactly one of these; ``balanced`` says
+    whether the figures add up (they do once every event read has reached its shard: at
+    the end of a replay or a drained run).
+
+    >>> conservation({"imp:0": [10, 1, 2, 5, 1, 1]})["imp:0"]
+    {'consumed': 10, 'counted': 5, 'excluded': 1, 'duplicates': 1, 'dead_lettered': 3, 'balanced': True}
+    """
+    out = {}
+    for source in sorted(tally):
+        consumed, excluded, early, counted, duplicates, late = tally[source]
+        dead = early + late
+        out[source] = {"consumed": consumed, "counted": counted, "excluded": excluded,
+                       "duplicates": duplicates, "dead_lettered": dead,
+                       "balanced": consumed == counted + excluded + duplicates + dead}
+    return out
+
+
+def conservation_line(tally: dict[str, Sequence[int]]) -> str:
+    """One log line: every source's balance.
+
+    >>> conservation_line({"imp:0": [10, 1, 2, 5, 1, 1]})
+    'conservation balanced: imp:0 consumed 10 = counted 5 + excluded 1 + duplicates 1 + dead-lettered 3'
+    """
+    return format_conservation(conservation(tally))
+
+
+def format_conservation(rows: dict[str, dict[str, Any]]) -> str:
+    """:func:`conservation_line` from :func:`conservation`'s rows (as a replay's
+    summary.json holds them)."""
+    ok = all(r["balanced"] for r in rows.values())
+    parts = [f"{s} consumed {r['consumed']} = counted {r['counted']} + excluded "
+             f"{r['excluded']} + duplicates {r['duplicates']} + dead-lettered "
+             f"{r['dead_lettered']}" + ("" if r["balanced"] else " (UNBALANCED)")
+             for s, r in rows.items()]
+    return f"conservation {'balanced' if ok else 'UNBALANCED'}: " + "; ".join(parts)

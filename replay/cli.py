@@ -124,6 +124,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "
              f"{s.get('events_read', 0):,} events read, {s.get('alerts', 0):,} alerts, "
              f"{s.get('dead_lettered', 0):,} dead-lettered; outputs in {args.out}")
+    from flows.engine import format_conservation
+
+    balance = format_conservation(s["conservation"])
+    if not balance.startswith("conservation balanced"):
+        _err(f"replay: {balance}")  # an event neither counted nor dead-lettered: a bug
+        return EXIT_FAILURE
+    if not args.quiet:
+        _say(f"replay: {balance}")
     if labels is None:
         return EXIT_OK
     alert_sets: dict[str, Path] = {"ctrguard": Path(result.alerts_path)}

@@ -3,7 +3,8 @@
 What it shows (the README's "Report" section has a screenshot):
 
 * an overview: the incidents (grouped as Slack groups them, :class:`sinks.incidents.
-  IncidentTracker`: kind, cause, campaign, driving segment, start, duration, windows held),
+  IncidentTracker`, an ingestion stall as one incident, :class:`sinks.stalls.StallTracker`:
+  kind, cause, campaign, driving segment, start, duration, windows held),
   alerts and quarantined windows per campaign, dead letters by reason, excluded traffic;
 * a chart per incident and for the worst campaigns, and any campaign's series on demand:
   CTR over time with the expected band (``bands.jsonl``, written by ``replay --bands``),
@@ -123,40 +124,67 @@ def _dead_letters(path: Path) -> list[tuple[str, str, int, str]]:
 
 def _incidents(alerts: list[dict[str, Any]], window_s: int,
                gap_windows: int) -> list[dict[str, Any]]:
-    """The alerts grouped into incidents as the Slack sink groups them."""
+    """The alerts grouped into incidents as the Slack sink groups them: a campaign's alerts
+    into its incidents, an ingestion stall's alerts (whatever their campaign) into one
+    pipeline incident (:class:`sinks.stalls.StallTracker`) whose ``campaign_id`` is the
+    stall's id, with ``campaigns`` the campaigns it affected and ``chart_campaign`` the one
+    its chart shows (the most windows held)."""
     from ctrguard.records import Alert
     from sinks.incidents import IncidentTracker
+    from sinks.stalls import StallTracker, is_stall
 
     names = [f.name for f in fields(Alert)]
     tracker = IncidentTracker(window_s=window_s, gap_windows=gap_windows)
+    stalls = StallTracker(window_s=window_s, gap_windows=gap_windows)
+    counted: dict[str, set[str]] = defaultdict(set)
     by_window: dict[int, list[Alert]] = defaultdict(list)
     for a in alerts:
         by_window[int(a["window_start_s"])].append(Alert(**{k: a[k] for k in names if k in a}))
     final: dict[str, Any] = {}
     for ws in sorted(by_window):
-        for u in tracker.advance(ws):
+        batch = by_window[ws]
+        stalled = [a for a in batch if is_stall(a)]
+        for u in tracker.advance(ws) + stalls.advance(ws):
             final[u.incident.incident_id] = u.incident
-        for u in tracker.observe(by_window[ws]):
+        for u in tracker.observe([a for a in batch if not is_stall(a)] if stalled else batch):
             final[u.incident.incident_id] = u.incident
+        if stalled:
+            ups, added = stalls.observe(stalled, counted)
+            for sid, cids in added.items():
+                counted[sid].update(cids)
+            for u in ups:
+                final[u.incident.incident_id] = u.incident
     for inc in tracker.open_incidents():
         final[inc.incident_id] = inc
-    held: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    held: dict[str, set[tuple[str, str, int]]] = defaultdict(set)
+    stall_alerts: Counter = Counter()
     for a in alerts:
+        # A stall's windows are its own, whatever their campaign (as its flags' links).
+        scope = a.get("incident", "") if str(a.get("incident", "")).startswith("stall:") \
+            else a["campaign_id"]
+        if scope != a["campaign_id"]:
+            stall_alerts[scope] += 1
         if a.get("quarantine"):
-            held[a["campaign_id"]].add((a["segment"], int(a["window_start_s"])))
+            held[scope].add((a["campaign_id"], a["segment"], int(a["window_start_s"])))
     out = []
     for inc in sorted(final.values(), key=lambda i: (i.first_window_start_s, i.campaign_id)):
-        windows = sum(1 for _, ws in held[inc.campaign_id]
-                      if inc.first_window_start_s <= ws < inc.last_window_end_s)
-        out.append({
+        windows = [(cid, ws) for cid, _, ws in held[inc.campaign_id]
+                   if inc.first_window_start_s <= ws < inc.last_window_end_s]
+        row = {
             "id": inc.incident_id, "campaign_id": inc.campaign_id,
             "kinds": list(inc.kinds), "cause": inc.suspected_cause,
             "segment": inc.driving_segment, "segments": list(inc.segments),
             "severity": inc.severity, "start_s": inc.first_window_start_s,
             "end_s": inc.last_window_end_s, "duration_s": inc.duration_s,
-            "alerts": inc.alert_count, "windows_held": windows,
+            "alerts": inc.alert_count, "windows_held": len(windows),
             "clicks_delta": inc.clicks_delta,
-        })
+        }
+        if inc.scope == "pipeline":
+            per = Counter(cid for cid, _ in windows)
+            row.update(alerts=stall_alerts[inc.campaign_id],
+                       campaigns=sorted(counted.get(inc.campaign_id, ())),
+                       chart_campaign=min(per, key=lambda c: (-per[c], c)) if per else "")
+        out.append(row)
     return out
 
 
@@ -206,7 +234,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
         if a.get("quarantine"):
             pc["quarantined"].add((a["segment"], int(a["window_start_s"])))
     for inc in incidents:
-        per_campaign[inc["campaign_id"]]["incidents"] += 1
+        for cid in inc.get("campaigns", (inc["campaign_id"],)):
+            per_campaign[cid]["incidents"] += 1
 
     evaluation = None
     if label_list:
@@ -215,7 +244,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
     ranked = sorted(per_campaign, key=lambda c: (-len(per_campaign[c]["quarantined"]),
                                                  -per_campaign[c]["alerts"], c))
     worst_ids = ranked[:worst]
-    detailed: set[str] = {i["campaign_id"] for i in incidents} | set(worst_ids)
+    detailed: set[str] = {i.get("chart_campaign", i["campaign_id"]) for i in incidents} \
+        | set(worst_ids)
     detailed |= {lab.campaign_id for lab in label_list}
     for side in ("added", "removed", "changed"):
         for row in (diff or {}).get("incidents", {}).get(side, []):
@@ -593,15 +623,19 @@ def _chart_cards(r: RunReport) -> tuple[str, str]:
     w = r.window_s
     inc_cards = []
     for i, inc in enumerate(r.incidents, 1):
-        if inc["campaign_id"] not in r.series:
+        cid = inc.get("chart_campaign", inc["campaign_id"])
+        if cid not in r.series:
             continue
+        # A stall is many campaigns': its chart shows the one with the most windows held.
+        scope = (f'{_e(inc["campaign_id"])} ({len(inc["campaigns"])} campaigns; chart of '
+                 f'{_e(cid)})' if "campaigns" in inc else _e(cid))
         inc_cards.append(
-            f'<div class="chart-card" id="inc-{i}" data-cid="{_e(inc["campaign_id"])}" '
+            f'<div class="chart-card" id="inc-{i}" data-cid="{_e(cid)}" '
             f'data-segment="{_e(inc["segment"])}" '
             f'data-from="{inc["start_s"] - CONTEXT_WINDOWS * w}" '
             f'data-to="{inc["end_s"] + CONTEXT_WINDOWS * w}">'
             f'<div class="meta">Incident {i}: <b>{_e(", ".join(inc["kinds"]))}</b> · '
-            f'{_e(inc["cause"])} · {_e(inc["campaign_id"])} · driving segment '
+            f'{_e(inc["cause"])} · {scope} · driving segment '
             f'{_e(inc["segment"])} · {_e(_iso(inc["start_s"]))} for {_e(_dur(inc["duration_s"]))} '
             f'· {inc["windows_held"]} series-windows held · series '
             f'<select class="series"></select></div><div class="chart"></div></div>')

@@ -32,7 +32,14 @@ from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
 from ctrguard.reasons import reason_code
 from ctrguard.records import WindowDecision, encode_figures
-from flows.engine import DeadLetter, EventPreparer, RawBatch, ShardState, tune_gc
+from flows.engine import (
+    DeadLetter,
+    EventPreparer,
+    RawBatch,
+    ShardState,
+    conservation,
+    tune_gc,
+)
 from replay.evaluate import ReplayInputError
 
 IMPRESSIONS_SOURCE = "impressions"
@@ -341,6 +348,9 @@ def run_replay(
         "campaigns": main.campaigns,
         "series": main.series(),
         "baseline_alerts": {name: s.stats.alerts for name, s in states.items() if name != "ctrguard"},
+        # Per input file: every line read ended in exactly one of these (README, "Nothing
+        # vanishes"); "balanced" false would be a bug.
+        "conservation": conservation(main.tally),
     }
     if expected.annotations:
         summary["expected_alerts"] = expected.alerts

@@ -67,6 +67,7 @@ __all__ = [
     "AnnotationSet",
     "AnnotationStore",
     "annotations_from_settings",
+    "expected_part",
     "load_annotation_file",
     "mark_expected",
 ]
@@ -157,6 +158,45 @@ class AnnotationSet:
                 found = a
                 break
         return found
+
+
+def expected_part(annotations: AnnotationSet, campaign_id: str, start_s: int, end_s: int,
+                  window_s: int) -> tuple[Annotation, list[tuple[int, int]] | None] | None:
+    """How much of an incident's span ``[start_s, end_s)`` lies in planned changes.
+
+    Alerts are marked expected window by window (:func:`mark_expected`), so an incident that
+    runs past the end of a planned change has expected windows *and* quarantined ones.
+    Returns None when no window is inside one; ``(first planned change, None)`` when every
+    window is; else ``(first planned change, spans)``, the expected windows merged into
+    ``[start, end)`` spans.
+
+    >>> s = AnnotationSet([Annotation("a1", ("shop-*",), 600, 1200, "launch", "new creative")])
+    >>> expected_part(s, "shop-1", 900, 1200, 300)[1] is None
+    True
+    >>> expected_part(s, "shop-1", 900, 1800, 300)[1]
+    [(900, 1200)]
+    >>> expected_part(s, "shop-1", 1200, 1800, 300) is None
+    True
+    """
+    first: Annotation | None = None
+    spans: list[tuple[int, int]] = []
+    whole = True
+    ws = start_s
+    while ws < end_s:
+        ann = annotations.match(campaign_id, ws, ws + window_s)
+        if ann is None:
+            whole = False
+        else:
+            if first is None:
+                first = ann
+            if spans and spans[-1][1] == ws:
+                spans[-1] = (spans[-1][0], ws + window_s)
+            else:
+                spans.append((ws, ws + window_s))
+        ws += window_s
+    if first is None:
+        return None
+    return first, None if whole else spans
 
 
 def _is_glob(pattern: str) -> bool:

@@ -43,6 +43,7 @@ import redis
 from ctrguard.errors import CtrGuardError, RedisUnavailable
 from replay.generator import Label
 from sinks.slack_render import FEEDBACK_ACTIONS
+from sinks.stalls import parse_stall_id
 
 __all__ = [
     "FeedbackStore",
@@ -267,7 +268,7 @@ def feedback_labels(votes: list[dict[str, str]], facts: dict[str, dict[str, str]
     """Labels from votes (pure): the latest vote per incident counts.
 
     *Confirmed* incidents become labels (campaign, driving segment or ``*`` for ``all``,
-    the incident's alert kind, its event-time span); *False alarm* and *Expected* become
+    the incident's alert kind, its event-time span; ``*,*`` for an ingestion stall); *False alarm* and *Expected* become
     trap labels of kind ``false_alarm`` / ``planned_change`` (``replay --traps`` reports
     which of them the detectors still fall for). Returns ``(labels, traps, skipped)``,
     ``skipped`` naming incidents whose facts are unknown.
@@ -301,12 +302,17 @@ def feedback_labels(votes: list[dict[str, str]], facts: dict[str, dict[str, str]
         if not f.get("campaign_id") or end_s <= start_s:
             skipped.append(incident_id)
             continue
+        campaign = f["campaign_id"]
         segment = f.get("segment") or "all"
         segment = "*" if segment == "all" else segment
+        if parse_stall_id(campaign) is not None:
+            # A stall's "campaign" is its id: the label is the pipeline's, every campaign's
+            # (as ``ctrguard generate`` labels a stall).
+            campaign, segment = "*", "*"
         if vote["verdict"] == "confirmed":
-            labels.append(Label(f["campaign_id"], segment, f.get("kind") or "unknown",
+            labels.append(Label(campaign, segment, f.get("kind") or "unknown",
                                 start_s, end_s))
         elif vote["verdict"] in TRAP_KIND:
-            traps.append(Label(f["campaign_id"], segment, TRAP_KIND[vote["verdict"]],
+            traps.append(Label(campaign, segment, TRAP_KIND[vote["verdict"]],
                                start_s, end_s))
     return labels, traps, skipped

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ctrguard.errors import ConfigError, ConfigIssue, RedisUnavailable
-from sinks.annotations import AnnotationCache
+from sinks.annotations import AnnotationCache, expected_part
 from sinks.feedback import FeedbackStore, InteractionError, Vote, decode_payload, votes_of
 from sinks.slack_render import RenderedMessage, render_feedback_blocks, with_feedback_blocks
 
@@ -162,15 +162,18 @@ class InteractionServer:
             except RedisUnavailable as exc:
                 log.warning("feedback: message not updated: %s", exc)
                 continue
-            expected = None
+            expected, spans = None, None
             if facts.get("campaign_id") and facts.get("start_s") and facts.get("end_s"):
-                ann = self.annotations.current().match(facts["campaign_id"],
-                                                       int(facts["start_s"]),
-                                                       int(facts["end_s"]))
-                expected = None if ann is None else ann.label
+                start_s = int(facts["start_s"])
+                found = expected_part(self.annotations.current(), facts["campaign_id"],
+                                      start_s, max(int(facts["end_s"]), start_s + 1),
+                                      self.settings.windows.length_s)
+                if found is not None:
+                    expected, spans = found[0].label, found[1]
             new = with_feedback_blocks(
                 RenderedMessage(text=str(message.get("text") or ""), blocks=list(blocks)),
-                render_feedback_blocks(vote.incident_id, latest, expected))
+                render_feedback_blocks(vote.incident_id, latest, expected,
+                                       expected_spans=spans))
             try:
                 self._send_update(vote, new)
                 self._count("updated")

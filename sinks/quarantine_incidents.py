@@ -10,8 +10,8 @@ People release by incident (:func:`release_incident`) or by campaign and time ra
 (:func:`release_range`), with one audit entry per flag, and list open incidents with the
 windows they hold (:func:`list_incidents`).
 
-Keys (``P`` = ``redis.key_prefix``; incident ids are hex digests or ``stall:<kind>:<start>``,
-written as they are):
+Keys (``P`` = ``redis.key_prefix``; incident ids are hex digests, a stall's too, written as
+they are; a stall's ``campaign_id`` is its ``stall:<source>:<start>``):
 
 - ``P:link:ALERT_ID`` string, the incident of a quarantining alert (expires with the
   retention period);
@@ -73,10 +73,12 @@ class IncidentFlagLinks:
                                      window_length_s=settings.windows.length_s, actor="slack")
 
     def queue(self, pipeline: redis.client.Pipeline, tracker: Any,
-              updates: Sequence[Any]) -> None:
-        """Queue the links of the alerts ``tracker`` put in incidents and the incidents of
-        ``updates`` on ``pipeline`` (nothing when there are neither)."""
-        self.store.link(tracker.assigned, [u.incident for u in updates], pipeline=pipeline)
+              updates: Sequence[Any], *more: Any) -> None:
+        """Queue the links of the alerts ``tracker`` (and the trackers in ``more``, such as
+        the stalls') put in incidents and the incidents of ``updates`` on ``pipeline``
+        (nothing when there are neither)."""
+        links = [*tracker.assigned, *(pair for t in more for pair in t.assigned)]
+        self.store.link(links, [u.incident for u in updates], pipeline=pipeline)
 
 
 # --------------------------------------------------------------------------- reading

@@ -1015,7 +1015,8 @@ class SlackSinkPartition(StatelessSinkPartition[Any]):
             if stalls is not None:
                 self._store_stalls(pipe, stalls, stall_added)
             self.notifier.submit(updates, pipeline=pipe)
-            self._flag_links.queue(pipe, tracker, updates)
+            self._flag_links.queue(pipe, tracker, updates,
+                                   *(() if stalls is None else (stalls,)))
             pipe.execute()
         if updates:
             self.notifier.wake()

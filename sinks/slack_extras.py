@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
-from sinks.annotations import AnnotationCache
+from sinks.annotations import AnnotationCache, expected_part
 from sinks.feedback import FeedbackStore
 from sinks.slack_chart import render_chart
 from sinks.slack_render import (
@@ -50,18 +50,24 @@ class IncidentExtras:
         self.feedback = FeedbackStore(client, settings.redis.key_prefix,
                                       retention_s=settings.feedback.retention_days * 86400)
         self.annotations = AnnotationCache(settings, client)
+        self.window_s = settings.windows.length_s
         self.charts_uploaded = 0
 
     def expected(self, inc: Incident) -> str | None:
         """The planned change the incident's span overlaps, as text, or None."""
-        ann = self.annotations.current().match(inc.campaign_id, inc.first_window_start_s,
-                                               max(inc.last_window_end_s,
-                                                   inc.first_window_start_s + 1))
-        return None if ann is None else ann.label
+        found = self._expected(inc)
+        return None if found is None else found[0].label
+
+    def _expected(self, inc: Incident) -> tuple[Any, list[tuple[int, int]] | None] | None:
+        return expected_part(self.annotations.current(), inc.campaign_id,
+                             inc.first_window_start_s,
+                             max(inc.last_window_end_s, inc.first_window_start_s + 1),
+                             self.window_s)
 
     def decorate(self, message: RenderedMessage, inc: Incident) -> RenderedMessage:
         """The message with the feedback blocks (and planned-change note) of ``inc``."""
-        expected = self.expected(inc)
+        found = self._expected(inc)
+        expected, spans = (None, None) if found is None else (found[0].label, found[1])
         if not self.buttons and expected is None:
             return message
         latest = None
@@ -71,7 +77,7 @@ class IncidentExtras:
             except RedisUnavailable as exc:
                 raise redis.ConnectionError(str(exc)) from None  # the thread retries it
         return with_feedback_blocks(message, render_feedback_blocks(
-            inc.incident_id, latest, expected, buttons=self.buttons))
+            inc.incident_id, latest, expected, buttons=self.buttons, expected_spans=spans))
 
     def delivered(self, api: Any, step: Callable[..., Any], update: IncidentUpdate,
                   fields: dict[str, str], channel: str, ts: str, *, posted: bool,

@@ -25,11 +25,12 @@ import html
 import math
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sinks.incidents import Incident, IncidentUpdate, SeriesTotals
+from sinks.incidents import Incident, IncidentUpdate, SeriesTotals, iso
 
 __all__ = [
     "RenderedMessage",
@@ -180,6 +181,16 @@ def _hm(iso_ts: str) -> str:
         return datetime.fromisoformat(iso_ts).strftime("%Y-%m-%d %H:%M UTC")
     except (TypeError, ValueError):
         return inert(iso_ts, 40)
+
+
+def _span(start_s: int, end_s: int) -> str:
+    """``2026-01-05 05:25–08:00 UTC`` (the end's date too when it differs).
+
+    >>> _span(1767590700, 1767600000), _span(1767657600, 1767745200)
+    ('2026-01-05 05:25–08:00 UTC', '2026-01-06 00:00–2026-01-07 00:20 UTC')
+    """
+    a, b = _hm(iso(start_s)), _hm(iso(end_s))
+    return f"{a[:-4]}–{b[11:] if a[:10] == b[:10] else b}"
 
 
 def _duration(seconds: int) -> str:
@@ -448,7 +459,9 @@ FEEDBACK_BLOCK_PREFIX = "ctrguard_feedback"
 
 def render_feedback_blocks(incident_id: str, latest: dict[str, str] | None = None,
                            expected: str | None = None, *,
-                           buttons: bool = True) -> list[dict[str, Any]]:
+                           buttons: bool = True,
+                           expected_spans: Sequence[tuple[int, int]] | None = None
+                           ) -> list[dict[str, Any]]:
     """Blocks added under an incident message: the planned change it falls in (if any), the
     latest feedback (who said what, when) and the three feedback buttons.
 
@@ -463,7 +476,16 @@ def render_feedback_blocks(incident_id: str, latest: dict[str, str] | None = Non
     ('ctrguard_feedback_confirmed', 'abc123')
     """
     blocks: list[dict[str, Any]] = []
-    if expected:
+    if expected and expected_spans:
+        # Only part of the incident is inside the planned change: its other windows are
+        # quarantined, so "not quarantined" would tell the reader the wrong thing.
+        spans = ", ".join(_span(a, b) for a, b in expected_spans[:3])
+        more = f" (+{len(expected_spans) - 3} more)" if len(expected_spans) > 3 else ""
+        blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK_PREFIX}_expected",
+                       "elements": [_mrkdwn(f"🗓️ *Partly expected*: {spans}{more} is inside a "
+                                            f"planned change ({inert(expected, 200)}) and not "
+                                            "quarantined; the incident's other windows are")]})
+    elif expected:
         blocks.append({"type": "context", "block_id": f"{FEEDBACK_BLOCK_PREFIX}_expected",
                        "elements": [_mrkdwn(f"🗓️ *Expected*: inside a planned change "
                                             f"({inert(expected, 200)}); not quarantined")]})

@@ -98,6 +98,11 @@ class StallTracker:
         self.topics = dict(topics or {})
         self._states: dict[str, dict[str, Any]] = {}
         self.stale_alerts = 0
+        #: ``(alert, incident_id)`` of every stall alert observed, for the quarantine flags
+        #: (:meth:`sinks.quarantine.QuarantineStore.link`), as ``IncidentTracker.assigned``.
+        #: Re-delivered alerts and alerts of a stall already over are linked too: the id
+        #: follows from the alert alone, and linking is idempotent.
+        self.assigned: list[tuple[Alert, str]] = []
 
     # ------------------------------------------------------------------ state
 
@@ -141,6 +146,8 @@ class StallTracker:
             if parsed is None:
                 raise ValueError(f"not a stall incident id: {sid!r}")
             batch = sorted(by_id[sid], key=lambda a: (a.window_start_s, a.campaign_id))
+            incident_id = make_incident_id(sid, parsed[1])
+            self.assigned.extend((a, incident_id) for a in batch)
             st = self._states.get(sid)
             if st is not None and st["status"] != "open":
                 self.stale_alerts += len(batch)      # a stall already over: said and done

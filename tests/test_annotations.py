@@ -5,6 +5,7 @@ flow (declared with ``ctrguard annotate``, read by the release sink), in Slack a
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -220,3 +221,40 @@ def test_replay_refuses_a_malformed_annotation_file(tmp_path, capsys):
     assert cli_main(["replay", "--impressions", str(i), "--clicks", str(i), "--out",
                      str(tmp_path / "o"), "--annotations", str(ann), "--quiet"]) == 2
     assert "a.yaml: item 0.start" in capsys.readouterr().err
+
+
+def test_an_incident_running_past_its_planned_change_says_which_part_is_expected(
+        broker, redis_url, unique_topics, slack_emulator, tmp_path):
+    """A planned change that ends while the outage goes on: the windows after it are
+    quarantined, so the message must not say the incident is expected and not quarantined
+    (it did: the note matched any overlap of the incident's span)."""
+    imps, clicks = outage_stream()
+    produce_all(broker.bootstrap, unique_topics["impressions"], imps)
+    produce_all(broker.bootstrap, unique_topics["clicks"], clicks)
+    settings = flow_settings(broker, redis_url, unique_topics,
+                             slack_base_url=slack_emulator.base_url)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'redis:\n  url: "{redis_url}"\n')
+    assert cli_main(["annotate", "add", "--config", str(cfg), "--campaign", "big",
+                     "--start", "2026-01-01T02:50:00Z", "--end", "2026-01-01T03:20:00Z",
+                     "--kind", "launch", "--reason", "new tag", "--by", "alice"]) == 0
+
+    run_flow(settings, "run_main")
+
+    alerts = read_json(broker, unique_topics["alerts"])
+    inside = [a for a in alerts if a["window_start_s"] < T0 + 3 * 3600 + 20 * 60]
+    after = [a for a in alerts if a["window_start_s"] >= T0 + 3 * 3600 + 20 * 60]
+    assert inside and after
+    assert all(a["expected"] and not a["quarantine"] for a in inside)
+    assert any(a["quarantine"] for a in after)
+    store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
+                            settings.redis.key_prefix, window_length_s=W)
+    assert store.list_flags(campaign="big")
+
+    (msg,) = slack_emulator.messages("#ctr-alerts", top_level=True)
+    note = " ".join(e.get("text", "") for b in msg.blocks if b["type"] == "context"
+                    for e in b["elements"] if "expected" in e.get("text", "").lower())
+    assert "*Partly expected*" in note and "launch: new tag" in note, note
+    first = min(a["window_start_s"] for a in inside)
+    assert f"{datetime.fromtimestamp(first, UTC):%H:%M}–03:20 UTC" in note, note
+    assert "the incident's other windows are" in note and "; not quarantined" not in note

@@ -39,6 +39,8 @@ def ev(eid, ts, campaign="c1", **extra):
 def settings(**windows) -> Settings:
     w = {"length": "5m", "allowed_lateness": "2m", **windows}
     text = "windows:\n" + "".join(f"  {k}: {v}\n" for k, v in w.items()) + "  shards: 1\n"
+    # These tests move frontiers one event at a time (the quorum's own tests set it).
+    text += "event_time:\n  frontier_quorum: 1\n"
     return load_config_text(text, env={})
 
 

@@ -132,6 +132,7 @@ class Recorder:
 
 def _settings(shards: int, dims: str) -> object:
     return load_config_text(f"windows:\n  length: 5m\n  allowed_lateness: 2m\n  shards: {shards}\n"
+                            "event_time:\n  frontier_quorum: 1\n"  # one event moves a frontier
                             f"segments:\n  dimensions: [{dims}]\n", env={})
 
 

@@ -436,3 +436,38 @@ def test_without_a_bot_token_the_message_is_updated_through_its_response_url(
             for el in b["elements"]), 10)
     assert "response_url" in slack_emulator.methods()
     assert slack_emulator.methods().count("chat.update") == edits
+
+
+def test_a_vote_on_a_stall_becomes_a_pipeline_label(tmp_path, redis_url, slack_emulator,
+                                                    monkeypatch):
+    """An ingestion stall is one pipeline incident whose "campaign" is its stall id: a vote
+    on its message becomes a label of every campaign (``*,*``, as ``ctrguard generate``
+    writes a stall), not a label of a campaign called ``stall:impressions:...``."""
+    from tests.test_slack_stalls import stall_alert
+
+    monkeypatch.setenv("SLACK_BOT_TOKEN", TOKEN)
+    settings = settings_for(redis_url, slack_emulator)
+    cfg = tmp_path / "ctrguard.yaml"
+    cfg.write_text(config_text(redis_url, slack_emulator))
+    sink = SlackSinkPartition(settings)
+    for w in range(8):                       # stalled in windows 0-2, resolved after
+        ws = T0 + w * WINDOW_S
+        sink.write_batch([WindowDecision(f"c{i}", ws, ws + WINDOW_S, (),
+                                         (stall_alert(f"c{i}", w),) if w < 3 else ())
+                          for i in range(20)])
+    assert sink.drain(30)
+    sink.close()
+    (msg,) = slack_emulator.messages("#ctr-alerts", top_level=True)
+    assert "ingestion stall" in msg.text
+    serve = Serve(cfg)
+    try:
+        assert post(serve.url, interaction(slack_emulator, msg,
+                                           "ctrguard_feedback_confirmed")) == 200
+    finally:
+        assert serve.stop() == 0, "".join(serve.log)
+    labels, traps = tmp_path / "labels.csv", tmp_path / "traps.csv"
+    assert cli_main(["feedback", "export", "--config", str(cfg), "--out", str(labels),
+                     "--traps-out", str(traps)]) == 0
+    assert labels.read_text().splitlines() == [
+        "campaign_id,segment,kind,start,end",
+        "*,*,ingestion_stall,2026-01-01T00:00:00Z,2026-01-01T00:15:00Z"]

@@ -134,7 +134,10 @@ def test_event_beyond_allowed_lateness_is_dead_lettered(broker, redis_url, uniqu
     # One message per batch and one worker: the arrival order is the processing order, so
     # which event is late is exact. (With several workers, lateness is decided per batch.)
     late = ev("late", T0 + 60, device="mobile")
-    produce_all(broker.bootstrap, unique_topics["clicks"], [ev("k9", T0 + 3 * W + 210)])
+    # Three clicks: a source's frontier is its 3rd-largest time (event_time.frontier_quorum),
+    # so the click partition moves past window 0 without waiting for its end.
+    produce_all(broker.bootstrap, unique_topics["clicks"],
+                [ev(f"k{i}", T0 + 3 * W + 210 + i) for i in range(3)])
     # Hundreds of one-message polls before the late event: the click partition has long
     # reported (its one message, then its end) by the time the late event is read.
     filler = [ev(f"f{i}", T0 + 3 * W + 200 + i / 1000) for i in range(400)]

@@ -109,8 +109,10 @@ class Proc:
 
 def start_run(config_path: Path, log_path: Path, *, recovery_dir: Path | None = None,
               crash_at: str | None = None, snapshot_s: float = 0.5,
-              env: dict[str, str] | None = None, extra_args: list[str] = ()) -> Proc:
-    args = [*CTRGUARD, "run", "--config", str(config_path), "--drain", *extra_args]
+              env: dict[str, str] | None = None, extra_args: list[str] = (),
+              drain: bool = True) -> Proc:
+    args = [*CTRGUARD, "run", "--config", str(config_path), *(["--drain"] if drain else []),
+            *extra_args]
     if recovery_dir is not None:
         args += ["--recovery-dir", str(recovery_dir), "--snapshot-interval", str(snapshot_s),
                  "--backup-interval", "0"]

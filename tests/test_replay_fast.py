@@ -159,7 +159,7 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
 
     from detectors import baselines as bl
     from detectors.monitor import build_monitor
-    from flows.engine import EventPreparer, RawBatch, ShardState
+    from flows.engine import EventPreparer, RawBatch, ShardState, conservation
     from replay.run import dead_letter_record
 
     out.mkdir(parents=True)
@@ -236,6 +236,7 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
         "quarantined_windows": stats["quarantined"], "alerts": stats["alerts"],
         "campaigns": state.campaigns, "series": state.series(),
         "baseline_alerts": {name: other.stats.alerts for name, other in others.items()},
+        "conservation": conservation(state.tally),
     }, option=orjson.OPT_INDENT_2))
 
 
@@ -320,6 +321,15 @@ def test_replay_outputs_equal_a_plain_reference(tricky_inputs, tmp_path, monkeyp
     for name in names:
         new, ref = (tmp_path / "new" / name).read_bytes(), (tmp_path / "ref" / name).read_bytes()
         assert new == ref, name
+    # Nothing vanishes: per file, every line read is counted, excluded, a duplicate or a
+    # dead letter, and the accounts add up to the summary's totals.
+    rows = s["conservation"]
+    assert set(rows) == {"impressions:0", "clicks:0"}
+    assert all(r["balanced"] for r in rows.values()), rows
+    for key, total in (("consumed", "events_read"), ("counted", "events_counted"),
+                       ("excluded", "excluded_total"), ("duplicates", "duplicates"),
+                       ("dead_lettered", "dead_lettered")):
+        assert sum(r[key] for r in rows.values()) == s[total], key
 
 
 def _damaged(tmp_path: Path, good: bytes, how: str) -> Path:

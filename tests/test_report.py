@@ -131,3 +131,38 @@ def test_help(command, flags, capsys):
     text = capsys.readouterr().out
     for flag in flags:
         assert flag in text
+
+
+def test_an_ingestion_stall_is_one_incident_as_in_slack(tmp_path, capsys):
+    """A stall's alerts (one per campaign-window, incident ``stall:<source>:<start>``) are
+    one pipeline incident in Slack; the report groups them the same way, not as one
+    incident per campaign, and charts one of its campaigns."""
+    run, hostile = _write_run(tmp_path / "run", 8)
+    stall_id = "stall:impressions:1767576000"              # windows 16-18 of the run
+    extra = []
+    for i in range(6):
+        cid = f"c{i:04d}"
+        for w in range(16, 19 if i else 20):                # c0000 stalled one more window
+            ws = 1767571200 + w * 300
+            extra.append(Alert(f"s{i}-{w}", cid, "all", _iso(ws), _iso(ws + 300), ws, 0, 0,
+                               0.0, "ingestion_stall", "critical", "ingestion_stall", 0.02,
+                               30.0, 1.0, 0.0, 1.0, 20.0, 1000.0, "ingestion_stall", True,
+                               stall_id))
+    with (run / "alerts.jsonl").open("ab") as fh:
+        fh.write(b"\n".join(orjson.dumps(a) for a in extra) + b"\n")
+    assert main(["report", str(run), "--quiet"]) == EXIT_OK
+    page = (run / "report.html").read_text()
+    incidents = page.split("<h3>Incidents</h3>", 1)[1].split("</table>", 1)[0]
+    assert incidents.count('<a href="#inc-') == 2          # the outage and the stall
+    assert incidents.count(">ingestion_stall<") == 2       # its kind and cause, one row
+    assert f">{stall_id}<" in incidents
+    row = incidents.split(f">{stall_id}<", 1)[1].split("</tr>", 1)[0]
+    assert re.findall(r'class="num">(\d+)<', row)[:2] == ["19", "19"]  # windows held, alerts
+    campaigns = page.split("<h3>Alerts and quarantined windows per campaign</h3>", 1)[1] \
+        .split("</table>", 1)[0]
+    assert "stall:" not in campaigns
+    card = page.split('id="inc-2"', 1)[1].split('class="chart-card"', 1)[0]
+    assert 'data-cid="c0000"' in card and "(6 campaigns; chart of c0000)" in card
+    report = load_run(run)
+    assert {c: report.per_campaign[c]["incidents"] for c in ("c0000", "c0005", "c0006")} \
+        == {"c0000": 1, "c0005": 1, "c0006": 0}

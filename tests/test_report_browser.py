@@ -118,3 +118,20 @@ def test_the_diff_report_renders_in_chromium(report, tmp_path):
     diff = dom[dom.index('id="diff"'):dom.index('id="overview"')]
     assert '<tr class="added">' in diff or '<tr class="changed">' in diff
     assert 'data-rendered="1"' in _card(dom, "inc-1")
+
+
+def test_every_chart_card_draws_when_scrolled_into_view(report, tmp_path):
+    """The most quarantined campaigns' cards (below the incidents) carry no time range:
+    each of them failed with "RangeError: Invalid time value" once it came into view, and
+    the page showed "Chart errors" instead of the chart. A window tall enough to show every
+    card draws them all."""
+    page, _ = report
+    dom, console = run_chromium(tmp_path, page.as_uri(), "--dump-dom",
+                                "--window-size=1400,30000", budget_ms=30000)
+    assert console == []
+    assert re.search(r'<div id="report-errors" hidden', dom), \
+        re.findall(r'<div id="report-errors"[^<]*', dom)
+    cards = re.findall(r'<div class="chart-card"[^>]*>', dom)
+    worst = [c for c in cards if 'id="inc-' not in c]
+    assert worst and all('data-drawn="1"' in c for c in cards)
+    assert dom.count('data-rendered="1"') >= len(cards)

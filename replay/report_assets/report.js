@@ -129,7 +129,9 @@
     var el = card.querySelector(".chart");
     var select = card.querySelector("select.series");
     var cid = card.dataset.cid;
-    var view = {from: Number(card.dataset.from), to: Number(card.dataset.to)};
+    // Incident cards carry a time range; the other cards show the whole series.
+    var view = card.dataset.from ? {from: Number(card.dataset.from),
+                                    to: Number(card.dataset.to)} : null;
     seriesSelect(select, cid, card.dataset.segment);
     select.addEventListener("change", function () { draw(el, cid, select.value, view); });
     try { draw(el, cid, card.dataset.segment, view); } catch (e) { fail(e); }
