@@ -507,11 +507,16 @@ class ScannedBatch(NamedTuple):
     user_agents: list[str | None] | None  # when asked for
     internal: list[int]                  # positions of events with ``is_internal: true``
     keys: np.ndarray                     # uint64 de-duplication keys (flows.engine.dedup_keys)
+    #: With ``refs``: per event the uint64 key of its ``user_id`` and of its
+    #: ``impression_id`` (``flows.engine.ref_keys``: 0 when absent, null or empty).
+    users: np.ndarray | None = None
+    refs: np.ndarray | None = None
 
 
 def scan_batch(values: Sequence[bytes | None], dims: tuple[str, ...], *,
                user_agents: bool = False,
-               max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> ScannedBatch | None:
+               max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+               refs: bool = False) -> ScannedBatch | None:
     r"""The fast path of :func:`decode_batch`, in C: the columns the dataflow uses when
     *every* message of the batch is a valid, plain event (printable ASCII, no escapes, no
     nested values, no repeated field); ``None`` otherwise, and also when the scanner is
@@ -538,13 +543,17 @@ def scan_batch(values: Sequence[bytes | None], dims: tuple[str, ...], *,
     # The scanner refuses a message without a value (None) or longer than max_bytes itself,
     # in the pass that reads them (a Python pass over their lengths costs more).
     out = scanner.scan(values, dims, user_agents, MIN_TS_MS, MAX_TS_MS, MAX_ID_CHARS,
-                       MAX_ATTR_CHARS, max_bytes)
+                       MAX_ATTR_CHARS, max_bytes, refs)
     if out is None:
         return None
-    cids, eids, ts_buf, dim_cols, agents, internal, keys_buf = out
+    cids, eids, ts_buf, dim_cols, agents, internal, keys_buf = out[:7]
     ts = np.frombuffer(ts_buf, dtype=np.int64)
+    users = ref = None
+    if refs:
+        users = np.frombuffer(out[7], dtype=np.uint64)
+        ref = np.frombuffer(out[8], dtype=np.uint64)
     return ScannedBatch(cids, eids, ts, dim_cols, agents, internal,
-                        np.frombuffer(keys_buf, dtype=np.uint64))
+                        np.frombuffer(keys_buf, dtype=np.uint64), users, ref)
 
 
 # Offsets in "YYYY-MM-DDTHH:MM:SS.fffZ" (24 characters) and "YYYY-MM-DDTHH:MM:SSZ" (20).

@@ -1,5 +1,16 @@
 """Output records: window figures and alerts, as published to Kafka, files and sinks.
 
+An :class:`Alert`'s ``kind`` says what moved: ``click_outage``, ``ctr_drop``, ``ctr_spike``,
+``click_surge``, ``segment_break``, ``silence``, ``drift``, ``ingestion_stall``. Its
+``suspected_cause`` says why (:data:`detectors.base.CAUSES`): ``click_tracking``,
+``impression_logging``, ``bot_clicks`` (only when the clicks themselves show bots),
+``behaviour_change`` (a real change: a rise over as many users as ever, a drop at normal
+volume), ``segment_break`` (one segment falls while its siblings hold), ``drift``,
+``silence``, ``ingestion_stall`` and ``volume_change``. ``quarantine`` follows
+``quarantine.causes``. An ingestion stall is one pipeline incident: one ``ingestion_stall``
+alert per affected campaign-window, all with ``incident`` ``stall:<impressions|clicks>:
+<window_start_s of its first window>`` (the same in every shard and worker).
+
 >>> a = make_alert_id("c1", "all", 1767225600, "binomial_cusum", "ctr_drop")
 >>> a == make_alert_id("c1", "all", 1767225600, "binomial_cusum", "ctr_drop"), len(a)
 (True, 20)

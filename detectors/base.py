@@ -24,10 +24,15 @@ SEVERITIES = ("info", "warning", "critical")
 CAUSES = (
     "click_tracking",      # clicks vanish, impressions normal
     "impression_logging",  # impressions double/vanish at normal clicks (CTR halves / jumps)
-    "bot_clicks",          # clicks surge (usually in one segment)
-    "behaviour_change",    # a real CTR change in users' behaviour
+    "bot_clicks",          # clicks surge, and the clicks themselves show bots (few users,
+                           # many clicks each, no matching impression)
+    "behaviour_change",    # a real CTR change in users' behaviour (a rise over as many
+                           # users as ever: a creative that works)
+    "segment_break",       # one segment's CTR falls while its siblings hold
     "drift",               # gradual change (creative fatigue)
     "silence",             # the series went silent
+    "ingestion_stall",     # a source stalled for most campaigns at once (one pipeline
+                           # incident, flows/stall.py)
     "volume_change",       # traffic volume changed, CTR did not
 )
 

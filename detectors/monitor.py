@@ -92,11 +92,19 @@ _SIL: Final = 2
 _DRIFT: Final = 3
 #: Deseasonalised clicks the slow reference must hold before drift is tested against it.
 _REF_MIN_CLICKS: Final = 100.0
+#: Clicks a segment's siblings must have been expected to get in a window before their
+#: clicks say whether a drop of the segment is its own (a segment break).
+_REST_MIN_CLICKS: Final = 3.0
 #: Pseudo-clicks that shrink the rest-of-campaign CTR of one window toward the baseline.
 _COMPLEMENT_CLICKS: Final = 3.0
 #: Most evidence (in thresholds) an open incident banks: how long a fault must look
 #: over before it closes, at any volume.
 _INCIDENT_CAP: Final = 0.5
+#: ... and at most what a normal series gives back in this many windows (its expected
+#: evidence against the fault per window): a sparse series, whose windows say little
+#: either way, does not hold an incident open for hours after the fault ended.
+_CLOSE_WINDOWS: Final = 4.0
+_CLOSE_FLOOR: Final = 0.5
 #: Least fading of CTR evidence per window, in units of ``1 / evidence_windows``.
 _FADE_FLOOR: Final = 0.5
 #: A volume jump is judged (logging fault vs real traffic) at this fraction of the
@@ -109,15 +117,27 @@ _WATCH_WINDOWS: Final = 36
 #: made by a call is one object in a C static; a literal would be boxed anew at each use.
 _ZERO: Final[Any] = float("0")
 
+#: Severity and quarantine by suspected cause (the defaults of ``quarantine.causes``: what
+#: corrupts the data is held back, real behaviour is not).
 _SEVERITY = {
     "click_tracking": ("critical", True),
     "impression_logging": ("critical", True),
     "bot_clicks": ("critical", True),
     "silence": ("critical", True),
-    "behaviour_change": ("warning", True),
+    "segment_break": ("warning", True),
+    "behaviour_change": ("warning", False),
     "volume_change": ("warning", False),
     "drift": ("warning", False),
 }
+#: Causes of a CTR rise that the clicks themselves decide between (:meth:`CampaignMonitor.revise`).
+_RISE_CAUSES: Final = ("bot_clicks", "behaviour_change")
+#: Share of an incident's clicks that look suspicious in ordinary traffic (a click whose
+#: impression fell in an earlier window, a user who clicks twice): not counted as bots'.
+_BOT_BACKGROUND: Final = 0.05
+#: A CTR rise is bot clicks when the suspicious clicks beyond the background explain at
+#: least this share of its extra clicks, and are at least ``_BOT_MIN_CLICKS``.
+_BOT_SHARE: Final = 0.3
+_BOT_MIN_CLICKS: Final = 3.0
 
 
 def _top(xs: list[float]) -> float:
@@ -178,7 +198,7 @@ class _Incident:
     """An open alarm on one series: what fired and how much evidence still holds it."""
 
     __slots__ = ("family", "ratio", "evidence", "windows", "kind", "cause", "key", "detector",
-                 "ev")
+                 "ev", "sus", "exc", "info")
 
     def __init__(self, family: int, ratio: float, evidence: float, kind: str, cause: str,
                  key: str, detector: str, ratios: tuple[float, ...] = ()):
@@ -190,6 +210,12 @@ class _Incident:
         self.cause = cause
         self.key = key
         self.detector = detector
+        # A CTR rise: the suspicious clicks (beyond the background) and the extra clicks
+        # of its windows so far (:meth:`CampaignMonitor.revise`).
+        self.sus = 0.0
+        self.exc = 0.0
+        #: Expected clicks per window of the series during the incident (average).
+        self.info = 0.0
         # Evidence per ratio on the fired ratio's side of 1 (None on the other side): the
         # incident holds while any of them does, so a fault whose size the first windows
         # over- or under-estimated is not closed by one window that fits it badly.
@@ -198,26 +224,72 @@ class _Incident:
 
     def __getstate__(self):
         return (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-                self.key, self.detector, self.ev)
+                self.key, self.detector, self.ev, self.sus, self.exc, self.info)
 
     def __setstate__(self, state):
         (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-         self.key, self.detector, self.ev) = state
+         self.key, self.detector, self.ev) = state[:9]
+        # (Snapshots of before the bot evidence hold none.)
+        self.sus, self.exc, self.info = state[9:12] if len(state) > 9 else (0.0, 0.0, 0.0)
 
     def __reduce__(self):
         # Rebuilt through a function, not ``cls.__new__``: a mypyc-compiled class has no
         # argument-free constructor, and a snapshot must load in either core.
         return _restore_incident, (self.__getstate__(),)
 
-    def add(self, llrs: list[float], offset: int, cap: float) -> None:
-        """Add one window's log-likelihood ratios (``llrs[offset + i]`` for ratio i)."""
+    def cap(self, h: float, r: float) -> float:
+        """The most evidence this incident banks for ratio ``r`` (see ``_CLOSE_WINDOWS``)."""
+        top = h * _INCIDENT_CAP
+        if (self.family != _CTR and self.family != _DRIFT) or r <= 0.0:
+            return top
+        kl = r - 1.0 - math.log(r)  # a normal window's expected evidence against r, per click
+        return fmin(top, fmax(_CLOSE_FLOOR, _CLOSE_WINDOWS * self.info * kl))
+
+    def add(self, llrs: list[float], offset: int, h: float, ratios: tuple[float, ...]) -> None:
+        """Add one window's log-likelihood ratios (``llrs[offset + i]`` for ratio i of
+        ``ratios``), each ratio's evidence capped (:meth:`cap`)."""
         best = -math.inf
         for i, e in enumerate(self.ev):
             if e is not None:
-                e = fmin(cap, e + llrs[offset + i]) if llrs else e
+                e = fmin(self.cap(h, ratios[i]), e + llrs[offset + i]) if llrs else e
                 self.ev[i] = e
                 best = fmax(best, e)
         self.evidence = best
+
+
+def _start_at_cap(inc: _Incident, h: float, ratios: tuple[float, ...]) -> None:
+    """A new incident's evidence starts at ``h / 4``, or at its cap if that is lower."""
+    if not inc.ev:
+        inc.evidence = fmin(inc.evidence, inc.cap(h, inc.ratio))
+        return
+    best = -math.inf
+    for i in range(len(inc.ev)):
+        e = inc.ev[i]
+        if e is not None:
+            e = fmin(e, inc.cap(h, ratios[i]))
+            inc.ev[i] = e
+            best = fmax(best, e)
+    inc.evidence = best
+
+
+def _contradicts(inc: _Incident, n: int, k: int, mu: float, p: float) -> bool:
+    """Whether a window's own counts lean against its open incident: no more clicks than
+    expected (``n * p``, the fast baseline) in a CTR rise, no fewer in a drop or a drift, no
+    impressions to judge a CTR by, the volume on the wrong side of its expectation in a
+    volume incident.
+
+    >>> inc = _Incident(_CTR, 2.5, 1.0, "ctr_spike", "behaviour_change", "k", "d")
+    >>> _contradicts(inc, 1000, 15, 500.0, 0.02), _contradicts(inc, 1000, 25, 500.0, 0.02)
+    (True, False)
+    """
+    if inc.family == _CTR or inc.family == _DRIFT:
+        if n == 0:
+            return True  # no impressions: no CTR to judge (the clicks that follow the last)
+        ek = n * p
+        return k <= ek if inc.ratio > 1.0 else k >= ek
+    if inc.family == _VOL:
+        return n <= mu if inc.ratio > 1.0 else n >= mu
+    return False
 
 
 def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
@@ -465,6 +537,54 @@ class CampaignMonitor:
         self._last_start = start
         return verdicts
 
+    def revise(self, verdicts: list[Verdict],
+               evidence: dict[str, tuple[float, int]]) -> list[Verdict]:
+        """Name the cause of CTR rises from the clicks themselves (call after :meth:`update`
+        with its verdicts, for the same window).
+
+        ``evidence``: per series, the window's suspicious clicks (without a matching
+        impression, or from a user who clicked more than once) and its clicks. Bots betray
+        themselves so: few users, many clicks each, clicks without an impression; a real
+        surge (a creative that works) spreads over as many users as ever. A rise is
+        ``bot_clicks`` once the suspicious clicks beyond a background of
+        ``_BOT_BACKGROUND`` explain at least ``_BOT_SHARE`` of its extra clicks (summed over
+        its windows so far), else a ``behaviour_change``; segments that inherit a
+        campaign-wide rise follow it.
+        """
+        out: list[Verdict] = []
+        decided: dict[str, tuple[str, str]] = {}
+        for v in verdicts:
+            st = self._series.get(v.segment)
+            inc = st.incident if st is not None else None
+            if (inc is not None and inc.family == _CTR and inc.ratio > 1.0
+                    and inc.cause in _RISE_CAUSES and inc.key == v.incident
+                    and v.suspected_cause == inc.cause):
+                got = evidence.get(v.segment)
+                if got is not None:
+                    sus, clicks = got
+                    inc.sus += fmax(sus - _BOT_BACKGROUND * clicks, 0.0)
+                    inc.exc += fmax(clicks - v.expected_clicks, 0.0)
+                bot = inc.sus >= _BOT_MIN_CLICKS and inc.sus >= _BOT_SHARE * inc.exc
+                inc.kind, inc.cause = ("click_surge", "bot_clicks") if bot else (
+                    "ctr_spike", "behaviour_change")
+                if v.segment == _ALL:
+                    decided[inc.key] = (inc.kind, inc.cause)
+                v = self._recause(v, inc.kind, inc.cause)
+            elif (v.segment != _ALL and v.incident in decided
+                  and v.suspected_cause in _RISE_CAUSES):
+                kind, cause = decided[v.incident]
+                v = self._recause(v, kind, cause)
+            out.append(v)
+        return out
+
+    @staticmethod
+    def _recause(v: Verdict, kind: str, cause: str) -> Verdict:
+        if v.kind == kind and v.suspected_cause == cause:
+            return v
+        severity, quarantine = _SEVERITY[cause]
+        return _replace(v, kind=kind, suspected_cause=cause, severity=severity,
+                        quarantine=quarantine)
+
     @property
     def series(self) -> tuple[str, ...]:
         """Names of the series this monitor keeps state for."""
@@ -573,6 +693,10 @@ class CampaignMonitor:
         total: Counts | None = None
         all_state: _Series | None = None
         segments: list[tuple[str, _Series, Counts]] = []
+        # A segment in a CTR incident (a segment break) is part of ``all``'s figure: the
+        # campaign's CTR baseline does not learn from its windows meanwhile (else it
+        # follows the break down and calls the segment's recovery a spike).
+        seg_fault = False
         for name, c in counts.items():
             st = series.get(name)
             if st is None:
@@ -582,6 +706,8 @@ class CampaignMonitor:
                 all_state = st
             else:
                 segments.append((name, st, c))
+                if st.incident is not None and st.incident.family == _CTR:
+                    seg_fault = True
         hour = (start // 3600) % _HOURS
         h = self._threshold(len(series), length)
         n_tests = len(series)
@@ -601,11 +727,18 @@ class CampaignMonitor:
         # Series in order: ``all`` first, then the segments by name. Only a campaign-wide
         # alarm (which ``all``, first, raises) needs the quiet ones: no list otherwise.
         quiet: list[str] | None = None
+        # Segments' silence counts only the impressions their campaign still had (see
+        # _series_step): the campaign's impressions over what was expected of them.
+        n_scale = 1.0
         if total is not None and all_state is not None:
             tot_n, tot_k = total.impressions, total.clicks
+            season_all = math.exp(self._season_vol[hour])
+            mu_all = fmax(all_state.vol_level + all_state.vol_trend, 0.0) * season_all
+            if mu_all > 0.0 and all_state.seen > 0:
+                n_scale = fmin(tot_n / mu_all, 1.0)
             v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour,
-                                  math.exp(self._season_vol[hour]), p_all, relvar_all, h,
-                                  n_tests, has_total, tot_n, tot_k)
+                                  season_all, p_all, relvar_all, h,
+                                  n_tests, has_total, tot_n, tot_k, 1.0, seg_fault)
             if v is not None:
                 verdicts.append(v)
                 if v.quarantine:
@@ -620,11 +753,13 @@ class CampaignMonitor:
             for name, st, c in segments:
                 v = self._series_step(name, st, c.impressions, c.clicks, window, hour,
                                       season_v, p_all, relvar_all, h, n_tests, has_total,
-                                      tot_n, tot_k)
+                                      tot_n, tot_k, n_scale, False)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
                     quiet.append(name)
+        if verdicts and verdicts[0].segment == _ALL:
+            verdicts[0] = self._segment_break_of_all(verdicts)
         if campaign_wide is not None and quiet is not None:
             inc = series[_ALL].incident
             for name in quiet:
@@ -640,6 +775,21 @@ class CampaignMonitor:
                 verdicts.append(self._inherit(campaign_wide, name, c))
         self._update_prior()
         return verdicts
+
+    def _segment_break_of_all(self, verdicts: list[Verdict]) -> Verdict:
+        """``all``'s CTR drop when one segment breaks alone (its siblings hold) and drags
+        the campaign down: the segment break's, not a behaviour change or an outage of the
+        campaign. ``verdicts``: the window's, ``all``'s first."""
+        v = verdicts[0]
+        inc = self._series[_ALL].incident
+        if (inc is None or inc.family != _CTR or inc.ratio >= 1.0 or inc.key != v.incident
+                or inc.cause not in ("behaviour_change", "click_tracking")):
+            return v
+        for other in verdicts:
+            if other.suspected_cause == "segment_break":
+                inc.kind = inc.cause = "segment_break"
+                return self._recause(v, "segment_break", "segment_break")
+        return v
 
     @staticmethod
     def _inherit(v: Verdict, name: str, c: Counts) -> Verdict:
@@ -676,10 +826,13 @@ class CampaignMonitor:
     def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
                      season_v: float, p_all: float, relvar_all: float, h: float,
                      n_tests: int, has_total: bool, tot_n: int,
-                     tot_k: int) -> Verdict | None:
+                     tot_k: int, n_scale: float, hold_ctr: bool) -> Verdict | None:
         """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
         and ``tot_k``, if the window has ``all`` (``has_total``); ``season_v``, the hour's
-        volume factor (``exp(_season_vol[hour])``)."""
+        volume factor (``exp(_season_vol[hour])``); ``n_scale``, the campaign's impressions
+        over their expectation (at most 1; 1 for ``all``), which a segment's silence is
+        judged against; ``hold_ctr``: the CTR baseline does not learn from this window (a
+        segment of the campaign is in a CTR incident)."""
         s = self._p
         is_all = name == _ALL
 
@@ -727,18 +880,28 @@ class CampaignMonitor:
         verdict: Verdict | None = None
         learn_ctr = learn_vol = True
         quiet_before = st.top < 1.0 and st.silent < 1.0
+        sil = 0.0
         if n == 0 and vol_ok:
-            st.silent += mu / phi_n
+            # A segment without impressions when its whole campaign had few (a window the
+            # sources filled only in part, a campaign winding down) is no silence of its own.
+            sil = mu * n_scale / phi_n
+            st.silent += sil
         else:
             st.silent = 0.0
         inc = st.incident
+        if inc is not None and inc.family == _SIL and sil < 1.0:
+            # A zero that was not even e-fold unlikely (a small segment, a quiet hour) holds
+            # no silence open: the evidence is gone.
+            st.silent = 0.0
         # A drift incident does not stop the abrupt tests: a click outage during a slow
         # decline is still an outage (and replaces the drift incident).
         drifting = inc is not None and inc.family == _DRIFT
         if inc is not None and not drifting:
             verdict, learn_ctr, learn_vol = self._continue_incident(
                 name, st, inc,
-                self._llrs(n, k, p, p_rest, phi_c, resolution, mu, phi_n, vol_ok),
+                # (Every ratio: the resolution guards the opening of an incident against an
+                # uncertain baseline; evidence that the fault is over counts at any size.)
+                self._llrs(n, k, p, p_rest, phi_c, 0.0, mu, phi_n, vol_ok),
                 self._dllrs(n, k, p_ref, phi_r), n, k, mu, p, phi_c, window, h)
         else:
             if st.cooldown > 0 or not ready:
@@ -785,8 +948,15 @@ class CampaignMonitor:
             # incident: most windows, nothing to look at.
             if ready and (st.top >= h or st.silent >= h or st.watch is not None
                           or _top(st.dcusum) >= h):
+                # A segment's siblings in this window: their clicks over what was expected
+                # of them (1 for ``all``), which tells a segment break from the campaign's.
+                rest = 0.0  # (not known: no siblings' clicks to judge by)
+                if not is_all and has_total and p_all > 0:
+                    e_rest = fmax(tot_n * p_all - ek, 0.0)
+                    if e_rest >= _REST_MIN_CLICKS:
+                        rest = (max(tot_k - k, 0) + 0.5) / (e_rest + 0.5)
                 verdict = self._maybe_open(name, st, n, k, mu, p, p_ref, phi_c, window, h,
-                                           n_tests)
+                                           n_tests, rest)
             if verdict is None and drifting and st.incident is inc:
                 assert inc is not None
                 # (A drift incident adds the drift tests' ratios only.)
@@ -807,7 +977,11 @@ class CampaignMonitor:
             ekr = n * p_ref
             if st.drift.update(k - ekr, phi_c * ekr * (1.0 - p_ref), ekr):
                 tol = s.recovery_tolerance
-                if p > 0 and not (p_ref / tol < p < p_ref * tol):
+                # Reported only while the window itself is on the drift's side of the fast
+                # baseline: after a decline, a window back at the reference (a new creative)
+                # is the recovery the detector saw, not more drift.
+                if p > 0 and (k < n * p if p <= p_ref / tol else
+                              k > n * p if p >= p_ref * tol else False):
                     verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
 
         # ---- learning: a series building evidence of a change learns slowly and does not
@@ -816,6 +990,7 @@ class CampaignMonitor:
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
+        learn_ctr = learn_ctr and not hold_ctr
         if learn_ctr and n > 0:
             self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
         if is_all and n > 0 and rate == 1.0 and st.incident is None and learn_ctr and \
@@ -871,7 +1046,7 @@ class CampaignMonitor:
         ekr = n * p_ref
         if ekr > 0:
             sd = math.sqrt(fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
-            k_used = clip(k, ekr - 3.0 * sd, ekr + 3.0 * sd)
+            k_used = clip(k, ekr - 3.0 * sd, fmax(ekr + 3.0 * sd, 1.0))
         a = clip(fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
                  s.reference_alpha)
         if 0.0 < p < p_ref:
@@ -893,7 +1068,7 @@ class CampaignMonitor:
 
     def _maybe_open(self, name: str, st: _Series, n: int, k: int, mu: float, p: float,
                     p_ref: float, phi_c: float, window: Window, h: float,
-                    n_tests: int) -> Verdict | None:
+                    n_tests: int, rest: float = 0.0) -> Verdict | None:
         s = self._p
         n_ctr = len(s.ctr_ratios)
         ctr_idx = _argmax(st.cusum, 0, n_ctr)
@@ -941,12 +1116,19 @@ class CampaignMonitor:
             return self._check_watch(name, st, n, mu, p, phi_c, window, h)
         else:
             return None
-        kind, cause = self._attribute(st, family, ratio, n / mu if mu > 0 else 1.0)
+        # A segment's drop is its own (a segment break) when its siblings held: their CTR
+        # in this window closer to normal than to the segment's.
+        alone = (name != _ALL and family == _CTR and 0.0 < ratio < 1.0 and rest > 0.0
+                 and math.log(rest) > 0.5 * math.log(ratio))
+        kind, cause = self._attribute(st, family, ratio, n / mu if mu > 0 else 1.0, alone)
         key = self._group_key(cause, window)
         detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",
                     _DRIFT: "drift_cusum"}[family]
-        st.incident = _Incident(family, ratio, h / 4.0, kind, cause, key, detector,
-                                self._ratios(family))
+        inc = _Incident(family, ratio, h / 4.0, kind, cause, key, detector,
+                        self._ratios(family))
+        inc.info = n * p
+        _start_at_cap(inc, h, self._ratios(family))
+        st.incident = inc
         st.clear_evidence()
         confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
         return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
@@ -966,6 +1148,8 @@ class CampaignMonitor:
             key = self._group_key("impression_logging", window)
             st.incident = _Incident(_CTR, ratio, h / 4.0, kind, "impression_logging", key,
                                     "volume_ctr_test", grid)
+            st.incident.info = n * p
+            _start_at_cap(st.incident, h, grid)
             st.zero_cusum(0, len(st.cusum))
             confidence = clip(1.0 - math.exp(-ev), 0.0, 1.0)
             return self._verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
@@ -974,9 +1158,13 @@ class CampaignMonitor:
         return None
 
     def _attribute(self, st: _Series, family: int, ratio: float,
-                   r_imp_now: float = 1.0) -> tuple[str, str]:
+                   r_imp_now: float = 1.0, segment: bool = False) -> tuple[str, str]:
         """Name what broke from which test fired and the evidence run's ratios (the run
-        can hold windows from before a jump; the window that fired is taken too)."""
+        can hold windows from before a jump; the window that fired is taken too).
+
+        A CTR rise is a behaviour change until the clicks themselves show bots
+        (:meth:`revise`); a segment's CTR drop (its siblings held: it is tested against
+        them) is a segment break."""
         k_obs, k_exp, n_obs, n_exp = st.run_k, st.run_ek, st.run_n, st.run_mu
         r_ctr = k_obs / k_exp if k_exp > 0 else 1.0
         r_imp = n_obs / n_exp if n_exp > 0 else 1.0
@@ -995,13 +1183,13 @@ class CampaignMonitor:
                 # Impressions jumped and clicks did not vanish: the logging, not the clicks.
                 if r_imp >= 1.5 and r_clk > 0.3:
                     return "ctr_drop", "impression_logging"
+                if segment:
+                    return "segment_break", "segment_break"
                 if min(r_ctr, ratio) <= 0.3:
                     return "click_outage", "click_tracking"
                 return "ctr_drop", "behaviour_change"
             if r_imp <= 0.67 and clicks_normal:
                 return "ctr_spike", "impression_logging"
-            if max(r_ctr, ratio) >= 1.8:
-                return "click_surge", "bot_clicks"
             return "ctr_spike", "behaviour_change"
         return "silence", "silence"
 
@@ -1025,14 +1213,22 @@ class CampaignMonitor:
         if inc.family == _SIL:
             inc.evidence = min(h / 4.0, st.silent) if n == 0 else -math.inf
         elif inc.family == _DRIFT:
-            inc.add(dllrs, 0, h * _INCIDENT_CAP)
+            if n > 0:
+                inc.info += 0.25 * (n * p - inc.info)
+            inc.add(dllrs, 0, h, s.drift_ratios)
         else:
-            inc.add(llrs, 0 if inc.family == _CTR else n_ctr, h * _INCIDENT_CAP)
+            if inc.family == _CTR and n > 0:
+                inc.info += 0.25 * (n * p - inc.info)
+            inc.add(llrs, 0 if inc.family == _CTR else n_ctr, h, self._ratios(inc.family))
         inc.windows += 1
         logging_fault = inc.cause == "impression_logging"
         learn_ctr = inc.family in (_VOL, _DRIFT) and not logging_fault
         learn_vol = inc.family in (_CTR, _DRIFT) and not logging_fault
         if inc.evidence > 0 and inc.windows < s.max_incident_windows:
+            if _contradicts(inc, n, k, mu, p):
+                # The incident holds, but this window's own counts lean the other way: it
+                # is not reported under the incident's kind (its figure is not held back).
+                return None, learn_ctr, learn_vol
             if self._group is not None and self._group[0] == inc.key:
                 self._group = (inc.key, window.start)
             confidence = clip(1.0 - math.exp(-inc.evidence), 0.0, 1.0)
@@ -1116,9 +1312,12 @@ class CampaignMonitor:
         ek = n * p
         k_used = float(k)
         if ek > 0:
-            # Huber: a window far from the baseline moves it as if it were 3 sd away.
+            # Huber: a window far from the baseline moves it as if it were 3 sd away, but
+            # never by less than one click: with 0.1 clicks expected, 3 sd is less than one
+            # click, and clipping every click a sparse series gets would drag its baseline
+            # down lull by lull (a run of zero-click windows is no evidence of a lower CTR).
             sd = math.sqrt(phi_c * ek * (1.0 - p))
-            k_used = clip(k, ek - 3.0 * sd, ek + 3.0 * sd)
+            k_used = clip(k, ek - 3.0 * sd, fmax(ek + 3.0 * sd, 1.0))
             if rate == 1.0:
                 excess = phi_c / fmax(st.ctr_disp, 1.0)
                 pearson = math.pow(k - ek, 2.0) / (ek * (1.0 - p) * excess)

@@ -84,6 +84,8 @@ from ctrguard.records import (
 )
 from detectors import native
 from detectors.base import ALL, Counts, Verdict, Window
+from flows.clicklog import ClickLog
+from flows.stall import StallWatch, scope_verdicts
 
 __all__ = [
     "CLICK", "IMPRESSION", "RawBatch", "Prepared", "Chunk", "DeadLetter", "PreparedBatch",
@@ -243,6 +245,26 @@ def dedup_keys(campaign_ids: Sequence[str], event_ids: Sequence[str]) -> np.ndar
     return h
 
 
+def ref_keys(campaign_ids: Sequence[str], values: Sequence[str | None]) -> np.ndarray:
+    """The keys of a reference field of clicks (``user_id``, ``impression_id``): the value
+    hashed with its campaign id as :func:`dedup_keys` hashes event ids, so that a click's
+    ``impression_id`` finds its impression's de-duplication key; 0 where the value is
+    absent, null or empty. The scanner computes the same in C.
+
+    >>> k = ref_keys(["c1", "c1"], ["e1", None]).tolist()
+    >>> k[0] == int(dedup_keys(["c1"], ["e1"])[0]), k[1]
+    (True, 0)
+    """
+    present = [bool(v) for v in values]
+    if all(present):
+        return dedup_keys(campaign_ids, values)  # type: ignore[arg-type]
+    out = np.zeros(len(values), dtype=np.uint64)
+    idx = [i for i, ok in enumerate(present) if ok]
+    if idx:
+        out[idx] = dedup_keys(*_take((campaign_ids, values), idx))
+    return out
+
+
 def dims_key(dims: Sequence[str | None]) -> Any:
     """How a chunk stores one event's dimension values: the value itself for one dimension
     (no tuple per event), ``None`` for none, the tuple for several."""
@@ -298,6 +320,10 @@ class Chunk:
     polled_ms: int | None = None      # the batch's RawBatch.polled_ms
     recent: tuple[int, ...] = ()      # a batch too small for a frontier: its times (sorted)
     ledger: tuple[int, int, int] | None = None  # (read, excluded, dead-lettered) of its batch
+    #: Clicks only (empty otherwise, or when not known): :func:`ref_keys` of each event's
+    #: ``user_id`` and ``impression_id``, the evidence of bot clicks (flows/clicklog.py).
+    users: np.ndarray = field(default_factory=_no_keys)
+    refs: np.ndarray = field(default_factory=_no_keys)
 
     def __len__(self) -> int:
         return len(self.campaign_ids)
@@ -306,12 +332,13 @@ class Chunk:
         eids, offsets, _ = self.row_columns(raws=False)
         return (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms,
                 self.campaign_ids, eids, self.dims, offsets, self.keys, self.polled_ms,
-                self.recent, self.ledger)
+                self.recent, self.ledger, self.users, self.refs)
 
     def __setstate__(self, state: tuple) -> None:
         (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms, self.campaign_ids,
          self.event_ids, self.dims, self.offsets, self.keys, self.polled_ms, self.recent,
-         self.ledger) = state
+         self.ledger) = state[:13]
+        self.users, self.refs = state[13:] if len(state) > 13 else (_NO_KEYS, _NO_KEYS)
         self.raws = None  # type: ignore[assignment]
         self.at = None
 
@@ -408,6 +435,8 @@ _CAMPAIGN = attrgetter("campaign_id")
 _EVENT_ID = attrgetter("event_id")
 _INTERNAL = attrgetter("is_internal")
 _USER_AGENT = attrgetter("user_agent")
+_USER_ID = attrgetter("user_id")
+_IMPRESSION_ID = attrgetter("impression_id")
 
 
 #: The compiled loops of routing and counting (``flows/_shard.c``), or ``None``: the Python
@@ -436,6 +465,8 @@ class _Columns(NamedTuple):
     positions: Sequence[int] | None         # index in the batch of each; None: all, in order
     keys: np.ndarray | None                 # dedup keys, when the scanner made them
     dead: list[DeadLetter]
+    users: np.ndarray | None = None         # clicks: :func:`ref_keys` of user_id
+    refs: np.ndarray | None = None          # clicks: :func:`ref_keys` of impression_id
 
 
 class EventPreparer:
@@ -485,17 +516,19 @@ class EventPreparer:
         return drop
 
     def _columns(self, values: Sequence[bytes], topic: str, partition: int,
-                 offsets: Sequence[int]) -> _Columns:
+                 offsets: Sequence[int], kind: int = IMPRESSION) -> _Columns:
         """The batch as columns: in C when every message is valid and plain
         (:func:`~ctrguard.events.scan_batch`), else decoded message by message, each
-        rejected one a dead letter with its reason."""
+        rejected one a dead letter with its reason. Clicks also get the keys of their
+        ``user_id`` and ``impression_id`` (the evidence of bot clicks)."""
+        clicks = kind == CLICK
         scanned = scan_batch(values, self._dims, user_agents=self._bot_re is not None,
-                             max_bytes=self._max_bytes)
+                             max_bytes=self._max_bytes, refs=clicks)
         if scanned is not None:
             return _Columns(scanned.campaign_ids, scanned.event_ids,
                             _dims_keys(scanned.dims, len(scanned.campaign_ids)),
                             scanned.ts_ms, scanned.user_agents, scanned.internal, None,
-                            scanned.keys, [])
+                            scanned.keys, [], scanned.users, scanned.refs)
         decoded = decode_batch(values, max_bytes=self._max_bytes)
         dead = [DeadLetter("parse", exc.reason, topic, partition, offsets[i],
                            values[i] if values[i] is not None else b"", exc.code)
@@ -507,16 +540,21 @@ class EventPreparer:
             flags = list(map(_INTERNAL, events))
             if any(flags):
                 internal = np.flatnonzero(np.array(flags, dtype=bool)).tolist()
-        return _Columns(list(map(_CAMPAIGN, events)), list(map(_EVENT_ID, events)), dks,
+        cids = list(map(_CAMPAIGN, events))
+        users = refs = None
+        if clicks:
+            users = ref_keys(cids, list(map(_USER_ID, events)))
+            refs = ref_keys(cids, list(map(_IMPRESSION_ID, events)))
+        return _Columns(cids, list(map(_EVENT_ID, events)), dks,
                         decoded.ts_ms,
                         list(map(_USER_AGENT, events)) if self._bot_re is not None else None,
-                        internal, decoded.positions, None, dead)
+                        internal, decoded.positions, None, dead, users, refs)
 
     def prepare(self, batch: RawBatch, now_ms: int | None = None) -> PreparedBatch:
         """Parse one raw batch. ``now_ms`` (wall clock) bounds plausible event times."""
         values, offsets = batch.values, batch.offsets
         topic, partition = batch.topic, batch.partition
-        cols = self._columns(values, topic, partition, offsets)
+        cols = self._columns(values, topic, partition, offsets, batch.kind)
         cids, eids, ts, pos = cols.campaign_ids, cols.event_ids, cols.ts_ms, cols.positions
         dead = cols.dead
         n = len(cids)
@@ -557,20 +595,29 @@ class EventPreparer:
             else:
                 rows = (eids, *_take((offsets, values), list(pos)))
             order, routed = self._route(cids, cols.dims, drop)
+            users, refs = cols.users, cols.refs
             if order is None:  # one shard, every event
                 (s, (_, _, columns)), = routed.items()
                 chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, ts,
                                   columns[0], rows[0], columns[1], rows[1], rows[2], keys,
                                   None, polled, recent)
+                if users is not None and refs is not None:
+                    chunks[s].users, chunks[s].refs = users, refs
             else:
                 # One gather for every shard (a numpy call costs a microsecond or two however
                 # small the array): each shard's times and keys are a slice of these.
                 ts_by, keys_by = ts[order], keys[order]
+                users_by = refs_by = None
+                if users is not None and refs is not None:  # (clicks)
+                    users_by, refs_by = users[order], refs[order]
                 for s, (start, stop, columns) in routed.items():
                     chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
                                       ts_by[start:stop], columns[0], rows[0], columns[1],
                                       rows[1], rows[2], keys_by[start:stop], order[start:stop],
                                       polled, recent)
+                    if users_by is not None and refs_by is not None:
+                        chunks[s].users = users_by[start:stop]
+                        chunks[s].refs = refs_by[start:stop]
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
                              len(values), len(self._dims), polled, recent)
 
@@ -693,16 +740,22 @@ class EventPreparer:
         first = parts[0]
         if all(p.at is not None and p.event_ids is first.event_ids for p in parts):
             # Parts of one batch: the merged chunk points into the same columns.
-            return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
-                         first.event_ids, dks, first.offsets, first.raws, keys,
-                         np.concatenate([p.at for p in parts]),  # type: ignore[misc]
-                         prepared.polled_ms, prepared.recent)
-        rows = [p.row_columns() for p in parts]
-        eids, offsets = (list(chain.from_iterable(r[i] for r in rows)) for i in (0, 1))
-        raws = None if any(r[2] is None for r in rows) else \
-            list(chain.from_iterable(r[2] for r in rows))  # type: ignore[misc]
-        return Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
-                     eids, dks, offsets, raws, keys, None, prepared.polled_ms, prepared.recent)
+            out = Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
+                        first.event_ids, dks, first.offsets, first.raws, keys,
+                        np.concatenate([p.at for p in parts]),  # type: ignore[misc]
+                        prepared.polled_ms, prepared.recent)
+        else:
+            rows = [p.row_columns() for p in parts]
+            eids, offsets = (list(chain.from_iterable(r[i] for r in rows)) for i in (0, 1))
+            raws = None if any(r[2] is None for r in rows) else \
+                list(chain.from_iterable(r[2] for r in rows))  # type: ignore[misc]
+            out = Chunk(prepared.source, prepared.frontier_ms, prepared.idle, kind, ts, cids,
+                        eids, dks, offsets, raws, keys, None, prepared.polled_ms,
+                        prepared.recent)
+        if all(len(p.users) == len(p) for p in parts):  # (clicks with their evidence)
+            out.users = np.concatenate([p.users for p in parts])
+            out.refs = np.concatenate([p.refs for p in parts])
+        return out
 
 
 # --------------------------------------------------------------------------- shard state
@@ -862,6 +915,8 @@ class _Seen:
 
 
 _NO_POSITIONS = np.empty(0, dtype=np.intp)
+#: Suspected causes of a CTR rise that the clicks' evidence decides between.
+_RISE_CAUSES = ("bot_clicks", "behaviour_change")
 _U3, _U7 = np.uint64(3), np.uint64(7)
 _BIT = np.array([1 << i for i in range(8)], dtype=np.uint8)
 
@@ -1060,6 +1115,7 @@ class ShardState:
         self._max_values = settings.segments.max_values_per_dimension
         self._grace_windows = max(1, math.ceil(settings.windows.allowed_lateness
                                                / settings.windows.length))
+        self._quarantine_causes = dict(settings.quarantine.causes)
         # A live idle claim counts while at most half an idle_timeout old (idle_sources).
         self._claim_ttl_ms = settings.event_time.idle_timeout * 500
         self._quorum = settings.event_time.frontier_quorum
@@ -1193,10 +1249,55 @@ class ShardState:
             self._account(source, chunk.ledger)
         if len(chunk.campaign_ids) > 0:
             self._add_events(chunk, out)
+            if chunk.kind == CLICK and len(chunk.users):
+                self._log_clicks(chunk)
         wm = self.watermark_ms()
         if wm is not None:
             self._close_through(wm // self._length_ms, out)
         return out
+
+    #: Set while :meth:`flush` closes windows: they are partial (see :meth:`_scope`).
+    _draining = False
+    #: Ingestion stalls of this shard (:mod:`flows.stall`); made on first use.
+    _stalls: StallWatch | None = None
+    #: The clicks of the open windows, with their users and impressions (the evidence of
+    #: bot clicks, :mod:`flows.clicklog`); made on first use.
+    _clicks: ClickLog | None = None
+
+    def _log_clicks(self, chunk: Chunk) -> None:
+        """Keep a chunk's clicks (columns, in bulk) for the evidence of bot clicks."""
+        log = self._clicks
+        if log is None:
+            log = self._clicks = ClickLog()
+        log.add(chunk.ts_ms // self._length_ms, chunk.campaign_ids, chunk.dims,
+                _keys_of(chunk), chunk.users, chunk.refs, self._next_close)
+
+    def _close_clicks(self, wid: int) -> None:
+        """Match window ``wid``'s clicks against the impressions of this window and the one
+        before, while the shard still holds their keys (:meth:`ClickLog.close`)."""
+        log = self._clicks
+        if log is None:
+            return
+        shown = []
+        for w in (wid - 1, wid):
+            ks = self._seen[IMPRESSION].get(w)
+            if ks is not None:
+                shown.extend(ks.runs)
+        log.closing = log.close(wid, shown)
+
+    def _revise(self, cid: str, verdicts: list[Verdict]) -> list[Verdict]:
+        """A CTR rise's cause from the evidence of the campaign's clicks in this window
+        (:meth:`detectors.monitor.CampaignMonitor.revise`); unchanged without evidence."""
+        log = self._clicks
+        if log is None or log.closing is None or not any(
+                v.suspected_cause in _RISE_CAUSES for v in verdicts):
+            return verdicts
+        camp = self._campaigns[cid]
+        revise = getattr(camp.monitor, "revise", None)
+        if revise is None:
+            return verdicts
+        evidence = log.closing.evidence(cid, lambda dk: self._segments_for(camp, dk))
+        return verdicts if evidence is None else revise(verdicts, evidence)
 
     def _note_recent(self, source: str, times: tuple[int, ...]) -> int | None:
         """The frontier a small batch (fewer events than the quorum) allows, from the
@@ -1230,18 +1331,26 @@ class ShardState:
         the watermark would, then the windows beyond every frontier (events ahead of their
         stream, fewer than the quorum) alone: only their own campaigns are decided there,
         rather than every campaign in every window up to them (a day of empty windows
-        after the end, or years)."""
+        after the end, or years).
+
+        The windows the watermark had not passed are partial (the clicks that follow the
+        last impressions open one more window, with no impressions at all): they are not
+        judged for silence, nor for an ingestion stall."""
         out: list[WindowDecision | DeadLetter] = []
         if self._open:
-            known = [f for f in self._frontiers.values() if f is not None]
-            end = max(self._open) + 1
-            if known:
-                end = min(end, max(known) // self._length_ms + 1)
-            self._close_through(end, out)
-            if self._open:
-                if self._next_close is None:
-                    self._next_close = min(self._open)
-                self._close_through(max(self._open) + 1, out, alone=True)
+            self._draining = True
+            try:
+                known = [f for f in self._frontiers.values() if f is not None]
+                end = max(self._open) + 1
+                if known:
+                    end = min(end, max(known) // self._length_ms + 1)
+                self._close_through(end, out)
+                if self._open:
+                    if self._next_close is None:
+                        self._next_close = min(self._open)
+                    self._close_through(max(self._open) + 1, out, alone=True)
+            finally:
+                del self._draining
         return out
 
     def _add_events(self, chunk: Chunk, out: list) -> None:
@@ -1534,6 +1643,8 @@ class ShardState:
             when = (_window(start_s, end_s), self._window_iso(start_s), self._window_iso(end_s))
             started = perf_counter()
             by_campaign = self._open.pop(wid, None) or {}
+            self._close_clicks(wid)
+            self._observe_stall(wid, start_s, len(by_campaign))
             stale = wid - self._grace_windows
             for seen in self._seen:
                 ks = seen.get(wid)
@@ -1593,6 +1704,60 @@ class ShardState:
                     for dk in by_campaign[cid]:
                         self._segments_for(camp, dk[0] if dk.__class__ is tuple
                                            and len(dk) == 1 else dk)
+
+    def _observe_stall(self, wid: int, start_s: int, campaigns: int) -> None:
+        """Judge whether window ``wid`` belongs to an ingestion stall, from the events of each
+        kind this shard admitted in it and the campaigns that had any (``campaigns``; with
+        clicks: from the click log) (:class:`flows.stall.StallWatch`); a window a drain
+        closes is not judged. Per window, not per event."""
+        watch = self._stalls
+        if watch is None:
+            watch = self._stalls = StallWatch()
+        if self._draining:
+            watch.current = (None, None, False, False)
+            return
+        imps, clicks = (seen.get(wid) for seen in self._seen)
+        log = self._clicks
+        closing = log.closing if log is not None else None
+        watch.current = watch.observe(
+            start_s, (len(imps) if imps is not None else 0,
+                      len(clicks) if clicks is not None else 0),
+            (campaigns, closing.campaigns() if closing is not None else 0))
+
+    def _scope(self, verdicts: list[Verdict]) -> list[Verdict]:
+        """A campaign-window's verdicts in their scope: a drained window's silences go, a
+        stall's become one pipeline-wide ``ingestion_stall`` (:func:`flows.stall.scope_verdicts`)."""
+        watch = self._stalls
+        stalled = watch.current if watch is not None else (None, None, False, False)
+        if not self._draining and stalled == (None, None, False, False):
+            return verdicts
+        return scope_verdicts(verdicts, stalled, self._draining)
+
+    def closing_context(self) -> tuple[tuple, bool, dict[str, dict[str, tuple[float, int]]]]:
+        """What the decisions of the window being closed take besides its monitors'
+        verdicts (for a recording of the detectors' input, ``replay/recorded.py``): the
+        stall judgement (:meth:`StallWatch.observe`), whether a drain closes it, and the
+        click evidence of every campaign with clicks in it (:meth:`WindowClicks.evidence`).
+        Per window and campaign with clicks: not for the running flow."""
+        watch = self._stalls
+        stalled = watch.current if watch is not None else (None, None, False, False)
+        evidence: dict[str, dict[str, tuple[float, int]]] = {}
+        log = self._clicks
+        if log is not None and log.closing is not None:
+            for cid in sorted(set(log.closing.cids.tolist())):
+                camp = self._campaigns.get(cid)
+                if camp is None:
+                    continue
+                got = log.closing.evidence(
+                    cid, lambda dk, camp=camp: self._segments_for(camp, dk))  # type: ignore[misc]
+                if got is not None:
+                    evidence[cid] = got
+        return stalled, self._draining, evidence
+
+    def _quarantines(self, v: Verdict) -> bool:
+        """Whether an alert of ``v`` holds its figure back: ``quarantine.causes`` by suspected
+        cause, the detector's own call for a cause not listed."""
+        return self._quarantine_causes.get(v.suspected_cause, v.quarantine)
 
     def _window_iso(self, start_s: int) -> str:
         text = self._iso.get(start_s)
@@ -1656,6 +1821,7 @@ class ShardState:
         stats = self.stats
         alerts_by_seg: dict[str, list[Alert]] = {}
         alerts: list[Alert] = []
+        verdicts = self._revise(cid, self._scope(verdicts))
         for v in verdicts:
             c = counts.get(v.segment, _ZERO)
             alert = Alert(
@@ -1666,7 +1832,7 @@ class ShardState:
                 baseline_ctr=v.baseline_ctr, score=v.score, confidence=v.confidence,
                 ctr_low=v.ctr_low, ctr_high=v.ctr_high, expected_clicks=v.expected_clicks,
                 expected_impressions=v.expected_impressions, suspected_cause=v.suspected_cause,
-                quarantine=v.quarantine, incident=v.incident,
+                quarantine=self._quarantines(v), incident=v.incident,
             )
             alerts.append(alert)
             alerts_by_seg.setdefault(v.segment, []).append(alert)

@@ -48,6 +48,10 @@ class BandedMonitor:
         self.notes.append((window.start, self.monitor.expectations(window, counts)))
         return self.monitor.update(window, counts)
 
+    def revise(self, verdicts: list[Any], evidence: dict[str, Any]) -> list[Any]:
+        """The wrapped monitor's (the bot evidence of a CTR rise): bands change nothing."""
+        return self.monitor.revise(verdicts, evidence)
+
 
 class BandRecorder:
     """Wraps a monitor factory and turns the notes into ``bands.jsonl`` lines.

@@ -62,7 +62,13 @@ from typing import Any
 import msgspec
 
 from ctrguard.errors import CtrGuardError
-from replay.generator import ABRUPT_FAULT_KINDS, LABEL_HEADER, Label
+from replay.generator import (
+    ABRUPT_FAULT_KINDS,
+    CAUSE_OF_KIND,
+    GRADUAL_KINDS,
+    LABEL_HEADER,
+    Label,
+)
 
 #: What installs what scoring labels needs (SciPy), for offline evaluation only.
 EVAL_INSTALL = "pip install 'ctrguard[eval]'"
@@ -168,14 +174,18 @@ def _alert_record(obj: Any) -> tuple[str, str, int, str]:
 
 
 def load_alerts(path: str | Path) -> list[dict[str, Any]]:
-    """Alerts from a JSONL(.gz) file, each reduced to campaign, segment, window and severity."""
+    """Alerts from a JSONL(.gz) file, each reduced to campaign, segment, window, severity,
+    suspected cause and incident id."""
     out = []
     for n, line in _open_text_lines(path):
         try:
-            cid, seg, ws, sev = _alert_record(msgspec.json.decode(line))
+            obj = msgspec.json.decode(line)
+            cid, seg, ws, sev = _alert_record(obj)
         except (msgspec.DecodeError, ValueError) as exc:
             raise ReplayInputError(path, n, f"bad alert: {exc}") from None
-        out.append({"campaign_id": cid, "segment": seg, "window_start_s": ws, "severity": sev})
+        out.append({"campaign_id": cid, "segment": seg, "window_start_s": ws, "severity": sev,
+                     "suspected_cause": str(obj.get("suspected_cause") or ""),
+                     "incident": str(obj.get("incident") or "")})
     return out
 
 
@@ -290,7 +300,11 @@ def decidability(
             obs_c += c
         ref_i = ref_c = ref_n = 0
         spans = busy[lab.campaign_id]
-        for direction, origin in ((-1, wins[0]), (1, wins[-1])):
+        # A gradual change (creative fatigue) may leave the CTR low after it: its normal
+        # level is the one before it.
+        sides = ((-1, wins[0]),) if lab.kind in GRADUAL_KINDS else ((-1, wins[0]),
+                                                                     (1, wins[-1]))
+        for direction, origin in sides:
             for k in range(1, reference_windows + 1):
                 ws = origin + direction * k * window_s
                 if any(ws < e and ws + window_s > s for s, e in spans):
@@ -315,7 +329,7 @@ def decidability(
         if oracle_nats is not None:
             record["oracle_delay_windows"] = _oracle_delay(
                 index, lab, segment, window_s, ctr, obs_c / expected if expected > 0 else 1.0,
-                oracle_nats)
+                oracle_nats, gradual=lab.kind in GRADUAL_KINDS)
         poisson = require_eval()
         if obs_c < expected:
             p = float(poisson.cdf(obs_c, expected))
@@ -347,23 +361,44 @@ def require_eval() -> Any:
 
 
 def _oracle_delay(index: FigureIndex, lab: Label, segment: str, window_s: int, ctr: float,
-                  ratio: float, nats: float) -> int | None:
+                  ratio: float, nats: float, gradual: bool = False) -> int | None:
     """Windows from the one holding the start until a clairvoyant LLR reaches ``nats``.
+
+    The test knows the start and, in hindsight, the size: a step to ``ratio`` times the
+    normal CTR, or with ``gradual`` a linear path from the normal CTR at the start to the
+    ratio that, along that path, gives the clicks observed over the incident.
 
     >>> from replay.generator import Label
     >>> idx = FigureIndex([{"campaign_id": "c", "segment": "all", "window_start_s": w * 300,
     ...                     "impressions": 100, "clicks": 0} for w in range(10)])
     >>> _oracle_delay(idx, Label("c", "*", "click_outage", 0, 3000), "all", 300, 0.02, 0.0, 5.0)
     2
+    >>> fade = FigureIndex([{"campaign_id": "c", "segment": "all", "window_start_s": w * 300,
+    ...                      "impressions": 10_000, "clicks": 200 - 10 * w} for w in range(12)])
+    >>> lab = Label("c", "*", "creative_fatigue", 0, 3600)
+    >>> _oracle_delay(fade, lab, "all", 300, 0.02, 0.725, 11.7, gradual=True)
+    5
     """
     if ratio == 1.0 or ctr <= 0:
         return None
-    log_r = math.log(ratio) if ratio > 0 else 0.0
-    total = 0.0
     first = lab.start_s // window_s * window_s
-    for j, ws in enumerate(range(first, lab.end_s, window_s)):
-        i, c = index.counts(lab.campaign_id, segment, ws)
-        total += c * log_r - (ratio - 1.0) * i * ctr
+    starts = list(range(first, lab.end_s, window_s))
+    counts = [index.counts(lab.campaign_id, segment, ws) for ws in starts]
+    if gradual:
+        # r_j = 1 + slope * (j + 0.5) / T, the slope fitted to the clicks observed.
+        T = len(starts)
+        e1 = sum(i * ctr for i, _ in counts)
+        ef = sum(i * ctr * (j + 0.5) / T for j, (i, _) in enumerate(counts))
+        observed = sum(c for _, c in counts)
+        slope = (observed - e1) / ef if ef > 0 else 0.0
+        path = [max(1.0 + slope * (j + 0.5) / T, 1e-3) for j in range(T)]
+    else:
+        path = [ratio] * len(starts)
+    total = 0.0
+    for j, ((i, c), r) in enumerate(zip(counts, path, strict=True)):
+        if r == 1.0:
+            continue
+        total += (c * math.log(r) if r > 0 and c else 0.0) - (r - 1.0) * i * ctr
         if total >= nats:
             return j
     return None
@@ -372,11 +407,26 @@ def _oracle_delay(index: FigureIndex, lab: Label, segment: str, window_s: int, c
 # --------------------------------------------------------------------------- evaluation
 
 
+#: Incident ids of pipeline-level incidents (an ingestion stall) start with this.
+PIPELINE_INCIDENT_PREFIX = "stall:"
+
+
 @dataclass(frozen=True, slots=True)
 class _Alert:
     campaign_id: str
     segment: str
     ws: int
+    cause: str = ""
+    incident: str = ""
+
+    @property
+    def pipeline(self) -> bool:
+        """An alert of a pipeline-level incident: it belongs to campaign ``*`` episodes."""
+        return self.incident.startswith(PIPELINE_INCIDENT_PREFIX)
+
+    @property
+    def scope(self) -> str:
+        return "*" if self.pipeline else self.campaign_id
 
 
 def _coerce_alerts(alerts: Iterable[Mapping[str, Any]], min_severity: str | None) -> list[_Alert]:
@@ -389,7 +439,8 @@ def _coerce_alerts(alerts: Iterable[Mapping[str, Any]], min_severity: str | None
             raise ReplayInputError("<alerts>", n, f"bad alert: {exc}") from None
         if floor >= 0 and sev and SEVERITY_RANK.get(sev, 99) < floor:
             continue
-        out.append(_Alert(cid, seg, ws))
+        out.append(_Alert(cid, seg, ws, str(obj.get("suspected_cause") or ""),
+                          str(obj.get("incident") or "")))
     return out
 
 
@@ -444,7 +495,7 @@ def evaluate(
     if campaign_days is None:
         campaign_days = index.campaign_days(window_s)
     tol_s = tolerance_windows * window_s
-    recs = sorted(_coerce_alerts(alerts, min_severity), key=lambda a: (a.campaign_id, a.ws))
+    recs = sorted(_coerce_alerts(alerts, min_severity), key=lambda a: (a.scope, a.ws))
 
     by_campaign: dict[str, list[tuple[int, Label]]] = defaultdict(list)
     for i, lab in enumerate(labels):
@@ -453,28 +504,35 @@ def evaluate(
     def matches(a: _Alert, lab: Label) -> bool:
         if a.ws >= lab.end_s + tol_s or a.ws + window_s <= lab.start_s:
             return False
+        if lab.campaign_id == "*":
+            # A pipeline incident is detected by a pipeline-level alert only: N campaign
+            # incidents for one stall are N false escalations, not a detection.
+            return a.pipeline
         if lab.segment == "*" or a.segment == lab.segment:
             return True
         return not strict_segments and a.segment == ALL
 
     first_ws: dict[int, int] = {}
-    # Episodes
+    causes: dict[int, Counter] = defaultdict(Counter)
+    # Episodes: per campaign, and one scope ``*`` for the alerts of pipeline incidents.
     episodes: list[dict[str, Any]] = []
     current: dict[str, Any] | None = None
     gap_s = merge_gap_windows * window_s
     for a in recs:
-        hit = [i for i, lab in by_campaign.get(a.campaign_id, ()) if matches(a, lab)]
+        cands = by_campaign.get(a.campaign_id, []) + by_campaign.get("*", [])
+        hit = [i for i, lab in cands if matches(a, lab)]
         for i in hit:
             if i not in first_ws or a.ws < first_ws[i]:
                 first_ws[i] = a.ws
-        if (current is not None and current["campaign_id"] == a.campaign_id
+            causes[i][a.cause] += 1
+        if (current is not None and current["campaign_id"] == a.scope
                 and a.ws <= current["end_s"] + gap_s):
             current["end_s"] = max(current["end_s"], a.ws + window_s)
             current["alerts"] += 1
             current["true"] = current["true"] or bool(hit)
             current["segments"].add(a.segment)
         else:
-            current = {"campaign_id": a.campaign_id, "start_s": a.ws, "end_s": a.ws + window_s,
+            current = {"campaign_id": a.scope, "start_s": a.ws, "end_s": a.ws + window_s,
                        "alerts": 1, "true": bool(hit), "segments": {a.segment}}
             episodes.append(current)
     n_true = sum(1 for e in episodes if e["true"])
@@ -488,7 +546,8 @@ def evaluate(
         for e in episodes:
             if e["true"]:
                 continue
-            for t in traps_by_campaign.get(e["campaign_id"], ()):
+            for t in traps_by_campaign.get(e["campaign_id"], []) + (
+                    traps_by_campaign.get("*", []) if e["campaign_id"] != "*" else []):
                 if e["start_s"] < t.end_s + tol_s and e["end_s"] > t.start_s:
                     trap_hits[t.kind] += 1
 
@@ -498,10 +557,13 @@ def evaluate(
     delays: list[float] = []
     delays_abrupt: list[float] = []
     oracle_abrupt: list[float] = []
-    n_detected = n_dec = n_dec_detected = 0
+    excess: list[float] = []
+    n_detected = n_dec = n_dec_detected = n_oracle = n_oracle_detected = 0
+    n_caused = n_cause_right = 0
     kind_acc: dict[str, dict[str, Any]] = defaultdict(
         lambda: {"incidents": 0, "detected": 0, "decidable": 0, "detected_decidable": 0,
-                 "delays": []})
+                 "clairvoyant": 0, "detected_clairvoyant": 0, "cause_right": 0,
+                 "delays": [], "excess": []})
     for i, lab in enumerate(labels):
         d = decided[i]
         detected = i in first_ws
@@ -515,8 +577,19 @@ def evaluate(
         acc["incidents"] += 1
         acc["detected"] += detected
         n_detected += detected
-        if lab.kind in ABRUPT_FAULT_KINDS and d.get("oracle_delay_windows") is not None:
-            oracle_abrupt.append(float(d["oracle_delay_windows"]))
+        oracle = d.get("oracle_delay_windows")
+        if lab.kind in ABRUPT_FAULT_KINDS and oracle is not None:
+            oracle_abrupt.append(float(oracle))
+        if oracle is not None:
+            # Decidable at the online threshold: the clairvoyant test decides within it.
+            n_oracle += 1
+            acc["clairvoyant"] += 1
+            if detected:
+                n_oracle_detected += 1
+                acc["detected_clairvoyant"] += 1
+                assert delay is not None
+                excess.append(delay - oracle)
+                acc["excess"].append(delay - oracle)
         if d.get("decidable"):
             n_dec += 1
             acc["decidable"] += 1
@@ -524,6 +597,15 @@ def evaluate(
             acc["detected_decidable"] += detected
         if delay is not None:
             acc["delays"].append(delay)
+        cause = None
+        if detected:
+            # The cause the incident's alerts name most often (first named on a tie).
+            cause = causes[i].most_common(1)[0][0]
+            right = CAUSE_OF_KIND.get(lab.kind)
+            if right is not None:
+                n_caused += 1
+                n_cause_right += cause in right
+                acc["cause_right"] += cause in right
         if details:
             incident_rows.append({
                 "campaign_id": lab.campaign_id, "segment": lab.segment, "kind": lab.kind,
@@ -531,6 +613,7 @@ def evaluate(
                 "delay_windows": delay, "decidable": d.get("decidable"),
                 "p_value": d.get("p_value"), "observed_clicks": d.get("observed"),
                 "expected_clicks": d.get("expected"), "series": d.get("series"),
+                "suspected_cause": cause,
             })
             if "oracle_delay_windows" in d:
                 incident_rows[-1]["oracle_delay_windows"] = d["oracle_delay_windows"]
@@ -541,7 +624,15 @@ def evaluate(
             "recall": _ratio(acc["detected"], acc["incidents"]),
             "decidable": acc["decidable"], "detected_decidable": acc["detected_decidable"],
             "recall_decidable": _ratio(acc["detected_decidable"], acc["decidable"]),
+            "clairvoyant_decidable": acc["clairvoyant"],
+            "detected_clairvoyant_decidable": acc["detected_clairvoyant"],
+            "recall_clairvoyant_decidable": _ratio(acc["detected_clairvoyant"],
+                                                   acc["clairvoyant"]),
             "median_delay_windows": _median(acc["delays"]),
+            "median_excess_delay_windows": _median(acc["excess"]),
+            "cause_right": acc["cause_right"],
+            "cause_accuracy": (_ratio(acc["cause_right"], acc["detected"])
+                               if kind in CAUSE_OF_KIND else None),
         }
     result: dict[str, Any] = {
         "alerts": len(recs),
@@ -551,6 +642,13 @@ def evaluate(
         "decidable_incidents": n_dec,
         "detected_decidable": n_dec_detected,
         "recall_decidable": _ratio(n_dec_detected, n_dec),
+        "clairvoyant_decidable_incidents": n_oracle,
+        "detected_clairvoyant_decidable": n_oracle_detected,
+        "recall_clairvoyant_decidable": _ratio(n_oracle_detected, n_oracle),
+        "median_excess_delay_windows": _median(excess),
+        "cause_right": n_cause_right,
+        "cause_judged": n_caused,
+        "cause_accuracy": _ratio(n_cause_right, n_caused),
         "episodes": len(episodes),
         "true_episodes": n_true,
         "false_episodes": n_false,

@@ -22,14 +22,20 @@ Model
 Labelled incidents (``incidents.csv``; what a detector should find)
     ``click_outage``           clicks of the campaign vanish, impressions normal.
     ``bot_clicks``             extra clicks on one segment (``device=...`` or ``channel=...``)
-                               from a small pool of users, with bot-ish user agents that the
-                               default exclusion regexes do *not* match, or normal ones.
+                               from 3-15 users clicking many times each, mostly with ordinary
+                               user agents (a fifth bot-ish ones that the default exclusion
+                               regexes do *not* match); most carry no or a made-up
+                               ``impression_id``, some that of a real impression just shown.
     ``duplicate_impressions``  every impression logged twice with *different* event ids:
                                a logging bug, the measured CTR halves.
-    ``segment_break``          the CTR of one segment collapses (x0-0.15); others are normal.
+    ``segment_break``          the CTR of one segment falls 50-70 %; the others hold.
     ``creative_fatigue``       CTR decays linearly to 35-55% over hours, then recovers (a new
                                creative goes live at the end of the incident).
-    ``ctr_surge``              a real behaviour change: CTR x1.8-3.
+    ``ctr_surge``              a real behaviour change (a creative that works): CTR x1.8-3,
+                               clicks from as many users as ever, on real impressions.
+    ``ingestion_stall``        every source stalls for 15-45 minutes and what happened
+                               meanwhile is lost (campaign ``*``; one a day, none in a
+                               scenario shorter than 6 hours).
 
 Traps (``traps.csv``; must not alert)
     ``volume_surge``           impressions x3-6 at unchanged CTR.
@@ -39,6 +45,10 @@ Traps (``traps.csv``; must not alert)
     ``crawler_clicks``         clicks with user agents the default exclusion regexes match.
     ``late_events``            a campaign's events delayed 60-100 s (within allowed lateness).
     ``very_late_events``       the scattered events beyond allowed lateness (campaign ``*``).
+    ``stray_clicks``           clicks stamped after the last impression of the scenario (they
+                               follow their impression by seconds; campaign ``*``).
+    ``sparse_campaign``        a sparse campaign of low CTR (0.5-0.9 %, tens of impressions a
+                               window): hours without a click happen by chance.
 
 Segments in labels are ``*`` (the whole campaign) or a series key such as ``device=mobile``.
 
@@ -66,21 +76,29 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "INCIDENT_KINDS", "TRAP_KINDS", "ABRUPT_FAULT_KINDS", "Label", "Table", "Simulation",
+    "INCIDENT_KINDS", "TRAP_KINDS", "ABRUPT_FAULT_KINDS", "GRADUAL_KINDS", "PIPELINE_KINDS",
+    "CAUSE_OF_KIND", "Label", "Table", "Simulation",
     "GeneratedScenario", "simulate", "render_lines", "generate", "write_labels", "read_labels",
     "count_figures", "DEFAULT_START",
 ]
 
 INCIDENT_KINDS = (
     "click_outage", "bot_clicks", "duplicate_impressions", "segment_break",
-    "creative_fatigue", "ctr_surge",
+    "creative_fatigue", "ctr_surge", "ingestion_stall",
 )
 TRAP_KINDS = (
     "volume_surge", "redelivery", "internal_traffic", "crawler_clicks", "late_events",
-    "very_late_events",
+    "very_late_events", "stray_clicks", "sparse_campaign",
 )
 #: Faults that start abruptly (as opposed to gradual drift or a real behaviour change).
 ABRUPT_FAULT_KINDS = ("click_outage", "bot_clicks", "duplicate_impressions", "segment_break")
+#: Incidents that build up gradually: a clairvoyant test knows their shape (a linear change
+#: from the level before them), and their reference is taken before them only.
+GRADUAL_KINDS = ("creative_fatigue",)
+#: Incidents of the whole pipeline, not of one campaign (labelled on campaign ``*``).
+PIPELINE_KINDS = ("ingestion_stall",)
+#: Traps that are not scheduled per campaign like the others.
+_UNSCHEDULED_TRAPS = ("very_late_events", "stray_clicks", "sparse_campaign")
 
 DEFAULT_START = datetime(2026, 1, 5, tzinfo=UTC)
 
@@ -118,6 +136,18 @@ USER_AGENTS_BY_DEVICE = (
         "Chrome/123.0.0.0 Safari/537.36",
     ),
 )
+#: The suspected cause a detector should name for each incident kind (a set: any of them is
+#: right). Creative fatigue is real behaviour, reported as drift or as a behaviour change.
+CAUSE_OF_KIND: dict[str, frozenset[str]] = {
+    "click_outage": frozenset({"click_tracking"}),
+    "bot_clicks": frozenset({"bot_clicks"}),
+    "duplicate_impressions": frozenset({"impression_logging"}),
+    "segment_break": frozenset({"segment_break"}),
+    "creative_fatigue": frozenset({"drift", "behaviour_change"}),
+    "ctr_surge": frozenset({"behaviour_change"}),
+    "ingestion_stall": frozenset({"ingestion_stall"}),
+}
+
 #: Click-fraud user agents that look scripted but match none of the default exclusion regexes.
 BOTISH_USER_AGENTS = (
     "okhttp/4.9.3",
@@ -314,10 +344,14 @@ class _Item:
 
 
 def _schedule(rng: np.random.Generator, n_camp: int, minutes: int, incident_rate: float,
-              trap_rate: float, kinds: Sequence[str], trap_kinds: Sequence[str]) -> list[_Item]:
+              trap_rate: float, kinds: Sequence[str], trap_kinds: Sequence[str],
+              blocked: Sequence[tuple[int, int]] = ()) -> list[_Item]:
+    """Incidents and traps per campaign, apart from each other and from ``blocked``
+    intervals (minutes; a pipeline-wide incident) by :data:`_GAP_MIN`."""
     warmup = min(120, minutes // 5)
     usable = minutes - warmup
-    busy: list[list[tuple[int, int]]] = [[] for _ in range(n_camp)]
+    kinds = [k for k in kinds if k not in PIPELINE_KINDS]
+    busy: list[list[tuple[int, int]]] = [list(blocked) for _ in range(n_camp)]
     items: list[_Item] = []
     want: list[tuple[int, str]] = []
     n_inc = min(n_camp, round(n_camp * incident_rate)) if kinds else 0
@@ -328,7 +362,7 @@ def _schedule(rng: np.random.Generator, n_camp: int, minutes: int, incident_rate
         want.append((int(camp), kinds[int(order[i % len(kinds)])]))
     n_trap = max(1, round(n_camp * trap_rate)) if trap_rate > 0 else 0
     for kind in trap_kinds:
-        if kind == "very_late_events":
+        if kind in _UNSCHEDULED_TRAPS:
             continue
         for camp in rng.permutation(n_camp)[:min(n_trap, n_camp)]:
             want.append((int(camp), kind))
@@ -351,6 +385,27 @@ def _schedule(rng: np.random.Generator, n_camp: int, minutes: int, incident_rate
 
 
 # --------------------------------------------------------------------------- simulation
+
+
+#: Length of an ingestion stall (minutes) and how many a day.
+_STALL_MINUTES = (15, 45)
+_STALLS_PER_DAY = 1.0
+
+
+def _schedule_stalls(rng: np.random.Generator, minutes: int) -> list[tuple[int, int]]:
+    """Intervals (minutes) in which every source stalls and the events are lost: one a day,
+    none in a scenario shorter than 6 hours (too short for a baseline to notice)."""
+    n = int(math.floor(minutes / 1440 * _STALLS_PER_DAY + 0.5)) if minutes >= 360 else 0
+    warmup = min(180, minutes // 4)
+    out: list[tuple[int, int]] = []
+    for _ in range(n):
+        dur = int(rng.integers(_STALL_MINUTES[0], _STALL_MINUTES[1] + 1))
+        for _ in range(60):
+            start = warmup + int(rng.integers(0, max(1, minutes - warmup - dur - 60)))
+            if all(start + dur + _GAP_MIN <= a or start >= b + _GAP_MIN for a, b in out):
+                out.append((start, start + dur))
+                break
+    return sorted(out)
 
 
 def _segment_name(dim: str, value: int) -> str:
@@ -431,6 +486,8 @@ def simulate(
     late_fraction: float = 0.01,
     very_late_fraction: float = 0.0002,
     epoch_ms_fraction: float = 0.1,
+    sparse_fraction: float = 0.1,
+    stray_clicks: bool = True,
 ) -> Simulation:
     """Simulate a scenario in memory (columnar, numpy). See the module docstring for the model.
 
@@ -461,6 +518,16 @@ def simulate(
         Fractions of events delivered 5-90 s late and 8-20 minutes late.
     epoch_ms_fraction
         Fraction of events whose ``ts`` is written as epoch milliseconds instead of ISO-8601.
+    sparse_fraction
+        Fraction of campaigns (at least one, when positive, ``trap_rate`` is positive and
+        ``sparse_campaign`` is among the trap kinds) that are sparse and of low CTR: 0.5-0.9 %, 4-9 impressions a minute
+        (times ``volume_scale``), so that an hour or two without a click happens by chance.
+        Labelled as the trap ``sparse_campaign`` over the whole scenario.
+    stray_clicks
+        Clicks follow their impression (by seconds), so a few are stamped after the last
+        impression of the scenario, as in any recorded day. Labelled as the trap
+        ``stray_clicks`` (campaign ``*``) from the end of the scenario. False: clicks past
+        the end are dropped.
     """
     unknown = set(incident_kinds) - set(INCIDENT_KINDS) | set(trap_kinds) - set(TRAP_KINDS)
     if unknown:
@@ -491,6 +558,14 @@ def simulate(
     cell_ctr = (dev_ctr[:, :, None] * chan_ctr[:, None, :]).reshape(n_camp, N_CELLS)
     cell_ctr /= (cell_share * cell_ctr).sum(axis=1, keepdims=True)  # mean multiplier 1
     n_creatives = rng.integers(1, MAX_CREATIVES + 1, n_camp)
+    sparse: list[int] = []
+    if sparse_fraction > 0 and trap_rate > 0 and "sparse_campaign" in trap_kinds:
+        # Their own stream of randomness: the other campaigns' draws do not move.
+        srng = np.random.default_rng([seed, 3])
+        n_sparse = min(n_camp, max(1, round(n_camp * sparse_fraction)))
+        sparse = sorted(srng.permutation(n_camp)[:n_sparse].tolist())
+        base_ctr[sparse] = srng.uniform(0.005, 0.009, len(sparse))
+        volume[sparse] = srng.uniform(4.0, 9.0, len(sparse)) * volume_scale
 
     hour = ((start_s + np.arange(minutes) * 60 + 30) / 3600.0) % 24
     vol_rate = volume[:, None] * (1 + vol_amp[:, None] * np.cos(
@@ -504,12 +579,16 @@ def simulate(
     ctr_mult = np.ones((n_camp, minutes, N_CELLS))
 
     # -- schedule incidents and traps
-    items = _schedule(rng, n_camp, minutes, incident_rate, trap_rate, incident_kinds, trap_kinds)
+    stalls: list[tuple[int, int]] = []
+    if incident_rate > 0 and "ingestion_stall" in incident_kinds:
+        stalls = _schedule_stalls(np.random.default_rng([seed, 4]), minutes)
+    items = _schedule(rng, n_camp, minutes, incident_rate, trap_rate, incident_kinds, trap_kinds,
+                      blocked=stalls)
     for it in items:
         c, a, b = it.camp, it.start_min, it.end_min
         if it.kind == "segment_break":
             seg = _pick_segment(rng, dev_share[c], chan_share[c])
-            it.segment, it.factor = seg, float(rng.uniform(0.0, 0.15))
+            it.segment, it.factor = seg, float(rng.uniform(0.3, 0.5))
             ctr_mult[c, a:b, _cell_mask(seg)] *= it.factor
         elif it.kind == "creative_fatigue":
             it.factor = float(rng.uniform(0.35, 0.55))
@@ -564,7 +643,7 @@ def simulate(
         c = it.camp
         if it.kind == "bot_clicks":
             parts_click.append(_bot_clicks(rng, it, vol_rate, cell_share, ctr_t, cell_ctr,
-                                           start_ms, n_creatives))
+                                           start_ms, n_creatives, imps))
         elif it.kind == "crawler_clicks":
             t = _extra_events(rng, it, vol_rate[c] * (cell_share[c] * cell_ctr[c]).sum()
                               * ctr_t[c] * it.factor + 0.5, cell_share[c], start_ms, n_creatives)
@@ -593,8 +672,19 @@ def simulate(
     for it in items:
         if it.kind == "click_outage":
             clicks = clicks.take(np.flatnonzero(~_in_interval(clicks, it, start_ms)))
-    # Clicks past the end of the scenario would not have happened yet.
-    clicks = clicks.take(np.flatnonzero(clicks.ts_ms < end_s * 1000))
+    # Every source stalls: whatever happened meanwhile is lost, on both streams.
+    for a, b in stalls:
+        lo, hi = start_ms + a * 60_000, start_ms + b * 60_000
+        imps = imps.take(np.flatnonzero((imps.ts_ms < lo) | (imps.ts_ms >= hi)))
+        clicks = clicks.take(np.flatnonzero((clicks.ts_ms < lo) | (clicks.ts_ms >= hi)))
+    if not stray_clicks:
+        # Clicks past the end of the scenario would not have happened yet.
+        clicks = clicks.take(np.flatnonzero(clicks.ts_ms < end_s * 1000))
+    else:
+        # A click follows its impression: those of the last impressions come after the end
+        # (by seconds). Clicks made up past the end (bots, QA) are still left out.
+        clicks = clicks.take(np.flatnonzero((clicks.ts_ms < end_s * 1000)
+                                            | (clicks.imp_ref >= 0)))
     clicks.eid = np.arange(clicks.size, dtype=np.int64)
 
     imps = _deliver(rng, imps, items, start_ms, late_fraction, very_late_fraction)
@@ -602,8 +692,15 @@ def simulate(
 
     incidents = [Label(camp_ids[it.camp], it.segment, it.kind, start_s + it.start_min * 60,
                        start_s + it.end_min * 60) for it in items if it.kind in INCIDENT_KINDS]
+    incidents += [Label("*", "*", "ingestion_stall", start_s + a * 60, start_s + b * 60)
+                  for a, b in stalls]
     traps = [Label(camp_ids[it.camp], it.segment, it.kind, start_s + it.start_min * 60,
                    start_s + it.end_min * 60) for it in items if it.kind in TRAP_KINDS]
+    traps += [Label(camp_ids[c], "*", "sparse_campaign", start_s, end_s) for c in sparse]
+    if stray_clicks and "stray_clicks" in trap_kinds and clicks.size \
+            and int(clicks.ts_ms.max()) >= end_s * 1000:
+        traps.append(Label("*", "*", "stray_clicks", end_s,
+                           int(clicks.ts_ms.max()) // 1000 + 1))
     if very_late_fraction > 0 and "very_late_events" in trap_kinds:
         traps.append(Label("*", "*", "very_late_events", start_s, end_s))
     key = lambda x: (x.start_s, x.campaign_id, x.kind)  # noqa: E731
@@ -611,7 +708,11 @@ def simulate(
         "campaigns": campaigns, "hours": minutes / 60, "volume_scale": volume_scale,
         "incident_rate": incident_rate, "trap_rate": trap_rate, "ctr_noise": ctr_noise,
         "late_fraction": late_fraction, "very_late_fraction": very_late_fraction,
-        "epoch_ms_fraction": epoch_ms_fraction,
+        "epoch_ms_fraction": epoch_ms_fraction, "sparse_fraction": sparse_fraction,
+        "stray_clicks": stray_clicks,
+        "sparse_campaigns": [camp_ids[c] for c in sparse],
+        "stalls": [{"start": _iso(start_s + a * 60), "end": _iso(start_s + b * 60)}
+                   for a, b in stalls],
         "factors": [{"campaign_id": camp_ids[it.camp], "kind": it.kind, "segment": it.segment,
                      "factor": round(it.factor, 4)} for it in items],
     }
@@ -661,19 +762,41 @@ def _extra_events(rng: np.random.Generator, it: _Item, rate_per_min: np.ndarray,
     return _make_table(rng, camp, cell, ts, n_creatives, **kw)
 
 
+#: Made-up impression ids of bot clicks start here (real ones are ordinals far below).
+_FAKE_IMP_BASE = 1 << 40
+
+
 def _bot_clicks(rng: np.random.Generator, it: _Item, vol_rate: np.ndarray,
                 cell_share: np.ndarray, ctr_t: np.ndarray, cell_ctr: np.ndarray,
-                start_ms: int, n_creatives: np.ndarray) -> Table:
+                start_ms: int, n_creatives: np.ndarray, imps: Table) -> Table:
+    """Click fraud on one segment, disguised: mostly ordinary user agents (a fifth scripted
+    ones the exclusions do not know), from a handful of users (3-15) that click many times
+    each; of their clicks 40 % carry no ``impression_id``, 30 % a made-up one, and 30 % the
+    id of a real impression of the segment shown just before (click injection)."""
     c = it.camp
     mask = _cell_mask(it.segment)
     share = np.where(mask, cell_share[c], 0.0)
     seg_clicks = vol_rate[c] * ctr_t[c] * (share * cell_ctr[c]).sum()
     t = _extra_events(rng, it, seg_clicks * it.factor + 0.3, share, start_ms, n_creatives,
                       user_kind=_USER_BOT)
-    t.user = rng.integers(0, 40, t.size) + 9_000_000
-    botish = rng.random(t.size) < 0.5
+    n_users = int(rng.integers(3, 16))
+    t.user = rng.integers(0, n_users, t.size) + 9_000_000 + 100 * c
+    botish = rng.random(t.size) < 0.2
     t.ua = np.where(botish, _UA_BOTISH_START + rng.integers(0, len(BOTISH_USER_AGENTS), t.size),
                     t.ua).astype(np.int16)
+    u = rng.random(t.size)
+    fake = (u >= 0.4) & (u < 0.7)
+    t.imp_ref[fake] = _FAKE_IMP_BASE + rng.integers(0, 1 << 31, int(fake.sum()))
+    hijack = np.flatnonzero(u >= 0.7)
+    cand = np.flatnonzero((imps.camp == c) & mask[imps.cell]
+                          & (imps.ts_ms >= start_ms + it.start_min * 60_000 - 60_000)
+                          & (imps.ts_ms < start_ms + it.end_min * 60_000))
+    if hijack.size and cand.size:
+        cand = cand[np.argsort(imps.ts_ms[cand], kind="stable")]
+        at = np.searchsorted(imps.ts_ms[cand], t.ts_ms[hijack]) - 1 \
+            - rng.integers(0, 3, hijack.size)
+        ok = at >= 0
+        t.imp_ref[hijack[ok]] = imps.eid[cand[at[ok]]]
     return t
 
 

@@ -39,15 +39,19 @@ WINDOWING = ("windows", "segments", "exclusions", "max_event_bytes")
 class _Recorder:
     """Stands in for a campaign's monitor: notes each call, decides nothing."""
 
-    __slots__ = ("calls", "order")
+    __slots__ = ("calls", "order", "note")
 
-    def __init__(self, order: list[tuple[_Recorder, int]]):
+    def __init__(self, order: list[tuple[_Recorder, int]],
+                 note: Any = None):
         self.calls: list[tuple[Any, dict[str, Any]]] = []
         self.order = order
+        self.note = note  # called with each window start: notes the window's context
 
     def update(self, window: Any, counts: dict[str, Any]) -> list[Any]:
         self.calls.append((window, counts))
         self.order.append((self, window.start))
+        if self.note is not None:
+            self.note(window.start)
         return []
 
 
@@ -61,6 +65,9 @@ class RecordedStream:
     summary: dict[str, Any]
     deadletter: bytes = b""
     _index: Any = field(default=None, repr=False)
+    #: Per window start, what its decisions take besides the verdicts
+    #: (:meth:`flows.engine.ShardState.closing_context`: stall, drain, click evidence).
+    contexts: dict[int, tuple] = field(default_factory=dict)
 
     def figure_index(self) -> Any:
         """The figures' counts as :class:`replay.evaluate.FigureIndex` (for evaluation)."""
@@ -89,15 +96,22 @@ def record(impressions: str | Path, clicks: str | Path, settings: Settings, *,
     order: list[tuple[_Recorder, int]] = []
     recorders: list[_Recorder] = []
     named: dict[int, str] = {}
+    contexts: dict[int, tuple] = {}
+    shard: list[Any] = []
+
+    def note(start: int) -> None:
+        if start not in contexts:
+            contexts[start] = shard[0].closing_context()
 
     def factory() -> _Recorder:
-        rec = _Recorder(order)
+        rec = _Recorder(order, note)
         recorders.append(rec)
         return rec
 
     with tempfile.TemporaryDirectory(prefix="ctrguard-record-") as tmp:
         result = run_replay(impressions, clicks, settings, tmp, progress=progress,
-                            monitor_factory=factory, decisions=_Namer(order, named))
+                            monitor_factory=factory, decisions=_Namer(order, named),
+                            on_state=shard.append)
         deadletter = Path(result.deadletter_path).read_bytes()
     campaigns = []
     for rec in recorders:
@@ -107,7 +121,8 @@ def record(impressions: str | Path, clicks: str | Path, settings: Settings, *,
         campaigns.append((cid, rec.calls))
     summary = {k: v for k, v in result.summary.items()
                if k not in ("windows", "quarantined_windows", "alerts", "baseline_alerts")}
-    return RecordedStream(settings.windows.length, campaigns, summary, deadletter)
+    return RecordedStream(settings.windows.length, campaigns, summary, deadletter,
+                          contexts=contexts)
 
 
 class _Namer:
@@ -174,6 +189,8 @@ def detect(stream: RecordedStream, settings: Settings, *, keep_decisions: bool =
                                                      "window_start_s": window.start,
                                                      "series": expected}))
             verdicts = monitor.update(window, counts)
+            if verdicts:
+                verdicts = _in_context(monitor, cid, verdicts, stream.contexts.get(window.start))
             if not verdicts and decisions is None:
                 continue
             when = (window, state._window_iso(window.start), state._window_iso(window.end))
@@ -185,6 +202,25 @@ def detect(stream: RecordedStream, settings: Settings, *, keep_decisions: bool =
             if decisions is not None:
                 decisions.append(d)
     return Detection(alerts, decisions, band_lines)
+
+
+def _in_context(monitor: Any, cid: str, verdicts: list[Any], context: tuple | None
+                ) -> list[Any]:
+    """The verdicts as the engine scoped and revised them when the window closed: stall and
+    drain (:func:`flows.stall.scope_verdicts`), the cause of a CTR rise from the clicks'
+    evidence (:meth:`detectors.monitor.CampaignMonitor.revise`)."""
+    if context is None:
+        return verdicts
+    from flows.stall import scope_verdicts
+
+    stalled, draining, evidence = context
+    if draining or stalled != (None, None, False, False):
+        verdicts = scope_verdicts(verdicts, stalled, draining)
+    got = evidence.get(cid)
+    if got is not None and any(v.suspected_cause in ("bot_clicks", "behaviour_change")
+                               for v in verdicts):
+        verdicts = monitor.revise(verdicts, got)
+    return verdicts
 
 
 def _quiet_decision(cid: str, counts: dict[str, Any], when: tuple[Any, str, str]

@@ -204,6 +204,7 @@ def run_replay(
     annotations: Sequence[Any] = (),
     bands: bool = False,
     decisions: Callable[[list[Any]], None] | None = None,
+    on_state: Callable[[ShardState], None] | None = None,
 ) -> ReplayResult:
     """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary
     (and with ``bands``, the expected CTR and band of every series-window).
@@ -211,7 +212,8 @@ def run_replay(
     ``annotations``: planned changes (:class:`sinks.annotations.Annotation`) besides the
     configuration's; alerts inside them are marked expected and do not quarantine.
     ``decisions``, if given, sees what the main detector state returns, as it returns it
-    (before planned changes mark alerts expected).
+    (before planned changes mark alerts expected). ``on_state``, if given, is handed the
+    main detector state once made (a recording reads its closing context).
     """
     from detectors.monitor import build_monitor
     from replay.expected import ExpectedMarker
@@ -234,6 +236,8 @@ def run_replay(
     source_ids = [f"{s.topic}:0" for s in sources]
     preparer = EventPreparer(settings)
     states: dict[str, ShardState] = {"ctrguard": ShardState(settings, source_ids, factory)}
+    if on_state is not None:
+        on_state(states["ctrguard"])
     if baselines:
         from detectors import baselines as bl
 

@@ -151,10 +151,49 @@ class SlackSettings(_Strict):
         return "console"
 
 
+#: Whether an alert holds its figure back, by suspected cause (``quarantine.causes``):
+#: what corrupts the data is quarantined; real behaviour (a CTR that moves at normal volume
+#: and users, a slow drift, a change of traffic) is alerted on and still reported.
+DEFAULT_QUARANTINE_CAUSES: dict[str, bool] = {
+    "click_tracking": True,
+    "impression_logging": True,
+    "bot_clicks": True,
+    "ingestion_stall": True,
+    "silence": True,
+    "segment_break": True,
+    "behaviour_change": False,
+    "drift": False,
+    "volume_change": False,
+}
+
+
 class QuarantineSettings(_Strict):
+    """``quarantine:``: retention, auto-release and which causes hold figures back.
+
+    >>> QuarantineSettings(causes={"segment_break": False}).causes["bot_clicks"]
+    True
+    >>> try:
+    ...     QuarantineSettings(causes={"bots": True})
+    ... except ValueError as err:
+    ...     print(err.errors()[0]["msg"][:33])
+    Value error, unknown cause 'bots'
+    """
+
     #: How long flags and audit entries are kept (data retention policy), in days.
     retention_days: int = Field(30, ge=1, le=3650)
     auto_release: bool = False
+    #: Suspected cause -> quarantine its alerts' figures. Causes left out keep their
+    #: default (:data:`DEFAULT_QUARANTINE_CAUSES`).
+    causes: dict[str, bool] = Field(default_factory=lambda: dict(DEFAULT_QUARANTINE_CAUSES))
+
+    @field_validator("causes", mode="after")
+    @classmethod
+    def _known_causes(cls, v: dict[str, bool]) -> dict[str, bool]:
+        unknown = sorted(set(v) - set(DEFAULT_QUARANTINE_CAUSES))
+        if unknown:
+            raise ValueError(f"unknown cause {unknown[0]!r} (known: "
+                             f"{', '.join(sorted(DEFAULT_QUARANTINE_CAUSES))})")
+        return {**DEFAULT_QUARANTINE_CAUSES, **v}
 
 
 # --------------------------------------------------------------------------- feedback

@@ -64,11 +64,11 @@ def test_golden_click_outage_windows():
 # faulty window after that is reported. The segments' CTR relative to the rest of the
 # campaign does not move in a campaign-wide outage, so they alarm by inheritance from
 # "all" (their figures are as corrupt), from the same window on; later their own tests
-# (against their baselines) decide too, and their incidents hold one window past the
-# fault before the evidence that they are back closes them.
+# (against their baselines) decide too. Their incidents may hold a window past the fault,
+# but that window, whose clicks are back, is not reported as an outage.
 GOLDEN_CLICK_OUTAGE = [
     (t, seg) for t in range(101, 112) for seg in ("all", "device=desktop", "device=mobile")
-] + [(112, "device=desktop"), (112, "device=mobile")]
+]
 
 
 @pytest.mark.parametrize("volume", [5, 20, 100, 1000, 5000])
@@ -90,13 +90,15 @@ def test_constant_counts_never_fire(volume):
 # ---------------------------------------------------------------- causes
 
 
-@pytest.mark.parametrize("fault, kinds", [
-    ("click_tracking", {"click_outage"}),
-    ("impression_logging", {"impression_surge", "ctr_drop"}),
-    ("bot_clicks", {"click_surge"}),
-    ("behaviour_change", {"ctr_drop"}),
+@pytest.mark.parametrize("fault, cause, kinds", [
+    ("click_tracking", "click_tracking", {"click_outage"}),
+    ("impression_logging", "impression_logging", {"impression_surge", "ctr_drop"}),
+    # Without evidence from the clicks themselves (revise), a CTR rise is a behaviour
+    # change: bot_clicks needs it (test_bot_evidence_names_the_cause_of_a_rise).
+    ("bot_clicks", "behaviour_change", {"ctr_spike"}),
+    ("behaviour_change", "behaviour_change", {"ctr_drop"}),
 ])
-def test_fault_is_detected_at_once_with_its_cause(fault, kinds):
+def test_fault_is_detected_at_once_with_its_cause(fault, cause, kinds):
     m = build_monitor(DetectorSettings())
     out = run(m, campaign_stream(4000, 140, seed=11, fault=fault))
     # ~100 clicks per window: faults decide in their first window; a 40% CTR drop may
@@ -104,11 +106,13 @@ def test_fault_is_detected_at_once_with_its_cause(fault, kinds):
     t_first = out[0][0] if out else None
     assert t_first == 100 or (fault == "behaviour_change" and t_first == 101)
     first = [v for t, v in out if t == t_first]
-    assert {v.suspected_cause for v in first} == {fault}
+    assert {v.suspected_cause for v in first} == {cause}
     assert {v.kind for v in first} <= kinds
     assert all(100 <= t <= 112 for t, _ in out), "alarms outside the fault (+1 window)"
     v = first[0]
-    assert v.quarantine and v.severity in SEVERITIES and v.suspected_cause in CAUSES
+    # Real behaviour is alerted on, not held back; what corrupts the data is quarantined.
+    assert v.quarantine == (cause != "behaviour_change")
+    assert v.severity in SEVERITIES and v.suspected_cause in CAUSES
     assert v.ctr_low <= v.baseline_ctr <= v.ctr_high
     assert v.expected_impressions == pytest.approx(4000, rel=0.1)
 
@@ -289,3 +293,159 @@ def test_drift_snapshot_layout_is_unchanged():
     assert [restored.update(r, 1.0, 10.0) for r in values[450:]] == [
         d.update(r, 1.0, 10.0) for r in values[450:]]
     assert pickle.dumps(restored) == pickle.dumps(d)
+
+
+# ---------------------------------------------------------------- cause, scope and end (issue 16)
+
+
+def _rise(seed: int = 5, suspicious: float = 1.0):
+    """bot_clicks on desktop (three times its clicks from window 100 to 111); evidence per
+    window: ``suspicious`` of the extra clicks look suspicious (no impression, few users)."""
+    m = build_monitor(DetectorSettings())
+    out = []
+    for t, counts in campaign_stream(4000, 140, seed=seed, fault="bot_clicks"):
+        verdicts = m.update(window(t), counts)
+        if verdicts:
+            base = {seg: int(0.029 * c.impressions) for seg, c in counts.items()}
+            extra = {seg: max(c.clicks - base[seg], 0) for seg, c in counts.items()}
+            evidence = {seg: (suspicious * extra[seg], c.clicks) for seg, c in counts.items()}
+            verdicts = m.revise(verdicts, evidence)
+        out += [(t, v) for v in verdicts]
+    return out
+
+
+def test_bot_evidence_names_the_cause_of_a_rise():
+    bots = _rise(suspicious=1.0)
+    assert bots and {v.suspected_cause for _, v in bots} == {"bot_clicks"}
+    assert {v.kind for _, v in bots} == {"click_surge"}
+    assert all(v.quarantine and v.severity == "critical" for _, v in bots)
+    # The same rise with its extra clicks from as many users as ever, on real impressions:
+    # a behaviour change (a creative that works), alerted on and not held back.
+    real = _rise(suspicious=0.0)
+    assert [t for t, _ in real] == [t for t, _ in bots]
+    assert {(v.kind, v.suspected_cause, v.quarantine, v.severity) for _, v in real} == {
+        ("ctr_spike", "behaviour_change", False, "warning")}
+
+
+def test_a_window_is_not_reported_under_a_kind_its_counts_contradict():
+    """The CTR halves for 30 windows (12 clicks expected a window); in window 115 the clicks
+    are a little above the old normal. The incident holds (one window does not outweigh
+    its evidence), but that window is not reported as a CTR drop."""
+    m = build_monitor(DetectorSettings())
+    rng = np.random.default_rng(3)
+    out = []
+    for t in range(160):
+        n = 400
+        k = int(rng.binomial(n, 0.015 if 100 <= t < 130 else 0.03))
+        k = 14 if t == 115 else k
+        out += [(t, v) for v in m.update(window(t), {ALL: Counts(n, k)})]
+    alarmed = [t for t, v in out]
+    assert alarmed and alarmed[0] < 115 and 115 not in alarmed
+    assert [t for t in alarmed if t > 115], "the incident held past window 115"
+    assert len({v.incident for _, v in out}) == 1
+
+
+def _sparse_stream(seed: int, n_windows: int, volume: float = 40.0,
+                   burst: tuple[int, int] = (0, 0), factor: float = 1.0):
+    """A sparse campaign: ``volume`` impressions a window at 0.7 %; CTR times ``factor`` in
+    the windows of ``burst``."""
+    rng = np.random.default_rng(seed)
+    for t in range(n_windows):
+        n = int(rng.poisson(volume))
+        p = 0.007 * (factor if burst[0] <= t < burst[1] else 1.0)
+        yield t, {ALL: Counts(n, int(rng.binomial(n, p)))}
+
+
+def test_a_sparse_baseline_does_not_follow_chance_lulls():
+    """12 impressions a window at 0.7 % (0.08 clicks expected): mostly zero-click windows,
+    which are no evidence of a lower CTR. The baseline stays near 0.7 % (averaged over
+    seeds: 0.0062); when every click such a series got was clipped to 3 sd above its
+    baseline, it sank lull by lull (to 0.0050, one stream to 0.0032)."""
+    got = []
+    for seed in range(1, 7):
+        m = build_monitor(DetectorSettings())
+        for t, counts in _sparse_stream(seed, 3000, volume=12.0):
+            m.update(window(t), counts)
+        st = m._series[ALL]
+        got.append(st.ctr_k / st.ctr_e)
+    assert float(np.mean(got)) > 0.006, got
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_a_sparse_incident_closes_soon_after_its_fault(seed):
+    """Clicks x3 for 10 hours on a sparse campaign (0.28 expected a window): the incident
+    ends within a few windows of the fault, or before it (each window says little either
+    way; it held 16-220 windows past the end when it could bank as much evidence as a
+    dense series)."""
+    m = build_monitor(DetectorSettings())
+    out = run(m, _sparse_stream(seed, 800, burst=(400, 520), factor=3.0))
+    alarmed = sorted({t for t, v in out})
+    assert alarmed and 400 <= alarmed[0] < 520
+    assert alarmed[-1] < 520 + 6, alarmed
+
+
+def test_a_segment_dropping_alone_is_a_segment_break():
+    """Desktop's CTR falls by 60 % while mobile holds: a segment break (its figures held
+    back by default), not a click outage or a behaviour change of the campaign."""
+    m = build_monitor(DetectorSettings())
+    rng = np.random.default_rng(4)
+    out = []
+    for t in range(160):
+        counts = {}
+        for seg, share, ctr in SEGMENTS:
+            n = int(rng.poisson(4000 * share))
+            p = ctr * (0.4 if seg == "device=desktop" and 100 <= t < 130 else 1.0)
+            counts[seg] = Counts(n, int(rng.binomial(n, p)))
+        counts[ALL] = Counts(sum(c.impressions for c in counts.values()),
+                             sum(c.clicks for c in counts.values()))
+        out += [(t, v) for v in m.update(window(t), counts)]
+    assert out and {v.suspected_cause for _, v in out} == {"segment_break"}
+    assert any(v.segment == "device=desktop" for _, v in out)
+    assert all(100 <= t < 134 for t, _ in out)
+
+
+def test_a_segment_is_not_silent_when_its_whole_campaign_fell_quiet():
+    """The campaign's impressions fall to a tenth for a window (a window the sources filled
+    only in part): its small segment's zero (60 expected) is no silence of its own."""
+    m = build_monitor(DetectorSettings())
+    rng = np.random.default_rng(6)
+    out = []
+    for t in range(140):
+        scale = 0.1 if t == 120 else 1.0
+        big = int(rng.poisson(3000 * scale))
+        small = 0 if t == 120 else int(rng.poisson(60))
+        counts = {"device=mobile": Counts(big, int(rng.binomial(big, 0.02))),
+                  "device=tablet": Counts(small, int(rng.binomial(small, 0.02)))}
+        counts[ALL] = Counts(big + small, counts["device=mobile"].clicks
+                             + counts["device=tablet"].clicks)
+        out += [(t, v) for v in m.update(window(t), counts)]
+    assert not [v for _, v in out if v.kind == "silence"]
+
+
+def test_a_segment_break_does_not_teach_the_campaign_a_lower_ctr():
+    """A generated day (seed 14): c037's mobile segment breaks for 3 h 14 min. Its campaign's
+    ``all`` drifted down meanwhile and, learning from those windows, called mobile's
+    recovery a CTR spike of the campaign (23 windows of it). While a segment is in a CTR
+    incident the campaign's baseline does not learn: nothing after the break."""
+    from collections import defaultdict
+
+    from replay import generator as g
+
+    sim = g.simulate(seed=14, campaigns=40, hours=24)
+    lab = next(x for x in sim.incidents if x.campaign_id == "c037")
+    assert (lab.kind, lab.segment) == ("segment_break", "device=mobile")
+    by = defaultdict(dict)
+    for f in g.count_figures(sim):
+        if f["campaign_id"] == "c037":
+            by[f["window_start_s"]][f["segment"]] = Counts(f["impressions"], f["clicks"])
+    m = build_monitor(DetectorSettings())
+    series: list[str] = []
+    out = []
+    for ws in range(sim.start_s, sim.end_s, W):
+        got = by.get(ws, {})
+        series += [s for s in got if s not in series]
+        out += [(ws, v) for v in m.update(Window(ws, ws + W),
+                                          {s: got.get(s, Counts(0, 0)) for s in series})]
+    assert [ws for ws, v in out if lab.start_s <= ws < lab.end_s], "the break was found"
+    assert not [(ws, v.segment, v.kind) for ws, v in out if ws >= lab.end_s + 3 * W]
+

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from replay import generator as g
@@ -202,9 +203,17 @@ def test_perfect_alerts_on_a_generated_scenario_score_perfectly():
     sim = g.simulate(seed=4, campaigns=12, hours=12, incident_rate=0.6)
     figs = g.count_figures(sim)
     perfect = [alert(lab.campaign_id, lab.start_s // W * W,
-                     "all" if lab.segment == "*" else lab.segment) for lab in sim.incidents]
+                     "all" if lab.segment == "*" else lab.segment,
+                     suspected_cause=sorted(g.CAUSE_OF_KIND[lab.kind])[0])
+               for lab in sim.incidents if lab.campaign_id != "*"]
+    # A pipeline incident: one alert per campaign, all under one pipeline-level id.
+    perfect += [alert(cid, lab.start_s // W * W, suspected_cause="ingestion_stall",
+                      incident=f"stall:impressions:{lab.start_s // W * W}")
+                for lab in sim.incidents if lab.campaign_id == "*" for cid in sim.campaign_ids]
+    assert any(lab.kind == "ingestion_stall" for lab in sim.incidents)
     r = evaluate(perfect, sim.incidents, figs, window_s=W, traps=sim.traps)
     assert r["recall"] == 1.0 and r["episode_precision"] == 1.0
+    assert r["episodes"] == len(sim.incidents) and r["cause_accuracy"] == 1.0
     assert r["false_alarms_per_100_campaign_days"] == 0.0
     assert r["median_delay_windows"] == 0.0
     assert r["campaign_days"] == pytest.approx(12 * 12 / 24, rel=0.02)
@@ -288,3 +297,67 @@ def test_clairvoyant_delay_grows_as_the_series_gets_quieter():
     # Without a budget nothing is computed.
     plain = evaluate_many({"x": []}, labels, figs)
     assert "oracle_delay_windows" not in plain["x"]["incident_details"][0]
+
+
+def test_a_stall_reported_per_campaign_is_a_false_episode_per_campaign():
+    # One stall of the whole pipeline: reported as one pipeline incident it is one true
+    # episode; reported as a silence of each campaign it is detected by nothing and every
+    # campaign's silence is a false episode.
+    labels = [Label("*", "*", "ingestion_stall", 3000, 4200)]
+    per_campaign = [alert(f"c{i}", 3000, suspected_cause="silence", incident="3000:silence")
+                    for i in range(5)]
+    r = evaluate(per_campaign, labels, [], window_s=W, campaign_days=5)
+    assert r["detected"] == 0 and r["episodes"] == 5 and r["false_episodes"] == 5
+    one = [{**a, "suspected_cause": "ingestion_stall", "incident": "stall:impressions:3000"}
+           for a in per_campaign]
+    r = evaluate(one, labels, [], window_s=W, campaign_days=5)
+    assert r["detected"] == 1 and r["episodes"] == 1 and r["false_episodes"] == 0
+    assert r["cause_accuracy"] == 1.0
+
+
+def test_suspected_cause_is_judged_by_the_cause_most_alerts_of_an_incident_name():
+    labels = [Label("c1", "*", "ctr_surge", 3000, 6000), Label("c2", "*", "bot_clicks", 3000, 6000)]
+    alerts = [alert("c1", 3000, suspected_cause="bot_clicks"),
+              alert("c1", 3300, suspected_cause="behaviour_change"),
+              alert("c1", 3600, suspected_cause="behaviour_change"),
+              alert("c2", 3000, suspected_cause="bot_clicks")]
+    r = evaluate(alerts, labels, [], window_s=W, campaign_days=2)
+    assert r["cause_judged"] == 2 and r["cause_right"] == 2
+    alerts[1]["suspected_cause"] = "bot_clicks"
+    r = evaluate(alerts, labels, [], window_s=W, campaign_days=2)
+    assert r["cause_right"] == 1 and r["per_kind"]["ctr_surge"]["cause_accuracy"] == 0.0
+
+
+def test_excess_delay_is_measured_against_the_clairvoyant_test():
+    # 1,000 impressions at 2 % CTR; clicks vanish from window 10: the clairvoyant test
+    # needs one window (20 expected clicks = 20 nats > 11.7), an alarm in window 13 is 3
+    # windows late.
+    figs = flat_figures("c1", 30, 1000, 20, override={w: (1000, 0) for w in range(10, 20)})
+    labels = [Label("c1", "*", "click_outage", 3000, 6000)]
+    out = evaluate_many({"x": [alert("c1", 3900)]}, labels, figs, window_s=W,
+                        oracle_budget=0.02)["x"]
+    assert out["clairvoyant_decidable_incidents"] == 1
+    assert out["incident_details"][0]["oracle_delay_windows"] == 0
+    assert out["recall_clairvoyant_decidable"] == 1.0
+    assert out["median_excess_delay_windows"] == 3.0
+
+
+def test_pool_command_sums_runs_and_refuses_a_missing_one(tmp_path, capsys):
+    from replay import pool
+
+    figs = flat_figures("c1", 30, 1000, 20, override={w: (1000, 0) for w in range(10, 20)})
+    labels = [Label("c1", "*", "click_outage", 3000, 6000)]
+    for name, ws in (("a", 3000), ("b", 3600)):
+        out = evaluate_many({"ctrguard": [alert("c1", ws, suspected_cause="click_tracking"),
+                                          alert("c1", 8400)]},
+                            labels, figs, window_s=W, oracle_budget=0.02)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "evaluation.json").write_bytes(orjson.dumps(out))
+    assert pool.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    text = capsys.readouterr().out
+    assert "recall, clairvoyant-decidable incidents   1.00 (2/2)" in text
+    assert "median delay beyond the clairvoyant test  1.0 windows" in text
+    assert "episode precision                         0.50 (2/4)" in text
+    assert "suspected cause right                     1.00 (2/2)" in text
+    assert pool.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err

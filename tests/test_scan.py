@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ctrguard import events
 from ctrguard.config import load_config_text
 from ctrguard.events import MAX_ATTR_CHARS, MAX_ID_CHARS, decode_batch, scan_batch
-from flows.engine import IMPRESSION, EventPreparer, RawBatch, dedup_keys
+from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, dedup_keys, ref_keys
 
 pytestmark = pytest.mark.skipif(events._SCANNER is None,
                                 reason="the C scanner is not built (make native)")
@@ -43,14 +43,20 @@ def _reference(values: list[bytes], dims: tuple[str, ...]):
 
 def _check(values: list[bytes], dims: tuple[str, ...] = ("device",)) -> bool:
     """Compares the scanner with the reference; True when the scanner answered."""
-    got = scan_batch(values, dims, user_agents=True)
+    got = scan_batch(values, dims, user_agents=True, refs=True)
     if got is None:
+        assert scan_batch(values, dims, user_agents=True) is None  # refs refuse nothing more
         return False
     want = _reference(values, dims)
     assert want is not None, f"the scanner accepted a batch msgspec rejects: {values!r}"
     assert (got.campaign_ids, got.event_ids, got.ts_ms.tolist(), got.dims, got.user_agents,
             got.internal) == want, values
     assert got.keys.tolist() == dedup_keys(got.campaign_ids, got.event_ids).tolist()
+    # The keys of user_id and impression_id, as ref_keys makes them from msgspec's values.
+    evs = decode_batch(values).events
+    assert got.users.tolist() == ref_keys(got.campaign_ids, [e.user_id for e in evs]).tolist()
+    assert got.refs.tolist() == ref_keys(got.campaign_ids,
+                                         [e.impression_id for e in evs]).tolist()
     return True
 
 
@@ -288,6 +294,31 @@ def test_prepare_is_the_same_with_and_without_the_scanner(monkeypatch, dims):
     for s, chunk in fast.chunks.items():
         assert np.array_equal(chunk.keys, slow.chunks[s].keys)
         assert np.array_equal(chunk.ts_ms, slow.chunks[s].ts_ms)
+
+
+def test_click_columns_are_the_same_with_and_without_the_scanner(monkeypatch):
+    rng = random.Random(5)
+    values = []
+    for i in range(2000):
+        ev = {"event_id": f"k{i}", "campaign_id": f"c{rng.randrange(40)}",
+              "ts": 1767225600000 + rng.randrange(3_600_000),
+              "user_id": rng.choice([f"u{rng.randrange(500)}", None, "", ...]),
+              "impression_id": rng.choice([f"i{rng.randrange(5000)}", None, ...])}
+        values.append(json.dumps({k: v for k, v in ev.items() if v is not ...}).encode())
+    settings_ = load_config_text("windows:\n  shards: 4\n", source="test", env={})
+    batch = RawBatch("clicks", 0, CLICK, values, list(range(len(values))))
+    fast = EventPreparer(settings_).prepare(batch, now_ms=1767225600000)
+    monkeypatch.setattr(events, "_SCANNER", None)
+    slow = EventPreparer(settings_).prepare(batch, now_ms=1767225600000)
+    assert fast.chunks.keys() == slow.chunks.keys() and len(fast.chunks) == 4
+    for s, chunk in fast.chunks.items():
+        assert len(chunk.users) == len(chunk.refs) == len(chunk) > 0
+        assert np.array_equal(chunk.users, slow.chunks[s].users)
+        assert np.array_equal(chunk.refs, slow.chunks[s].refs)
+        assert (chunk.users == 0).any() and (chunk.refs != 0).any()
+    # Impressions carry no click columns.
+    imps = RawBatch("impressions", 0, IMPRESSION, values, list(range(len(values))))
+    assert all(len(c.users) == 0 for c in EventPreparer(settings_).prepare(imps).chunks.values())
 
 
 def test_the_scanner_can_be_switched_off():
