@@ -26,7 +26,7 @@ WORKDIR /src
 COPY requirements.lock .
 RUN pip install --no-compile --no-deps --require-hashes -r requirements.lock
 COPY . .
-# The detector core is compiled with mypyc (detectors/native.py); the compiler and its
+# The detector core is compiled with mypyc (ctrguard/native.py); the compiler and its
 # headers are removed again in the same layer. ctrguard itself brings no dependency the lock
 # did not (--no-deps; pip check fails the build if the lock misses one).
 RUN apt-get update \
@@ -34,7 +34,7 @@ RUN apt-get update \
     && pip install "mypy==2.4.1" "setuptools==84.2.1" "wheel==0.48.0" \
     && CTRGUARD_BUILD_NATIVE=1 pip install --no-compile --no-build-isolation --no-deps . \
     && pip check \
-    && (cd / && python -c "import detectors.native as n, detectors.monitor; assert n.in_use() == 'compiled', n.status()") \
+    && (cd / && python -c "import ctrguard.native as n, ctrguard.detectors.monitor; assert n.in_use() == 'compiled', n.status()") \
     && pip uninstall -y mypy \
     && apt-get purge -y --auto-remove gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/* \

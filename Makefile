@@ -57,22 +57,22 @@ $(STAMP): pyproject.toml
 	@echo "redis-server: $$(command -v redis-server)"
 	touch $@
 
-# The mypyc-compiled detector core and the C event scanner (detectors/native.py): rebuilt
+# The mypyc-compiled detector core and the C event scanner (ctrguard/native.py): rebuilt
 # when a source changes.
-NATIVE_SRC := detectors/stats.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c flows/_shard.c
-NATIVE := detectors/_native.json
+NATIVE_SRC := detectors/stats.py detectors/drift.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_shard.c
+NATIVE := ctrguard/_native.json
 
 native: $(NATIVE) ## compile the detector core (mypyc) and the C extensions (pure Python still works without)
 
 # (-W: importing the package before rebuilding warns that the old build is stale; the
 # build then says what it made)
-$(NATIVE): $(STAMP) $(NATIVE_SRC) detectors/native.py
-	$(VPY) -W ignore::RuntimeWarning -m detectors build --quiet
+$(NATIVE): $(STAMP) $(NATIVE_SRC) ctrguard/native.py
+	$(VPY) -W ignore::RuntimeWarning -m ctrguard.native build --quiet
 
 test: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## run the test suite (PYTEST_ARGS=...)
 	@command -v promtool >/dev/null || { echo "installing system packages: prometheus (promtool)"; \
 	  $(SUDO) apt-get update && $(APT_INSTALL) prometheus; }
-	@state=$$($(VPY) -m detectors status) || \
+	@state=$$($(VPY) -m ctrguard.native status) || \
 	  { echo "detector core: $$state, not compiled (make native)" >&2; exit 1; }; \
 	  echo "detector core: $$state"
 # Debian's chromium opens the HTML report in tests/test_report_browser.py.
@@ -84,7 +84,7 @@ test: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## run the test suite (PYTEST_ARGS=...)
 	$(VPY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
 demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services
-	$(VENV)/bin/ctrguard demo $(DEMO_ARGS)
+	$(VPY) -m devtools.demo $(DEMO_ARGS)
 
 bench: $(STAMP) $(NATIVE) ## run the benchmarks (EVENTS=n)
 	$(VPY) -m bench.run $(if $(EVENTS),--events $(EVENTS))
@@ -132,7 +132,7 @@ lint: $(STAMP) ## ruff
 	$(VPY) -m ruff check .
 
 clean: ## remove caches and build output (keeps .venv)
-	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info *.so detectors/*.so $(NATIVE)
+	rm -rf build dist .pytest_cache .ruff_cache .hypothesis *.egg-info ctrguard/*.so detectors/*.so $(NATIVE)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
 
 distclean: clean ## also remove .venv

@@ -2,7 +2,7 @@
 
 Each side is a tree exported from git (``git archive``; the working tree as it is, untracked
 files included, when a side is ``WORKTREE``) with its own compiled parts built there
-(``python -m detectors build``; kept in ``/tmp/ctrguard-ab/<tree>`` for the next run).
+(``python -m ctrguard.native build``; kept in ``/tmp/ctrguard-ab/<tree>`` for the next run).
 The inputs are made once, here; then every round runs the step once per side, each run in
 a fresh child process (``bench/ab_child.py``) whose ``PYTHONPATH`` and working directory
 are that side's tree, the two sides alternating which goes first. What each run produced
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import CAMPAIGNS, REPO, SEED, export_tree, log
+from bench.common import CAMPAIGNS, REPO, SEED, export_tree, log, native_module
 
 WORKTREE = "WORKTREE"
 STEPS = ("replay", "live", "engine", "monitor", "release", "slack", "chart")
@@ -88,7 +88,7 @@ def side_tree(tree: str, native: bool, cache: Path = CACHE) -> Path:
     if dest.is_dir():
         if not native:
             return dest
-        status = subprocess.run([sys.executable, "-m", "detectors", "status"], cwd=dest,
+        status = subprocess.run([sys.executable, "-m", native_module(dest), "status"], cwd=dest,
                                 capture_output=True, text=True, env=_env(dest, {})).stdout
         if status.strip() == "compiled":
             return dest
@@ -207,7 +207,7 @@ def redis_contents(client: Any, mask: Callable[[Any], Any] = lambda v: v) -> dic
 def topic_records(bootstrap: str, topic: str, *, ordered: bool = True) -> list[tuple]:
     """A topic's records: partition, key, value, headers (in offset order per partition,
     or sorted where the order between batches is not the step's to keep)."""
-    from ctrguard.services import consume_to_eof
+    from devtools.services import consume_to_eof
 
     records = [(m.partition(), m.offset(), m.key(), m.value(), m.headers() or [])
                for m in consume_to_eof(bootstrap, topic, timeout=120)]
@@ -262,7 +262,7 @@ class Step:
 
     def redis(self) -> Any:
         if self._redis is None:
-            from ctrguard.services import start_redis
+            from devtools.services import start_redis
 
             self._redis = start_redis()
             self.stack.append(self._redis.stop)
@@ -270,7 +270,7 @@ class Step:
 
     def broker(self) -> Any:
         if self._broker is None:
-            from ctrguard.services import start_broker
+            from devtools.services import start_broker
 
             self._broker = start_broker()
             self.stack.append(self._broker.stop)
@@ -388,7 +388,7 @@ class ReleaseStep(Step):
             f"{sum(len(b) for items in calls for b in items):,} decisions")
 
     def spec(self, run_id: str) -> dict[str, Any]:
-        from ctrguard.services import ensure_topics
+        from devtools.services import ensure_topics
 
         redis, broker = self.redis(), self.broker()
         client = redis.client()

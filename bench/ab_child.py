@@ -33,7 +33,7 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
 
 def _core() -> str:
     try:
-        from detectors import native
+        from ctrguard import native
 
         return f"{native.status()}/{native.in_use()}"
     except (ImportError, AttributeError):
@@ -56,13 +56,13 @@ def _load(path: str) -> Any:
 
 
 def replay(spec: dict[str, Any]) -> dict[str, Any]:
-    """``replay.run.run_replay`` on the two files; outputs in ``spec["out"]``."""
-    import detectors.monitor  # noqa: F401  (River's import: start-up, not replay)
-    import replay.run
+    """``ctrguard.replay.run.run_replay`` on the two files; outputs in ``spec["out"]``."""
+    import ctrguard.detectors.monitor  # noqa: F401  (River's import: start-up, not replay)
+    import ctrguard.replay.run
 
     settings = _settings(spec)
     cpu0 = time.process_time()
-    result = replay.run.run_replay(spec["impressions"], spec["clicks"], settings, spec["out"],
+    result = ctrguard.replay.run.run_replay(spec["impressions"], spec["clicks"], settings, spec["out"],
                                    baselines=spec.get("baselines", False))
     cpu = time.process_time() - cpu0
     return {"cpu_s": cpu, "units": result.summary["events_read"]}
@@ -72,9 +72,9 @@ def live(spec: dict[str, Any]) -> dict[str, Any]:
     """The live flow in drain mode, one worker; outputs on the configured topics and Redis."""
     from bytewax.testing import run_main
 
-    import detectors.monitor  # noqa: F401  (imported by the first campaign otherwise)
-    from flows.ctr_flow import get_flow
-    from flows.source import list_partitions
+    import ctrguard.detectors.monitor  # noqa: F401  (imported by the first campaign otherwise)
+    from ctrguard.flows.ctr_flow import get_flow
+    from ctrguard.flows.source import list_partitions
 
     settings = _settings(spec)
     flow = get_flow(settings, partitions=list_partitions(settings.kafka))
@@ -84,9 +84,9 @@ def live(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def engine(spec: dict[str, Any]) -> dict[str, Any]:
-    """Preparation and shards (``flows.engine``) over the recorded batches; ``detector``
+    """Preparation and shards (``ctrguard.flows.engine``) over the recorded batches; ``detector``
     ``none`` (a monitor that decides nothing) or ``default`` (the real one)."""
-    import flows.engine as fe
+    import ctrguard.flows.engine as fe
 
     settings = _settings(spec)
     batches, now_ms = _load(spec["batches"])
@@ -99,7 +99,7 @@ def engine(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("detector") == "default":
         from functools import partial
 
-        from detectors.monitor import build_monitor
+        from ctrguard.detectors.monitor import build_monitor
 
         factory = partial(build_monitor, settings.detectors)
     fe.tune_gc()
@@ -176,11 +176,11 @@ def canonical(obj: Any, out: list[str], depth: int = 0) -> None:
 def monitor(spec: dict[str, Any]) -> dict[str, Any]:
     """Every recorded ``CampaignMonitor.update`` call, timed; then, untimed, the same calls
     again with each monitor's state (its pickle's content) digested after every call."""
-    from detectors.base import Counts, Window
-    from detectors.monitor import build_monitor
-    from detectors.settings import DetectorSettings
+    from ctrguard.detectors.base import Counts, Window
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.detectors.settings import DetectorSettings
 
-    gc.set_threshold(50_000, 20, 100)  # as the flow (flows.engine.tune_gc)
+    gc.set_threshold(50_000, 20, 100)  # as the flow (ctrguard.flows.engine.tune_gc)
     streams = []
     for s in _load(spec["streams"]):
         cache: dict[tuple, dict] = {}
@@ -222,17 +222,17 @@ def monitor(spec: dict[str, Any]) -> dict[str, Any]:
 def release(spec: dict[str, Any]) -> dict[str, Any]:
     """The release sink's ``write_batch`` over the recorded calls (flags to Redis, then
     figures and alerts to Kafka; the harness digests both afterwards)."""
-    import sinks.release
+    import ctrguard.sinks.release
 
     try:
-        from flows.engine import tune_gc
+        from ctrguard.flows.engine import tune_gc
 
         tune_gc()  # the live flow's garbage collector settings
     except ImportError:
         pass
     settings = _settings(spec)
     calls = _load(spec["calls"])
-    part = sinks.release._ReleasePartition(settings)
+    part = ctrguard.sinks.release._ReleasePartition(settings)
     part._store.clock = lambda: spec["clock_s"]   # flags carry the writer's clock
     part._store.client.ping()
     part._producer.list_topics(settings.kafka.topics.figures, timeout=30)
@@ -252,13 +252,13 @@ def release(spec: dict[str, Any]) -> dict[str, Any]:
 def slack(spec: dict[str, Any]) -> dict[str, Any]:
     """The Slack sink's ``write_batch`` in console mode with no delivery thread (the outbox
     fills in Redis, which the harness digests afterwards)."""
-    import sinks.slack
-    from sinks.redis_client import make_redis
+    import ctrguard.sinks.slack
+    from ctrguard.sinks.redis_client import make_redis
 
     settings = _settings(spec)
     batches = _load(spec["batches"])
     client = make_redis(settings.redis)
-    part = sinks.slack.SlackSinkPartition(settings, redis_client=client, stream=io.StringIO(),
+    part = ctrguard.sinks.slack.SlackSinkPartition(settings, redis_client=client, stream=io.StringIO(),
                                           autostart=False)
     cpu = 0.0
     for batch in batches:
@@ -275,7 +275,7 @@ def chart(spec: dict[str, Any]) -> dict[str, Any]:
     the memory it holds per series after the last (``tracemalloc``, untimed run)."""
     import tracemalloc
 
-    from sinks.slack_chart import SeriesHistory
+    from ctrguard.sinks.slack_chart import SeriesHistory
 
     batches = _load(spec["batches"])
     history = SeriesHistory(spec["keep"], spec["window_s"])

@@ -50,9 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, object] = {}
     if args.flow == "replay":
         # As `ctrguard replay --no-baselines` runs it, River's import done first (as below).
-        import detectors.monitor  # noqa: F401
+        import ctrguard.detectors.monitor  # noqa: F401
         from ctrguard.config import load_config
-        from replay.run import run_replay
+        from ctrguard.replay.run import run_replay
 
         settings = load_config(args.config)
         summary: dict[str, object] = {}
@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         # Imported by the first campaign otherwise (River, SciPy: ~1.5 s), which would be
         # charged to the run; a service pays it once at start-up.
-        import detectors.monitor  # noqa: F401
+        import ctrguard.detectors.monitor  # noqa: F401
         from ctrguard.config import load_config
-        from flows.ctr_flow import get_flow
-        from flows.source import list_partitions
+        from ctrguard.flows.ctr_flow import get_flow
+        from ctrguard.flows.source import list_partitions
 
         settings = load_config(args.config)
         flow = get_flow(settings, partitions=list_partitions(settings.kafka))

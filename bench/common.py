@@ -66,9 +66,9 @@ def build_scenario(target_impressions: int, campaigns: int, seed: int,
     """Simulate at least ``target_impressions`` impressions (and their clicks), rendered.
 
     ``volume_scale`` sets the traffic's density (impressions per campaign and minute of
-    event time, :func:`replay.generator.simulate`); the span of event time follows from it.
+    event time, :func:`ctrguard.replay.generator.simulate`); the span of event time follows from it.
     """
-    from replay.generator import render_lines, simulate
+    from ctrguard.replay.generator import render_lines, simulate
 
     def sim_for(hours: float):
         return simulate(seed=seed, campaigns=campaigns, hours=hours, volume_scale=volume_scale,
@@ -138,7 +138,7 @@ def produce_lines(bootstrap: str, topic: str, lines: list[bytes], partitions: in
 
 def new_topics(bootstrap: str, label: str, partitions: int) -> dict[str, str]:
     """Fresh input topics with ``partitions`` partitions, plus fresh output topics."""
-    from ctrguard.services import ensure_topics
+    from devtools.services import ensure_topics
 
     prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}"
     names = {k: f"{prefix}.{k}" for k in ("impressions", "clicks")}
@@ -148,7 +148,7 @@ def new_topics(bootstrap: str, label: str, partitions: int) -> dict[str, str]:
 
 def output_topics(bootstrap: str, label: str) -> dict[str, str]:
     """Fresh single-partition output topics, so runs never read each other's output."""
-    from ctrguard.services import ensure_topics
+    from devtools.services import ensure_topics
 
     prefix = f"bench-{label}-{uuid.uuid4().hex[:6]}"
     names = {k: f"{prefix}.{k}" for k in ("figures", "alerts", "deadletter")}
@@ -205,16 +205,48 @@ def child_env(**extra: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- children
 
 
+#: Folders installed under the ``ctrguard`` namespace (pyproject.toml's ``package-dir``).
+NAMESPACED = {"flows": "flows", "detectors": "detectors", "sinks": "sinks", "replay": "replay",
+              "defaults": "config"}
+
+
+def namespaced(tree: Path) -> bool:
+    """Whether ``tree`` has the ``ctrguard.*`` layout (revisions before it had top-level
+    ``flows``, ``detectors``, ...)."""
+    return (tree / "config" / "__init__.py").exists()
+
+
+def native_module(tree: Path) -> str:
+    """The module of ``python -m ... build|status`` in ``tree``'s layout."""
+    return "ctrguard.detectors" if namespaced(tree) else "detectors"
+
+
+def link_namespace(tree: Path) -> None:
+    """Make a source tree importable as it is installed, from its own folder (its
+    ``PYTHONPATH``), without installing it: ``ctrguard/flows`` -> ``../flows``, ...
+
+    The repository itself needs no links: an (editable) install maps the folders."""
+    if not namespaced(tree):
+        return
+    for name, folder in NAMESPACED.items():
+        link = tree / "ctrguard" / name
+        if not link.exists():
+            link.symlink_to(Path("..") / folder, target_is_directory=True)
+
+
 def export_tree(rev: str, dest: Path, *, build: bool = True) -> None:
-    """The tree of git revision (or tree id) ``rev`` at ``dest``, its compiled parts built
-    (``python -m detectors build``) unless ``build`` is false, for a side of an A/B run."""
+    """The tree of git revision (or tree id) ``rev`` at ``dest``, importable from its own
+    folder (:func:`link_namespace`) and its compiled parts built (``python -m
+    ctrguard.detectors build``) unless ``build`` is false, for a side of an A/B run."""
     dest.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", rev], cwd=REPO, check=True,
                              capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    link_namespace(dest)
     if build:
-        subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m", "detectors",
-                        "build", "--quiet"], cwd=dest, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-W", "ignore::RuntimeWarning", "-m",
+                        native_module(dest), "build", "--quiet"], cwd=dest, check=True,
+                       stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(dest)})
 
 
 def write_gzip(path: Path, lines: list[bytes]) -> None:

@@ -1,7 +1,7 @@
 """Where the CPU goes without Kafka, Redis or Slack: preparation, windows, detection.
 
-The scenario's messages are fed to :class:`flows.engine.EventPreparer` and 16
-:class:`flows.engine.ShardState` in batches of ``BATCH_SIZE`` lines, the two streams read
+The scenario's messages are fed to :class:`ctrguard.flows.engine.EventPreparer` and 16
+:class:`ctrguard.flows.engine.ShardState` in batches of ``BATCH_SIZE`` lines, the two streams read
 in event-time step as replay reads them, in this process, twice: once with a detector that
 does nothing (what the flow costs besides detection) and once with the default
 ``CampaignMonitor``, whose ``update`` calls are timed one by one. CPU time
@@ -48,7 +48,7 @@ class _TimedMonitor:
 
 
 def _batches(impressions: list[bytes], clicks: list[bytes], ts_of) -> list:
-    from flows.engine import CLICK, IMPRESSION, RawBatch
+    from ctrguard.flows.engine import CLICK, IMPRESSION, RawBatch
 
     streams = [["impressions", IMPRESSION, impressions, 0, None],
                ["clicks", CLICK, clicks, 0, None]]
@@ -69,9 +69,9 @@ def _batches(impressions: list[bytes], clicks: list[bytes], ts_of) -> list:
 def measure_engine(impressions: list[bytes], clicks: list[bytes]) -> dict[str, Any]:
     """CPU per event of preparation and windows, and of detection per campaign-window."""
     from ctrguard.config import load_config_text
+    from ctrguard.detectors.monitor import build_monitor
     from ctrguard.events import decode_batch
-    from detectors.monitor import build_monitor
-    from flows.engine import EventPreparer, ShardState, tune_gc
+    from ctrguard.flows.engine import EventPreparer, ShardState, tune_gc
 
     settings = load_config_text(f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n",
                                 source="bench", env={})
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--campaigns", type=int, default=CAMPAIGNS)
     p.add_argument("--seed", type=int, default=SEED)
     args = p.parse_args(argv)
-    import detectors.monitor  # noqa: F401  (River's import is start-up, not measured)
+    import ctrguard.detectors.monitor  # noqa: F401  (River's import is start-up, not measured)
     from bench.common import build_scenario
 
     sc = build_scenario(args.events, args.campaigns, args.seed)

@@ -1,6 +1,6 @@
 """State memory per active series: ``python -m bench.memory --series N`` prints one JSON line.
 
-Builds a :class:`flows.engine.ShardState` with the default ``CampaignMonitor`` (as the flow
+Builds a :class:`ctrguard.flows.engine.ShardState` with the default ``CampaignMonitor`` (as the flow
 does), segmented by device like the throughput runs (a campaign has 4 series: ``all`` and 3
 devices), and feeds it ``windows`` five-minute windows of synthetic chunks in which every
 series of every campaign has events. The state then holds what a running shard holds: the
@@ -70,8 +70,8 @@ def deep_size(root: object) -> int:
 def measure(series: int, windows: int = 8, chunk: int = 5000,
             trace: bool = True) -> dict[str, float | int]:
     from ctrguard.config import load_config_text
-    from detectors.monitor import build_monitor
-    from flows.engine import CLICK, IMPRESSION, Chunk, Prepared, ShardState
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.flows.engine import CLICK, IMPRESSION, Chunk, Prepared, ShardState
 
     settings = load_config_text("segments:\n  dimensions: [device]\n", source="bench", env={})
     per_campaign = 1 + len(DEVICES)

@@ -15,7 +15,7 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
     CPU seconds of the calling thread, CPU seconds of the process).
 
     The consumer settings are the ones ctrguard's source uses, and so are the process's
-    garbage-collector thresholds (``flows.engine.tune_gc``: with CPython's defaults, the
+    garbage-collector thresholds (``ctrguard.flows.engine.tune_gc``: with CPython's defaults, the
     5,000 GC-tracked messages of each batch set off collections that took about a third of
     the consuming thread's time); the loop touches each message's value (as any consumer
     must) and nothing else. The calling thread's CPU is what consuming costs the thread
@@ -25,8 +25,8 @@ def raw_consume(bootstrap: str, topics: list[str], partitions: int,
     """
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    from flows.engine import tune_gc
-    from flows.source import CONSUMER_TUNING
+    from ctrguard.flows.engine import tune_gc
+    from ctrguard.flows.source import CONSUMER_TUNING
 
     consumer = Consumer({
         "bootstrap.servers": bootstrap,

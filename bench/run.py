@@ -82,7 +82,7 @@ EXTRA_KEYS = ("dense_raw_eps", "dense_ctrguard_eps", "dense_ratio_to_raw", "tune
 
 
 def _detector_core() -> str:
-    from detectors import native
+    from ctrguard import native
 
     return "compiled" if native.status() == "compiled" else f"python ({native.status()})"
 
@@ -99,7 +99,7 @@ def _version(dist: str) -> str:
 def environment() -> dict[str, Any]:
     import confluent_kafka
 
-    from ctrguard.services import _redis_binary, _tansu_binary
+    from devtools.services import _redis_binary, _tansu_binary
 
     def first_line(cmd: list[str]) -> str:
         try:
@@ -126,7 +126,7 @@ def environment() -> dict[str, Any]:
         "confluent_kafka": f"{_version('confluent-kafka')} (librdkafka "
                            f"{confluent_kafka.libversion()[0]})",
         "msgspec": _version("msgspec"),
-        # compiled (mypyc) or Python: see detectors/native.py
+        # compiled (mypyc) or Python: see ctrguard/native.py
         "detector_core": _detector_core(),
         "redis_py": _version("redis"),
         "tansu": first_line([_tansu_binary(), "--version"]),
@@ -227,7 +227,7 @@ def measure_live(ctx: LiveContext, topics: dict[str, str], n_events: int, repeat
     return runs[median_run([r["eps"] for r in runs])], runs
 
 
-#: Traffic density of step 9 (replay.generator.simulate's volume_scale): about 19,000
+#: Traffic density of step 9 (ctrguard.replay.generator.simulate's volume_scale): about 19,000
 #: impressions a second of event time over 2,000 campaigns, the load the performance issue
 #: describes ("tens of thousands of impressions a second"), 200 times the main scenario's.
 DENSE_VOLUME_SCALE = 10.0
@@ -272,7 +272,7 @@ def measure_dense(args: argparse.Namespace, ctx: LiveContext) -> dict[str, Any]:
 def two_process_run(workdir: Path, name: str, config: Path, processes: int,
                     timeout: float) -> dict[str, Any]:
     """The live flow in ``processes`` processes (``cluster_main``, as ``bytewax.run -i/-a``)."""
-    from ctrguard.services import free_port
+    from devtools.services import free_port
 
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
     procs = []
@@ -390,7 +390,7 @@ def budget_note(r: dict[str, Any], d: dict[str, Any]) -> str:
 
 #: Compiled parts measured on and off in the same run, on the live flow (step 3) and on
 #: replay (step 6): name, what is off, environment of the run without it
-#: (``detectors/native.py``: ``CTRGUARD_NATIVE_OFF``; ``all`` is ``CTRGUARD_PURE_PYTHON``).
+#: (``ctrguard/native.py``: ``CTRGUARD_NATIVE_OFF``; ``all`` is ``CTRGUARD_PURE_PYTHON``).
 NATIVE_PARTS = (
     ("all", "no compiled code at all", {"CTRGUARD_PURE_PYTHON": "1"}),
     ("core", "detector core as Python (no mypyc)", {"CTRGUARD_NATIVE_OFF": "core"}),
@@ -645,7 +645,7 @@ reported as measured.
 
 ## Scenario and machine
 
-- Scenario: `replay.generator.simulate(seed={sc['seed']}, campaigns={sc['campaigns']},
+- Scenario: `ctrguard.replay.generator.simulate(seed={sc['seed']}, campaigns={sc['campaigns']},
   hours={sc['hours']}, volume_scale={sc.get('volume_scale', common.VOLUME_SCALE)},
   incident_rate={common.INCIDENT_RATE}, trap_rate={common.TRAP_RATE})`: {sc['impressions']:,} impressions + {sc['clicks']:,} clicks
   = {sc['events']:,} events ({sc['avg_bytes']:.0f} bytes per JSON event on average),
@@ -653,7 +653,7 @@ reported as measured.
 - ctrguard configuration: defaults, except `segments.dimensions: [device]` (the naive flow
   counts per campaign and device, so both do the same windowing; ctrguard adds the campaign
   total), `kafka.batch_size: {BATCH_SIZE}`, `tail: false` (drain) except for the latency run,
-  Slack in `web` mode against the local emulator (`ctrguard.slack_emulator`), a private
+  Slack in `web` mode against the local emulator (`devtools.slack_emulator`), a private
   `redis-server`, the embedded tansu broker with in-memory storage.
 - Machine: {env['nproc']} CPUs ({env['cpu']}), {env['ram_gib']} GiB RAM, Linux {env['kernel']};
   1-minute load average {env.get('loadavg_1m_at_start', 'n/a')} at the start of the run
@@ -683,7 +683,7 @@ reported as measured.
    Slack outbox drain at the end is). It runs {live_runs} time(s), each on fresh
    state (its own Redis prefix and output topics); the median run is reported (its rate
    and CPU; peak RSS is the largest of the runs, the child's `VmHWM`). With the compiled
-   code (`detectors/native.py`), the same flow runs once more on the same topics for each
+   code (`ctrguard/native.py`), the same flow runs once more on the same topics for each
    compiled part turned off (`CTRGUARD_NATIVE_OFF=core|scan|shard`, the Python or
    numpy reference runs instead) and once with none (`CTRGUARD_PURE_PYTHON=1`): what each
    buys, measured in the same run. Step 6 does the same for replay (one run each).
@@ -712,7 +712,7 @@ reported as measured.
    dedup ids of closed windows still within the allowed lateness. Also given: the detectors
    alone, RSS growth (includes allocator slack from the freed input), and
    `len(pickle.dumps(state))` per series (what a snapshot stores).
-6. **Replay**: `replay.run.run_replay` on the scenario written as gzip JSONL
+6. **Replay**: `ctrguard.replay.run.run_replay` on the scenario written as gzip JSONL
    (compresslevel 3), what `ctrguard replay --no-baselines` runs, in a fresh child process
    (`bench/child.py`): events read / wall time, including writing figures, alerts and dead
    letters (River's import is done before, as for the live flow). Repeated {replay_runs}
@@ -740,7 +740,7 @@ reported as measured.
    and 3 (same repeats, medians; the live flow's windows close when the input is drained).
 
 The flow processes (and replay, and step 8) raise CPython's garbage-collector thresholds
-(`flows.engine.tune_gc`, called by `get_flow`): with the default (700) a flow spent a
+(`ctrguard.flows.engine.tune_gc`, called by `get_flow`): with the default (700) a flow spent a
 large share of its time in collections over long-lived detector state.
 
 ## Command
@@ -776,7 +776,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--campaigns", type=int, default=CAMPAIGNS)
     p.add_argument("--volume-scale", type=float, default=common.VOLUME_SCALE,
                    help="traffic density: impressions per campaign and minute of event time "
-                        f"(replay.generator.simulate; {common.VOLUME_SCALE} by default)")
+                        f"(ctrguard.replay.generator.simulate; {common.VOLUME_SCALE} by default)")
     p.add_argument("--dense-volume-scale", type=float, default=DENSE_VOLUME_SCALE,
                    help="traffic density of step 9 (the issue's load; "
                         f"{DENSE_VOLUME_SCALE} by default)")
@@ -821,8 +821,8 @@ def main(argv: list[str] | None = None) -> int:
     def want(step: str) -> bool:
         return not steps or step in steps
 
-    from ctrguard import services
-    from ctrguard.slack_emulator import SlackEmulator
+    from devtools import services
+    from devtools.slack_emulator import SlackEmulator
 
     t_begin = time.monotonic()
     env = environment()

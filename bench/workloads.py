@@ -27,7 +27,7 @@ from ctrguard.records import (
     WindowDecision,
     make_alert_id,
 )
-from sinks.quarantine import iso_utc
+from ctrguard.sinks.quarantine import iso_utc
 
 WINDOW_S = 300
 W = WINDOW_S
@@ -204,9 +204,9 @@ def record_scenario(events: int, campaigns: int, seed: int) -> dict[str, Any]:
     from bench.common import DIMENSIONS, build_scenario
     from bench.engine import _batches
     from ctrguard.config import load_config_text
+    from ctrguard.detectors.monitor import build_monitor
     from ctrguard.events import decode_batch
-    from detectors.monitor import build_monitor
-    from flows.engine import EventPreparer, ShardState
+    from ctrguard.flows.engine import EventPreparer, ShardState
 
     sc = build_scenario(events, campaigns, seed)
     settings = load_config_text(f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n",

@@ -13,7 +13,7 @@
  * which then gives each message its verdict and its reason. So this code may refuse
  * too much (a slower batch), never accept too much.
  *
- * The de-duplication keys are the same function as flows.engine.dedup_keys (XXH64's
+ * The de-duplication keys are the same function as ctrguard.flows.engine.dedup_keys (XXH64's
  * lane round over the id's bytes in 8-byte little-endian words, zero-padded).
  */
 
@@ -208,7 +208,7 @@ static inline int field_of(const char *k, Py_ssize_t n) {
     return -1;
 }
 
-/* XXH64 lane round and avalanche, as flows.engine.dedup_keys computes them in numpy. */
+/* XXH64 lane round and avalanche, as ctrguard.flows.engine.dedup_keys computes them in numpy. */
 #define K1 0x9E3779B185EBCA87ULL
 #define K2 0xC2B2AE3D27D4EB4FULL
 #define K3 0x165667B19E3779F9ULL

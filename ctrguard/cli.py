@@ -25,24 +25,23 @@ EXIT_INTERRUPTED = 130
 
 #: Modules that contribute subcommands, in the order they appear in ``--help``.
 SUBCOMMAND_MODULES = (
-    "flows.run_cmd",          # run
-    "replay.cli",             # replay, generate, score-series
-    "replay.workbench_cli",   # report, tune, diff
-    "sinks.quarantine_cli",   # quarantine list | show | release
-    "ctrguard.demo",          # demo
-    "sinks.annotations_cli",  # annotate add | list | remove | audit
-    "sinks.feedback_server",  # serve, feedback export | list
+    "ctrguard.flows.run_cmd",          # run
+    "ctrguard.replay.cli",             # replay, generate, score-series
+    "ctrguard.replay.workbench_cli",   # report, tune, diff
+    "ctrguard.sinks.quarantine_cli",   # quarantine list | show | release
+    "ctrguard.sinks.annotations_cli",  # annotate add | list | remove | audit
+    "ctrguard.sinks.feedback_server",  # serve, feedback export | list
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: tuple[str, ...] = SUBCOMMAND_MODULES) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctrguard",
         description="Real-time anomaly detection for advertising click-through rate.",
         epilog="Exit codes: 0 ok, 1 failure, 2 usage or configuration error, "
         "3 service unreachable, 130 interrupted.",
     )
-    from detectors import native
+    from ctrguard import native
 
     parser.add_argument("--version", action="version",
                         version=f"ctrguard {__version__} (detector core: {native.status()})")
@@ -52,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: $CTRGUARD_LOG_FORMAT or text)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in SUBCOMMAND_MODULES:
+    for name in commands:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -76,8 +75,11 @@ def _add_log_format(sub: argparse._SubParsersAction) -> None:
                 _add_log_format(action)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *,
+         commands: tuple[str, ...] = SUBCOMMAND_MODULES) -> int:
+    """Run a ``ctrguard`` command; ``commands`` are the modules whose subcommands it knows
+    (development tools add theirs: ``python -m devtools.demo``)."""
+    parser = build_parser(commands)
     args = parser.parse_args(argv)
     logs.configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     report = _reporter(args.log_format)

@@ -20,15 +20,16 @@ from __future__ import annotations
 
 import os
 import re
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, ValidationError
 
+from ctrguard.detectors.settings import DetectorSettings
 from ctrguard.errors import ConfigError, ConfigIssue
-from detectors.settings import DetectorSettings
-from sinks.settings import (
+from ctrguard.sinks.settings import (
     AnnotationSettings,
     ChartSettings,
     FeedbackSettings,
@@ -37,7 +38,9 @@ from sinks.settings import (
     SlackSettings,
 )
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+#: The embedded defaults: ``config/default.yaml`` in the source tree, installed as the
+#: package data of ``ctrguard.defaults``.
+DEFAULT_CONFIG_PATH = Path(str(resources.files("ctrguard.defaults") / "default.yaml"))
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}

@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter
@@ -106,6 +107,23 @@ _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern
 _Attr = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS, pattern=_NO_CONTROL)]
 _Text = Annotated[str, msgspec.Meta(max_length=MAX_ATTR_CHARS)]
 _EpochMs = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A message that could not be used, with why. ``raw`` is the original bytes; ``None``
+    for a late event whose chunk crossed processes without them
+    (``ctrguard.flows.engine.Chunk``): the dead-letter sink reads them back from the source
+    partition at ``offset``."""
+
+    stage: str            # "parse" | "future" | "past" | "late" | "crash"
+    reason: str
+    topic: str
+    partition: int
+    offset: int
+    raw: bytes | None
+    #: One of :data:`ctrguard.reasons.REASON_CODES`; ``None``: the stage's own code.
+    code: str | None = None
 
 
 class EventWire(msgspec.Struct, gc=False):
@@ -397,8 +415,8 @@ NO_SCANNER_ENV = "CTRGUARD_NO_SCANNER"
 
 def _load_module() -> Any:
     """The compiled ``ctrguard/_scan.c`` if built, matching its source and not disabled
-    (``CTRGUARD_PURE_PYTHON``); else ``None`` (see :mod:`detectors.native`)."""
-    from detectors import native
+    (``CTRGUARD_PURE_PYTHON``); else ``None`` (see :mod:`ctrguard.native`)."""
+    from ctrguard import native
 
     return native.load_extension("ctrguard._scan")
 
@@ -506,9 +524,9 @@ class ScannedBatch(NamedTuple):
     dims: tuple[list[str | None], ...]   # one column per dimension asked for
     user_agents: list[str | None] | None  # when asked for
     internal: list[int]                  # positions of events with ``is_internal: true``
-    keys: np.ndarray                     # uint64 de-duplication keys (flows.engine.dedup_keys)
+    keys: np.ndarray                     # uint64 de-duplication keys (ctrguard.flows.engine.dedup_keys)
     #: With ``refs``: per event the uint64 key of its ``user_id`` and of its
-    #: ``impression_id`` (``flows.engine.ref_keys``: 0 when absent, null or empty).
+    #: ``impression_id`` (``ctrguard.flows.engine.ref_keys``: 0 when absent, null or empty).
     users: np.ndarray | None = None
     refs: np.ndarray | None = None
 

@@ -253,12 +253,12 @@ class Monitoring:
         return True
 
     def _redis_figures(self) -> dict[str, Any]:
-        from sinks.redis_client import make_redis
+        from ctrguard.sinks.redis_client import make_redis
 
         if self._redis is None:
             self._redis = make_redis(self.settings.redis)
         prefix = self.settings.redis.key_prefix
-        slack = f"{prefix}:slack"  # sinks.slack.SlackNotifier's keys
+        slack = f"{prefix}:slack"  # ctrguard.sinks.slack.SlackNotifier's keys
         out: dict[str, Any] = {"redis_up": 0}
         previous = metrics.FLOW.probe
         try:

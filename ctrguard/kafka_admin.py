@@ -156,8 +156,8 @@ def client_setting_issues(kafka: KafkaSettings) -> list[tuple[str | None, str]]:
     """
     from confluent_kafka import Consumer, KafkaException, Producer
 
-    from flows.source import CONSUMER_TUNING
-    from sinks.kafka_out import producer_config
+    from ctrguard.flows.source import CONSUMER_TUNING
+    from ctrguard.sinks.kafka_out import producer_config
 
     quiet = logging.Logger("ctrguard.kafka.check", level=logging.CRITICAL + 1)
     producer = {k: v for k, v in producer_config(kafka).items()

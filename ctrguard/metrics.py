@@ -226,7 +226,7 @@ def consumed_total() -> int:
 
 
 class ShardMeter:
-    """Counts of one shard, taken from its :class:`~flows.engine.ShardStats` before and
+    """Counts of one shard, taken from its :class:`~ctrguard.flows.engine.ShardStats` before and
     after each chunk (so they can be told apart by source) and pushed once per batch."""
 
     __slots__ = ("_pending", "_counted", "_duplicate", "_late", "_late_all", "__weakref__")
@@ -357,7 +357,7 @@ def track_release(part: Any) -> None:
 
 
 def track_slack(stats: Any) -> None:
-    """Report a :class:`~sinks.slack.NotifierStats` in the Slack counters (for good: the
+    """Report a :class:`~ctrguard.sinks.slack.NotifierStats` in the Slack counters (for good: the
     counters must not go down when a notifier is closed)."""
     FLOW.notifier_stats.append(stats)
 
@@ -442,7 +442,6 @@ REGISTRY.register(_COLLECTOR)  # type: ignore[arg-type]
 
 
 def set_build_info() -> None:
-    from ctrguard import __version__
-    from detectors import native
+    from ctrguard import __version__, native
 
     BUILD.info({"version": __version__, "detector_core": native.status()})

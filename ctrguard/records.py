@@ -2,7 +2,7 @@
 
 An :class:`Alert`'s ``kind`` says what moved: ``click_outage``, ``ctr_drop``, ``ctr_spike``,
 ``click_surge``, ``segment_break``, ``silence``, ``drift``, ``ingestion_stall``. Its
-``suspected_cause`` says why (:data:`detectors.base.CAUSES`): ``click_tracking``,
+``suspected_cause`` says why (:data:`ctrguard.detectors.base.CAUSES`): ``click_tracking``,
 ``impression_logging``, ``bot_clicks`` (only when the clicks themselves show bots),
 ``behaviour_change`` (a real change: a rise over as many users as ever, a drop at normal
 volume), ``segment_break`` (one segment falls while its siblings hold), ``drift``,

@@ -8,8 +8,8 @@
 
 Neither has a notion of volume, seasonality or cause; both report ``behaviour_change``.
 
->>> from detectors.base import Counts, Window
->>> from detectors.settings import DetectorSettings
+>>> from ctrguard.detectors.base import Counts, Window
+>>> from ctrguard.detectors.settings import DetectorSettings
 >>> z = ZTestBaseline(DetectorSettings())
 >>> out = [z.update(Window(300 * t, 300 * t + 300), {"all": Counts(1000, 20 if t < 20 else 2)})
 ...        for t in range(22)]
@@ -23,9 +23,9 @@ import math
 
 from river.drift import ADWIN, PageHinkley
 
-from detectors.base import Counts, Verdict, Window
-from detectors.settings import DetectorSettings
-from detectors.stats import Z99, ctr_interval
+from ctrguard.detectors.base import Counts, Verdict, Window
+from ctrguard.detectors.settings import DetectorSettings
+from ctrguard.detectors.stats import Z99, ctr_interval
 
 __all__ = ["RawRiverBaseline", "ZTestBaseline"]
 

@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from river.drift import ADWIN, PageHinkley
 
-from detectors.stats import clip
+from ctrguard.detectors.stats import clip
 
 METHODS = ("page_hinkley", "adwin")
 

@@ -44,13 +44,13 @@ Gradual drift (creative fatigue) is measured on ``all`` against a slow reference
 forgets by information, learns ten times slower while the fast baseline sits below it and
 not at all while a change is suspected: binomial CUSUMs of the CTR relative to it
 (``drift_ratios``) and a River detector fed the residuals standardised against it
-(:class:`detectors.drift.ResidualDrift`, counted only when the baseline has moved by more
+(:class:`ctrguard.detectors.drift.ResidualDrift`, counted only when the baseline has moved by more
 than ``recovery_tolerance``), reported with kind ``drift`` and severity ``warning``. A jump
 back to the reference after the fast baseline followed a decline is a recovery, not a
 spike. Abrupt tests keep running during a drift incident and replace it when they fire.
 
->>> from detectors.base import Counts, Window
->>> from detectors.settings import DetectorSettings
+>>> from ctrguard.detectors.base import Counts, Window
+>>> from ctrguard.detectors.settings import DetectorSettings
 >>> import numpy as np
 >>> rng = np.random.default_rng(1)
 >>> m = build_monitor(DetectorSettings())
@@ -70,10 +70,10 @@ from __future__ import annotations
 import math
 from typing import Any, Final
 
-from detectors.base import ALL, Counts, Verdict, Window
-from detectors.drift import ResidualDrift
-from detectors.settings import DetectorSettings
-from detectors.stats import binomial_llr, clip, ctr_interval, fmax, fmin, poisson_llr
+from ctrguard.detectors.base import ALL, Counts, Verdict, Window
+from ctrguard.detectors.drift import ResidualDrift
+from ctrguard.detectors.settings import DetectorSettings
+from ctrguard.detectors.stats import binomial_llr, clip, ctr_interval, fmax, fmin, poisson_llr
 
 __all__ = ["CampaignMonitor", "build_monitor"]
 
@@ -606,7 +606,7 @@ class CampaignMonitor:
         before ``all`` learns from this window, and skipped windows (a campaign silent for
         whole windows, which the flow never skips) are not replayed first.
 
-        >>> from detectors.settings import DetectorSettings
+        >>> from ctrguard.detectors.settings import DetectorSettings
         >>> m = build_monitor(DetectorSettings())
         >>> for t in range(12):
         ...     _ = m.update(Window(t * 300, t * 300 + 300), {"all": Counts(1000, 20)})

@@ -13,7 +13,7 @@ The compressed value is predicted by a level plus two seasonal profiles, a daily
 only that far off. A young bin learns the running mean of its points, so the first day and
 the first week set the profiles. Optionally (``drift_detector``) a River drift detector fed
 the standardised residuals accepts a sustained level shift at once; by default a shift is
-learned at the level's rate (on the labelled series of :mod:`replay.kpi` that ranked the
+learned at the level's rate (on the labelled series of :mod:`ctrguard.replay.kpi` that ranked the
 anomalies better).
 
 Score
@@ -51,8 +51,8 @@ import math
 from collections import deque
 from collections.abc import Iterable
 
-from detectors.drift import METHODS, ResidualDrift
-from detectors.stats import clip
+from ctrguard.detectors.drift import METHODS, ResidualDrift
+from ctrguard.detectors.stats import clip
 
 __all__ = ["ScalarScorer", "score_series"]
 

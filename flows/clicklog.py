@@ -7,7 +7,7 @@ works) spreads over as many users as ever, each click on an impression just show
 
 A shard keeps, for the clicks it counted in its open windows, five columns: campaign id,
 dims key, de-duplication key, and the keys of ``user_id`` and ``impression_id``
-(:func:`flows.engine.ref_keys`, 8 bytes each; clicks are about 2 % of events). Nothing is
+(:func:`ctrguard.flows.engine.ref_keys`, 8 bytes each; clicks are about 2 % of events). Nothing is
 done per click in Python: a chunk of clicks is appended as it is, and when a window
 closes its clicks are matched against the impressions' de-duplication keys the shard
 keeps anyway for that window and the one before (an impression and its click are routed
@@ -15,10 +15,10 @@ to the same shard: both by campaign), in bulk. The result, :class:`WindowClicks`
 while the window closes: the campaigns whose detectors raised a CTR rise ask it for their
 evidence (:meth:`WindowClicks.evidence`), per series: the suspicious clicks (without a
 matching impression, or from a user with more than one click in the window) and the
-clicks. :meth:`detectors.monitor.CampaignMonitor.revise` weighs it.
+clicks. :meth:`ctrguard.detectors.monitor.CampaignMonitor.revise` weighs it.
 
 >>> import numpy as np
->>> from flows.engine import dedup_keys, ref_keys
+>>> from ctrguard.flows.engine import dedup_keys, ref_keys
 >>> log = ClickLog()
 >>> cids = ["c1"] * 4 + ["c2"]
 >>> log.add(np.array([7, 7, 7, 7, 7]), cids, ["m", "m", "d", "m", "m"],

@@ -12,7 +12,7 @@
                       event counted, excluded, a duplicate or dead-lettered)
 
 Run with ``ctrguard run --config PATH`` or
-``python -m bytewax.run "flows.ctr_flow:get_flow()"`` (config from ``CTRGUARD_CONFIG``).
+``python -m bytewax.run "ctrguard.flows.ctr_flow:get_flow()"`` (config from ``CTRGUARD_CONFIG``).
 """
 
 from __future__ import annotations
@@ -32,22 +32,23 @@ from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
 
-from ctrguard import faults, metrics, stopping
+from ctrguard import metrics, probes, stopping
 from ctrguard.config import Settings, load_config
-from ctrguard.records import WindowDecision
-from flows.engine import (
+from ctrguard.flows.engine import (
     Chunk,
     DeadLetter,
     EventPreparer,
     RawBatch,
     ShardState,
     conservation_line,
+    load_snapshot,
     sum_tallies,
     tune_gc,
 )
-from flows.source import KafkaBatchSource, list_partitions, source_id
-from sinks.kafka_out import DeadLetterSink
-from sinks.release import ReleaseSink
+from ctrguard.flows.source import KafkaBatchSource, list_partitions, source_id
+from ctrguard.records import WindowDecision
+from ctrguard.sinks.kafka_out import DeadLetterSink
+from ctrguard.sinks.release import ReleaseSink
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class PrepareStep:
             return items
 
     def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
-        faults.raise_on(batch.values)
+        probes.batch(batch.values)
         prepared = self._preparer.prepare(batch, now_ms=now_ms)
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]
         keys = self._keys
@@ -440,7 +441,7 @@ class _StoppablePartition(StatefulSourcePartition[RawBatch, Any]):
 
 
 def build_monitor_for(settings: Settings) -> Any:
-    from detectors.monitor import build_monitor
+    from ctrguard.detectors.monitor import build_monitor
 
     return build_monitor(settings.detectors)
 
@@ -450,7 +451,7 @@ def build_shard(settings: Settings, sources: list[str], resume: bytes | None, *,
     factory = partial(build_monitor_for, settings)
     if resume is not None:
         # A snapshot holds state, not settings: the running process's are bound to it.
-        state = pickle.loads(resume).bind(settings, factory)
+        state = load_snapshot(resume).bind(settings, factory)
     else:
         state = ShardState(settings, sources, factory)
     return ShardLogic(state, snapshots, settings.windows.shards)
@@ -493,7 +494,7 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     # transaction and one Kafka flush, not one per 1,024 decisions.
     op.output("release", batches, ReleaseSink(settings))
     if slack:
-        from sinks.slack import SlackSink
+        from ctrguard.sinks.slack import SlackSink
 
         # Whole decisions, not just alerts: quiet windows are what resolve incidents.
         decisions = op.flat_map("decisions", batches, decisions_of)

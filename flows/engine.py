@@ -59,7 +59,9 @@ dimension-value sets shared with the shard's other campaigns.
 from __future__ import annotations
 
 import gc
+import io
 import math
+import pickle
 import re
 import zlib
 from collections import Counter
@@ -72,8 +74,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ctrguard import native
 from ctrguard.config import Settings
-from ctrguard.events import CLICK, IMPRESSION, decode_batch, ms_to_iso, scan_batch
+from ctrguard.detectors.base import ALL, Counts, Verdict, Window
+from ctrguard.events import CLICK, IMPRESSION, DeadLetter, decode_batch, ms_to_iso, scan_batch
+from ctrguard.flows.clicklog import ClickLog
+from ctrguard.flows.stall import StallWatch, scope_verdicts
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -82,14 +88,11 @@ from ctrguard.records import (
     WindowDecision,
     make_alert_id,
 )
-from detectors import native
-from detectors.base import ALL, Counts, Verdict, Window
-from flows.clicklog import ClickLog
-from flows.stall import StallWatch, scope_verdicts
 
 __all__ = [
     "CLICK", "IMPRESSION", "RawBatch", "Prepared", "Chunk", "DeadLetter", "PreparedBatch",
-    "EventPreparer", "ShardState", "ShardStats", "dedup_keys", "shard_of", "tune_gc",
+    "EventPreparer", "ShardState", "ShardStats", "dedup_keys", "load_snapshot", "shard_of",
+    "tune_gc",
     "TALLY_COLUMNS", "conservation", "conservation_line", "format_conservation",
     "sum_tallies",
 ]
@@ -131,22 +134,6 @@ class Prepared(NamedTuple):
     dims: tuple[str | None, ...]
     raw: bytes
     offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A message that could not be used, with why. ``raw`` is the original bytes; ``None``
-    for a late event whose chunk crossed processes without them (:class:`Chunk`): the
-    dead-letter sink reads them back from the source partition at ``offset``."""
-
-    stage: str            # "parse" | "future" | "past" | "late" | "crash"
-    reason: str
-    topic: str
-    partition: int
-    offset: int
-    raw: bytes | None
-    #: One of :data:`ctrguard.reasons.REASON_CODES`; ``None``: the stage's own code.
-    code: str | None = None
 
 
 _NO_TIMES = np.empty(0, dtype=np.int64)
@@ -439,9 +426,9 @@ _USER_ID = attrgetter("user_id")
 _IMPRESSION_ID = attrgetter("impression_id")
 
 
-#: The compiled loops of routing and counting (``flows/_shard.c``), or ``None``: the Python
+#: The compiled loops of routing and counting (``ctrguard/_shard.c``), or ``None``: the Python
 #: reference code runs.
-_SHARD = native.load_extension("flows._shard")
+_SHARD = native.load_extension("ctrguard._shard")
 
 
 def _take(columns: Sequence[Sequence[Any]], idx: list[int]) -> list[tuple[Any, ...]]:
@@ -656,7 +643,7 @@ class EventPreparer:
         if n_shards == 1:
             arr = np.zeros(len(cids), dtype=np.intp)
             first = 0
-        elif shard is not None:  # the lookups in C (flows/_shard.c), and `first` with them
+        elif shard is not None:  # the lookups in C (ctrguard/_shard.c), and `first` with them
             got = shard.shard_ids(self._shard_cache, cids)
             if got is None:
                 self._cache_shards(cids)
@@ -678,7 +665,7 @@ class EventPreparer:
         else:
             arr[list(drop)] = n_shards  # one more shard: the events left out
         if shard is not None:
-            # One pass in C (flows/_shard.c) over the list columns.
+            # One pass in C (ctrguard/_shard.c) over the list columns.
             buf, counts, parts = shard.split(n_shards + 1, arr, (cids, dks))
             order = np.frombuffer(buf, dtype=np.intp)
         else:
@@ -842,7 +829,7 @@ class _Seen:
         if marks is None or self.size + len(keys) > len(marks):  # < 8 bits per key
             self._remap(len(keys))
         shard = _SHARD
-        if shard is not None:  # the same in C (flows/_shard.c), marks included
+        if shard is not None:  # the same in C (ctrguard/_shard.c), marks included
             fresh, pos = shard.admit(np.ascontiguousarray(keys), self.marks, int(self.shift),
                                      self.runs)
             self._add(np.frombuffer(fresh, dtype=np.uint64), marked=True)
@@ -886,7 +873,7 @@ class _Seen:
         shard = _SHARD
         while len(runs) > 1 and len(runs[-2]) <= 2 * len(runs[-1]):
             last = runs.pop()
-            if shard is not None:  # one call, not numpy's two (flows/_shard.c)
+            if shard is not None:  # one call, not numpy's two (ctrguard/_shard.c)
                 merged = np.frombuffer(shard.merge(runs[-1], last), dtype=np.uint64)
             else:
                 merged = np.concatenate((runs[-1], last))
@@ -988,7 +975,7 @@ def _slot_constructor(cls: type) -> Callable[..., Any]:
     ``object.__setattr__`` by name), for classes built thousands of times per second.
 
     Only for dataclasses without defaults logic or ``__post_init__``; every field is given.
-    Where built, the same is done in C (``flows/_shard.c``: the slots are set at their
+    Where built, the same is done in C (``ctrguard/_shard.c``: the slots are set at their
     offsets, as their descriptors set them), a third of the cost again.
 
     >>> make = _slot_constructor(Counts)
@@ -1036,6 +1023,33 @@ _STATE_VERSION = 3
 def _unbound_monitor_factory() -> Any:
     raise RuntimeError("a ShardState restored from a snapshot needs bind(settings, "
                        "monitor_factory) before it meets a new campaign")
+
+
+#: Where the modules of a snapshot written before the ``ctrguard`` namespace now are
+#: (``flows.engine`` was a top-level package then).
+_MOVED_MODULES = (("flows._shard", "ctrguard._shard"), ("detectors.native", "ctrguard.native"),
+                  ("flows.", "ctrguard.flows."), ("detectors.", "ctrguard.detectors."),
+                  ("sinks.", "ctrguard.sinks."), ("replay.", "ctrguard.replay."))
+
+
+class _SnapshotUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        for old, new in _MOVED_MODULES:
+            if module == old or (old.endswith(".") and module.startswith(old)):
+                module = new + module[len(old):] if old.endswith(".") else new
+                break
+        return super().find_class(module, name)
+
+
+def load_snapshot(data: bytes) -> ShardState:
+    """A shard's state from its snapshot (``pickle.dumps(state)``), also one written
+    before the packages moved under ``ctrguard`` (``flows.engine.ShardState`` is
+    ``ctrguard.flows.engine.ShardState`` now): an upgrade resumes from its recovery store.
+    Bind it to the running process's settings before use (:meth:`ShardState.bind`)."""
+    state = _SnapshotUnpickler(io.BytesIO(data)).load()
+    if not isinstance(state, ShardState):
+        raise ValueError(f"not a shard snapshot: {type(state).__name__}")
+    return state
 
 
 def _restore_shard_state(version: int) -> ShardState:
@@ -1258,10 +1272,10 @@ class ShardState:
 
     #: Set while :meth:`flush` closes windows: they are partial (see :meth:`_scope`).
     _draining = False
-    #: Ingestion stalls of this shard (:mod:`flows.stall`); made on first use.
+    #: Ingestion stalls of this shard (:mod:`ctrguard.flows.stall`); made on first use.
     _stalls: StallWatch | None = None
     #: The clicks of the open windows, with their users and impressions (the evidence of
-    #: bot clicks, :mod:`flows.clicklog`); made on first use.
+    #: bot clicks, :mod:`ctrguard.flows.clicklog`); made on first use.
     _clicks: ClickLog | None = None
 
     def _log_clicks(self, chunk: Chunk) -> None:
@@ -1287,7 +1301,7 @@ class ShardState:
 
     def _revise(self, cid: str, verdicts: list[Verdict]) -> list[Verdict]:
         """A CTR rise's cause from the evidence of the campaign's clicks in this window
-        (:meth:`detectors.monitor.CampaignMonitor.revise`); unchanged without evidence."""
+        (:meth:`ctrguard.detectors.monitor.CampaignMonitor.revise`); unchanged without evidence."""
         log = self._clicks
         if log is None or log.closing is None or not any(
                 v.suspected_cause in _RISE_CAUSES for v in verdicts):
@@ -1498,7 +1512,7 @@ class ShardState:
                        dks: Sequence[Any]) -> None:
         """Count events (de-duplicated already) into their open windows: all in window
         ``wids`` (an int), or event i in ``wids[i]`` (a list, or in C an int64 array too).
-        The inner loop, in C where built (``flows/_shard.c``); :meth:`_count_windows_py`
+        The inner loop, in C where built (``ctrguard/_shard.c``); :meth:`_count_windows_py`
         is the reference."""
         shard = _SHARD
         if shard is None:
@@ -1564,7 +1578,7 @@ class ShardState:
 
     def _open_window(self, cid: str, wid: int, by_campaign: dict[str, dict]) -> dict[Any, int]:
         # (The compiled count loop does the same itself for a campaign in _campaigns:
-        # flows/_shard.c, open_known. Keep the two alike.)
+        # ctrguard/_shard.c, open_known. Keep the two alike.)
         camp = self._campaigns.get(cid)
         if camp is None:
             camp = self._campaigns[cid] = _Campaign(self._monitor_factory(), wid,
@@ -1658,7 +1672,7 @@ class ShardState:
                 campaigns = {cid: campaigns[cid] for cid in by_campaign if cid in campaigns}
             shard = _SHARD
             if shard is not None:
-                # The same loop in C (flows/_shard.c), the monitors called from there: back
+                # The same loop in C (ctrguard/_shard.c), the monitors called from there: back
                 # in Python only for a campaign with verdicts (_decide_verdicts).
                 shard.close_window(campaigns, by_campaign, wid, self._ttl_windows, when,
                                    out, evict, self.stats, self._segments_for, _SMALL_COUNTS,
@@ -1708,7 +1722,7 @@ class ShardState:
     def _observe_stall(self, wid: int, start_s: int, campaigns: int) -> None:
         """Judge whether window ``wid`` belongs to an ingestion stall, from the events of each
         kind this shard admitted in it and the campaigns that had any (``campaigns``; with
-        clicks: from the click log) (:class:`flows.stall.StallWatch`); a window a drain
+        clicks: from the click log) (:class:`ctrguard.flows.stall.StallWatch`); a window a drain
         closes is not judged. Per window, not per event."""
         watch = self._stalls
         if watch is None:
@@ -1726,7 +1740,7 @@ class ShardState:
 
     def _scope(self, verdicts: list[Verdict]) -> list[Verdict]:
         """A campaign-window's verdicts in their scope: a drained window's silences go, a
-        stall's become one pipeline-wide ``ingestion_stall`` (:func:`flows.stall.scope_verdicts`)."""
+        stall's become one pipeline-wide ``ingestion_stall`` (:func:`ctrguard.flows.stall.scope_verdicts`)."""
         watch = self._stalls
         stalled = watch.current if watch is not None else (None, None, False, False)
         if not self._draining and stalled == (None, None, False, False):
@@ -1773,7 +1787,7 @@ class ShardState:
         if counts is None:
             return dict.fromkeys(camp.series, _ZERO)
         shard = _SHARD
-        if shard is not None:  # the same in C (flows/_shard.c)
+        if shard is not None:  # the same in C (ctrguard/_shard.c)
             return shard.series_counts(camp, counts, self._segments_for, _SMALL_COUNTS, _counts)
         imps: dict[str, int] = {}
         clicks: dict[str, int] = {}

@@ -69,9 +69,9 @@ def preflight(settings: Settings) -> list[tuple[str, int]]:
     librdkafka settings are checked first (exit 2), then Redis, so an unreachable Redis
     leaves no topics behind; an unreachable Kafka is one line with the attempts made.
     """
+    from ctrguard.flows.source import list_partitions
     from ctrguard.kafka_admin import check_reachable, ensure_topics, missing_topics
-    from flows.source import list_partitions
-    from sinks.redis_client import make_redis
+    from ctrguard.sinks.redis_client import make_redis
 
     check_kafka_client_settings(settings)
     client = make_redis(settings.redis)
@@ -166,7 +166,7 @@ def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
     if not partitions:
         raise KafkaUnavailable("no input partitions", retryable=False)
     monitoring.start_probe()
-    from flows.ctr_flow import get_flow
+    from ctrguard.flows.ctr_flow import get_flow
 
     # Without a recovery directory Bytewax drops every snapshot: don't pickle the state.
     flow = get_flow(settings, slack=not args.no_slack, partitions=partitions,
@@ -176,8 +176,7 @@ def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
         recovery = RecoveryConfig(str(args.recovery_dir),
                                   backup_interval=timedelta(seconds=args.backup_interval))
     addresses = args.addresses.split(";") if args.addresses else None
-    from ctrguard import events
-    from detectors import native
+    from ctrguard import events, native
 
     log.info("running ctrguard on %d input partitions (%s), %d worker(s)%s; detector core: %s;"
              " event scanner: %s", len(partitions), settings.source, args.workers,

@@ -1,7 +1,7 @@
 """Kafka input that hands the dataflow whole batches, not single messages.
 
 Each topic partition is a Bytewax source partition. ``next_batch`` returns at most one
-:class:`~flows.engine.RawBatch` (the values of up to ``batch_size`` messages), so the
+:class:`~ctrguard.flows.engine.RawBatch` (the values of up to ``batch_size`` messages), so the
 dataflow pays its per-item cost once per batch.
 
 A partition claims to be idle (to hold back no watermark) only on evidence: its position
@@ -12,7 +12,7 @@ its sink blocked; the cached high watermark may be stale then, so the count star
 An empty poll alone proves nothing: the next fetch may be in flight. The claim carries the
 time it was made and is renewed every quarter of the timeout while it holds; a message, or
 the position falling behind the high watermark, withdraws it (see
-:meth:`flows.engine.ShardState.idle_sources` for how shards honour claims). With
+:meth:`ctrguard.flows.engine.ShardState.idle_sources` for how shards honour claims). With
 ``tail: false`` the partition finishes at its end instead (drain mode: demo, tests,
 backfills): that claim is for good.
 """
@@ -41,7 +41,7 @@ from ctrguard import metrics
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
 from ctrguard.events import CLICK, IMPRESSION
-from flows.engine import RawBatch
+from ctrguard.flows.engine import RawBatch
 
 log = logging.getLogger(__name__)
 

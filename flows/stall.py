@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from detectors.base import ALL, Verdict
+from ctrguard.detectors.base import ALL, Verdict
 
 __all__ = ["StallWatch", "STALL_FRACTION", "MIN_EVENTS", "SOURCE_NAMES", "STALL",
            "scope_verdicts"]
@@ -157,7 +157,7 @@ def scope_verdicts(verdicts: Sequence[Verdict], stalled: tuple,
     become one ``ingestion_stall`` verdict on ``all`` under the stall's pipeline-wide
     incident; in a window that dips they are not judged (they go).
 
-    >>> from detectors.base import Verdict
+    >>> from ctrguard.detectors.base import Verdict
     >>> def v(seg, kind, cause):
     ...     return Verdict(seg, "silence", kind, "critical", True, 20.0, 0.99, 0.02, 0.01,
     ...                    0.03, 4.0, 200.0, cause, "3000:silence")

@@ -7,7 +7,7 @@ detectors had state for)::
      "series": {"all": [0.0212, 0.0151, 0.0273, 411.6], "device=mobile": [...]}}
 
 Each value is ``[expected ctr, ctr_low, ctr_high, expected impressions]``, read from the
-monitor (:meth:`detectors.monitor.CampaignMonitor.expectations`) just before the window is
+monitor (:meth:`ctrguard.detectors.monitor.CampaignMonitor.expectations`) just before the window is
 fed to it: the same expectation and 99% band an alert on that window reports
 (``baseline_ctr``, ``ctr_low``, ``ctr_high``). A series' first window has no line entry (no
 state yet), nor does a window the detectors never saw.
@@ -56,9 +56,9 @@ class BandedMonitor:
 class BandRecorder:
     """Wraps a monitor factory and turns the notes into ``bands.jsonl`` lines.
 
-    >>> from detectors.base import Counts, Window
-    >>> from detectors.settings import DetectorSettings
-    >>> from detectors.monitor import build_monitor
+    >>> from ctrguard.detectors.base import Counts, Window
+    >>> from ctrguard.detectors.settings import DetectorSettings
+    >>> from ctrguard.detectors.monitor import build_monitor
     >>> rec = BandRecorder()
     >>> m = rec.factory(lambda: build_monitor(DetectorSettings()))()
     >>> _ = m.update(Window(0, 300), {"all": Counts(100, 2)})
@@ -108,8 +108,8 @@ def load_bands(path: str | Path, campaigns: set[str] | None = None
                ) -> Iterator[tuple[str, int, dict[str, list[float]]]]:
     """``(campaign_id, window_start_s, {segment: [ctr, low, high, impressions]})`` per line
     of a ``bands.jsonl`` file, only for ``campaigns`` when given (filtered before parsing)."""
-    from replay.evaluate import ReplayInputError
-    from replay.run import open_lines
+    from ctrguard.replay.evaluate import ReplayInputError
+    from ctrguard.replay.run import open_lines
 
     prefixes = None
     if campaigns is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ctrguard.records import encode_pretty
-from replay.evaluate import ReplayInputError
+from ctrguard.replay.evaluate import ReplayInputError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -91,7 +91,7 @@ def _register_replay(sub: argparse._SubParsersAction) -> None:
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from ctrguard.config import load_config
-    from replay.evaluate import evaluate_many, format_table, load_labels, require_eval
+    from ctrguard.replay.evaluate import evaluate_many, format_table, load_labels, require_eval
 
     bad = _missing({"--impressions": args.impressions, "--clicks": args.clicks,
                     "--labels": args.labels, "--traps": args.traps,
@@ -114,7 +114,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if labels is not None:
         require_eval()  # before a replay that may take minutes
-    from replay.run import run_replay
+    from ctrguard.replay.run import run_replay
 
     started = time.perf_counter()
     result = run_replay(args.impressions, args.clicks, settings, args.out,
@@ -125,7 +125,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         _say(f"replay: done in {time.perf_counter() - started:.1f}s; "
              f"{s.get('events_read', 0):,} events read, {s.get('alerts', 0):,} alerts, "
              f"{s.get('dead_lettered', 0):,} dead-lettered; outputs in {args.out}")
-    from flows.engine import format_conservation
+    from ctrguard.flows.engine import format_conservation
 
     balance = format_conservation(s["conservation"])
     if not balance.startswith("conservation balanced"):
@@ -155,7 +155,7 @@ def _planned_changes(path: Path | None) -> list[Any] | None:
     """The planned changes of ``--annotations`` (None after printing an error)."""
     if path is None:
         return []
-    from sinks.annotations import AnnotationError, load_annotation_file
+    from ctrguard.sinks.annotations import AnnotationError, load_annotation_file
 
     try:
         return load_annotation_file(str(path))
@@ -168,7 +168,7 @@ def _planned_changes(path: Path | None) -> list[Any] | None:
 
 
 def _register_generate(sub: argparse._SubParsersAction) -> None:
-    from replay.generator import INCIDENT_KINDS, TRAP_KINDS
+    from ctrguard.replay.generator import INCIDENT_KINDS, TRAP_KINDS
 
     p = sub.add_parser(
         "generate",
@@ -231,7 +231,7 @@ def _fraction(text: str) -> float:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from replay.generator import generate
+    from ctrguard.replay.generator import generate
 
     started = time.perf_counter()
     try:
@@ -307,7 +307,7 @@ def _alert_sets(specs: list[str]) -> dict[str, Path]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from replay.evaluate import evaluate_many, format_table, load_figures, load_labels
+    from ctrguard.replay.evaluate import evaluate_many, format_table, load_figures, load_labels
 
     try:
         sets = _alert_sets(args.alerts)
@@ -381,7 +381,7 @@ def parse_series_rows(fh: TextIO, path: str = "<csv>") -> tuple[list[str], list[
     >>> parse_series_rows(io.StringIO("timestamp,value\\n2026-01-01T00:00:00Z,x\\n"), "s.csv")
     Traceback (most recent call last):
     ...
-    replay.cli.SeriesInputError: s.csv:2: value 'x' is not a number
+    ctrguard.replay.cli.SeriesInputError: s.csv:2: value 'x' is not a number
     """
     from datetime import datetime
 
@@ -432,7 +432,7 @@ def parse_series_rows(fh: TextIO, path: str = "<csv>") -> tuple[list[str], list[
 
 
 def _scorer() -> Callable[[float, float], tuple[float, Any]]:
-    from detectors.scalar import ScalarScorer
+    from ctrguard.detectors.scalar import ScalarScorer
 
     return ScalarScorer().update
 
@@ -453,7 +453,7 @@ def cmd_score_series(args: argparse.Namespace) -> int:
     try:
         update = _scorer()
     except ModuleNotFoundError as exc:
-        if exc.name != "detectors.scalar":
+        if exc.name != "ctrguard.detectors.scalar":
             raise
         _err("score-series: the scalar scorer (detectors/scalar.py) is not available")
         return EXIT_FAILURE

@@ -1,6 +1,6 @@
 """``ctrguard diff --config A --config B``: what a configuration change would have fired.
 
-One replay of the input (decoded and windowed once, :mod:`replay.recorded`; twice only when
+One replay of the input (decoded and windowed once, :mod:`ctrguard.replay.recorded`; twice only when
 the two configurations window differently), the detectors of A and of B over it, and the
 difference: incidents added, removed and changed (matched by campaign and overlapping time;
 changed means another start, end, kind, cause, driving segment or number of windows held)
@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 
 from ctrguard.records import encode_pretty
-from replay.evaluate import ReplayInputError
+from ctrguard.replay.evaluate import ReplayInputError
 
 __all__ = ["register", "diff_incidents", "settings_changed", "run_diff"]
 
@@ -128,9 +128,9 @@ def run_diff(impressions: Path, clicks: Path, config_a: Path, config_b: Path, ou
              say: Any = lambda m: None) -> dict[str, Any]:
     """Both runs, ``diff.json`` and ``report.html`` in ``out``; returns the diff."""
     from ctrguard.config import load_config
-    from replay.evaluate import evaluate_many, load_labels
-    from replay.recorded import WINDOWING, record, write_run
-    from replay.report import _incidents, write_report
+    from ctrguard.replay.evaluate import evaluate_many, load_labels
+    from ctrguard.replay.recorded import WINDOWING, record, write_run
+    from ctrguard.replay.report import _incidents, write_report
 
     sa, sb = load_config(config_a), load_config(config_b)
     same_windows = all(getattr(sa, k) == getattr(sb, k) for k in WINDOWING)
@@ -179,7 +179,7 @@ def run_diff(impressions: Path, clicks: Path, config_a: Path, config_b: Path, ou
 
 
 def format_diff(d: Mapping[str, Any]) -> str:
-    from replay.report import _iso
+    from ctrguard.replay.report import _iso
 
     lines = [f"A {d['a']['config']}: {d['a']['incidents']} incidents, {d['a']['alerts']} alerts",
              f"B {d['b']['config']}: {d['b']['incidents']} incidents, {d['b']['alerts']} alerts"]

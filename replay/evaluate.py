@@ -34,9 +34,9 @@ Detection delay
     Whole windows from the window containing the incident start to the first matching
     alert's window (0 = alarm in the window where it began; alarms in earlier windows that
     overlap the incident count as 0). Medians overall and over abrupt faults
-    (:data:`replay.generator.ABRUPT_FAULT_KINDS`).
+    (:data:`ctrguard.replay.generator.ABRUPT_FAULT_KINDS`).
 
->>> from replay.generator import Label
+>>> from ctrguard.replay.generator import Label
 >>> labels = [Label("c1", "*", "click_outage", 3000, 6000)]
 >>> alerts = [{"campaign_id": "c1", "segment": "all", "window_start_s": 3600},
 ...           {"campaign_id": "c2", "segment": "all", "window_start_s": 900}]
@@ -62,7 +62,7 @@ from typing import Any
 import msgspec
 
 from ctrguard.errors import CtrGuardError
-from replay.generator import (
+from ctrguard.replay.generator import (
     ABRUPT_FAULT_KINDS,
     CAUSE_OF_KIND,
     GRADUAL_KINDS,
@@ -96,7 +96,7 @@ class ReplayInputError(CtrGuardError):
 
 
 def _open_text_lines(path: str | Path) -> Iterable[tuple[int, bytes]]:
-    from replay.run import open_lines
+    from ctrguard.replay.run import open_lines
 
     try:
         fh = open_lines(path)
@@ -274,7 +274,7 @@ def decidability(
     (the threshold a detector needs for its false-alarm budget). No online detector at that
     budget can be expected to be faster on average; ``None`` if even it never decides.
 
-    >>> from replay.generator import Label
+    >>> from ctrguard.replay.generator import Label
     >>> figs = [{"campaign_id": "c1", "segment": "all", "window_start_s": w * 300,
     ...          "impressions": 1000, "clicks": 0 if 10 <= w < 14 else 20} for w in range(30)]
     >>> d = decidability([Label("c1", "*", "click_outage", 3000, 4200)], figs)
@@ -368,7 +368,7 @@ def _oracle_delay(index: FigureIndex, lab: Label, segment: str, window_s: int, c
     normal CTR, or with ``gradual`` a linear path from the normal CTR at the start to the
     ratio that, along that path, gives the clicks observed over the incident.
 
-    >>> from replay.generator import Label
+    >>> from ctrguard.replay.generator import Label
     >>> idx = FigureIndex([{"campaign_id": "c", "segment": "all", "window_start_s": w * 300,
     ...                     "impressions": 100, "clicks": 0} for w in range(10)])
     >>> _oracle_delay(idx, Label("c", "*", "click_outage", 0, 3000), "all", 300, 0.02, 0.0, 5.0)

@@ -1,7 +1,7 @@
 """Planned changes in a replay: the same marking as the live release sink, from files only.
 
 The configuration's ``annotations.planned_changes`` and ``ctrguard replay --annotations FILE``
-(YAML or JSON, see :func:`sinks.annotations.load_annotation_file`) apply; Redis is never
+(YAML or JSON, see :func:`ctrguard.sinks.annotations.load_annotation_file`) apply; Redis is never
 read. Alerts inside a planned change are written with ``expected`` set and
 ``quarantine: false``, and their series' figures with status ``ok``.
 
@@ -18,7 +18,7 @@ from typing import Any
 
 from ctrguard.config import Settings
 from ctrguard.records import STATUS_QUARANTINED, WindowDecision
-from sinks.annotations import (
+from ctrguard.sinks.annotations import (
     Annotation,
     AnnotationSet,
     annotations_from_settings,

@@ -227,8 +227,8 @@ def write_labels(path: str | Path, labels: Sequence[Label]) -> None:
 
 
 def read_labels(path: str | Path) -> list[Label]:
-    """Read a labels CSV; see :func:`replay.evaluate.load_labels` for validation errors."""
-    from replay.evaluate import load_labels
+    """Read a labels CSV; see :func:`ctrguard.replay.evaluate.load_labels` for validation errors."""
+    from ctrguard.replay.evaluate import load_labels
 
     return load_labels(path)
 

@@ -206,7 +206,7 @@ def evaluate(seeds: list[int], hours: int = 1500, tree: Path | None = None,
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m replay.kpi",
+        prog="python -m ctrguard.replay.kpi",
         description="Generate labelled hourly KPI series (daily and weekly cycles, heavy-tailed "
         "noise, spikes, dips, level shifts), score them with 'ctrguard score-series' and "
         "print pointwise ROC AUC, best F1, saturation and the spread of normal points' scores.")

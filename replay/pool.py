@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m replay.pool /tmp/eval201 /tmp/eval202 /tmp/eval203
+    python -m ctrguard.replay.pool /tmp/eval201 /tmp/eval202 /tmp/eval203
 
 Each argument is a replay output directory (or an ``evaluation.json``). Counts are summed
 over the runs and the ratios taken from the sums; medians are taken over the pooled
@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from ctrguard.records import encode_pretty
-from replay.generator import CAUSE_OF_KIND
+from ctrguard.replay.generator import CAUSE_OF_KIND
 
 __all__ = ["pool", "format_pooled", "main"]
 
@@ -133,7 +133,7 @@ def _load(arg: str) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
-        prog="python -m replay.pool",
+        prog="python -m ctrguard.replay.pool",
         description="Pool the evaluation.json of several replays (ctrguard replay --labels) "
         "into the detection targets: recall on clairvoyant-decidable incidents, median delay "
         "beyond the clairvoyant test, episode precision, false episodes per 100 "

@@ -1,7 +1,7 @@
 """Decode and window a stream once, then run only the detectors, as often as needed.
 
 :func:`record` replays two files through the same preparation and windowing as
-:func:`replay.run.run_replay`, with a recorder in place of each campaign's monitor: it keeps
+:func:`ctrguard.replay.run.run_replay`, with a recorder in place of each campaign's monitor: it keeps
 the ``(window, counts)`` of every call the detectors would have had, in order. Those calls
 are the whole input of the detectors, so :func:`detect` feeds them to fresh monitors of any
 detector settings and gets exactly the verdicts a full replay with those settings gives
@@ -66,13 +66,13 @@ class RecordedStream:
     deadletter: bytes = b""
     _index: Any = field(default=None, repr=False)
     #: Per window start, what its decisions take besides the verdicts
-    #: (:meth:`flows.engine.ShardState.closing_context`: stall, drain, click evidence).
+    #: (:meth:`ctrguard.flows.engine.ShardState.closing_context`: stall, drain, click evidence).
     contexts: dict[int, tuple] = field(default_factory=dict)
 
     def figure_index(self) -> Any:
-        """The figures' counts as :class:`replay.evaluate.FigureIndex` (for evaluation)."""
+        """The figures' counts as :class:`ctrguard.replay.evaluate.FigureIndex` (for evaluation)."""
         if self._index is None:
-            from replay.evaluate import FigureIndex
+            from ctrguard.replay.evaluate import FigureIndex
 
             index = FigureIndex()
             for cid, calls in self.campaigns:
@@ -91,7 +91,7 @@ class RecordedStream:
 def record(impressions: str | Path, clicks: str | Path, settings: Settings, *,
            progress: bool = False) -> RecordedStream:
     """Replay the two files with recorders in place of the detectors."""
-    from replay.run import run_replay
+    from ctrguard.replay.run import run_replay
 
     order: list[tuple[_Recorder, int]] = []
     recorders: list[_Recorder] = []
@@ -169,8 +169,8 @@ class Detection:
 def detect(stream: RecordedStream, settings: Settings, *, keep_decisions: bool = False,
            bands: bool = False) -> Detection:
     """Run fresh monitors of ``settings.detectors`` over the recorded calls."""
-    from detectors.monitor import build_monitor
-    from flows.engine import ShardState
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.flows.engine import ShardState
 
     # The engine's own decision code turns verdicts into alerts and figures, so the ids,
     # figures and statuses are the replay's.
@@ -207,11 +207,11 @@ def detect(stream: RecordedStream, settings: Settings, *, keep_decisions: bool =
 def _in_context(monitor: Any, cid: str, verdicts: list[Any], context: tuple | None
                 ) -> list[Any]:
     """The verdicts as the engine scoped and revised them when the window closed: stall and
-    drain (:func:`flows.stall.scope_verdicts`), the cause of a CTR rise from the clicks'
-    evidence (:meth:`detectors.monitor.CampaignMonitor.revise`)."""
+    drain (:func:`ctrguard.flows.stall.scope_verdicts`), the cause of a CTR rise from the clicks'
+    evidence (:meth:`ctrguard.detectors.monitor.CampaignMonitor.revise`)."""
     if context is None:
         return verdicts
-    from flows.stall import scope_verdicts
+    from ctrguard.flows.stall import scope_verdicts
 
     stalled, draining, evidence = context
     if draining or stalled != (None, None, False, False):

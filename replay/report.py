@@ -2,8 +2,8 @@
 
 What it shows (the README's "Report" section has a screenshot):
 
-* an overview: the incidents (grouped as Slack groups them, :class:`sinks.incidents.
-  IncidentTracker`, an ingestion stall as one incident, :class:`sinks.stalls.StallTracker`:
+* an overview: the incidents (grouped as Slack groups them, :class:`ctrguard.sinks.incidents.
+  IncidentTracker`, an ingestion stall as one incident, :class:`ctrguard.sinks.stalls.StallTracker`:
   kind, cause, campaign, driving segment, start, duration, windows held),
   alerts and quarantined windows per campaign, dead letters by reason, excluded traffic;
 * a chart per incident and for the worst campaigns, and any campaign's series on demand:
@@ -11,7 +11,7 @@ What it shows (the README's "Report" section has a screenshot):
   alerting windows marked, quarantined windows shaded, labels overlaid, impressions and
   clicks (observed and expected) beneath, so which side of the ratio broke is visible;
 * with labels: the evaluation (``evaluation.json`` as ``replay --labels`` writes it, or
-  computed by :func:`replay.evaluate.evaluate_many`), per kind, with the delay in excess of
+  computed by :func:`ctrguard.replay.evaluate.evaluate_many`), per kind, with the delay in excess of
   the clairvoyant test, and the misses and false alarms, each linking to its chart;
 * with a diff (``ctrguard diff``): incidents and quarantined windows added, removed, changed.
 
@@ -37,7 +37,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from replay.evaluate import ReplayInputError
+from ctrguard.replay.evaluate import ReplayInputError
 
 __all__ = ["RunReport", "load_run", "render_html", "write_report", "plotly_js"]
 
@@ -93,7 +93,7 @@ class RunReport:
 
 
 def _jsonl(path: Path) -> Iterable[tuple[int, dict[str, Any]]]:
-    from replay.run import open_lines
+    from ctrguard.replay.run import open_lines
 
     with open_lines(path) as fh:
         for n, line in enumerate(fh, 1):
@@ -126,12 +126,12 @@ def _incidents(alerts: list[dict[str, Any]], window_s: int,
                gap_windows: int) -> list[dict[str, Any]]:
     """The alerts grouped into incidents as the Slack sink groups them: a campaign's alerts
     into its incidents, an ingestion stall's alerts (whatever their campaign) into one
-    pipeline incident (:class:`sinks.stalls.StallTracker`) whose ``campaign_id`` is the
+    pipeline incident (:class:`ctrguard.sinks.stalls.StallTracker`) whose ``campaign_id`` is the
     stall's id, with ``campaigns`` the campaigns it affected and ``chart_campaign`` the one
     its chart shows (the most windows held)."""
     from ctrguard.records import Alert
-    from sinks.incidents import IncidentTracker
-    from sinks.stalls import StallTracker, is_stall
+    from ctrguard.sinks.incidents import IncidentTracker
+    from ctrguard.sinks.stalls import StallTracker, is_stall
 
     names = [f.name for f in fields(Alert)]
     tracker = IncidentTracker(window_s=window_s, gap_windows=gap_windows)
@@ -204,8 +204,8 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
              progress: Callable[[str], None] | None = None) -> RunReport:
     """Read a replay's output directory (and labels) into a :class:`RunReport`."""
     from ctrguard.config import load_config
-    from replay.evaluate import load_labels
-    from replay.run import open_lines
+    from ctrguard.replay.evaluate import load_labels
+    from ctrguard.replay.run import open_lines
 
     started = time.perf_counter()
     say = progress or (lambda _m: None)
@@ -296,7 +296,7 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
     bands_path = run / "bands.jsonl"
     has_bands = bands_path.is_file()
     if has_bands:
-        from replay.bands import load_bands
+        from ctrguard.replay.bands import load_bands
 
         say("reading bands")
         for cid, ws, by_seg in load_bands(bands_path):
@@ -320,7 +320,7 @@ def load_run(run_dir: str | Path, *, labels: str | Path | None = None,
 def _evaluation(run: Path, labels: Any, traps: Any, label_list: list[Any], settings: Any,
                 say: Callable[[str], None]) -> dict[str, Any]:
     """``evaluation.json`` of the run when replay wrote one, else computed the same way."""
-    from replay.evaluate import evaluate_many, load_labels
+    from ctrguard.replay.evaluate import evaluate_many, load_labels
 
     path = run / "evaluation.json"
     if path.is_file():

@@ -7,7 +7,7 @@ frontier exactly as a Kafka partition batch does in the live flow.
 Outputs in ``out_dir``: ``alerts.jsonl`` (one escalation a line), ``figures.jsonl`` (every
 decided series-window with its status), ``deadletter.jsonl`` (rejected and late events with
 the reason), ``summary.json`` (counts), with baselines ``alerts_<name>.jsonl``, and with
-bands ``bands.jsonl`` (the expected CTR and its band per series-window: :mod:`replay.bands`).
+bands ``bands.jsonl`` (the expected CTR and its band per series-window: :mod:`ctrguard.replay.bands`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,7 @@ import numpy as np
 
 from ctrguard.config import Settings
 from ctrguard.events import CLICK, IMPRESSION, LineBlock, line_bounds
-from ctrguard.reasons import reason_code
-from ctrguard.records import WindowDecision, encode_lines, encode_pretty
-from flows.engine import (
+from ctrguard.flows.engine import (
     DeadLetter,
     EventPreparer,
     RawBatch,
@@ -40,7 +38,9 @@ from flows.engine import (
     conservation,
     tune_gc,
 )
-from replay.evaluate import ReplayInputError
+from ctrguard.reasons import reason_code
+from ctrguard.records import WindowDecision, encode_lines, encode_pretty
+from ctrguard.replay.evaluate import ReplayInputError
 
 IMPRESSIONS_SOURCE = "impressions"
 CLICKS_SOURCE = "clicks"
@@ -209,14 +209,14 @@ def run_replay(
     """Replay two JSONL(.gz) files and write alerts, figures, dead letters and a summary
     (and with ``bands``, the expected CTR and band of every series-window).
 
-    ``annotations``: planned changes (:class:`sinks.annotations.Annotation`) besides the
+    ``annotations``: planned changes (:class:`ctrguard.sinks.annotations.Annotation`) besides the
     configuration's; alerts inside them are marked expected and do not quarantine.
     ``decisions``, if given, sees what the main detector state returns, as it returns it
     (before planned changes mark alerts expected). ``on_state``, if given, is handed the
     main detector state once made (a recording reads its closing context).
     """
-    from detectors.monitor import build_monitor
-    from replay.expected import ExpectedMarker
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.replay.expected import ExpectedMarker
 
     expected = ExpectedMarker(settings, annotations)
 
@@ -225,7 +225,7 @@ def run_replay(
     factory = monitor_factory or (lambda: build_monitor(settings.detectors))
     recorder = None
     if bands:
-        from replay.bands import BandRecorder
+        from ctrguard.replay.bands import BandRecorder
 
         recorder = BandRecorder()
         factory = recorder.factory(factory)
@@ -239,7 +239,7 @@ def run_replay(
     if on_state is not None:
         on_state(states["ctrguard"])
     if baselines:
-        from detectors import baselines as bl
+        from ctrguard.detectors import baselines as bl
 
         states["raw_river"] = ShardState(settings, source_ids,
                                          lambda: bl.RawRiverBaseline(settings.detectors))

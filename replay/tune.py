@@ -1,9 +1,9 @@
 """``ctrguard tune``: sweep detector settings over labelled replays, in processes.
 
-Each input is decoded and windowed once (:func:`replay.recorded.record`); each setting then
-runs only the detectors over the recorded windows (:func:`replay.recorded.detect`, exactly
+Each input is decoded and windowed once (:func:`ctrguard.replay.recorded.record`); each setting then
+runs only the detectors over the recorded windows (:func:`ctrguard.replay.recorded.detect`, exactly
 the alerts a replay with that setting gives) and is scored by
-:func:`replay.evaluate.evaluate_many`, as ``replay --labels`` scores it. The settings are
+:func:`ctrguard.replay.evaluate.evaluate_many`, as ``replay --labels`` scores it. The settings are
 spread over worker processes (forked: they share the recordings without copying them).
 
 Settings are named by their dotted path in the configuration, ``detectors.*`` only (the
@@ -53,7 +53,7 @@ import yaml
 from ctrguard.config import Settings, load_config
 from ctrguard.errors import ConfigError, ConfigIssue
 from ctrguard.records import encode_pretty, encode_record
-from replay.evaluate import ReplayInputError
+from ctrguard.replay.evaluate import ReplayInputError
 
 __all__ = ["register", "parse_values", "expand_grid", "apply_setting", "pareto_front",
            "choose", "run_tune", "TuneInput"]
@@ -139,7 +139,7 @@ def apply_setting(base: Settings, setting: Mapping[str, Any], source: str = "<tu
     """
     from pydantic import ValidationError
 
-    from detectors.settings import DetectorSettings
+    from ctrguard.detectors.settings import DetectorSettings
 
     issues = []
     data = base.detectors.model_dump()
@@ -216,8 +216,8 @@ _SHARED: dict[str, Any] = {}
 
 def _score_one(task: tuple[int, int]) -> tuple[int, int, dict[str, Any]]:
     """Detect and evaluate setting ``si`` on input ``ii`` (in a worker process)."""
-    from replay.evaluate import evaluate_many
-    from replay.recorded import detect
+    from ctrguard.replay.evaluate import evaluate_many
+    from ctrguard.replay.recorded import detect
 
     si, ii = task
     settings = _SHARED["settings"][si]
@@ -248,7 +248,7 @@ def pool_results(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     >>> p["recall"], p["false_alarms_per_100_campaign_days"], p["median_excess_delay_windows"]
     (0.5, 10.0, 2.0)
     """
-    from replay.generator import ABRUPT_FAULT_KINDS
+    from ctrguard.replay.generator import ABRUPT_FAULT_KINDS
 
     keys = ("incidents", "detected", "decidable_incidents", "detected_decidable", "episodes",
             "true_episodes", "false_episodes")
@@ -341,8 +341,8 @@ def run_tune(inputs: Sequence[TuneInput], base: Settings, settings: Sequence[dic
              *, processes: int | None = None, say: Callable[[str], None] = lambda m: None,
              ) -> list[dict[str, Any]]:
     """Score every setting on every input; one pooled row per setting, in order."""
-    from replay.evaluate import load_labels, require_eval
-    from replay.recorded import record
+    from ctrguard.replay.evaluate import load_labels, require_eval
+    from ctrguard.replay.recorded import record
 
     require_eval()  # every setting is scored: stop before the recording if it cannot be
     resolved = [apply_setting(base, s) for s in settings]
@@ -470,7 +470,7 @@ def _chart_html(rows: Sequence[Mapping[str, Any]], front: list[int], chosen: int
     marked; plotly.js inlined as in the report."""
     import html
 
-    from replay.report import plotly_js
+    from ctrguard.replay.report import plotly_js
 
     js, version = plotly_js()
     pts = [{"i": i + 1, "fa": r["false_alarms_per_100_campaign_days"], "recall": r[recall_key],

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from replay.evaluate import ReplayInputError
+from ctrguard.replay.evaluate import ReplayInputError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -24,7 +24,7 @@ _EPILOG = ("Exit codes: 0 ok, 1 failure, 2 usage error, invalid configuration or
 
 def register(sub: argparse._SubParsersAction) -> None:
     _register_report(sub)
-    for name in ("replay.tune", "replay.diff"):
+    for name in ("ctrguard.replay.tune", "ctrguard.replay.diff"):
         try:
             module = __import__(name, fromlist=["register"])
         except ModuleNotFoundError as exc:
@@ -82,7 +82,7 @@ def _register_report(sub: argparse._SubParsersAction) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ctrguard.config import load_config
-    from replay.report import write_report
+    from ctrguard.replay.report import write_report
 
     for flag, path in (("--labels", args.labels), ("--traps", args.traps),
                        ("--config", args.config)):

@@ -255,7 +255,7 @@ def load_annotation_file(path: str) -> list[Annotation]:
     import yaml
     from pydantic import TypeAdapter, ValidationError
 
-    from sinks.settings import PlannedChange
+    from ctrguard.sinks.settings import PlannedChange
 
     try:
         with open(path, encoding="utf-8") as fh:

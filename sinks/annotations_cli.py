@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from sinks.annotations import KINDS, AnnotationError
+from ctrguard.sinks.annotations import KINDS, AnnotationError
 
 __all__ = ["register"]
 
@@ -64,7 +64,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _time(text: str, flag: str) -> int | None:
-    from sinks.quarantine_cli import parse_window_start
+    from ctrguard.sinks.quarantine_cli import parse_window_start
 
     try:
         return parse_window_start(text)
@@ -80,8 +80,8 @@ class _store:
 
     def __enter__(self) -> Any:
         from ctrguard.config import load_config
-        from sinks.annotations import AnnotationStore
-        from sinks.redis_client import make_redis
+        from ctrguard.sinks.annotations import AnnotationStore
+        from ctrguard.sinks.redis_client import make_redis
 
         self.settings = load_config(self.args.config)
         self.client = make_redis(self.settings.redis)
@@ -126,7 +126,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from sinks.annotations import annotations_from_settings
+    from ctrguard.sinks.annotations import annotations_from_settings
 
     ctx = _store(args)
     with ctx as store:

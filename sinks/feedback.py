@@ -41,9 +41,9 @@ from typing import Any
 import redis
 
 from ctrguard.errors import CtrGuardError, RedisUnavailable
-from replay.generator import Label
-from sinks.slack_render import FEEDBACK_ACTIONS
-from sinks.stalls import parse_stall_id
+from ctrguard.replay.generator import Label
+from ctrguard.sinks.slack_render import FEEDBACK_ACTIONS
+from ctrguard.sinks.stalls import parse_stall_id
 
 __all__ = [
     "FeedbackStore",

@@ -36,9 +36,13 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ctrguard.errors import ConfigError, ConfigIssue, RedisUnavailable
-from sinks.annotations import AnnotationCache, expected_part
-from sinks.feedback import FeedbackStore, InteractionError, Vote, decode_payload, votes_of
-from sinks.slack_render import RenderedMessage, render_feedback_blocks, with_feedback_blocks
+from ctrguard.sinks.annotations import AnnotationCache, expected_part
+from ctrguard.sinks.feedback import FeedbackStore, InteractionError, Vote, decode_payload, votes_of
+from ctrguard.sinks.slack_render import (
+    RenderedMessage,
+    render_feedback_blocks,
+    with_feedback_blocks,
+)
 
 if TYPE_CHECKING:
     from ctrguard.config import Settings
@@ -66,7 +70,7 @@ class InteractionServer:
                  clock: Callable[[], float] = time.time):
         from slack_sdk.signature import Clock, SignatureVerifier
 
-        from sinks.redis_client import make_redis
+        from ctrguard.sinks.redis_client import make_redis
 
         fb = settings.feedback
         if fb.signing_secret is None or not fb.signing_secret.get_secret_value().strip():
@@ -312,7 +316,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _client(args: argparse.Namespace) -> tuple[Settings, redis.Redis, FeedbackStore]:
     from ctrguard.config import load_config
-    from sinks.redis_client import make_redis
+    from ctrguard.sinks.redis_client import make_redis
 
     settings = load_config(args.config)
     client = make_redis(settings.redis)
@@ -346,7 +350,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from replay.generator import write_labels
+    from ctrguard.replay.generator import write_labels
 
     _settings, client, store = _client(args)
     try:

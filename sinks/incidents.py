@@ -430,7 +430,7 @@ class IncidentTracker:
         self._campaigns: dict[str, _Campaign] = {}
         self._stale = 0
         #: ``(alert, incident_id)`` of every alert this tracker put in an incident, for the
-        #: quarantine flags (:meth:`sinks.quarantine.QuarantineStore.link`).
+        #: quarantine flags (:meth:`ctrguard.sinks.quarantine.QuarantineStore.link`).
         self.assigned: list[tuple[Alert, str]] = []
 
     # ------------------------------------------------------------------ state

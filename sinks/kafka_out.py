@@ -34,12 +34,12 @@ from typing import Any
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from ctrguard import faults
+from ctrguard import probes
 from ctrguard.config import KafkaSettings
 from ctrguard.errors import KafkaUnavailable
+from ctrguard.events import DeadLetter
 from ctrguard.reasons import reason_code
 from ctrguard.records import encode_record
-from flows.engine import DeadLetter
 
 log = logging.getLogger(__name__)
 
@@ -399,7 +399,7 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
                 return
         self._send(records)
         flush_or_raise(self._producer, self._tracker)
-        faults.point("deadletter.after_produce")
+        probes.point("deadletter.after_produce")
         log.info("dead-lettered %d messages (%s)", len(items),
                  ", ".join(sorted({d.stage for d in items})))
 

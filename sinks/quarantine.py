@@ -39,7 +39,7 @@ see :func:`encode_key_part`):
 - ``P:audit`` stream of every change (``XADD ... MINID``), trimmed to the retention period;
 - ``P:meta`` hash with ``key_version``, ``retention_s``, ``window_length_s`` and
   ``min_lag_s`` for readers;
-- incidents (written by the Slack step, see :mod:`sinks.quarantine_incidents`):
+- incidents (written by the Slack step, see :mod:`ctrguard.sinks.quarantine_incidents`):
   ``P:link:ALERT_ID`` (the incident of a quarantining alert), ``P:incident:ID`` (hash:
   status, campaign, windows), ``P:incflags:ID`` (set of the incident's flag keys) and
   ``P:incidents`` (sorted set of incident ids by last update).
@@ -90,7 +90,7 @@ except ImportError:  # pragma: no cover
 
 if TYPE_CHECKING:
     from ctrguard.records import WindowDecision
-    from sinks.settings import QuarantineSettings
+    from ctrguard.sinks.settings import QuarantineSettings
 
 log = logging.getLogger(__name__)
 
@@ -549,7 +549,7 @@ class QuarantineReader:
     ----------
     client
         A :class:`redis.Redis` (either ``decode_responses`` setting works) or a URL;
-        a URL gets a client with explicit timeouts (:func:`sinks.redis_client.redis_from_url`).
+        a URL gets a client with explicit timeouts (:func:`ctrguard.sinks.redis_client.redis_from_url`).
     key_prefix
         The ``redis.key_prefix`` of the ctrguard deployment that writes the flags.
     window_length_s
@@ -572,7 +572,7 @@ class QuarantineReader:
         clock: Callable[[], float] = time.time,
     ):
         if isinstance(client, str):
-            from sinks.redis_client import redis_from_url
+            from ctrguard.sinks.redis_client import redis_from_url
 
             client = redis_from_url(client)
         if not key_prefix or any(c in key_prefix for c in " {}*?[]\\"):
@@ -870,7 +870,7 @@ class QuarantineStore(QuarantineReader):
     Parameters
     ----------
     client
-        A :class:`redis.Redis` (see :func:`sinks.redis_client.make_redis`).
+        A :class:`redis.Redis` (see :func:`ctrguard.sinks.redis_client.make_redis`).
     settings
         The ``quarantine`` section of the configuration (retention, auto-release).
     key_prefix
@@ -1012,7 +1012,7 @@ class QuarantineStore(QuarantineReader):
 
         ``links`` are ``(alert, incident_id)`` pairs (alerts as :class:`~ctrguard.records.
         Alert`; those with ``quarantine`` false are skipped), ``incidents`` are
-        :class:`~sinks.incidents.Incident` snapshots (the newest revision of each is kept).
+        :class:`~ctrguard.sinks.incidents.Incident` snapshots (the newest revision of each is kept).
         Flags holding a linked alert get the link now; a flag written later gets it when
         it is written. With ``quarantine.auto_release``, a flag whose alerts all belong to
         resolved incidents is released (``released_by`` ``auto:incident:<id>``, one audit
@@ -1119,7 +1119,7 @@ class QuarantineStore(QuarantineReader):
 
 @dataclass(frozen=True, slots=True)
 class _ResolvedIncident:
-    """The fields of :class:`~sinks.incidents.Incident` that :meth:`QuarantineStore.link`
+    """The fields of :class:`~ctrguard.sinks.incidents.Incident` that :meth:`QuarantineStore.link`
     reads, for an incident resolved through :meth:`QuarantineStore.auto_release`."""
 
     incident_id: str

@@ -269,7 +269,7 @@ def _release_mode(args: argparse.Namespace) -> str | None:
 
 
 def _release_many(args: argparse.Namespace, mode: str) -> int:
-    from sinks.quarantine_incidents import release_incident, release_range
+    from ctrguard.sinks.quarantine_incidents import release_incident, release_range
 
     with _store(args) as (store, _settings):
         try:
@@ -315,7 +315,7 @@ def _release_many(args: argparse.Namespace, mode: str) -> int:
 
 
 def cmd_incidents(args: argparse.Namespace) -> int:
-    from sinks.quarantine_incidents import list_incidents
+    from ctrguard.sinks.quarantine_incidents import list_incidents
 
     with _store(args) as (store, _settings):
         incidents = list_incidents(store, include_resolved=args.all, limit=args.limit)
@@ -344,7 +344,7 @@ def cmd_incidents(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from sinks.quarantine import QuarantineReader
+    from ctrguard.sinks.quarantine import QuarantineReader
 
     try:
         rows = _read_figures_csv(args.csv)
@@ -457,7 +457,7 @@ def _read_figures_csv(path: str) -> list[tuple[int, tuple[str, str, int]]]:
 
 
 def _meta_window_length(reader: Any) -> int | None:
-    from sinks.quarantine import _redis_errors
+    from ctrguard.sinks.quarantine import _redis_errors
 
     with _redis_errors(reader.client, "reading P:meta"):
         value = reader.client.hget(reader.meta_key, "window_length_s")
@@ -495,8 +495,8 @@ class _store:
 
     def __enter__(self):
         from ctrguard.config import load_config
-        from sinks.quarantine import QuarantineStore
-        from sinks.redis_client import make_redis
+        from ctrguard.sinks.quarantine import QuarantineStore
+        from ctrguard.sinks.redis_client import make_redis
 
         settings = load_config(self.args.config)
         self.client = make_redis(settings.redis)
@@ -554,7 +554,7 @@ def _window_start(text: str, length_s: int) -> int | None:
 
 
 def _iso(epoch_s: int | None) -> str:
-    from sinks.quarantine import iso_utc
+    from ctrguard.sinks.quarantine import iso_utc
 
     return iso_utc(epoch_s) if epoch_s is not None else ""
 

@@ -1,8 +1,8 @@
 """Quarantine by incident: which flags an incident holds, and releasing many flags at once.
 
-The Slack step groups alerts into incidents (:mod:`sinks.incidents`) and, through
+The Slack step groups alerts into incidents (:mod:`ctrguard.sinks.incidents`) and, through
 :class:`IncidentFlagLinks`, records in Redis which incident each quarantining alert belongs
-to (:meth:`sinks.quarantine.QuarantineStore.link`); the flags holding those alerts carry
+to (:meth:`ctrguard.sinks.quarantine.QuarantineStore.link`); the flags holding those alerts carry
 the incident's id, in console mode as with Slack. With ``quarantine.auto_release`` a flag
 is released when every incident of its alerts is resolved.
 
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ctrguard.errors import QuarantineError
-from sinks.quarantine import (
+from ctrguard.sinks.quarantine import (
     QUARANTINED,
     RELEASED,
     FlagStatus,

@@ -1,4 +1,4 @@
-"""A Redis client built from :class:`~sinks.settings.RedisSettings`, every knob stated.
+"""A Redis client built from :class:`~ctrguard.sinks.settings.RedisSettings`, every knob stated.
 
 redis-py has changed its defaults between minor releases (socket timeouts, retries on by
 default since 6.0), so nothing here relies on them: timeouts, retries, back-off, protocol
@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 if TYPE_CHECKING:
-    from sinks.settings import RedisSettings
+    from ctrguard.sinks.settings import RedisSettings
 
 #: Attempts after the first one that redis-py makes by itself on a connection error or
 #: timeout. One is enough to replace a pooled connection that died while Redis restarted;

@@ -17,11 +17,11 @@ from typing import Any
 
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from ctrguard import faults, metrics
+from ctrguard import metrics, probes
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
 from ctrguard.records import WindowDecision, decision_records
-from sinks.kafka_out import (
+from ctrguard.sinks.kafka_out import (
     DeliveryTracker,
     flush_or_raise,
     make_producer,
@@ -83,9 +83,9 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
     _releasing: Any = ()    # the decisions being released (metrics: held back)
 
     def __init__(self, settings: Settings):
-        from sinks.annotations import AnnotationCache
-        from sinks.quarantine import QuarantineStore
-        from sinks.redis_client import make_redis
+        from ctrguard.sinks.annotations import AnnotationCache
+        from ctrguard.sinks.quarantine import QuarantineStore
+        from ctrguard.sinks.redis_client import make_redis
 
         self._store = QuarantineStore(make_redis(settings.redis), settings.quarantine,
                                       settings.redis.key_prefix,
@@ -122,7 +122,7 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         return sum(len(d.figures) for d in list(self._releasing))
 
     def _publish(self, decisions: list[WindowDecision]) -> None:
-        faults.point("release.after_redis")
+        probes.point("release.after_redis")
         # Keys identify the record, so a replayed batch after a restart overwrites
         # (compacted topics) or is recognisable as a repeat, never a new figure.
         values, keys = decision_records(decisions)
@@ -132,7 +132,7 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
         for alert in [a for d in flagged for a in d.alerts]:
             produce_json(self._producer, self._alerts, alert.alert_id, alert)
         flush_or_raise(self._producer, self._tracker)
-        faults.point("release.after_publish")
+        probes.point("release.after_publish")
         metrics.released(len(values), flagged)
 
     def write_batch(self, items: list[Any]) -> None:

@@ -40,7 +40,7 @@ class RedisSettings(_Strict):
         # Checked at load (exit 2 with the line), not when the first client is made.
         from redis.connection import parse_url
 
-        from sinks.redis_client import redact_url
+        from ctrguard.sinks.redis_client import redact_url
 
         try:
             parse_url(url)

@@ -13,7 +13,7 @@ Pieces
 * :class:`SlackSink`: a Bytewax ``DynamicSink``. Each ``write_batch`` loads the incident
   state of the campaigns that can change (alerts in the batch, an open incident that is
   due or ticks, a ticking campaign that has state) from Redis, runs the pure
-  :class:`~sinks.incidents.IncidentTracker`, and writes the new state and the outbox
+  :class:`~ctrguard.sinks.incidents.IncidentTracker`, and writes the new state and the outbox
   entries in one ``MULTI``/``EXEC`` transaction (``WATCH`` on the states and on the open
   and known sets), so re-delivered alerts after a restart change nothing and no update is
   lost between the two. The thousands of campaigns that merely tick cost a set lookup.
@@ -58,26 +58,26 @@ from typing import IO, TYPE_CHECKING, Any
 import redis
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
-from ctrguard import faults, metrics
+from ctrguard import metrics, probes
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
 from ctrguard.records import Alert, WindowDecision
-from sinks.incidents import (
+from ctrguard.sinks.incidents import (
     SEVERITY_RANK,
     IncidentTracker,
     IncidentUpdate,
     update_from_json,
     update_to_json,
 )
-from sinks.quarantine_incidents import IncidentFlagLinks
-from sinks.redis_client import make_redis
-from sinks.slack_chart import SeriesHistory
-from sinks.slack_extras import IncidentExtras
-from sinks.slack_render import render_console, render_incident, render_thread_reply
-from sinks.stalls import StallTracker, is_stall
+from ctrguard.sinks.quarantine_incidents import IncidentFlagLinks
+from ctrguard.sinks.redis_client import make_redis
+from ctrguard.sinks.slack_chart import SeriesHistory
+from ctrguard.sinks.slack_extras import IncidentExtras
+from ctrguard.sinks.slack_render import render_console, render_incident, render_thread_reply
+from ctrguard.sinks.stalls import StallTracker, is_stall
 
 if TYPE_CHECKING:
     from ctrguard.config import Settings
-    from sinks.settings import SlackSettings
+    from ctrguard.sinks.settings import SlackSettings
 
 __all__ = ["Decision", "Router", "SlackNotifier", "SlackSink", "NotifierStats"]
 
@@ -167,7 +167,7 @@ class Decision:
 class Router:
     """Routes campaigns to channels and owners; applies mutes (pure, no I/O).
 
-    >>> from sinks.settings import SlackSettings
+    >>> from ctrguard.sinks.settings import SlackSettings
     >>> s = SlackSettings.model_validate({
     ...     "default_channel": "#ctr", "campaign_labels": {"retail": ["shop-*"]},
     ...     "routes": [{"labels": ["retail"], "channel": "#retail", "owner": "U024BE7LH"}],
@@ -387,7 +387,7 @@ class _Gone(Exception):
 
 
 class SlackNotifier:
-    """Delivers :class:`~sinks.incidents.IncidentUpdate` records to Slack, at least once
+    """Delivers :class:`~ctrguard.sinks.incidents.IncidentUpdate` records to Slack, at least once
     into the outbox and at most once into Slack (per Slack call, barring a response lost
     after Slack acted).
 
@@ -695,7 +695,7 @@ class SlackNotifier:
                 raise
         self.stats.slack_calls += 1
         self.redis.set(step_key, json.dumps(result), ex=self.slack.idempotency_ttl_s)
-        faults.point("slack.after_call")
+        probes.point("slack.after_call")
         return result
 
     def _apply(self, u: IncidentUpdate, fields: dict[str, str],

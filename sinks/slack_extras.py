@@ -1,11 +1,11 @@
 """What the Slack delivery thread adds to an incident beyond its text (Web API mode).
 
 * Feedback: the *Confirmed* / *False alarm* / *Expected* buttons and the latest vote under
-  the message (:func:`sinks.slack_render.render_feedback_blocks`), and the incident's facts
-  kept for ``ctrguard feedback export`` (:meth:`sinks.feedback.FeedbackStore.remember_incident`).
+  the message (:func:`ctrguard.sinks.slack_render.render_feedback_blocks`), and the incident's facts
+  kept for ``ctrguard feedback export`` (:meth:`ctrguard.sinks.feedback.FeedbackStore.remember_incident`).
 * Planned changes: an incident overlapping one says so ("Expected: ...").
 * Charts: a PNG of the driving series in the thread when the message is posted, replaced
-  by a final one at resolution (:mod:`sinks.slack_chart`).
+  by a final one at resolution (:mod:`ctrguard.sinks.slack_chart`).
 
 Everything here runs on the delivery thread (never on the dataflow's): one Redis read for
 the latest vote per update, the planned changes at most every ``annotations.refresh_s``,
@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
-from sinks.annotations import AnnotationCache, expected_part
-from sinks.feedback import FeedbackStore
-from sinks.slack_chart import render_chart
-from sinks.slack_render import (
+from ctrguard.sinks.annotations import AnnotationCache, expected_part
+from ctrguard.sinks.feedback import FeedbackStore
+from ctrguard.sinks.slack_chart import render_chart
+from ctrguard.sinks.slack_render import (
     RenderedMessage,
     render_feedback_blocks,
     sanitize,
@@ -34,7 +34,7 @@ from sinks.slack_render import (
 
 if TYPE_CHECKING:
     from ctrguard.config import Settings
-    from sinks.incidents import Incident, IncidentUpdate
+    from ctrguard.sinks.incidents import Incident, IncidentUpdate
 
 __all__ = ["IncidentExtras"]
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sinks.incidents import Incident, IncidentUpdate, SeriesTotals, iso
+from ctrguard.sinks.incidents import Incident, IncidentUpdate, SeriesTotals, iso
 
 __all__ = [
     "RenderedMessage",

@@ -5,7 +5,7 @@ per affected campaign-window with ``kind``, ``suspected_cause`` and ``detector``
 ``ingestion_stall`` and ``incident = "stall:<source>:<window_start_s>"`` (``source`` is
 ``impressions`` or ``clicks``, the window the first stalled one; the same string from every
 shard and worker). Those alerts are not campaign incidents: :class:`StallTracker` (pure, no
-I/O) folds all alerts of one stall id into **one** :class:`~sinks.incidents.Incident` of scope
+I/O) folds all alerts of one stall id into **one** :class:`~ctrguard.sinks.incidents.Incident` of scope
 ``pipeline`` that names the topic, the time and how many campaigns are affected, grows as
 campaigns and windows are added, and resolves once ``gap_windows`` windows have closed after
 its last stalled window without another one.
@@ -15,7 +15,7 @@ a re-delivered alert adds nothing: :meth:`StallTracker.observe` takes the campai
 be counted and returns the new ones to add.
 
 >>> from ctrguard.records import Alert
->>> from sinks.incidents import iso
+>>> from ctrguard.sinks.incidents import iso
 >>> def stall(cid, ws, first=0):
 ...     return Alert(f"{cid}{ws}", cid, "all", iso(ws), iso(ws + 300), ws, 0, 0, 0.0,
 ...                  "ingestion_stall", "critical", "ingestion_stall", 0.02, 0.0, 0.0, 0.0,
@@ -43,7 +43,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from ctrguard.records import Alert
-from sinks.incidents import (
+from ctrguard.sinks.incidents import (
     SEVERITY_RANK,
     Incident,
     IncidentUpdate,
@@ -99,7 +99,7 @@ class StallTracker:
         self._states: dict[str, dict[str, Any]] = {}
         self.stale_alerts = 0
         #: ``(alert, incident_id)`` of every stall alert observed, for the quarantine flags
-        #: (:meth:`sinks.quarantine.QuarantineStore.link`), as ``IncidentTracker.assigned``.
+        #: (:meth:`ctrguard.sinks.quarantine.QuarantineStore.link`), as ``IncidentTracker.assigned``.
         #: Re-delivered alerts and alerts of a stall already over are linked too: the id
         #: follows from the alert alone, and linking is idempotent.
         self.assigned: list[tuple[Alert, str]] = []

@@ -45,13 +45,13 @@ from typing import Any
 import orjson
 
 from ctrguard.config import load_config_text
-from ctrguard.services import (
+from devtools.services import (
     ensure_topics,
     start_broker,
     start_object_store,
     start_redis,
 )
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.slack_emulator import SlackEmulator
 from tests.live_traffic import T0_MS, PacedProducer, Scheduled, traffic
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_support import (

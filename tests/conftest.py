@@ -1,6 +1,6 @@
 """Shared fixtures: real services, started once per session, clean state per test.
 
-``broker``            session-wide tansu broker (:class:`ctrguard.services.Broker`).
+``broker``            session-wide tansu broker (:class:`devtools.services.Broker`).
 ``kafka_config``      librdkafka settings for it, a fresh dict per test.
 ``topic_factory``     ``topic_factory(partitions=1, keys=TOPIC_KEYS)`` creates fresh topics.
 ``unique_topics``     fresh single-partition topics, keys ``TOPIC_KEYS``.
@@ -21,7 +21,7 @@ import uuid
 
 import pytest
 
-from ctrguard.services import (
+from devtools.services import (
     Broker,
     RedisServer,
     ensure_topics,

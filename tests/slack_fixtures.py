@@ -13,8 +13,8 @@ import pytest
 
 from ctrguard.config import Settings
 from ctrguard.records import Alert, make_alert_id
-from ctrguard.slack_emulator import SlackEmulator
-from sinks.incidents import iso
+from ctrguard.sinks.incidents import iso
+from devtools.slack_emulator import SlackEmulator
 
 TOKEN = "xoxb-111-222-testtokensecret"
 WEBHOOK_PATH = "T0001/B0001/webhooksecretpart"
@@ -30,7 +30,7 @@ def slack_emulator() -> Iterator[SlackEmulator]:
 
 @pytest.fixture(scope="session")
 def _slack_redis_server():
-    from ctrguard.services import start_redis
+    from devtools.services import start_redis
 
     server = start_redis()
     try:

@@ -13,10 +13,10 @@ import pytest
 from ctrguard.cli import main as cli_main
 from ctrguard.config import load_config_text
 from ctrguard.errors import ConfigError
-from ctrguard.services import produce_all
-from sinks.annotations import AnnotationCache, AnnotationStore
-from sinks.quarantine import QuarantineStore
-from sinks.redis_client import make_redis
+from ctrguard.sinks.annotations import AnnotationCache, AnnotationStore
+from ctrguard.sinks.quarantine import QuarantineStore
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import produce_all
 from tests.slack_fixtures import TOKEN
 from tests.test_live_flow import T0, W, ev, flow_settings, outage_stream, read_json, run_flow
 

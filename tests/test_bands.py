@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from ctrguard.cli import EXIT_OK, main
-from replay.bands import load_bands
+from ctrguard.replay.bands import load_bands
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,8 @@ from ctrguard.cli import main
 from ctrguard.config import load_config, load_config_text
 from ctrguard.errors import ConfigError
 
+ROOT = Path(__file__).resolve().parent.parent
+
 BAD = """\
 kafka:
   brokers: []
@@ -85,7 +87,7 @@ def test_run_with_bad_config_exits_2_before_touching_kafka(tmp_path: Path, capsy
 
 
 def test_run_with_unreachable_kafka_exits_3(tmp_path: Path, capsys):
-    from ctrguard.services import free_port
+    from devtools.services import free_port
 
     path = tmp_path / "c.yaml"
     path.write_text(f"kafka:\n  brokers: ['127.0.0.1:{free_port()}']\n"
@@ -94,11 +96,29 @@ def test_run_with_unreachable_kafka_exits_3(tmp_path: Path, capsys):
     assert "kafka" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["replay", "--help"],
-                                  ["demo", "--help"], ["quarantine", "--help"]])
+def _commands() -> list[list[str]]:
+    """Every command and subcommand of the ``ctrguard`` parser (new ones included)."""
+    import argparse
+
+    from ctrguard.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> list[list[str]]:
+        found = [path]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    found += walk(child, [*path, name])
+        return found
+
+    return walk(build_parser(), [])
+
+
+@pytest.mark.parametrize("argv", [[*path, "--help"] for path in _commands()]
+                         + [["-m", "devtools.demo", "--help"]], ids=" ".join)
 def test_every_command_has_help(argv):
-    proc = subprocess.run([sys.executable, "-m", "ctrguard", *argv], capture_output=True,
-                          text=True, timeout=60)
+    cmd = [sys.executable, *argv] if argv[0] == "-m" else [sys.executable, "-m", "ctrguard",
+                                                             *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "usage:" in proc.stdout
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ctrguard.cli import main
+from devtools.demo import main
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -18,7 +18,7 @@ def test_demo_ends_with_the_report_of_its_run(tmp_path, capsys, monkeypatch):
         # (set first, so that the demo's own os.environ.update is undone after the test)
         monkeypatch.setenv(var, "")
         monkeypatch.delenv(var)
-    assert main(["demo", "--campaigns", "3", "--hours", "6", "--report-dir",
+    assert main(["--campaigns", "3", "--hours", "6", "--report-dir",
                  str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     match = re.search(r"^report: (.+)$", out, re.M)

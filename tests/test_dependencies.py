@@ -17,7 +17,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 from ctrguard.errors import CtrGuardError
-from replay.generator import Label, write_labels
+from ctrguard.replay.generator import Label, write_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
@@ -159,7 +159,7 @@ def test_one_json_library_in_the_product_and_scipy_only_for_evaluation():
 
 
 def test_scoring_without_scipy_names_the_extra(monkeypatch):
-    from replay import evaluate
+    from ctrguard.replay import evaluate
 
     monkeypatch.setitem(sys.modules, "scipy", None)
     monkeypatch.setitem(sys.modules, "scipy.stats", None)

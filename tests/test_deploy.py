@@ -31,8 +31,8 @@ import yaml
 
 from ctrguard.cli import build_parser
 from ctrguard.config import load_config
-from ctrguard.services import consume_to_eof, ensure_topics, free_port, produce_all, start_broker
-from replay.run import run_replay
+from ctrguard.replay.run import run_replay
+from devtools.services import consume_to_eof, ensure_topics, free_port, produce_all, start_broker
 from tests.metrics_support import (
     DASHBOARD,
     DEPLOY,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.base import ALL, CAUSES, SEVERITIES, Counts, Window
-from detectors.monitor import CampaignMonitor, build_monitor
-from detectors.settings import DetectorSettings
+from ctrguard.detectors.base import ALL, CAUSES, SEVERITIES, Counts, Window
+from ctrguard.detectors.monitor import CampaignMonitor, build_monitor
+from ctrguard.detectors.settings import DetectorSettings
 
 W = 300  # window length, seconds
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, a window boundary
@@ -249,7 +249,7 @@ def test_page_hinkley_is_rivers(seed):
 
     from river.drift import PageHinkley
 
-    from detectors.drift import ResidualDrift
+    from ctrguard.detectors.drift import ResidualDrift
 
     d = ResidualDrift(threshold=5.0, delta=0.1, min_instances=5)
     river = PageHinkley(min_instances=5, delta=0.1, threshold=5.0, mode="both")
@@ -271,7 +271,7 @@ def test_drift_snapshot_layout_is_unchanged():
 
     from river.drift import PageHinkley
 
-    from detectors.drift import ResidualDrift
+    from ctrguard.detectors.drift import ResidualDrift
 
     class Plain:  # reads the snapshot's dict as it is
         pass
@@ -429,7 +429,7 @@ def test_a_segment_break_does_not_teach_the_campaign_a_lower_ctr():
     incident the campaign's baseline does not learn: nothing after the break."""
     from collections import defaultdict
 
-    from replay import generator as g
+    from ctrguard.replay import generator as g
 
     sim = g.simulate(seed=14, campaigns=40, hours=24)
     lab = next(x for x in sim.incidents if x.campaign_id == "c037")

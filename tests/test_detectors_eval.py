@@ -11,13 +11,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detectors.base import ALL, Counts, Window
-from detectors.baselines import RawRiverBaseline, ZTestBaseline
-from detectors.monitor import build_monitor
-from detectors.settings import DetectorSettings
+from ctrguard.detectors.base import ALL, Counts, Window
+from ctrguard.detectors.baselines import RawRiverBaseline, ZTestBaseline
+from ctrguard.detectors.monitor import build_monitor
+from ctrguard.detectors.settings import DetectorSettings
 
-generator = pytest.importorskip("replay.generator")
-evaluate_mod = pytest.importorskip("replay.evaluate")
+generator = pytest.importorskip("ctrguard.replay.generator")
+evaluate_mod = pytest.importorskip("ctrguard.replay.evaluate")
 
 W = 300
 pytestmark = pytest.mark.slow

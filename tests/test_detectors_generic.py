@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from detectors.base import ALL, Counts, Window
-from detectors.baselines import RawRiverBaseline, ZTestBaseline
-from detectors.drift import ResidualDrift
-from detectors.monitor import CampaignMonitor
-from detectors.scalar import ScalarScorer
-from detectors.settings import DetectorSettings
+from ctrguard.detectors.base import ALL, Counts, Window
+from ctrguard.detectors.baselines import RawRiverBaseline, ZTestBaseline
+from ctrguard.detectors.drift import ResidualDrift
+from ctrguard.detectors.monitor import CampaignMonitor
+from ctrguard.detectors.scalar import ScalarScorer
+from ctrguard.detectors.settings import DetectorSettings
 
 T0 = 1_767_225_600
 

@@ -8,9 +8,9 @@ import msgspec
 import pytest
 
 from ctrguard.config import Settings, load_config_text
+from ctrguard.detectors.base import ALL, Counts, Verdict, Window
+from ctrguard.flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState, shard_of
 from ctrguard.records import WindowDecision
-from detectors.base import ALL, Counts, Verdict, Window
-from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState, shard_of
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
 MIN = 60_000

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from ctrguard.config import load_config_text
+from ctrguard.detectors.base import ALL
 from ctrguard.errors import ConfigError
-from ctrguard.records import WindowDecision
-from detectors.base import ALL
-from flows import engine
-from flows.engine import (
+from ctrguard.flows import engine
+from ctrguard.flows.engine import (
     CLICK,
     IMPRESSION,
     Chunk,
@@ -26,7 +25,9 @@ from flows.engine import (
     RawBatch,
     ShardState,
     dedup_keys,
+    load_snapshot,
 )
+from ctrguard.records import WindowDecision
 from tests.test_fast_path import figure_totals
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z, a window boundary
@@ -384,3 +385,42 @@ def test_a_snapshot_of_another_window_length_or_dimensions_is_refused_clearly(le
         restored.bind(_secret_settings(length, dims), Recorder)
     with pytest.raises(RuntimeError, match="needs bind"):
         restored._monitor_factory()
+
+
+def _as_before_the_namespace(data: bytes) -> bytes:
+    """A protocol-3 pickle (classes named by GLOBAL opcodes, as text) rewritten as the pre-namespace code wrote it: every class of
+    ``ctrguard.flows``/``detectors``/... under its old top-level module."""
+    for new, old in ((b"ctrguard._shard", b"flows._shard"), (b"ctrguard.flows.", b"flows."),
+                     (b"ctrguard.detectors.", b"detectors.")):
+        data = data.replace(b"c" + new, b"c" + old)
+    assert b"\nc" + b"ctrguard.flows." not in data and b"cflows.engine\n" in data
+    return data
+
+
+def test_a_snapshot_written_before_the_namespace_resumes_identically():
+    from ctrguard.detectors.monitor import build_monitor
+
+    s = _settings()
+    prep = EventPreparer(s)
+
+    def factory():
+        return build_monitor(s.detectors)
+
+    state = ShardState(s, ["imp:0", "clk:0"], factory)
+    imps = [_ev(f"i{w}-{i}", T0 + w * 5 * MIN + i * 1000, device=["mobile", "desktop"][i % 2])
+            for w in range(12) for i in range(40)]
+    clicks = [_ev(f"k{w}", T0 + w * 5 * MIN + 2000, device="mobile") for w in range(12)]
+    _feed(state, prep, [_batch(IMPRESSION, imps), _batch(CLICK, clicks)])
+    old = _as_before_the_namespace(pickle.dumps(state, protocol=3))
+    restored = load_snapshot(old).bind(s, factory)
+    assert type(restored) is ShardState
+    same = pickle.loads(pickle.dumps(state)).bind(s, factory)
+    more = [_batch(IMPRESSION, [_ev(f"m{i}", T0 + 60 * MIN + i * 1000, device="mobile")
+                                for i in range(30)]),
+            _batch(CLICK, [_ev("m-k", T0 + 60 * MIN + 5000, device="mobile")]),
+            _batch(IMPRESSION, [], idle=True), _batch(CLICK, [], idle=True)]
+    a = _feed(restored, prep, more) + restored.flush()
+    b = _feed(same, prep, more) + same.flush()
+    assert _figures(a) == _figures(b) and len(_figures(a)) > 0
+    with pytest.raises(ValueError, match="not a shard snapshot"):
+        load_snapshot(pickle.dumps({"not": "a state"}))

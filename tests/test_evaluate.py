@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from replay import generator as g
-from replay.evaluate import (
+from ctrguard.replay import generator as g
+from ctrguard.replay.evaluate import (
     FigureIndex,
     ReplayInputError,
     decidability,
@@ -16,7 +16,7 @@ from replay.evaluate import (
     load_alerts,
     load_labels,
 )
-from replay.generator import Label
+from ctrguard.replay.generator import Label
 
 W = 300
 
@@ -343,7 +343,7 @@ def test_excess_delay_is_measured_against_the_clairvoyant_test():
 
 
 def test_pool_command_sums_runs_and_refuses_a_missing_one(tmp_path, capsys):
-    from replay import pool
+    from ctrguard.replay import pool
 
     figs = flat_figures("c1", 30, 1000, 20, override={w: (1000, 0) for w in range(10, 20)})
     labels = [Label("c1", "*", "click_outage", 3000, 6000)]

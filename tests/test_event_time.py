@@ -14,10 +14,9 @@ import orjson
 import pytest
 
 from ctrguard.config import load_config_text
-from ctrguard.records import WindowDecision
-from detectors.base import ALL
-from flows import engine
-from flows.engine import (
+from ctrguard.detectors.base import ALL
+from ctrguard.flows import engine
+from ctrguard.flows.engine import (
     CLICK,
     IMPRESSION,
     EventPreparer,
@@ -25,7 +24,8 @@ from flows.engine import (
     ShardState,
     conservation,
 )
-from flows.source import IdleClaims
+from ctrguard.flows.source import IdleClaims
+from ctrguard.records import WindowDecision
 from tests.test_engine import ZeroClickMonitor
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

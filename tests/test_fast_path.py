@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctrguard.config import load_config_text
+from ctrguard.detectors.base import ALL
 from ctrguard.errors import EventError
 from ctrguard.events import (
     CLICK,
@@ -29,9 +30,8 @@ from ctrguard.events import (
     decode_batch,
     decode_event,
 )
+from ctrguard.flows.engine import Chunk, EventPreparer, RawBatch, ShardState
 from ctrguard.records import WindowDecision
-from detectors.base import ALL
-from flows.engine import Chunk, EventPreparer, RawBatch, ShardState
 from tests.test_hostile import events as hostile_events
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -275,9 +275,9 @@ def test_late_event_of_a_chunk_from_another_process_names_its_message():
 
 @pytest.mark.integration
 def test_dead_letter_sink_reads_back_the_bytes_of_late_events(broker, unique_topics):
-    from ctrguard.services import consume_to_eof, produce_all
-    from flows.engine import DeadLetter
-    from sinks.kafka_out import DeadLetterSink
+    from ctrguard.flows.engine import DeadLetter
+    from ctrguard.sinks.kafka_out import DeadLetterSink
+    from devtools.services import consume_to_eof, produce_all
 
     values = [b'{"n":%d}' % i for i in range(5000)]
     produce_all(broker.bootstrap, unique_topics["impressions"], values)
@@ -299,7 +299,7 @@ def test_dead_letter_sink_reads_back_the_bytes_of_late_events(broker, unique_top
 
 def test_chunk_of_rows_round_trips():
     rows = [(T0 + i, IMPRESSION, f"e{i}", "c1", ("mobile",), b"raw", i) for i in range(3)]
-    from flows.engine import Prepared
+    from ctrguard.flows.engine import Prepared
 
     chunk = Chunk.of("imp:0", T0 + 2, False, [Prepared(*r) for r in rows])
     assert [tuple(p) for p in chunk.rows(1)] == rows
@@ -312,7 +312,7 @@ def test_chunk_of_rows_round_trips():
 
 
 def _readline_chunks(path, n):
-    from replay.run import open_lines
+    from ctrguard.replay.run import open_lines
 
     fh = open_lines(path)
     line_no, done, out = 0, False, []
@@ -335,7 +335,7 @@ def _readline_chunks(path, n):
 
 
 def test_replay_block_reader_equals_readline(tmp_path, monkeypatch):
-    import replay.run as rr
+    import ctrguard.replay.run as rr
 
     rng = random.Random(3)
     pieces = [b'{"a":1}', b"", b"  ", b"\t", b"x\r", b'{"b":2}\r', b"\r", b'{"c":"  "}']
@@ -366,7 +366,7 @@ def test_shard_keys_spread_evenly_over_bytewax_workers(workers):
     from bytewax.outputs import DynamicSink, StatelessSinkPartition
     from bytewax.testing import TestingSource, cluster_main
 
-    from flows.ctr_flow import shard_keys
+    from ctrguard.flows.ctr_flow import shard_keys
 
     where: dict[str, int] = {}
 

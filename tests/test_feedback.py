@@ -31,9 +31,9 @@ from slack_sdk.signature import SignatureVerifier
 from ctrguard.cli import main as cli_main
 from ctrguard.config import load_config_text
 from ctrguard.records import STATUS_QUARANTINED, Figure, WindowDecision
-from sinks.feedback import InteractionError, parse_interaction
-from sinks.slack import SlackSinkPartition
-from sinks.slack_render import FEEDBACK_ACTIONS
+from ctrguard.sinks.feedback import InteractionError, parse_interaction
+from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack_render import FEEDBACK_ACTIONS
 from tests.slack_fixtures import T0, TOKEN, WINDOW_S, make_alert
 
 SECRET = "3f1c0ffee5ecret0000signing1234567"
@@ -279,7 +279,7 @@ def test_buttons_signed_votes_message_update_and_labels_read_by_evaluate(
 
 def test_chart_in_thread_is_the_driving_series_and_is_replaced_at_resolution(
         redis_url, slack_emulator, monkeypatch):
-    import sinks.slack_extras as extras
+    import ctrguard.sinks.slack_extras as extras
 
     threads: list[str] = []
     real = extras.render_chart
@@ -403,7 +403,7 @@ def test_serve_refuses_to_start_without_a_signing_secret(tmp_path, redis_url,
 
 
 def test_oversized_request_is_refused_before_reading(tmp_path, redis_url, slack_emulator):
-    from sinks.feedback_server import InteractionServer
+    from ctrguard.sinks.feedback_server import InteractionServer
 
     settings = settings_for(redis_url, slack_emulator, "feedback:\n  max_body_bytes: 2048\n")
     with InteractionServer(settings, port=0) as srv:
@@ -414,7 +414,7 @@ def test_oversized_request_is_refused_before_reading(tmp_path, redis_url, slack_
 
 def test_without_a_bot_token_the_message_is_updated_through_its_response_url(
         redis_url, slack_emulator):
-    from sinks.feedback_server import InteractionServer
+    from ctrguard.sinks.feedback_server import InteractionServer
 
     sink = SlackSinkPartition(settings_for(redis_url, slack_emulator))
     try:

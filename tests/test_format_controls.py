@@ -29,7 +29,7 @@ from ctrguard.events import (
     is_refused_char,
     scan_batch,
 )
-from ctrguard.services import consume_to_eof, produce_all
+from devtools.services import consume_to_eof, produce_all
 from tests.test_reliability_support import T0, W, config_yaml, ev, start_run
 
 #: Characters the hand-made list let through (all Cf).

@@ -10,7 +10,7 @@ import pytest
 
 from ctrguard.config import ExclusionSettings
 from ctrguard.events import CLICK, IMPRESSION, parse_event
-from replay import generator as g
+from ctrguard.replay import generator as g
 
 START_MS = g._to_epoch_s(None) * 1000
 BOT_RE = re.compile("|".join(f"(?:{p})" for p in ExclusionSettings().bot_user_agents), re.I)

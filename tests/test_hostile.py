@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from ctrguard.config import Settings
 from ctrguard.errors import EventError
 from ctrguard.events import CLICK, IMPRESSION, MAX_TS_MS, MIN_TS_MS, decode_event
-from ctrguard.services import consume_to_eof, produce_all
-from flows.engine import EventPreparer, RawBatch
+from ctrguard.flows.engine import EventPreparer, RawBatch
+from devtools.services import consume_to_eof, produce_all
 from tests.test_reliability_support import T0, W, ev
 
 NOW_MS = (T0 + 86400) * 1000

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ctrguard.services import produce_all
+from devtools.services import produce_all
 from tests.test_reliability_support import T0, ev
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

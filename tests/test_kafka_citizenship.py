@@ -18,9 +18,9 @@ from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from ctrguard.config import load_config_text
-from ctrguard.services import consume_to_eof, produce_all
-from flows.ctr_flow import get_flow
-from flows.source import list_partitions
+from ctrguard.flows.ctr_flow import get_flow
+from ctrguard.flows.source import list_partitions
+from devtools.services import consume_to_eof, produce_all
 from tests.test_reliability_support import REPO, T0, config_yaml, ev
 
 pytestmark = pytest.mark.integration

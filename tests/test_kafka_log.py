@@ -40,8 +40,8 @@ def _lines(caplog, port: int) -> list[str]:
 
 
 def test_consumer_and_producer_log_once_per_broker_and_kind(caplog):
-    from flows.source import KafkaBatchSource
-    from sinks.kafka_out import DeliveryTracker, make_producer
+    from ctrguard.flows.source import KafkaBatchSource
+    from ctrguard.sinks.kafka_out import DeliveryTracker, make_producer
 
     port = _dead_port()
     s = _settings(port)
@@ -85,7 +85,7 @@ def test_no_librdkafka_text_on_stderr_from_a_process():
     """The same through a fresh interpreter: librdkafka writes nothing by itself."""
     port = _dead_port()
     code = ("import time\nfrom ctrguard.config import load_config_text\n"
-            "from sinks.kafka_out import make_producer\n"
+            "from ctrguard.sinks.kafka_out import make_producer\n"
             f"s = load_config_text('kafka:\\n  brokers: [\"127.0.0.1:{port}\"]\\n', env={{}})\n"
             "p = make_producer(s.kafka)\np.produce('t', b'x')\np.flush(2)\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,

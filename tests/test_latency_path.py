@@ -11,10 +11,10 @@ from functools import partial
 import pytest
 
 from ctrguard.config import load_config_text
+from ctrguard.flows.ctr_flow import DecisionBatch, ShardLogic, _pack, build_monitor_for, is_decision
+from ctrguard.flows.engine import DeadLetter, ShardState
 from ctrguard.records import WindowDecision
-from flows.ctr_flow import DecisionBatch, ShardLogic, _pack, build_monitor_for, is_decision
-from flows.engine import DeadLetter, ShardState
-from sinks.release import ReleaseGate, _ReleasePartition
+from ctrguard.sinks.release import ReleaseGate, _ReleasePartition
 
 
 def _decision(cid: str, start: int = 1767611100) -> WindowDecision:
@@ -62,12 +62,12 @@ def test_shard_snapshot_only_when_recovery_keeps_it(snapshots):
 def test_run_snapshots_only_with_a_recovery_directory(monkeypatch, tmp_path, recovery):
     import bytewax.run
 
-    import flows.ctr_flow
-    from flows import run_cmd
+    import ctrguard.flows.ctr_flow
+    from ctrguard.flows import run_cmd
 
     seen: dict[str, object] = {}
     monkeypatch.setattr(run_cmd, "preflight", lambda settings: [("t", 0)])
-    monkeypatch.setattr(flows.ctr_flow, "get_flow",
+    monkeypatch.setattr(ctrguard.flows.ctr_flow, "get_flow",
                         lambda settings, **kw: seen.update(kw) or "flow")
     monkeypatch.setattr(bytewax.run, "cli_main", lambda flow, **kw: seen.update(ran=flow))
     args = ["run", "--no-slack"] + (["--recovery-dir", str(tmp_path)] if recovery else [])

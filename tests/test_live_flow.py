@@ -15,12 +15,12 @@ import pytest
 from bytewax.testing import cluster_main, run_main
 
 from ctrguard.config import Settings, load_config_text
-from ctrguard.services import consume_to_eof, produce_all
-from flows.ctr_flow import get_flow
-from flows.source import list_partitions
-from replay.run import run_replay
-from sinks.quarantine import QuarantineStore
-from sinks.redis_client import make_redis
+from ctrguard.flows.ctr_flow import get_flow
+from ctrguard.flows.source import list_partitions
+from ctrguard.replay.run import run_replay
+from ctrguard.sinks.quarantine import QuarantineStore
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import consume_to_eof, produce_all
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z, seconds

@@ -11,11 +11,11 @@ import msgspec
 import pytest
 
 from ctrguard.records import parse_figure_key
-from ctrguard.services import consume_to_eof, produce_all
-from sinks.incidents import make_incident_id
-from sinks.quarantine import CLEAN, QUARANTINED, RELEASED, QuarantineStore
-from sinks.quarantine_incidents import list_incidents
-from sinks.redis_client import make_redis
+from ctrguard.sinks.incidents import make_incident_id
+from ctrguard.sinks.quarantine import CLEAN, QUARANTINED, RELEASED, QuarantineStore
+from ctrguard.sinks.quarantine_incidents import list_incidents
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import consume_to_eof, produce_all
 from tests.test_live_flow import T0, W, ev, flow_settings, outage_stream, read_json, run_flow
 
 

@@ -68,7 +68,7 @@ def test_a_service_error_is_a_json_line_from_the_environment_setting(free_redis_
 
 @pytest.fixture
 def free_redis_url():
-    from ctrguard.services import free_port
+    from devtools.services import free_port
 
     return f"redis://127.0.0.1:{free_port()}/0"
 

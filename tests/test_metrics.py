@@ -24,10 +24,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from ctrguard.config import load_config_text
-from ctrguard.services import consume_to_eof, ensure_topics, free_port, produce_all
-from ctrguard.slack_emulator import SlackEmulator
-from sinks.quarantine import QuarantineReader
-from sinks.redis_client import make_redis
+from ctrguard.sinks.quarantine import QuarantineReader
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import consume_to_eof, ensure_topics, free_port, produce_all
+from devtools.slack_emulator import SlackEmulator
 from tests.metrics_support import deploy_metric_names, http_get, scrape, wait_for
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_crash import HOURS, crash_stream
@@ -366,7 +366,7 @@ def test_figures_held_back_while_redis_is_down(broker, redis_factory, topic_fact
 def test_demo_prints_the_metrics_url_and_serves_it_while_it_runs():
     env = {k: v for k, v in os.environ.items()
            if k not in ("CTRGUARD_KAFKA_BROKERS", "CTRGUARD_REDIS_URL")}
-    proc = subprocess.Popen([sys.executable, "-m", "ctrguard", "demo", "--campaigns", "2",
+    proc = subprocess.Popen([sys.executable, "-m", "devtools.demo", "--campaigns", "2",
                              "--hours", "3", "--volume-scale", "0.5"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -396,7 +396,7 @@ def test_demo_prints_the_metrics_url_and_serves_it_while_it_runs():
 
 def test_each_process_of_a_cluster_serves_its_own_port():
     from ctrguard.cli import build_parser
-    from flows.run_cmd import metrics_port
+    from ctrguard.flows.run_cmd import metrics_port
 
     parser = build_parser()
     settings = load_config_text("metrics:\n  port: 9500\n", env={})

@@ -32,9 +32,9 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-import detectors.monitor as core
-from detectors.base import ALL, Counts, Window
-from detectors.settings import DetectorSettings
+import ctrguard.detectors.monitor as core
+from ctrguard.detectors.base import ALL, Counts, Window
+from ctrguard.detectors.settings import DetectorSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 #: The monitor whose outputs the fast paths must give (the revision that last changed them
@@ -46,7 +46,7 @@ T0 = 1_767_225_600
 
 def _load_source(tag: str, stats_src: str, monitor_src: str) -> types.ModuleType:
     """The monitor's Python source as a module of its own (``stats`` too), beside whatever
-    ``detectors.monitor`` is; registered in ``sys.modules`` so its objects pickle."""
+    ``ctrguard.detectors.monitor`` is; registered in ``sys.modules`` so its objects pickle."""
     stats = types.ModuleType(f"_monitor_ref_{tag}_stats")
     exec(compile(stats_src, f"<{tag} stats.py>", "exec"), stats.__dict__)
     sys.modules[stats.__name__] = stats
@@ -54,12 +54,12 @@ def _load_source(tag: str, stats_src: str, monitor_src: str) -> types.ModuleType
     module = types.ModuleType(name)
     module.__file__ = f"<{tag} monitor.py>"
     sys.modules[name] = module
-    saved = sys.modules["detectors.stats"]
-    sys.modules["detectors.stats"] = stats  # the source's ``from detectors.stats import``
+    saved = sys.modules["ctrguard.detectors.stats"]
+    sys.modules["ctrguard.detectors.stats"] = stats  # the source's ``from ctrguard.detectors.stats import``
     try:
         exec(compile(monitor_src, module.__file__, "exec"), module.__dict__)
     finally:
-        sys.modules["detectors.stats"] = saved
+        sys.modules["ctrguard.detectors.stats"] = saved
     return module
 
 
@@ -70,8 +70,10 @@ def _source_module() -> types.ModuleType:
 
 def _reference_module() -> types.ModuleType | None:
     def show(path: str) -> str:
-        return subprocess.run(["git", "show", f"{REFERENCE_REV}:{path}"], cwd=ROOT,
+        text = subprocess.run(["git", "show", f"{REFERENCE_REV}:{path}"], cwd=ROOT,
                               check=True, capture_output=True, text=True).stdout
+        # Before the ctrguard namespace, the packages were top-level.
+        return text.replace("from detectors.", "from ctrguard.detectors.")
     try:
         return _load_source("reference", show("detectors/stats.py"),
                             show("detectors/monitor.py"))
@@ -214,7 +216,7 @@ def _restore(blob: bytes, module: types.ModuleType) -> Any:
     """Unpickle a snapshot with ``module``'s restore functions, whichever wrote it."""
     class Unpickler(pickle.Unpickler):
         def find_class(self, mod: str, name: str) -> Any:
-            if name.startswith("_restore_") and mod in ("detectors.monitor", *(
+            if name.startswith("_restore_") and mod in ("ctrguard.detectors.monitor", *(
                     m.__name__ for m in IMPLEMENTATIONS.values())):
                 return getattr(module, name)
             return super().find_class(mod, name)

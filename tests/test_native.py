@@ -1,5 +1,5 @@
 """The mypyc-compiled detector core: same verdicts as the Python source, snapshots that
-load in either, and a stale build never used (detectors/native.py)."""
+load in either, and a stale build never used (ctrguard/native.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from detectors import native
+from ctrguard import native
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 _STREAM = r'''
 import base64, json, pickle, sys
 import numpy as np
-from detectors.base import Counts, Window
-from detectors.settings import DetectorSettings
-from detectors.monitor import build_monitor
-import detectors.native as native
+from ctrguard.detectors.base import Counts, Window
+from ctrguard.detectors.settings import DetectorSettings
+from ctrguard.detectors.monitor import build_monitor
+import ctrguard.native as native
 
 mode, cut = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(11)
@@ -80,7 +80,7 @@ compiled_only = pytest.mark.skipif(native.status() != "compiled",
 
 
 def test_status_says_what_is_imported():
-    import detectors.monitor  # noqa: F401
+    import ctrguard.detectors.monitor  # noqa: F401
 
     expected = "compiled" if native.status() == "compiled" else "python"
     assert native.in_use() == expected
@@ -110,26 +110,24 @@ def test_snapshots_load_in_either_core():
 
 @compiled_only
 def test_a_stale_build_is_not_used(tmp_path):
-    # A copy of the package with its extensions, whose monitor source then changes.
-    shutil.copytree(ROOT / "detectors", tmp_path / "detectors")
-    for lib in ROOT.glob("*__mypyc*"):
-        shutil.copy(lib, tmp_path)
-    for name in native.C_EXTENSIONS.values():  # part of the build (not imported here)
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        for built in (ROOT / name).parent.glob(Path(name).stem + ".*"):
-            shutil.copy(built, (tmp_path / name).parent)
+    # A copy of the installed layout (ctrguard/ with its subpackages, extensions included),
+    # whose monitor source then changes.
+    pkg = tmp_path / "ctrguard"
+    shutil.copytree(ROOT / "ctrguard", pkg)
+    for folder in ("detectors", "flows", "sinks", "replay"):
+        shutil.copytree(ROOT / folder, pkg / folder)
     env = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
     env["PYTHONPATH"] = str(tmp_path)
     probe = ("import warnings; warnings.simplefilter('error', RuntimeWarning)\n"
-             "import detectors.native as n\n")
-    ok = subprocess.run([sys.executable, "-c", probe + "import detectors.monitor\n"
+             "import ctrguard.native as n\n")
+    ok = subprocess.run([sys.executable, "-c", probe + "import ctrguard.detectors.monitor\n"
                          "print(n.status(), n.in_use())"],
                         capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     assert ok.stdout.split() == ["compiled", "compiled"]
-    src = tmp_path / "detectors" / "monitor.py"
+    src = pkg / "detectors" / "monitor.py"
     src.write_text(src.read_text() + "\n# edited after the build\n")
     stale = subprocess.run([sys.executable, "-W", "always::RuntimeWarning", "-c",
-                            "import detectors.monitor, detectors.native as n\n"
+                            "import ctrguard.detectors.monitor, ctrguard.native as n\n"
                             "print(n.status(), n.in_use())"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     assert stale.stdout.split() == ["stale", "python"]
@@ -137,7 +135,7 @@ def test_a_stale_build_is_not_used(tmp_path):
 
 
 def test_cli_status_exit_code():
-    proc = subprocess.run([sys.executable, "-m", "detectors", "status"], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "ctrguard.native", "status"], capture_output=True,
                           text=True, cwd=ROOT, env={**os.environ, native.PURE_ENV: "1"})
     assert (proc.returncode, proc.stdout.strip()) == (3, "disabled")
 

@@ -25,9 +25,9 @@ import msgspec
 import pytest
 
 from ctrguard.config import load_config_text
-from ctrguard.services import consume_to_eof, produce_all
-from flows.ctr_flow import DEAD, SYSTEMIC_CRASH_MIN, bisect_batch
-from flows.engine import RawBatch
+from ctrguard.flows.ctr_flow import DEAD, SYSTEMIC_CRASH_MIN, bisect_batch
+from ctrguard.flows.engine import RawBatch
+from devtools.services import consume_to_eof, produce_all
 from tests.test_reliability_support import T0, W, config_yaml, ev, start_run
 
 NESTED = (b'{"event_id":"deep","ts":1767225600000,"campaign_id":"c1","x":' + b"[" * 1000

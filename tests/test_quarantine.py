@@ -13,7 +13,7 @@ from pydantic import SecretStr
 
 from ctrguard.errors import QuarantineError, RedisUnavailable, ServiceError
 from ctrguard.records import Alert, WindowDecision, make_alert_id
-from sinks.quarantine import (
+from ctrguard.sinks.quarantine import (
     CLEAN,
     EXPIRED,
     PENDING,
@@ -26,8 +26,8 @@ from sinks.quarantine import (
     flag_key,
     parse_flag_key,
 )
-from sinks.redis_client import CLIENT_RETRIES, make_redis, redact_url
-from sinks.settings import QuarantineSettings, RedisSettings
+from ctrguard.sinks.redis_client import CLIENT_RETRIES, make_redis, redact_url
+from ctrguard.sinks.settings import QuarantineSettings, RedisSettings
 
 LENGTH = 300
 PREFIX = "t"

@@ -8,8 +8,7 @@ import pytest
 
 from ctrguard.cli import EXIT_FAILURE, EXIT_OK, EXIT_SERVICE, EXIT_USAGE, main
 from ctrguard.config import load_config
-from ctrguard.services import free_port
-from sinks.quarantine import (
+from ctrguard.sinks.quarantine import (
     CLEAN,
     QUARANTINED,
     RELEASED,
@@ -17,8 +16,9 @@ from sinks.quarantine import (
     QuarantineStore,
     iso_utc,
 )
-from sinks.quarantine_cli import EXIT_HELD, EXIT_PENDING, _release_mode
-from sinks.redis_client import make_redis
+from ctrguard.sinks.quarantine_cli import EXIT_HELD, EXIT_PENDING, _release_mode
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import free_port
 from tests.slack_fixtures import T0 as T0_SLACK
 from tests.test_quarantine import LENGTH, T0, decision, make_alert
 
@@ -185,7 +185,7 @@ def incident_config(tmp_path, url: str) -> str:
 @pytest.fixture
 def incident(redis_url, tmp_path):
     """An open incident of c1 holding 6 series-windows; c2 has flags in no incident."""
-    from sinks.incidents import make_incident_id
+    from ctrguard.sinks.incidents import make_incident_id
     from tests.test_quarantine_incidents import Flow, settings_for, window
 
     flow = Flow(settings_for(redis_url, auto_release=True))
@@ -333,7 +333,7 @@ def test_check_csv_with_redis_down_exits_3(tmp_path, capsys):
 def test_the_demos_last_step_releases_one_incident_in_one_command(incident, capsys):
     from pathlib import Path
 
-    from ctrguard.demo import release_one_incident
+    from devtools.demo import release_one_incident
 
     config, store, incident_id = incident
     release_one_incident(store, Path(config))

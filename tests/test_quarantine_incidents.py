@@ -15,16 +15,16 @@ import pytest
 from ctrguard.config import Settings
 from ctrguard.errors import QuarantineError
 from ctrguard.records import WindowDecision
-from sinks.incidents import make_incident_id
-from sinks.quarantine import QUARANTINED, RELEASED, QuarantineStore
-from sinks.quarantine_incidents import (
+from ctrguard.sinks.incidents import make_incident_id
+from ctrguard.sinks.quarantine import QUARANTINED, RELEASED, QuarantineStore
+from ctrguard.sinks.quarantine_incidents import (
     get_incident,
     list_incidents,
     release_incident,
     release_range,
 )
-from sinks.redis_client import make_redis
-from sinks.slack import SlackSinkPartition
+from ctrguard.sinks.redis_client import make_redis
+from ctrguard.sinks.slack import SlackSinkPartition
 from tests.slack_fixtures import T0, WINDOW_S, make_alert
 
 PREFIX = "qi"

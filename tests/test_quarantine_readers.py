@@ -18,7 +18,7 @@ import redis
 
 from ctrguard.errors import QuarantineError
 from ctrguard.records import Figure
-from sinks.quarantine import (
+from ctrguard.sinks.quarantine import (
     CLEAN,
     EXPIRED,
     PENDING,

@@ -21,8 +21,8 @@ def blocks(lang: str) -> list[str]:
 def test_python_example_reads_a_real_redis(redis_url, monkeypatch):
     from ctrguard.config import Settings
     from ctrguard.records import WindowDecision
-    from sinks.quarantine import QuarantineStore
-    from sinks.redis_client import redis_from_url
+    from ctrguard.sinks.quarantine import QuarantineStore
+    from ctrguard.sinks.redis_client import redis_from_url
 
     # A running ctrguard has decided c007 through the window *before* the one asked about.
     settings = Settings()

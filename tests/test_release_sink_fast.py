@@ -20,9 +20,9 @@ from confluent_kafka import Producer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import sinks.quarantine as quarantine
+import ctrguard.sinks.quarantine as quarantine
 from bench.workloads import ReleaseScenario as Scenario
-from ctrguard import faults, records
+from ctrguard import probes, records
 from ctrguard.config import Settings
 from ctrguard.errors import QuarantineError, RedisUnavailable
 from ctrguard.records import (
@@ -33,10 +33,10 @@ from ctrguard.records import (
     figure_keys,
     make_alert_id,
 )
-from ctrguard.services import consume_to_eof
-from sinks.kafka_out import produce_many
-from sinks.quarantine import QuarantineReader, QuarantineStore, iso_utc
-from sinks.release import ReleaseGate, _ReleasePartition
+from ctrguard.sinks.kafka_out import produce_many
+from ctrguard.sinks.quarantine import QuarantineReader, QuarantineStore, iso_utc
+from ctrguard.sinks.release import ReleaseGate, _ReleasePartition
+from devtools.services import consume_to_eof
 
 T0 = 1_767_225_600
 LENGTH = 300
@@ -420,7 +420,7 @@ def test_sink_publishes_the_old_bytes_after_redis_holds_every_decision(
         elif name == "release.after_publish":
             published = len(on_kafka)
 
-    monkeypatch.setattr(faults, "point", at)
+    monkeypatch.setattr(probes, "point", at)
     for items in calls:
         current = [d for batch in items for d in batch]
         part.write_batch(items)

@@ -23,7 +23,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from ctrguard.config import load_config_text
-from ctrguard.services import (
+from devtools.services import (
     Broker,
     ServiceStartError,
     consume_to_eof,
@@ -33,7 +33,7 @@ from ctrguard.services import (
     start_broker,
     start_object_store,
 )
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_crash import crash_stream
 from tests.test_reliability_support import (

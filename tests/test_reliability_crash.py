@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from ctrguard.config import load_config_text
-from ctrguard.services import consume_to_eof, ensure_topics, produce_all, start_redis
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.services import consume_to_eof, ensure_topics, produce_all, start_redis
+from devtools.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_support import (
     T0,

@@ -19,11 +19,11 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from ctrguard.config import load_config_text
-from ctrguard.services import produce_all
-from ctrguard.slack_emulator import SlackEmulator
-from sinks.quarantine import QuarantineReader
-from sinks.redis_client import make_redis
-from sinks.slack import SlackNotifier
+from ctrguard.sinks.quarantine import QuarantineReader
+from ctrguard.sinks.redis_client import make_redis
+from ctrguard.sinks.slack import SlackNotifier
+from devtools.services import produce_all
+from devtools.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_crash import crash_stream
 from tests.test_reliability_support import (

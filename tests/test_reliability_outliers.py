@@ -23,7 +23,7 @@ import orjson
 import pytest
 
 from ctrguard.config import load_config_text
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.slack_emulator import SlackEmulator
 from tests.live_traffic import T0_MS, Scheduled, traffic
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_pause import _produce_now, _without_topic

@@ -28,7 +28,7 @@ import pytest
 from confluent_kafka import Producer
 
 from ctrguard.config import load_config_text
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.slack_emulator import SlackEmulator
 from tests.live_traffic import PacedProducer, traffic
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_reliability_support import (

@@ -23,8 +23,8 @@ import time
 
 import pytest
 
-from ctrguard.services import start_redis
-from sinks.redis_client import make_redis
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import start_redis
 from tests.test_reliability_crash import Scenario
 from tests.test_reliability_support import (
     assert_same_as_clean,

@@ -22,14 +22,15 @@ from typing import Any
 import msgspec
 
 from ctrguard.config import Settings
-from ctrguard.services import consume_to_eof, ensure_topics
-from ctrguard.slack_emulator import SlackEmulator
-from sinks.quarantine import QuarantineReader
-from sinks.redis_client import make_redis
+from ctrguard.sinks.quarantine import QuarantineReader
+from ctrguard.sinks.redis_client import make_redis
+from devtools.services import consume_to_eof, ensure_topics
+from devtools.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 
 REPO = Path(__file__).resolve().parent.parent
-CTRGUARD = [sys.executable, "-m", "ctrguard"]
+# ctrguard with fault injection ($CTRGUARD_CRASH_AT): devtools/ctrguard.py
+CTRGUARD = [sys.executable, "-m", "devtools.ctrguard"]
 T0 = 1_767_225_600  # 2026-01-01T00:00:00Z
 W = 300
 OUTPUT_KEYS = ("figures", "alerts", "deadletter")

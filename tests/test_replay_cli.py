@@ -110,7 +110,7 @@ def test_replay_with_labels_writes_the_evaluation(scenario, tmp_path, capsys):
     assert msgspec.json.decode(again.read_bytes()) == ev
 
 
-@pytest.mark.skipif(importlib.util.find_spec("detectors.baselines") is None,
+@pytest.mark.skipif(importlib.util.find_spec("ctrguard.detectors.baselines") is None,
                     reason="baseline detectors not built yet")
 def test_replay_runs_the_baselines_side_by_side(scenario, tmp_path):
     out = tmp_path / "replay"
@@ -185,7 +185,7 @@ def test_score_series_missing_file(tmp_path, capsys):
                  str(tmp_path / "o.csv")]) == EXIT_USAGE
 
 
-@pytest.mark.skipif(importlib.util.find_spec("detectors.scalar") is None,
+@pytest.mark.skipif(importlib.util.find_spec("ctrguard.detectors.scalar") is None,
                     reason="scalar scorer not built yet")
 def test_score_series_appends_score_and_alert_columns(tmp_path):
     src = tmp_path / "s.csv"
@@ -204,10 +204,10 @@ def test_score_series_appends_score_and_alert_columns(tmp_path):
 
 
 def test_score_series_without_scorer_fails_cleanly(tmp_path, capsys, monkeypatch):
-    import replay.cli as cli
+    import ctrguard.replay.cli as cli
 
     def missing():
-        raise ModuleNotFoundError("No module named 'detectors.scalar'", name="detectors.scalar")
+        raise ModuleNotFoundError("No module named 'ctrguard.detectors.scalar'", name="ctrguard.detectors.scalar")
 
     monkeypatch.setattr(cli, "_scorer", missing)
     src = tmp_path / "s.csv"

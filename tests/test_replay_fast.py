@@ -24,9 +24,9 @@ import pytest
 from ctrguard.config import load_config_text
 from ctrguard.events import CLICK, IMPRESSION
 from ctrguard.records import Figure, WindowDecision, encode_figures
-from replay import run as replay_run
-from replay.evaluate import ReplayInputError
-from replay.run import open_lines, run_replay
+from ctrguard.replay import run as replay_run
+from ctrguard.replay.evaluate import ReplayInputError
+from ctrguard.replay.run import open_lines, run_replay
 
 WS, WE, S = "2026-01-05T00:00:00Z", "2026-01-05T00:05:00Z", 1767571200
 TRICKY = ["c1", "all", "device=mobile", "café", "日本語", 'q"uote', "back\\slash", "per%cent%d",
@@ -142,10 +142,10 @@ def _reference_replay(imp: Path, clk: Path, settings, out: Path, chunk_lines: in
     """The replay written the plain way: readline, one orjson.dumps and write per record."""
     import time
 
-    from detectors import baselines as bl
-    from detectors.monitor import build_monitor
-    from flows.engine import EventPreparer, RawBatch, ShardState, conservation
-    from replay.run import dead_letter_record
+    from ctrguard.detectors import baselines as bl
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.flows.engine import EventPreparer, RawBatch, ShardState, conservation
+    from ctrguard.replay.run import dead_letter_record
 
     out.mkdir(parents=True)
     sources = [["impressions", IMPRESSION, _readline_source(imp, chunk_lines), None, False],
@@ -257,7 +257,7 @@ def _tricky_lines(lines: list[bytes], rng: random.Random) -> list[bytes]:
 
 @pytest.fixture(scope="module")
 def tricky_inputs(tmp_path_factory):
-    from replay.generator import render_lines, simulate
+    from ctrguard.replay.generator import render_lines, simulate
 
     d = tmp_path_factory.mktemp("tricky")
     sim = simulate(seed=3, campaigns=4, hours=8, volume_scale=1, incident_rate=1.0,
@@ -283,7 +283,7 @@ def tricky_inputs(tmp_path_factory):
     ("imp_gz", 5000, None, False), ("imp_plain", 777, 4096, True), ("imp_gz", 100, 333, False)])
 def test_replay_outputs_equal_a_plain_reference(tricky_inputs, tmp_path, monkeypatch,
                                                 imp_key, chunk_lines, block, baselines):
-    import replay.run as rr
+    import ctrguard.replay.run as rr
 
     if block is not None:
         monkeypatch.setattr(rr, "READ_BLOCK", block)

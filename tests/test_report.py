@@ -9,7 +9,7 @@ import pytest
 
 from ctrguard.cli import EXIT_OK, EXIT_USAGE, main
 from ctrguard.records import Alert, Figure, encode_figures
-from replay.report import load_run, page_data
+from ctrguard.replay.report import load_run, page_data
 
 
 def _iso(s: int) -> str:

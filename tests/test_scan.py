@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from ctrguard import events
 from ctrguard.config import load_config_text
 from ctrguard.events import MAX_ATTR_CHARS, MAX_ID_CHARS, decode_batch, scan_batch
-from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, dedup_keys, ref_keys
+from ctrguard.flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, dedup_keys, ref_keys
 
 pytestmark = pytest.mark.skipif(events._SCANNER is None,
                                 reason="the C scanner is not built (make native)")

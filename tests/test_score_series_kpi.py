@@ -9,8 +9,8 @@ import math
 import numpy as np
 
 from ctrguard.cli import main
-from detectors.scalar import ScalarScorer
-from replay.kpi import T0, evaluate, generate_series
+from ctrguard.detectors.scalar import ScalarScorer
+from ctrguard.replay.kpi import T0, evaluate, generate_series
 
 #: Seeds not used while tuning the scorer's defaults (tuned on 1-40).
 SEEDS = list(range(201, 211))

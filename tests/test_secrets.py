@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from ctrguard.services import consume_to_eof, produce_all
-from ctrguard.slack_emulator import SlackEmulator
+from devtools.services import consume_to_eof, produce_all
+from devtools.slack_emulator import SlackEmulator
 from tests.slack_fixtures import TOKEN as SLACK_TOKEN
 from tests.test_hostile_slack import evil_stream
 from tests.test_reliability_support import REPO, config_yaml, init_recovery, start_run

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from ctrguard.errors import ServiceError
-from ctrguard.services import (
+from devtools.services import (
     ServiceStartError,
     _s3_request,
     consume_to_eof,
@@ -238,7 +238,7 @@ def test_wait_until_returns_the_first_truthy_value():
 
 _FORGETFUL_SCRIPT = """
 import sys, time
-from ctrguard.services import start_broker, start_redis
+from devtools.services import start_broker, start_redis
 broker, server = start_broker(), start_redis()
 print(broker.pid, server.pid, flush=True)
 if sys.argv[1] == "wait":

@@ -1,4 +1,4 @@
-"""The compiled loops of routing and counting (``flows/_shard.c``) against the Python
+"""The compiled loops of routing and counting (``ctrguard/_shard.c``) against the Python
 reference in ``flows/engine.py``: same chunks, same shard state, same decisions."""
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ctrguard.config import load_config_text
+from ctrguard.flows import engine
+from ctrguard.flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState
 from ctrguard.records import WindowDecision
-from flows import engine
-from flows.engine import CLICK, IMPRESSION, EventPreparer, RawBatch, ShardState
 from tests.test_engine import NOW, T0, ZeroClickMonitor
 
 pytestmark = pytest.mark.skipif(engine._SHARD is None,
-                                reason="flows._shard not built (make native)")
+                                reason="ctrguard._shard not built (make native)")
 
 MIN = 60_000
 
@@ -497,7 +497,7 @@ def test_slot_maker_builds_what_the_dataclass_builds(cls):
     from dataclasses import fields
 
     from ctrguard import records
-    from detectors import base
+    from ctrguard.detectors import base
 
     klass = getattr(records, cls, None) or getattr(base, cls)
     names = tuple(f.name for f in fields(klass))

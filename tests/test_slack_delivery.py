@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from ctrguard.records import WindowDecision
-from sinks.slack import SlackNotifier, SlackSinkPartition
+from ctrguard.sinks.slack import SlackNotifier, SlackSinkPartition
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     TOKEN,
@@ -152,7 +152,7 @@ def test_pending_outbox_survives_a_restart_and_is_delivered_once(
 
 def test_same_update_submitted_twice_is_delivered_once(
         slack_emulator, slack_redis_url, partitions):
-    from sinks.incidents import IncidentTracker
+    from ctrguard.sinks.incidents import IncidentTracker
 
     sink = partitions(make_settings(slack_redis_url, slack_emulator))
     (update,) = IncidentTracker().observe([make_alert(window=0)])
@@ -313,7 +313,7 @@ def test_submit_returns_without_waiting_for_slack(slack_emulator, slack_redis_ur
     slack_emulator.delay_next(3)                     # Slack hangs on the first call
     n = SlackNotifier(settings)
     try:
-        from sinks.incidents import IncidentTracker
+        from ctrguard.sinks.incidents import IncidentTracker
         t = IncidentTracker()
         n.submit(t.observe([make_alert("a", 0)]))
         assert slack_emulator.wait_for(lambda e: e.pending_faults() == 0, timeout=5)
@@ -375,7 +375,7 @@ def test_revision_that_renders_the_same_is_not_edited(
     """A new revision whose message shows nothing new costs no chat.update."""
     from dataclasses import replace
 
-    from sinks.incidents import IncidentTracker
+    from ctrguard.sinks.incidents import IncidentTracker
 
     sink = partitions(make_settings(slack_redis_url, slack_emulator))
     tracker = IncidentTracker()

@@ -7,10 +7,10 @@ import pickle
 
 import pytest
 
-from sinks.incidents import IncidentTracker, update_from_json, update_to_json
-from sinks.settings import SlackSettings
-from sinks.slack import Router
-from sinks.slack_render import render_console, render_incident, render_thread_reply
+from ctrguard.sinks.incidents import IncidentTracker, update_from_json, update_to_json
+from ctrguard.sinks.settings import SlackSettings
+from ctrguard.sinks.slack import Router
+from ctrguard.sinks.slack_render import render_console, render_incident, render_thread_reply
 from tests.slack_fixtures import T0, WINDOW_S, make_alert
 
 
@@ -202,7 +202,7 @@ def test_console_rendering_reads_like_slack():
 
 
 def test_an_owner_is_a_mention_only_when_it_is_exactly_an_id():
-    from sinks.slack_render import mention
+    from ctrguard.sinks.slack_render import mention
 
     assert mention("U123ABC") == "<@U123ABC>" and mention("S0ABC") == "<!subteam^S0ABC>"
     # A final newline (which re.match's "$" lets through) makes it text, not a mention.

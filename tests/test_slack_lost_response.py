@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSinkPartition
 from tests.slack_fixtures import make_alert, make_settings, slack_emulator  # noqa: F401
 
 

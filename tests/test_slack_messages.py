@@ -17,12 +17,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctrguard.detectors.monitor import build_monitor
+from ctrguard.detectors.settings import DetectorSettings
 from ctrguard.records import Alert, Figure, WindowDecision, make_alert_id
-from detectors.monitor import build_monitor
-from detectors.settings import DetectorSettings
-from sinks.incidents import IncidentTracker, chance_days, iso
-from sinks.slack import SlackSinkPartition
-from sinks.slack_render import render_console, render_incident
+from ctrguard.sinks.incidents import IncidentTracker, chance_days, iso
+from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack_render import render_console, render_incident
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     WINDOW_S,
@@ -306,5 +306,5 @@ def test_messages_in_slack_are_consistent(slack_emulator, slack_redis_url, alert
     scores = [a.score for a in alerts]
     n = max(n_series, len({a.segment for a in alerts}))
     days = chance_days(max(scores), window_s=WINDOW_S, n_series=n)
-    from sinks.slack_render import rarity
+    from ctrguard.sinks.slack_render import rarity
     assert final["evidence"] == f"{rarity(days)} by chance at this campaign's volume"

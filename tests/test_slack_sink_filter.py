@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import redis
 
-import sinks.slack as slack_mod
+import ctrguard.sinks.slack as slack_mod
 from ctrguard.records import Alert, WindowDecision
-from sinks.incidents import IncidentTracker, update_to_json
-from sinks.slack import SlackSinkPartition, _campaign_hash, _length_s
+from ctrguard.sinks.incidents import IncidentTracker, update_to_json
+from ctrguard.sinks.slack import SlackSinkPartition, _campaign_hash, _length_s
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     WINDOW_S,

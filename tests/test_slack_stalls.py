@@ -17,10 +17,10 @@ import threading
 import pytest
 
 from ctrguard.records import Alert, WindowDecision, make_alert_id
-from sinks.incidents import iso
-from sinks.slack import SlackSinkPartition
-from sinks.slack_render import render_console, render_incident, render_thread_reply
-from sinks.stalls import StallTracker, parse_stall_id
+from ctrguard.sinks.incidents import iso
+from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack_render import render_console, render_incident, render_thread_reply
+from ctrguard.sinks.stalls import StallTracker, parse_stall_id
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     WINDOW_S,
@@ -253,8 +253,8 @@ def test_two_workers_at_once_make_one_message_counting_each_campaign_once(
 
 
 def test_routes_and_mutes_match_a_stall_by_its_id():
-    from sinks.settings import SlackSettings
-    from sinks.slack import Router
+    from ctrguard.sinks.settings import SlackSettings
+    from ctrguard.sinks.slack import Router
 
     t = StallTracker(window_s=WINDOW_S, gap_windows=GAP)
     (u,), _ = t.observe([stall_alert("shop-1", 0)], {})

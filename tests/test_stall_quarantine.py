@@ -1,7 +1,7 @@
 """An ingestion stall's quarantined windows belong to its one pipeline incident.
 
 A stall's alerts (``ingestion_stall``, incident ``stall:<source>:<start>``) go to the Slack
-step's :class:`~sinks.stalls.StallTracker`, not to the campaign incidents. Their flags must
+step's :class:`~ctrguard.sinks.stalls.StallTracker`, not to the campaign incidents. Their flags must
 still carry the incident id the stall's Slack message shows, so that an operator can list
 and release the stall's windows in one command (``ctrguard quarantine incidents``,
 ``release --incident``) and ``quarantine.auto_release`` releases them when the stall ends.
@@ -18,10 +18,10 @@ import pytest
 from ctrguard.cli import EXIT_OK, main
 from ctrguard.config import load_config
 from ctrguard.records import WindowDecision
-from sinks.incidents import make_incident_id
-from sinks.quarantine import QUARANTINED, RELEASED, QuarantineStore
-from sinks.redis_client import make_redis
-from sinks.slack import SlackSinkPartition
+from ctrguard.sinks.incidents import make_incident_id
+from ctrguard.sinks.quarantine import QUARANTINED, RELEASED, QuarantineStore
+from ctrguard.sinks.redis_client import make_redis
+from ctrguard.sinks.slack import SlackSinkPartition
 from tests.slack_fixtures import T0, WINDOW_S
 from tests.test_slack_stalls import stall_alert
 

@@ -22,7 +22,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from ctrguard.services import consume_to_eof
+from devtools.services import consume_to_eof
 from tests.test_reliability_crash import scenario  # noqa: F401 - the module's fixture
 from tests.test_reliability_support import (
     assert_same_as_clean,

@@ -9,7 +9,7 @@ import pytest
 
 from ctrguard.cli import EXIT_OK, EXIT_USAGE, main
 from ctrguard.config import load_config, load_config_text
-from replay.recorded import detect, record, write_run
+from ctrguard.replay.recorded import detect, record, write_run
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_tune_grid_file_errors_name_file_and_line(scenario, tmp_path, capsys):
 
 
 def test_chosen_config_keeps_the_base_config(tmp_path):
-    from replay.tune import _write_chosen
+    from ctrguard.replay.tune import _write_chosen
 
     base = tmp_path / "base.yaml"
     base.write_text("windows:\n  length: 10m\ndetectors:\n  warmup_windows: 8\n")

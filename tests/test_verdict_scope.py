@@ -11,7 +11,7 @@ import orjson
 import pytest
 
 from ctrguard.cli import EXIT_OK, main
-from replay import generator as g
+from ctrguard.replay import generator as g
 
 W = 300
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from ctrguard import events
 from ctrguard.events import LineBlock, decode_batch, scan_batch
-from flows.engine import dedup_keys
+from ctrguard.flows.engine import dedup_keys
 
 #: Dimension sets the scanner is asked for (it reads only the ones asked).
 DIM_SETS = ((), ("device",), ("device", "channel"), ("geo", "creative_id", "device"))

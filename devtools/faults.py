@@ -1,4 +1,5 @@
-"""Fault injection for the reliability tests: crash the process at a named point.
+"""Fault injection for the reliability tests: crash the process at a named point
+(a :mod:`ctrguard.probes` point of the product).
 
 ``CTRGUARD_CRASH_AT=release.after_redis:3`` makes the process exit at once with status 137
 (what ``kill -9`` leaves) the 3rd time :func:`point` is called with that name. Several
@@ -6,8 +7,9 @@ points may be given, comma-separated: ``release.after_redis:3,slack.after_call:1
 cleanup runs (``os._exit``): no ``finally``, no atexit, no flush of Kafka producers, no
 Bytewax snapshot; exactly a crash.
 
-When the variable is unset (production), :func:`point` is a function that does nothing,
-chosen once at import, so a call costs one empty function call.
+:func:`install_from_env` installs the crasher into :mod:`ctrguard.probes`; a process
+started with ``python -m devtools.ctrguard ...`` (``ctrguard`` with fault injection) does
+that before running the command. The product itself never imports this module.
 
 Points placed in the code (see ``docs/reliability.md``):
 
@@ -23,7 +25,7 @@ Points placed in the code (see ``docs/reliability.md``):
 ``CTRGUARD_RAISE_ON=TEXT`` makes the prepare step raise :class:`InjectedFault` on any batch
 holding a message that contains ``TEXT`` (:func:`raise_on`): a stand-in for a bug that some
 input reaches, to test that such a batch is split and only the guilty message
-dead-lettered (``flows.ctr_flow.bisect_batch``).
+dead-lettered (``ctrguard.flows.ctr_flow.bisect_batch``).
 """
 
 from __future__ import annotations
@@ -61,24 +63,16 @@ class _Crasher:
         with self._lock:
             hits = self._hits[name] = self._hits.get(name, 0) + 1
         if hits == target:
-            sys.stderr.write(f"ctrguard.faults: crashing at {name} (hit {hits})\n")
+            sys.stderr.write(f"devtools.faults: crashing at {name} (hit {hits})\n")
             sys.stderr.flush()
             os._exit(EXIT_STATUS)
 
-
-def _noop(name: str) -> None:
-    return None
-
-
-_spec = os.environ.get(ENV, "")
-#: ``point(name)``: crash here if ``$CTRGUARD_CRASH_AT`` names this point and count.
-point = _Crasher(parse_spec(_spec)) if _spec else _noop
 
 RAISE_ENV = "CTRGUARD_RAISE_ON"
 
 
 class InjectedFault(RuntimeError):
-    """Raised by :func:`raise_on` (``$CTRGUARD_RAISE_ON``)."""
+    """Raised by the batch observer ``$CTRGUARD_RAISE_ON`` installs."""
 
 
 class _Raiser:
@@ -92,13 +86,19 @@ class _Raiser:
                 raise InjectedFault(f"injected fault: a message contains {marker!r}")
 
 
-def _noop_values(values: object) -> None:
-    return None
+def install_from_env() -> bool:
+    """Crash at the points ``$CTRGUARD_CRASH_AT`` names, and make the prepare step raise on
+    any batch holding a message that contains ``$CTRGUARD_RAISE_ON``; True if either is set."""
+    from ctrguard import probes
+
+    spec = os.environ.get(ENV, "")
+    marker = os.environ.get(RAISE_ENV, "")
+    if spec:
+        probes.install(_Crasher(parse_spec(spec)))
+    if marker:
+        probes.install_batch(_Raiser(marker.encode()))
+    return bool(spec or marker)
 
 
-_marker = os.environ.get(RAISE_ENV, "")
-#: ``raise_on(values)``: raise InjectedFault if a value contains ``$CTRGUARD_RAISE_ON``.
-raise_on = _Raiser(_marker.encode()) if _marker else _noop_values
-
-__all__ = ["point", "parse_spec", "raise_on", "InjectedFault", "ENV", "RAISE_ENV",
+__all__ = ["install_from_env", "parse_spec", "InjectedFault", "ENV", "RAISE_ENV",
            "EXIT_STATUS"]

@@ -1,5 +1,5 @@
 /*
- * flows._shard: the per-event inner loops of a shard (see flows/engine.py, ShardState).
+ * ctrguard._shard: the per-event inner loops of a shard (see flows/engine.py, ShardState).
  *
  * The Python code they replace stays in flows/engine.py as the reference (used when this
  * extension is not built, is stale or is disabled), and tests/test_shard_native.py checks
@@ -29,7 +29,7 @@ static PyObject *put_new(PyObject *dict, PyObject *key, PyObject *made) {
     return rc < 0 ? NULL : made;
 }
 
-/* flows.engine.ShardState._open_window for a campaign the shard has (``camp``): the
+/* ctrguard.flows.engine.ShardState._open_window for a campaign the shard has (``camp``): the
  * window ``wid`` lowers its first_wid and last_event_wid if earlier, and its counts in the window
  * start as an empty dict, stored at by_campaign[cid] and returned (borrowed). NULL on
  * error. */
@@ -409,7 +409,7 @@ static int int64_buffer(PyObject *obj, Py_buffer *b, const char *what) {
  * The first and the last window (ts // length, floored) of the event times ``ts`` (an int64
  * buffer, at least one): one pass instead of numpy's division, min and max, three calls
  * that cost more than their work on a chunk of a few hundred events (see
- * flows.engine.ShardState._add_events). ``length`` 1: ``ts`` are window ids already.
+ * ctrguard.flows.engine.ShardState._add_events). ``length`` 1: ``ts`` are window ids already.
  */
 static PyObject *span(PyObject *self, PyObject *args) {
     PyObject *ts_obj;
@@ -513,7 +513,7 @@ done:
  * shard, an int): ``ids`` is a bytearray of n Py_ssize_t (for a numpy intp array, as split
  * takes them), ``first`` the shard of every event when they all share one, else -1. None
  * when a campaign id is not in the cache: the caller computes the missing shards, stores
- * them and asks again (see flows.engine.EventPreparer._route, whose reference is a numpy
+ * them and asks again (see ctrguard.flows.engine.EventPreparer._route, whose reference is a numpy
  * fromiter over the cache's __getitem__).
  */
 static PyObject *shard_ids(PyObject *self, PyObject *args) {
@@ -565,7 +565,7 @@ done:
 /* series_counts(camp, counts, take_in, table, make) -> dict
  *
  * The counts of every series of campaign ``camp`` in one window (see
- * flows.engine.ShardState._series_counts, the reference): ``counts`` maps a dims key to its
+ * ctrguard.flows.engine.ShardState._series_counts, the reference): ``counts`` maps a dims key to its
  * impressions and the 1-tuple of a dims key to its clicks; each dims key adds to the series
  * camp.dims.segs[dims key] names (take_in(camp, dims key) makes and returns them when
  * missing). The result maps every name of camp.series, in order, to
@@ -732,7 +732,7 @@ static PyObject *series_counts(PyObject *self, PyObject *args) {
 /* slot_maker(cls, names) -> callable
  *
  * A positional constructor for a slotted class whose slots are exactly ``names`` (see
- * flows.engine._slot_constructor, which checks the class, and its Python version): the
+ * ctrguard.flows.engine._slot_constructor, which checks the class, and its Python version): the
  * object is allocated as object.__new__ allocates it and each slot is set at its offset,
  * as the slot's descriptor would set it. For objects built hundreds of thousands of times
  * per second (figures, decisions, counts).
@@ -806,7 +806,7 @@ static PyObject *slot_maker(PyObject *self, PyObject *args) {
 
 /* admit(keys, marks, shift, runs) -> (fresh, positions)
  *
- * flows.engine._Seen.admit's work (the reference): which of ``keys`` (a buffer of m uint64
+ * ctrguard.flows.engine._Seen.admit's work (the reference): which of ``keys`` (a buffer of m uint64
  * de-duplication keys, in arrival order) are the first arrival of a key not seen before.
  * ``runs`` is the list of sorted runs of keys seen (uint64 buffers), ``marks`` the bit map
  * (one bit at ``key >> shift``) of every key in them, which is searched only where the bit
@@ -998,7 +998,7 @@ done:
  *
  * Two ascending runs of uint64 keys (buffers) as one ascending run (native uint64), a's
  * first among equals: what numpy's stable sort of their concatenation gives, in one linear
- * pass (flows.engine._Seen._add).
+ * pass (ctrguard.flows.engine._Seen._add).
  */
 static PyObject *merge(PyObject *self, PyObject *args) {
     PyObject *a_obj, *b_obj;
@@ -1037,7 +1037,7 @@ done:
 /* ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)
  *     -> tuple
  *
- * The figures of a campaign-window without verdicts (flows.engine.ShardState._decide, its
+ * The figures of a campaign-window without verdicts (ctrguard.flows.engine.ShardState._decide, its
  * reference): for each (series, c) of ``counts`` (a dict, in its order) whose c is not
  * ``zero`` (the shared empty counts), make(cid, series, start_iso, end_iso, start_s,
  * c.impressions, c.clicks, ctr, status, alert_ids), ctr being c.clicks / c.impressions
@@ -1256,7 +1256,7 @@ done:
 /* close_window(campaigns, by_campaign, wid, ttl, when, out, evict, stats, take_in, table,
  *              make_counts, zero, status, make_figure, make_decision, on_verdicts) -> None
  *
- * The campaign loop of closing window ``wid`` (flows.engine.ShardState._close_through, whose
+ * The campaign loop of closing window ``wid`` (ctrguard.flows.engine.ShardState._close_through, whose
  * Python loop and _decide are the reference), in the order of ``campaigns``: a campaign
  * whose first window is later is skipped; one without counts in the window
  * (by_campaign[cid]) and no event for more than ``ttl`` windows has its id appended to
@@ -1340,53 +1340,53 @@ static PyMethodDef methods[] = {
     {"count", count, METH_VARARGS,
      "count(open, campaigns, wids, cids, keys, wrap, on_window, on_key) -> None\n\n"
      "Count a shard's de-duplicated events into its open windows (see "
-     "flows.engine.ShardState._count_windows)."},
+     "ctrguard.flows.engine.ShardState._count_windows)."},
     {"split", split, METH_VARARGS,
      "split(n_shards, shard_ids, columns) -> (order, counts, parts)\n\n"
      "Split a batch's columns by shard, keeping arrival order within each shard (see "
-     "flows.engine.EventPreparer._route)."},
+     "ctrguard.flows.engine.EventPreparer._route)."},
     {"span", span, METH_VARARGS,
      "span(ts, length) -> (lo, hi)\n\n"
      "The first and last window of a chunk's event times (see "
-     "flows.engine.ShardState._add_events)."},
+     "ctrguard.flows.engine.ShardState._add_events)."},
     {"group", group, METH_VARARGS,
      "group(ts, length, lo, n_windows) -> (wids, order, counts)\n\n"
      "A chunk's events by window, each window's in arrival order (see "
-     "flows.engine.ShardState._add_events)."},
+     "ctrguard.flows.engine.ShardState._add_events)."},
     {"merge", merge, METH_VARARGS,
      "merge(a, b) -> bytes\n\n"
-     "Two ascending runs of uint64 keys as one (see flows.engine._Seen._add)."},
+     "Two ascending runs of uint64 keys as one (see ctrguard.flows.engine._Seen._add)."},
     {"ok_figures", ok_figures, METH_VARARGS,
      "ok_figures(cid, counts, zero, start_iso, end_iso, start_s, status, alert_ids, make)"
      " -> tuple\n\n"
      "The figures of a campaign-window without verdicts (see "
-     "flows.engine.ShardState._decide)."},
+     "ctrguard.flows.engine.ShardState._decide)."},
     {"close_window", close_window, METH_VARARGS,
      "close_window(campaigns, by_campaign, wid, ttl, when, out, evict, stats, take_in, table,"
      " make_counts, zero, status, make_figure, make_decision, on_verdicts) -> None\n\n"
      "Decide every campaign of a closing window; back to Python only for verdicts (see "
-     "flows.engine.ShardState._close_through)."},
+     "ctrguard.flows.engine.ShardState._close_through)."},
     {"shard_ids", shard_ids, METH_VARARGS,
      "shard_ids(cache, cids) -> (ids, first) | None\n\n"
-     "The shard of each campaign id from a cache (see flows.engine.EventPreparer._route)."},
+     "The shard of each campaign id from a cache (see ctrguard.flows.engine.EventPreparer._route)."},
     {"series_counts", series_counts, METH_VARARGS,
      "series_counts(camp, counts, take_in, table, make) -> dict\n\n"
      "The counts of every series of a campaign in one window (see "
-     "flows.engine.ShardState._series_counts)."},
+     "ctrguard.flows.engine.ShardState._series_counts)."},
     {"admit", admit, METH_VARARGS,
      "admit(keys, marks, shift, runs) -> (fresh, positions)\n\n"
      "The de-duplication of one chunk's keys in one window (see "
-     "flows.engine._Seen.admit)."},
+     "ctrguard.flows.engine._Seen.admit)."},
     {"slot_maker", slot_maker, METH_VARARGS,
      "slot_maker(cls, names) -> callable\n\n"
      "A positional constructor that sets a slotted class's slots ``names`` directly (see "
-     "flows.engine._slot_constructor)."},
+     "ctrguard.flows.engine._slot_constructor)."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "flows._shard",
-    "The compiled per-event loops of routing and counting (see flows.engine).", -1, methods,
+    PyModuleDef_HEAD_INIT, "ctrguard._shard",
+    "The compiled per-event loops of routing and counting (see ctrguard.flows.engine).", -1, methods,
 };
 
 PyMODINIT_FUNC PyInit__shard(void) {

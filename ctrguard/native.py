@@ -1,25 +1,35 @@
-"""The compiled detector core: which modules mypyc compiles, and whether they are in use.
+"""Everything ctrguard compiles, in one place: what is built, the build, and whether the
+built code is in use.
 
-The detectors are plain Python, and that source is the reference: mypyc compiles the hot
-modules (:data:`MODULES`) into C extensions that compute the same floats in the same order,
-about four times faster. ``make venv`` builds them in place and ``pip install .`` (the
-Docker image) builds them into the wheel; without a C compiler everything still runs as
-Python.
+Two kinds of compiled code, each beside a Python reference that computes the same thing:
 
-An extension that no longer matches its source (``detectors/monitor.py`` edited after the
-build) would silently run the old code, because Python prefers an extension to a ``.py``
-file. So the build records a digest of each source beside it (``_native.json``), and
-``import detectors`` loads the Python source instead, with a warning, when they differ.
-``CTRGUARD_PURE_PYTHON=1`` asks for the Python source outright (comparisons, debugging).
+* the detector core: mypyc compiles the hot detector modules (:data:`MODULES`,
+  ``detectors/*.py``) into C extensions that compute the same floats in the same order,
+  about three times faster;
+* the hand-written C of :data:`C_EXTENSIONS`, which lives in this package's folder: the
+  event scanner and line splitter (``ctrguard/_scan.c``) and a shard's loops
+  (``ctrguard/_shard.c``).
 
-The same build compiles the hand-written C of :data:`C_EXTENSIONS` (the event scanner,
-``ctrguard/_scan.c``, and a shard's loops, ``flows/_shard.c``), which is stamped
-alike and used only when the core is ``compiled`` (:func:`load_extension`).
+Each buys at least 15 % of CPU per event on the live flow or on replay, measured in the
+same ``make bench`` run with the part turned off (``CTRGUARD_NATIVE_OFF``, see
+BENCHMARKS.md); a part that did not (the C figure encoder) was removed.
 
-``python -m detectors status`` says which is in use; ``python -m detectors build`` rebuilds.
+``make native`` (``python -m ctrguard.native build``) builds everything in place, one
+build and one stamp (``ctrguard/_native.json``: a digest of every source), and ``pip
+install .`` with ``CTRGUARD_BUILD_NATIVE=1`` (the Docker image) builds it into the wheel.
+Without a C compiler everything still runs as Python.
+
+A build that no longer matches its source (``detectors/monitor.py`` edited after the build)
+would silently run the old code, because Python prefers an extension to a ``.py`` file; so
+``import ctrguard.detectors`` loads the Python source instead, with a warning, when a digest
+differs, and the C parts are not used. ``CTRGUARD_PURE_PYTHON=1`` asks for the Python
+source outright (comparisons, debugging); ``CTRGUARD_NATIVE_OFF=core,scan,shard`` turns
+single parts off.
+
+``python -m ctrguard.native status`` says which is in use.
 
 >>> MODULES, tuple(C_EXTENSIONS)
-(('detectors.stats', 'detectors.drift', 'detectors.monitor'), ('ctrguard._scan', 'flows._shard'))
+(('ctrguard.detectors.stats', 'ctrguard.detectors.drift', 'ctrguard.detectors.monitor'), ('ctrguard._scan', 'ctrguard._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -41,31 +51,56 @@ from typing import Any
 __all__ = ["C_EXTENSIONS", "MODULES", "build", "load_extension", "status"]
 
 #: Compiled modules, in import order (``monitor`` imports ``drift``, both import ``stats``).
-MODULES = ("detectors.stats", "detectors.drift", "detectors.monitor")
-#: mypyc group: its shared library is ``detectors/core__mypyc*.so``.
-GROUP = "detectors.core"
+MODULES = ("ctrguard.detectors.stats", "ctrguard.detectors.drift", "ctrguard.detectors.monitor")
+#: mypyc group: its shared library is ``detectors/core__mypyc*.so`` (the folder of
+#: ``ctrguard.detectors``).
+GROUP = "ctrguard.detectors.core"
 #: Hand-written C extensions built with the core, and their sources.
-C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "flows._shard": "flows/_shard.c"}
+C_EXTENSIONS = {"ctrguard._scan": "ctrguard/_scan.c", "ctrguard._shard": "ctrguard/_shard.c"}
 #: Every extension a build makes: the modules, the group's shared library, the C ones.
 _BUILT = (*MODULES, GROUP + "__mypyc", *C_EXTENSIONS)
 #: Sources the compiled code was type-checked against: a change to any of them is a rebuild.
-_DEPENDS = (*MODULES, "detectors.base", "detectors.settings", *C_EXTENSIONS)
+_DEPENDS = (*MODULES, "ctrguard.detectors.base", "ctrguard.detectors.settings", *C_EXTENSIONS)
 #: Environment variable that forces the Python source.
 PURE_ENV = "CTRGUARD_PURE_PYTHON"
 #: Environment variable that turns single compiled parts off (comma-separated
 #: :data:`PARTS` names), for measuring what each buys (``make bench``) and for debugging.
 OFF_ENV = "CTRGUARD_NATIVE_OFF"
 #: Short name of each compiled part: the mypyc core and each hand-written C extension.
-PARTS = {"core": MODULES, "scan": ("ctrguard._scan",), "shard": ("flows._shard",)}
+PARTS = {"core": MODULES, "scan": ("ctrguard._scan",), "shard": ("ctrguard._shard",)}
 _STAMP = "_native.json"
 _HERE = Path(__file__).resolve().parent
 _ROOT = _HERE.parent
 
 
 def _source(module: str) -> Path:
+    """The source file of a compiled module: beside the package it belongs to, whatever
+    folder that package is installed from (``ctrguard.flows`` is ``flows/``)."""
+    package, _, name = module.rpartition(".")
     if module in C_EXTENSIONS:
-        return _ROOT / C_EXTENSIONS[module]
-    return _ROOT / (module.replace(".", "/") + ".py")
+        return _package_dir(package) / Path(C_EXTENSIONS[module]).name
+    return _package_dir(package) / (name + ".py")
+
+
+def _package_dir(package: str) -> Path:
+    if package == "ctrguard":  # this package: no import needed
+        return _HERE
+    if package not in _PACKAGE_DIRS:
+        try:
+            spec = importlib.util.find_spec(package)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None and spec.submodule_search_locations:
+            _PACKAGE_DIRS[package] = Path(next(iter(spec.submodule_search_locations)))
+        else:  # a source tree that is not installed (setup.py while building the wheel)
+            _PACKAGE_DIRS[package] = _ROOT / _FOLDERS[package]
+    return _PACKAGE_DIRS[package]
+
+
+#: Where each package's sources are in a source tree (pyproject.toml's package-dir).
+_FOLDERS = {"ctrguard": "ctrguard", "ctrguard.flows": "flows", "ctrguard.sinks": "sinks",
+            "ctrguard.replay": "replay", "ctrguard.detectors": "detectors"}
+_PACKAGE_DIRS: dict[str, Path] = {}
 
 
 def _digest(path: Path) -> str:
@@ -100,7 +135,8 @@ def status() -> str:
         return "pure"
     stamp = _stamp()
     if len(built) < len(_BUILT) or any(
-            stamp.get(m) != _digest(_source(m)) for m in _DEPENDS):
+            stamp.get(m) != _digest(_source(m)) for m in _DEPENDS
+            if _source(m).exists()):  # an installed wheel ships no C sources: its stamp holds
         return "stale"
     return "compiled"
 
@@ -128,7 +164,7 @@ def load_extension(name: str) -> Any:
     is ``compiled`` (so it matches its source and is not disabled or turned off), else
     ``None``: the caller then runs its Python reference code.
 
-    >>> load_extension("flows._shard") is None or hasattr(load_extension("flows._shard"),
+    >>> load_extension("ctrguard._shard") is None or hasattr(load_extension("ctrguard._shard"),
     ...                                                     "count")
     True
     """
@@ -144,7 +180,7 @@ def load_extension(name: str) -> Any:
 
 def in_use() -> str:
     """What the running process actually imported for the detector core."""
-    mod = sys.modules.get("detectors.monitor")
+    mod = sys.modules.get("ctrguard.detectors.monitor")
     if mod is None:
         return "not imported"
     return "python" if str(getattr(mod, "__file__", "")).endswith(".py") else "compiled"
@@ -161,7 +197,7 @@ def select() -> None:
         warnings.warn("ctrguard: the compiled detector core does not match its source; "
                       "running the Python source (rebuild: make native)", RuntimeWarning,
                       stacklevel=3)
-    package = sys.modules["detectors"]
+    package = sys.modules["ctrguard.detectors"]
     for name in MODULES:
         if name in sys.modules:
             continue
@@ -195,7 +231,7 @@ def build(quiet: bool = False) -> None:
 
 
 def module_paths() -> list[str]:
-    """Source files of :data:`MODULES`, relative to the project root (for mypyc)."""
+    """Source files of :data:`MODULES`, relative to the project root."""
     return [str(_source(m).relative_to(_ROOT)) for m in MODULES]
 
 
@@ -207,7 +243,7 @@ def write_stamp() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m detectors",
+        prog="python -m ctrguard.detectors",
         description="Build or inspect the mypyc-compiled detector core.")
     parser.add_argument("action", choices=("status", "build"),
                         help="status: print compiled | pure | stale | disabled (exit 0 only "
@@ -218,8 +254,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             build(quiet=args.quiet)
         except (subprocess.CalledProcessError, OSError) as exc:
-            print(f"detectors.native: build failed: {exc}", file=sys.stderr)
+            print(f"ctrguard.native: build failed: {exc}", file=sys.stderr)
             return 1
     state = status()
     print(state)
     return 0 if state == "compiled" else 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

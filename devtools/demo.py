@@ -55,7 +55,7 @@ def say(msg: str) -> None:
 
 
 def _scenario(args: argparse.Namespace):
-    from replay.generator import simulate
+    from ctrguard.replay.generator import simulate
 
     return simulate(seed=args.seed, campaigns=args.campaigns, hours=args.hours,
                     volume_scale=args.volume_scale, incident_kinds=DEMO_INCIDENTS,
@@ -86,8 +86,8 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def _serve_metrics(stack: contextlib.ExitStack, settings: Any) -> None:
     """The flow's /metrics, /healthz and /readyz on a free loopback port, as ``ctrguard
     run`` serves them, for as long as the demo runs."""
-    from ctrguard import services
     from ctrguard.health import Monitoring
+    from devtools import services
 
     monitoring = stack.enter_context(
         Monitoring(settings, port=services.free_port(), host="127.0.0.1"))
@@ -98,13 +98,13 @@ def _serve_metrics(stack: contextlib.ExitStack, settings: Any) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bytewax.testing import run_main
 
-    from ctrguard import services
     from ctrguard.config import load_config
-    from flows.ctr_flow import get_flow
-    from flows.source import list_partitions
-    from replay.generator import render_lines
-    from sinks.quarantine import QuarantineStore
-    from sinks.redis_client import make_redis
+    from ctrguard.flows.ctr_flow import get_flow
+    from ctrguard.flows.source import list_partitions
+    from ctrguard.replay.generator import render_lines
+    from ctrguard.sinks.quarantine import QuarantineStore
+    from ctrguard.sinks.redis_client import make_redis
+    from devtools import services
 
     started = time.monotonic()
     # The demo shows what users see; routine operational logging would drown it.
@@ -224,7 +224,7 @@ def release_one_incident(store: Any, config: Path | None) -> None:
     import shlex
     import subprocess
 
-    from sinks.quarantine_incidents import list_incidents
+    from ctrguard.sinks.quarantine_incidents import list_incidents
 
     say("releasing one incident's windows in one command")
     incidents = [i for i in list_incidents(store, include_resolved=True, limit=1000) if i.held]
@@ -257,9 +257,9 @@ def write_demo_report(out: Path, rendered: dict[str, list[bytes]], incidents: li
     say whether its alerts are the live flow's, and write ``out/report.html``."""
     import gzip
 
-    from replay.generator import write_labels
-    from replay.report import write_report
-    from replay.run import run_replay
+    from ctrguard.replay.generator import write_labels
+    from ctrguard.replay.report import write_report
+    from ctrguard.replay.run import run_replay
 
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -279,7 +279,16 @@ def write_demo_report(out: Path, rendered: dict[str, list[bytes]], incidents: li
                         settings=settings, title="ctrguard demo")
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from ctrguard.cli import main
+def main(argv: list[str] | None = None) -> int:
+    """``python -m devtools.demo [ARGS]`` (``make demo``): the ``demo`` command run by the
+    product's CLI (its logging, exit codes, ``--log-format``), with this module's command
+    added to the product's."""
+    from ctrguard.cli import SUBCOMMAND_MODULES
+    from ctrguard.cli import main as cli_main
 
-    sys.exit(main(["demo", *sys.argv[1:]]))
+    args = sys.argv[1:] if argv is None else argv
+    return cli_main(["demo", *args], commands=(*SUBCOMMAND_MODULES, "devtools.demo"))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The embedded default settings (``default.yaml``), installed as ``ctrguard.defaults``."""
