@@ -217,8 +217,9 @@ def namespaced(tree: Path) -> bool:
 
 
 def native_module(tree: Path) -> str:
-    """The module of ``python -m ... build|status`` in ``tree``'s layout."""
-    return "ctrguard.detectors" if namespaced(tree) else "detectors"
+    """The module of ``python -m ... build|status`` in ``tree``'s layout
+    (``ctrguard/native.py``; ``detectors/native.py`` before the namespace)."""
+    return "ctrguard.native" if (tree / "ctrguard" / "native.py").exists() else "detectors"
 
 
 def link_namespace(tree: Path) -> None:
