@@ -31,6 +31,29 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     sys.path.pop(0)
 
 
+def _alias_old_layout() -> None:
+    """A side's tree from before the ``ctrguard`` namespace has top-level ``flows``,
+    ``detectors``, ``sinks`` and ``replay`` (and ``detectors.native``, ``flows._shard``):
+    make the names this file uses find them there, not in the installed checkout."""
+    import importlib
+
+    tree = Path.cwd()
+    if (tree / "ctrguard" / "native.py").exists() or not (tree / "flows").is_dir():
+        return
+    import ctrguard
+
+    for name in ("detectors", "flows", "sinks", "replay"):
+        sys.modules[f"ctrguard.{name}"] = module = importlib.import_module(name)
+        setattr(ctrguard, name, module)
+    sys.modules["ctrguard.native"] = ctrguard.native = importlib.import_module("detectors.native")
+    for name in ("detectors.monitor", "detectors.base", "detectors.settings", "flows.engine",
+                 "replay.run", "sinks.release", "sinks.slack", "sinks.incidents"):
+        try:
+            sys.modules[f"ctrguard.{name}"] = importlib.import_module(name)
+        except ImportError:
+            pass
+
+
 def _core() -> str:
     try:
         from ctrguard import native
@@ -301,6 +324,7 @@ STEPS = {"replay": replay, "live": live, "engine": engine, "monitor": monitor,
 
 def main(argv: list[str]) -> int:
     step, spec = argv[0], json.loads(argv[1])
+    _alias_old_layout()
     out = STEPS[step](spec)
     out.setdefault("digest", None)
     out.setdefault("extra", {})
