@@ -35,6 +35,7 @@ def _alias_old_layout() -> None:
     """A side's tree from before the ``ctrguard`` namespace has top-level ``flows``,
     ``detectors``, ``sinks`` and ``replay`` (and ``detectors.native``, ``flows._shard``):
     make the names this file uses find them there, not in the installed checkout."""
+    import contextlib
     import importlib
 
     tree = Path.cwd()
@@ -48,10 +49,8 @@ def _alias_old_layout() -> None:
     sys.modules["ctrguard.native"] = ctrguard.native = importlib.import_module("detectors.native")
     for name in ("detectors.monitor", "detectors.base", "detectors.settings", "flows.engine",
                  "replay.run", "sinks.release", "sinks.slack", "sinks.incidents"):
-        try:
+        with contextlib.suppress(ImportError):  # a module that revision did not have
             sys.modules[f"ctrguard.{name}"] = importlib.import_module(name)
-        except ImportError:
-            pass
 
 
 def _core() -> str:
