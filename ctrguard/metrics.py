@@ -297,6 +297,10 @@ def released(figures: int, flagged: Iterable[Any], seconds: float | None = None)
         RELEASE_SECONDS.observe(seconds)
 
 
+#: librdkafka's logical offset "the end of the partition" (confluent_kafka.OFFSET_END).
+_OFFSET_END = -1
+
+
 class SourceMeter:
     """Consumer lag of one input partition, from offsets: the high watermark minus the next
     offset to read, computed when Prometheus scrapes (so it keeps growing while a worker
@@ -332,16 +336,26 @@ class SourceMeter:
         consumer = self._consumer
         if consumer is None:
             return self._final
-        offset = self.offset
+        offset = start = self.offset
         try:
-            _low, high = consumer.get_watermark_offsets(self._tp, cached=True)
+            low, high = consumer.get_watermark_offsets(self._tp, cached=True)
             if offset < 0:
                 offset = consumer.position([self._tp])[0].offset
         except Exception:  # noqa: BLE001 - closed meanwhile, or the broker is gone
             return None
         high = max(high, FLOW.latest.get(self.key, -1))
-        if high < 0 or offset < 0:
+        if high < 0:
             return None
+        if offset < 0:
+            # Nothing read yet (a partition that has had no message, or not polled since
+            # a restart): from its start, what it holds is unread; from its end, nothing.
+            if start == _OFFSET_END:
+                return 0
+            if low < 0:
+                low = 0 if high == 0 else -1
+            if low < 0:
+                return None
+            offset = low
         return max(0, high - offset)
 
 

@@ -44,8 +44,8 @@ import numpy as np
 
 __all__ = ["ClickLog", "WindowClicks", "REF_SHARE"]
 
-#: A missing ``impression_id`` is suspicious only where most clicks of the window carry
-#: one (a tracker that never sends it is no evidence of anything).
+#: A missing ``impression_id`` is suspicious only where most of the campaign's clicks in
+#: the window carry one (a tracker that never sends it is no evidence of anything).
 REF_SHARE = 0.5
 
 
@@ -165,22 +165,21 @@ class ClickLog:
                 pos = np.minimum(run.searchsorted(refs), len(run) - 1)
                 matched |= run[pos] == refs
         matched &= has_ref
-        # (Without an impression id: suspicious only where most clicks carry one.)
-        unmatched = ~matched if has_ref.mean() >= REF_SHARE else has_ref & ~matched
-        return WindowClicks(np.array(cids, dtype=object), dks, users, unmatched)
+        return WindowClicks(np.array(cids, dtype=object), dks, users, has_ref, matched)
 
 
 class WindowClicks:
     """The clicks of one closing window, for the evidence of the campaigns that ask."""
 
-    __slots__ = ("cids", "dks", "users", "unmatched")
+    __slots__ = ("cids", "dks", "users", "has_ref", "matched")
 
     def __init__(self, cids: np.ndarray, dks: list[Any], users: np.ndarray,
-                 unmatched: np.ndarray):
+                 has_ref: np.ndarray, matched: np.ndarray):
         self.cids = cids
         self.dks = dks
         self.users = users
-        self.unmatched = unmatched
+        self.has_ref = has_ref    # per click: it carries an impression id
+        self.matched = matched    # per click: that impression was shown (this window or before)
 
     def campaigns(self) -> int:
         """How many campaigns have clicks in this window."""
@@ -195,7 +194,11 @@ class WindowClicks:
         if not idx.size:
             return {}
         users = self.users[idx]
-        unmatched = self.unmatched[idx]
+        has_ref, matched = self.has_ref[idx], self.matched[idx]
+        # Without an impression id, a click is suspicious only where most of the campaign's
+        # clicks carry one (a tracker that never sends it is no evidence of anything). Per
+        # campaign: the same however the campaigns are sharded.
+        unmatched = ~matched if has_ref.mean() >= REF_SHARE else has_ref & ~matched
         known = users != 0
         if not known.any() and not unmatched.any():
             return None

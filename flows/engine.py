@@ -290,6 +290,10 @@ class Chunk:
     i of the chunk is ``event_ids[at[i]]`` (offsets, raws alike); :meth:`row_columns` gives
     the chunk's own. Pickled (only when it crosses to another process) with its own columns
     and without the raw message bytes, which are half its size: ``raws`` is then ``None``.
+
+    Every shard's chunk of a batch also carries the whole batch's volume (``volume``,
+    ``spread``): an ingestion stall is a fault of the pipeline, judged by every shard alike
+    from what all of them received (:mod:`ctrguard.flows.stall`), not from its own share.
     """
 
     source: str
@@ -311,6 +315,11 @@ class Chunk:
     #: ``user_id`` and ``impression_id``, the evidence of bot clicks (flows/clicklog.py).
     users: np.ndarray = field(default_factory=_no_keys)
     refs: np.ndarray = field(default_factory=_no_keys)
+    #: The whole batch's events per window, ``((window id, events), ...)``
+    #: (:func:`window_volume`), and their campaigns (:func:`spread_of`); ``None``: not
+    #: given, the chunk's own events stand for the batch (a chunk made by hand).
+    volume: tuple[tuple[int, int], ...] | None = None
+    spread: bool | str | None = None
 
     def __len__(self) -> int:
         return len(self.campaign_ids)
@@ -319,13 +328,14 @@ class Chunk:
         eids, offsets, _ = self.row_columns(raws=False)
         return (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms,
                 self.campaign_ids, eids, self.dims, offsets, self.keys, self.polled_ms,
-                self.recent, self.ledger, self.users, self.refs)
+                self.recent, self.ledger, self.users, self.refs, self.volume, self.spread)
 
     def __setstate__(self, state: tuple) -> None:
         (self.source, self.frontier_ms, self.idle, self.kind, self.ts_ms, self.campaign_ids,
          self.event_ids, self.dims, self.offsets, self.keys, self.polled_ms, self.recent,
          self.ledger) = state[:13]
-        self.users, self.refs = state[13:] if len(state) > 13 else (_NO_KEYS, _NO_KEYS)
+        self.users, self.refs = state[13:15] if len(state) > 13 else (_NO_KEYS, _NO_KEYS)
+        self.volume, self.spread = state[15:17] if len(state) > 15 else (None, None)
         self.raws = None  # type: ignore[assignment]
         self.at = None
 
@@ -383,6 +393,9 @@ class PreparedBatch:
     n_dims: int = 0
     polled_ms: int | None = None
     recent: tuple[int, ...] = ()
+    #: Its kept events per window and their campaigns (:class:`Chunk`).
+    volume: tuple[tuple[int, int], ...] = ()
+    spread: bool | str | None = None
 
     @property
     def ledger(self) -> tuple[int, int, int]:
@@ -394,6 +407,41 @@ class PreparedBatch:
     def by_shard(self) -> dict[int, list[Prepared]]:
         """The kept events per shard as rows (tests and tools; the flow uses ``chunks``)."""
         return {s: c.rows(self.n_dims) for s, c in self.chunks.items()}
+
+
+def window_volume(ts_ms: np.ndarray, length_ms: int) -> tuple[tuple[int, int], ...]:
+    """Events per window of a batch's times: ``((window id, events), ...)``, in order.
+
+    >>> window_volume(np.array([0, 299_999, 300_000, 10**15], dtype=np.int64), 300_000)
+    ((0, 2), (1, 1), (3333333333, 1))
+    """
+    if not len(ts_ms):
+        return ()
+    wids = ts_ms // length_ms
+    lo, hi = int(wids.min()), int(wids.max())
+    if lo == hi:  # the common case
+        return ((lo, len(wids)),)
+    if hi - lo <= 4096:
+        counts = np.bincount(wids - lo)
+        at = np.flatnonzero(counts)
+        return tuple(zip((at + lo).tolist(), counts[at].tolist(), strict=True))
+    got, counts = np.unique(wids, return_counts=True)  # (times years apart)
+    return tuple(zip(got.tolist(), counts.tolist(), strict=True))
+
+
+def spread_of(cids: Sequence[str]) -> bool | str | None:
+    """The campaigns of ``cids``: ``True`` for two or more, else the one campaign (``None``
+    for none). Batches of one campaign each (a partition per campaign) add up to a spread.
+
+    >>> spread_of(["a", "a"]), spread_of(["a", "b", "a"]), spread_of([])
+    ('a', True, None)
+    """
+    if not cids:
+        return None
+    first = cids[0]
+    if cids[-1] != first or cids.count(first) != len(cids):
+        return True
+    return first
 
 
 def shard_of(campaign_id: str, shards: int) -> int:
@@ -463,6 +511,7 @@ class EventPreparer:
         self.settings = settings
         self._dims = tuple(settings.segments.dimensions)
         self._shards = settings.windows.shards
+        self._length_ms = settings.windows.length * 1000
         self._future_ms = settings.windows.future_tolerance * 1000
         self._quorum = settings.event_time.frontier_quorum
         self._max_bytes = settings.max_event_bytes
@@ -567,13 +616,20 @@ class EventPreparer:
         frontier = None
         recent: tuple[int, ...] = ()
         polled = batch.polled_ms
+        volume: tuple[tuple[int, int], ...] = ()
+        spread: bool | str | None = None
         if len(drop) < n:
             if drop:
                 mask = np.ones(n, dtype=bool)
                 mask[list(drop)] = False
-                frontier, recent = self._frontier(ts[mask])
+                kept_ts = ts[mask]
+                kept = np.flatnonzero(mask).tolist()
+                spread = spread_of(_take((cids,), kept)[0])
             else:
-                frontier, recent = self._frontier(ts)
+                kept_ts = ts
+                spread = spread_of(cids)
+            frontier, recent = self._frontier(kept_ts)
+            volume = window_volume(kept_ts, self._length_ms)
             keys = cols.keys if cols.keys is not None else dedup_keys(cids, eids)
             # Event ids, offsets and raw bytes, aligned with the valid events: needed only
             # for the rare late event (and tests), so chunks point into them (Chunk.at).
@@ -587,7 +643,7 @@ class EventPreparer:
                 (s, (_, _, columns)), = routed.items()
                 chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind, ts,
                                   columns[0], rows[0], columns[1], rows[1], rows[2], keys,
-                                  None, polled, recent)
+                                  None, polled, recent, volume=volume, spread=spread)
                 if users is not None and refs is not None:
                     chunks[s].users, chunks[s].refs = users, refs
             else:
@@ -601,12 +657,12 @@ class EventPreparer:
                     chunks[s] = Chunk(batch.source, frontier, batch.idle, batch.kind,
                                       ts_by[start:stop], columns[0], rows[0], columns[1],
                                       rows[1], rows[2], keys_by[start:stop], order[start:stop],
-                                      polled, recent)
+                                      polled, recent, volume=volume, spread=spread)
                     if users_by is not None and refs_by is not None:
                         chunks[s].users = users_by[start:stop]
                         chunks[s].refs = refs_by[start:stop]
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
-                             len(values), len(self._dims), polled, recent)
+                             len(values), len(self._dims), polled, recent, volume, spread)
 
     def _frontier(self, ts: np.ndarray) -> tuple[int | None, tuple[int, ...]]:
         """A batch's contribution to its source's frontier: ``(frontier, recent)``. The
@@ -698,7 +754,8 @@ class EventPreparer:
             if chunk is None:
                 if empty is None or s == 0:
                     empty = Chunk(prepared.source, prepared.frontier_ms, prepared.idle,
-                                  polled_ms=prepared.polled_ms, recent=prepared.recent)
+                                  polled_ms=prepared.polled_ms, recent=prepared.recent,
+                                  volume=prepared.volume, spread=prepared.spread)
                 chunk = empty
             if s == 0:  # shard 0 keeps the batch's account (consumed, excluded, dead)
                 chunk.ledger = prepared.ledger
@@ -711,6 +768,7 @@ class EventPreparer:
         them), for a single state holding every campaign (replay)."""
         merged = self._merged(prepared, kind)
         merged.ledger = prepared.ledger
+        merged.volume, merged.spread = prepared.volume, prepared.spread
         return merged
 
     def _merged(self, prepared: PreparedBatch, kind: int) -> Chunk:
@@ -1009,6 +1067,8 @@ _window = _slot_constructor(Window)
 #: Shared immutable Counts for the small values most series-windows have.
 _SMALL_COUNTS = [[_counts(n, k) for k in range(16)] for n in range(128)]
 _ZERO = _SMALL_COUNTS[0][0]
+#: A window without events (its volume row: impressions, clicks, spread of each).
+_NO_VOLUME = (0, 0, None, None)
 
 
 def _counts_of(n: int, k: int) -> Counts:
@@ -1261,6 +1321,7 @@ class ShardState:
             self._claims.pop(source, None)
         if chunk.ledger is not None:
             self._account(source, chunk.ledger)
+        self._note_volume(chunk)
         if len(chunk.campaign_ids) > 0:
             self._add_events(chunk, out)
             if chunk.kind == CLICK and len(chunk.users):
@@ -1272,8 +1333,38 @@ class ShardState:
 
     #: Set while :meth:`flush` closes windows: they are partial (see :meth:`_scope`).
     _draining = False
-    #: Ingestion stalls of this shard (:mod:`ctrguard.flows.stall`); made on first use.
+    #: Ingestion stalls (:mod:`ctrguard.flows.stall`); made on first use.
     _stalls: StallWatch | None = None
+    #: Per open window id, the events the whole pipeline received in it per kind and their
+    #: campaigns per kind (:func:`spread_of`; from every batch's volume, which every shard
+    #: receives): what stalls are judged by. Made on first use.
+    _volume: dict[int, list] | None = None
+
+    def _note_volume(self, chunk: Chunk) -> None:
+        """Add a batch's volume (carried by each of its chunks) to the open windows'."""
+        volume, spread = chunk.volume, chunk.spread
+        if volume is None:  # a chunk made by hand: its own events stand for the batch
+            if not len(chunk.campaign_ids):
+                return
+            volume = window_volume(chunk.ts_ms, self._length_ms)
+            spread = spread_of(chunk.campaign_ids)
+        if not volume:
+            return
+        table = self._volume
+        if table is None:
+            table = self._volume = {}
+        kind = 0 if chunk.kind == IMPRESSION else 1
+        first = self._next_close
+        for wid, n in volume:
+            if first is not None and wid < first:
+                continue  # closed: its events are late
+            row = table.get(wid)
+            if row is None:
+                row = table[wid] = [0, 0, None, None]
+            row[kind] += n
+            got = row[2 + kind]
+            if got is not True and spread is not None and got != spread:
+                row[2 + kind] = spread if got is None else True
     #: The clicks of the open windows, with their users and impressions (the evidence of
     #: bot clicks, :mod:`ctrguard.flows.clicklog`); made on first use.
     _clicks: ClickLog | None = None
@@ -1658,7 +1749,7 @@ class ShardState:
             started = perf_counter()
             by_campaign = self._open.pop(wid, None) or {}
             self._close_clicks(wid)
-            self._observe_stall(wid, start_s, len(by_campaign))
+            self._observe_stall(wid, start_s)
             stale = wid - self._grace_windows
             for seen in self._seen:
                 ks = seen.get(wid)
@@ -1719,24 +1810,29 @@ class ShardState:
                         self._segments_for(camp, dk[0] if dk.__class__ is tuple
                                            and len(dk) == 1 else dk)
 
-    def _observe_stall(self, wid: int, start_s: int, campaigns: int) -> None:
+    def _observe_stall(self, wid: int, start_s: int) -> None:
         """Judge whether window ``wid`` belongs to an ingestion stall, from the events of each
-        kind this shard admitted in it and the campaigns that had any (``campaigns``; with
-        clicks: from the click log) (:class:`ctrguard.flows.stall.StallWatch`); a window a drain
-        closes is not judged. Per window, not per event."""
+        kind the whole pipeline received in it and whether two campaigns or more had any
+        (:class:`ctrguard.flows.stall.StallWatch`): every shard, and a replay, judge alike,
+        however the campaigns are sharded. A window a drain closes is not judged. Per
+        window, not per event."""
         watch = self._stalls
         if watch is None:
             watch = self._stalls = StallWatch()
+        table = self._volume
+        row = None
+        if table is not None:
+            row = table.pop(wid, None)
+            if table and min(table) < wid:  # (windows crossed without closing: a gap)
+                for old in [w for w in table if w < wid]:
+                    del table[old]
         if self._draining:
             watch.current = (None, None, False, False)
             return
-        imps, clicks = (seen.get(wid) for seen in self._seen)
-        log = self._clicks
-        closing = log.closing if log is not None else None
-        watch.current = watch.observe(
-            start_s, (len(imps) if imps is not None else 0,
-                      len(clicks) if clicks is not None else 0),
-            (campaigns, closing.campaigns() if closing is not None else 0))
+        if row is None:
+            row = _NO_VOLUME
+        watch.current = watch.observe(start_s, (row[0], row[1]),
+                                      (2 if row[2] is True else 1, 2 if row[3] is True else 1))
 
     def _scope(self, verdicts: list[Verdict]) -> list[Verdict]:
         """A campaign-window's verdicts in their scope: a drained window's silences go, a

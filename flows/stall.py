@@ -9,13 +9,18 @@ id in every shard and worker (the id follows from event time alone), and its ale
 ``ingestion_stall`` alerts, one per affected campaign-window, in place of the campaigns'
 ``silence`` or ``click_outage`` alerts of those windows.
 
-A shard calls a window stalled for a kind of event when it admitted almost none of that
-kind in it (at most :data:`STALL_FRACTION` of its usual volume, when that volume is at
+A window is stalled for a kind of event when the whole pipeline received almost none of
+that kind in it (at most :data:`STALL_FRACTION` of its usual volume, when that volume is at
 least :data:`MIN_EVENTS` a window), and the window after the stall, in which the sources
-resume, is the stall's too while it holds at most :data:`RESUME_FRACTION`: a campaign that goes quiet on its own leaves the
-shard's volume almost where it was; a stall of a source empties it. The usual volume is a
-slow average of the windows that were not stalled. A shard with too little traffic to
-tell leaves its campaigns' own alerts as they are.
+resume, is the stall's too while it holds at most :data:`RESUME_FRACTION`: a campaign that
+goes quiet on its own leaves the volume almost where it was; a stall of a source empties it.
+The usual volume is a slow average of the windows that were not stalled. Too little traffic
+to tell, or traffic of one campaign only, leaves the campaigns' own alerts as they are.
+
+Every shard judges from the same figures: each chunk it receives carries its whole batch's
+events per window (``Chunk.volume``, ``Chunk.spread`` in :mod:`ctrguard.flows.engine`), so
+the judgement does not depend on how campaigns are sharded, and a replay (one state for
+every campaign) judges as the running flow does.
 
 >>> w = StallWatch()
 >>> [w.observe(t * 300, (1000, 20)) for t in range(10)][-1]

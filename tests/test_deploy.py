@@ -79,6 +79,21 @@ def promtool() -> str:
 # --------------------------------------------------------------------------- static
 
 
+def compose_env(environment: dict, outer: dict[str, str]) -> dict[str, str]:
+    """A service's environment as ``docker compose`` hands it over: ``${VAR:-default}`` and
+    ``${VAR}`` taken from ``outer`` (the shell of ``docker compose up``).
+
+    >>> compose_env({"A": "${T:-}", "B": "${U:-x}", "C": 4}, {"U": "y"})
+    {'A': '', 'B': 'y', 'C': '4'}
+    """
+    def sub(m: re.Match) -> str:
+        got = outer.get(m.group(1))
+        return got if got else (m.group(2) or "")
+
+    return {k: re.sub(r"\$\{(\w+)(?::-([^}]*))?\}", sub, str(v))
+            for k, v in environment.items()}
+
+
 def test_compose_parses_and_every_ctrguard_command_exists_in_the_cli():
     doc = compose()
     assert {"kafka", "topics", "redis", *CTRGUARD_SERVICES} <= set(doc["services"])
@@ -240,7 +255,7 @@ def test_the_two_process_cluster_of_compose_runs_here(redis_url, tmp_path):
             procs = []
             for i, name in enumerate(CTRGUARD_SERVICES):
                 svc = doc["services"][name]
-                env = {**os.environ, **{k: str(v) for k, v in svc["environment"].items()},
+                env = {**os.environ, **compose_env(svc["environment"], {}),
                        "CTRGUARD_CONFIG": str(DEPLOY / "ctrguard.yaml"),
                        "CTRGUARD_KAFKA_BROKERS": broker.bootstrap,
                        "CTRGUARD_REDIS_URL": redis_url,
@@ -298,6 +313,8 @@ def test_the_two_process_cluster_of_compose_runs_here(redis_url, tmp_path):
             f = orjson.loads(m.value())
             figures[(f["campaign_id"], f["segment"], f["window_start_s"])] = (
                 f["impressions"], f["clicks"], f["status"])
+        (tmp_path / "live_alerts.jsonl").write_bytes(b"\n".join(
+            m.value() for m in consume_to_eof(broker.bootstrap, topics.alerts)))
 
         # Restarted, the cluster resumes from its recovery directories: it reads what came
         # after the last snapshot, not the whole topics again.
@@ -305,13 +322,19 @@ def test_the_two_process_cluster_of_compose_runs_here(redis_url, tmp_path):
         try:
             alive = lambda: all(p.poll() is None for p in procs)  # noqa: E731
 
-            def caught_up() -> bool:
-                lags = [v for p in ports for (n, _), v in scrape(p).samples.items()
-                        if n == "ctrguard_consumer_lag_messages"]
-                return len(lags) == 2 * partitions and sum(lags) == 0
+            seen_lags: list = []
 
-            wait_for(caught_up, 60, "the restarted cluster to catch up", interval=0.5,
-                     alive=alive)
+            def caught_up() -> bool:
+                lags = [(k, v) for p in ports for (n, k), v in scrape(p).samples.items()
+                        if n == "ctrguard_consumer_lag_messages"]
+                seen_lags[:] = lags
+                return len(lags) == 2 * partitions and sum(v for _, v in lags) == 0
+
+            try:
+                wait_for(caught_up, 60, "the restarted cluster to catch up", interval=0.5,
+                         alive=alive)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; consumer lags: {seen_lags}") from None
             assert sum(consumed()) < n_events, "restarted from the beginning, not from recovery"
         finally:
             _stop(procs)

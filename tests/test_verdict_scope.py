@@ -132,3 +132,59 @@ def test_an_unknown_cause_in_the_config_stops_the_replay(scenario, tmp_path, cap
                  "--config", str(config)]) == 2
     assert not (tmp_path / "out" / "alerts.jsonl").exists()
     assert "bad.yaml:2: quarantine.causes: unknown cause 'bots'" in capsys.readouterr().err
+
+
+def _alert_keys(alerts):
+    return sorted((a["campaign_id"], a["segment"], a["window_start_s"], a["kind"],
+                   a["incident"], a["quarantine"]) for a in alerts)
+
+
+def test_a_stall_is_judged_alike_however_the_campaigns_are_sharded(scenario, replayed):
+    """Every shard of the running flow judges a stall from the whole pipeline's volume,
+    which every one of its chunks carries: one state per shard (as the flow runs) says
+    what the replay's single state says. Judged from a shard's own campaigns, the 12
+    campaigns over 16 shards (most alone in theirs) each got a ``silence`` of their own."""
+    from ctrguard.config import load_config
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.events import CLICK, IMPRESSION
+    from ctrguard.flows.engine import EventPreparer, ShardState
+    from ctrguard.records import WindowDecision
+    from ctrguard.replay.run import _FileSource
+
+    settings = load_config(None, env={})
+    assert settings.windows.shards > 12  # most campaigns alone in their shard
+    sources = [_FileSource(scenario.impressions_path, "impressions", IMPRESSION, 5000),
+               _FileSource(scenario.clicks_path, "clicks", CLICK, 5000)]
+    ids = ["impressions:0", "clicks:0"]
+    preparer = EventPreparer(settings)
+    states = [ShardState(settings, ids, lambda: build_monitor(settings.detectors))
+              for _ in range(settings.windows.shards)]
+    got = []
+
+    def keep(items):
+        got.extend(a.to_dict() for d in items if isinstance(d, WindowDecision)
+                   for a in d.alerts)
+
+    while pending := [s for s in sources if not s.done]:
+        src = min(pending, key=lambda s: (s.frontier is not None, s.frontier or 0))
+        prepared = preparer.prepare(src.read_chunk())
+        if prepared.frontier_ms is not None:
+            src.frontier = prepared.frontier_ms
+        for shard, chunk in preparer.chunks(prepared):
+            keep(states[shard].ingest(chunk))
+    for state in states:
+        keep(state.flush())
+    alerts, _ = replayed
+    assert any(a["kind"] == "ingestion_stall" for a in got)
+    assert not any(a["kind"] == "silence" for a in got)
+    per_shard, replay = _alert_keys(got), _alert_keys(alerts)
+    assert per_shard == replay, (sorted(set(per_shard) - set(replay)),
+                                 sorted(set(replay) - set(per_shard)))
+
+
+def test_the_shard_count_changes_no_verdict(scenario, replayed, tmp_path):
+    config = tmp_path / "one-shard.yaml"
+    config.write_text("windows:\n  shards: 1\n")
+    alerts, figures = _replay(scenario, tmp_path / "out", config)
+    assert _alert_keys(alerts) == _alert_keys(replayed[0])
+    assert sorted(map(orjson.dumps, figures)) == sorted(map(orjson.dumps, replayed[1]))
