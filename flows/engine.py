@@ -396,6 +396,7 @@ class PreparedBatch:
     #: Its kept events per window and their campaigns (:class:`Chunk`).
     volume: tuple[tuple[int, int], ...] = ()
     spread: bool | str | None = None
+    kind: int = IMPRESSION
 
     @property
     def ledger(self) -> tuple[int, int, int]:
@@ -662,7 +663,8 @@ class EventPreparer:
                         chunks[s].users = users_by[start:stop]
                         chunks[s].refs = refs_by[start:stop]
         return PreparedBatch(batch.source, frontier, batch.idle, chunks, dead, excluded,
-                             len(values), len(self._dims), polled, recent, volume, spread)
+                             len(values), len(self._dims), polled, recent, volume, spread,
+                             batch.kind)
 
     def _frontier(self, ts: np.ndarray) -> tuple[int | None, tuple[int, ...]]:
         """A batch's contribution to its source's frontier: ``(frontier, recent)``. The
@@ -753,9 +755,11 @@ class EventPreparer:
             chunk = prepared.chunks.get(s)
             if chunk is None:
                 if empty is None or s == 0:
+                    # (of the batch's kind: its volume is counted as that kind's)
                     empty = Chunk(prepared.source, prepared.frontier_ms, prepared.idle,
-                                  polled_ms=prepared.polled_ms, recent=prepared.recent,
-                                  volume=prepared.volume, spread=prepared.spread)
+                                  prepared.kind, polled_ms=prepared.polled_ms,
+                                  recent=prepared.recent, volume=prepared.volume,
+                                  spread=prepared.spread)
                 chunk = empty
             if s == 0:  # shard 0 keeps the batch's account (consumed, excluded, dead)
                 chunk.ledger = prepared.ledger
