@@ -8,6 +8,7 @@ import json
 from datetime import UTC, datetime
 
 import msgspec
+import orjson
 import pytest
 
 from ctrguard.cli import main as cli_main
@@ -24,23 +25,23 @@ OUTAGE = (T0 + 3 * 3600, T0 + 3 * 3600 + 45 * 60)
 
 
 def two_campaigns() -> tuple[list[bytes], list[bytes]]:
-    """The outage stream twice: campaign ``big`` and campaign ``promo-7`` (same events)."""
+    """The outage stream twice: campaign ``big`` and campaign ``promo-7`` (same events),
+    beside campaign ``steady`` whose clicks go on (else every click stops at once: that
+    is the click source's stall, one pipeline incident, not the campaigns')."""
     imps, clicks = outage_stream()
-    rename = [(b'"campaign_id":"big"', b'"campaign_id":"promo-7"'), (b'"event_id":"',
-                                                                      b'"event_id":"p')]
+    steady_imps, steady_clicks = outage_stream(seed=4, outage=(0, 0))
 
-    def other(values: list[bytes]) -> list[bytes]:
-        out = []
-        for v in values:
-            for a, b in rename:
-                v = v.replace(a, b)
-            out.append(v)
-        return out
+    def renamed(values: list[bytes], campaign: bytes, prefix: bytes) -> list[bytes]:
+        return [v.replace(b'"campaign_id":"big"', b'"campaign_id":"' + campaign + b'"')
+                .replace(b'"event_id":"', b'"event_id":"' + prefix) for v in values]
 
-    def interleave(a: list[bytes], b: list[bytes]) -> list[bytes]:
-        return [v for pair in zip(a, b, strict=True) for v in pair]  # (in event-time order)
+    def in_time_order(*streams: list[bytes]) -> list[bytes]:
+        return sorted((v for s in streams for v in s), key=lambda v: orjson.loads(v)["ts"])
 
-    return interleave(imps, other(imps)), interleave(clicks, other(clicks))
+    return (in_time_order(imps, renamed(imps, b"promo-7", b"p"),
+                          renamed(steady_imps, b"steady", b"s")),
+            in_time_order(clicks, renamed(clicks, b"promo-7", b"p"),
+                          renamed(steady_clicks, b"steady", b"s")))
 
 
 def test_planned_change_declared_with_annotate_is_expected_in_the_live_flow(

@@ -245,7 +245,14 @@ def test_slack_and_redis_figures(run):
         reader = QuarantineReader(client, prefix, window_length_s=W)
         quarantined = reader.list_flags(state="quarantined", limit=100_000)
         assert quarantined
-        assert m.get("ctrguard_quarantined_windows") == len(quarantined)
+        # Counted by reading every flag, so only every QUARANTINE_COUNT_EVERY probes: the
+        # gauge reaches the flags in Redis within that many probe intervals.
+        from ctrguard.health import QUARANTINE_COUNT_EVERY
+
+        wait_for(lambda: scrape(run.port).get("ctrguard_quarantined_windows")
+                 == len(quarantined),
+                 (QUARANTINE_COUNT_EVERY + 1) * run.settings.metrics.probe_interval + 5,
+                 f"the quarantined-windows gauge to reach the {len(quarantined)} flags")
         assert m.get("ctrguard_incidents_open") == client.zcard(f"{prefix}:slack:open")
     finally:
         client.close()

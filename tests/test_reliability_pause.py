@@ -141,7 +141,9 @@ def _stop_process(proc) -> None:
 def _check(clean: Outcome, clean_log: str, run: Outcome, run_log: str, n: int) -> None:
     assert len(clean.figures) > 100 and clean.alerts and clean.flags, "nothing to compare"
     assert sum(clean.dead.values()) == 0, "the traffic has no late or invalid events"
-    assert_same_as_clean(clean, run)
+    # How many windows the first Slack post already shows depends on how alerts are
+    # batched, and a pause batches the backlog: the final texts must match (exact_posts).
+    assert_same_as_clean(clean, run, exact_posts=False)
     for log in (clean_log, run_log):
         line = _balance(log)
         assert line.startswith("conservation balanced") and _consumed(line) == n, line
