@@ -59,7 +59,9 @@ $(STAMP): pyproject.toml
 
 # The mypyc-compiled detector core and the C event scanner (ctrguard/native.py): rebuilt
 # when a source changes.
-NATIVE_SRC := detectors/stats.py detectors/drift.py detectors/monitor.py detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_shard.c
+NATIVE_SRC := detectors/stats.py detectors/drift.py detectors/incidents.py detectors/series.py \
+  detectors/evidence.py detectors/levels.py detectors/attribution.py detectors/monitor.py \
+  detectors/base.py detectors/settings.py detectors/mypyc.ini ctrguard/_scan.c ctrguard/_shard.c
 NATIVE := ctrguard/_native.json
 
 native: $(NATIVE) ## compile the detector core (mypyc) and the C extensions (pure Python still works without)

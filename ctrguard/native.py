@@ -4,8 +4,8 @@ built code is in use.
 Two kinds of compiled code, each beside a Python reference that computes the same thing:
 
 * the detector core: mypyc compiles the hot detector modules (:data:`MODULES`,
-  ``detectors/*.py``) into C extensions that compute the same floats in the same order,
-  about three times faster;
+  ``detectors/*.py``: ``monitor.py`` and the modules it is made of) into C extensions
+  that compute the same floats in the same order, about three times faster;
 * the hand-written C of :data:`C_EXTENSIONS`, which lives in this package's folder: the
   event scanner and line splitter (``ctrguard/_scan.c``) and a shard's loops
   (``ctrguard/_shard.c``).
@@ -28,8 +28,8 @@ single parts off.
 
 ``python -m ctrguard.native status`` says which is in use.
 
->>> MODULES, tuple(C_EXTENSIONS)
-(('ctrguard.detectors.stats', 'ctrguard.detectors.drift', 'ctrguard.detectors.monitor'), ('ctrguard._scan', 'ctrguard._shard'))
+>>> [m.rsplit(".", 1)[1] for m in MODULES], tuple(C_EXTENSIONS)
+(['stats', 'drift', 'incidents', 'series', 'evidence', 'levels', 'attribution', 'monitor'], ('ctrguard._scan', 'ctrguard._shard'))
 >>> status() in {"compiled", "pure", "stale", "disabled"}
 True
 """
@@ -50,8 +50,12 @@ from typing import Any
 
 __all__ = ["C_EXTENSIONS", "MODULES", "build", "load_extension", "status"]
 
-#: Compiled modules, in import order (``monitor`` imports ``drift``, both import ``stats``).
-MODULES = ("ctrguard.detectors.stats", "ctrguard.detectors.drift", "ctrguard.detectors.monitor")
+#: Compiled modules, in import order: each imports only modules before it (``monitor``
+#: imports all the others; :func:`select` loads their sources in this order).
+MODULES = ("ctrguard.detectors.stats", "ctrguard.detectors.drift",
+           "ctrguard.detectors.incidents", "ctrguard.detectors.series",
+           "ctrguard.detectors.evidence", "ctrguard.detectors.levels",
+           "ctrguard.detectors.attribution", "ctrguard.detectors.monitor")
 #: mypyc group: its shared library is ``detectors/core__mypyc*.so`` (the folder of
 #: ``ctrguard.detectors``).
 GROUP = "ctrguard.detectors.core"

@@ -1,53 +1,18 @@
-"""Count-aware anomaly detection for one campaign: every series, every closed window.
+"""CampaignMonitor: all detector state of one campaign, and the order in which its parts
+run on a closed window (orchestration). The model, its formulas and which module holds
+each part are described once, in docs/detection.md:
 
-Model, per series (segment ``all`` and each segment value):
+* :mod:`ctrguard.detectors.series`: a series' running state, the settings it is read with;
+* :mod:`ctrguard.detectors.levels`: the baselines and the slow reference level;
+* :mod:`ctrguard.detectors.evidence`: the sequential tests (CUSUMs, GLR grid) and the
+  threshold from the false-alarm budget;
+* :mod:`ctrguard.detectors.incidents`: an open incident and its evidence;
+* :mod:`ctrguard.detectors.attribution`: kind, cause, severity, inheritance, bot clicks;
+* :mod:`ctrguard.detectors.drift`: River's drift detector on standardised residuals.
 
-* **Impressions** ``n ~ quasi-Poisson(mu, phi_n)`` with ``mu = (level + trend) * s_v[hour]``:
-  a Holt level and trend, updated with innovations clipped at 3 sd (robust), times an
-  hour-of-day factor learned online from the campaign's ``all`` series (HW-style).
-* **Clicks given impressions** ``k ~ quasi-binomial(n, p, phi_c)``. For ``all``,
-  ``p = (S_k / S_n) * s_c[hour]`` (discounted sums: a count-weighted EWMA ratio). A segment's
-  CTR is its campaign's times a relative factor with an empirical-Bayes Gamma prior:
-  ``rho = (A_k + m) / (A_e + m)`` (observed vs campaign-expected clicks); ``m`` is
-  estimated per campaign from the spread of its segments (method of moments), so sparse
-  segments sit at the campaign's CTR and dense ones at their own.
-* Overdispersion ``phi`` is the EWMA of one-step-ahead Pearson chi-square (>= 1), with the
-  baseline's own uncertainty added per window: significance scales with volume and never
-  exceeds what the count model can support.
-
-Tests, per series: two-sided binomial CUSUMs on clicks given impressions over a grid of
-CTR ratios (the max over the grid is a GLR), Poisson CUSUMs on impressions, and a
-silence test (the evidence of consecutive zero windows is the expected impressions
-missed). Evidence accumulates, so a series with 0.5 expected clicks per window detects a
-click outage over a few windows and one with 200 in one. The threshold follows from a
-false-alarm budget per campaign-day. An alarm opens an *incident*: the baseline stops
-learning, every window that still matches the fault is reported (and quarantined), and the
-incident closes when the evidence says the series is back (or after
-``max_incident_windows``, when the new level is accepted). Which tests fired says what
-broke: clicks vanish at normal impressions (``click_tracking``), impressions jump at normal
-clicks (``impression_logging``), clicks surge (``bot_clicks``), CTR moves at normal
-volume (``behaviour_change``), volume moves at normal CTR (``volume_change``).
-
-Segments are tested against their baseline *and* against the rest of their campaign in
-the same window (the smaller evidence counts): the daily cycle that the campaign baseline
-lags behind and campaign-wide faults cancel in the second comparison, a fault in a sibling
-segment in the first. A campaign-wide fault is reported by ``all``; segments whose window
-leans the same way inherit its verdict, so their figures are quarantined too.
-
-A jump in a campaign's impressions at unchanged CTR is accepted as new traffic, but then
-watched: if the extra (or missing) impressions carry no clicks, the CTR moved by the
-inverse of the jump and impression logging broke (duplicated or lost events). The jump was
-already improbable, so this two-way question is settled at half the threshold
-(detector ``volume_ctr_test``), much sooner than a halved CTR stands out on its own.
-
-Gradual drift (creative fatigue) is measured on ``all`` against a slow reference level that
-forgets by information, learns ten times slower while the fast baseline sits below it and
-not at all while a change is suspected: binomial CUSUMs of the CTR relative to it
-(``drift_ratios``) and a River detector fed the residuals standardised against it
-(:class:`ctrguard.detectors.drift.ResidualDrift`, counted only when the baseline has moved by more
-than ``recovery_tolerance``), reported with kind ``drift`` and severity ``warning``. A jump
-back to the reference after the fast baseline followed a decline is a recovery, not a
-spike. Abrupt tests keep running during a drift incident and replace it when they fire.
+Here: the windows of a campaign in order (gaps replayed as zero windows), ``all`` before
+the segments, the silence test, opening, continuing and closing incidents, and the volume
+jump that is watched for an impression-logging fault.
 
 >>> from ctrguard.detectors.base import Counts, Window
 >>> from ctrguard.detectors.settings import DetectorSettings
@@ -68,408 +33,74 @@ spike. Abrupt tests keep running during a drift incident and replace it when the
 from __future__ import annotations
 
 import math
-from typing import Any, Final
+from typing import Final
 
+from ctrguard.detectors.attribution import (
+    _attribute,
+    _drift_verdict,
+    _inherit,
+    _replace,
+    _revise,
+    _segment_break_of_all,
+    _verdict,
+)
 from ctrguard.detectors.base import ALL, Counts, Verdict, Window
 from ctrguard.detectors.drift import ResidualDrift
+from ctrguard.detectors.evidence import (
+    _FADE_FLOOR,
+    _argmax,
+    _ctr_llr,
+    _dllrs,
+    _fade_add,
+    _llrs,
+    _threshold,
+)
+from ctrguard.detectors.incidents import (
+    _CTR,
+    _DRIFT,
+    _SIL,
+    _VOL,
+    _contradicts,
+    _Incident,
+    _start_at_cap,
+)
+from ctrguard.detectors.incidents import _restore_incident as _restore_incident
+from ctrguard.detectors.levels import (
+    _is_recovery,
+    _learn_ctr,
+    _learn_reference,
+    _learn_volume,
+    _reference,
+    _rho,
+    _update_prior,
+)
+from ctrguard.detectors.series import _SERIES_FIELDS as _SERIES_FIELDS
+from ctrguard.detectors.series import _Params as _Params
+from ctrguard.detectors.series import _params, _Series, _top
+from ctrguard.detectors.series import _restore_series as _restore_series
 from ctrguard.detectors.settings import DetectorSettings
 from ctrguard.detectors.stats import binomial_llr, clip, ctr_interval, fmax, fmin, poisson_llr
 
 __all__ = ["CampaignMonitor", "build_monitor"]
 
+# (Imported ``as`` themselves: snapshots written before the detector core was split into
+# modules name ``_restore_incident``, ``_restore_series`` & co. in this module.)
+
 # mypyc: ``Final`` constants are folded into the code (or kept in a C static) instead of
 # being looked up in the module's dictionary on every use.
 _ALL: Final = ALL
 _HOURS: Final = 24
-_DAY: Final = 86_400
 #: Longest gap (windows) replayed as zero windows; longer gaps only move the clock.
 _MAX_GAP_REPLAY: Final = 288
-
-# Incident families.
-_CTR: Final = 0
-_VOL: Final = 1
-_SIL: Final = 2
-_DRIFT: Final = 3
-#: Deseasonalised clicks the slow reference must hold before drift is tested against it.
-_REF_MIN_CLICKS: Final = 100.0
 #: Clicks a segment's siblings must have been expected to get in a window before their
 #: clicks say whether a drop of the segment is its own (a segment break).
 _REST_MIN_CLICKS: Final = 3.0
 #: Pseudo-clicks that shrink the rest-of-campaign CTR of one window toward the baseline.
 _COMPLEMENT_CLICKS: Final = 3.0
-#: Most evidence (in thresholds) an open incident banks: how long a fault must look
-#: over before it closes, at any volume.
-_INCIDENT_CAP: Final = 0.5
-#: ... and at most what a normal series gives back in this many windows (its expected
-#: evidence against the fault per window): a sparse series, whose windows say little
-#: either way, does not hold an incident open for hours after the fault ended.
-_CLOSE_WINDOWS: Final = 4.0
-_CLOSE_FLOOR: Final = 0.5
-#: Least fading of CTR evidence per window, in units of ``1 / evidence_windows``.
-_FADE_FLOOR: Final = 0.5
 #: A volume jump is judged (logging fault vs real traffic) at this fraction of the
 #: threshold, within this many windows.
 _WATCH_THRESHOLD: Final = 0.5
 _WATCH_WINDOWS: Final = 36
-#: The 0.0 that a CUSUM at rest holds (most of them, most of the time): one float object,
-#: always in cache, where each test had a float of its own in a cold corner of the heap
-#: (a campaign's state is read once per window, long after the last time). mypyc: a Final
-#: made by a call is one object in a C static; a literal would be boxed anew at each use.
-_ZERO: Final[Any] = float("0")
-
-#: Severity and quarantine by suspected cause (the defaults of ``quarantine.causes``: what
-#: corrupts the data is held back, real behaviour is not).
-_SEVERITY = {
-    "click_tracking": ("critical", True),
-    "impression_logging": ("critical", True),
-    "bot_clicks": ("critical", True),
-    "silence": ("critical", True),
-    "segment_break": ("warning", True),
-    "behaviour_change": ("warning", False),
-    "volume_change": ("warning", False),
-    "drift": ("warning", False),
-}
-#: Causes of a CTR rise that the clicks themselves decide between (:meth:`CampaignMonitor.revise`).
-_RISE_CAUSES: Final = ("bot_clicks", "behaviour_change")
-#: Share of an incident's clicks that look suspicious in ordinary traffic (a click whose
-#: impression fell in an earlier window, a user who clicks twice): not counted as bots'.
-_BOT_BACKGROUND: Final = 0.05
-#: A CTR rise is bot clicks when the suspicious clicks beyond the background explain at
-#: least this share of its extra clicks, and are at least ``_BOT_MIN_CLICKS``.
-_BOT_SHARE: Final = 0.3
-_BOT_MIN_CLICKS: Final = 3.0
-
-
-def _top(xs: list[float]) -> float:
-    """``max(xs, default=0.0)``."""
-    if not xs:
-        return 0.0
-    top = xs[0]
-    for x in xs:
-        if x > top:
-            top = x
-    return top
-
-
-def _argmax(xs: list[float], lo: int, hi: int) -> int:
-    """``max(range(lo, hi), key=xs.__getitem__, default=-1)``: the first index of the largest.
-
-    >>> _argmax([0.0, 2.0, 1.0, 2.0], 0, 4), _argmax([1.0, 3.0], 1, 2), _argmax([1.0], 1, 1)
-    (1, 1, -1)
-    """
-    best = -1
-    top = 0.0
-    for i in range(lo, hi):
-        if best < 0 or xs[i] > top:
-            best = i
-            top = xs[i]
-    return best
-
-
-def _ctr_llr(k: int, n: int, p: float, p_rest: float, r: float, phi_c: float) -> float:
-    """Evidence of one window for CTR ``r * p`` (a tested ratio), per unit of dispersion."""
-    if p_rest > 0.0:
-        # A segment's evidence must hold against its baseline *and* against the rest of its
-        # campaign in the same window: what moves the whole campaign (the daily cycle the
-        # baseline lags behind, a campaign-wide fault, which ``all`` reports) cancels in the
-        # second, a fault in a sibling segment (bot clicks on desktop) in the first.
-        return fmin(binomial_llr(k, n, p, r), binomial_llr(k, n, fmin(p_rest, 0.999), r)) / phi_c
-    return binomial_llr(k, n, p, r) / phi_c
-
-
-def _fade_add(cusum: list[float], i: int, keep: float, x: float) -> float:
-    """One CUSUM step: ``cusum[i] = fmax(0.0, keep * cusum[i] + x)``, its 0.0 the shared
-    ``_ZERO`` object; returns the new value.
-
-    >>> cusum = [1.0, 0.5]
-    >>> _fade_add(cusum, 0, 0.5, 1.0), _fade_add(cusum, 1, 0.5, -1.0), cusum
-    (1.5, 0.0, [1.5, 0.0])
-    """
-    v = keep * cusum[i] + x
-    if v > 0.0:
-        cusum[i] = v
-        return v
-    cells: list[Any] = cusum  # (stores the shared _ZERO object itself)
-    cells[i] = _ZERO
-    return 0.0
-
-
-class _Incident:
-    """An open alarm on one series: what fired and how much evidence still holds it."""
-
-    __slots__ = ("family", "ratio", "evidence", "windows", "kind", "cause", "key", "detector",
-                 "ev", "sus", "exc", "info")
-
-    def __init__(self, family: int, ratio: float, evidence: float, kind: str, cause: str,
-                 key: str, detector: str, ratios: tuple[float, ...] = ()):
-        self.family = family
-        self.ratio = ratio
-        self.evidence = evidence
-        self.windows = 0
-        self.kind = kind
-        self.cause = cause
-        self.key = key
-        self.detector = detector
-        # A CTR rise: the suspicious clicks (beyond the background) and the extra clicks
-        # of its windows so far (:meth:`CampaignMonitor.revise`).
-        self.sus = 0.0
-        self.exc = 0.0
-        #: Expected clicks per window of the series during the incident (average).
-        self.info = 0.0
-        # Evidence per ratio on the fired ratio's side of 1 (None on the other side): the
-        # incident holds while any of them does, so a fault whose size the first windows
-        # over- or under-estimated is not closed by one window that fits it badly.
-        self.ev = [evidence if r == ratio or r in _neighbour(ratios, ratio) else None
-                   for r in ratios]
-
-    def __getstate__(self):
-        return (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-                self.key, self.detector, self.ev, self.sus, self.exc, self.info)
-
-    def __setstate__(self, state):
-        (self.family, self.ratio, self.evidence, self.windows, self.kind, self.cause,
-         self.key, self.detector, self.ev) = state[:9]
-        # (Snapshots of before the bot evidence hold none.)
-        self.sus, self.exc, self.info = state[9:12] if len(state) > 9 else (0.0, 0.0, 0.0)
-
-    def __reduce__(self):
-        # Rebuilt through a function, not ``cls.__new__``: a mypyc-compiled class has no
-        # argument-free constructor, and a snapshot must load in either core.
-        return _restore_incident, (self.__getstate__(),)
-
-    def cap(self, h: float, r: float) -> float:
-        """The most evidence this incident banks for ratio ``r`` (see ``_CLOSE_WINDOWS``)."""
-        top = h * _INCIDENT_CAP
-        if (self.family != _CTR and self.family != _DRIFT) or r <= 0.0:
-            return top
-        kl = r - 1.0 - math.log(r)  # a normal window's expected evidence against r, per click
-        return fmin(top, fmax(_CLOSE_FLOOR, _CLOSE_WINDOWS * self.info * kl))
-
-    def add(self, llrs: list[float], offset: int, h: float, ratios: tuple[float, ...]) -> None:
-        """Add one window's log-likelihood ratios (``llrs[offset + i]`` for ratio i of
-        ``ratios``), each ratio's evidence capped (:meth:`cap`)."""
-        best = -math.inf
-        for i, e in enumerate(self.ev):
-            if e is not None:
-                e = fmin(self.cap(h, ratios[i]), e + llrs[offset + i]) if llrs else e
-                self.ev[i] = e
-                best = fmax(best, e)
-        self.evidence = best
-
-
-def _start_at_cap(inc: _Incident, h: float, ratios: tuple[float, ...]) -> None:
-    """A new incident's evidence starts at ``h / 4``, or at its cap if that is lower."""
-    if not inc.ev:
-        inc.evidence = fmin(inc.evidence, inc.cap(h, inc.ratio))
-        return
-    best = -math.inf
-    for i in range(len(inc.ev)):
-        e = inc.ev[i]
-        if e is not None:
-            e = fmin(e, inc.cap(h, ratios[i]))
-            inc.ev[i] = e
-            best = fmax(best, e)
-    inc.evidence = best
-
-
-def _contradicts(inc: _Incident, n: int, k: int, mu: float, p: float) -> bool:
-    """Whether a window's own counts lean against its open incident: no more clicks than
-    expected (``n * p``, the fast baseline) in a CTR rise, no fewer in a drop or a drift, no
-    impressions to judge a CTR by, the volume on the wrong side of its expectation in a
-    volume incident.
-
-    >>> inc = _Incident(_CTR, 2.5, 1.0, "ctr_spike", "behaviour_change", "k", "d")
-    >>> _contradicts(inc, 1000, 15, 500.0, 0.02), _contradicts(inc, 1000, 25, 500.0, 0.02)
-    (True, False)
-    """
-    if inc.family == _CTR or inc.family == _DRIFT:
-        if n == 0:
-            return True  # no impressions: no CTR to judge (the clicks that follow the last)
-        ek = n * p
-        return k <= ek if inc.ratio > 1.0 else k >= ek
-    if inc.family == _VOL:
-        return n <= mu if inc.ratio > 1.0 else n >= mu
-    return False
-
-
-def _neighbour(ratios: tuple[float, ...], ratio: float) -> tuple[float, ...]:
-    """The grid ratio next to ``ratio`` on the way to 1 (none if ``ratio`` is closest).
-
-    >>> _neighbour((0.05, 0.3, 0.5, 0.7, 1.5, 2.5), 0.3), _neighbour((0.5, 2.0), 2.0)
-    ((0.5,), ())
-    """
-    side = [r for r in ratios if (r < 1.0) == (ratio < 1.0) and abs(math.log(r)) < abs(
-        math.log(ratio))]
-    return (max(side, key=lambda r: abs(math.log(r))),) if side else ()
-
-
-class _Params:
-    """The settings the detectors read on every window, as plain typed attributes.
-
-    Same names and values as :class:`DetectorSettings`; reading a pydantic model's field is
-    a dictionary lookup, reading this (compiled) class's is a field load. One per distinct
-    settings object, shared by every campaign's monitor.
-    """
-
-    def __init__(self, s: DetectorSettings):
-        self.warmup_windows: int = s.warmup_windows
-        self.cooldown_windows: int = s.cooldown_windows
-        self.false_alarms_per_campaign_day: float = s.false_alarms_per_campaign_day
-        self.cusum_threshold: float | None = s.cusum_threshold
-        self.max_incident_windows: int = s.max_incident_windows
-        self.group_windows: int = s.group_windows
-        self.ctr_ratios: tuple[float, ...] = tuple(s.ctr_ratios)
-        #: ``abs(math.log(r))`` of each CTR ratio (compared with the baseline's resolution
-        #: on every window): the same floats, computed once.
-        self.ctr_log_sizes: tuple[float, ...] = tuple(abs(math.log(r)) for r in s.ctr_ratios)
-        self.baseline_resolution: float = s.baseline_resolution
-        self.volume_ratios: tuple[float, ...] = tuple(s.volume_ratios)
-        self.evidence_clicks: float = s.evidence_clicks
-        self.evidence_windows: int = s.evidence_windows
-        self.baseline_alpha: float = s.baseline_alpha
-        self.baseline_alpha_min: float = s.baseline_alpha_min
-        self.baseline_memory_clicks: float = s.baseline_memory_clicks
-        self.volume_alpha: float = s.volume_alpha
-        self.volume_beta: float = s.volume_beta
-        self.segment_alpha: float = s.segment_alpha
-        self.season_alpha: float = s.season_alpha
-        self.dispersion_alpha: float = s.dispersion_alpha
-        self.shrinkage_min: float = s.shrinkage_min
-        self.shrinkage_max: float = s.shrinkage_max
-        self.drift_ratios: tuple[float, ...] = tuple(s.drift_ratios)
-        self.reference_memory_clicks: float = s.reference_memory_clicks
-        self.reference_alpha: float = s.reference_alpha
-        self.recovery_tolerance: float = s.recovery_tolerance
-        self.drift_detector: str = s.drift_detector
-        self.drift_threshold: float = s.drift_threshold
-        self.drift_delta: float = s.drift_delta
-        self.drift_min_expected_clicks: float = s.drift_min_expected_clicks
-
-
-_PARAMS: dict[DetectorSettings, _Params] = {}
-
-
-def _params(settings: DetectorSettings) -> _Params:
-    p = _PARAMS.get(settings)
-    if p is None:
-        if len(_PARAMS) > 64:  # settings objects of tests and tuning runs come and go
-            _PARAMS.clear()
-        p = _PARAMS[settings] = _Params(settings)
-    return p
-
-
-#: Fields of ``_Series``, in snapshot order (compiled classes keep no ``__slots__``).
-_SERIES_FIELDS: tuple[str, ...] = (
-    "seen",        # windows with traffic
-    "vol_level", "vol_trend", "vol_disp",
-    "ctr_k", "ctr_e",  # all: discounted clicks (deseasonalised), impressions;
-                       # segment: discounted clicks, campaign-expected clicks
-    "ctr_disp",
-    "cusum",       # list: one per CTR ratio, then one per volume ratio
-    "silent",      # evidence of silence (nats)
-    "run",         # [clicks, expected clicks, impressions, expected impressions]
-    "incident",    # _Incident | None
-    "cooldown",
-    "drift",       # ResidualDrift | None
-    "ref_k", "ref_e",  # all only: slow reference (discounted clicks, impressions)
-    "dcusum",      # all only: drift CUSUMs against the reference, one per drift ratio
-    "watch",       # after a volume jump: [CTR ratio if logging broke, evidence, windows]
-)
-#: Attributes of ``_Series``: the snapshot's fields, but the evidence run as four floats
-#: (a compiled class keeps them unboxed: no list, no float objects; ``run`` builds the
-#: snapshot's list) and the largest CUSUM, which is no snapshot field but follows from it.
-_SERIES_SLOTS: tuple[str, ...] = (
-    *(name for name in _SERIES_FIELDS if name != "run"),
-    "run_k", "run_ek", "run_n", "run_mu", "top")
-
-
-class _Series:
-    """Running state of one series. Plain numbers, pickled as one tuple."""
-
-    __slots__ = _SERIES_SLOTS
-
-    def __init__(self, n_tests: int, drift: ResidualDrift | None, n_drift: int = 0):
-        self.seen = 0
-        self.vol_level = 0.0
-        self.vol_trend = 0.0
-        self.vol_disp = 1.0
-        self.ctr_k = 0.0
-        self.ctr_e = 0.0
-        self.ctr_disp = 1.0
-        self.cusum: list[float] = [_ZERO] * n_tests  # (the shared 0.0, as clear_evidence)
-        self.silent = 0.0
-        # The evidence run: clicks, expected clicks, impressions, expected impressions.
-        self.run_k = 0.0
-        self.run_ek = 0.0
-        self.run_n = 0.0
-        self.run_mu = 0.0
-        #: ``_top(cusum)``, kept by every write to ``cusum``: the tests read it twice per
-        #: window, and most windows it is below every threshold (nothing to look at).
-        self.top = 0.0
-        self.incident: _Incident | None = None
-        self.cooldown = 0
-        self.drift = drift
-        self.ref_k = 0.0
-        self.ref_e = 0.0
-        self.dcusum: list[float] = [_ZERO] * n_drift
-        self.watch: list[float] | None = None
-
-    @property
-    def run(self) -> list[float]:
-        """The evidence run as the snapshot holds it."""
-        return [self.run_k, self.run_ek, self.run_n, self.run_mu]
-
-    def clear_evidence(self) -> None:
-        """Zero every CUSUM (abrupt and drift tests): after an alarm, a cooldown, a close.
-
-        A cell that holds the shared ``_ZERO`` already (every cell, during warm-up and
-        cooldown) is left as it is: a read instead of a write; when the largest CUSUM is
-        0.0, the CUSUMs are not even read.
-        """
-        cells: list[Any] = self.cusum  # (stores the shared _ZERO object itself)
-        if self.top != 0.0:  # (else every cell holds 0.0 already)
-            for i in range(len(cells)):
-                if cells[i] is not _ZERO:
-                    cells[i] = _ZERO
-        cells = self.dcusum
-        for i in range(len(cells)):
-            if cells[i] is not _ZERO:
-                cells[i] = _ZERO
-        self.top = 0.0
-
-    def zero_cusum(self, lo: int, hi: int) -> None:
-        """Set CUSUMs ``lo`` to ``hi`` (exclusive) to 0.0 and refresh :attr:`top`, the one
-        place besides the tests' step and :meth:`clear_evidence` where CUSUMs are reset."""
-        cusum = self.cusum
-        for i in range(lo, hi):
-            cusum[i] = 0.0
-        self.top = _top(cusum)
-
-    def __getstate__(self):
-        return tuple(getattr(self, name) for name in _SERIES_FIELDS)
-
-    def __setstate__(self, state):
-        for name, value in zip(_SERIES_FIELDS, state, strict=True):
-            if name == "run":
-                self.run_k, self.run_ek, self.run_n, self.run_mu = value
-            else:
-                setattr(self, name, value)
-        self.top = _top(self.cusum)
-
-    def __reduce__(self):
-        return _restore_series, (self.__getstate__(),)
-
-
-def _restore_incident(state: tuple) -> _Incident:
-    inc = _Incident(0, 1.0, 0.0, "", "", "", "")
-    inc.__setstate__(state)
-    return inc
-
-
-def _restore_series(state: tuple) -> _Series:
-    st = _Series(0, None)
-    st.__setstate__(state)
-    return st
 
 
 def _restore_monitor(state: tuple) -> CampaignMonitor:
@@ -551,39 +182,7 @@ class CampaignMonitor:
         its windows so far), else a ``behaviour_change``; segments that inherit a
         campaign-wide rise follow it.
         """
-        out: list[Verdict] = []
-        decided: dict[str, tuple[str, str]] = {}
-        for v in verdicts:
-            st = self._series.get(v.segment)
-            inc = st.incident if st is not None else None
-            if (inc is not None and inc.family == _CTR and inc.ratio > 1.0
-                    and inc.cause in _RISE_CAUSES and inc.key == v.incident
-                    and v.suspected_cause == inc.cause):
-                got = evidence.get(v.segment)
-                if got is not None:
-                    sus, clicks = got
-                    inc.sus += fmax(sus - _BOT_BACKGROUND * clicks, 0.0)
-                    inc.exc += fmax(clicks - v.expected_clicks, 0.0)
-                bot = inc.sus >= _BOT_MIN_CLICKS and inc.sus >= _BOT_SHARE * inc.exc
-                inc.kind, inc.cause = ("click_surge", "bot_clicks") if bot else (
-                    "ctr_spike", "behaviour_change")
-                if v.segment == _ALL:
-                    decided[inc.key] = (inc.kind, inc.cause)
-                v = self._recause(v, inc.kind, inc.cause)
-            elif (v.segment != _ALL and v.incident in decided
-                  and v.suspected_cause in _RISE_CAUSES):
-                kind, cause = decided[v.incident]
-                v = self._recause(v, kind, cause)
-            out.append(v)
-        return out
-
-    @staticmethod
-    def _recause(v: Verdict, kind: str, cause: str) -> Verdict:
-        if v.kind == kind and v.suspected_cause == cause:
-            return v
-        severity, quarantine = _SEVERITY[cause]
-        return _replace(v, kind=kind, suspected_cause=cause, severity=severity,
-                        quarantine=quarantine)
+        return _revise(self._series, verdicts, evidence)
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -634,7 +233,7 @@ class CampaignMonitor:
             if name == _ALL:
                 p, relvar = p_all, relvar_all
             elif p_all > 0:
-                p = p_all * self._rho(st)
+                p = p_all * _rho(st, self._prior)
                 relvar = relvar_all + 1.0 / (st.ctr_k + 1.0)
             else:
                 p, relvar = 0.0, math.inf
@@ -649,12 +248,7 @@ class CampaignMonitor:
     # ------------------------------------------------------------------ internals
 
     def _threshold(self, n_series: int, length: int) -> float:
-        s = self._p
-        if s.cusum_threshold is not None:
-            return s.cusum_threshold
-        # The tests of one series watch the same counts and are strongly correlated (the
-        # max over a ratio grid costs about a log factor), so the budget is split over series.
-        return math.log(fmax(_DAY / length, 1.0) * n_series / s.false_alarms_per_campaign_day)
+        return _threshold(self._p, n_series, length)
 
     def _new_series(self, name: str) -> _Series:
         s = self._p
@@ -759,7 +353,7 @@ class CampaignMonitor:
                 elif quiet is not None:
                     quiet.append(name)
         if verdicts and verdicts[0].segment == _ALL:
-            verdicts[0] = self._segment_break_of_all(verdicts)
+            verdicts[0] = _segment_break_of_all(series, verdicts)
         if campaign_wide is not None and quiet is not None:
             inc = series[_ALL].incident
             for name in quiet:
@@ -769,59 +363,12 @@ class CampaignMonitor:
                 if inc is not None and inc.family == _CTR and p_all > 0:
                     # Only segments whose window leans toward the campaign's fault share it:
                     # with bot clicks on desktop, mobile's clicks are normal.
-                    p_seg = min(p_all * self._rho(self._series[name]), 0.999)
+                    p_seg = min(p_all * _rho(self._series[name], self._prior), 0.999)
                     if binomial_llr(c.clicks, c.impressions, p_seg, inc.ratio) <= 0.0:
                         continue
-                verdicts.append(self._inherit(campaign_wide, name, c))
-        self._update_prior()
+                verdicts.append(_inherit(campaign_wide, name, c))
+        self._prior = _update_prior(self._p, self._series)
         return verdicts
-
-    def _segment_break_of_all(self, verdicts: list[Verdict]) -> Verdict:
-        """``all``'s CTR drop when one segment breaks alone (its siblings hold) and drags
-        the campaign down: the segment break's, not a behaviour change or an outage of the
-        campaign. ``verdicts``: the window's, ``all``'s first."""
-        v = verdicts[0]
-        inc = self._series[_ALL].incident
-        if (inc is None or inc.family != _CTR or inc.ratio >= 1.0 or inc.key != v.incident
-                or inc.cause not in ("behaviour_change", "click_tracking")):
-            return v
-        for other in verdicts:
-            if other.suspected_cause == "segment_break":
-                inc.kind = inc.cause = "segment_break"
-                return self._recause(v, "segment_break", "segment_break")
-        return v
-
-    @staticmethod
-    def _inherit(v: Verdict, name: str, c: Counts) -> Verdict:
-        """A segment's share of a campaign-wide fault: its figure is as corrupt as the
-        campaign's, though its CTR relative to the campaign did not move (so its own tests,
-        which compare it with the rest of the campaign, are silent)."""
-        scale = c.impressions / v.expected_impressions if v.expected_impressions > 0 else 0.0
-        return _replace(v, segment=name, expected_clicks=v.expected_clicks * scale,
-                        expected_impressions=float(c.impressions))
-
-    def _update_prior(self) -> None:
-        """Empirical Bayes: prior strength from the spread of segments' relative CTRs."""
-        s = self._p
-        # Method of moments on rho_i = A_k / A_e: E[(rho_i - 1)^2] = tau^2 + rho_i / A_e.
-        # Until two segments carry information the prior stays weak (shrinkage_min):
-        # uncertain, so only large changes are tested, rather than confidently wrong.
-        count = 0
-        total = 0.0
-        for name, st in self._series.items():
-            if name == _ALL or st.ctr_e < 20.0:
-                continue
-            rho = st.ctr_k / st.ctr_e
-            # (mypyc: ``x ** 2`` is a generic power of two boxed floats; math.pow is the
-            # same libm call on doubles)
-            total += math.pow(rho - 1.0, 2.0) - rho / st.ctr_e
-            count += 1
-        if count < 2:
-            self._prior = s.shrinkage_min
-            return
-        tau2 = total / count
-        self._prior = clip(1.0 / tau2 if tau2 > 0 else math.inf, s.shrinkage_min,
-                           s.shrinkage_max)
 
     def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
                      season_v: float, p_all: float, relvar_all: float, h: float,
@@ -843,7 +390,7 @@ class CampaignMonitor:
             p = p_all
             relvar = relvar_all
         elif p_all > 0:
-            rho = self._rho(st)
+            rho = _rho(st, self._prior)
             p = p_all * rho
             # Certainty comes from the segment's own clicks: the prior moves the estimate
             # toward the campaign but is not trusted to make it precise.
@@ -870,7 +417,7 @@ class CampaignMonitor:
         resolution = s.baseline_resolution * math.sqrt(relvar) if ctr_ok else math.inf
         vol_ok = mu > 0 and st.seen > 0
         # Drift tests (``all`` only): the same counts against the slow reference.
-        p_ref = self._reference(st, hour) if is_all else 0.0
+        p_ref = _reference(self._season_ctr, st, hour) if is_all else 0.0
         phi_r = 1.0
         if p_ref > 0.0:
             phi_r = fmax(st.ctr_disp, 1.0) * (1.0 + n * p_ref * (1.0 / st.ref_k + relvar))
@@ -901,8 +448,8 @@ class CampaignMonitor:
                 name, st, inc,
                 # (Every ratio: the resolution guards the opening of an incident against an
                 # uncertain baseline; evidence that the fault is over counts at any size.)
-                self._llrs(n, k, p, p_rest, phi_c, 0.0, mu, phi_n, vol_ok),
-                self._dllrs(n, k, p_ref, phi_r), n, k, mu, p, phi_c, window, h)
+                _llrs(s, n, k, p, p_rest, phi_c, 0.0, mu, phi_n, vol_ok),
+                _dllrs(s, n, k, p_ref, phi_r), n, k, mu, p, phi_c, window, h)
         else:
             if st.cooldown > 0 or not ready:
                 st.cooldown = max(st.cooldown - 1, 0)
@@ -961,7 +508,7 @@ class CampaignMonitor:
                 assert inc is not None
                 # (A drift incident adds the drift tests' ratios only.)
                 verdict, learn_ctr, learn_vol = self._continue_incident(
-                    name, st, inc, [], self._dllrs(n, k, p_ref, phi_r), n, k, mu, p, phi_c,
+                    name, st, inc, [], _dllrs(s, n, k, p_ref, phi_r), n, k, mu, p, phi_c,
                     window, h)
             elif st.incident is not None:
                 fault = st.incident.cause == "impression_logging"
@@ -982,89 +529,30 @@ class CampaignMonitor:
                 # is the recovery the detector saw, not more drift.
                 if p > 0 and (k < n * p if p <= p_ref / tol else
                               k > n * p if p >= p_ref * tol else False):
-                    verdict = self._drift_verdict(name, st, n, mu, p, phi_c)
+                    verdict = _drift_verdict(self.settings.drift_detector, name, st, n, mu, p,
+                                             phi_c)
 
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
         evidence = fmax(st.top, st.silent)
         rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
-            self._learn_volume(st, n, mu, season_v, is_all, hour, phi_n, rate)
+            _learn_volume(s, self._season_vol, st, n, mu, season_v, is_all, hour, phi_n, rate)
         learn_ctr = learn_ctr and not hold_ctr
         if learn_ctr and n > 0:
-            self._learn_ctr(st, n, k, p, p_all, phi_c, is_all, hour, rate)
+            _learn_ctr(s, self._season_ctr, st, n, k, p, p_all, phi_c, is_all, hour, rate)
         if is_all and n > 0 and rate == 1.0 and st.incident is None and learn_ctr and \
                 _top(st.dcusum) < h / 2.0:
-            self._learn_reference(st, n, k, p, p_ref, phi_c, hour)
+            _learn_reference(s, self._season_ctr, st, n, k, p, p_ref, phi_c, hour)
         if n > 0:
             st.seen += 1
         return verdict
-
-    def _llrs(self, n: int, k: int, p: float, p_rest: float, phi_c: float, resolution: float,
-              mu: float, phi_n: float, vol_ok: bool) -> list[float]:
-        """One window's log-likelihood ratios: one per CTR ratio, then one per volume ratio
-        (0 for a test that does not run)."""
-        s = self._p
-        llrs: list[float] = []
-        sizes = s.ctr_log_sizes
-        for i, r in enumerate(s.ctr_ratios):
-            llrs.append(_ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0)
-        for r in s.volume_ratios:
-            llrs.append(poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0)
-        return llrs
-
-    def _dllrs(self, n: int, k: int, p_ref: float, phi_r: float) -> list[float]:
-        """One window's log-likelihood ratios of the drift tests (none without a reference)."""
-        if p_ref > 0.0:
-            return [binomial_llr(k, n, p_ref, r) / phi_r for r in self._p.drift_ratios]
-        return []
-
-    def _rho(self, st: _Series) -> float:
-        """A segment's CTR relative to its campaign, shrunk toward 1 (empirical Bayes)."""
-        return (st.ctr_k + self._prior) / (st.ctr_e + self._prior)
 
     def _ratios(self, family: int) -> tuple[float, ...]:
         """The ratio grid a family's tests run over (none for silence)."""
         s = self._p
         return {_CTR: s.ctr_ratios, _VOL: s.volume_ratios, _DRIFT: s.drift_ratios}.get(
             family, ())
-
-    def _reference(self, st: _Series, hour: int) -> float:
-        """The slow reference CTR of an ``all`` series this hour; 0 while it is too young."""
-        if st.ref_k < _REF_MIN_CLICKS or st.ref_e <= 0.0:
-            return 0.0
-        return fmin(st.ref_k / st.ref_e * math.exp(self._season_ctr[hour]), 0.999)
-
-    def _learn_reference(self, st: _Series, n: int, k: int, p: float, p_ref: float,
-                         phi_c: float, hour: int) -> None:
-        """Slow, robust reference level: forgets by information, frozen while suspect, and
-        ten times slower still while the fast baseline sits below it (a decline over
-        hours must not drag the level it is measured against down with it)."""
-        s = self._p
-        season_c = math.exp(self._season_ctr[hour])
-        k_used = float(k)
-        ekr = n * p_ref
-        if ekr > 0:
-            sd = math.sqrt(fmax(phi_c, 1.0) * ekr * (1.0 - p_ref))
-            k_used = clip(k, ekr - 3.0 * sd, fmax(ekr + 3.0 * sd, 1.0))
-        a = clip(fmax(ekr, k) / s.reference_memory_clicks, s.baseline_alpha_min,
-                 s.reference_alpha)
-        if 0.0 < p < p_ref:
-            a *= 0.1
-        st.ref_k = (1.0 - a) * st.ref_k + k_used / season_c
-        st.ref_e = (1.0 - a) * st.ref_e + n
-
-    def _is_recovery(self, st: _Series, p: float, p_ref: float, ratio: float) -> bool:
-        """A CTR change that returns a series to its slow reference after the fast
-        baseline followed a decline (or an accepted rise): not a new incident."""
-        if p_ref <= 0.0 or p <= 0.0:
-            return False
-        tol = self._p.recovery_tolerance
-        k_obs, k_exp = st.run_k, st.run_ek
-        r_run = k_obs / k_exp if k_exp > 0 else ratio
-        level = p * r_run
-        moved_away = p < p_ref / tol if ratio > 1.0 else p > p_ref * tol
-        return moved_away and p_ref / tol <= level <= p_ref * tol
 
     def _maybe_open(self, name: str, st: _Series, n: int, k: int, mu: float, p: float,
                     p_ref: float, phi_c: float, window: Window, h: float,
@@ -1074,7 +562,7 @@ class CampaignMonitor:
         ctr_idx = _argmax(st.cusum, 0, n_ctr)
         vol_idx = _argmax(st.cusum, n_ctr, len(st.cusum))
         drift_idx = _argmax(st.dcusum, 0, len(st.dcusum))
-        if st.cusum[ctr_idx] >= h and self._is_recovery(st, p, p_ref, s.ctr_ratios[ctr_idx]):
+        if st.cusum[ctr_idx] >= h and _is_recovery(s, st, p, p_ref, s.ctr_ratios[ctr_idx]):
             # Back to the long-run level (a worn-out creative replaced): re-anchor the fast
             # baseline on the reference instead of alarming on the return to normal.
             st.ctr_k = st.ctr_e * st.ref_k / st.ref_e
@@ -1120,7 +608,7 @@ class CampaignMonitor:
         # in this window closer to normal than to the segment's.
         alone = (name != _ALL and family == _CTR and 0.0 < ratio < 1.0 and rest > 0.0
                  and math.log(rest) > 0.5 * math.log(ratio))
-        kind, cause = self._attribute(st, family, ratio, n / mu if mu > 0 else 1.0, alone)
+        kind, cause = _attribute(st, family, ratio, n / mu if mu > 0 else 1.0, alone)
         key = self._group_key(cause, window)
         detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",
                     _DRIFT: "drift_cusum"}[family]
@@ -1131,7 +619,7 @@ class CampaignMonitor:
         st.incident = inc
         st.clear_evidence()
         confidence = clip(1.0 - n_tests * math.exp(-score), 0.0, 1.0)
-        return self._verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
+        return _verdict(name, st, st.incident, score, confidence, n, mu, p, phi_c)
 
     def _check_watch(self, name: str, st: _Series, n: int, mu: float, p: float, phi_c: float,
                      window: Window, h: float) -> Verdict | None:
@@ -1152,46 +640,10 @@ class CampaignMonitor:
             _start_at_cap(st.incident, h, grid)
             st.zero_cusum(0, len(st.cusum))
             confidence = clip(1.0 - math.exp(-ev), 0.0, 1.0)
-            return self._verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
+            return _verdict(name, st, st.incident, ev, confidence, n, mu, p, phi_c)
         if ev <= -h * _WATCH_THRESHOLD or watch[2] > _WATCH_WINDOWS:
             st.watch = None
         return None
-
-    def _attribute(self, st: _Series, family: int, ratio: float,
-                   r_imp_now: float = 1.0, segment: bool = False) -> tuple[str, str]:
-        """Name what broke from which test fired and the evidence run's ratios (the run
-        can hold windows from before a jump; the window that fired is taken too).
-
-        A CTR rise is a behaviour change until the clicks themselves show bots
-        (:meth:`revise`); a segment's CTR drop (its siblings held: it is tested against
-        them) is a segment break."""
-        k_obs, k_exp, n_obs, n_exp = st.run_k, st.run_ek, st.run_n, st.run_mu
-        r_ctr = k_obs / k_exp if k_exp > 0 else 1.0
-        r_imp = n_obs / n_exp if n_exp > 0 else 1.0
-        if abs(math.log(max(r_imp_now, 1e-9))) > abs(math.log(max(r_imp, 1e-9))):
-            r_imp = r_imp_now
-        r_clk = r_ctr * r_imp
-        clicks_normal = 0.6 <= r_clk <= 1.6
-        if family == _SIL:
-            return "silence", "silence"
-        if family == _DRIFT:
-            return "drift", "drift"
-        if family == _CTR:
-            # The fired ratio is the GLR estimate of the new level; the run's ratios can be
-            # diluted by windows from before the change.
-            if ratio < 1.0:
-                # Impressions jumped and clicks did not vanish: the logging, not the clicks.
-                if r_imp >= 1.5 and r_clk > 0.3:
-                    return "ctr_drop", "impression_logging"
-                if segment:
-                    return "segment_break", "segment_break"
-                if min(r_ctr, ratio) <= 0.3:
-                    return "click_outage", "click_tracking"
-                return "ctr_drop", "behaviour_change"
-            if r_imp <= 0.67 and clicks_normal:
-                return "ctr_spike", "impression_logging"
-            return "ctr_spike", "behaviour_change"
-        return "silence", "silence"
 
     def _group_key(self, cause: str, window: Window) -> str:
         """One incident id per campaign while its alarms keep coming (any series, cause)."""
@@ -1232,7 +684,7 @@ class CampaignMonitor:
             if self._group is not None and self._group[0] == inc.key:
                 self._group = (inc.key, window.start)
             confidence = clip(1.0 - math.exp(-inc.evidence), 0.0, 1.0)
-            return (self._verdict(name, st, inc, inc.evidence, confidence, n, mu, p, phi_c),
+            return (_verdict(name, st, inc, inc.evidence, confidence, n, mu, p, phi_c),
                     learn_ctr, learn_vol)
         if inc.evidence > 0:
             # The fault outlived max_incident_windows: accept its level (the ratio that
@@ -1254,95 +706,6 @@ class CampaignMonitor:
         st.clear_evidence()
         st.silent = 0.0
         return None, True, True
-
-    def _verdict(self, name: str, st: _Series, inc: _Incident, score: float,
-                 confidence: float, n: int, mu: float, p: float, phi_c: float) -> Verdict:
-        severity, quarantine = _SEVERITY[inc.cause]
-        basis = n if n > 0 else mu
-        lo, hi = ctr_interval(p, basis, phi_c)
-        return Verdict(
-            segment=name, detector=inc.detector, kind=inc.kind, severity=severity,
-            quarantine=quarantine, score=round(score, 4), confidence=round(confidence, 6),
-            baseline_ctr=p, ctr_low=lo, ctr_high=hi, expected_clicks=basis * p,
-            expected_impressions=mu, suspected_cause=inc.cause, incident=inc.key,
-        )
-
-    def _drift_verdict(self, name: str, st: _Series, n: int, mu: float, p: float,
-                       phi_c: float) -> Verdict:
-        assert st.drift is not None
-        z = st.drift.last_z
-        basis = n if n > 0 else mu
-        lo, hi = ctr_interval(p, basis, phi_c)
-        return Verdict(
-            segment=name, detector=self.settings.drift_detector, kind="drift",
-            severity="warning" if name == _ALL else "info", quarantine=False,
-            score=round(z, 4), confidence=0.5, baseline_ctr=p, ctr_low=lo, ctr_high=hi,
-            expected_clicks=basis * p, expected_impressions=mu, suspected_cause="drift",
-        )
-
-    def _learn_volume(self, st: _Series, n: int, mu: float, season_v: float, is_all: bool,
-                      hour: int, phi_n: float, rate: float) -> None:
-        s = self._p
-        x = n / season_v
-        if st.seen == 0 and st.vol_level == 0.0:
-            if n > 0:
-                st.vol_level = x
-            return
-        pred = fmax(st.vol_level + st.vol_trend, 0.0)
-        # Huber-clipped innovation: a fault building evidence moves the level little.
-        sd = math.sqrt(phi_n * fmax(pred, 1.0))
-        e = clip(x - pred, -3.0 * sd, 3.0 * sd)
-        alpha = s.volume_alpha * rate
-        level = fmax(pred + alpha * e, 0.0)
-        st.vol_trend = st.vol_trend + alpha * s.volume_beta * e
-        # The trend never extrapolates past the level it corrects.
-        st.vol_trend = clip(st.vol_trend, -0.1 * level, 0.1 * level)
-        st.vol_level = level
-        if mu > 0 and rate == 1.0:  # noise level and profile: from unsuspected windows only
-            pearson = math.pow(n - mu, 2.0) / fmax(mu, 1.0)
-            st.vol_disp += s.dispersion_alpha * (fmin(pearson, 25.0) - st.vol_disp)
-            if is_all and mu >= 10 and s.season_alpha > 0:
-                r = clip(math.log((n + 0.5) / (mu + 0.5)), -0.5, 0.5)
-                season = self._season_vol  # (mypyc: ``+=`` on an item is a generic add)
-                season[hour] = season[hour] + s.season_alpha * r
-
-    def _learn_ctr(self, st: _Series, n: int, k: int, p: float, p_all: float, phi_c: float,
-                   is_all: bool, hour: int, rate: float) -> None:
-        s = self._p
-        ek = n * p
-        k_used = float(k)
-        if ek > 0:
-            # Huber: a window far from the baseline moves it as if it were 3 sd away, but
-            # never by less than one click: with 0.1 clicks expected, 3 sd is less than one
-            # click, and clipping every click a sparse series gets would drag its baseline
-            # down lull by lull (a run of zero-click windows is no evidence of a lower CTR).
-            sd = math.sqrt(phi_c * ek * (1.0 - p))
-            k_used = clip(k, ek - 3.0 * sd, fmax(ek + 3.0 * sd, 1.0))
-            if rate == 1.0:
-                excess = phi_c / fmax(st.ctr_disp, 1.0)
-                pearson = math.pow(k - ek, 2.0) / (ek * (1.0 - p) * excess)
-                st.ctr_disp += s.dispersion_alpha * (fmin(pearson, 9.0) - st.ctr_disp)
-        # Discounted sums forget by information: ``ek / memory`` per window, bounded.
-        if is_all:
-            season_c = math.exp(self._season_ctr[hour])
-            a = rate * clip(ek / s.baseline_memory_clicks, s.baseline_alpha_min, s.baseline_alpha)
-            st.ctr_k = (1.0 - a) * st.ctr_k + rate * k_used / season_c
-            st.ctr_e = (1.0 - a) * st.ctr_e + rate * n
-            if ek >= 10 and s.season_alpha > 0 and rate == 1.0:
-                r = clip(math.log((k + 0.5) / (ek + 0.5)), -0.3, 0.3)
-                season = self._season_ctr
-                season[hour] = season[hour] + s.season_alpha * r
-        elif p_all > 0:
-            a = rate * clip(ek / s.baseline_memory_clicks, s.baseline_alpha_min, s.segment_alpha)
-            st.ctr_k = (1.0 - a) * st.ctr_k + rate * k_used
-            st.ctr_e = (1.0 - a) * st.ctr_e + rate * n * p_all
-
-
-def _replace(v: Verdict, **changes) -> Verdict:
-    from dataclasses import replace
-
-    return replace(v, **changes)
-
 
 def build_monitor(settings: DetectorSettings) -> CampaignMonitor:
     """The factory the flow calls once per campaign."""

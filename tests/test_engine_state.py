@@ -7,6 +7,7 @@ import io
 import pickle
 import random
 from collections import Counter
+from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -424,3 +425,49 @@ def test_a_snapshot_written_before_the_namespace_resumes_identically():
     assert _figures(a) == _figures(b) and len(_figures(a)) > 0
     with pytest.raises(ValueError, match="not a shard snapshot"):
         load_snapshot(pickle.dumps({"not": "a state"}))
+
+
+# ------------------------------------------------- a monitor pickled before detectors split
+
+#: A campaign monitor pickled by revision 736b843, whose detector core was one module
+#: (``ctrguard.detectors.monitor``): after window 44 of :func:`_split_stream`, with an
+#: incident open on every series and the drift detector's state (3 KB).
+_PRE_SPLIT = Path(__file__).parent / "data" / "monitor-736b843.pickle"
+
+
+def _split_stream():
+    """70 windows of a campaign with two segments: clicks stop on desktop at window 30
+    (a segment break) and on the whole campaign at window 40 (a click outage)."""
+    from ctrguard.detectors.base import Counts, Window
+
+    rng = np.random.default_rng(19)
+    t0 = T0 // 1000
+    out = []
+    for t in range(70):
+        n_m, n_d = int(rng.poisson(1200)), int(rng.poisson(800))
+        k_m = int(rng.binomial(n_m, 0.0 if t >= 40 else 0.03))
+        k_d = int(rng.binomial(n_d, 0.0 if t >= 30 else 0.02))
+        out.append((Window(t0 + 300 * t, t0 + 300 * t + 300),
+                    {ALL: Counts(n_m + n_d, k_m + k_d), "device=desktop": Counts(n_d, k_d),
+                     "device=mobile": Counts(n_m, k_m)}))
+    return out
+
+
+def test_a_monitor_pickled_before_the_detector_split_resumes_identically():
+    """Snapshots name the monitor's parts by the module they were defined in then
+    (``ctrguard.detectors.monitor._restore_series`` & co.): they load, through the
+    snapshot loader, into a monitor that continues as one that never stopped."""
+    from ctrguard.detectors.monitor import build_monitor
+    from ctrguard.detectors.settings import DetectorSettings
+
+    blob = _PRE_SPLIT.read_bytes()
+    assert b"ctrguard.detectors.monitor" in blob
+    restored = engine._SnapshotUnpickler(io.BytesIO(blob)).load()
+    assert sorted(restored.series) == [ALL, "device=desktop", "device=mobile"]
+    stream = _split_stream()
+    whole = build_monitor(DetectorSettings())
+    for window, counts in stream[:44]:
+        whole.update(window, counts)
+    a = [repr(restored.update(w, c)) for w, c in stream[44:]]
+    b = [repr(whole.update(w, c)) for w, c in stream[44:]]
+    assert a == b and all("quarantine=True" in x for x in a)

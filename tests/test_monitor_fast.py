@@ -1,8 +1,8 @@
 """The campaign monitor's fast paths compute what its plain source says.
 
-``CampaignMonitor.update`` (detectors/monitor.py, helpers in detectors/stats.py) is
-written for the compiled core: loops fused, tests skipped whose evidence would be thrown
-away, constants folded. These tests feed generated count streams (every kind of fault,
+``CampaignMonitor.update`` (detectors/monitor.py and the modules it is made of, helpers in
+detectors/stats.py) is written for the compiled core: loops fused, tests skipped whose
+evidence would be thrown away, constants folded. These tests feed generated count streams (every kind of fault,
 gaps, repeated windows, odd counts, several settings) to three implementations and require
 the same ``repr`` of every verdict and the same state after every window:
 
@@ -33,6 +33,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import ctrguard.detectors.monitor as core
+from ctrguard import native
 from ctrguard.detectors.base import ALL, Counts, Window
 from ctrguard.detectors.settings import DetectorSettings
 
@@ -44,28 +45,39 @@ W = 300
 T0 = 1_767_225_600
 
 
-def _load_source(tag: str, stats_src: str, monitor_src: str) -> types.ModuleType:
-    """The monitor's Python source as a module of its own (``stats`` too), beside whatever
-    ``ctrguard.detectors.monitor`` is; registered in ``sys.modules`` so its objects pickle."""
-    stats = types.ModuleType(f"_monitor_ref_{tag}_stats")
-    exec(compile(stats_src, f"<{tag} stats.py>", "exec"), stats.__dict__)
-    sys.modules[stats.__name__] = stats
-    name = f"_monitor_ref_{tag}"
-    module = types.ModuleType(name)
-    module.__file__ = f"<{tag} monitor.py>"
-    sys.modules[name] = module
-    saved = sys.modules["ctrguard.detectors.stats"]
-    sys.modules["ctrguard.detectors.stats"] = stats  # the source's ``from ctrguard.detectors.stats import``
+#: The modules of the monitor whose Python source the fast paths are checked against, in
+#: import order: the compiled core but River's drift detector (``ctrguard.detectors.drift``,
+#: used as it is).
+MONITOR_MODULES = tuple(m.rsplit(".", 1)[1] for m in native.MODULES
+                        if m != "ctrguard.detectors.drift")
+
+
+def _load_source(tag: str, sources: dict[str, str]) -> types.ModuleType:
+    """The monitor's Python source (``sources``: module name -> text, in import order) as
+    modules of their own, beside whatever ``ctrguard.detectors.monitor`` is; registered in
+    ``sys.modules`` so their objects pickle. Returns the ``monitor`` module."""
+    saved = {}
+    module = None
     try:
-        exec(compile(monitor_src, module.__file__, "exec"), module.__dict__)
+        for short, text in sources.items():
+            name = f"_monitor_ref_{tag}" if short == "monitor" else f"_monitor_ref_{tag}_{short}"
+            module = types.ModuleType(name)
+            module.__file__ = f"<{tag} {short}.py>"
+            sys.modules[name] = module
+            exec(compile(text, module.__file__, "exec"), module.__dict__)
+            # The next sources' ``from ctrguard.detectors.<short> import`` find this one.
+            full = f"ctrguard.detectors.{short}"
+            saved.setdefault(full, sys.modules[full])
+            sys.modules[full] = module
     finally:
-        sys.modules["ctrguard.detectors.stats"] = saved
+        sys.modules.update(saved)
+    assert module is not None and module.__name__ == f"_monitor_ref_{tag}"
     return module
 
 
 def _source_module() -> types.ModuleType:
-    return _load_source("source", (ROOT / "detectors/stats.py").read_text(),
-                        (ROOT / "detectors/monitor.py").read_text())
+    return _load_source("source", {m: (ROOT / f"detectors/{m}.py").read_text()
+                                   for m in MONITOR_MODULES})
 
 
 def _reference_module() -> types.ModuleType | None:
@@ -74,9 +86,9 @@ def _reference_module() -> types.ModuleType | None:
                               check=True, capture_output=True, text=True).stdout
         # Before the ctrguard namespace, the packages were top-level.
         return text.replace("from detectors.", "from ctrguard.detectors.")
-    try:
-        return _load_source("reference", show("detectors/stats.py"),
-                            show("detectors/monitor.py"))
+    try:  # (the monitor was one module then)
+        return _load_source("reference", {m: show(f"detectors/{m}.py")
+                                          for m in ("stats", "monitor")})
     except (OSError, subprocess.CalledProcessError):
         return None
 
@@ -84,6 +96,8 @@ def _reference_module() -> types.ModuleType | None:
 SOURCE = _source_module()
 REFERENCE = _reference_module()
 IMPLEMENTATIONS = {"core": core, "source": SOURCE}
+#: Where the core in use defines what its snapshots are rebuilt with.
+CORE_MODULES = tuple(f"ctrguard.detectors.{m}" for m in MONITOR_MODULES)
 if REFERENCE is not None:
     IMPLEMENTATIONS["reference"] = REFERENCE
 
@@ -216,9 +230,9 @@ def _restore(blob: bytes, module: types.ModuleType) -> Any:
     """Unpickle a snapshot with ``module``'s restore functions, whichever wrote it."""
     class Unpickler(pickle.Unpickler):
         def find_class(self, mod: str, name: str) -> Any:
-            if name.startswith("_restore_") and mod in ("ctrguard.detectors.monitor", *(
-                    m.__name__ for m in IMPLEMENTATIONS.values())):
-                return getattr(module, name)
+            if name.startswith("_restore_") and (mod in CORE_MODULES
+                                                 or mod.startswith("_monitor_ref_")):
+                return getattr(module, name)  # (its monitor module has them all)
             return super().find_class(mod, name)
 
     return Unpickler(io.BytesIO(blob)).load()

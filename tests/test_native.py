@@ -109,9 +109,10 @@ def test_snapshots_load_in_either_core():
 
 
 @compiled_only
-def test_a_stale_build_is_not_used(tmp_path):
+@pytest.mark.parametrize("edited", ["monitor.py", "levels.py"])
+def test_a_stale_build_is_not_used(tmp_path, edited):
     # A copy of the installed layout (ctrguard/ with its subpackages, extensions included),
-    # whose monitor source then changes.
+    # whose source of one module of the monitor then changes: every module runs its source.
     pkg = tmp_path / "ctrguard"
     shutil.copytree(ROOT / "ctrguard", pkg)
     for folder in ("detectors", "flows", "sinks", "replay"):
@@ -124,13 +125,14 @@ def test_a_stale_build_is_not_used(tmp_path):
                          "print(n.status(), n.in_use())"],
                         capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
     assert ok.stdout.split() == ["compiled", "compiled"]
-    src = pkg / "detectors" / "monitor.py"
+    src = pkg / "detectors" / edited
     src.write_text(src.read_text() + "\n# edited after the build\n")
     stale = subprocess.run([sys.executable, "-W", "always::RuntimeWarning", "-c",
-                            "import ctrguard.detectors.monitor, ctrguard.native as n\n"
-                            "print(n.status(), n.in_use())"],
+                            "import ctrguard.detectors.monitor, ctrguard.native as n, sys\n"
+                            "print(n.status(), n.in_use(), *sorted({sys.modules[m].__file__"
+                            "[-3:] for m in n.MODULES}))"],
                            capture_output=True, text=True, env=env, cwd=tmp_path, check=True)
-    assert stale.stdout.split() == ["stale", "python"]
+    assert stale.stdout.split() == ["stale", "python", ".py"]
     assert "does not match its source" in stale.stderr
 
 
