@@ -188,8 +188,10 @@ def redis_contents(client: Any, mask: Callable[[Any], Any] = lambda v: v) -> dic
         if kind == "hash":
             value: Any = sorted((k, mask(v)) for k, v in client.hgetall(key).items())
         elif kind == "zset":
-            value = [(m, mask(score)) for m, score in client.zrange(key, 0, -1,
-                                                                    withscores=True)]
+            # (sorted after masking: scores that are wall-clock times order members
+            # differently from run to run)
+            value = sorted((m, mask(score)) for m, score in client.zrange(key, 0, -1,
+                                                                           withscores=True))
         elif kind == "stream":
             value = [sorted((k, mask(v)) for k, v in fields.items())
                      for _, fields in client.xrange(key)]
