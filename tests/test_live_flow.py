@@ -138,9 +138,10 @@ def test_event_beyond_allowed_lateness_is_dead_lettered(broker, redis_url, uniqu
     # so the click partition moves past window 0 without waiting for its end.
     produce_all(broker.bootstrap, unique_topics["clicks"],
                 [ev(f"k{i}", T0 + 3 * W + 210 + i) for i in range(3)])
-    # Hundreds of one-message polls before the late event: the click partition has long
-    # reported (its one message, then its end) by the time the late event is read.
-    filler = [ev(f"f{i}", T0 + 3 * W + 200 + i / 1000) for i in range(400)]
+    # Thousands of one-message polls before the late event: the click partition has long
+    # reported (its messages, then its end) by the time the late event is read. (With 400,
+    # on a loaded machine the click consumer's first fetch came after the late event.)
+    filler = [ev(f"f{i}", T0 + 3 * W + 200 + i / 10000) for i in range(3000)]
     produce_all(broker.bootstrap, unique_topics["impressions"],
                 [ev("i1", T0 + 10), *filler, late])
     settings = flow_settings(broker, redis_url, unique_topics,
