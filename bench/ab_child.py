@@ -254,7 +254,10 @@ def release(spec: dict[str, Any]) -> dict[str, Any]:
         pass
     settings = _settings(spec)
     calls = _load(spec["calls"])
-    part = ctrguard.sinks.release._ReleasePartition(settings)
+    # Before the Bytewax adapters moved to flows/ctr_flow.py the per-worker sink was
+    # _ReleasePartition (ReleaseSink was its Bytewax factory); since, it is ReleaseSink.
+    module = ctrguard.sinks.release
+    part = getattr(module, "_ReleasePartition", module.ReleaseSink)(settings)
     part._store.clock = lambda: spec["clock_s"]   # flags carry the writer's clock
     part._store.client.ping()
     part._producer.list_topics(settings.kafka.topics.figures, timeout=30)
@@ -280,8 +283,9 @@ def slack(spec: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(spec)
     batches = _load(spec["batches"])
     client = make_redis(settings.redis)
-    part = ctrguard.sinks.slack.SlackSinkPartition(settings, redis_client=client, stream=io.StringIO(),
-                                          autostart=False)
+    module = ctrguard.sinks.slack  # SlackSinkPartition before the adapters moved, SlackSink since
+    part = getattr(module, "SlackSinkPartition", module.SlackSink)(
+        settings, redis_client=client, stream=io.StringIO(), autostart=False)
     cpu = 0.0
     for batch in batches:
         t = time.process_time()

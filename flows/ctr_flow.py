@@ -23,14 +23,16 @@ import pickle
 import time
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache, partial
-from typing import Any, NamedTuple
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.operators import StatefulBatchLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ctrguard import metrics, probes, stopping
 from ctrguard.config import Settings, load_config
@@ -440,6 +442,43 @@ class _StoppablePartition(StatefulSourcePartition[RawBatch, Any]):
         self._inner.close()
 
 
+# ---------------------------------------------------------------------- sinks
+#
+# The sinks (sinks/) are plain classes, one per worker: ``write_batch(items)`` with the
+# whole batch, ``close()`` at the end of the input. They keep no state to snapshot: what
+# they wrote is in Redis and Kafka, and a batch written again after a restart writes the
+# same keys (at-least-once output, idempotent sinks). Bytewax sees them through this
+# adapter only.
+
+
+class BatchSink(Protocol):
+    def write_batch(self, items: list[Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class WorkerSink(DynamicSink[Any]):
+    """Bytewax sink: ``make()`` builds one of our sinks on each worker, which all write
+    concurrently (a ``DynamicSink``)."""
+
+    def __init__(self, make: Callable[[], BatchSink]):
+        self.make = make
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _WorkerSinkPartition:
+        return _WorkerSinkPartition(self.make())
+
+
+class _WorkerSinkPartition(StatelessSinkPartition[Any]):
+    def __init__(self, sink: BatchSink):
+        self.sink = sink
+
+    def write_batch(self, items: list[Any]) -> None:
+        self.sink.write_batch(items)
+
+    def close(self) -> None:
+        self.sink.close()
+
+
 def build_monitor_for(settings: Settings) -> Any:
     from ctrguard.detectors.monitor import build_monitor
 
@@ -492,16 +531,38 @@ def get_flow(settings: Settings | None = None, *, slack: bool = True,
     late = by_type.falses
     # One item per shard and activation: a closed window is released in one Redis
     # transaction and one Kafka flush, not one per 1,024 decisions.
-    op.output("release", batches, ReleaseSink(settings))
+    op.output("release", batches, WorkerSink(partial(ReleaseSink, settings)))
     if slack:
         from ctrguard.sinks.slack import SlackSink
 
         # Whole decisions, not just alerts: quiet windows are what resolve incidents.
         decisions = op.flat_map("decisions", batches, decisions_of)
-        op.output("slack", decisions, SlackSink(settings))
+        op.output("slack", decisions, WorkerSink(partial(SlackSink, settings)))
     dead = op.merge("dead_letters", invalid, late)
-    op.output("deadletter", dead, DeadLetterSink(settings.kafka))
+    op.output("deadletter", dead, WorkerSink(partial(DeadLetterSink, settings.kafka)))
     return flow
 
 
-__all__ = ["get_flow"]
+def run(flow: Dataflow, *, workers: int = 1, process_id: int | None = None,
+        addresses: list[str] | None = None, snapshot_interval_s: float = 10.0,
+        recovery_dir: Path | None = None, backup_interval_s: float = 30.0) -> None:
+    """Run ``flow`` in this process as Bytewax's ``python -m bytewax.run`` does: ``workers``
+    threads, one process of a cluster when ``process_id`` and ``addresses`` (every
+    process's ``host:port``) are given. With ``recovery_dir`` (initialised once with
+    ``python -m bytewax.recovery DIR N``) state is snapshotted every
+    ``snapshot_interval_s`` and snapshots are kept ``backup_interval_s``, and a run resumes
+    from the last one. Returns at the end of the input; what a step raised comes out as
+    Bytewax's ``BytewaxRuntimeError`` with the original as its cause.
+    """
+    from bytewax.recovery import RecoveryConfig
+    from bytewax.run import cli_main
+
+    recovery = None
+    if recovery_dir is not None:
+        recovery = RecoveryConfig(str(recovery_dir),
+                                  backup_interval=timedelta(seconds=backup_interval_s))
+    cli_main(flow, workers_per_process=workers, process_id=process_id, addresses=addresses,
+             epoch_interval=timedelta(seconds=snapshot_interval_s), recovery_config=recovery)
+
+
+__all__ = ["get_flow", "run"]

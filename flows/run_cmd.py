@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -159,22 +158,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
-    from bytewax.recovery import RecoveryConfig
-    from bytewax.run import cli_main
-
     partitions = preflight(settings)
     if not partitions:
         raise KafkaUnavailable("no input partitions", retryable=False)
     monitoring.start_probe()
-    from ctrguard.flows.ctr_flow import get_flow
+    from ctrguard.flows import ctr_flow
 
+    recovery = args.recovery_dir is not None
     # Without a recovery directory Bytewax drops every snapshot: don't pickle the state.
-    flow = get_flow(settings, slack=not args.no_slack, partitions=partitions,
-                    snapshots=args.recovery_dir is not None)
-    recovery = None
-    if args.recovery_dir is not None:
-        recovery = RecoveryConfig(str(args.recovery_dir),
-                                  backup_interval=timedelta(seconds=args.backup_interval))
+    flow = ctr_flow.get_flow(settings, slack=not args.no_slack, partitions=partitions,
+                             snapshots=recovery)
     addresses = args.addresses.split(";") if args.addresses else None
     from ctrguard import events, native
 
@@ -187,10 +180,10 @@ def _run(settings: Settings, args: argparse.Namespace, monitoring: Any) -> int:
     # Ctrl-C and SIGTERM stop the flow at a batch boundary (and snapshot), not mid-batch.
     with stopping.install() as stop:
         try:
-            cli_main(flow, workers_per_process=args.workers, process_id=args.process_id,
-                     addresses=addresses,
-                     epoch_interval=timedelta(seconds=args.snapshot_interval),
-                     recovery_config=recovery)
+            ctr_flow.run(flow, workers=args.workers, process_id=args.process_id,
+                         addresses=addresses, snapshot_interval_s=args.snapshot_interval,
+                         recovery_dir=args.recovery_dir,
+                         backup_interval_s=args.backup_interval)
         except Exception as exc:
             # Bytewax wraps what a step raised (BytewaxRuntimeError, the original as a
             # cause): one of ours is reported as such, with its exit code (cli.main).

@@ -14,7 +14,7 @@ Producers are configured with the cluster's own record limit
 
 A restart re-reads input that an earlier run already dead-lettered (from the last Bytewax
 snapshot, or from the beginning without recovery). So that the dead-letter topic holds each
-rejected message once, a new sink partition first reads the newest
+rejected message once, a new sink (one per worker) first reads the newest
 ``DEDUP_SCAN_RECORDS`` records of every dead-letter partition and then skips any dead
 letter whose (source topic, partition, offset, stage, CRC of the bytes) is among them.
 """
@@ -31,7 +31,6 @@ from itertools import repeat
 from operator import length_hint
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from ctrguard import probes
@@ -342,7 +341,10 @@ class _DeadLetterTracker(DeliveryTracker):
 MIN_DEAD_LETTER_LIMIT = 4096
 
 
-class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
+class DeadLetterSink:
+    """One worker's writer of rejected and late events to the dead-letter topic (the flow
+    wraps it in a Bytewax sink: :mod:`ctrguard.flows.ctr_flow`)."""
+
     def __init__(self, kafka: KafkaSettings):
         from ctrguard.kafka_admin import message_limit
 
@@ -434,12 +436,3 @@ class _DeadLetterPartition(StatelessSinkPartition[DeadLetter]):
     def close(self) -> None:
         self._producer.flush(FLUSH_TIMEOUT_S)
 
-
-class DeadLetterSink(DynamicSink[DeadLetter]):
-    """Writes rejected and late events to the dead-letter topic."""
-
-    def __init__(self, kafka: KafkaSettings):
-        self.kafka = kafka
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _DeadLetterPartition:
-        return _DeadLetterPartition(self.kafka)

@@ -15,8 +15,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
-
 from ctrguard import metrics, probes
 from ctrguard.config import Settings
 from ctrguard.errors import RedisUnavailable
@@ -78,7 +76,13 @@ class ReleaseGate:
         self.backlog = 0
 
 
-class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
+class ReleaseSink:
+    """One worker's release: Redis flags and watermarks first, then figures and alerts to
+    Kafka. Stateless between batches (Redis and the topics hold what was released, and a
+    repeated batch writes the same keys), so it has nothing to snapshot; the flow wraps it
+    in a Bytewax sink (:mod:`ctrguard.flows.ctr_flow`).
+    """
+
     _expected: Any = None   # the planned changes (sinks/annotations.py), set in __init__
     _releasing: Any = ()    # the decisions being released (metrics: held back)
 
@@ -155,17 +159,8 @@ class _ReleasePartition(StatelessSinkPartition[WindowDecision]):
 
     def close(self) -> None:
         self._producer.flush(30)
-        # The gate holds this partition's bound methods (a reference cycle): without it,
+        # The gate holds this sink's bound methods (a reference cycle): without it,
         # the producer would live on until a garbage collection, reconnecting to a broker
         # that may be gone (librdkafka logs each attempt).
         self._gate = None  # type: ignore[assignment]
 
-
-class ReleaseSink(DynamicSink[WindowDecision]):
-    """Bytewax sink: Redis flags and watermarks first, then figures and alerts to Kafka."""
-
-    def __init__(self, settings: Settings):
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _ReleasePartition:
-        return _ReleasePartition(self.settings)

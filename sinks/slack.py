@@ -10,7 +10,8 @@ Pieces
   under an idempotency key before removing the entry, so a restart never posts twice.
   Modes: Web API (``chat.postMessage`` then ``chat.update`` + thread replies), incoming
   webhook (posts opens and resolves only) and console (prints what Slack would show).
-* :class:`SlackSink`: a Bytewax ``DynamicSink``. Each ``write_batch`` loads the incident
+* :class:`SlackSink`: one worker's sink (the flow wraps it in a Bytewax sink,
+  :mod:`ctrguard.flows.ctr_flow`). Each ``write_batch`` loads the incident
   state of the campaigns that can change (alerts in the batch, an open incident that is
   due or ticks, a ticking campaign that has state) from Redis, runs the pure
   :class:`~ctrguard.sinks.incidents.IncidentTracker`, and writes the new state and the outbox
@@ -56,7 +57,6 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any
 
 import redis
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from ctrguard import metrics, probes
 from ctrguard.errors import RedisUnavailable, SlackDeliveryError
@@ -810,8 +810,13 @@ class SlackNotifier:
 # --------------------------------------------------------------------------- sink
 
 
-class SlackSinkPartition(StatelessSinkPartition[Any]):
-    """One worker's end of :class:`SlackSink`."""
+class SlackSink:
+    """One worker's sink: alerts (or ``WindowDecision`` records) in, Slack incidents out.
+
+    Resolution needs event time to advance: feed ``WindowDecision`` records (every closed
+    window, with or without alerts) for per-campaign resolution; with alerts alone, an
+    incident resolves once any later alert shows that event time moved on.
+    """
 
     def __init__(self, settings: Settings, *, redis_client: redis.Redis | None = None,
                  stream: IO[str] | None = None, autostart: bool = True):
@@ -1124,18 +1129,3 @@ def _length_s(a: Alert, default: int) -> int:
         return default
     return int(length.total_seconds())
 
-
-class SlackSink(DynamicSink[Any]):
-    """Bytewax sink: alerts (or ``WindowDecision`` records) in, Slack incidents out.
-
-    Resolution needs event time to advance: feed ``WindowDecision`` records (every closed
-    window, with or without alerts) for per-campaign resolution; with alerts alone, an
-    incident resolves once any later alert shows that event time moved on.
-    """
-
-    def __init__(self, settings: Settings, *, stream: IO[str] | None = None):
-        self.settings = settings
-        self.stream = stream
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> SlackSinkPartition:
-        return SlackSinkPartition(self.settings, stream=self.stream)

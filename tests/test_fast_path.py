@@ -14,6 +14,7 @@ import pickle
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 import msgspec
 import pytest
@@ -285,7 +286,7 @@ def test_dead_letter_sink_reads_back_the_bytes_of_late_events(broker, unique_top
         f'kafka:\n  brokers: ["{broker.bootstrap}"]\n  topics:\n'
         f'    impressions: {unique_topics["impressions"]}\n'
         f'    deadletter: {unique_topics["deadletter"]}\n', env={})
-    part = DeadLetterSink(s.kafka).build("deadletter", 0, 1)
+    part = DeadLetterSink(s.kafka)
     wanted = [4999, 3, 4, 2500, 17]  # any order, near and far apart
     part.write_batch([DeadLetter("late", "window closed", unique_topics["impressions"], 0, o,
                                  None) for o in wanted]
@@ -393,3 +394,45 @@ def test_shard_keys_spread_evenly_over_bytewax_workers(workers):
 
 def _keep(state, value):
     return state, value
+
+
+# --------------------------------------------------------------------------- sink adapter
+
+
+class _RecordingSink:
+    """A sink of ours (no Bytewax base class): what it was given, and whether it closed."""
+
+    made: list[_RecordingSink] = []
+
+    def __init__(self, tag: str):
+        self.tag = tag
+        self.batches: list[list[int]] = []
+        self.closed = False
+        _RecordingSink.made.append(self)
+
+    def write_batch(self, items: list[int]) -> None:
+        self.batches.append(list(items))
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_worker_sink_builds_one_sink_per_worker_and_closes_it(workers):
+    """Bytewax reaches our sinks through ``WorkerSink`` only: one sink built per worker,
+    every item handed over in whole batches, each sink closed at the end of the input."""
+    import bytewax.operators as op
+    from bytewax.dataflow import Dataflow
+    from bytewax.testing import TestingSource, cluster_main
+
+    from ctrguard.flows.ctr_flow import WorkerSink
+
+    _RecordingSink.made = []
+    flow = Dataflow("sink_adapter")
+    items = op.input("in", flow, TestingSource(list(range(100)), batch_size=10))
+    op.output("out", items, WorkerSink(partial(_RecordingSink, "t")))
+    cluster_main(flow, [], 0, worker_count_per_proc=workers)
+    made = _RecordingSink.made
+    assert len(made) == workers and all(s.tag == "t" and s.closed for s in made)
+    assert sorted(x for s in made for b in s.batches for x in b) == list(range(100))
+    assert sum(len(s.batches) for s in made) < 100  # batches, not an item per call

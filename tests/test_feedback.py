@@ -32,7 +32,7 @@ from ctrguard.cli import main as cli_main
 from ctrguard.config import load_config_text
 from ctrguard.records import STATUS_QUARANTINED, Figure, WindowDecision
 from ctrguard.sinks.feedback import InteractionError, parse_interaction
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from ctrguard.sinks.slack_render import FEEDBACK_ACTIONS
 from tests.slack_fixtures import T0, TOKEN, WINDOW_S, make_alert
 
@@ -83,7 +83,7 @@ def window_decisions(campaign: str, windows: int, bad: range, *, segment: str = 
     return out
 
 
-def feed(sink: SlackSinkPartition, *streams: list[WindowDecision]) -> None:
+def feed(sink: SlackSink, *streams: list[WindowDecision]) -> None:
     """One batch per window, every campaign's decision of that window in it (as the flow)."""
     for batch in zip(*streams, strict=True):
         sink.write_batch(list(batch))
@@ -174,7 +174,7 @@ def feedback_env(tmp_path, redis_url, slack_emulator):
     settings = settings_for(redis_url, slack_emulator)
     cfg = tmp_path / "ctrguard.yaml"
     cfg.write_text(config_text(redis_url, slack_emulator))
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     c1 = window_decisions("c1", 40, range(20, 26))
     c2 = window_decisions("c2", 40, range(30, 33), seed=3)
     feed(sink, c1, c2)
@@ -290,7 +290,7 @@ def test_chart_in_thread_is_the_driving_series_and_is_replaced_at_resolution(
 
     monkeypatch.setattr(extras, "render_chart", spy)
     settings = settings_for(redis_url, slack_emulator, "charts:\n  windows: 12\n")
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     # device=mobile breaks; "all" is only mildly affected (no alert).
     bad = range(20, 24)
     mobile = window_decisions("c9", 40, bad, segment="device=mobile", seed=1)
@@ -344,7 +344,7 @@ def test_chart_in_thread_is_the_driving_series_and_is_replaced_at_resolution(
 def test_chart_failure_for_missing_scope_does_not_hold_the_incident(
         redis_url, slack_emulator):
     settings = settings_for(redis_url, slack_emulator)
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     slack_emulator.fail_next(200, error="missing_scope", method="files.getUploadURLExternal",
                              times=10)
     try:
@@ -363,7 +363,7 @@ def test_chart_failure_for_missing_scope_does_not_hold_the_incident(
 def test_no_buttons_when_feedback_buttons_are_off(redis_url, slack_emulator):
     settings = settings_for(redis_url, slack_emulator,
                             "feedback:\n  buttons: false\ncharts:\n  enabled: false\n")
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     try:
         feed(sink, window_decisions("c3", 24, range(20, 21)))
         assert sink.drain(30)
@@ -416,7 +416,7 @@ def test_without_a_bot_token_the_message_is_updated_through_its_response_url(
         redis_url, slack_emulator):
     from ctrguard.sinks.feedback_server import InteractionServer
 
-    sink = SlackSinkPartition(settings_for(redis_url, slack_emulator))
+    sink = SlackSink(settings_for(redis_url, slack_emulator))
     try:
         feed(sink, window_decisions("c4", 24, range(20, 22)))
         assert sink.drain(30)
@@ -449,7 +449,7 @@ def test_a_vote_on_a_stall_becomes_a_pipeline_label(tmp_path, redis_url, slack_e
     settings = settings_for(redis_url, slack_emulator)
     cfg = tmp_path / "ctrguard.yaml"
     cfg.write_text(config_text(redis_url, slack_emulator))
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     for w in range(8):                       # stalled in windows 0-2, resolved after
         ws = T0 + w * WINDOW_S
         sink.write_batch([WindowDecision(f"c{i}", ws, ws + WINDOW_S, (),

@@ -14,7 +14,7 @@ from ctrguard.config import load_config_text
 from ctrguard.flows.ctr_flow import DecisionBatch, ShardLogic, _pack, build_monitor_for, is_decision
 from ctrguard.flows.engine import DeadLetter, ShardState
 from ctrguard.records import WindowDecision
-from ctrguard.sinks.release import ReleaseGate, _ReleasePartition
+from ctrguard.sinks.release import ReleaseGate, ReleaseSink
 
 
 def _decision(cid: str, start: int = 1767611100) -> WindowDecision:
@@ -39,7 +39,7 @@ def test_decisions_leave_a_shard_as_one_batch_and_late_events_stay_single():
 
 def test_release_sink_writes_redis_then_kafka_once_per_call():
     calls: list[tuple[str, list[str]]] = []
-    part = _ReleasePartition.__new__(_ReleasePartition)  # no Redis, no Kafka: the gate only
+    part = ReleaseSink.__new__(ReleaseSink)  # no Redis, no Kafka: the gate only
     part._gate = ReleaseGate(lambda ds: calls.append(("redis", [d.campaign_id for d in ds])),
                              lambda ds: calls.append(("kafka", [d.campaign_id for d in ds])))
     part.write_batch([DecisionBatch([_decision("a"), _decision("b")]), DecisionBatch([]),

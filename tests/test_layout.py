@@ -132,3 +132,37 @@ def test_no_top_level_product_packages_are_importable_when_installed():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd="/", check=True).stdout.strip()
     assert out == "[]"
+
+
+# --------------------------------------------------------------- Bytewax's surface
+
+#: The only product modules that may import Bytewax (README, "Bytewax is pinned"): an
+#: upgrade, or a move to another stream processor, rewrites these two and nothing else.
+BYTEWAX_MODULES = {"ctrguard.flows.ctr_flow", "ctrguard.flows.source"}
+
+
+def _imports_bytewax(path: Path) -> bool:
+    """Whether the module imports Bytewax anywhere in its code: ``import``, ``from ...
+    import`` (in functions too) or ``importlib.import_module`` / ``__import__`` of a
+    literal name."""
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif (isinstance(node, ast.Call) and node.args
+              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
+              and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__")):
+            names = [node.args[0].value]
+        else:
+            continue
+        if any(n == "bytewax" or n.startswith("bytewax.") for n in names):
+            return True
+    return False
+
+
+def test_only_the_flow_and_its_source_import_bytewax():
+    importers = {_module(path) for folder in PACKAGES for path in (ROOT / folder).rglob("*.py")
+                 if _imports_bytewax(path)}
+    assert importers == BYTEWAX_MODULES

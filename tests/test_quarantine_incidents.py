@@ -24,7 +24,7 @@ from ctrguard.sinks.quarantine_incidents import (
     release_range,
 )
 from ctrguard.sinks.redis_client import make_redis
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from tests.slack_fixtures import T0, WINDOW_S, make_alert
 
 PREFIX = "qi"
@@ -61,7 +61,7 @@ class Flow:
     def __init__(self, settings: Settings, workers: int = 1):
         self.settings = settings
         self.out = io.StringIO()
-        self.parts = [SlackSinkPartition(settings, stream=self.out) for _ in range(workers)]
+        self.parts = [SlackSink(settings, stream=self.out) for _ in range(workers)]
         self.store = store_for(settings)
 
     def slack(self, w: int, worker: int = 0) -> None:
@@ -73,7 +73,7 @@ class Flow:
     def restart(self) -> None:
         for p in self.parts:
             p.close(5)
-        self.parts = [SlackSinkPartition(self.settings, stream=self.out) for _ in self.parts]
+        self.parts = [SlackSink(self.settings, stream=self.out) for _ in self.parts]
 
     def close(self) -> str:
         for p in self.parts:

@@ -35,7 +35,7 @@ from ctrguard.records import (
 )
 from ctrguard.sinks.kafka_out import produce_many
 from ctrguard.sinks.quarantine import QuarantineReader, QuarantineStore, iso_utc
-from ctrguard.sinks.release import ReleaseGate, _ReleasePartition
+from ctrguard.sinks.release import ReleaseGate, ReleaseSink
 from devtools.services import consume_to_eof
 
 T0 = 1_767_225_600
@@ -383,7 +383,7 @@ def sink_settings(redis_url: str, broker, topics: dict[str, str]) -> Settings:
     })
 
 
-def close(part: _ReleasePartition) -> None:
+def close(part: ReleaseSink) -> None:
     """Flush, and drop the partition's producer now: its gate holds bound methods of the
     partition (a cycle), which would keep a client connecting after the broker stopped."""
     part.close()
@@ -401,7 +401,7 @@ def test_sink_publishes_the_old_bytes_after_redis_holds_every_decision(
     figures = [f for d in decisions for f in d.figures]
     alerts = [a for d in decisions for a in d.alerts]
     assert any(f.status == "quarantined" for f in figures)
-    part = _ReleasePartition(sink_settings(redis_url, broker, unique_topics))
+    part = ReleaseSink(sink_settings(redis_url, broker, unique_topics))
     reader = QuarantineReader(redis_url, "t", window_length_s=LENGTH)
     published = 0
     seen: list[str] = []
@@ -437,7 +437,7 @@ def test_sink_publishes_the_old_bytes_after_redis_holds_every_decision(
 
 def test_sink_publishes_nothing_while_redis_is_down(redis_factory, broker, unique_topics):
     server = redis_factory()
-    part = _ReleasePartition(sink_settings(server.url, broker, unique_topics))
+    part = ReleaseSink(sink_settings(server.url, broker, unique_topics))
     part._gate = ReleaseGate(part._store.record, part._publish, backoff_s=0.01,
                              backoff_max_s=0.02, max_wait_s=0.1)
     batch = Scenario(20, 1, 2, seed=5).call(0)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from ctrguard.records import WindowDecision
-from ctrguard.sinks.slack import SlackNotifier, SlackSinkPartition
+from ctrguard.sinks.slack import SlackNotifier, SlackSink
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     TOKEN,
@@ -28,10 +28,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def partitions():
-    made: list[SlackSinkPartition] = []
+    made: list[SlackSink] = []
 
-    def make(settings, **kw) -> SlackSinkPartition:
-        p = SlackSinkPartition(settings, **kw)
+    def make(settings, **kw) -> SlackSink:
+        p = SlackSink(settings, **kw)
         made.append(p)
         return p
 

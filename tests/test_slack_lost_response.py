@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from tests.slack_fixtures import make_alert, make_settings, slack_emulator  # noqa: F401
 
 
@@ -10,7 +10,7 @@ def test_post_whose_response_was_lost_is_not_posted_again(slack_emulator, redis_
     settings = make_settings(redis_url, slack_emulator, timeout_s=1)
     # The emulator posts the message but answers only after the client gave up (1 s).
     slack_emulator.lose_response_next(2.5, method="chat.postMessage")
-    sink = SlackSinkPartition(settings)
+    sink = SlackSink(settings)
     try:
         sink.write_batch([make_alert(window=0, severity="critical")])
         assert sink.drain(20)

@@ -21,7 +21,7 @@ from ctrguard.detectors.monitor import build_monitor
 from ctrguard.detectors.settings import DetectorSettings
 from ctrguard.records import Alert, Figure, WindowDecision, make_alert_id
 from ctrguard.sinks.incidents import IncidentTracker, chance_days, iso
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from ctrguard.sinks.slack_render import render_console, render_incident
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
@@ -284,7 +284,7 @@ def test_messages_in_slack_are_consistent(slack_emulator, slack_redis_url, alert
     client.close()
     alerts = [dataclasses.replace(a, campaign_id=cid, alert_id=a.alert_id + cid)
               for a in alerts]
-    sink = SlackSinkPartition(make_settings(slack_redis_url, slack_emulator, min_severity="info"))
+    sink = SlackSink(make_settings(slack_redis_url, slack_emulator, min_severity="info"))
     try:
         by_window: dict[int, list[Alert]] = {}
         for a in alerts:

@@ -1,6 +1,6 @@
 """The Slack sink touches only the campaigns that can change, and that changes nothing.
 
-``SlackSinkPartition._write`` processes a campaign only when it has alerts in the batch, is
+``SlackSink._write`` processes a campaign only when it has alerts in the batch, is
 in the open set (due, or open and ticking) or ticks and is in the known set (may have
 incident state). These tests hold it to the unfiltered algorithm: an oracle that runs the
 sink's former computation over *every* campaign of every batch, with one in-memory tracker,
@@ -23,7 +23,7 @@ import redis
 import ctrguard.sinks.slack as slack_mod
 from ctrguard.records import Alert, WindowDecision
 from ctrguard.sinks.incidents import IncidentTracker, update_to_json
-from ctrguard.sinks.slack import SlackSinkPartition, _campaign_hash, _length_s
+from ctrguard.sinks.slack import SlackSink, _campaign_hash, _length_s
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
     T0,
     WINDOW_S,
@@ -39,10 +39,10 @@ GAP = 2
 
 @pytest.fixture
 def partitions():
-    made: list[SlackSinkPartition] = []
+    made: list[SlackSink] = []
 
-    def make(settings) -> SlackSinkPartition:
-        p = SlackSinkPartition(settings, stream=io.StringIO(), autostart=False)
+    def make(settings) -> SlackSink:
+        p = SlackSink(settings, stream=io.StringIO(), autostart=False)
         made.append(p)
         return p
 

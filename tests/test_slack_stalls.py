@@ -18,7 +18,7 @@ import pytest
 
 from ctrguard.records import Alert, WindowDecision, make_alert_id
 from ctrguard.sinks.incidents import iso
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from ctrguard.sinks.slack_render import render_console, render_incident, render_thread_reply
 from ctrguard.sinks.stalls import StallTracker, parse_stall_id
 from tests.slack_fixtures import (  # noqa: F401 - fixtures
@@ -69,10 +69,10 @@ def fields_of(msg) -> dict[str, str]:
 
 @pytest.fixture
 def partitions():
-    made: list[SlackSinkPartition] = []
+    made: list[SlackSink] = []
 
-    def make(settings, **kw) -> SlackSinkPartition:
-        p = SlackSinkPartition(settings, **kw)
+    def make(settings, **kw) -> SlackSink:
+        p = SlackSink(settings, **kw)
         made.append(p)
         return p
 

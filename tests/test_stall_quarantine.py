@@ -21,7 +21,7 @@ from ctrguard.records import WindowDecision
 from ctrguard.sinks.incidents import make_incident_id
 from ctrguard.sinks.quarantine import QUARANTINED, RELEASED, QuarantineStore
 from ctrguard.sinks.redis_client import make_redis
-from ctrguard.sinks.slack import SlackSinkPartition
+from ctrguard.sinks.slack import SlackSink
 from tests.slack_fixtures import T0, WINDOW_S
 from tests.test_slack_stalls import stall_alert
 
@@ -61,7 +61,7 @@ class Flow:
     def __init__(self, config: str):
         self.settings = load_config(config)
         self.out = io.StringIO()
-        self.slack_part = SlackSinkPartition(self.settings, stream=self.out)
+        self.slack_part = SlackSink(self.settings, stream=self.out)
         self.store = QuarantineStore(make_redis(self.settings.redis), self.settings.quarantine,
                                      PREFIX, window_length_s=WINDOW_S)
 
