@@ -181,10 +181,6 @@ class WindowClicks:
         self.has_ref = has_ref    # per click: it carries an impression id
         self.matched = matched    # per click: that impression was shown (this window or before)
 
-    def campaigns(self) -> int:
-        """How many campaigns have clicks in this window."""
-        return len(set(self.cids.tolist()))
-
     def evidence(self, campaign_id: str, segments: Callable[[Any], Sequence[str]]
                  ) -> dict[str, tuple[float, int]] | None:
         """Per series of the campaign (``segments``: a dims key's series), its suspicious
