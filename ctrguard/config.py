@@ -179,7 +179,8 @@ class EventTimeSettings(StrictModel):
     it; it renews that claim every quarter of ``idle_timeout``, and a shard honours a claim
     only while it is at most half of ``idle_timeout`` older than the newest poll the shard
     has seen from any source (a pause, a blocked sink or a slow exchange makes the claim
-    stale: the partition holds the watermark at its frontier again).
+    stale: the partition holds the watermark at its frontier again). A claim lets the
+    watermark go no further than the other partitions had read when it was made.
     """
 
     idle_timeout: Duration = 5

@@ -16,7 +16,9 @@ partition from closing windows early; honouring idle claims is what lets windows
 during a click tracking outage, when the click topic is silent. A claim is evidence that a
 source has nothing unread: a file at its end, or a partition at its log end for an idle
 timeout (``flows/source.py``); a live claim counts only while fresh
-(:meth:`ShardState.idle_sources`), so a pause cannot turn a backlog into late events.
+(:meth:`ShardState.idle_sources`), so a pause cannot turn a backlog into late events, and
+it lets the watermark go no further than the other sources had delivered when it was made
+(:meth:`ShardState._cap_at`), so events written to an idle source since cannot be late.
 Every event read ends in a window, an exclusion, a duplicate or a dead letter; each shard
 keeps the per-source account (:attr:`ShardState.tally`, :func:`conservation`).
 
@@ -64,6 +66,7 @@ import math
 import pickle
 import re
 import zlib
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
@@ -1084,6 +1087,45 @@ def _counts_of(n: int, k: int) -> Counts:
 _STATE_VERSION = 3
 
 
+class _Marks:
+    """A source's frontier over the wall-clock time of the polls that moved it, for the
+    last seconds (:meth:`ShardState._cap_at`): what the source had delivered by a given
+    poll time, whatever order the chunks reach the shard in.
+
+    >>> m = _Marks()
+    >>> for t, f in ((100, 5), (200, 9), (300, 12)):
+    ...     m.add(t, f, horizon=0)
+    >>> m.at(50), m.at(100), m.at(250), m.at(10**9)
+    (None, 5, 9, 12)
+    """
+
+    __slots__ = ("base", "times", "values")
+
+    #: Entries kept before the ones older than the horizon are folded into ``base``.
+    KEEP = 64
+
+    def __init__(self) -> None:
+        self.base: int | None = None  # the frontier before the first entry
+        self.times: list[int] = []
+        self.values: list[int] = []
+
+    def add(self, polled_ms: int, frontier: int, horizon: int) -> None:
+        times = self.times
+        if times and polled_ms < times[-1]:
+            polled_ms = times[-1]  # a clock step back: kept in order
+        times.append(polled_ms)
+        self.values.append(frontier)
+        if len(times) > self.KEEP:
+            k = bisect_left(times, horizon, hi=len(times) - 1)
+            if k:
+                self.base = self.values[k - 1]
+                del times[:k], self.values[:k]
+
+    def at(self, polled_ms: int) -> int | None:
+        k = bisect_right(self.times, polled_ms)
+        return self.values[k - 1] if k else self.base
+
+
 def _unbound_monitor_factory() -> Any:
     raise RuntimeError("a ShardState restored from a snapshot needs bind(settings, "
                        "monitor_factory) before it meets a new campaign")
@@ -1242,18 +1284,28 @@ class ShardState:
         if "_claims" not in state:  # a snapshot from before idle claims: claims dropped
             self.__dict__.pop("_idle", None)  # (fails safe: a source holds back until it
             self._init_event_time()          # claims again)
+        elif "_caps" not in state:  # a snapshot from before capped claims: claims dropped
+            self._claims.clear()
+            self._init_caps()
         self._derived()
 
     def _init_event_time(self) -> None:
         """Idle claims, the shard's clock, small batches' times and the sources' accounts."""
         # Source -> wall-clock time of its idle claim (None: for good). See watermark_ms.
         self._claims: dict[str, int | None] = {}
+        self._init_caps()
         self._clock_ms: int | None = None  # the newest poll time seen from any source
         # Source -> the largest times of its small batches (fewer than the quorum each).
         self._recent: dict[str, list[int]] = {}
         # Source -> [read, excluded, dead-lettered before the shards, counted, duplicates,
         # late]: each event of the source ends in exactly one (see conservation()).
         self.tally: dict[str, list[int]] = {}
+
+    def _init_caps(self) -> None:
+        # Source -> how far its live idle claim lets the watermark go (_cap_at), and
+        # source -> its frontier over poll time (_Marks), for live sources.
+        self._caps: dict[str, int | None] = {}
+        self._marks: dict[str, _Marks] = {}
 
     def _intern(self, obj: Any) -> Any:
         table = self._interned
@@ -1288,19 +1340,60 @@ class ShardState:
         return {s for s, t in claims.items() if t is None or t >= oldest}
 
     def watermark_ms(self) -> int | None:
-        """Event time up to which every window is final (frontier minimum less lateness)."""
-        idle = self.idle_sources()
-        active = [f for s, f in self._frontiers.items() if s not in idle]
-        if active:
-            if any(f is None for f in active):
+        """Event time up to which every window is final (frontier minimum less lateness).
+
+        A source idle for good holds nothing back. A live idle claim lets the source's
+        frontier go only as far as its cap (:meth:`_cap_at`): what the other sources had
+        delivered when the claim was made. Events produced to the idle source after that
+        come with times past the cap, so they cannot be late, however long it takes the
+        claim to be withdrawn (a busy machine, a slow fetch, a paused sink)."""
+        claims = self._claims
+        idle = self.idle_sources() if claims else ()
+        lows: list[int | None] = []
+        for s, f in self._frontiers.items():
+            if s in idle:
+                if claims[s] is None:
+                    continue
+                cap = self._caps.get(s)
+                if cap is not None and (f is None or cap > f):
+                    f = cap
+            lows.append(f)
+        if lows:
+            if None in lows:
                 return None  # a source that has delivered nothing yet may hold old events
-            low = min(active)  # type: ignore[type-var]
+            low = min(lows)  # type: ignore[type-var]
         else:
             known = [f for f in self._frontiers.values() if f is not None]
             if not known:
                 return None
             low = max(known)
         return low - self._lateness_ms
+
+    def _cap_at(self, source: str, polled_ms: int) -> int | None:
+        """How far a live idle claim of ``source``, made at ``polled_ms`` (wall clock),
+        lets the watermark go: the least frontier the other sources that are not idle had
+        reached by then, or, when every other source is idle, the largest. ``None`` (no
+        further than the source's own frontier) while one of them had none.
+
+        What another source delivered after the claim was made (its chunk may reach the
+        shard first) does not count: the idle source may have been written to since."""
+        idle = self.idle_sources()
+        marks = self._marks
+        lows: list[int | None] = []
+        known: list[int] = []
+        for s in self._frontiers:
+            if s == source or self._claims.get(s, 0) is None:
+                continue
+            m = marks.get(s)
+            f = m.at(polled_ms) if m is not None else self._frontiers[s]
+            if s in idle:
+                if f is not None:
+                    known.append(f)
+            else:
+                lows.append(f)
+        if lows:
+            return None if None in lows else min(lows)  # type: ignore[type-var]
+        return max(known) if known else None
 
     # -- ingest ------------------------------------------------------------------------
 
@@ -1317,12 +1410,23 @@ class ShardState:
         elif source not in self._frontiers:
             self._frontiers[source] = None
         polled = chunk.polled_ms
-        if polled is not None and (self._clock_ms is None or polled > self._clock_ms):
-            self._clock_ms = polled
+        if polled is not None:
+            if self._clock_ms is None or polled > self._clock_ms:
+                self._clock_ms = polled
+            now = self._frontiers[source]
+            if now is not None:
+                m = self._marks.get(source)
+                if m is None:
+                    m = self._marks[source] = _Marks()
+                if not m.values or now != m.values[-1]:
+                    m.add(polled, now, self._clock_ms - 2 * self._claim_ttl_ms)
         if chunk.idle:
             self._claims[source] = polled
+            if polled is not None:
+                self._caps[source] = self._cap_at(source, polled)
         elif self._claims:  # a message was read (or the claim withdrawn): not idle
             self._claims.pop(source, None)
+            self._caps.pop(source, None)
         if chunk.ledger is not None:
             self._account(source, chunk.ledger)
         self._note_volume(chunk)

@@ -129,7 +129,30 @@ def test_a_fresh_claim_lets_windows_close_while_a_topic_is_silent(build):
     f = Flow(settings(quorum=1), ["imp:0", "clk:0"])
     f.feed(clk([ev("k0", T0)], polled=0), clk([], idle=True, polled=100),
            imp(_minutes(0, 30, "a"), polled=200))
+    # The claim was made before those impressions were read: it lets none of them close.
+    assert f.figures() == {}
+    f.feed(clk([], idle=True, polled=300))  # renewed
     assert (("c1", ALL, T0 // 1000) in f.figures())  # clicks silent: windows still close
+    assert max(k[2] for k in f.figures()) * 1000 == T0 + 20 * MIN  # up to 29 min less 2
+
+
+@pytest.mark.parametrize("order", ["claim first", "impressions first"])
+def test_events_written_to_an_idle_topic_after_its_claim_are_not_late(build, order):
+    # The click partition claims idleness at 1,000 ms (wall clock). The machine is busy:
+    # the impression partition's next batch, read at 1,300 ms, is 40 min ahead (a backlog,
+    # or a stream replayed at 600x); the click written meanwhile is fetched only after it.
+    # The claim is still fresh (half the 4 s timeout is 2 s), but it was made before those
+    # impressions were read, so they cannot close the click's window. Chunks of two
+    # workers can reach a shard in either order; the poll times decide, not the order.
+    f = Flow(settings(quorum=1), ["imp:0", "clk:0"])
+    f.feed(imp(_minutes(0, 10, "a"), polled=500), clk([ev("k0", T0 + 5 * MIN)], polled=600))
+    claim, backlog = clk([], idle=True, polled=1000), imp(_minutes(10, 50, "b"), polled=1300)
+    f.feed(*((claim, backlog) if order == "claim first" else (backlog, claim)))
+    assert all(k[2] * 1000 < T0 + 10 * MIN for k in f.figures())
+    f.feed(clk([ev("k1", T0 + 20 * MIN)], polled=1400))
+    assert f.late() == []
+    f.flush()
+    assert f.figures()[("c1", ALL, (T0 + 20 * MIN) // 1000)] == (5, 1)
 
 
 def test_a_claim_for_good_never_expires(build):
