@@ -719,7 +719,12 @@ def evaluate_many(
     return out
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt_figure(value: float | None, spec: str) -> str:
+    """A figure for a table: ``-`` when there is none (``None`` or NaN).
+
+    >>> fmt_figure(0.8731, ".2f"), fmt_figure(None, ".2f"), fmt_figure(float("nan"), ".1f")
+    ('0.87', '-', '-')
+    """
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return format(value, spec)
@@ -738,21 +743,21 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
     """
     lines = ["system     recall        decidable     precision  FA/100cd  delay  delay(abrupt)"]
     for name, r in results.items():
-        recall = f"{_fmt(r.get('recall'), '.2f')} ({r.get('detected')}/{r.get('incidents')})"
-        dec = (f"{_fmt(r.get('recall_decidable'), '.2f')} "
+        recall = f"{fmt_figure(r.get('recall'), '.2f')} ({r.get('detected')}/{r.get('incidents')})"
+        dec = (f"{fmt_figure(r.get('recall_decidable'), '.2f')} "
                f"({r.get('detected_decidable')}/{r.get('decidable_incidents')})")
-        prec = f"{_fmt(r.get('episode_precision'), '.2f')} ({r.get('episodes')})"
+        prec = f"{fmt_figure(r.get('episode_precision'), '.2f')} ({r.get('episodes')})"
         lines.append(
             f"{name:<10} {recall:<13} {dec:<13} {prec:<10} "
-            f"{_fmt(r.get('false_alarms_per_100_campaign_days'), '8.1f'):>8} "
-            f"{_fmt(r.get('median_delay_windows'), '6.1f'):>6} "
-            f"{_fmt(r.get('median_delay_windows_abrupt'), '14.1f'):>14}"
+            f"{fmt_figure(r.get('false_alarms_per_100_campaign_days'), '8.1f'):>8} "
+            f"{fmt_figure(r.get('median_delay_windows'), '6.1f'):>6} "
+            f"{fmt_figure(r.get('median_delay_windows_abrupt'), '14.1f'):>14}"
         )
     oracle = next((r for r in results.values() if "median_oracle_delay_windows_abrupt" in r),
                   None)
     if oracle is not None:
         nats = oracle.get("oracle", {}).get("threshold_nats")
-        lines.append(f"clairvoyant test at the same false-alarm budget ({_fmt(nats, '.1f')} "
+        lines.append(f"clairvoyant test at the same false-alarm budget ({fmt_figure(nats, '.1f')} "
                      f"nats): median abrupt delay "
-                     f"{_fmt(oracle['median_oracle_delay_windows_abrupt'], '.1f')} windows")
+                     f"{fmt_figure(oracle['median_oracle_delay_windows_abrupt'], '.1f')} windows")
     return "\n".join(lines)

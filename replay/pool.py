@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from ctrguard.records import encode_pretty
+from ctrguard.replay.evaluate import fmt_figure as _f
 from ctrguard.replay.generator import CAUSE_OF_KIND
 
 __all__ = ["pool", "format_pooled", "main"]
@@ -90,10 +91,6 @@ def pool(evaluations: Sequence[dict[str, Any]], system: str = "ctrguard") -> dic
         "cause_accuracy": n_right / n_judged if n_judged else None,
         "per_kind": {kind: dict(v) for kind, v in sorted(per_kind.items())},
     }
-
-
-def _f(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def format_pooled(t: dict[str, Any]) -> str:
