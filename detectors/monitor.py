@@ -313,6 +313,8 @@ class CampaignMonitor:
         if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
             p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
             relvar_all = 1.0 / all_state.ctr_k
+        p_ref_all = _reference(self._season_ctr, all_state, hour) \
+            if all_state is not None else 0.0
         verdicts: list[Verdict] = []
         # The campaign's counts, read once.
         has_total = total is not None
@@ -331,7 +333,7 @@ class CampaignMonitor:
             if mu_all > 0.0 and all_state.seen > 0:
                 n_scale = fmin(tot_n / mu_all, 1.0)
             v = self._series_step(_ALL, all_state, tot_n, tot_k, window, hour,
-                                  season_all, p_all, relvar_all, h,
+                                  season_all, p_all, relvar_all, 0.0, h,
                                   n_tests, has_total, tot_n, tot_k, 1.0, seg_fault)
             if v is not None:
                 verdicts.append(v)
@@ -346,8 +348,8 @@ class CampaignMonitor:
             season_v = math.exp(self._season_vol[hour])
             for name, st, c in segments:
                 v = self._series_step(name, st, c.impressions, c.clicks, window, hour,
-                                      season_v, p_all, relvar_all, h, n_tests, has_total,
-                                      tot_n, tot_k, n_scale, False)
+                                      season_v, p_all, relvar_all, p_ref_all, h, n_tests,
+                                      has_total, tot_n, tot_k, n_scale, False)
                 if v is not None:
                     verdicts.append(v)
                 elif quiet is not None:
@@ -371,13 +373,14 @@ class CampaignMonitor:
         return verdicts
 
     def _series_step(self, name: str, st: _Series, n: int, k: int, window: Window, hour: int,
-                     season_v: float, p_all: float, relvar_all: float, h: float,
-                     n_tests: int, has_total: bool, tot_n: int,
+                     season_v: float, p_all: float, relvar_all: float, p_ref_all: float,
+                     h: float, n_tests: int, has_total: bool, tot_n: int,
                      tot_k: int, n_scale: float, hold_ctr: bool) -> Verdict | None:
         """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
         and ``tot_k``, if the window has ``all`` (``has_total``); ``season_v``, the hour's
-        volume factor (``exp(_season_vol[hour])``); ``n_scale``, the campaign's impressions
-        over their expectation (at most 1; 1 for ``all``), which a segment's silence is
+        volume factor (``exp(_season_vol[hour])``); ``p_ref_all``, the campaign's slow
+        reference CTR this hour (0 while unknown: segments' tests use it);
+        ``n_scale``, the campaign's impressions over their expectation (at most 1; 1 for ``all``), which a segment's silence is
         judged against; ``hold_ctr``: the CTR baseline does not learn from this window (a
         segment of the campaign is in a CTR incident)."""
         s = self._p
@@ -386,6 +389,7 @@ class CampaignMonitor:
         # ---- expectations from the state before this window
         mu = fmax(st.vol_level + st.vol_trend, 0.0) * season_v
         p_rest = 0.0   # segments: the CTR the rest of the campaign had in this window
+        p_test = 0.0   # segments: the baseline the CTR tests measure against (below)
         if is_all:
             p = p_all
             relvar = relvar_all
@@ -400,9 +404,14 @@ class CampaignMonitor:
                 nc = tot_n - n
                 # Shrunk toward the campaign baseline by a few clicks.
                 p_rest = (kc + _COMPLEMENT_CLICKS) / (nc + _COMPLEMENT_CLICKS / p_all) * rho
+            # The tests measure a segment against its campaign's slow reference (times
+            # its own factor), not the fast baseline: a segment carrying much of its
+            # campaign's clicks drags the fast one down with its break.
+            p_test = p_ref_all * rho
         else:
             p, relvar = 0.0, math.inf
         p = fmin(p, 0.999)
+        p_test = fmin(p_test, 0.999) if p_test > 0.0 else p
         ek = n * p
         # (``math.isfinite``, which mypyc calls as a Python function: false for inf and nan)
         ctr_ok = p > 0 and n > 0 and not (math.isinf(relvar) or math.isnan(relvar))
@@ -473,7 +482,7 @@ class CampaignMonitor:
                 sizes = s.ctr_log_sizes
                 top = 0.0  # (every cell is >= 0.0: the largest, as _top finds it)
                 for i, r in enumerate(s.ctr_ratios):
-                    x = _ctr_llr(k, n, p, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
+                    x = _ctr_llr(k, n, p_test, p_rest, r, phi_c) if sizes[i] >= resolution else 0.0
                     top = fmax(top, _fade_add(cusum, i, keep_ctr, x))
                 for i, r in enumerate(s.volume_ratios):
                     x = poisson_llr(n, mu, r) / phi_n if vol_ok else 0.0
