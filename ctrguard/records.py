@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -118,9 +118,15 @@ class Alert:
         return asdict(self)
 
 
-@dataclass(frozen=True, slots=True)
-class Figure:
-    """The CTR figure of one series in one closed window, with its status."""
+class Figure(msgspec.Struct, frozen=True):
+    """The CTR figure of one series in one closed window, with its status.
+
+    A frozen :class:`msgspec.Struct`, not a dataclass like the other records: the live flow
+    makes and encodes every figure (tens of thousands per window close); msgspec writes a
+    Struct in about half the time of a slotted dataclass, as the same JSON object (fields
+    in order), and a Struct holding only strings, numbers and tuples of strings is not
+    tracked by the garbage collector. Copies with changes: :func:`msgspec.structs.replace`.
+    """
 
     campaign_id: str
     segment: str
@@ -131,10 +137,10 @@ class Figure:
     clicks: int
     ctr: float
     status: str                # STATUS_OK | STATUS_QUARANTINED
-    alert_ids: tuple[str, ...] = field(default=())
+    alert_ids: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = msgspec.structs.asdict(self)
         d["alert_ids"] = list(self.alert_ids)
         return d
 

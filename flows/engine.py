@@ -69,7 +69,7 @@ import zlib
 from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from itertools import chain, repeat
 from operator import attrgetter, itemgetter
 from time import perf_counter
@@ -1047,6 +1047,8 @@ def _slot_constructor(cls: type) -> Callable[..., Any]:
     >>> make(10, 1) == Counts(10, 1), make(10, 1).ctr
     (True, 0.1)
     """
+    if not is_dataclass(cls):   # (a msgspec Struct builds as fast itself)
+        return cls
     names = [f.name for f in fields(cls)]
     if getattr(cls, "__slots__", None) is None or hasattr(cls, "__post_init__") \
             or tuple(names) != tuple(cls.__slots__):

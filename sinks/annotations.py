@@ -52,6 +52,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from ctrguard.errors import CtrGuardError, RedisUnavailable
 from ctrguard.records import STATUS_OK, STATUS_QUARANTINED, WindowDecision
 
@@ -228,7 +230,7 @@ def mark_expected(decisions: Sequence[WindowDecision],
             marked += 1
         held = {a.segment for a in alerts if a.quarantine}
         figures = tuple(
-            replace(f, status=STATUS_OK)
+            msgspec.structs.replace(f, status=STATUS_OK)
             if f.status == STATUS_QUARANTINED and f.segment not in held else f
             for f in d.figures)
         out[i] = replace(d, alerts=tuple(alerts), figures=figures)
