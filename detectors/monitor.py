@@ -544,7 +544,10 @@ class CampaignMonitor:
         # ---- learning: a series building evidence of a change learns slowly and does not
         # learn its noise level or the campaign's profile from the suspect windows.
         evidence = fmax(st.top, st.silent)
-        rate = 0.25 if evidence >= h / 2.0 else 0.999 if evidence >= h / 4.0 else 1.0
+        # (A segment slows down from h/4: its factor, learned over hours, would otherwise
+        # follow a break down before the evidence is in.)
+        rate = 0.25 if evidence >= (h / 2.0 if is_all else h / 4.0) else \
+            0.999 if evidence >= h / 4.0 else 1.0
         if learn_vol:
             _learn_volume(s, self._season_vol, st, n, mu, season_v, is_all, hour, phi_n, rate)
         learn_ctr = learn_ctr and not hold_ctr
@@ -617,6 +620,16 @@ class CampaignMonitor:
         # in this window closer to normal than to the segment's.
         alone = (name != _ALL and family == _CTR and 0.0 < ratio < 1.0 and rest > 0.0
                  and math.log(rest) > 0.5 * math.log(ratio))
+        if name != _ALL and family == _CTR and ratio < 1.0 and not alone:
+            # The campaign's own CTR drop covers this segment, whose siblings fell too (its
+            # windows inherit the campaign's incident): no second incident of the
+            # segment's, which would outlive the campaign's by the evidence it banked
+            # meanwhile. (A rise is named by its segment: bots on one device.)
+            camp = self._series.get(_ALL)
+            ci = camp.incident if camp is not None else None
+            if ci is not None and ci.family == _CTR and ci.ratio < 1.0:
+                st.clear_evidence()
+                return None
         kind, cause = _attribute(st, family, ratio, n / mu if mu > 0 else 1.0, alone)
         key = self._group_key(cause, window)
         detector = {_CTR: "binomial_cusum", _VOL: "poisson_cusum", _SIL: "silence",

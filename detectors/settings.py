@@ -62,8 +62,9 @@ class DetectorSettings(BaseModel):
     #: Holt level and trend weights of the impression volume (per window).
     volume_alpha: float = Field(0.15, gt=0, le=1)
     volume_beta: float = Field(0.05, ge=0, le=1)
-    #: EWMA weight of a segment's CTR relative to its campaign (long memory: stable).
-    segment_alpha: float = Field(0.02, gt=0, le=1)
+    #: EWMA weight of a segment's CTR relative to its campaign, at most (long memory, about
+    #: 200 windows: a segment break must not be learned before its evidence is in).
+    segment_alpha: float = Field(0.005, gt=0, le=1)
     #: Learning rate of the hour-of-day profile (per window of that hour).
     season_alpha: float = Field(0.05, ge=0, le=1)
     #: EWMA weight of the overdispersion estimates (Pearson chi-square per window).
