@@ -624,10 +624,12 @@ class CampaignMonitor:
             # The campaign's own CTR drop covers this segment, whose siblings fell too (its
             # windows inherit the campaign's incident): no second incident of the
             # segment's, which would outlive the campaign's by the evidence it banked
-            # meanwhile. (A rise is named by its segment: bots on one device.)
+            # meanwhile. (A rise is named by its segment: bots on one device. A drop
+            # while the campaign's incident is another segment's break is news.)
             camp = self._series.get(_ALL)
             ci = camp.incident if camp is not None else None
-            if ci is not None and ci.family == _CTR and ci.ratio < 1.0:
+            if ci is not None and ci.family == _CTR and ci.ratio < 1.0 and \
+                    ci.cause != "segment_break":
                 st.clear_evidence()
                 return None
         kind, cause = _attribute(st, family, ratio, n / mu if mu > 0 else 1.0, alone)

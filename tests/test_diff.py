@@ -21,7 +21,7 @@ def configs(tmp_path_factory):
     d = tmp_path_factory.mktemp("configs")
     a, b = d / "a.yaml", d / "b.yaml"
     a.write_text("detectors:\n  false_alarms_per_campaign_day: 0.02\n")
-    b.write_text("detectors:\n  false_alarms_per_campaign_day: 1.0\n  cooldown_windows: 1\n")
+    b.write_text("detectors:\n  false_alarms_per_campaign_day: 5.0\n  cooldown_windows: 1\n")
     return a, b
 
 
@@ -43,12 +43,12 @@ def test_diff_tells_what_the_second_config_would_have_fired(scenario, configs, t
     table = capsys.readouterr().out
     d = msgspec.json.decode((out / "diff.json").read_bytes())
     assert d["settings_changed"] == {"detectors.cooldown_windows": [6, 1],
-                                     "detectors.false_alarms_per_campaign_day": [0.02, 1.0]}
+                                     "detectors.false_alarms_per_campaign_day": [0.02, 5.0]}
     inc = d["incidents"]
     # Every incident of B is added, changed or unchanged; every one of A is matched or removed.
     assert len(inc["added"]) + len(inc["changed"]) + inc["unchanged"] == d["b"]["incidents"]
     assert len(inc["removed"]) <= d["a"]["incidents"]
-    assert inc["added"], "a budget 50 times larger adds incidents"
+    assert inc["added"], "a budget 250 times larger adds incidents"
     # The quarantined windows come from the two runs' own figures.
     qa, qb = _held(out / "a"), _held(out / "b")
     q = d["quarantined_windows"]
