@@ -313,8 +313,10 @@ class CampaignMonitor:
         if all_state is not None and all_state.ctr_e > 0 and all_state.ctr_k > 0:
             p_all = all_state.ctr_k / all_state.ctr_e * math.exp(self._season_ctr[hour])
             relvar_all = 1.0 / all_state.ctr_k
+        # The campaign's slow reference CTR this hour as it was before this window (``all``
+        # learns it below), which the segments' tests use.
         p_ref_all = _reference(self._season_ctr, all_state, hour) \
-            if all_state is not None else 0.0
+            if segments and all_state is not None else 0.0
         verdicts: list[Verdict] = []
         # The campaign's counts, read once.
         has_total = total is not None
@@ -379,10 +381,10 @@ class CampaignMonitor:
         """One series' window: ``n`` impressions and ``k`` clicks; the campaign's, ``tot_n``
         and ``tot_k``, if the window has ``all`` (``has_total``); ``season_v``, the hour's
         volume factor (``exp(_season_vol[hour])``); ``p_ref_all``, the campaign's slow
-        reference CTR this hour (0 while unknown: segments' tests use it);
-        ``n_scale``, the campaign's impressions over their expectation (at most 1; 1 for ``all``), which a segment's silence is
-        judged against; ``hold_ctr``: the CTR baseline does not learn from this window (a
-        segment of the campaign is in a CTR incident)."""
+        reference CTR this hour (0 while unknown: segments' tests use it); ``n_scale``, the
+        campaign's impressions over their expectation (at most 1; 1 for ``all``), which a
+        segment's silence is judged against; ``hold_ctr``: the CTR baseline does not learn
+        from this window (a segment of the campaign is in a CTR incident)."""
         s = self._p
         is_all = name == _ALL
 
