@@ -206,15 +206,19 @@ def render_chart(doc: dict[str, Any], *, title: str = "", dpi: int = 100) -> byt
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=7, ncol=3, framealpha=0.8)
     ax.set_title(title or f"{doc['campaign_id']} · {doc['segment']}", fontsize=10, loc="left")
-    width = window_s / 86400 * 0.8
-    vol.bar(xs, [p[1] for p in pts], width=width, color="#bbbbbb", label="impressions")
+    # One step-filled area, not one bar patch per window (a patch each costs more to draw).
+    vol.fill_between(xs, [p[1] for p in pts], step="mid", color="#bbbbbb", lw=0,
+                     label="impressions")
+    vol.set_ylim(bottom=0)
     vol2 = vol.twinx()
     vol2.plot(xs, [p[2] for p in pts], color="#ff7f0e", lw=1, label="clicks")
     vol.set_ylabel("impr.", fontsize=8)
     vol2.set_ylabel("clicks", fontsize=8, color="#ff7f0e")
     vol.xaxis.set_major_formatter(DateFormatter("%H:%M", tz=UTC))
     vol.set_xlabel("UTC")
-    fig.tight_layout()
+    # Fixed margins that fit the labels above: tight_layout would draw the figure once more
+    # to measure them (a third of the chart's time).
+    fig.subplots_adjust(left=0.08, right=0.92, top=0.93, bottom=0.12, hspace=0.08)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": "ctrguard"})
     return buf.getvalue()
