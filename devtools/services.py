@@ -175,7 +175,8 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, interval: floa
 # --------------------------------------------------------------------------- processes
 
 _live: set[_ServiceProcess] = set()
-_temp_dirs: list[Path] = []
+#: Temporary directories of this process's services, with the pid that made them.
+_temp_dirs: list[tuple[Path, int]] = []
 _live_lock = threading.Lock()
 
 
@@ -187,8 +188,11 @@ def _stop_all_at_exit() -> None:
         if service._owner_pid == os.getpid():  # not in a forked child: its parent owns them
             with contextlib.suppress(Exception):
                 service.stop(grace=1.0)
-    for path in _temp_dirs:
-        shutil.rmtree(path, ignore_errors=True)
+    # A forked child (a process pool's worker, which the pool ends with SIGTERM) inherits
+    # the list and this handler: the directories are its parent's, in use by running servers.
+    for path, owner in _temp_dirs:
+        if owner == os.getpid():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _stop_all_then_die(signum: int, _frame: object) -> None:
@@ -211,7 +215,7 @@ def _cleanup_on_signals() -> None:
 def _temp_dir(prefix: str) -> Path:
     """A temporary directory removed at interpreter exit, after the services stopped."""
     path = Path(tempfile.mkdtemp(prefix=prefix))
-    _temp_dirs.append(path)
+    _temp_dirs.append((path, os.getpid()))
     return path
 
 

@@ -379,3 +379,24 @@ def test_object_store_on_a_taken_port_fails_with_its_log(tmp_path):
         taken.listen()
         with pytest.raises(ServiceStartError, match="not available|address already in use"):
             start_object_store(port=taken.getsockname()[1], log_dir=tmp_path, timeout=20)
+
+
+def test_a_forked_worker_ended_by_its_pool_leaves_the_servers_files_alone(redis_factory):
+    """``ctrguard tune`` scores in a fork pool, which ends its workers with SIGTERM; a worker
+    inherits the handler that stops this process's services and removes their directories.
+    It removed the parent's: a Redis killed later could not restart (its redis.conf gone)."""
+    import multiprocessing
+
+    from devtools import services
+
+    server = redis_factory()
+    previous = signal.signal(signal.SIGTERM, services._stop_all_then_die)
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:  # exit: SIGTERM each worker
+            assert pool.apply(os.getpid) != os.getpid()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert (server.workdir / "redis.conf").exists()
+    server.kill()
+    server.restart()
+    assert server.client().ping()
