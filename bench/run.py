@@ -802,6 +802,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=1800, help="per flow run, seconds")
     p.add_argument("--no-python-core", action="store_true",
                    help="skip the runs with compiled parts turned off (3b, 6b)")
+    p.add_argument("--native-parts", default=",".join(part for part, _, _ in NATIVE_PARTS),
+                   help="comma-separated compiled parts turned off in turn in 3b and 6b "
+                        "(default: all of them, %(default)s)")
     p.add_argument("--only", default="",
                    help=f"comma-separated subset of {','.join(STEPS)} "
                    "(quick iterations: prints what ran, writes no report)")
@@ -815,6 +818,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
     steps = {x.strip() for x in args.only.split(",") if x.strip()}
+    parts = {x.strip() for x in args.native_parts.split(",") if x.strip()}
+    known_parts = [part for part, _, _ in NATIVE_PARTS]
+    if parts - set(known_parts):
+        p.error(f"--native-parts: unknown parts {sorted(parts - set(known_parts))}; "
+                f"choose from {','.join(known_parts)}")
+    native_parts = [row for row in NATIVE_PARTS if row[0] in parts]
     unknown = steps - set(STEPS)
     if unknown:
         p.error(f"--only: unknown steps {sorted(unknown)}; choose from {','.join(STEPS)}")
@@ -904,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
             if env["detector_core"] == "compiled" and not args.no_python_core:
                 # The same flow with each compiled part turned off in turn (3b): what each
                 # buys, in the same run.
-                for part, what, extra in NATIVE_PARTS:
+                for part, what, extra in native_parts:
                     name = f"live-off-{part}"
                     log(f"3b. ctrguard live flow, {what} ...")
                     cfg = ctrguard_config(workdir, name, broker, redis_server.url,
@@ -1020,7 +1029,7 @@ def main(argv: list[str] | None = None) -> int:
             details["replay"]["eps"] = chosen["eps"]
             details["replay"]["cpu_us"] = round(chosen["cpu_s"] / chosen["events_read"] * 1e6, 3)
             if env["detector_core"] == "compiled" and not args.no_python_core:
-                for part, what, extra in NATIVE_PARTS:
+                for part, what, extra in native_parts:
                     run = run_child(["replay", "--config", str(cfg), "--impressions",
                                      str(imp_path), "--clicks", str(clk_path), "--out",
                                      str(workdir / f"replay-off-{part}")],

@@ -23,6 +23,8 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
                  "--dense-volume-scale", "0.5",
                  "--latency-seconds", "25", "--latency-rate", "2000",
                  "--memory-series", "400", "--tune-hours", "2",
+                 # (one compiled part off in 3b and 6b, not each in turn: the same code path)
+                 "--native-parts", "scan",
                  "--results", str(results_path),
                  "--markdown", str(markdown_path), "--timeout", "300"])
     assert code == 0
@@ -80,7 +82,12 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
     assert d["memory"]["400"]["series"] >= 400
     assert 10 < r["peak_rss_mb"] < 10_000
 
+    # 3b and 6b: the flow and replay once more with the scanner off, nothing else.
+    assert [k for k in d if "_off_" in k] == ["live_off_scan", "replay_off_scan"]
+    assert d["live_off_scan"]["eps"] > 0 and d["replay_off_scan"]["eps"] > 0
+
     text = markdown_path.read_text()
+    assert "| scan: event scanner off" in text
     assert "## Results" in text and f"{events:,} events" in text
     assert "us/event in the consuming thread" in text and "leaves" in text
     assert "median of 2:" in text and "machine busy" in text
