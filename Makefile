@@ -20,7 +20,7 @@ DEMO_ARGS ?=
 CHAOS_ARGS ?=
 EVENTS ?=
 FUZZ_SECONDS ?= 60
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 4
 
 .PHONY: help venv native test demo bench chaos fuzz fuzz-setup lock lint clean distclean
 
@@ -28,7 +28,7 @@ help: ## list the targets
 	@echo "ctrguard: make <target>"
 	@grep -E '^[a-z][a-z-]*:.*## ' $(MAKEFILE_LIST) | \
 	  awk 'BEGIN {FS = ":.*## "}; {printf "  %-10s %s\n", $$1, $$2}'
-	@echo "Variables: PYTEST_ARGS='-k redis -x'  TEST_WORKERS=2  EVENTS=1000000  DEMO_ARGS=...  PYTHON=python3"
+	@echo "Variables: PYTEST_ARGS='-k redis -x'  TEST_WORKERS=4  EVENTS=1000000  DEMO_ARGS=...  PYTHON=python3"
 
 venv: $(STAMP) ## create .venv with ctrguard (editable) and dev tools, redis-server, tansu
 
@@ -80,9 +80,9 @@ test: $(STAMP) $(NATIVE) $(FUZZ_STAMP) ## run the test suite (PYTEST_ARGS=...)
 # Debian's chromium opens the HTML report in tests/test_report_browser.py.
 	@command -v chromium >/dev/null || { echo "installing system packages: chromium"; \
 	  $(SUDO) apt-get update && $(APT_INSTALL) chromium; }
-# Two workers: most of the suite waits on real services (broker, Redis, flow processes),
-# and the slowest tests (pause, chaos, bench smoke, fuzz) then overlap. TEST_WORKERS=0 runs
-# in this process (one at a time).
+# Four workers on two cores: most of the suite waits on real services (broker, Redis, flow
+# processes; about half the machine's CPU is used with two), so the slowest tests (pause,
+# chaos, bench smoke, fuzz) overlap. TEST_WORKERS=0 runs in this process (one at a time).
 	$(VPY) -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal) $(PYTEST_ARGS)
 
 demo: $(STAMP) $(NATIVE) ## run the end-to-end demo on local services

@@ -57,8 +57,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory):
-    with start_broker(log_dir=tmp_path_factory.mktemp("tansu")) as running:
+    running = start_broker(log_dir=tmp_path_factory.mktemp("tansu"))
+    try:
         yield running
+    finally:
+        # Memory storage, nothing to keep: tansu waits 5 s for the clients tests left
+        # connected before it exits, at the end of every worker.
+        running.stop(grace=0.5)
 
 
 @pytest.fixture
