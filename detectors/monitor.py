@@ -468,8 +468,12 @@ class CampaignMonitor:
                 st.silent = 0.0 if not ready else st.silent
             else:
                 if p_ref > 0.0 and not drifting:
-                    keep_ref = 1.0 - clip(n * p_ref / s.evidence_clicks,
-                                          1.0 / s.evidence_windows, 0.5)
+                    # The drift tests' evidence fades over the reference's own memory
+                    # (not the fast tests' ``evidence_clicks``): a decline over hours is
+                    # measured against a level that forgets by ``reference_memory_clicks``,
+                    # and evidence older than that level's memory means nothing more.
+                    keep_ref = 1.0 - clip(n * p_ref / s.reference_memory_clicks,
+                                          _FADE_FLOOR / s.evidence_windows, 0.5)
                     dcusum = st.dcusum
                     for i, r in enumerate(s.drift_ratios):
                         _fade_add(dcusum, i, keep_ref, binomial_llr(k, n, p_ref, r) / phi_r)

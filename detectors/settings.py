@@ -79,6 +79,9 @@ class DetectorSettings(BaseModel):
     #: look for. The reference forgets by ``reference_memory_clicks`` expected clicks (at
     #: most ``reference_alpha`` per window) and stops learning while a change is suspected,
     #: so a decay over hours (creative fatigue) is measured against the level before it.
+    #: The drift CUSUMs' evidence fades over the same memory (``reference_memory_clicks``
+    #: expected clicks, at least ``1 / (2 * evidence_windows)`` a window), not over the
+    #: fast tests' ``evidence_clicks``: a decline over hours keeps its evidence.
     drift_ratios: tuple[float, ...] = (0.5, 0.65)
     reference_memory_clicks: float = Field(2000.0, gt=0)
     reference_alpha: float = Field(0.01, gt=0, le=1)

@@ -40,7 +40,7 @@ from ctrguard.detectors.settings import DetectorSettings
 ROOT = Path(__file__).resolve().parent.parent
 #: The monitor whose outputs the fast paths must give (the revision that last changed them
 #: deliberately: issue 16's verdicts; before it, the one before the speed work, 1d108f1).
-REFERENCE_REV = "47a04f0"
+REFERENCE_REV = "db23e9f"
 W = 300
 T0 = 1_767_225_600
 
