@@ -13,7 +13,8 @@ from tests.slack_fixtures import TOKEN, slack_emulator  # noqa: F401 - fixture
 
 
 def client(emulator, token=TOKEN) -> WebClient:
-    return WebClient(token=token, base_url=emulator.base_url, timeout=2, retry_handlers=[])
+    # (a generous timeout: what is tested is the answer, and a loaded machine is slow)
+    return WebClient(token=token, base_url=emulator.base_url, timeout=10, retry_handlers=[])
 
 
 def test_bearer_token_is_checked(slack_emulator):
@@ -62,9 +63,9 @@ def test_block_limits_are_enforced(slack_emulator):
 
 
 def test_webhook(slack_emulator):
-    good = WebhookClient(slack_emulator.webhook_url, timeout=2)
+    good = WebhookClient(slack_emulator.webhook_url, timeout=10)
     assert good.send(text="hi").status_code == 200
-    bad = WebhookClient(slack_emulator.url + "/webhook/T/B/nope", timeout=2)
+    bad = WebhookClient(slack_emulator.url + "/webhook/T/B/nope", timeout=10)
     assert bad.send(text="hi").status_code == 404
     slack_emulator.fail_next(429, retry_after=3, method="webhook")
     resp = good.send(text="hi")
