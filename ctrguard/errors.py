@@ -106,3 +106,8 @@ class QuarantineError(CtrGuardError):
     def __init__(self, message: str, *, key: str | None = None):
         self.key = key
         super().__init__(message)
+
+
+class SnapshotFormatError(CtrGuardError):
+    """Recovery state written by another version that this one cannot read (never retryable:
+    the same snapshot fails the same way)."""

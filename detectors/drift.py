@@ -9,11 +9,13 @@ count reaches ``min_expected``, so one standardised value is never dominated by 
 window with a fraction of a click expected.
 
 Page-Hinkley is River's ``PageHinkley(mode="both")`` computed here (the same floats in the
-same order, so the same decisions), in the compiled detector core: every campaign has one,
-most campaigns never feed it, and building River's (a ``stats.Mean``, a bound method) cost
-more than a campaign's window. A snapshot still holds River's detector, built from this
-state when pickled (:meth:`ResidualDrift.__reduce__`), so snapshots written before and after
-load in either. ADWIN is River's own.
+same order, so the same decisions; ``tests/test_detectors.py`` checks it against River's
+after every value), in the compiled detector core: every campaign has one, most campaigns
+never feed it, and building River's (a ``stats.Mean``, a bound method) cost more than a
+campaign's window. Its state is pickled as seven numbers of its own (:meth:`ResidualDrift.__reduce__`);
+nothing here reads or writes River's private attributes, except to load a snapshot written
+before 2026-12-07, which held River's detector (:meth:`ResidualDrift.__setstate__` names the
+River version when that fails). ADWIN is River's own, used through its public API.
 
 >>> import random
 >>> rng = random.Random(7)
@@ -33,9 +35,10 @@ import copyreg
 import math
 from typing import Any, Final
 
-from river.drift import ADWIN, PageHinkley
+from river.drift import ADWIN
 
 from ctrguard.detectors.stats import clip
+from ctrguard.errors import SnapshotFormatError
 
 METHODS = ("page_hinkley", "adwin")
 
@@ -96,8 +99,8 @@ class ResidualDrift:
         self._ph_up = 0.0           # ``_sum_increase``
         self._ph_down = 0.0         # ``_sum_decrease``
         self._ph_min_up = math.inf  # ``_min_increase``
-        # ``_max_decrease``: River starts it at the int -1. Any value it takes later is
-        # larger (it only grows), so -1.0 here means the int (see _page_hinkley).
+        # ``_max_decrease``: River starts it at -1 (an int). Any value it takes later is
+        # larger (it only grows).
         self._ph_max_down = -1.0
         self._ph_drift = False      # ``drift_detected``
 
@@ -138,30 +141,16 @@ class ResidualDrift:
                               or self._ph_max_down - self._ph_down > self.threshold)
         return self._ph_drift
 
-    def _page_hinkley(self) -> Any:
-        """River's ``PageHinkley`` in the state of the ``_ph_`` fields, as it would be
-        had it been fed the same values."""
-        ph = PageHinkley(min_instances=self.min_instances, delta=self.delta,
-                         threshold=self.threshold, mode="both")
-        mean = ph._x_mean
-        mean.n = self._ph_n
-        mean._mean = self._ph_mean
-        ph._sum_increase = self._ph_up
-        ph._sum_decrease = self._ph_down
-        ph._min_increase = self._ph_min_up
-        ph._max_decrease = -1 if self._ph_max_down == -1.0 else self._ph_max_down
-        ph._drift_detected = self._ph_drift
-        return ph
-
     def __reduce__(self) -> tuple[Any, ...]:
-        # What pickling the instance's ``__dict__`` wrote when River's detector held the
-        # state (the same bytes): snapshots keep one layout, whichever core wrote them.
-        river = self._river if self._river is not None else self._page_hinkley()
+        # Page-Hinkley's state as numbers of its own (``_ph``), ADWIN as River's object:
+        # the same bytes whichever core (compiled or Python) wrote them.
         return copyreg.__newobj__, (ResidualDrift,), {  # type: ignore[attr-defined]
             "method": self.method, "threshold": self.threshold, "delta": self.delta,
             "adwin_delta": self.adwin_delta, "min_expected": self.min_expected,
-            "min_instances": self.min_instances, "_river": river, "_num": self._num,
-            "_var": self._var, "_exp": self._exp, "last_z": self.last_z}
+            "min_instances": self.min_instances, "_river": self._river,
+            "_ph": (self._ph_n, self._ph_mean, self._ph_up, self._ph_down, self._ph_min_up,
+                    self._ph_max_down, self._ph_drift),
+            "_num": self._num, "_var": self._var, "_exp": self._exp, "last_z": self.last_z}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.method = state["method"]
@@ -174,17 +163,30 @@ class ResidualDrift:
         self._var = state["_var"]
         self._exp = state["_exp"]
         self.last_z = state["last_z"]
-        river = state["_river"]
         self._ph_reset()
-        if self.method == "adwin":
-            self._river = river
-            return
-        self._river = None
+        self._river = state["_river"] if self.method == "adwin" else None
+        ph = state.get("_ph")
+        if ph is None and self.method != "adwin":
+            ph = _rivers_page_hinkley(state["_river"])  # a snapshot from before 2026-12-07
+        if ph is not None:
+            (self._ph_n, self._ph_mean, self._ph_up, self._ph_down, self._ph_min_up,
+             self._ph_max_down, self._ph_drift) = (float(ph[0]), float(ph[1]), float(ph[2]),
+                                                   float(ph[3]), float(ph[4]), float(ph[5]),
+                                                   bool(ph[6]))
+
+
+def _rivers_page_hinkley(river: Any) -> tuple[float, float, float, float, float, float, bool]:
+    """The state of River's ``PageHinkley`` as an older snapshot held it (River 0.2x's
+    private attributes: the only place they are read)."""
+    try:
         mean = river._x_mean
-        self._ph_n = float(mean.n)
-        self._ph_mean = float(mean._mean)
-        self._ph_up = float(river._sum_increase)
-        self._ph_down = float(river._sum_decrease)
-        self._ph_min_up = float(river._min_increase)
-        self._ph_max_down = float(river._max_decrease)
-        self._ph_drift = bool(river._drift_detected)
+        return (float(mean.n), float(mean._mean), float(river._sum_increase),
+                float(river._sum_decrease), float(river._min_increase),
+                float(river._max_decrease), bool(river._drift_detected))
+    except (AttributeError, TypeError, ValueError) as exc:
+        import river as river_package
+
+        raise SnapshotFormatError(
+            "a snapshot written before 2026-12-07 holds River's PageHinkley, whose fields "
+            f"this River ({river_package.__version__}) does not have ({exc}); load it with "
+            "River 0.26, or start without that recovery state") from exc
