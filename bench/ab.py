@@ -494,6 +494,13 @@ def summarize(step: str, sides: list[Side], diffs: list[str]) -> dict[str, Any]:
               for b, n in zip(base.runs, new.runs, strict=True)]
     out["ratio_new_to_base_per_round"] = [round(r, 3) for r in ratios]
     out["ratio_new_to_base_median"] = round(statistics.median(ratios), 3)
+    key = "dataflow_thread_cpu_s"  # (live: the dataflow thread alone, beside the process)
+    if all(key in r.get("extra", {}) for r in base.runs + new.runs):
+        thread = [n["extra"][key] / b["extra"][key]
+                  for b, n in zip(base.runs, new.runs, strict=True) if b["extra"][key] > 0]
+        if thread:
+            out["dataflow_thread_ratio_per_round"] = [round(r, 3) for r in thread]
+            out["dataflow_thread_ratio_median"] = round(statistics.median(thread), 3)
     if diffs:
         out["differences"] = diffs
     return out
@@ -619,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{UNITS[args.step]} (new/base {result['ratio_new_to_base_median']:.3f}, per "
             f"round {result['ratio_new_to_base_per_round']}); outputs "
             + ("identical" if not diffs else "DIFFER: " + "; ".join(diffs[:5])))
+        if "dataflow_thread_ratio_median" in result:
+            log(f"the dataflow thread alone: new/base {result['dataflow_thread_ratio_median']:.3f}"
+                f", per round {result['dataflow_thread_ratio_per_round']}")
         return EXIT_OK if not diffs else EXIT_DIFFER
     finally:
         for stop in reversed(stack):
