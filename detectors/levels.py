@@ -62,8 +62,10 @@ def _reference(season_ctr: list[float], st: _Series, hour: int) -> float:
 def _learn_reference(s: _Params, season_ctr: list[float], st: _Series, n: int, k: int,
                      p: float, p_ref: float, phi_c: float, hour: int) -> None:
     """Slow, robust reference level: forgets by information, frozen while suspect, and
-    ten times slower still while the fast baseline sits below it (a decline over
-    hours must not drag the level it is measured against down with it)."""
+    forgets ten times slower while the fast baseline sits below it (a decline over hours
+    should not drag the level it is measured against down with it). Only the forgetting
+    slows: each new window is still added whole, so the effect grows with the sums and a
+    young reference follows a decline nearly as fast as before."""
     season_c = math.exp(season_ctr[hour])
     k_used = float(k)
     ekr = n * p_ref
