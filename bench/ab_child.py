@@ -135,8 +135,11 @@ def engine(spec: dict[str, Any]) -> dict[str, Any]:
     prep_s = shard_s = 0.0
     events = 0
     gc.collect()
+    # (a revision whose RawBatch has fewer fields takes the leading ones: the fields added
+    # since, the poll time of an idle claim, have defaults)
+    n_fields = len(fe.RawBatch._fields)
     for raw in batches:
-        batch = fe.RawBatch(*raw)
+        batch = fe.RawBatch(*raw[:n_fields])
         events += len(batch.values)
         t0 = time.process_time()
         prepared = prep.prepare(batch, now_ms=now_ms)
