@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -817,16 +818,19 @@ def main(argv: list[str] | None = None) -> int:
         print(render_text(saved))
         return 0
     command = "python -m bench.run " + shlex.join(argv if argv is not None else sys.argv[1:])
-    steps = {x.strip() for x in args.only.split(",") if x.strip()}
-    parts = {x.strip() for x in args.native_parts.split(",") if x.strip()}
-    known_parts = [part for part, _, _ in NATIVE_PARTS]
-    if parts - set(known_parts):
-        p.error(f"--native-parts: unknown parts {sorted(parts - set(known_parts))}; "
-                f"choose from {','.join(known_parts)}")
+
+    def chosen(flag: str, value: str, what: str, known: Sequence[str]) -> set[str]:
+        """The comma-separated names of ``value``; any unknown one stops with a usage error."""
+        names = {x.strip() for x in value.split(",") if x.strip()}
+        if names - set(known):
+            p.error(f"{flag}: unknown {what} {sorted(names - set(known))}; "
+                    f"choose from {','.join(known)}")
+        return names
+
+    steps = chosen("--only", args.only, "steps", STEPS)
+    parts = chosen("--native-parts", args.native_parts, "parts",
+                   [part for part, _, _ in NATIVE_PARTS])
     native_parts = [row for row in NATIVE_PARTS if row[0] in parts]
-    unknown = steps - set(STEPS)
-    if unknown:
-        p.error(f"--only: unknown steps {sorted(unknown)}; choose from {','.join(STEPS)}")
     def want(step: str) -> bool:
         return not steps or step in steps
 
