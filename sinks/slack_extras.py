@@ -52,11 +52,6 @@ class IncidentExtras:
         self.annotations = AnnotationCache(settings, client)
         self.window_s = settings.windows.length_s
         self.charts_uploaded = 0
-        if self.charts:
-            # matplotlib's import takes about half a second of CPU: at start-up, not on the
-            # delivery thread at the first incident (beside a dataflow that is then busy),
-            # and a broken install stops the start rather than the first chart.
-            from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
 
     def expected(self, inc: Incident) -> str | None:
         """The planned change the incident's span overlaps, as text, or None."""
