@@ -124,8 +124,13 @@ class Side:
     env: dict[str, str]
     runs: list[dict[str, Any]] = field(default_factory=list)
 
-    def run(self, step: str, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
-        proc = subprocess.run([sys.executable, str(CHILD), step, json.dumps(spec)],
+    def run(self, step: str, spec: dict[str, Any], timeout: float,
+            profile: Path | None = None) -> dict[str, Any]:
+        cmd = [sys.executable, str(CHILD), step, json.dumps(spec)]
+        if profile is not None:  # sampled by py-spy (collapsed stacks, CPU only)
+            cmd = [_py_spy(), "record", "--format", "raw", "--nonblocking", "--rate",
+                   str(PROFILE_RATE), "--output", str(profile), "--", *cmd]
+        proc = subprocess.run(cmd,
                               cwd=self.path, env=_env(self.path, self.env), capture_output=True,
                               text=True, timeout=timeout)
         if proc.returncode != 0:
@@ -133,6 +138,29 @@ class Side:
                                f"(exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         return json.loads(lines[-1])
+
+
+#: Samples a second of ``--profile``.
+PROFILE_RATE = 250
+#: The frames of ``--profile`` whose stacks count: the timed call (``ab_child.timed``;
+#: in a step that does not use it, the step's function, its set-up included) and every
+#: other thread.
+PROFILE_ROOTS = ("timed (bench/ab_child.py)", "Thread._bootstrap (threading.py)")
+#: The steps whose timed part runs in ``ab_child.timed``.
+TIMED_STEPS = ("live", "chart")
+
+
+def profile_roots(step: str) -> tuple[str, ...]:
+    return PROFILE_ROOTS if step in TIMED_STEPS else PROFILE_ROOTS + (
+        f"{step} (bench/ab_child.py)",)
+
+
+def _py_spy() -> str:
+    found = (shutil.which("py-spy", path=str(Path(sys.executable).parent))
+             or shutil.which("py-spy"))
+    if found is None:
+        raise SystemExit("--profile needs py-spy (pip install py-spy; the dev extra has it)")
+    return found
 
 
 # --------------------------------------------------------------------------- digests
@@ -560,6 +588,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"exported and built trees, by git tree id (default {CACHE})")
     p.add_argument("--no-synthetic", action="store_true",
                    help="monitor: only the scenario's calls, not the synthetic streams")
+    p.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                   help="sample every timed run with py-spy into DIR and print where the "
+                        "sides' CPU samples differ, per function")
     p.add_argument("--workdir", type=Path, default=None,
                    help="keep inputs and outputs here (default: a temporary directory)")
     return p
@@ -601,10 +632,18 @@ def main(argv: list[str] | None = None) -> int:
         step.prepare()
         digests: list[tuple[str, str | None]] = []
         cores: dict[str, str] = {}
+        profiles: dict[str, list[Path]] = {"base": [], "new": []}
+        if args.profile is not None:
+            _py_spy()
+            args.profile.mkdir(parents=True, exist_ok=True)
         for r in range(-args.warmup, args.rounds):
             for side in (sides if r % 2 == 0 else sides[::-1]):
                 run_id = f"{side.label}-{r + args.warmup}"
-                res = side.run(args.step, step.spec(run_id), args.timeout)
+                prof = (args.profile / f"{side.label}-{r + 1}.txt"
+                        if args.profile is not None and r >= 0 else None)
+                res = side.run(args.step, step.spec(run_id), args.timeout, prof)
+                if prof is not None:
+                    profiles[side.label].append(prof)
                 name = (f"{side.label} warm-up {r + args.warmup + 1}" if r < 0
                         else f"{side.label} round {r + 1}")
                 digests.append((name, step.collect(run_id, res)))
@@ -629,6 +668,13 @@ def main(argv: list[str] | None = None) -> int:
         if "dataflow_thread_ratio_median" in result:
             log(f"the dataflow thread alone: new/base {result['dataflow_thread_ratio_median']:.3f}"
                 f", per round {result['dataflow_thread_ratio_per_round']}")
+        if args.profile is not None:
+            from bench.profile import compare
+
+            table = compare(profiles["base"], profiles["new"], root=profile_roots(args.step))
+            (args.profile / "compare.txt").write_text(table + "\n")
+            log(f"py-spy, {PROFILE_RATE} samples a CPU second, per function "
+                f"({args.profile / 'compare.txt'}):\n{table}")
         return EXIT_OK if not diffs else EXIT_DIFFER
     finally:
         for stop in reversed(stack):

@@ -11,6 +11,7 @@ import gzip
 import re
 import sys
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 #: The frame of ``bench.child`` that wraps the timed ``run_main``.
@@ -19,11 +20,21 @@ _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
+#: A tree ``bench.ab`` exported (its files are named from the tree's root).
+_AB_TREE = re.compile(r"^.*/ctrguard-ab/[^/]+/")
+#: The product's folders, named as in the tree (``flows/``), not as installed
+#: (``ctrguard/flows/``): revisions from before the namespace compare with those after.
+_INSTALLED = re.compile(r"^ctrguard/(flows|detectors|sinks|replay|config)/")
+
+
 def _short(path: str) -> str:
     for marker in ("site-packages/", "/work/main/", "/lib/python3"):
         if marker in path:
-            return path.split(marker, 1)[1]
-    return path
+            path = path.split(marker, 1)[1]
+            break
+    else:
+        path = _AB_TREE.sub("", path)
+    return _INSTALLED.sub(r"\1/", path)
 
 
 def _name(frame: str) -> str:
@@ -33,37 +44,73 @@ def _name(frame: str) -> str:
     return f"{m['func']} ({_short(m['file'])})"
 
 
+def _stacks(path: Path) -> Iterator[tuple[list[str], int]]:
+    """Each stack of a collapsed profile (frames named by :func:`_name`, outermost first)
+    with its samples."""
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    for line in data.decode("utf-8", "replace").splitlines():
+        m = _LINE.match(line)
+        if m:
+            yield [_name(f) for f in m["stack"].split(";") if f], int(m["count"])
+
+
+def _count(paths: Iterable[Path], root: str | tuple[str, ...] | None,
+           ) -> tuple[int, Counter[str], Counter[str]]:
+    """Samples, inclusive and self samples per function over ``paths`` (see
+    :func:`summarize` for ``root``; several roots: stacks through any of them)."""
+    roots = (root,) if isinstance(root, str) else root or ()
+    inclusive: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total = 0
+    for path in paths:
+        for frames, n in _stacks(path):
+            if root is not None:
+                at = next((i for i, f in enumerate(frames) if f in roots), None)
+                if at is None:
+                    continue
+                frames = frames[at + 1:]
+            if not frames:
+                continue
+            total += n
+            for name in set(frames):
+                inclusive[name] += n
+            own[frames[-1]] += n
+    return total, inclusive, own
+
+
 def summarize(path: Path, top: int = 20, root: str | None = ROOT) -> dict[str, object]:
     """Inclusive and self sample shares of the hottest functions of a collapsed profile.
 
     With ``root``, only stacks through that frame count (the timed run, not start-up), and
     the frames above and including it are dropped.
     """
-    inclusive: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    total = 0
-    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    for line in data.decode("utf-8", "replace").splitlines():
-        m = _LINE.match(line)
-        if not m:
-            continue
-        n = int(m["count"])
-        frames = [_name(f) for f in m["stack"].split(";") if f]
-        if root is not None:
-            if root not in frames:
-                continue
-            frames = frames[frames.index(root) + 1:]
-        if not frames:
-            continue
-        total += n
-        for name in set(frames):
-            inclusive[name] += n
-        own[frames[-1]] += n
+    total, inclusive, own = _count([path], root)
 
     def share(c: Counter[str]) -> list[list[object]]:
         return [[name, round(100 * n / total, 1)] for name, n in c.most_common(top)]
 
     return {"samples": total, "inclusive_pct": share(inclusive), "self_pct": share(own)}
+
+
+def compare(base: list[Path], new: list[Path], top: int = 25,
+            root: str | tuple[str, ...] | None = None) -> str:
+    """Where two sides' samples differ: per function, the self and inclusive samples per
+    profile (run) of each side and new minus base, largest differences of self samples
+    first. py-spy leaves out threads that wait in a system call, so on a quiet machine
+    samples are CPU time: a function whose self samples grew by ``d`` a run cost about
+    ``d / rate`` seconds more. (A thread that is ready but waits for a core is sampled
+    too: on a loaded machine the shares stay meaningful, the seconds do not.)
+    """
+    (nb, ib, ob), (nn, in_, on) = _count(base, root), _count(new, root)
+    kb, kn = max(len(base), 1), max(len(new), 1)
+    rows = sorted(set(ob) | set(on), key=lambda f: -abs(on[f] / kn - ob[f] / kb))[:top]
+    lines = [f"samples per run: base {nb / kb:,.0f}, new {nn / kn:,.0f} "
+             f"({len(base)} and {len(new)} runs)", "",
+             f"{'self base':>10} {'new':>8} {'diff':>8}   {'incl base':>10} {'new':>8}  function"]
+    for f in rows:
+        lines.append(f"{ob[f] / kb:10.1f} {on[f] / kn:8.1f} {on[f] / kn - ob[f] / kb:+8.1f}   "
+                     f"{ib[f] / kb:10.1f} {in_[f] / kn:8.1f}  {f}")
+    return "\n".join(lines)
 
 
 def render(summary: dict[str, object], top: int = 20) -> str:

@@ -7,6 +7,7 @@ the checks are that each step ran on the data it was given and reported consiste
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -142,8 +143,8 @@ def test_ab_exits_1_when_one_side_produces_something_else(step, tmp_path, monkey
 
     real_run, real_digest = ab.Side.run, ab.digest_of
 
-    def run(self, step_name, spec, timeout):
-        res = real_run(self, step_name, spec, timeout)
+    def run(self, step_name, spec, timeout, profile=None):
+        res = real_run(self, step_name, spec, timeout, profile)
         if self.label == "new" and res.get("digest"):
             res["digest"] = "0" * 64
         return res
@@ -171,6 +172,28 @@ def test_ab_exits_1_when_one_side_produces_something_else(step, tmp_path, monkey
     # Every run of one side differs from the first run of the other (warm-up and round).
     sides = {d.split()[0] for d in out["differences"]}
     assert len(out["differences"]) == 2 and len(sides) == 1
+
+
+def test_ab_profile_samples_both_sides_and_names_where_they_differ(tmp_path, capsys):
+    """``--profile DIR``: every timed run sampled by py-spy, the table of functions per
+    side written to DIR/compare.txt (and logged)."""
+    from bench import ab
+
+    prof = tmp_path / "prof"
+    args = _ab("chart", tmp_path, "--profile", str(prof), warmup=0)
+    args[args.index("--campaigns") + 1] = "400"
+    args[args.index("--windows") + 1] = "300"
+    assert ab.main(args) == 0
+    assert sorted(p.name for p in prof.glob("*-1.txt")) == ["base-1.txt", "new-1.txt"]
+    table = (prof / "compare.txt").read_text()
+    head, _, rows = table.partition("\n\n")
+    base, new = (int(x.replace(",", "")) for x in
+                 re.match(r"samples per run: base ([\d,]+), new ([\d,]+)", head).groups())
+    assert base > 20 and new > 20
+    # The step's own work is what is sampled (not the imports before it).
+    assert "SeriesHistory.observe (sinks/slack_chart.py)" in rows
+    assert "<frozen importlib" not in rows
+    assert "per function" in capsys.readouterr().err
 
 
 def test_ab_refuses_an_unknown_revision(tmp_path, capsys):
