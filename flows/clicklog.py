@@ -133,64 +133,92 @@ class ClickLog:
         self.parts = rest
         if not taken:
             return None
-        cids: list[str] = []
-        dks: list[Any] = []
-        cols: list[list[np.ndarray]] = [[], [], []]
-        for part, mask in taken:
-            if mask is None:
-                cids.extend(part.cids)
-                dks.extend(part.dks)
-                cols[0].append(part.keys)
-                cols[1].append(part.users)
-                cols[2].append(part.refs)
-            else:
-                cids.extend(compress(part.cids, mask.tolist()))
-                dks.extend(compress(part.dks, mask.tolist()))
-                cols[0].append(part.keys[mask])
-                cols[1].append(part.users[mask])
-                cols[2].append(part.refs[mask])
-        keys, users, refs = (np.concatenate(c) for c in cols)
-        # A click logged twice (delivered again) counts once, as the shard counted it.
-        _, first = np.unique(keys, return_index=True)
-        if len(first) < len(keys):
-            first.sort()
-            idx = first.tolist()
-            users, refs = users[first], refs[first]
-            cids = [cids[i] for i in idx]
-            dks = [dks[i] for i in idx]
-        has_ref = refs != 0
-        matched = np.zeros(len(refs), dtype=bool)
-        for run in shown:
-            if len(run):
-                pos = np.minimum(run.searchsorted(refs), len(run) - 1)
-                matched |= run[pos] == refs
-        matched &= has_ref
-        return WindowClicks(np.array(cids, dtype=object), dks, users, has_ref, matched)
+        return WindowClicks(taken, list(shown))
+
+
+def _match(taken: list[tuple[_Part, np.ndarray | None]], shown: Sequence[np.ndarray],
+           ) -> tuple[np.ndarray, list[Any], np.ndarray, np.ndarray, np.ndarray]:
+    """The columns of :class:`WindowClicks` from the parts taken for a window (each with the
+    mask of its clicks in it, ``None`` for all) and the impressions' key runs."""
+    cids: list[str] = []
+    dks: list[Any] = []
+    cols: list[list[np.ndarray]] = [[], [], []]
+    for part, mask in taken:
+        if mask is None:
+            cids.extend(part.cids)
+            dks.extend(part.dks)
+            cols[0].append(part.keys)
+            cols[1].append(part.users)
+            cols[2].append(part.refs)
+        else:
+            cids.extend(compress(part.cids, mask.tolist()))
+            dks.extend(compress(part.dks, mask.tolist()))
+            cols[0].append(part.keys[mask])
+            cols[1].append(part.users[mask])
+            cols[2].append(part.refs[mask])
+    keys, users, refs = (np.concatenate(c) for c in cols)
+    # A click logged twice (delivered again) counts once, as the shard counted it.
+    _, first = np.unique(keys, return_index=True)
+    if len(first) < len(keys):
+        first.sort()
+        idx = first.tolist()
+        users, refs = users[first], refs[first]
+        cids = [cids[i] for i in idx]
+        dks = [dks[i] for i in idx]
+    has_ref = refs != 0
+    matched = np.zeros(len(refs), dtype=bool)
+    for run in shown:
+        if len(run):
+            pos = np.minimum(run.searchsorted(refs), len(run) - 1)
+            matched |= run[pos] == refs
+    matched &= has_ref
+    return np.array(cids, dtype=object), dks, users, has_ref, matched
 
 
 class WindowClicks:
-    """The clicks of one closing window, for the evidence of the campaigns that ask."""
+    """The clicks of one closing window, for the evidence of the campaigns that ask.
 
-    __slots__ = ("cids", "dks", "users", "has_ref", "matched")
+    Matched when first asked (most windows close without a CTR rise to judge, and then
+    nothing is done): the clicks' columns are taken from the log at the close, and the
+    impressions' key runs are arrays a shard never changes (it replaces them), so the
+    answer is the same whenever it is computed.
+    """
 
-    def __init__(self, cids: np.ndarray, dks: list[Any], users: np.ndarray,
-                 has_ref: np.ndarray, matched: np.ndarray):
-        self.cids = cids
-        self.dks = dks
-        self.users = users
-        self.has_ref = has_ref    # per click: it carries an impression id
-        self.matched = matched    # per click: that impression was shown (this window or before)
+    __slots__ = ("_taken", "_shown", "_cols")
+
+    def __init__(self, taken: list[tuple[_Part, np.ndarray | None]],
+                 shown: list[np.ndarray]):
+        self._taken: list[tuple[_Part, np.ndarray | None]] | None = taken
+        self._shown = shown
+        #: campaign ids (object array), dims keys, user keys, per click whether it carries
+        #: an impression id and whether that impression was shown (this window or before)
+        self._cols: tuple[np.ndarray, list[Any], np.ndarray, np.ndarray, np.ndarray] | None \
+            = None
+
+    def _columns(self) -> tuple[np.ndarray, list[Any], np.ndarray, np.ndarray, np.ndarray]:
+        cols = self._cols
+        if cols is None:
+            assert self._taken is not None
+            cols = self._cols = _match(self._taken, self._shown)
+            self._taken = self._shown = None  # type: ignore[assignment]
+        return cols
+
+    @property
+    def cids(self) -> np.ndarray:
+        """The campaign of each click (an object array)."""
+        return self._columns()[0]
 
     def evidence(self, campaign_id: str, segments: Callable[[Any], Sequence[str]]
                  ) -> dict[str, tuple[float, int]] | None:
         """Per series of the campaign (``segments``: a dims key's series), its suspicious
         clicks and its clicks in this window; ``None`` when its clicks carry neither a
         user nor an impression id (nothing to judge by)."""
-        idx = np.flatnonzero(self.cids == campaign_id)
+        cids, dks, all_users, all_has_ref, all_matched = self._columns()
+        idx = np.flatnonzero(cids == campaign_id)
         if not idx.size:
             return {}
-        users = self.users[idx]
-        has_ref, matched = self.has_ref[idx], self.matched[idx]
+        users = all_users[idx]
+        has_ref, matched = all_has_ref[idx], all_matched[idx]
         # Without an impression id, a click is suspicious only where most of the campaign's
         # clicks carry one (a tracker that never sends it is no evidence of anything). Per
         # campaign: the same however the campaigns are sharded.
@@ -202,7 +230,7 @@ class WindowClicks:
         suspicious = unmatched | (known & (counts[inverse] > 1))
         out: dict[str, list] = {}
         for i, sus in zip(idx.tolist(), suspicious.tolist(), strict=True):
-            for seg in segments(self.dks[i]):
+            for seg in segments(dks[i]):
                 got = out.get(seg)
                 if got is None:
                     out[seg] = [float(sus), 1]
