@@ -8,11 +8,12 @@ works) spreads over as many users as ever, each click on an impression just show
 A shard keeps, for the clicks it counted in its open windows, five columns: campaign id,
 dims key, de-duplication key, and the keys of ``user_id`` and ``impression_id``
 (:func:`ctrguard.flows.engine.ref_keys`, 8 bytes each; clicks are about 2 % of events). Nothing is
-done per click in Python: a chunk of clicks is appended as it is, and when a window
-closes its clicks are matched against the impressions' de-duplication keys the shard
-keeps anyway for that window and the one before (an impression and its click are routed
-to the same shard: both by campaign), in bulk. The result, :class:`WindowClicks`, lives
-while the window closes: the campaigns whose detectors raised a CTR rise ask it for their
+done per click in Python: a chunk of clicks is appended as it is; when a window closes,
+its clicks leave the log as :class:`WindowClicks`, which lives while the window closes.
+The first campaign whose detectors raised a CTR rise to ask it for its evidence has
+the clicks matched, in bulk, against the impressions' de-duplication keys the shard keeps
+anyway for that window and the one before (an impression and its click are routed to the
+same shard: both by campaign); a window with no rise to judge costs no matching. The
 evidence (:meth:`WindowClicks.evidence`), per series: the suspicious clicks (without a
 matching impression, or from a user with more than one click in the window) and the
 clicks. :meth:`ctrguard.detectors.monitor.CampaignMonitor.revise` weighs it.
