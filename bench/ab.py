@@ -49,7 +49,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import CAMPAIGNS, REPO, SEED, export_tree, log, native_module
+from bench.common import (
+    CAMPAIGNS,
+    DENSE_VOLUME_SCALE,
+    REPO,
+    SEED,
+    VOLUME_SCALE,
+    export_tree,
+    log,
+    native_module,
+)
 
 WORKTREE = "WORKTREE"
 STEPS = ("replay", "live", "engine", "monitor", "release", "slack", "chart")
@@ -319,7 +328,7 @@ class ReplayStep(Step):
 
         a = self.args
         log(f"simulating >= {a.events:,} impressions, {a.campaigns} campaigns, seed {a.seed}")
-        sc = build_scenario(a.events, a.campaigns, a.seed)
+        sc = build_scenario(a.events, a.campaigns, a.seed, a.volume_scale)
         imp, clk = self.work / "impressions.jsonl.gz", self.work / "clicks.jsonl.gz"
         write_gzip(imp, sc.impressions)
         write_gzip(clk, sc.clicks)
@@ -345,7 +354,7 @@ class LiveStep(Step):
 
         a = self.args
         log(f"simulating >= {a.events:,} impressions, {a.campaigns} campaigns, seed {a.seed}")
-        sc = build_scenario(a.events, a.campaigns, a.seed)
+        sc = build_scenario(a.events, a.campaigns, a.seed, a.volume_scale)
         broker = self.broker()
         self.topics = new_topics(broker.bootstrap, "ab", 1)
         produce_lines(broker.bootstrap, self.topics["impressions"], sc.impressions)
@@ -382,7 +391,8 @@ class EngineStep(Step):
 
         a = self.args
         log(f"simulating >= {a.events:,} impressions, {a.campaigns} campaigns, seed {a.seed}")
-        config, batches, events = engine_batches(a.events, a.campaigns, a.seed)
+        config, batches, events = engine_batches(a.events, a.campaigns, a.seed,
+                                                 a.volume_scale)
         self.inputs = {"config": config, "detector": a.detector,
                        "batches": self.dump("batches.pkl", (batches, int(time.time() * 1000)))}
         log(f"{len(batches)} batches, {events:,} events")
@@ -565,6 +575,10 @@ def parser() -> argparse.ArgumentParser:
                    help="do not build the compiled parts: both sides run their Python source")
     p.add_argument("--events", type=int, default=300_000,
                    help="replay, live, engine, monitor: impressions to simulate (300,000)")
+    p.add_argument("--volume-scale", type=float, default=VOLUME_SCALE,
+                   help=f"replay, live, engine: traffic density, impressions per campaign "
+                        f"and minute of event time (default {VOLUME_SCALE}; make bench's "
+                        f"dense step, the performance issue's load: {DENSE_VOLUME_SCALE})")
     p.add_argument("--campaigns", type=int, default=None,
                    help=f"campaigns (default {CAMPAIGNS}; release, slack, chart: 2,000)")
     p.add_argument("--seed", type=int, default=None,

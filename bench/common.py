@@ -25,6 +25,10 @@ EVENTS = 2_000_000
 #: Median ~1 impression a minute per campaign: 2 M impressions span ~6 h of event time
 #: (~70 five-minute windows), long enough for the detectors to leave their warm-up.
 VOLUME_SCALE = 0.05
+#: Traffic density of ``make bench``'s step 9 (dense traffic): about 19,000 impressions a
+#: second of event time over 2,000 campaigns, the load the performance issue describes
+#: ("tens of thousands of impressions a second"), 200 times the main scenario's.
+DENSE_VOLUME_SCALE = 10.0
 #: A few incidents and traps, not one per second campaign (the generator's default).
 INCIDENT_RATE = 0.005
 TRAP_RATE = 0.002

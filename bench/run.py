@@ -40,6 +40,7 @@ from bench import common
 from bench.common import (
     BATCH_SIZE,
     CAMPAIGNS,
+    DENSE_VOLUME_SCALE,
     EVENTS,
     REPO,
     SEED,
@@ -228,10 +229,6 @@ def measure_live(ctx: LiveContext, topics: dict[str, str], n_events: int, repeat
     return runs[median_run([r["eps"] for r in runs])], runs
 
 
-#: Traffic density of step 9 (ctrguard.replay.generator.simulate's volume_scale): about 19,000
-#: impressions a second of event time over 2,000 campaigns, the load the performance issue
-#: describes ("tens of thousands of impressions a second"), 200 times the main scenario's.
-DENSE_VOLUME_SCALE = 10.0
 #: The windows of the bench's configuration (``windows.length: 5m``, bench.common).
 WINDOW_S = 300
 

@@ -390,7 +390,8 @@ def monitor_streams(events: int, campaigns: int, seed: int) -> list[dict[str, An
 # --------------------------------------------------------------------------- engine
 
 
-def engine_batches(events: int, campaigns: int, seed: int) -> tuple[str, list[tuple], int]:
+def engine_batches(events: int, campaigns: int, seed: int,
+                   volume_scale: float | None = None) -> tuple[str, list[tuple], int]:
     """The scenario's messages in the batches replay reads (``bench.engine``): the
     configuration text, the batches as tuples (``RawBatch`` fields) and the events."""
     from bench.common import DIMENSIONS, build_scenario
@@ -398,7 +399,8 @@ def engine_batches(events: int, campaigns: int, seed: int) -> tuple[str, list[tu
     from ctrguard.events import decode_batch
 
     config = f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n"
-    sc = build_scenario(events, campaigns, seed)
+    sc = build_scenario(events, campaigns, seed,
+                        *(() if volume_scale is None else (volume_scale,)))
 
     def frontier(values: list[bytes]) -> int | None:
         ts = decode_batch(values[-50:]).ts_ms

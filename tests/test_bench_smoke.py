@@ -106,7 +106,8 @@ def test_bench_smoke_run_reports_every_key(tmp_path, capsys):
 AB_STEPS = {
     "replay": ["--events", "3000", "--campaigns", "30"],
     "live": ["--events", "3000", "--campaigns", "30"],
-    "engine": ["--events", "3000", "--campaigns", "30", "--detector", "default"],
+    "engine": ["--events", "3000", "--campaigns", "30", "--detector", "default",
+               "--volume-scale", "2.0"],
     "monitor": ["--events", "3000", "--campaigns", "30", "--no-synthetic"],
     "release": ["--campaigns", "40", "--windows", "4", "--shards", "3", "--alert-rate", "0.2"],
     "slack": ["--campaigns", "200", "--windows", "12"],
