@@ -182,15 +182,15 @@ def test_ab_profile_samples_both_sides_and_names_where_they_differ(tmp_path, cap
 
     prof = tmp_path / "prof"
     args = _ab("chart", tmp_path, "--profile", str(prof), warmup=0)
-    args[args.index("--campaigns") + 1] = "400"
-    args[args.index("--windows") + 1] = "300"
+    args[args.index("--campaigns") + 1] = "1000"   # (about half a CPU second a run)
+    args[args.index("--windows") + 1] = "400"
     assert ab.main(args) == 0
     assert sorted(p.name for p in prof.glob("*-1.txt")) == ["base-1.txt", "new-1.txt"]
     table = (prof / "compare.txt").read_text()
     head, _, rows = table.partition("\n\n")
     base, new = (int(x.replace(",", "")) for x in
                  re.match(r"samples per run: base ([\d,]+), new ([\d,]+)", head).groups())
-    assert base > 20 and new > 20
+    assert base > 10 and new > 10   # (fewer when the tests load both cores)
     # The step's own work is what is sampled (not the imports before it).
     assert "SeriesHistory.observe (sinks/slack_chart.py)" in rows
     assert "<frozen importlib" not in rows
