@@ -134,8 +134,11 @@ def test_a_message_that_makes_prepare_raise_is_isolated_and_dead_lettered(
 @pytest.mark.slow
 def test_a_step_that_raises_on_every_message_stops_the_flow(broker, unique_topics, redis_url,
                                                             tmp_path):
+    # Impressions only: a batch of fewer than SYSTEMIC_CRASH_MIN messages that all raise
+    # is poison by design (PrepareStep), so a lone click read before the impressions
+    # would be dead-lettered before the impressions' batch stops the flow (seen once in
+    # CI: which partition's batch comes first is the consumer's timing).
     produce_all(broker.bootstrap, unique_topics["impressions"], _good(200))
-    produce_all(broker.bootstrap, unique_topics["clicks"], [ev("k1", T0 + 7)])
     path = _write_config(tmp_path, broker, unique_topics, redis_url)
     proc = start_run(path, tmp_path / "run.log", extra_args=["--no-slack"],
                      env={"CTRGUARD_RAISE_ON": "event_id"})
