@@ -26,6 +26,12 @@ Points placed in the code (see ``docs/reliability.md``):
 holding a message that contains ``TEXT`` (:func:`raise_on`): a stand-in for a bug that some
 input reaches, to test that such a batch is split and only the guilty message
 dead-lettered (``ctrguard.flows.ctr_flow.bisect_batch``).
+
+``CTRGUARD_BREAK_AFTER=N`` makes the prepare step raise :class:`InjectedFault` on every
+batch of messages after its first ``N`` (whatever the messages; empty polls are let
+through): a step that a bad deploy broke, to
+test that the flow stops rather than dead-letter valid events
+(``ctrguard.flows.ctr_flow.PrepareStep``'s canary).
 """
 
 from __future__ import annotations
@@ -86,19 +92,38 @@ class _Raiser:
                 raise InjectedFault(f"injected fault: a message contains {marker!r}")
 
 
+BREAK_ENV = "CTRGUARD_BREAK_AFTER"
+
+
+class _Breaker:
+    def __init__(self, after: int):
+        self._left = after
+
+    def __call__(self, values: object) -> None:
+        if not values:  # (an empty poll: a broken step that raised here would stop the
+            return      # flow at once, with nothing to dead-letter; not the case tested)
+        if self._left <= 0:
+            raise InjectedFault("injected fault: the step is broken")
+        self._left -= 1
+
+
 def install_from_env() -> bool:
     """Crash at the points ``$CTRGUARD_CRASH_AT`` names, and make the prepare step raise on
-    any batch holding a message that contains ``$CTRGUARD_RAISE_ON``; True if either is set."""
+    any batch holding a message that contains ``$CTRGUARD_RAISE_ON``, or on every batch
+    after the first ``$CTRGUARD_BREAK_AFTER``; True if any is set."""
     from ctrguard import probes
 
     spec = os.environ.get(ENV, "")
     marker = os.environ.get(RAISE_ENV, "")
+    after = os.environ.get(BREAK_ENV, "")
     if spec:
         probes.install(_Crasher(parse_spec(spec)))
     if marker:
         probes.install_batch(_Raiser(marker.encode()))
-    return bool(spec or marker)
+    if after:
+        probes.install_batch(_Breaker(int(after)))
+    return bool(spec or marker or after)
 
 
 __all__ = ["install_from_env", "parse_spec", "InjectedFault", "ENV", "RAISE_ENV",
-           "EXIT_STATUS"]
+           "BREAK_ENV", "EXIT_STATUS"]

@@ -145,12 +145,22 @@ class PrepareStep:
     code ``crash`` and the exception's type in the reason (:func:`bisect_batch`). A batch
     of at least :data:`SYSTEMIC_CRASH_MIN` messages that raises on every one of them alone is
     not poison but a fault of the step: the exception is raised again and stops the flow.
+
+    A smaller batch (a quiet partition in tail mode polls a few messages at a time) cannot
+    tell alone. So the step keeps a *canary*: one message of the last batch it prepared
+    without a dead letter. When every message of a small batch raises, the canary is
+    prepared again (nothing of it is kept or counted): if it raises too, the step broke,
+    not the messages, and the flow stops instead of dead-lettering valid events batch
+    after batch. Before any batch went through there is no canary, and a small batch
+    whose messages all raise is dead-lettered.
     """
 
     def __init__(self, settings: Settings):
         self._preparer = EventPreparer(settings)
         self._keys = shard_keys(settings.windows.shards)
         self.excluded: dict[str, int] = {}
+        #: One message that prepared cleanly (a batch of one), or None before any did.
+        self._canary: RawBatch | None = None
 
     def __call__(self, batch: RawBatch) -> list[tuple[str, Any]]:
         now_ms = int(time.time() * 1000)
@@ -162,6 +172,11 @@ class PrepareStep:
                         batch.source, type(exc).__name__, exc, exc_info=True)
             items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
             crashed = [d for key, d in items if key == DEAD and d.stage == "crash"]
+            if len(crashed) == len(batch.values) and self._canary_fails(now_ms):
+                log.error("a message that prepared before raises now too: the step is "
+                          "broken, not %d poison messages of %s; stopping", len(crashed),
+                          batch.source)
+                raise exc
             metrics.prepared(batch.kind, batch.topic, batch.partition, len(crashed), {},
                              crashed, None)
             if crashed:  # into the source's account (shard 0 keeps the batches' share)
@@ -170,9 +185,24 @@ class PrepareStep:
                                                    ledger=(len(crashed), 0, len(crashed)))))
             return items
 
+    def _canary_fails(self, now_ms: int) -> bool:
+        """Whether the canary (see the class) raises when prepared again now."""
+        canary = self._canary
+        if canary is None:
+            return False
+        try:
+            probes.batch(canary.values)
+            self._preparer.chunks(self._preparer.prepare(canary, now_ms=now_ms))
+        except Exception:  # noqa: BLE001 - the answer, not an error
+            return True
+        return False
+
     def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
         probes.batch(batch.values)
         prepared = self._preparer.prepare(batch, now_ms=now_ms)
+        if not prepared.dead_letters and batch.values:
+            self._canary = batch._replace(values=batch.values[:1], offsets=batch.offsets[:1],
+                                          idle=False)
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]
         keys = self._keys
         items.extend((keys[shard], chunk) for shard, chunk in self._preparer.chunks(prepared))

@@ -147,6 +147,22 @@ def test_a_step_that_raises_on_every_message_stops_the_flow(broker, unique_topic
     assert consume_to_eof(broker.bootstrap, unique_topics["deadletter"]) == []
 
 
+@pytest.mark.slow
+def test_a_step_that_breaks_mid_run_stops_the_flow_on_small_batches(broker, unique_topics,
+                                                                    redis_url, tmp_path):
+    """Batches of 5 (under SYSTEMIC_CRASH_MIN): after the first, the step raises on every
+    batch. Each batch alone looks like poison; the canary (a message of the first batch)
+    raising too shows the step broke: exit 1, nothing dead-lettered (without it, the other
+    95 events would be dead letters and the flow would exit 0)."""
+    produce_all(broker.bootstrap, unique_topics["impressions"], _good(100))
+    path = _write_config(tmp_path, broker, unique_topics, redis_url, batch_size=5)
+    proc = start_run(path, tmp_path / "run.log", extra_args=["--no-slack"],
+                     env={"CTRGUARD_BREAK_AFTER": "1"})
+    assert proc.wait(240) == 1, proc.log()[-4000:]
+    assert "the step is broken" in proc.log() and "raises now too" in proc.log()
+    assert consume_to_eof(broker.bootstrap, unique_topics["deadletter"]) == []
+
+
 # --------------------------------------------------------------------------- bisect_batch
 
 
@@ -185,6 +201,76 @@ def test_bisect_raises_when_every_message_fails_alone():
     # Fewer than that: poison, dead-lettered.
     out = bisect_batch(_batch(values[:3]), _step_failing_on(set(values), []), KeyError("x"))
     assert [k for k, _ in out] == [DEAD] * 3
+
+
+# --------------------------------------------------------------------------- the canary
+
+
+class _Breakable:
+    """A batch observer (``probes.install_batch``) that raises on marked messages, or on
+    every message once ``broken``."""
+
+    def __init__(self):
+        self.broken = False
+
+    def __call__(self, values):
+        if self.broken or any(v is not None and b"POISON" in v for v in values):
+            raise RuntimeError("prepare failed")
+
+
+@pytest.fixture()
+def breakable():
+    from ctrguard import probes
+
+    handler = _Breakable()
+    probes.install_batch(handler)
+    yield handler
+    probes.install_batch(None)
+
+
+def _prepare_step():
+    from ctrguard.flows.ctr_flow import PrepareStep
+
+    return PrepareStep(load_config_text("", env={}))
+
+
+def _raw(values, first):
+    from ctrguard.flows.engine import IMPRESSION
+
+    return RawBatch("imps", 0, IMPRESSION, values, list(range(first, first + len(values))))
+
+
+def _dead(items):
+    return [d.offset for key, d in items if key == DEAD]
+
+
+def test_a_small_batch_that_all_raises_after_the_step_broke_stops_the_flow(breakable):
+    """A quiet partition polls a few messages at a time: when the step breaks (a bad
+    deploy), every small batch raises on every message. The canary (a message that
+    prepared before) raises too, so the flow stops instead of dead-lettering valid events
+    batch after batch."""
+    step = _prepare_step()
+    assert _dead(step(_raw(_good(40)[:20], 0))) == []          # a clean batch: the canary
+    breakable.broken = True
+    with pytest.raises(RuntimeError, match="prepare failed"):
+        step(_raw(_good(40)[20:23], 20))                         # 3 < SYSTEMIC_CRASH_MIN
+
+
+def test_a_small_batch_of_poison_after_a_clean_one_is_dead_lettered(breakable):
+    """The canary still prepares: the messages are poison, not the step."""
+    step = _prepare_step()
+    step(_raw(_good(40)[:20], 0))
+    poison = [ev("p1", T0 + 500, note="POISON"), ev("p2", T0 + 510, note="POISON")]
+    assert _dead(step(_raw(poison, 20))) == [20, 21]
+    good = _good(40)[20:23]
+    assert _dead(step(_raw(good[:1] + poison[:1] + good[1:], 22))) == [23]
+
+
+def test_before_any_clean_batch_a_small_batch_that_all_raises_is_dead_lettered(breakable):
+    """No canary yet: nothing to tell a broken step from poison by (documented)."""
+    step = _prepare_step()
+    breakable.broken = True
+    assert _dead(step(_raw(_good(3), 0))) == [0, 1, 2]
 
 
 def test_the_dead_letter_limit_comes_from_the_settings_when_stated():
