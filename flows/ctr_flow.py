@@ -37,6 +37,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from ctrguard import metrics, probes, stopping
 from ctrguard.config import Settings, load_config
 from ctrguard.flows.engine import (
+    CLICK,
     Chunk,
     DeadLetter,
     EventPreparer,
@@ -151,8 +152,9 @@ class PrepareStep:
     without a dead letter. When every message of a small batch raises, the canary is
     prepared again (nothing of it is kept or counted): if it raises too, the step broke,
     not the messages, and the flow stops instead of dead-lettering valid events batch
-    after batch. Before any batch went through there is no canary, and a small batch
-    whose messages all raise is dead-lettered.
+    after batch. Before any batch went through (a bad deploy starting on quiet
+    partitions), a made-up valid event of the batch's kind stands in for the canary
+    (:func:`synthetic_canary`).
     """
 
     def __init__(self, settings: Settings):
@@ -172,7 +174,7 @@ class PrepareStep:
                         batch.source, type(exc).__name__, exc, exc_info=True)
             items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
             crashed = [d for key, d in items if key == DEAD and d.stage == "crash"]
-            if len(crashed) == len(batch.values) and self._canary_fails(now_ms):
+            if len(crashed) == len(batch.values) and self._canary_fails(batch, now_ms):
                 log.error("a message that prepared before raises now too: the step is "
                           "broken, not %d poison messages of %s; stopping", len(crashed),
                           batch.source)
@@ -185,11 +187,12 @@ class PrepareStep:
                                                    ledger=(len(crashed), 0, len(crashed)))))
             return items
 
-    def _canary_fails(self, now_ms: int) -> bool:
-        """Whether the canary (see the class) raises when prepared again now."""
+    def _canary_fails(self, batch: RawBatch, now_ms: int) -> bool:
+        """Whether the canary (see the class) raises when prepared again now; before there
+        is one, a made-up event of ``batch``'s kind."""
         canary = self._canary
         if canary is None:
-            return False
+            canary = synthetic_canary(batch, now_ms)
         try:
             probes.batch(canary.values)
             self._preparer.chunks(self._preparer.prepare(canary, now_ms=now_ms))
@@ -216,6 +219,23 @@ class PrepareStep:
 
 #: See :class:`PrepareStep`.
 SYSTEMIC_CRASH_MIN = 16
+
+
+def synthetic_canary(batch: RawBatch, now_ms: int) -> RawBatch:
+    """A batch of one valid made-up event of ``batch``'s kind, stamped a minute before
+    ``now_ms`` (the canary :class:`PrepareStep` prepares before a real batch went through).
+
+    >>> from ctrguard.flows.engine import CLICK
+    >>> b = synthetic_canary(RawBatch("ctr.clicks", 2, CLICK, [b"x"], [7]), 1767225660000)
+    >>> b.values[0]
+    b'{"event_id":"ctrguard-canary","ts":1767225600000,"campaign_id":"ctrguard-canary","impression_id":"ctrguard-canary"}'
+    >>> (b.topic, b.partition, b.kind == CLICK, b.offsets, b.idle)
+    ('ctr.clicks', 2, True, [-1], False)
+    """
+    ref = ',"impression_id":"ctrguard-canary"' if batch.kind == CLICK else ""
+    value = (f'{{"event_id":"ctrguard-canary","ts":{now_ms - 60_000},'
+             f'"campaign_id":"ctrguard-canary"{ref}}}').encode()
+    return RawBatch(batch.topic, batch.partition, batch.kind, [value], [-1])
 
 
 def bisect_batch(batch: RawBatch, step: Callable[[RawBatch], list[tuple[str, Any]]],

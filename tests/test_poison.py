@@ -134,11 +134,11 @@ def test_a_message_that_makes_prepare_raise_is_isolated_and_dead_lettered(
 @pytest.mark.slow
 def test_a_step_that_raises_on_every_message_stops_the_flow(broker, unique_topics, redis_url,
                                                             tmp_path):
-    # Impressions only: a batch of fewer than SYSTEMIC_CRASH_MIN messages that all raise
-    # is poison by design (PrepareStep), so a lone click read before the impressions
-    # would be dead-lettered before the impressions' batch stops the flow (seen once in
-    # CI: which partition's batch comes first is the consumer's timing).
+    # A lone click, a batch under SYSTEMIC_CRASH_MIN, may be read first (the consumer's
+    # timing): the made-up canary raises too, so it stops the flow as the impressions'
+    # batch would, and is not dead-lettered (once seen in CI before the canary).
     produce_all(broker.bootstrap, unique_topics["impressions"], _good(200))
+    produce_all(broker.bootstrap, unique_topics["clicks"], [ev("k1", T0 + 7)])
     path = _write_config(tmp_path, broker, unique_topics, redis_url)
     proc = start_run(path, tmp_path / "run.log", extra_args=["--no-slack"],
                      env={"CTRGUARD_RAISE_ON": "event_id"})
@@ -266,11 +266,32 @@ def test_a_small_batch_of_poison_after_a_clean_one_is_dead_lettered(breakable):
     assert _dead(step(_raw(good[:1] + poison[:1] + good[1:], 22))) == [23]
 
 
-def test_before_any_clean_batch_a_small_batch_that_all_raises_is_dead_lettered(breakable):
-    """No canary yet: nothing to tell a broken step from poison by (documented)."""
+def test_before_any_clean_batch_a_made_up_event_is_the_canary(breakable):
+    """No real canary yet (a bad deploy starting on a quiet partition): a made-up valid
+    event stands in. A broken step raises on it too and stops; poison does not."""
     step = _prepare_step()
+    poison = [ev("p1", T0 + 500, note="POISON"), ev("p2", T0 + 510, note="POISON")]
+    assert _dead(step(_raw(poison, 0))) == [0, 1]
     breakable.broken = True
-    assert _dead(step(_raw(_good(3), 0))) == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="prepare failed"):
+        step(_raw(_good(3), 2))
+
+
+def test_the_made_up_canary_is_a_valid_event_of_either_kind():
+    """Prepared by a healthy step it is counted nowhere and dead-lettered for nothing: it
+    tests the path valid events take."""
+    import time
+
+    from ctrguard.flows.ctr_flow import synthetic_canary
+    from ctrguard.flows.engine import CLICK, IMPRESSION
+
+    step = _prepare_step()
+    now = int(time.time() * 1000)
+    for kind in (IMPRESSION, CLICK):
+        prepared = step._preparer.prepare(
+            synthetic_canary(RawBatch("t", 0, kind, [b"x"], [5]), now), now_ms=now)
+        assert prepared.dead_letters == [] and not prepared.excluded
+        assert sum(len(c.campaign_ids) for c in prepared.chunks.values()) == 1
 
 
 def test_the_dead_letter_limit_comes_from_the_settings_when_stated():
