@@ -29,9 +29,8 @@ dead-lettered (``ctrguard.flows.ctr_flow.bisect_batch``).
 
 ``CTRGUARD_BREAK_AFTER=N`` makes the prepare step raise :class:`InjectedFault` on every
 batch of messages after its first ``N`` (whatever the messages; empty polls are let
-through): a step that a bad deploy broke, to
-test that the flow stops rather than dead-letter valid events
-(``ctrguard.flows.ctr_flow.PrepareStep``'s canary).
+through): a step that a bad deploy broke, to test that the flow stops rather than
+dead-letter valid events (``ctrguard.flows.ctr_flow.PrepareStep``'s canary).
 """
 
 from __future__ import annotations
@@ -118,10 +117,14 @@ def install_from_env() -> bool:
     after = os.environ.get(BREAK_ENV, "")
     if spec:
         probes.install(_Crasher(parse_spec(spec)))
-    if marker:
-        probes.install_batch(_Raiser(marker.encode()))
-    if after:
-        probes.install_batch(_Breaker(int(after)))
+    observers = ([_Raiser(marker.encode())] if marker else []) + (
+        [_Breaker(int(after))] if after else [])
+    if observers:  # (both set: each sees every batch)
+        def observe_batch(values: object) -> None:
+            for observe in observers:
+                observe(values)
+
+        probes.install_batch(observe_batch)
     return bool(spec or marker or after)
 
 

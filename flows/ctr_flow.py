@@ -41,6 +41,7 @@ from ctrguard.flows.engine import (
     Chunk,
     DeadLetter,
     EventPreparer,
+    PreparedBatch,
     RawBatch,
     ShardState,
     conservation_line,
@@ -172,13 +173,9 @@ class PrepareStep:
             log.warning("preparing %d messages of %s raised %s: %s; splitting the batch to "
                         "dead-letter only the messages that cause it", len(batch.values),
                         batch.source, type(exc).__name__, exc, exc_info=True)
-            items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc)
+            items = bisect_batch(batch, partial(self._items, now_ms=now_ms), exc,
+                                 broken=partial(self._canary_fails, batch, now_ms))
             crashed = [d for key, d in items if key == DEAD and d.stage == "crash"]
-            if len(crashed) == len(batch.values) and self._canary_fails(batch, now_ms):
-                log.error("a message that prepared before raises now too: the step is "
-                          "broken, not %d poison messages of %s; stopping", len(crashed),
-                          batch.source)
-                raise exc
             metrics.prepared(batch.kind, batch.topic, batch.partition, len(crashed), {},
                              crashed, None)
             if crashed:  # into the source's account (shard 0 keeps the batches' share)
@@ -194,21 +191,27 @@ class PrepareStep:
         if canary is None:
             canary = synthetic_canary(batch, now_ms)
         try:
-            probes.batch(canary.values)
-            self._preparer.chunks(self._preparer.prepare(canary, now_ms=now_ms))
+            self._prepare(canary, now_ms)
         except Exception:  # noqa: BLE001 - the answer, not an error
             return True
         return False
 
-    def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
+    def _prepare(self, batch: RawBatch, now_ms: int,
+                 ) -> tuple[PreparedBatch, list[tuple[int, Chunk]]]:
+        """The step's work on a batch, nothing kept or counted: the prepared batch and its
+        chunks per shard (a batch and its canary take the same path)."""
         probes.batch(batch.values)
         prepared = self._preparer.prepare(batch, now_ms=now_ms)
+        return prepared, self._preparer.chunks(prepared)
+
+    def _items(self, batch: RawBatch, now_ms: int) -> list[tuple[str, Any]]:
+        prepared, chunks = self._prepare(batch, now_ms)
         if not prepared.dead_letters and batch.values:
             self._canary = batch._replace(values=batch.values[:1], offsets=batch.offsets[:1],
                                           idle=False)
         items: list[tuple[str, Any]] = [(DEAD, d) for d in prepared.dead_letters]
         keys = self._keys
-        items.extend((keys[shard], chunk) for shard, chunk in self._preparer.chunks(prepared))
+        items.extend((keys[shard], chunk) for shard, chunk in chunks)
         # Counted once the batch is through: a batch tried again is not counted twice.
         for reason, n in prepared.excluded.items():
             self.excluded[reason] = self.excluded.get(reason, 0) + n
@@ -239,10 +242,15 @@ def synthetic_canary(batch: RawBatch, now_ms: int) -> RawBatch:
 
 
 def bisect_batch(batch: RawBatch, step: Callable[[RawBatch], list[tuple[str, Any]]],
-                 exc: Exception) -> list[tuple[str, Any]]:
+                 exc: Exception, broken: Callable[[], bool] | None = None,
+                 ) -> list[tuple[str, Any]]:
     """``step`` over ``batch`` that raised ``exc``, run again on halves of it down to single
     messages; a message that raises alone becomes a ``crash`` dead letter. Parts keep the
-    batch's order; only the last part carries the batch's ``idle`` flag."""
+    batch's order; only the last part carries the batch's ``idle`` flag.
+
+    When every message raised alone, the step is at fault, not the messages, and ``exc``
+    is raised again: for a batch of :data:`SYSTEMIC_CRASH_MIN` or more, or when
+    ``broken()`` says so (:class:`PrepareStep`'s canary, asked for smaller batches)."""
     n = len(batch.values)
     if n == 0:
         raise exc  # nothing to isolate: the step itself fails
@@ -269,8 +277,13 @@ def bisect_batch(batch: RawBatch, step: Callable[[RawBatch], list[tuple[str, Any
         return out
 
     out = isolate(0, n, exc)
-    if crashed == n and n >= SYSTEMIC_CRASH_MIN:
-        raise exc
+    if crashed == n:
+        if n >= SYSTEMIC_CRASH_MIN:
+            raise exc
+        if broken is not None and broken():
+            log.error("a message that prepared before raises now too: the step is broken, "
+                      "not %d poison messages of %s; stopping", n, batch.source)
+            raise exc
     log.error("dead-lettered %d of %d messages of %s as 'crash' (%s)", crashed, n,
               batch.source, type(exc).__name__)
     return out

@@ -201,6 +201,25 @@ def test_bisect_raises_when_every_message_fails_alone():
     # Fewer than that: poison, dead-lettered.
     out = bisect_batch(_batch(values[:3]), _step_failing_on(set(values), []), KeyError("x"))
     assert [k for k, _ in out] == [DEAD] * 3
+    # ... unless ``broken()`` (the prepare step's canary) says the step is at fault.
+    asked: list[int] = []
+
+    def broken(answer: bool):
+        return lambda: asked.append(1) or answer
+
+    with pytest.raises(KeyError):
+        bisect_batch(_batch(values[:3]), _step_failing_on(set(values), []), KeyError("x"),
+                     broken=broken(True))
+    out = bisect_batch(_batch(values[:3]), _step_failing_on(set(values), []), KeyError("x"),
+                       broken=broken(False))
+    assert [k for k, _ in out] == [DEAD] * 3 and len(asked) == 2
+    # Not asked when some message went through, nor for a batch that stops anyway.
+    bisect_batch(_batch(values[:3]), _step_failing_on({values[0]}, []), KeyError("x"),
+                 broken=broken(True))
+    with pytest.raises(KeyError):
+        bisect_batch(_batch(values), _step_failing_on(set(values), []), KeyError("x"),
+                     broken=broken(False))
+    assert len(asked) == 2
 
 
 # --------------------------------------------------------------------------- the canary
