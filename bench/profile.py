@@ -20,10 +20,9 @@ _LINE = re.compile(r"^(?P<stack>.*) (?P<count>\d+)$")
 _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^:()]*)(?::\d+)?\)$")
 
 
-#: A tree ``bench.ab`` exported (its files are named from the tree's root).
-_AB_TREE = re.compile(r"^.*/ctrguard-ab/[^/]+/")
 #: The product's folders, named as in the tree (``flows/``), not as installed
 #: (``ctrguard/flows/``): revisions from before the namespace compare with those after.
+#: (py-spy itself names files from the ``sys.path`` entry they were found under.)
 _INSTALLED = re.compile(r"^ctrguard/(flows|detectors|sinks|replay|config)/")
 
 
@@ -32,8 +31,6 @@ def _short(path: str) -> str:
         if marker in path:
             path = path.split(marker, 1)[1]
             break
-    else:
-        path = _AB_TREE.sub("", path)
     return _INSTALLED.sub(r"\1/", path)
 
 

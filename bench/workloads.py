@@ -19,6 +19,7 @@ import time
 import zlib
 from typing import Any
 
+from bench.common import VOLUME_SCALE
 from ctrguard.records import (
     STATUS_OK,
     STATUS_QUARANTINED,
@@ -391,7 +392,7 @@ def monitor_streams(events: int, campaigns: int, seed: int) -> list[dict[str, An
 
 
 def engine_batches(events: int, campaigns: int, seed: int,
-                   volume_scale: float | None = None) -> tuple[str, list[tuple], int]:
+                   volume_scale: float = VOLUME_SCALE) -> tuple[str, list[tuple], int]:
     """The scenario's messages in the batches replay reads (``bench.engine``): the
     configuration text, the batches as tuples (``RawBatch`` fields) and the events."""
     from bench.common import DIMENSIONS, build_scenario
@@ -399,8 +400,7 @@ def engine_batches(events: int, campaigns: int, seed: int,
     from ctrguard.events import decode_batch
 
     config = f"segments:\n  dimensions: [{', '.join(DIMENSIONS)}]\n"
-    sc = build_scenario(events, campaigns, seed,
-                        *(() if volume_scale is None else (volume_scale,)))
+    sc = build_scenario(events, campaigns, seed, volume_scale)
 
     def frontier(values: list[bytes]) -> int | None:
         ts = decode_batch(values[-50:]).ts_ms
